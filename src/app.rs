@@ -1,0 +1,237 @@
+//! Dispatch of a parsed command line to the jobs, and the human-readable
+//! reports they print. Every job is a plain `async fn` elsewhere (import,
+//! run, export, status) that tests and the scheduler call too.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::audit::{self, ExportOptions};
+use crate::cli::{parse_date_arg, Cli, Command, ExportKind};
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::feeds::{self, ImportOptions, ImportOutcome};
+use crate::outbox::notice::Notices;
+use crate::reconcile::{self, RunOutcome, RunSummary};
+use crate::settings::Settings;
+
+/// Runs one command; the caller maps the error to an exit status.
+pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
+    if let Some(url) = &cli.database_url {
+        settings.database_url = url.clone();
+    }
+    let tz = settings.tz();
+    match cli.command {
+        Command::Generate {
+            permits,
+            seed,
+            as_of,
+            out,
+        } => {
+            let as_of = parse_date_arg(&as_of, "--as-of", tz)?;
+            let opts = crate::generate::GenerateOptions {
+                permits,
+                seed,
+                as_of,
+            };
+            let s = crate::generate::generate(&opts, &out)?;
+            println!(
+                "wrote {} permits, {} residence visits, {} social-insurance rows, {} civil-status rows to {}",
+                s.permits,
+                s.residence,
+                s.social_insurance,
+                s.civil_status,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Import {
+            feed,
+            file,
+            encoding,
+            rejects,
+        } => {
+            let db = Db::connect(&settings.effective_database_url()).await?;
+            let _lock = db
+                .lock_jobs(|| {
+                    eprintln!("autosign: waiting for a run or import in progress to finish")
+                })
+                .await?;
+            let rejects = rejects.unwrap_or_else(|| {
+                feeds::rejects_path_in(&settings.data_dir.join("rejects"), feed, &file)
+            });
+            let opts = ImportOptions {
+                encoding,
+                rejects: Some(rejects),
+                max_reject_ratio: settings.import.max_reject_ratio,
+                batch_rows: settings.import.batch_rows,
+                progress: true,
+            };
+            let outcome = feeds::import_file(&db, feed, &file, &opts).await?;
+            print!("{}", import_line(feed.name(), &file, &outcome));
+            Ok(())
+        }
+        Command::Run {
+            as_of,
+            audit: audit_out,
+        } => {
+            let as_of = parse_date_arg(&as_of, "--as-of", tz)?;
+            let notices = Notices::from_settings(&settings)?;
+            let db = Db::connect(&settings.effective_database_url()).await?;
+            let outcome = reconcile::run(&db, &settings, &notices, as_of).await?;
+            match &outcome {
+                RunOutcome::AlreadyCompleted(r) => println!(
+                    "as_of {as_of} was already completed by run {} at {}; nothing to do (C8)",
+                    r.run_id,
+                    r.finished_at.as_deref().unwrap_or("?")
+                ),
+                RunOutcome::Completed(summary) => print!("{}", run_report(summary)),
+            }
+            if let Some(path) = audit_out {
+                let opts = ExportOptions {
+                    from: as_of,
+                    to: as_of,
+                    out: Some(path.clone()),
+                    unmasked: false,
+                };
+                let n = audit::export_audit(&db, &opts).await?;
+                println!("audit: {n} rows for {as_of} written to {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Export {
+            what,
+            from,
+            to,
+            out,
+            unmasked,
+        } => {
+            let from = parse_date_arg(&from, "--from", tz)?;
+            let to = parse_date_arg(&to, "--to", tz)?;
+            if from > to {
+                return Err(Error::Usage(format!("--from {from} is after --to {to}")));
+            }
+            let out = (out != "-").then(|| PathBuf::from(&out));
+            let db = Db::connect(&settings.effective_database_url()).await?;
+            let opts = ExportOptions {
+                from,
+                to,
+                out: out.clone(),
+                unmasked,
+            };
+            let n = match what {
+                ExportKind::Audit => audit::export_audit(&db, &opts).await?,
+                ExportKind::Notifications => audit::export_notifications(&db, &opts).await?,
+            };
+            if let Some(out) = out {
+                eprintln!("autosign: {n} rows written to {}", out.display());
+            }
+            Ok(())
+        }
+        Command::Status { permit_no, json } => {
+            let db = Db::connect(&settings.effective_database_url()).await?;
+            let report = crate::status::status(&db, &settings, &permit_no).await?;
+            if json {
+                let text =
+                    serde_json::to_string_pretty(&report).map_err(|e| Error::Runtime(e.into()))?;
+                println!("{text}");
+            } else {
+                print!("{}", crate::status::render(&report));
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn import_line(feed: &str, file: &std::path::Path, outcome: &ImportOutcome) -> String {
+    match outcome {
+        ImportOutcome::AlreadyImported(r) => format!(
+            "{feed} {}: already imported (import {} at {}); nothing to do\n",
+            file.display(),
+            r.import_id,
+            r.imported_at
+        ),
+        ImportOutcome::Imported(r) => {
+            let mut s = format!(
+                "{feed} {}: {} rows read, {} imported, {} rejected",
+                file.display(),
+                r.counts.rows_read,
+                r.counts.rows_imported,
+                r.counts.rows_rejected
+            );
+            if r.warnings > 0 {
+                let _ = write!(s, ", {} warnings", r.warnings);
+            }
+            if let Some(p) = &r.rejects {
+                let _ = write!(s, " (rejects: {})", p.display());
+            }
+            s.push('\n');
+            s
+        }
+    }
+}
+
+/// The run summary: counts per outcome, per reason and per channel.
+pub fn run_report(s: &RunSummary) -> String {
+    let mut out = String::new();
+    for (file, outcome) in &s.inbox {
+        out.push_str("inbox ");
+        out.push_str(&import_line("", file, outcome).trim_start().to_string());
+    }
+    let _ = writeln!(
+        out,
+        "run {} for as_of {}: completed{}",
+        s.run.run_id,
+        s.run.as_of,
+        if s.run.attempts > 1 {
+            format!(" (resumed, attempt {})", s.run.attempts)
+        } else {
+            String::new()
+        }
+    );
+    let mut by_kind: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut by_reason: BTreeMap<String, i64> = BTreeMap::new();
+    let mut by_channel: BTreeMap<&str, i64> = BTreeMap::new();
+    for c in &s.counts {
+        *by_kind.entry(c.kind.as_str()).or_default() += c.count;
+        *by_channel.entry(c.channel.as_str()).or_default() += c.count;
+        for r in c.reasons.split(';').filter(|r| !r.is_empty()) {
+            *by_reason.entry(format!("{}/{r}", c.kind)).or_default() += c.count;
+        }
+    }
+    let _ = writeln!(out, "  decisions and lifecycle changes:");
+    for kind in ["AUTO_SIGNED", "VISIT_CENTER", "SUSPENDED", "CANCELLED"] {
+        let _ = writeln!(
+            out,
+            "    {kind:<14} {:>9}",
+            by_kind.get(kind).copied().unwrap_or(0)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "    {:<14} {:>9}   (no decision yet: evidence missing, deadline not reached)",
+        "PENDING", s.pending
+    );
+    if !by_reason.is_empty() || !s.pending_reasons.is_empty() {
+        let _ = writeln!(out, "  reasons:");
+        for (k, n) in &by_reason {
+            let _ = writeln!(out, "    {k:<45} {n:>9}");
+        }
+        for (r, n) in &s.pending_reasons {
+            let _ = writeln!(out, "    {:<45} {n:>9}", format!("PENDING/{}", r.code()));
+        }
+    }
+    let _ = writeln!(out, "  notices queued:");
+    for (ch, label) in [
+        ("sms", "sms"),
+        ("email", "email"),
+        ("none", "undeliverable"),
+    ] {
+        let _ = writeln!(
+            out,
+            "    {label:<14} {:>9}",
+            by_channel.get(ch).copied().unwrap_or(0)
+        );
+    }
+    out
+}

@@ -1,0 +1,218 @@
+//! Deterministic CSV exports for auditors (R9) and of the outbox: fixed
+//! column order, stable row order, ID numbers masked unless asked, cells
+//! that a spreadsheet would run as a formula neutralised, files written
+//! atomically and owner-only.
+
+use std::io::Write;
+use std::path::Path;
+
+use chrono::NaiveDate;
+
+use crate::db::{AuditRow, Db, NotificationRow};
+use crate::domain::mask_id_str;
+use crate::error::{Error, Result};
+use crate::fsutil::AtomicFile;
+
+/// R9's leading columns, in order.
+pub const AUDIT_COLUMNS: [&str; 17] = [
+    "run_id",
+    "as_of",
+    "permit_no",
+    "id_number",
+    "decision",
+    "reasons",
+    "valid_until",
+    "new_valid_until",
+    "residence_visited_on",
+    "residence_result",
+    "si_month",
+    "si_status",
+    "si_employer_uscc",
+    "marital_status",
+    "notification_channel",
+    "notification_status",
+    "decided_at",
+];
+
+pub const NOTIFICATION_COLUMNS: [&str; 14] = [
+    "notification_id",
+    "permit_no",
+    "kind",
+    "channel",
+    "status",
+    "attempts",
+    "created_at",
+    "sent_at",
+    "message",
+    "as_of",
+    "cycle_valid_until",
+    "next_attempt_at",
+    "last_error",
+    "provider_ref",
+];
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    /// `None`: standard output.
+    pub out: Option<std::path::PathBuf>,
+    pub unmasked: bool,
+}
+
+/// R9: prefixes `'` to a cell a spreadsheet would evaluate (also the
+/// full-width forms Excel accepts on Chinese Windows).
+pub fn guard_formula(cell: &str) -> std::borrow::Cow<'_, str> {
+    const STARTS: [char; 10] = ['=', '+', '-', '@', '\t', '\r', '＝', '＋', '－', '＠'];
+    match cell.chars().next() {
+        Some(c) if STARTS.contains(&c) => format!("'{cell}").into(),
+        _ => cell.into(),
+    }
+}
+
+fn opt_date(d: Option<NaiveDate>) -> String {
+    d.map(|d| d.to_string()).unwrap_or_default()
+}
+
+fn audit_record(r: AuditRow, unmasked: bool) -> [String; 17] {
+    [
+        r.run_id.to_string(),
+        r.as_of.to_string(),
+        r.permit_no,
+        if unmasked {
+            r.id_number
+        } else {
+            mask_id_str(&r.id_number)
+        },
+        r.decision,
+        r.reasons,
+        r.valid_until.to_string(),
+        opt_date(r.new_valid_until),
+        opt_date(r.residence_visited_on),
+        r.residence_result.unwrap_or_default(),
+        r.si_month.unwrap_or_default(),
+        r.si_status.unwrap_or_default(),
+        r.si_employer_uscc.unwrap_or_default(),
+        r.marital_status.unwrap_or_default(),
+        r.notification_channel.unwrap_or_default(),
+        r.notification_status.unwrap_or_default(),
+        r.decided_at,
+    ]
+}
+
+fn notification_record(n: NotificationRow) -> [String; 14] {
+    [
+        n.notification_id.to_string(),
+        n.permit_no,
+        n.kind,
+        n.channel,
+        n.status,
+        n.attempts.to_string(),
+        n.created_at,
+        n.sent_at.unwrap_or_default(),
+        n.message,
+        n.as_of.to_string(),
+        n.cycle_valid_until.to_string(),
+        n.next_attempt_at.unwrap_or_default(),
+        n.last_error.unwrap_or_default(),
+        n.provider_ref.unwrap_or_default(),
+    ]
+}
+
+/// Where an export writes: an atomic file, or standard output.
+enum Sink {
+    File(AtomicFile),
+    Stdout(std::io::Stdout),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::File(f) => f.write(buf),
+            Sink::Stdout(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::File(f) => f.flush(),
+            Sink::Stdout(s) => s.flush(),
+        }
+    }
+}
+
+fn open(out: Option<&Path>) -> Result<csv::Writer<std::io::BufWriter<Sink>>> {
+    let sink = match out {
+        Some(p) => Sink::File(AtomicFile::create(p)?),
+        None => Sink::Stdout(std::io::stdout()),
+    };
+    Ok(csv::WriterBuilder::new().from_writer(std::io::BufWriter::with_capacity(1 << 20, sink)))
+}
+
+fn finish(w: csv::Writer<std::io::BufWriter<Sink>>, out: Option<&Path>) -> Result<()> {
+    let shown = out
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "standard output".into());
+    let buf = w
+        .into_inner()
+        .map_err(|e| Error::Runtime(anyhow::anyhow!("cannot write {shown}: {}", e.error())))?;
+    let sink = buf
+        .into_inner()
+        .map_err(|e| Error::Runtime(anyhow::anyhow!("cannot write {shown}: {}", e.error())))?;
+    match sink {
+        Sink::File(f) => f.commit(),
+        Sink::Stdout(mut s) => s
+            .flush()
+            .map_err(|e| Error::io(format!("cannot write {shown}"), e)),
+    }
+}
+
+fn write_guarded<const N: usize, W: Write>(w: &mut csv::Writer<W>, rec: [String; N]) -> Result<()> {
+    w.write_record(rec.iter().map(|c| guard_formula(c).into_owned()))
+        .map_err(|e| Error::Runtime(anyhow::anyhow!("cannot write export: {e}")))
+}
+
+/// R9: `export audit`. Returns the number of rows written.
+pub async fn export_audit(db: &Db, opts: &ExportOptions) -> Result<u64> {
+    let mut w = open(opts.out.as_deref())?;
+    w.write_record(AUDIT_COLUMNS)
+        .map_err(|e| Error::Runtime(e.into()))?;
+    let mut n = 0u64;
+    let unmasked = opts.unmasked;
+    db.audit_rows(opts.from, opts.to, &mut |row| {
+        n += 1;
+        write_guarded(&mut w, audit_record(row, unmasked))
+    })
+    .await?;
+    finish(w, opts.out.as_deref())?;
+    Ok(n)
+}
+
+/// `export notifications`: one row per notice of runs in the range.
+pub async fn export_notifications(db: &Db, opts: &ExportOptions) -> Result<u64> {
+    let mut w = open(opts.out.as_deref())?;
+    w.write_record(NOTIFICATION_COLUMNS)
+        .map_err(|e| Error::Runtime(e.into()))?;
+    let mut n = 0u64;
+    db.notification_rows(opts.from, opts.to, &mut |row| {
+        n += 1;
+        write_guarded(&mut w, notification_record(row))
+    })
+    .await?;
+    finish(w, opts.out.as_deref())?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r9_formula_guard_prefixes_dangerous_cells_only() {
+        for cell in ["=1+1", "+86", "-3", "@SUM(A1)", "\tx", "\rx", "＝1"] {
+            assert_eq!(guard_formula(cell), format!("'{cell}"), "{cell:?}");
+        }
+        for cell in ["", "2026-11-27", "AUTO_SIGNED", "张三=1"] {
+            assert_eq!(guard_formula(cell), cell, "{cell:?}");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The command line (R11): clap's raw arguments, then the typed values the
+//! jobs take (dates resolved in the configured zone, paths checked).
+
+use std::path::PathBuf;
+
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::Error;
+use crate::feeds::{Encoding, Feed};
+
+/// autosign — nightly automatic endorsement (自动签注) of Shanghai residence
+/// permits.
+///
+/// Loads the permit register and three feeds (residence verification visits,
+/// social-insurance payments, civil status) from CSV, decides each permit
+/// whose endorsement period ends within the window (AUTO_SIGNED or
+/// VISIT_CENTER), queues one notice per decision in the same transaction, and
+/// exports CSV for auditors.
+///
+/// Exit status: 0 success (also a no-op re-import or re-run); 1 runtime
+/// failure (database unreachable, I/O error); 2 usage or configuration error,
+/// or a refused operation; 3 input file refused (missing column,
+/// undecodable, too many rejected rows).
+#[derive(Debug, Parser)]
+#[command(name = "autosign", version, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file (TOML). Without it the documented defaults of
+    /// config/autosign.toml apply; AUTOSIGN_* variables override either.
+    #[arg(long, global = true, env = "AUTOSIGN_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Database: sqlite://PATH (created if missing) or postgres://… .
+    /// Default: an SQLite file under the data directory.
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import one feed file (R1, R2). Rows that fail validation go to the
+    /// rejects file; the whole file is refused (exit 3, nothing imported) if
+    /// a required column is missing, it cannot be decoded, or more than
+    /// import.max_reject_ratio of its rows are rejected. Re-importing the
+    /// same content is a no-op.
+    Import {
+        /// Which feed the file holds.
+        #[arg(value_enum)]
+        feed: Feed,
+        /// The CSV file.
+        file: PathBuf,
+        /// Character encoding of the file (gb18030 also covers GBK).
+        #[arg(long, value_enum, default_value = "utf-8")]
+        encoding: Encoding,
+        /// Where to write rejected rows (CSV: line,reason,original fields).
+        /// Default: <data_dir>/rejects/<feed>/<file name>.rejects.csv
+        #[arg(long, value_name = "PATH")]
+        rejects: Option<PathBuf>,
+    },
+    /// The nightly run for one date (R2a, R3–R8): import new inbox files,
+    /// then lifecycle, window, evidence, decision and notices. Running a
+    /// completed date again does nothing; a date earlier than the last
+    /// completed run is refused (exit 2).
+    Run {
+        /// Business date: YYYY-MM-DD, "today" or "yesterday" (in the
+        /// configured time zone).
+        #[arg(long, value_name = "DATE")]
+        as_of: String,
+        /// Also write this date's audit CSV (as `export audit`) here.
+        #[arg(long, value_name = "PATH")]
+        audit: Option<PathBuf>,
+    },
+    /// Export CSV for auditors (R9) or of the notification outbox.
+    Export {
+        #[arg(value_enum)]
+        what: ExportKind,
+        /// First run date included (as_of), YYYY-MM-DD.
+        #[arg(long, value_name = "DATE")]
+        from: String,
+        /// Last run date included (as_of), YYYY-MM-DD.
+        #[arg(long, value_name = "DATE")]
+        to: String,
+        /// Output file, or - for standard output.
+        #[arg(long, value_name = "PATH")]
+        out: String,
+        /// Show full ID numbers instead of 310115********1234.
+        #[arg(long)]
+        unmasked: bool,
+    },
+    /// A permit's state, current cycle, latest decision and notices (R10).
+    Status {
+        permit_no: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a consistent synthetic data set (four feeds, real Shanghai
+    /// streets), deterministic by seed: the sample data and benchmarks.
+    Generate {
+        /// Number of permits.
+        #[arg(long, default_value_t = 300)]
+        permits: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The date the data set is built around.
+        #[arg(long, value_name = "DATE")]
+        as_of: String,
+        /// Output folder (gets permits/, residence/, social_insurance/,
+        /// civil_status/ — an inbox).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportKind {
+    Audit,
+    Notifications,
+}
+
+/// A date argument: a SPEC date, or `today` / `yesterday` in `tz`.
+pub fn parse_date_arg(arg: &str, what: &str, tz: chrono_tz::Tz) -> Result<NaiveDate, Error> {
+    let today = crate::clock::today(tz);
+    match arg.trim() {
+        "today" => Ok(today),
+        "yesterday" => today
+            .pred_opt()
+            .ok_or_else(|| Error::Usage(format!("{what}: no date before {today}"))),
+        s => crate::domain::parse_date(s).map_err(|e| Error::Usage(format!("{what} {s:?}: {e}"))),
+    }
+}

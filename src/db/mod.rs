@@ -1,0 +1,294 @@
+//! The database layer: every SQL statement lives here, behind [`Db`].
+//!
+//! `Db` is an enum over backends rather than sqlx's `Any` driver (which
+//! loses chrono support and rewrites placeholders wrongly, sqlx #3000). The
+//! SQLite implementation is the embedded default; a PostgreSQL one sits
+//! beside it with the same methods and its own migration set of the same
+//! numbering. Callers never see a backend type.
+
+mod rows;
+mod sqlite;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use chrono::NaiveDate;
+
+pub use rows::*;
+pub use sqlite::SqliteDb;
+
+use crate::error::{Error, Result};
+
+/// A connected, migrated database.
+#[derive(Clone)]
+pub enum Db {
+    Sqlite(SqliteDb),
+}
+
+/// A held job lock (see [`Db::lock_jobs`]); released on drop or when the
+/// process dies.
+pub enum JobLock {
+    File(std::fs::File),
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating an
+    /// SQLite file (and its directory) if missing, and applies the
+    /// embedded migrations.
+    pub async fn connect(url: &str) -> Result<Db> {
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            return Ok(Db::Sqlite(SqliteDb::open(PathBuf::from(path)).await?));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(Error::Config(
+                "PostgreSQL is not supported by this build yet; use sqlite://PATH".into(),
+            ));
+        }
+        Err(Error::Config(format!(
+            "database URL must start with sqlite:// or postgres://, got {:?}",
+            url.split(':').next().unwrap_or("")
+        )))
+    }
+
+    /// Serialises imports and runs across processes: a run sees each feed
+    /// file wholly or not at all, and two runs never overlap. Waits for the
+    /// lock; `on_wait` is called once if it has to.
+    pub async fn lock_jobs(&self, on_wait: impl FnOnce()) -> Result<JobLock> {
+        match self {
+            Db::Sqlite(db) => db.lock_jobs(on_wait).await,
+        }
+    }
+
+    pub async fn find_import(&self, feed: &str, sha256: &str) -> Result<Option<ImportRecord>> {
+        match self {
+            Db::Sqlite(db) => db.find_import(feed, sha256).await,
+        }
+    }
+
+    pub async fn begin_import(
+        &self,
+        feed: &str,
+        file_name: &str,
+        sha256: &str,
+    ) -> Result<ImportTx> {
+        match self {
+            Db::Sqlite(db) => Ok(ImportTx::Sqlite(
+                db.begin_import(feed, file_name, sha256).await?,
+            )),
+        }
+    }
+
+    pub async fn latest_completed_run(&self) -> Result<Option<RunRecord>> {
+        match self {
+            Db::Sqlite(db) => db.latest_completed_run().await,
+        }
+    }
+
+    pub async fn run_for(&self, as_of: NaiveDate) -> Result<Option<RunRecord>> {
+        match self {
+            Db::Sqlite(db) => db.run_for(as_of).await,
+        }
+    }
+
+    /// Creates the `running` row for `as_of`, or takes over a row left
+    /// `running` by a crashed process (the caller holds the job lock, so
+    /// no live process owns it).
+    pub async fn start_run(&self, as_of: NaiveDate, now: &str) -> Result<RunRecord> {
+        match self {
+            Db::Sqlite(db) => db.start_run(as_of, now).await,
+        }
+    }
+
+    pub async fn complete_run(&self, run_id: i64, pending: u64, now: &str) -> Result<()> {
+        match self {
+            Db::Sqlite(db) => db.complete_run(run_id, pending, now).await,
+        }
+    }
+
+    /// A consistent read view for one run.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        match self {
+            Db::Sqlite(db) => Ok(Snapshot::Sqlite(db.snapshot().await?)),
+        }
+    }
+
+    /// Commits one batch of a run: events, their notices and the permit
+    /// changes they imply, in one transaction (R7, R8).
+    pub async fn write_batch(&self, batch: &RunBatch) -> Result<()> {
+        match self {
+            Db::Sqlite(db) => db.write_batch(batch).await,
+        }
+    }
+
+    pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
+        match self {
+            Db::Sqlite(db) => db.run_counts(run_id).await,
+        }
+    }
+
+    /// Streams audit rows (R9) for runs with `from <= as_of <= to`, oldest
+    /// first, in a deterministic order.
+    pub async fn audit_rows(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        each: &mut (dyn FnMut(AuditRow) -> Result<()> + Send),
+    ) -> Result<()> {
+        match self {
+            Db::Sqlite(db) => db.audit_rows(from, to, each).await,
+        }
+    }
+
+    pub async fn notification_rows(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        each: &mut (dyn FnMut(NotificationRow) -> Result<()> + Send),
+    ) -> Result<()> {
+        match self {
+            Db::Sqlite(db) => db.notification_rows(from, to, each).await,
+        }
+    }
+
+    pub async fn permit(&self, permit_no: &str) -> Result<Option<PermitRow>> {
+        match self {
+            Db::Sqlite(db) => db.permit(permit_no).await,
+        }
+    }
+
+    pub async fn events_for(&self, permit_no: &str) -> Result<Vec<AuditRow>> {
+        match self {
+            Db::Sqlite(db) => db.events_for(permit_no).await,
+        }
+    }
+
+    pub async fn notifications_for(&self, permit_no: &str) -> Result<Vec<NotificationRow>> {
+        match self {
+            Db::Sqlite(db) => db.notifications_for(permit_no).await,
+        }
+    }
+}
+
+/// One feed file's import, in one transaction (R2).
+pub enum ImportTx {
+    Sqlite(sqlite::SqliteImportTx),
+}
+
+impl ImportTx {
+    pub fn import_id(&self) -> i64 {
+        match self {
+            ImportTx::Sqlite(tx) => tx.import_id,
+        }
+    }
+
+    /// Stored state of these permits, for `VALID_UNTIL_BACKWARDS` and C5.
+    pub async fn lookup_permits(
+        &mut self,
+        permit_nos: &[&str],
+    ) -> Result<HashMap<String, PriorPermit>> {
+        match self {
+            ImportTx::Sqlite(tx) => tx.lookup_permits(permit_nos).await,
+        }
+    }
+
+    pub async fn upsert_permits(&mut self, rows: Vec<PermitRow>) -> Result<()> {
+        match self {
+            ImportTx::Sqlite(tx) => tx.upsert_permits(rows).await,
+        }
+    }
+
+    /// C5: a row for a cancelled permit updates its contact fields only.
+    pub async fn update_contacts(&mut self, rows: Vec<ContactUpdate>) -> Result<()> {
+        match self {
+            ImportTx::Sqlite(tx) => tx.update_contacts(rows).await,
+        }
+    }
+
+    pub async fn upsert_residence(&mut self, rows: Vec<ResidenceRow>) -> Result<()> {
+        match self {
+            ImportTx::Sqlite(tx) => tx.upsert_residence(rows).await,
+        }
+    }
+
+    pub async fn upsert_social_insurance(&mut self, rows: Vec<SocialInsuranceRow>) -> Result<()> {
+        match self {
+            ImportTx::Sqlite(tx) => tx.upsert_social_insurance(rows).await,
+        }
+    }
+
+    pub async fn upsert_civil_status(&mut self, rows: Vec<CivilStatusRow>) -> Result<()> {
+        match self {
+            ImportTx::Sqlite(tx) => tx.upsert_civil_status(rows).await,
+        }
+    }
+
+    pub async fn commit(self, counts: ImportCounts) -> Result<()> {
+        match self {
+            ImportTx::Sqlite(tx) => tx.commit(counts).await,
+        }
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        match self {
+            ImportTx::Sqlite(tx) => tx.rollback().await,
+        }
+    }
+}
+
+/// A run's read view: a single read transaction, so every page of a run
+/// sees the same feeds.
+pub enum Snapshot {
+    Sqlite(sqlite::SqliteSnapshot),
+}
+
+impl Snapshot {
+    /// R3 candidates, one page at a time, keyset-ordered by
+    /// (valid_until, permit_no): permits with `status` and
+    /// `valid_until < before`.
+    pub async fn lapsed(
+        &mut self,
+        status: &str,
+        before: NaiveDate,
+        after: Option<&PageKey>,
+        limit: u32,
+    ) -> Result<Vec<PermitRow>> {
+        match self {
+            Snapshot::Sqlite(s) => s.lapsed(status, before, after, limit).await,
+        }
+    }
+
+    /// R4: active permits with `from <= valid_until <= to` whose cycle has
+    /// no final decision yet.
+    pub async fn due(
+        &mut self,
+        from: NaiveDate,
+        to: NaiveDate,
+        after: Option<&PageKey>,
+        limit: u32,
+    ) -> Result<Vec<PermitRow>> {
+        match self {
+            Snapshot::Sqlite(s) => s.due(from, to, after, limit).await,
+        }
+    }
+
+    /// R5 evidence candidates for these holders within the given bounds;
+    /// the rules pick the row that counts.
+    pub async fn evidence(
+        &mut self,
+        id_numbers: &[&str],
+        bounds: &EvidenceBounds,
+    ) -> Result<Evidence> {
+        match self {
+            Snapshot::Sqlite(s) => s.evidence(id_numbers, bounds).await,
+        }
+    }
+
+    pub async fn close(self) -> Result<()> {
+        match self {
+            Snapshot::Sqlite(s) => s.close().await,
+        }
+    }
+}

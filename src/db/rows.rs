@@ -1,0 +1,249 @@
+//! Plain row types exchanged with the database layer. Values here have been
+//! parsed at the edge already; codes are the SPEC's English codes.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportCounts {
+    pub rows_read: u64,
+    pub rows_imported: u64,
+    pub rows_rejected: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportRecord {
+    pub import_id: i64,
+    pub file_name: String,
+    pub imported_at: String,
+    pub counts: ImportCounts,
+}
+
+/// A permit as stored (and as written by an import).
+#[derive(Clone)]
+pub struct PermitRow {
+    pub permit_no: String,
+    pub id_number: String,
+    pub name: String,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub district_code: String,
+    pub street_code: String,
+    pub address: String,
+    pub valid_until: NaiveDate,
+    pub status: String,
+    pub employer_uscc: String,
+    pub si_status: String,
+    pub marital_status: String,
+}
+
+impl std::fmt::Debug for PermitRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Personal data stays out of logs and panics (issue: privacy).
+        f.debug_struct("PermitRow")
+            .field("permit_no", &self.permit_no)
+            .field("id_number", &crate::domain::mask_id_str(&self.id_number))
+            .field("valid_until", &self.valid_until)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an import needs to know of a permit already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriorPermit {
+    pub valid_until: NaiveDate,
+    pub status: crate::domain::PermitStatus,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContactUpdate {
+    pub permit_no: String,
+    pub name: String,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResidenceRow {
+    pub id_number: String,
+    pub visited_on: NaiveDate,
+    pub result: String,
+    pub address: String,
+    pub officer_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SocialInsuranceRow {
+    pub id_number: String,
+    /// `YYYY-MM`
+    pub month: String,
+    pub status: String,
+    pub employer_uscc: String,
+    pub employer_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CivilStatusRow {
+    pub id_number: String,
+    pub marital_status: String,
+    pub as_of: Option<NaiveDate>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub run_id: i64,
+    pub as_of: NaiveDate,
+    pub status: String,
+    pub attempts: i64,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub pending: i64,
+}
+
+/// Keyset position of a run page.
+#[derive(Debug, Clone)]
+pub struct PageKey {
+    pub valid_until: NaiveDate,
+    pub permit_no: String,
+}
+
+/// Bounds of the evidence a run may use (R5, C4).
+#[derive(Debug, Clone)]
+pub struct EvidenceBounds {
+    pub visited_from: NaiveDate,
+    pub visited_to: NaiveDate,
+    /// `YYYY-MM`, inclusive.
+    pub month_from: String,
+    pub month_to: String,
+    pub civil_as_of_max: NaiveDate,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResidenceEvidence {
+    pub visited_on: NaiveDate,
+    pub result: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SiEvidence {
+    pub month: String,
+    pub status: String,
+    pub employer_uscc: String,
+}
+
+/// Candidate evidence rows by holder.
+#[derive(Debug, Default)]
+pub struct Evidence {
+    pub residence: HashMap<String, Vec<ResidenceEvidence>>,
+    pub social_insurance: HashMap<String, Vec<SiEvidence>>,
+    pub civil_status: HashMap<String, String>,
+}
+
+/// An event (decision or lifecycle change) with the evidence it rests on.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub permit_no: String,
+    pub id_number: String,
+    pub kind: &'static str,
+    pub reasons: String,
+    pub valid_until: NaiveDate,
+    pub new_valid_until: Option<NaiveDate>,
+    pub residence_visited_on: Option<NaiveDate>,
+    pub residence_result: Option<String>,
+    pub si_month: Option<String>,
+    pub si_status: Option<String>,
+    pub si_employer_uscc: Option<String>,
+    pub marital_status: Option<String>,
+    /// The permit change this event carries out (R3, R7).
+    pub effect: Effect,
+    pub notice: NewNotice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// AUTO_SIGNED: valid_until moves to the given date.
+    Extend(NaiveDate),
+    /// SUSPENDED / CANCELLED: the permit's status becomes this code.
+    SetStatus(&'static str),
+    /// VISIT_CENTER: the permit is unchanged.
+    None,
+}
+
+#[derive(Clone)]
+pub struct NewNotice {
+    pub channel: &'static str,
+    pub recipient: String,
+    pub message: String,
+    /// `queued`, or `undeliverable` when there is no channel (C12).
+    pub status: &'static str,
+}
+
+impl std::fmt::Debug for NewNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewNotice")
+            .field("channel", &self.channel)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One committed unit of a run.
+#[derive(Debug)]
+pub struct RunBatch {
+    pub run_id: i64,
+    pub as_of: NaiveDate,
+    pub decided_at: String,
+    pub events: Vec<NewEvent>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunCount {
+    pub kind: String,
+    pub reasons: String,
+    pub channel: String,
+    pub count: i64,
+}
+
+/// One row of the audit export, in the SPEC's column order (R9).
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub run_id: i64,
+    pub as_of: NaiveDate,
+    pub permit_no: String,
+    pub id_number: String,
+    pub decision: String,
+    pub reasons: String,
+    pub valid_until: NaiveDate,
+    pub new_valid_until: Option<NaiveDate>,
+    pub residence_visited_on: Option<NaiveDate>,
+    pub residence_result: Option<String>,
+    pub si_month: Option<String>,
+    pub si_status: Option<String>,
+    pub si_employer_uscc: Option<String>,
+    pub marital_status: Option<String>,
+    pub notification_channel: Option<String>,
+    pub notification_status: Option<String>,
+    pub decided_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotificationRow {
+    pub notification_id: i64,
+    pub run_id: i64,
+    pub as_of: NaiveDate,
+    pub permit_no: String,
+    pub cycle_valid_until: NaiveDate,
+    pub kind: String,
+    pub channel: String,
+    pub recipient: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+    pub provider_ref: Option<String>,
+    pub created_at: String,
+    pub sent_at: Option<String>,
+    pub message: String,
+}

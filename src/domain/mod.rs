@@ -1,0 +1,27 @@
+//! Domain value types, parsed once at the edge.
+//!
+//! A raw string from a CSV row, a CLI argument, the configuration or a
+//! database row becomes one of these types exactly once; past that edge the
+//! rest of the crate takes `IdNumber`, `Uscc`, `Phone`, … and never re-checks
+//! them. Each type keeps its value private, parses with `parse(&str)` (the
+//! input is trimmed first) and has an error enum of its own whose messages are
+//! short lowercase phrases meant to follow a field name
+//! (`id_number: check character is 5, expected X`). Personal data is masked in
+//! `Debug` output and never echoed by an error message.
+
+mod contact;
+mod dates;
+mod enums;
+mod id_number;
+mod mask;
+mod uscc;
+
+pub use contact::{Email, EmailError, Phone, PhoneError};
+pub use dates::{add_one_year, parse_date, DateError, Month, MonthError};
+pub use enums::{
+    Channel, EnumError, EventKind, MaritalStatus, NoticeStatus, PaymentStatus, PermitStatus,
+    Reason, ResidenceResult, SiStatus,
+};
+pub use id_number::{id_check_char, IdNumber, IdNumberError};
+pub use mask::{mask_id_str, mask_name, mask_text};
+pub use uscc::{uscc_check_char, Uscc, UsccError, USCC_ALPHABET};

@@ -1,0 +1,720 @@
+//! Feed import (R1, R2): a file is hashed, parsed on a blocking thread,
+//! validated row by row, and written in batches inside one transaction —
+//! all of its accepted rows or nothing. Rejected rows go to a rejects CSV;
+//! too many of them refuse the whole file.
+
+mod parse;
+mod reader;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+pub use parse::Feed;
+pub use reader::Encoding;
+
+use crate::db::{ContactUpdate, Db, ImportCounts, ImportRecord, ImportTx, PermitRow, PriorPermit};
+use crate::domain::PermitStatus;
+use crate::error::{Error, Result};
+use parse::{Fields, Parsed};
+
+/// Warnings logged one by one per file before they are only counted.
+const WARNINGS_LOGGED: u64 = 20;
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub encoding: Encoding,
+    /// Rejects CSV path; `None` writes no rejects file.
+    pub rejects: Option<PathBuf>,
+    pub max_reject_ratio: f64,
+    pub batch_rows: usize,
+    /// Draw a progress bar on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum ImportOutcome {
+    Imported(ImportReport),
+    /// Same content (SHA-256) imported before: a no-op (R2).
+    AlreadyImported(ImportRecord),
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    pub import_id: i64,
+    pub counts: ImportCounts,
+    pub warnings: u64,
+    pub rejects: Option<PathBuf>,
+}
+
+/// SHA-256 of a file's bytes, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Imports one feed file. The caller holds the job lock.
+pub async fn import_file(
+    db: &Db,
+    feed: Feed,
+    path: &Path,
+    opts: &ImportOptions,
+) -> Result<ImportOutcome> {
+    let shown = path.display().to_string();
+    let sha = sha256_file(path)?;
+    if let Some(done) = db.find_import(feed.name(), &sha).await? {
+        tracing::info!(feed = feed.name(), file = %shown, import_id = done.import_id, "already imported; nothing to do");
+        return Ok(ImportOutcome::AlreadyImported(done));
+    }
+    let span = tracing::info_span!("import", feed = feed.name(), file = %shown);
+    let _enter = span.enter();
+    let report = match feed {
+        Feed::Permits => {
+            run_import(
+                db,
+                feed,
+                path,
+                &sha,
+                opts,
+                parse::permit,
+                PermitsWriter::default(),
+            )
+            .await
+        }
+        Feed::Residence => {
+            run_import(
+                db,
+                feed,
+                path,
+                &sha,
+                opts,
+                parse::residence,
+                KeyedWriter::default(),
+            )
+            .await
+        }
+        Feed::SocialInsurance => {
+            run_import(
+                db,
+                feed,
+                path,
+                &sha,
+                opts,
+                parse::social_insurance,
+                KeyedWriter::default(),
+            )
+            .await
+        }
+        Feed::CivilStatus => {
+            run_import(
+                db,
+                feed,
+                path,
+                &sha,
+                opts,
+                parse::civil_status,
+                KeyedWriter::default(),
+            )
+            .await
+        }
+    }?;
+    tracing::info!(
+        rows_read = report.counts.rows_read,
+        rows_imported = report.counts.rows_imported,
+        rows_rejected = report.counts.rows_rejected,
+        "import committed"
+    );
+    Ok(ImportOutcome::Imported(report))
+}
+
+/// One parsed record on its way to the writer.
+struct Item<T> {
+    line: u64,
+    raw: Vec<String>,
+    parsed: Result<Parsed<T>, String>,
+}
+
+enum Msg<T> {
+    Header(Vec<String>),
+    Batch(Vec<Item<T>>),
+    Refused(String),
+}
+
+type ParseFn<T> = fn(&Fields) -> Result<Parsed<T>, String>;
+
+/// Reads `path` on the calling (blocking) thread and sends batches.
+fn parse_file<T: Send + 'static>(
+    feed: Feed,
+    path: PathBuf,
+    encoding: Encoding,
+    batch_rows: usize,
+    progress: bool,
+    parse: ParseFn<T>,
+    tx: mpsc::Sender<Msg<T>>,
+) {
+    let shown = path.display().to_string();
+    let refuse = |msg: String| {
+        let _ = tx.blocking_send(Msg::Refused(format!("{shown}: {msg}")));
+    };
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => return refuse(format!("cannot read: {e}")),
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = if progress && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(len);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("import {}", feed.name()));
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let input: Box<dyn Read> = match encoding {
+        Encoding::Utf8 => Box::new(reader::SkipBom::new(bar.wrap_read(file))),
+        Encoding::Gb18030 => Box::new(reader::Gb18030Reader::new(bar.wrap_read(file))),
+    };
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(input);
+    let columns = feed.columns();
+    let mut record = csv::ByteRecord::new();
+    let mut header: Option<reader::HeaderMap> = None;
+    let mut batch = Vec::with_capacity(batch_rows);
+    loop {
+        match csv.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return refuse(csv_error_message(&e)),
+        }
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        // C9: blank (or whitespace-only) lines are skipped and not counted.
+        if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
+            continue;
+        }
+        let mut raw = Vec::with_capacity(record.len());
+        for (i, field) in record.iter().enumerate() {
+            match std::str::from_utf8(field) {
+                Ok(s) => raw.push(s.to_string()),
+                Err(_) => {
+                    let col = header
+                        .as_ref()
+                        .and_then(|h| h.positions.iter().position(|p| *p == Some(i)))
+                        .map(|c| columns[c].0.to_string())
+                        .unwrap_or_else(|| format!("#{}", i + 1));
+                    let hint = if encoding == Encoding::Utf8 {
+                        " (is it GB18030/GBK? try --encoding gb18030)"
+                    } else {
+                        ""
+                    };
+                    return refuse(format!("line {line}: field {col}: not valid UTF-8{hint}"));
+                }
+            }
+        }
+        let Some(map) = header.as_ref() else {
+            match reader::map_header(&raw, columns) {
+                Ok(m) => {
+                    if !m.unknown.is_empty() {
+                        tracing::warn!(columns = %m.unknown.join(","), "unknown columns ignored (R1)");
+                    }
+                    header = Some(m);
+                    if tx.blocking_send(Msg::Header(raw)).is_err() {
+                        return;
+                    }
+                }
+                Err(msg) => return refuse(format!("line {line}: {msg}")),
+            }
+            continue;
+        };
+        let parsed = if raw.len() != map.width {
+            Err(format!(
+                "WRONG_FIELD_COUNT: {} fields, the header has {}",
+                raw.len(),
+                map.width
+            ))
+        } else {
+            let values = map
+                .positions
+                .iter()
+                .map(|p| p.map(|i| raw[i].trim()).unwrap_or(""))
+                .collect();
+            parse(&Fields { values })
+        };
+        batch.push(Item { line, raw, parsed });
+        if batch.len() >= batch_rows {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_rows));
+            if tx.blocking_send(Msg::Batch(full)).is_err() {
+                return;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if header.is_none() {
+        return refuse("empty file: no header row".to_string());
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(Msg::Batch(batch));
+    }
+}
+
+fn csv_error_message(e: &csv::Error) -> String {
+    if let csv::ErrorKind::Io(io) = e.kind() {
+        if let Some(inner) = io
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<reader::UndecodableLine>())
+        {
+            return inner.to_string();
+        }
+        return format!("read error: {io}");
+    }
+    match e.position() {
+        Some(p) => format!("line {}: malformed CSV: {e}", p.line()),
+        None => format!("malformed CSV: {e}"),
+    }
+}
+
+/// Per-file bookkeeping shared by the writers.
+struct Tally {
+    file: String,
+    counts: ImportCounts,
+    warnings: u64,
+    rejects: Option<csv::Writer<std::fs::File>>,
+    rejects_path: Option<PathBuf>,
+    header: Vec<String>,
+}
+
+impl Tally {
+    fn warn(&mut self, line: u64, msg: &str) {
+        self.warnings += 1;
+        if self.warnings <= WARNINGS_LOGGED {
+            tracing::warn!(file = %self.file, line, "{msg}");
+        } else if self.warnings == WARNINGS_LOGGED + 1 {
+            tracing::warn!(file = %self.file, "further warnings for this file are counted, not logged");
+        }
+    }
+
+    fn reject(&mut self, line: u64, reason: &str, raw: &[String]) -> Result<()> {
+        self.counts.rows_rejected += 1;
+        let Some(path) = self.rejects_path.clone() else {
+            return Ok(());
+        };
+        if self.rejects.is_none() {
+            let file = crate::fsutil::create_private(&path)?;
+            let mut w = csv::Writer::from_writer(file);
+            let mut head = vec!["line".to_string(), "reason".to_string()];
+            head.extend(self.header.iter().cloned());
+            w.write_record(&head).map_err(|e| rejects_error(&path, e))?;
+            self.rejects = Some(w);
+        }
+        if let Some(w) = self.rejects.as_mut() {
+            let mut rec = vec![line.to_string(), reason.to_string()];
+            rec.extend(raw.iter().cloned());
+            w.write_record(&rec).map_err(|e| rejects_error(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn rejects_error(path: &Path, e: csv::Error) -> Error {
+    Error::Runtime(anyhow::anyhow!(
+        "cannot write rejects file {}: {e}",
+        path.display()
+    ))
+}
+
+/// Hash of a row key, for spotting the same key twice in one file without
+/// keeping every key in memory (8 bytes each plus the line).
+fn key_hash(key: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// What a writer does with one batch inside the import transaction.
+trait BatchWriter<T> {
+    async fn write(
+        &mut self,
+        tx: &mut ImportTx,
+        items: Vec<Item<T>>,
+        tally: &mut Tally,
+    ) -> Result<()>;
+}
+
+async fn run_import<T, W>(
+    db: &Db,
+    feed: Feed,
+    path: &Path,
+    sha: &str,
+    opts: &ImportOptions,
+    parse: ParseFn<T>,
+    mut writer: W,
+) -> Result<ImportReport>
+where
+    T: Send + 'static,
+    W: BatchWriter<T>,
+{
+    let shown = path.display().to_string();
+    let (sender, mut receiver) = mpsc::channel::<Msg<T>>(4);
+    let (p, enc, rows, progress) = (
+        path.to_path_buf(),
+        opts.encoding,
+        opts.batch_rows,
+        opts.progress,
+    );
+    let parser = tokio::task::spawn_blocking(move || {
+        parse_file(feed, p, enc, rows, progress, parse, sender)
+    });
+
+    let mut tx = db.begin_import(feed.name(), &shown, sha).await?;
+    let mut tally = Tally {
+        file: shown.clone(),
+        counts: ImportCounts {
+            rows_read: 0,
+            rows_imported: 0,
+            rows_rejected: 0,
+        },
+        warnings: 0,
+        rejects: None,
+        rejects_path: opts.rejects.clone(),
+        header: Vec::new(),
+    };
+    let mut refused = None;
+    while let Some(msg) = receiver.recv().await {
+        match msg {
+            Msg::Header(h) => tally.header = h,
+            Msg::Batch(items) => {
+                tally.counts.rows_read += items.len() as u64;
+                if let Err(e) = writer.write(&mut tx, items, &mut tally).await {
+                    drop(receiver);
+                    let _ = tx.rollback().await;
+                    let _ = parser.await;
+                    return Err(e);
+                }
+            }
+            Msg::Refused(why) => refused = Some(why),
+        }
+    }
+    parser
+        .await
+        .map_err(|e| Error::Runtime(anyhow::anyhow!("parser thread failed for {shown}: {e}")))?;
+    if let Some(w) = tally.rejects.as_mut() {
+        w.flush()
+            .map_err(|e| Error::io(format!("cannot write rejects file for {shown}"), e))?;
+    }
+    if let Some(why) = refused {
+        tx.rollback().await?;
+        return Err(Error::InputRefused(format!("{why}; nothing imported")));
+    }
+    let c = tally.counts;
+    // C9: refused when rejected / data rows is strictly greater than the ratio.
+    if c.rows_read > 0 && (c.rows_rejected as f64) > opts.max_reject_ratio * (c.rows_read as f64) {
+        tx.rollback().await?;
+        let rejects = match &tally.rejects_path {
+            Some(p) if c.rows_rejected > 0 => format!("; rejects in {}", p.display()),
+            _ => String::new(),
+        };
+        return Err(Error::InputRefused(format!(
+            "{shown}: {} of {} rows rejected ({:.1}%), more than max_reject_ratio {}; nothing imported{rejects}",
+            c.rows_rejected,
+            c.rows_read,
+            100.0 * c.rows_rejected as f64 / c.rows_read as f64,
+            opts.max_reject_ratio
+        )));
+    }
+    let import_id = tx.import_id();
+    tx.commit(c).await?;
+    Ok(ImportReport {
+        import_id,
+        counts: c,
+        warnings: tally.warnings,
+        rejects: if c.rows_rejected > 0 {
+            tally.rejects_path
+        } else {
+            None
+        },
+    })
+}
+
+/// The key a row replaces by (R2).
+trait Keyed {
+    fn key(&self) -> String;
+}
+
+impl Keyed for crate::db::ResidenceRow {
+    fn key(&self) -> String {
+        format!("{}|{}", self.id_number, self.visited_on)
+    }
+}
+
+impl Keyed for crate::db::SocialInsuranceRow {
+    fn key(&self) -> String {
+        format!("{}|{}", self.id_number, self.month)
+    }
+}
+
+impl Keyed for crate::db::CivilStatusRow {
+    fn key(&self) -> String {
+        self.id_number.clone()
+    }
+}
+
+/// Rows that insert or replace by key.
+trait Upsert: Sized {
+    async fn upsert(tx: &mut ImportTx, rows: Vec<Self>) -> Result<()>;
+}
+
+impl Upsert for crate::db::ResidenceRow {
+    async fn upsert(tx: &mut ImportTx, rows: Vec<Self>) -> Result<()> {
+        tx.upsert_residence(rows).await
+    }
+}
+
+impl Upsert for crate::db::SocialInsuranceRow {
+    async fn upsert(tx: &mut ImportTx, rows: Vec<Self>) -> Result<()> {
+        tx.upsert_social_insurance(rows).await
+    }
+}
+
+impl Upsert for crate::db::CivilStatusRow {
+    async fn upsert(tx: &mut ImportTx, rows: Vec<Self>) -> Result<()> {
+        tx.upsert_civil_status(rows).await
+    }
+}
+
+/// Remembers the line of each key accepted so far in this file.
+#[derive(Default)]
+struct SeenKeys<V> {
+    lines: HashMap<u64, (u64, V)>,
+}
+
+/// Writer for residence, social-insurance and civil-status rows: the later
+/// line with a key wins, with a warning (R2).
+struct KeyedWriter<T> {
+    seen: SeenKeys<()>,
+    _row: std::marker::PhantomData<T>,
+}
+
+impl<T> Default for KeyedWriter<T> {
+    fn default() -> Self {
+        KeyedWriter {
+            seen: SeenKeys::default(),
+            _row: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Keyed + Upsert> BatchWriter<T> for KeyedWriter<T> {
+    async fn write(
+        &mut self,
+        tx: &mut ImportTx,
+        items: Vec<Item<T>>,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let mut accepted: Vec<(String, T)> = Vec::with_capacity(items.len());
+        for item in items {
+            match item.parsed {
+                Err(reason) => tally.reject(item.line, &reason, &item.raw)?,
+                Ok(p) => {
+                    for w in &p.warnings {
+                        tally.warn(item.line, w);
+                    }
+                    let key = p.row.key();
+                    if let Some((earlier, ())) =
+                        self.seen.lines.insert(key_hash(&key), (item.line, ()))
+                    {
+                        tally.warn(
+                            item.line,
+                            &format!("same key as line {earlier}; the later line wins (R2)"),
+                        );
+                    }
+                    tally.counts.rows_imported += 1;
+                    accepted.push((key, p.row));
+                }
+            }
+        }
+        T::upsert(tx, last_per_key(accepted)).await
+    }
+}
+
+/// Keeps the last row for each key, in order (one statement may not touch a
+/// row twice on PostgreSQL, and the later line must win).
+fn last_per_key<T>(rows: Vec<(String, T)>) -> Vec<T> {
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+    for (i, (k, _)) in rows.iter().enumerate() {
+        last.insert(k.as_str(), i);
+    }
+    let keep: Vec<bool> = (0..rows.len())
+        .map(|i| last.get(rows[i].0.as_str()) == Some(&i))
+        .collect();
+    rows.into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|((_, r), _)| r)
+        .collect()
+}
+
+/// Writer for the permit register: R2's `valid_until` never backwards and
+/// C5/C6 (compared with the value stored before this file).
+#[derive(Default)]
+struct PermitsWriter {
+    /// Per key seen in this file: its line and the permit as stored before
+    /// the file (`None`: new).
+    seen: SeenKeys<Option<PriorPermit>>,
+}
+
+enum PermitWrite {
+    Full(PermitRow),
+    Contacts(ContactUpdate),
+}
+
+impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
+    async fn write(
+        &mut self,
+        tx: &mut ImportTx,
+        items: Vec<Item<(PermitRow, Option<PermitStatus>)>>,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let unseen: Vec<&str> = items
+            .iter()
+            .filter_map(|i| i.parsed.as_ref().ok())
+            .map(|p| p.row.0.permit_no.as_str())
+            .filter(|no| !self.seen.lines.contains_key(&key_hash(no)))
+            .collect();
+        let stored = if unseen.is_empty() {
+            HashMap::new()
+        } else {
+            tx.lookup_permits(&unseen).await?
+        };
+
+        let mut writes: Vec<(String, PermitWrite)> = Vec::with_capacity(items.len());
+        for item in items {
+            let p = match item.parsed {
+                Err(reason) => {
+                    tally.reject(item.line, &reason, &item.raw)?;
+                    continue;
+                }
+                Ok(p) => p,
+            };
+            let (mut row, given_status) = p.row;
+            let hash = key_hash(&row.permit_no);
+            let (earlier, prior) = match self.seen.lines.get(&hash) {
+                Some((line, prior)) => (Some(*line), *prior),
+                None => (None, stored.get(&row.permit_no).copied()),
+            };
+            let write = match prior {
+                None => PermitWrite::Full(row),
+                // C5/C15: a cancelled permit takes contact fields only.
+                Some(prior) if prior.status == PermitStatus::Cancelled => {
+                    PermitWrite::Contacts(ContactUpdate {
+                        permit_no: row.permit_no.clone(),
+                        name: row.name,
+                        phone: row.phone,
+                        email: row.email,
+                    })
+                }
+                Some(prior) if row.valid_until < prior.valid_until => {
+                    let reason = format!(
+                        "VALID_UNTIL_BACKWARDS: valid_until {} is earlier than the stored {}",
+                        row.valid_until, prior.valid_until
+                    );
+                    tally.reject(item.line, &reason, &item.raw)?;
+                    continue;
+                }
+                Some(prior) => {
+                    // C5: the status column applies only when it says
+                    // cancelled; a later valid_until restores a suspended
+                    // permit (endorsed at a center).
+                    let status = if given_status == Some(PermitStatus::Cancelled) {
+                        PermitStatus::Cancelled
+                    } else if prior.status == PermitStatus::Suspended
+                        && row.valid_until > prior.valid_until
+                    {
+                        PermitStatus::Active
+                    } else {
+                        prior.status
+                    };
+                    row.status = status.code().to_string();
+                    PermitWrite::Full(row)
+                }
+            };
+            for w in &p.warnings {
+                tally.warn(item.line, w);
+            }
+            if let Some(earlier) = earlier {
+                tally.warn(
+                    item.line,
+                    &format!("same permit_no as line {earlier}; the later line wins (R2, C6)"),
+                );
+            }
+            self.seen.lines.insert(hash, (item.line, prior));
+            tally.counts.rows_imported += 1;
+            let key = match &write {
+                PermitWrite::Full(r) => r.permit_no.clone(),
+                PermitWrite::Contacts(c) => c.permit_no.clone(),
+            };
+            writes.push((key, write));
+        }
+        let mut full = Vec::new();
+        let mut contacts = Vec::new();
+        for w in last_per_key(writes) {
+            match w {
+                PermitWrite::Full(r) => full.push(r),
+                PermitWrite::Contacts(c) => contacts.push(c),
+            }
+        }
+        if !full.is_empty() {
+            tx.upsert_permits(full).await?;
+        }
+        if !contacts.is_empty() {
+            tx.update_contacts(contacts).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_per_key_keeps_the_later_line_in_order() {
+        let rows = vec![
+            ("a".to_string(), 1),
+            ("b".to_string(), 2),
+            ("a".to_string(), 3),
+        ];
+        assert_eq!(last_per_key(rows), vec![2, 3]);
+    }
+}
+
+/// Where an inbox file's rejects go: `<dir>/<feed>/<file name>.rejects.csv`.
+pub fn rejects_path_in(dir: &Path, feed: Feed, file: &Path) -> PathBuf {
+    let mut name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".rejects.csv");
+    dir.join(feed.name()).join(name)
+}

@@ -1,0 +1,278 @@
+//! One raw CSV record (all strings) → a typed row, or the reason it is
+//! rejected. Reasons read `CODE: detail`, the code naming the field
+//! (`INVALID_ID_NUMBER`, `MISSING_NAME`, …) so a rejects file can be
+//! filtered by it.
+
+use chrono::NaiveDate;
+
+use crate::db::{CivilStatusRow, PermitRow, ResidenceRow, SocialInsuranceRow};
+use crate::domain::{
+    parse_date, Email, IdNumber, MaritalStatus, Month, PaymentStatus, PermitStatus, Phone,
+    ResidenceResult, SiStatus, Uscc,
+};
+
+/// The feeds (R1, SPEC §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Feed {
+    Permits,
+    Residence,
+    SocialInsurance,
+    CivilStatus,
+}
+
+impl Feed {
+    pub const ALL: [Feed; 4] = [
+        Feed::Permits,
+        Feed::Residence,
+        Feed::SocialInsurance,
+        Feed::CivilStatus,
+    ];
+
+    /// The feed's name on the command line and in the database.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feed::Permits => "permits",
+            Feed::Residence => "residence",
+            Feed::SocialInsurance => "social-insurance",
+            Feed::CivilStatus => "civil-status",
+        }
+    }
+
+    /// Expected columns and whether each is required, in a fixed order
+    /// that the parsers below index.
+    pub fn columns(self) -> &'static [(&'static str, bool)] {
+        match self {
+            Feed::Permits => &[
+                ("permit_no", true),
+                ("id_number", true),
+                ("name", true),
+                ("phone", false),
+                ("email", false),
+                ("district_code", true),
+                ("street_code", true),
+                ("address", true),
+                ("valid_until", true),
+                ("status", false),
+                ("employer_uscc", false),
+                ("si_status", true),
+                ("marital_status", true),
+            ],
+            Feed::Residence => &[
+                ("id_number", true),
+                ("visited_on", true),
+                ("result", true),
+                ("address", false),
+                ("officer_id", false),
+            ],
+            Feed::SocialInsurance => &[
+                ("id_number", true),
+                ("month", true),
+                ("status", true),
+                ("employer_uscc", false),
+                ("employer_name", false),
+            ],
+            Feed::CivilStatus => &[
+                ("id_number", true),
+                ("marital_status", true),
+                ("as_of", false),
+            ],
+        }
+    }
+}
+
+/// A record's values in the feed's column order, trimmed (C10); a column
+/// absent from the file reads as empty.
+pub struct Fields<'a> {
+    pub values: Vec<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    fn get(&self, i: usize) -> &'a str {
+        self.values.get(i).copied().unwrap_or("")
+    }
+}
+
+/// A row's parse result: the row and any warnings (C11).
+pub struct Parsed<T> {
+    pub row: T,
+    pub warnings: Vec<String>,
+}
+
+fn code(column: &str) -> String {
+    column.to_ascii_uppercase()
+}
+
+fn required<'a>(f: &Fields<'a>, i: usize, column: &str) -> Result<&'a str, String> {
+    let v = f.get(i);
+    if v.is_empty() {
+        Err(format!("MISSING_{}: {column} is empty", code(column)))
+    } else {
+        Ok(v)
+    }
+}
+
+fn invalid(column: &str, err: impl std::fmt::Display) -> String {
+    format!("INVALID_{}: {column}: {err}", code(column))
+}
+
+fn date(f: &Fields, i: usize, column: &str) -> Result<NaiveDate, String> {
+    let v = required(f, i, column)?;
+    parse_date(v).map_err(|e| invalid(column, e))
+}
+
+fn id_number(f: &Fields, i: usize) -> Result<String, String> {
+    let v = required(f, i, "id_number")?;
+    IdNumber::parse(v)
+        .map(|id| id.as_str().to_string())
+        .map_err(|e| invalid("id_number", e))
+}
+
+fn digits(v: &str, n: usize) -> bool {
+    v.len() == n && v.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn uscc(f: &Fields, i: usize, warnings: &mut Vec<String>) -> Result<String, String> {
+    let v = f.get(i);
+    if v.is_empty() {
+        return Ok(String::new());
+    }
+    let u = Uscc::parse(v).map_err(|e| invalid("employer_uscc", e))?;
+    if !u.check_ok() {
+        // C11: some early pilot-area codes are legal yet fail the check.
+        warnings.push(format!(
+            "employer_uscc {} has a wrong check character; accepted (C11)",
+            u.as_str()
+        ));
+    }
+    Ok(u.as_str().to_string())
+}
+
+/// A permits row, and the status column if the file gave one (C5 decides
+/// whether it applies).
+pub fn permit(f: &Fields) -> Result<Parsed<(PermitRow, Option<PermitStatus>)>, String> {
+    let mut warnings = Vec::new();
+    let permit_no = required(f, 0, "permit_no")?.to_string();
+    let id_number = id_number(f, 1)?;
+    let name = required(f, 2, "name")?.to_string();
+    let phone = match f.get(3) {
+        "" => None,
+        v => Some(
+            Phone::parse(v)
+                .map_err(|e| invalid("phone", e))?
+                .as_str()
+                .to_string(),
+        ),
+    };
+    let email = match f.get(4) {
+        "" => None,
+        v => Some(
+            Email::parse(v)
+                .map_err(|e| invalid("email", e))?
+                .as_str()
+                .to_string(),
+        ),
+    };
+    let district_code = required(f, 5, "district_code")?;
+    if !digits(district_code, 6) {
+        return Err(invalid("district_code", "must be 6 digits"));
+    }
+    let street_code = required(f, 6, "street_code")?;
+    if !digits(street_code, 9) {
+        return Err(invalid("street_code", "must be 9 digits"));
+    }
+    if !street_code.starts_with(district_code) {
+        return Err(invalid(
+            "street_code",
+            format!("does not start with district_code {district_code}"),
+        ));
+    }
+    let address = required(f, 7, "address")?.to_string();
+    let valid_until = date(f, 8, "valid_until")?;
+    let status = match f.get(9) {
+        "" => None,
+        v => Some(PermitStatus::parse(v).map_err(|e| invalid("status", e))?),
+    };
+    let employer_uscc = uscc(f, 10, &mut warnings)?;
+    let si_status =
+        SiStatus::parse(required(f, 11, "si_status")?).map_err(|e| invalid("si_status", e))?;
+    let marital_status = MaritalStatus::parse(required(f, 12, "marital_status")?)
+        .map_err(|e| invalid("marital_status", e))?;
+    let row = PermitRow {
+        permit_no,
+        id_number,
+        name,
+        phone,
+        email,
+        district_code: district_code.to_string(),
+        street_code: street_code.to_string(),
+        address,
+        valid_until,
+        status: status.unwrap_or(PermitStatus::Active).code().to_string(),
+        employer_uscc,
+        si_status: si_status.code().to_string(),
+        marital_status: marital_status.code().to_string(),
+    };
+    Ok(Parsed {
+        row: (row, status),
+        warnings,
+    })
+}
+
+pub fn residence(f: &Fields) -> Result<Parsed<ResidenceRow>, String> {
+    let id_number = id_number(f, 0)?;
+    let visited_on = date(f, 1, "visited_on")?;
+    let result =
+        ResidenceResult::parse(required(f, 2, "result")?).map_err(|e| invalid("result", e))?;
+    Ok(Parsed {
+        row: ResidenceRow {
+            id_number,
+            visited_on,
+            result: result.code().to_string(),
+            address: f.get(3).to_string(),
+            officer_id: f.get(4).to_string(),
+        },
+        warnings: Vec::new(),
+    })
+}
+
+pub fn social_insurance(f: &Fields) -> Result<Parsed<SocialInsuranceRow>, String> {
+    let mut warnings = Vec::new();
+    let id_number = id_number(f, 0)?;
+    let month = Month::parse(required(f, 1, "month")?).map_err(|e| invalid("month", e))?;
+    let status =
+        PaymentStatus::parse(required(f, 2, "status")?).map_err(|e| invalid("status", e))?;
+    let employer_uscc = uscc(f, 3, &mut warnings)?;
+    if status == PaymentStatus::Paid && employer_uscc.is_empty() {
+        return Err(
+            "MISSING_EMPLOYER_USCC: employer_uscc is required when status is paid".to_string(),
+        );
+    }
+    Ok(Parsed {
+        row: SocialInsuranceRow {
+            id_number,
+            month: month.to_string(),
+            status: status.code().to_string(),
+            employer_uscc,
+            employer_name: f.get(4).to_string(),
+        },
+        warnings,
+    })
+}
+
+pub fn civil_status(f: &Fields) -> Result<Parsed<CivilStatusRow>, String> {
+    let id_number = id_number(f, 0)?;
+    let marital_status = MaritalStatus::parse(required(f, 1, "marital_status")?)
+        .map_err(|e| invalid("marital_status", e))?;
+    let as_of = match f.get(2) {
+        "" => None,
+        v => Some(parse_date(v).map_err(|e| invalid("as_of", e))?),
+    };
+    Ok(Parsed {
+        row: CivilStatusRow {
+            id_number,
+            marital_status: marital_status.code().to_string(),
+            as_of,
+        },
+        warnings: Vec::new(),
+    })
+}

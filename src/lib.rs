@@ -1,0 +1,29 @@
+//! autosign — the nightly automatic endorsement (自动签注) of Shanghai
+//! residence permits. The contract is SPEC.md (rules R1–R11); modules are
+//! cut by capability:
+//!
+//! - [`domain`]: value types parsed once at the edge (ID numbers, USCC, …)
+//! - [`feeds`]: CSV import of the register and the three feeds (R1, R2)
+//! - [`reconcile`]: the nightly run (R2a, R3–R8), rules as pure functions
+//! - [`outbox`]: notice texts and the outbox
+//! - [`audit`]: CSV exports (R9); [`status`]: one permit's story (R10)
+//! - [`db`]: every SQL statement, behind one `Db` type
+
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod faults;
+pub mod feeds;
+pub mod fsutil;
+pub mod generate;
+pub mod outbox;
+pub mod reconcile;
+pub mod settings;
+pub mod status;
+pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -1,0 +1,34 @@
+//! The `autosign` binary: parse the command line, load settings, start
+//! logging, run the command, map its error to the exit status of SPEC §5.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use autosign::{app, cli::Cli, settings::Settings, telemetry};
+
+fn main() -> ExitCode {
+    // clap prints usage errors itself and exits 2 (help and version: 0).
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&autosign::Error::io("cannot start the async runtime", e)),
+    };
+    match runtime.block_on(app::execute(cli, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &autosign::Error) -> ExitCode {
+    eprintln!("autosign: error: {e}");
+    ExitCode::from(e.exit_code())
+}

@@ -1,0 +1,333 @@
+//! Notice texts (zh-CN) from the configured templates, the service-center
+//! table, and the channel choice of R8.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use chrono::{Duration, NaiveDate};
+
+use crate::db::{NewNotice, PermitRow};
+use crate::domain::{EventKind, Reason};
+use crate::error::{Error, Result};
+use crate::settings::Settings;
+
+/// A community affairs acceptance service center (社区事务受理服务中心).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Center {
+    pub name: String,
+    pub address: String,
+    pub phone: String,
+}
+
+/// Everything needed to write a notice.
+#[derive(Debug, Clone)]
+pub struct Notices {
+    centers: HashMap<String, Center>,
+    signature: String,
+    auto_signed: String,
+    visit_center: String,
+    suspended: String,
+    cancelled: String,
+    materials: String,
+    materials_address: String,
+    grace_days: u32,
+}
+
+/// Placeholders a template may use.
+const PLACEHOLDERS: [&str; 10] = [
+    "name",
+    "permit_no",
+    "valid_until",
+    "new_valid_until",
+    "reasons",
+    "materials",
+    "center",
+    "deadline",
+    "grace_until",
+    "signature",
+];
+
+impl Notices {
+    pub fn from_settings(settings: &Settings) -> Result<Self> {
+        let n = &settings.notices;
+        for (key, template) in [
+            ("notices.auto_signed", &n.auto_signed),
+            ("notices.visit_center", &n.visit_center),
+            ("notices.suspended", &n.suspended),
+            ("notices.cancelled", &n.cancelled),
+        ] {
+            check_template(key, template)?;
+        }
+        Ok(Notices {
+            centers: load_centers(&n.service_centers)?,
+            signature: n.signature.clone(),
+            auto_signed: n.auto_signed.clone(),
+            visit_center: n.visit_center.clone(),
+            suspended: n.suspended.clone(),
+            cancelled: n.cancelled.clone(),
+            materials: n.materials.clone(),
+            materials_address: n.materials_address.clone(),
+            grace_days: settings.rules.grace_days,
+        })
+    }
+
+    pub fn center(&self, street_code: &str) -> Option<&Center> {
+        self.centers.get(street_code)
+    }
+
+    /// The notice for an event on `permit` (R7, R8).
+    pub fn compose(
+        &self,
+        kind: EventKind,
+        permit: &PermitRow,
+        reasons: &[Reason],
+        new_valid_until: Option<NaiveDate>,
+    ) -> NewNotice {
+        let center = match self.centers.get(&permit.street_code) {
+            Some(c) => {
+                let mut s = c.name.clone();
+                match (c.address.is_empty(), c.phone.is_empty()) {
+                    (false, false) => s.push_str(&format!("（{}，电话{}）", c.address, c.phone)),
+                    (false, true) => s.push_str(&format!("（{}）", c.address)),
+                    (true, false) => s.push_str(&format!("（电话{}）", c.phone)),
+                    (true, true) => {}
+                }
+                s
+            }
+            None => "所在街道（乡镇）社区事务受理服务中心".to_string(),
+        };
+        let mut materials = self.materials.clone();
+        if reasons
+            .iter()
+            .any(|r| matches!(r, Reason::AddressChanged | Reason::AddressNotVerified))
+        {
+            materials.push_str(&format!("，以及居住证明（{}）", self.materials_address));
+        }
+        let reasons_text = reasons
+            .iter()
+            .map(|r| r.label_zh())
+            .collect::<Vec<_>>()
+            .join("；");
+        let template = match kind {
+            EventKind::AutoSigned => &self.auto_signed,
+            EventKind::VisitCenter => &self.visit_center,
+            EventKind::Suspended => &self.suspended,
+            EventKind::Cancelled => &self.cancelled,
+        };
+        let grace_until = permit.valid_until + Duration::days(i64::from(self.grace_days));
+        let values: [(&str, String); 10] = [
+            ("name", permit.name.clone()),
+            ("permit_no", permit.permit_no.clone()),
+            ("valid_until", permit.valid_until.to_string()),
+            (
+                "new_valid_until",
+                new_valid_until.map(|d| d.to_string()).unwrap_or_default(),
+            ),
+            ("reasons", reasons_text),
+            ("materials", materials),
+            ("center", center),
+            ("deadline", permit.valid_until.to_string()),
+            ("grace_until", grace_until.to_string()),
+            ("signature", self.signature.clone()),
+        ];
+        let mut message = fill(template, &values);
+        if !template.contains("{signature}") {
+            message = format!("{}{}", self.signature, message);
+        }
+        let (channel, recipient, status) = match (&permit.phone, &permit.email) {
+            (Some(p), _) => ("sms", p.clone(), "queued"),
+            (None, Some(e)) => ("email", e.clone(), "queued"),
+            // C12: no channel: recorded, never sent.
+            (None, None) => ("none", String::new(), "undeliverable"),
+        };
+        NewNotice {
+            channel,
+            recipient,
+            message,
+            status,
+        }
+    }
+}
+
+fn fill(template: &str, values: &[(&str, String)]) -> String {
+    let mut out = template.to_string();
+    for (key, value) in values {
+        out = out.replace(&format!("{{{key}}}"), value);
+    }
+    out
+}
+
+/// A template may only use known placeholders: a typo fails at start-up,
+/// not in a citizen's SMS at 02:00.
+fn check_template(key: &str, template: &str) -> Result<()> {
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('}') else {
+            return Err(Error::Config(format!(
+                "configuration key {key}: unclosed {{ in template"
+            )));
+        };
+        let name = &after[..end];
+        if !PLACEHOLDERS.contains(&name) {
+            return Err(Error::Config(format!(
+                "configuration key {key}: unknown placeholder {{{name}}} (known: {})",
+                PLACEHOLDERS.join(", ")
+            )));
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(())
+}
+
+/// Reads the service-center table: `street_code,center_name,address,phone`.
+fn load_centers(path: &Path) -> Result<HashMap<String, Center>> {
+    if path.as_os_str().is_empty() {
+        return parse_centers(
+            csv::Reader::from_reader(BUNDLED_CENTERS.as_bytes()),
+            "bundled service_centers.csv",
+        );
+    }
+    let reader = csv::Reader::from_path(path).map_err(|e| {
+        Error::Config(format!(
+            "notices.service_centers: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    parse_centers(reader, &path.display().to_string())
+}
+
+/// The bundled table, built from the NBS 2023 street list (see README).
+const BUNDLED_CENTERS: &str = include_str!("../../config/service_centers.csv");
+
+fn parse_centers<R: std::io::Read>(
+    mut reader: csv::Reader<R>,
+    shown: &str,
+) -> Result<HashMap<String, Center>> {
+    let mut out = HashMap::new();
+    for (i, rec) in reader.records().enumerate() {
+        let rec = rec.map_err(|e| Error::Config(format!("{shown}: {e}")))?;
+        let line = i + 2;
+        let get = |j: usize| rec.get(j).map(str::trim).unwrap_or("").to_string();
+        let code = get(0);
+        if code.len() != 9 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::Config(format!(
+                "{shown} line {line}: street_code must be 9 digits"
+            )));
+        }
+        let name = get(1);
+        if name.is_empty() {
+            return Err(Error::Config(format!(
+                "{shown} line {line}: center_name is empty"
+            )));
+        }
+        out.insert(
+            code,
+            Center {
+                name,
+                address: get(2),
+                phone: get(3),
+            },
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permit(phone: Option<&str>, email: Option<&str>) -> PermitRow {
+        PermitRow {
+            permit_no: "SH0000000001".into(),
+            id_number: "11010519491231002X".into(),
+            name: "张三".into(),
+            phone: phone.map(Into::into),
+            email: email.map(Into::into),
+            district_code: "310115".into(),
+            street_code: "310115004".into(),
+            address: "上海市浦东新区".into(),
+            valid_until: NaiveDate::from_ymd_opt(2026, 12, 1).expect("date"),
+            status: "active".into(),
+            employer_uscc: String::new(),
+            si_status: "paying".into(),
+            marital_status: "single".into(),
+        }
+    }
+
+    fn notices() -> Notices {
+        let s = Settings::load_with_env(None, &[]).expect("defaults");
+        Notices::from_settings(&s).expect("notices")
+    }
+
+    #[test]
+    fn r8_channel_is_sms_then_email_then_undeliverable() {
+        let n = notices();
+        let sms = n.compose(
+            EventKind::AutoSigned,
+            &permit(Some("13800138000"), Some("a@b.cn")),
+            &[],
+            None,
+        );
+        assert_eq!((sms.channel, sms.status), ("sms", "queued"));
+        let mail = n.compose(
+            EventKind::AutoSigned,
+            &permit(None, Some("a@b.cn")),
+            &[],
+            None,
+        );
+        assert_eq!((mail.channel, mail.recipient.as_str()), ("email", "a@b.cn"));
+        let none = n.compose(EventKind::AutoSigned, &permit(None, None), &[], None);
+        assert_eq!((none.channel, none.status), ("none", "undeliverable"));
+    }
+
+    #[test]
+    fn r7_visit_center_text_names_reasons_deadline_materials_and_center() {
+        let n = notices();
+        let msg = n
+            .compose(
+                EventKind::VisitCenter,
+                &permit(Some("13800138000"), None),
+                &[Reason::AddressChanged, Reason::EmployerChanged],
+                None,
+            )
+            .message;
+        let center = n.center("310115004").expect("center exists").name.clone();
+        for part in [
+            "张三",
+            "2026-12-01",
+            Reason::AddressChanged.label_zh(),
+            Reason::EmployerChanged.label_zh(),
+            "实有人口居住登记表",
+            "房屋租赁合同登记备案证明",
+            center.as_str(),
+        ] {
+            assert!(msg.contains(part), "{part} missing from {msg}");
+        }
+        assert!(!msg.contains('{'), "unfilled placeholder in {msg}");
+    }
+
+    #[test]
+    fn r7_auto_signed_text_names_new_date() {
+        let n = notices();
+        let d = NaiveDate::from_ymd_opt(2027, 12, 1).expect("date");
+        let msg = n
+            .compose(
+                EventKind::AutoSigned,
+                &permit(Some("13800138000"), None),
+                &[],
+                Some(d),
+            )
+            .message;
+        assert!(
+            msg.contains("2027-12-01") && msg.contains("自动签注"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unknown_placeholder_is_a_config_error() {
+        let err = check_template("notices.cancelled", "{nmae}").unwrap_err();
+        assert!(err.to_string().contains("{nmae}"), "{err}");
+    }
+}

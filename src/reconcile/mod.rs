@@ -1,0 +1,410 @@
+//! The nightly run for one `as_of`: inbox import (R2a), lifecycle (R3),
+//! window (R4), evidence (R5), decision (R6), effects (R7) and notices (R8).
+//!
+//! A run holds the job lock, so no import or other run overlaps it, and
+//! reads through one snapshot. It commits in pages: each page's events,
+//! notices and permit changes in one transaction. A run killed half-way
+//! leaves its `runs` row `running`; the next run for that `as_of` takes it
+//! over and decides only what is left, because a decided cycle is excluded
+//! by the queries themselves (AUTO_SIGNED moved `valid_until`, a lifecycle
+//! step changed `status`, VISIT_CENTER closed the cycle) and the unique keys
+//! on events and notices make a double write impossible.
+
+pub mod rules;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{Duration, NaiveDate};
+
+use crate::db::{Db, EvidenceBounds, NewEvent, PageKey, PermitRow, RunBatch, RunCount, RunRecord};
+use crate::domain::{
+    EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
+};
+use crate::error::{Error, Result};
+use crate::feeds::{self, Encoding, Feed, ImportOptions, ImportOutcome};
+use crate::outbox::notice::Notices;
+use crate::settings::{LapsePolicy, Settings};
+use rules::{Baseline, Outcome, Payment, Selected, Visit};
+
+/// Permits per page (one read, one write transaction).
+const PAGE: u32 = 2000;
+
+#[derive(Debug)]
+pub enum RunOutcome {
+    Completed(RunSummary),
+    /// C8: this `as_of` was completed before; nothing was done.
+    AlreadyCompleted(RunRecord),
+}
+
+#[derive(Debug)]
+pub struct RunSummary {
+    pub run: RunRecord,
+    pub inbox: Vec<(PathBuf, ImportOutcome)>,
+    /// Events of the whole run (all attempts), by kind, reasons, channel.
+    pub counts: Vec<RunCount>,
+    pub pending: u64,
+    pub pending_reasons: BTreeMap<Reason, u64>,
+}
+
+/// Runs the nightly reconciliation for `as_of`.
+pub async fn run(
+    db: &Db,
+    settings: &Settings,
+    notices: &Notices,
+    as_of: NaiveDate,
+) -> Result<RunOutcome> {
+    let _lock = db
+        .lock_jobs(|| {
+            tracing::info!("another autosign import or run holds the job lock; waiting for it")
+        })
+        .await?;
+    if let Some(done) = db.run_for(as_of).await?.filter(|r| r.status == "completed") {
+        return Ok(RunOutcome::AlreadyCompleted(done));
+    }
+    if let Some(last) = db.latest_completed_run().await? {
+        if last.as_of > as_of {
+            return Err(Error::Refused(format!(
+                "refusing to run for {as_of}: a later date, {}, was already completed (run {})",
+                last.as_of, last.run_id
+            )));
+        }
+    }
+    let inbox = import_inbox(db, settings).await?;
+    let run = db.start_run(as_of, &crate::clock::now_rfc3339()).await?;
+    let span = tracing::info_span!("run", run_id = run.run_id, %as_of);
+    let _enter = span.enter();
+    if run.attempts > 1 {
+        tracing::warn!(
+            attempt = run.attempts,
+            "resuming a run that did not complete"
+        );
+    }
+    tracing::info!("run started");
+    let mut snapshot = db.snapshot().await?;
+    let mut ctx = Ctx {
+        db,
+        settings,
+        notices,
+        as_of,
+        run_id: run.run_id,
+    };
+    let result = async {
+        lifecycle(&mut ctx, &mut snapshot).await?;
+        decisions(&mut ctx, &mut snapshot).await
+    }
+    .await;
+    snapshot.close().await?;
+    let (pending, pending_reasons) = result?;
+    db.complete_run(run.run_id, pending, &crate::clock::now_rfc3339())
+        .await?;
+    let counts = db.run_counts(run.run_id).await?;
+    let run = db.run_for(as_of).await?.unwrap_or(run);
+    tracing::info!(
+        pending,
+        events = counts.iter().map(|c| c.count).sum::<i64>(),
+        "run completed"
+    );
+    Ok(RunOutcome::Completed(RunSummary {
+        run,
+        inbox,
+        counts,
+        pending,
+        pending_reasons,
+    }))
+}
+
+struct Ctx<'a> {
+    db: &'a Db,
+    settings: &'a Settings,
+    notices: &'a Notices,
+    as_of: NaiveDate,
+    run_id: i64,
+}
+
+impl Ctx<'_> {
+    fn event(
+        &self,
+        kind: EventKind,
+        permit: &PermitRow,
+        reasons: &[Reason],
+        selected: &Selected,
+    ) -> NewEvent {
+        let new_valid_until = match kind {
+            EventKind::AutoSigned => Some(crate::domain::add_one_year(permit.valid_until)),
+            _ => None,
+        };
+        let effect = match kind {
+            EventKind::AutoSigned => {
+                crate::db::Effect::Extend(new_valid_until.unwrap_or(permit.valid_until))
+            }
+            EventKind::VisitCenter => crate::db::Effect::None,
+            EventKind::Suspended => crate::db::Effect::SetStatus(PermitStatus::Suspended.code()),
+            EventKind::Cancelled => crate::db::Effect::SetStatus(PermitStatus::Cancelled.code()),
+        };
+        NewEvent {
+            permit_no: permit.permit_no.clone(),
+            id_number: permit.id_number.clone(),
+            kind: kind.code(),
+            reasons: reasons
+                .iter()
+                .map(|r| r.code())
+                .collect::<Vec<_>>()
+                .join(";"),
+            valid_until: permit.valid_until,
+            new_valid_until,
+            residence_visited_on: selected.visit.as_ref().map(|v| v.visited_on),
+            residence_result: selected.visit.as_ref().map(|v| v.result.code().to_string()),
+            si_month: selected.payment.as_ref().map(|p| p.month.to_string()),
+            si_status: selected
+                .payment
+                .as_ref()
+                .map(|p| p.status.code().to_string()),
+            si_employer_uscc: selected.payment.as_ref().map(|p| p.employer_uscc.clone()),
+            marital_status: selected.marital_status.map(|m| m.code().to_string()),
+            effect,
+            notice: self.notices.compose(kind, permit, reasons, new_valid_until),
+        }
+    }
+
+    async fn commit(&self, events: Vec<NewEvent>) -> Result<()> {
+        let batch = RunBatch {
+            run_id: self.run_id,
+            as_of: self.as_of,
+            decided_at: crate::clock::now_rfc3339(),
+            events,
+        };
+        crate::faults::point("run.before_commit");
+        self.db.write_batch(&batch).await?;
+        crate::faults::point("run.after_commit");
+        Ok(())
+    }
+}
+
+fn stored<T, E: std::fmt::Display>(
+    what: &str,
+    value: &str,
+    parsed: std::result::Result<T, E>,
+) -> Result<T> {
+    parsed.map_err(|e| Error::Runtime(anyhow::anyhow!("stored {what} {value:?} is invalid: {e}")))
+}
+
+/// R3: at most one lifecycle step per permit per run.
+async fn lifecycle(ctx: &mut Ctx<'_>, snapshot: &mut crate::db::Snapshot) -> Result<()> {
+    let rules = &ctx.settings.rules;
+    let cancel_before = ctx.as_of - Duration::days(i64::from(rules.grace_days));
+    // Active permits past valid_until, then (cancel policy) suspended ones
+    // past the grace period. The two sets are disjoint in the snapshot.
+    let mut passes = vec![(PermitStatus::Active, ctx.as_of)];
+    if rules.lapse_policy == LapsePolicy::Cancel {
+        passes.push((PermitStatus::Suspended, cancel_before));
+    }
+    for (status, before) in passes {
+        let mut after: Option<PageKey> = None;
+        loop {
+            let page = snapshot
+                .lapsed(status.code(), before, after.as_ref(), PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(PageKey {
+                valid_until: last.valid_until,
+                permit_no: last.permit_no.clone(),
+            });
+            let mut events = Vec::new();
+            for permit in &page {
+                if let Some(kind) = rules::lifecycle(status, permit.valid_until, ctx.as_of, rules) {
+                    events.push(ctx.event(kind, permit, &[], &Selected::default()));
+                }
+            }
+            ctx.commit(events).await?;
+        }
+    }
+    Ok(())
+}
+
+/// R4–R8 for every due permit. Returns the PENDING count and its reasons.
+async fn decisions(
+    ctx: &mut Ctx<'_>,
+    snapshot: &mut crate::db::Snapshot,
+) -> Result<(u64, BTreeMap<Reason, u64>)> {
+    let rules = &ctx.settings.rules;
+    let as_of = ctx.as_of;
+    let to = as_of + Duration::days(i64::from(rules.window_days));
+    let month_to = Month::of(as_of);
+    let bounds = EvidenceBounds {
+        // The earliest window start of any due permit (valid_until >= as_of).
+        visited_from: as_of - Duration::days(i64::from(rules.window_days)),
+        visited_to: as_of,
+        month_from: month_to.minus(rules.si_max_lag_months).to_string(),
+        month_to: month_to.to_string(),
+        civil_as_of_max: as_of,
+    };
+    let mut pending = 0u64;
+    let mut pending_reasons = BTreeMap::new();
+    let mut after: Option<PageKey> = None;
+    loop {
+        let page = snapshot.due(as_of, to, after.as_ref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(PageKey {
+            valid_until: last.valid_until,
+            permit_no: last.permit_no.clone(),
+        });
+        let ids: Vec<&str> = page.iter().map(|p| p.id_number.as_str()).collect();
+        let evidence = snapshot.evidence(&ids, &bounds).await?;
+        let mut events = Vec::with_capacity(page.len());
+        for permit in &page {
+            let visits: Vec<Visit> = evidence
+                .residence
+                .get(&permit.id_number)
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| {
+                            Ok(Visit {
+                                visited_on: r.visited_on,
+                                result: stored(
+                                    "residence result",
+                                    &r.result,
+                                    ResidenceResult::parse(&r.result),
+                                )?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .transpose()?
+                .unwrap_or_default();
+            let payments: Vec<Payment> = evidence
+                .social_insurance
+                .get(&permit.id_number)
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| {
+                            Ok(Payment {
+                                month: stored("month", &r.month, Month::parse(&r.month))?,
+                                status: stored(
+                                    "payment status",
+                                    &r.status,
+                                    PaymentStatus::parse(&r.status),
+                                )?,
+                                employer_uscc: r.employer_uscc.clone(),
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .transpose()?
+                .unwrap_or_default();
+            let civil = evidence
+                .civil_status
+                .get(&permit.id_number)
+                .map(|m| stored("marital status", m, MaritalStatus::parse(m)))
+                .transpose()?;
+            let baseline = Baseline {
+                valid_until: permit.valid_until,
+                si_status: stored(
+                    "si_status",
+                    &permit.si_status,
+                    SiStatus::parse(&permit.si_status),
+                )?,
+                marital_status: stored(
+                    "marital_status",
+                    &permit.marital_status,
+                    MaritalStatus::parse(&permit.marital_status),
+                )?,
+                employer_uscc: &permit.employer_uscc,
+            };
+            let selected = Selected {
+                visit: rules::select_visit(&visits, permit.valid_until, as_of, rules),
+                payment: rules::select_payment(&payments, as_of, rules),
+                marital_status: civil,
+            };
+            let reasons = rules::reasons(&baseline, &selected);
+            match rules::decide(permit.valid_until, as_of, reasons, rules) {
+                Outcome::AutoSigned { .. } => {
+                    events.push(ctx.event(EventKind::AutoSigned, permit, &[], &selected))
+                }
+                Outcome::VisitCenter { reasons } => {
+                    events.push(ctx.event(EventKind::VisitCenter, permit, &reasons, &selected))
+                }
+                Outcome::Pending { reasons } => {
+                    pending += 1;
+                    for r in reasons {
+                        *pending_reasons.entry(r).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        ctx.commit(events).await?;
+    }
+    Ok((pending, pending_reasons))
+}
+
+/// R2a: imports every new file of the inbox, feed by feed in a fixed order
+/// (the register first), files in name order. Any refusal stops the run
+/// before R3 (exit 3, naming the file).
+async fn import_inbox(db: &Db, settings: &Settings) -> Result<Vec<(PathBuf, ImportOutcome)>> {
+    let inbox = &settings.inbox;
+    if inbox.dir.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = Path::new(inbox.dir.trim());
+    if !root.is_dir() {
+        return Err(Error::Config(format!(
+            "inbox.dir {} is not a directory",
+            root.display()
+        )));
+    }
+    let rejects_dir = if inbox.rejects_dir.trim().is_empty() {
+        settings.data_dir.join("rejects")
+    } else {
+        PathBuf::from(inbox.rejects_dir.trim())
+    };
+    let encoding = Encoding::parse(&inbox.encoding).ok_or_else(|| {
+        Error::Config(format!(
+            "inbox.encoding {:?} is not utf-8 or gb18030",
+            inbox.encoding
+        ))
+    })?;
+    let mut out = Vec::new();
+    for feed in Feed::ALL {
+        let sub = match feed {
+            Feed::Permits => &inbox.permits,
+            Feed::Residence => &inbox.residence,
+            Feed::SocialInsurance => &inbox.social_insurance,
+            Feed::CivilStatus => &inbox.civil_status,
+        };
+        let dir = root.join(sub);
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("cannot list inbox folder {}", dir.display()), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            let opts = ImportOptions {
+                encoding,
+                rejects: Some(feeds::rejects_path_in(&rejects_dir, feed, &file)),
+                max_reject_ratio: settings.import.max_reject_ratio,
+                batch_rows: settings.import.batch_rows,
+                progress: true,
+            };
+            let outcome =
+                feeds::import_file(db, feed, &file, &opts)
+                    .await
+                    .map_err(|e| match e {
+                        Error::InputRefused(msg) => Error::InputRefused(format!(
+                            "inbox file refused, run stopped before deciding anything: {msg}"
+                        )),
+                        other => other,
+                    })?;
+            out.push((file, outcome));
+        }
+    }
+    Ok(out)
+}

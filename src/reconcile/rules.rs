@@ -1,0 +1,536 @@
+//! The nightly rules R3–R6 as pure functions of (permit, evidence, as_of).
+//! No clock, no database: everything a decision depends on is an argument,
+//! so the tables in the tests below are the rules' specification.
+
+use chrono::{Duration, NaiveDate};
+
+use crate::domain::{
+    add_one_year, EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason,
+    ResidenceResult, SiStatus,
+};
+use crate::settings::{LapsePolicy, Rules};
+
+/// R3: the one lifecycle step a permit takes at this run, if any.
+pub fn lifecycle(
+    status: PermitStatus,
+    valid_until: NaiveDate,
+    as_of: NaiveDate,
+    rules: &Rules,
+) -> Option<EventKind> {
+    if status == PermitStatus::Cancelled {
+        return None;
+    }
+    let past_grace = as_of > valid_until + Duration::days(i64::from(rules.grace_days));
+    if past_grace && rules.lapse_policy == LapsePolicy::Cancel {
+        return Some(EventKind::Cancelled);
+    }
+    if status == PermitStatus::Active && valid_until < as_of {
+        return Some(EventKind::Suspended);
+    }
+    None
+}
+
+/// R4: due when active and `0 <= valid_until - as_of <= window_days`.
+pub fn is_due(
+    status: PermitStatus,
+    valid_until: NaiveDate,
+    as_of: NaiveDate,
+    rules: &Rules,
+) -> bool {
+    let left = (valid_until - as_of).num_days();
+    status == PermitStatus::Active && (0..=i64::from(rules.window_days)).contains(&left)
+}
+
+/// What the permit said at registration (the baseline R5 compares with).
+#[derive(Debug, Clone)]
+pub struct Baseline<'a> {
+    pub valid_until: NaiveDate,
+    pub si_status: SiStatus,
+    pub marital_status: MaritalStatus,
+    pub employer_uscc: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Visit {
+    pub visited_on: NaiveDate,
+    pub result: ResidenceResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub month: Month,
+    pub status: PaymentStatus,
+    pub employer_uscc: String,
+}
+
+/// The evidence rows a decision rests on (exported in the audit row).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selected {
+    pub visit: Option<Visit>,
+    pub payment: Option<Payment>,
+    pub marital_status: Option<MaritalStatus>,
+}
+
+/// R5: the visit that counts: latest `visited_on` with
+/// `valid_until - window_days <= visited_on <= as_of` (C4: no future rows).
+pub fn select_visit(
+    visits: &[Visit],
+    valid_until: NaiveDate,
+    as_of: NaiveDate,
+    rules: &Rules,
+) -> Option<Visit> {
+    let from = valid_until - Duration::days(i64::from(rules.window_days));
+    visits
+        .iter()
+        .filter(|v| v.visited_on >= from && v.visited_on <= as_of)
+        .max_by_key(|v| v.visited_on)
+        .cloned()
+}
+
+/// R5: the payment that counts: latest `month` with
+/// `month(as_of) - si_max_lag_months <= month <= month(as_of)`.
+pub fn select_payment(payments: &[Payment], as_of: NaiveDate, rules: &Rules) -> Option<Payment> {
+    let to = Month::of(as_of);
+    let from = to.minus(rules.si_max_lag_months);
+    payments
+        .iter()
+        .filter(|p| p.month >= from && p.month <= to)
+        .max_by_key(|p| p.month)
+        .cloned()
+}
+
+/// R5: the reasons against automatic endorsement, in the SPEC's order.
+pub fn reasons(baseline: &Baseline, selected: &Selected) -> Vec<Reason> {
+    let mut out = Vec::new();
+    match &selected.visit {
+        None => out.push(Reason::AddressNotVerified),
+        Some(v) if v.result != ResidenceResult::Consistent => out.push(Reason::AddressChanged),
+        Some(_) => {}
+    }
+    match (baseline.si_status, &selected.payment) {
+        (SiStatus::Paying, None) => out.push(Reason::SocialInsuranceMissing),
+        (SiStatus::Paying, Some(p)) if p.status != PaymentStatus::Paid => {
+            out.push(Reason::SocialInsuranceChanged)
+        }
+        // C3: employer equality is literal, empty included.
+        (SiStatus::Paying, Some(p)) if p.employer_uscc != baseline.employer_uscc => {
+            out.push(Reason::EmployerChanged)
+        }
+        // C2: for a not-paying permit only the selected row counts.
+        (SiStatus::NotPaying, Some(p)) if p.status == PaymentStatus::Paid => {
+            out.push(Reason::SocialInsuranceChanged)
+        }
+        _ => {}
+    }
+    if let Some(m) = selected.marital_status {
+        if m != baseline.marital_status {
+            out.push(Reason::MaritalStatusChanged);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// R6: the outcome for a due permit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// R7: valid one more year.
+    AutoSigned {
+        new_valid_until: NaiveDate,
+    },
+    VisitCenter {
+        reasons: Vec<Reason>,
+    },
+    /// Only missing evidence and the deadline not reached: nothing decided.
+    Pending {
+        reasons: Vec<Reason>,
+    },
+}
+
+pub fn decide(
+    valid_until: NaiveDate,
+    as_of: NaiveDate,
+    reasons: Vec<Reason>,
+    rules: &Rules,
+) -> Outcome {
+    if reasons.is_empty() {
+        return Outcome::AutoSigned {
+            new_valid_until: add_one_year(valid_until),
+        };
+    }
+    let only_missing = reasons.iter().all(|r| {
+        matches!(
+            r,
+            Reason::AddressNotVerified | Reason::SocialInsuranceMissing
+        )
+    });
+    if only_missing && (valid_until - as_of).num_days() > i64::from(rules.decision_deadline_days) {
+        Outcome::Pending { reasons }
+    } else {
+        Outcome::VisitCenter { reasons }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+    use Reason::*;
+
+    fn rules() -> Rules {
+        Settings::load_with_env(None, &[]).expect("defaults").rules
+    }
+
+    fn d(s: &str) -> NaiveDate {
+        crate::domain::parse_date(s).expect("date")
+    }
+
+    fn m(s: &str) -> Month {
+        Month::parse(s).expect("month")
+    }
+
+    const AS_OF: &str = "2026-11-27";
+
+    #[test]
+    fn r3_lifecycle_table() {
+        use EventKind::{Cancelled as C, Suspended as S};
+        use PermitStatus::*;
+        let r = rules();
+        // (rule, status, valid_until, expected)
+        let table: &[(&str, PermitStatus, &str, Option<EventKind>)] = &[
+            ("R3 not yet lapsed", Active, "2026-11-27", None),
+            (
+                "R3 lapsed yesterday: suspend",
+                Active,
+                "2026-11-26",
+                Some(S),
+            ),
+            (
+                "R3 exactly grace_days past: still suspend",
+                Active,
+                "2026-09-28",
+                Some(S),
+            ),
+            (
+                "R3/C1 past grace, active: cancel directly",
+                Active,
+                "2026-09-27",
+                Some(C),
+            ),
+            (
+                "R3/C1 past grace, suspended: cancel",
+                Suspended,
+                "2026-09-27",
+                Some(C),
+            ),
+            (
+                "R3 suspended within grace: no step",
+                Suspended,
+                "2026-10-01",
+                None,
+            ),
+            ("R3 cancelled is final", Cancelled, "2020-01-01", None),
+        ];
+        for (rule, status, vu, want) in table {
+            assert_eq!(lifecycle(*status, d(vu), d(AS_OF), &r), *want, "{rule}");
+        }
+    }
+
+    #[test]
+    fn r3_suspend_policy_keeps_lapsed_permits_suspended() {
+        let mut r = rules();
+        r.lapse_policy = LapsePolicy::Suspend;
+        assert_eq!(
+            lifecycle(PermitStatus::Active, d("2026-01-01"), d(AS_OF), &r),
+            Some(EventKind::Suspended)
+        );
+        assert_eq!(
+            lifecycle(PermitStatus::Suspended, d("2026-01-01"), d(AS_OF), &r),
+            None
+        );
+    }
+
+    #[test]
+    fn r4_window_table() {
+        let r = rules();
+        let table: &[(&str, PermitStatus, &str, bool)] = &[
+            (
+                "R4 ends today: due",
+                PermitStatus::Active,
+                "2026-11-27",
+                true,
+            ),
+            (
+                "R4 ends in 30 days: due",
+                PermitStatus::Active,
+                "2026-12-27",
+                true,
+            ),
+            (
+                "R4 ends in 31 days: not due",
+                PermitStatus::Active,
+                "2026-12-28",
+                false,
+            ),
+            (
+                "R4 ended yesterday: not due",
+                PermitStatus::Active,
+                "2026-11-26",
+                false,
+            ),
+            (
+                "R4 suspended: not due",
+                PermitStatus::Suspended,
+                "2026-12-01",
+                false,
+            ),
+        ];
+        for (rule, status, vu, want) in table {
+            assert_eq!(is_due(*status, d(vu), d(AS_OF), &r), *want, "{rule}");
+        }
+    }
+
+    #[test]
+    fn r5_visit_selection_uses_the_window_and_ignores_future_visits() {
+        let r = rules();
+        let vu = d("2026-12-10"); // window starts 2026-11-10
+        let v = |s: &str, res| Visit {
+            visited_on: d(s),
+            result: res,
+        };
+        let visits = vec![
+            v("2026-11-09", ResidenceResult::Consistent), // before the window
+            v("2026-11-15", ResidenceResult::Changed),
+            v("2026-11-20", ResidenceResult::Consistent),
+            v("2026-11-28", ResidenceResult::NotFound), // C4: after as_of
+        ];
+        let got = select_visit(&visits, vu, d(AS_OF), &r).expect("a visit");
+        assert_eq!(got.visited_on, d("2026-11-20"), "R5 latest in window");
+        assert_eq!(
+            select_visit(&visits[..1], vu, d(AS_OF), &r),
+            None,
+            "R5 none in window"
+        );
+    }
+
+    #[test]
+    fn r5_payment_selection_uses_the_lag() {
+        let r = rules();
+        let p = |s: &str| Payment {
+            month: m(s),
+            status: PaymentStatus::Paid,
+            employer_uscc: String::new(),
+        };
+        let rows = vec![p("2026-08"), p("2026-09"), p("2026-10"), p("2026-12")];
+        assert_eq!(
+            select_payment(&rows, d(AS_OF), &r).map(|x| x.month),
+            Some(m("2026-10")),
+            "R5 latest, no future"
+        );
+        assert_eq!(
+            select_payment(&rows[..1], d(AS_OF), &r),
+            None,
+            "R5 2026-08 is older than the lag"
+        );
+        assert_eq!(
+            select_payment(&rows[1..2], d(AS_OF), &r).map(|x| x.month),
+            Some(m("2026-09")),
+            "R5 lag edge"
+        );
+    }
+
+    #[test]
+    fn r5_reasons_table() {
+        let emp = "91310000MA1FL0Q58N";
+        let base = |si, marital, employer| Baseline {
+            valid_until: d("2026-12-10"),
+            si_status: si,
+            marital_status: marital,
+            employer_uscc: employer,
+        };
+        let visit = |res| {
+            Some(Visit {
+                visited_on: d("2026-11-20"),
+                result: res,
+            })
+        };
+        let pay = |st, e: &str| {
+            Some(Payment {
+                month: m("2026-10"),
+                status: st,
+                employer_uscc: e.to_string(),
+            })
+        };
+        use MaritalStatus::*;
+        use PaymentStatus::*;
+        use ResidenceResult::*;
+        use SiStatus::*;
+        let table: Vec<(&str, Baseline, Selected, Vec<Reason>)> = vec![
+            (
+                "R5 everything consistent",
+                base(Paying, Married, emp),
+                Selected {
+                    visit: visit(Consistent),
+                    payment: pay(Paid, emp),
+                    marital_status: Some(Married),
+                },
+                vec![],
+            ),
+            (
+                "R5 no visit, no payment",
+                base(Paying, Single, emp),
+                Selected {
+                    visit: None,
+                    payment: None,
+                    marital_status: None,
+                },
+                vec![AddressNotVerified, SocialInsuranceMissing],
+            ),
+            (
+                "R5 not_found counts as changed",
+                base(Paying, Single, emp),
+                Selected {
+                    visit: visit(NotFound),
+                    payment: pay(Paid, emp),
+                    marital_status: None,
+                },
+                vec![AddressChanged],
+            ),
+            (
+                "R5 arrears",
+                base(Paying, Single, emp),
+                Selected {
+                    visit: visit(Consistent),
+                    payment: pay(Arrears, emp),
+                    marital_status: None,
+                },
+                vec![SocialInsuranceChanged],
+            ),
+            (
+                "R5 other employer",
+                base(Paying, Single, emp),
+                Selected {
+                    visit: visit(Consistent),
+                    payment: pay(Paid, "91310115MA1H7GPJ4X"),
+                    marital_status: None,
+                },
+                vec![EmployerChanged],
+            ),
+            (
+                "C3 paying with no employer, paid row names one",
+                base(Paying, Single, ""),
+                Selected {
+                    visit: visit(Consistent),
+                    payment: pay(Paid, emp),
+                    marital_status: None,
+                },
+                vec![EmployerChanged],
+            ),
+            (
+                "C2 not paying, latest row paid",
+                base(NotPaying, Single, ""),
+                Selected {
+                    visit: visit(Consistent),
+                    payment: pay(Paid, emp),
+                    marital_status: None,
+                },
+                vec![SocialInsuranceChanged],
+            ),
+            (
+                "C2 not paying, latest row stopped",
+                base(NotPaying, Single, ""),
+                Selected {
+                    visit: visit(Consistent),
+                    payment: pay(Stopped, ""),
+                    marital_status: None,
+                },
+                vec![],
+            ),
+            (
+                "R5 not paying and no rows: nothing",
+                base(NotPaying, Single, ""),
+                Selected {
+                    visit: visit(Consistent),
+                    payment: None,
+                    marital_status: None,
+                },
+                vec![],
+            ),
+            (
+                "R5 marital status differs; all reasons in SPEC order",
+                base(Paying, Single, emp),
+                Selected {
+                    visit: visit(Changed),
+                    payment: pay(Stopped, emp),
+                    marital_status: Some(Married),
+                },
+                vec![AddressChanged, SocialInsuranceChanged, MaritalStatusChanged],
+            ),
+        ];
+        for (rule, b, s, want) in table {
+            assert_eq!(reasons(&b, &s), want, "{rule}");
+        }
+    }
+
+    #[test]
+    fn r6_decision_table() {
+        let r = rules();
+        let as_of = d(AS_OF);
+        let table: Vec<(&str, &str, Vec<Reason>, Outcome)> = vec![
+            (
+                "R6 no reason: auto-signed, one year on (R7)",
+                "2026-12-10",
+                vec![],
+                Outcome::AutoSigned {
+                    new_valid_until: d("2027-12-10"),
+                },
+            ),
+            (
+                "R6 a change: visit center at once",
+                "2026-12-27",
+                vec![EmployerChanged],
+                Outcome::VisitCenter {
+                    reasons: vec![EmployerChanged],
+                },
+            ),
+            (
+                "R6 only missing evidence, 8 days left: pending",
+                "2026-12-05",
+                vec![AddressNotVerified],
+                Outcome::Pending {
+                    reasons: vec![AddressNotVerified],
+                },
+            ),
+            (
+                "R6 only missing evidence, 7 days left: deadline reached",
+                "2026-12-04",
+                vec![AddressNotVerified, SocialInsuranceMissing],
+                Outcome::VisitCenter {
+                    reasons: vec![AddressNotVerified, SocialInsuranceMissing],
+                },
+            ),
+            (
+                "R6 missing and a change: visit center at once",
+                "2026-12-27",
+                vec![AddressNotVerified, MaritalStatusChanged],
+                Outcome::VisitCenter {
+                    reasons: vec![AddressNotVerified, MaritalStatusChanged],
+                },
+            ),
+        ];
+        for (rule, vu, reasons, want) in table {
+            assert_eq!(decide(d(vu), as_of, reasons, &r), want, "{rule}");
+        }
+    }
+
+    #[test]
+    fn r7_leap_day_moves_to_28_february() {
+        let r = rules();
+        assert_eq!(
+            decide(d("2028-02-29"), d("2028-02-01"), vec![], &r),
+            Outcome::AutoSigned {
+                new_valid_until: d("2029-02-28")
+            }
+        );
+    }
+}

@@ -1,0 +1,376 @@
+//! Typed settings: the bundled `config/autosign.toml` as the base layer, the
+//! operator's file over it, then `AUTOSIGN_*` environment variables.
+//!
+//! Every key exists in the bundled file, so an environment value is parsed
+//! with the type the bundled file gives that key, and an unknown key — in a
+//! file or in the environment — fails at start-up naming the key (exit 2).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// The documented default configuration, compiled into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/autosign.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub timezone: String,
+    pub rules: Rules,
+    pub import: ImportSettings,
+    pub inbox: InboxSettings,
+    pub notices: NoticeSettings,
+    pub delivery: DeliverySettings,
+    pub daemon: DaemonSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LapsePolicy {
+    Cancel,
+    Suspend,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    pub window_days: u32,
+    pub decision_deadline_days: u32,
+    pub si_max_lag_months: u32,
+    pub grace_days: u32,
+    pub lapse_policy: LapsePolicy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportSettings {
+    pub max_reject_ratio: f64,
+    pub batch_rows: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxSettings {
+    pub dir: String,
+    pub permits: String,
+    pub residence: String,
+    pub social_insurance: String,
+    pub civil_status: String,
+    pub encoding: String,
+    pub rejects_dir: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticeSettings {
+    pub service_centers: PathBuf,
+    pub signature: String,
+    pub auto_signed: String,
+    pub visit_center: String,
+    pub suspended: String,
+    pub cancelled: String,
+    pub materials: String,
+    pub materials_address: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub max_attempts: u32,
+    pub backoff_base_secs: u64,
+    pub backoff_max_secs: u64,
+    pub quiet_hours_start: String,
+    pub quiet_hours_end: String,
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSettings {
+    pub schedule: String,
+    pub max_catch_up_days: u32,
+    pub health_addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: String,
+    pub level: String,
+}
+
+impl Settings {
+    /// Loads the bundled defaults, then `path` (if given), then the
+    /// environment. Errors are configuration errors (exit 2).
+    pub fn load(path: Option<&Path>) -> Result<Self, Error> {
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AUTOSIGN_"))
+            .collect();
+        Self::load_with_env(path, &env)
+    }
+
+    pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Self, Error> {
+        let mut base: toml::Table = DEFAULT_TOML
+            .parse()
+            .map_err(|e| Error::Config(format!("bundled configuration is invalid: {e}")))?;
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::Config(format!("cannot read configuration {}: {e}", path.display()))
+            })?;
+            let user: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                Error::Config(format!("{}: {}", path.display(), one_line(&e.to_string())))
+            })?;
+            merge(&mut base, user, "", &path.display().to_string())?;
+        }
+        for (key, value) in env {
+            apply_env(&mut base, key, value)?;
+        }
+        let settings: Settings =
+            toml::Value::Table(base)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    Error::Config(format!("configuration: {}", one_line(&e.to_string())))
+                })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let bad =
+            |key: &str, why: &str| Err(Error::Config(format!("configuration key {key}: {why}")));
+        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return bad(
+                "timezone",
+                "not an IANA time zone name (e.g. Asia/Shanghai)",
+            );
+        }
+        if !(0.0..=1.0).contains(&self.import.max_reject_ratio) {
+            return bad("import.max_reject_ratio", "must be between 0 and 1");
+        }
+        if self.import.batch_rows == 0 || self.import.batch_rows > 2000 {
+            return bad("import.batch_rows", "must be between 1 and 2000");
+        }
+        if self.rules.decision_deadline_days > self.rules.window_days {
+            return bad(
+                "rules.decision_deadline_days",
+                "must not exceed rules.window_days",
+            );
+        }
+        if !["utf-8", "gb18030"].contains(&self.inbox.encoding.as_str()) {
+            return bad("inbox.encoding", "must be \"utf-8\" or \"gb18030\"");
+        }
+        if !["auto", "human", "json"].contains(&self.log.format.as_str()) {
+            return bad("log.format", "must be \"auto\", \"human\" or \"json\"");
+        }
+        for (key, value) in [
+            (
+                "delivery.quiet_hours_start",
+                &self.delivery.quiet_hours_start,
+            ),
+            ("delivery.quiet_hours_end", &self.delivery.quiet_hours_end),
+        ] {
+            if chrono::NaiveTime::parse_from_str(value, "%H:%M").is_err() {
+                return bad(key, "must be a time of day HH:MM");
+            }
+        }
+        if self.delivery.max_attempts == 0 {
+            return bad("delivery.max_attempts", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai)
+    }
+
+    /// The database URL in force: explicit, else the embedded SQLite file.
+    pub fn effective_database_url(&self) -> String {
+        if self.database_url.trim().is_empty() {
+            format!(
+                "sqlite://{}",
+                self.data_dir.join("autosign.sqlite").display()
+            )
+        } else {
+            self.database_url.trim().to_string()
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Overlays `user` on `base`, refusing keys the bundled file does not have.
+fn merge(
+    base: &mut toml::Table,
+    user: toml::Table,
+    prefix: &str,
+    source: &str,
+) -> Result<(), Error> {
+    for (key, value) in user {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (base.get_mut(&key), value) {
+            (None, _) => {
+                return Err(Error::Config(format!(
+                    "{source}: unknown configuration key {path}"
+                )));
+            }
+            (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u, &path, source)?,
+            (Some(toml::Value::Table(_)), _) => {
+                return Err(Error::Config(format!("{source}: {path} must be a table")));
+            }
+            (Some(slot), value) => {
+                if std::mem::discriminant(slot) != std::mem::discriminant(&value)
+                    && !matches!(
+                        (&*slot, &value),
+                        (toml::Value::Float(_), toml::Value::Integer(_))
+                    )
+                {
+                    return Err(Error::Config(format!(
+                        "{source}: {path} must be {}, not {}",
+                        slot.type_str(),
+                        value.type_str()
+                    )));
+                }
+                *slot = match (&*slot, value) {
+                    (toml::Value::Float(_), toml::Value::Integer(i)) => {
+                        toml::Value::Float(i as f64)
+                    }
+                    (_, v) => v,
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `AUTOSIGN_RULES__WINDOW_DAYS=30` sets `rules.window_days`. The value is
+/// read with the type the bundled default gives the key.
+fn apply_env(base: &mut toml::Table, var: &str, raw: &str) -> Result<(), Error> {
+    let Some(rest) = var.strip_prefix("AUTOSIGN_") else {
+        return Ok(());
+    };
+    // Variables that are not settings (used by tests and tooling).
+    if rest.starts_with("TEST_") {
+        return Ok(());
+    }
+    let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    let unknown = || {
+        Error::Config(format!(
+            "environment variable {var}: unknown configuration key {}",
+            path.join(".")
+        ))
+    };
+    let (last, parents) = path.split_last().ok_or_else(unknown)?;
+    let mut table = base;
+    for part in parents {
+        table = match table.get_mut(part) {
+            Some(toml::Value::Table(t)) => t,
+            _ => return Err(unknown()),
+        };
+    }
+    let slot = match table.get_mut(last) {
+        Some(slot) if !slot.is_table() => slot,
+        _ => return Err(unknown()),
+    };
+    let bad = |ty: &str| {
+        Error::Config(format!(
+            "environment variable {var}: expected {ty}, got {raw:?}"
+        ))
+    };
+    *slot = match slot {
+        toml::Value::String(_) => toml::Value::String(raw.to_string()),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?)
+        }
+        toml::Value::Float(_) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?)
+        }
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("true or false"))?)
+        }
+        _ => return Err(bad("a value of the bundled type")),
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn bundled_defaults_load_and_match_the_spec() {
+        let s = Settings::load_with_env(None, &[]).expect("defaults load");
+        assert_eq!(s.rules.window_days, 30);
+        assert_eq!(s.rules.decision_deadline_days, 7);
+        assert_eq!(s.rules.si_max_lag_months, 2);
+        assert_eq!(s.rules.grace_days, 60);
+        assert_eq!(s.rules.lapse_policy, LapsePolicy::Cancel);
+        assert_eq!(s.import.max_reject_ratio, 0.05);
+        assert_eq!(s.timezone, "Asia/Shanghai");
+        assert_eq!(s.daemon.schedule, "0 0 2 * * *");
+    }
+
+    #[test]
+    fn environment_overrides_with_the_bundled_type() {
+        let s = Settings::load_with_env(
+            None,
+            &env(&[
+                ("AUTOSIGN_RULES__WINDOW_DAYS", "20"),
+                ("AUTOSIGN_DATABASE_URL", "sqlite://x.db"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.rules.window_days, 20);
+        assert_eq!(s.effective_database_url(), "sqlite://x.db");
+    }
+
+    #[test]
+    fn unknown_environment_key_is_a_config_error_naming_it() {
+        let err =
+            Settings::load_with_env(None, &env(&[("AUTOSIGN_RULES__WINDOW", "20")])).unwrap_err();
+        assert!(err.to_string().contains("rules.window"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn badly_typed_environment_value_is_refused() {
+        let err = Settings::load_with_env(None, &env(&[("AUTOSIGN_RULES__GRACE_DAYS", "sixty")]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("AUTOSIGN_RULES__GRACE_DAYS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_file_key_and_bad_value_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[rules]\nwindow_dayz = 3\n").expect("write");
+        let err = Settings::load_with_env(Some(&path), &[]).unwrap_err();
+        assert!(err.to_string().contains("rules.window_dayz"), "{err}");
+        std::fs::write(&path, "timezone = \"Mars/Olympus\"\n").expect("write");
+        let err = Settings::load_with_env(Some(&path), &[]).unwrap_err();
+        assert!(err.to_string().contains("timezone"), "{err}");
+        std::fs::write(&path, "[import]\nmax_reject_ratio = \"high\"\n").expect("write");
+        let err = Settings::load_with_env(Some(&path), &[]).unwrap_err();
+        assert!(err.to_string().contains("import.max_reject_ratio"), "{err}");
+    }
+}
