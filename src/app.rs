@@ -176,7 +176,7 @@ pub fn run_report(s: &RunSummary) -> String {
     let mut out = String::new();
     for (file, outcome) in &s.inbox {
         out.push_str("inbox ");
-        out.push_str(&import_line("", file, outcome).trim_start().to_string());
+        out.push_str(import_line("", file, outcome).trim_start());
     }
     let _ = writeln!(
         out,

@@ -93,33 +93,12 @@ impl Db {
         }
     }
 
-    /// Creates the `running` row for `as_of`, or takes over a row left
-    /// `running` by a crashed process (the caller holds the job lock, so
-    /// no live process owns it).
-    pub async fn start_run(&self, as_of: NaiveDate, now: &str) -> Result<RunRecord> {
+    /// Opens the run's transaction for `as_of` and creates its `running`
+    /// row (or takes over one left by a crashed process: the caller holds
+    /// the job lock, so no live process owns it).
+    pub async fn begin_run(&self, as_of: NaiveDate, now: &str) -> Result<RunTx> {
         match self {
-            Db::Sqlite(db) => db.start_run(as_of, now).await,
-        }
-    }
-
-    pub async fn complete_run(&self, run_id: i64, pending: u64, now: &str) -> Result<()> {
-        match self {
-            Db::Sqlite(db) => db.complete_run(run_id, pending, now).await,
-        }
-    }
-
-    /// A consistent read view for one run.
-    pub async fn snapshot(&self) -> Result<Snapshot> {
-        match self {
-            Db::Sqlite(db) => Ok(Snapshot::Sqlite(db.snapshot().await?)),
-        }
-    }
-
-    /// Commits one batch of a run: events, their notices and the permit
-    /// changes they imply, in one transaction (R7, R8).
-    pub async fn write_batch(&self, batch: &RunBatch) -> Result<()> {
-        match self {
-            Db::Sqlite(db) => db.write_batch(batch).await,
+            Db::Sqlite(db) => Ok(RunTx::Sqlite(db.begin_run(as_of, now).await?)),
         }
     }
 
@@ -194,6 +173,13 @@ impl ImportTx {
         }
     }
 
+    /// Whether the register was empty when this import began.
+    pub async fn register_is_empty(&mut self) -> Result<bool> {
+        match self {
+            ImportTx::Sqlite(tx) => tx.register_is_empty().await,
+        }
+    }
+
     pub async fn upsert_permits(&mut self, rows: Vec<PermitRow>) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.upsert_permits(rows).await,
@@ -238,13 +224,20 @@ impl ImportTx {
     }
 }
 
-/// A run's read view: a single read transaction, so every page of a run
-/// sees the same feeds.
-pub enum Snapshot {
-    Sqlite(sqlite::SqliteSnapshot),
+/// A run's transaction. On SQLite the whole run is one write transaction:
+/// it sees its own writes, nobody else's, and commits with the run marked
+/// completed — or not at all.
+pub enum RunTx {
+    Sqlite(sqlite::SqliteRunTx),
 }
 
-impl Snapshot {
+impl RunTx {
+    pub fn run(&self) -> &RunRecord {
+        match self {
+            RunTx::Sqlite(t) => &t.run,
+        }
+    }
+
     /// R3 candidates, one page at a time, keyset-ordered by
     /// (valid_until, permit_no): permits with `status` and
     /// `valid_until < before`.
@@ -256,7 +249,7 @@ impl Snapshot {
         limit: u32,
     ) -> Result<Vec<PermitRow>> {
         match self {
-            Snapshot::Sqlite(s) => s.lapsed(status, before, after, limit).await,
+            RunTx::Sqlite(t) => t.lapsed(status, before, after, limit).await,
         }
     }
 
@@ -270,7 +263,7 @@ impl Snapshot {
         limit: u32,
     ) -> Result<Vec<PermitRow>> {
         match self {
-            Snapshot::Sqlite(s) => s.due(from, to, after, limit).await,
+            RunTx::Sqlite(t) => t.due(from, to, after, limit).await,
         }
     }
 
@@ -282,13 +275,28 @@ impl Snapshot {
         bounds: &EvidenceBounds,
     ) -> Result<Evidence> {
         match self {
-            Snapshot::Sqlite(s) => s.evidence(id_numbers, bounds).await,
+            RunTx::Sqlite(t) => t.evidence(id_numbers, bounds).await,
         }
     }
 
-    pub async fn close(self) -> Result<()> {
+    /// Writes events, their notices and the permit changes they imply
+    /// (R7, R8).
+    pub async fn write(&mut self, batch: &RunBatch) -> Result<()> {
         match self {
-            Snapshot::Sqlite(s) => s.close().await,
+            RunTx::Sqlite(t) => t.write(batch).await,
+        }
+    }
+
+    /// Marks the run completed and commits.
+    pub async fn complete(self, pending: u64, now: &str) -> Result<()> {
+        match self {
+            RunTx::Sqlite(t) => t.complete(pending, now).await,
+        }
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        match self {
+            RunTx::Sqlite(t) => t.rollback().await,
         }
     }
 }

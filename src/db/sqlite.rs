@@ -9,20 +9,78 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use futures_util::TryStreamExt;
+use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use super::rows::*;
 use super::JobLock;
 use crate::domain::PermitStatus;
 use crate::error::{Error, Result};
 
-/// Rows per multi-row statement: under SQLite's 32766 bind variables for the
-/// widest statement (16 columns).
-const ROWS_PER_STATEMENT: usize = 1000;
+/// Runs `f` on the connection's raw SQLite handle through rusqlite, inside
+/// whatever transaction sqlx has open on it. Bulk paths (imports, the run's
+/// writes and reads, exports) use this: one prepared statement stepped per
+/// row costs about a microsecond, where sqlx's multi-row statements spent
+/// most of their time building SQL text and argument buffers (measured:
+/// docs/benchmarks.md).
+async fn with_raw<T>(
+    conn: &mut SqliteConnection,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+) -> Result<T> {
+    let mut handle = conn.lock_handle().await?;
+    let ptr = handle.as_raw_handle();
+    // SAFETY: `handle` keeps sqlx's worker away from this connection until it
+    // is dropped, and the wrapper does not own the handle (it never closes
+    // it); the wrapper and its statements are dropped before `handle`.
+    let raw = unsafe { rusqlite::Connection::from_handle(ptr.as_ptr()) }.map_err(raw_err)?;
+    let out = f(&raw);
+    drop(raw);
+    drop(handle);
+    out.map_err(raw_err)
+}
+
+fn raw_err(e: rusqlite::Error) -> Error {
+    Error::Runtime(anyhow::anyhow!("database error: {e}"))
+}
+
+/// Dates are stored as `YYYY-MM-DD` text.
+fn raw_date(row: &rusqlite::Row, i: usize) -> rusqlite::Result<NaiveDate> {
+    let s: String = row.get(i)?;
+    NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn raw_opt_date(row: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<NaiveDate>> {
+    let s: Option<String> = row.get(i)?;
+    s.map(|s| {
+        NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })
+    .transpose()
+}
+
+fn raw_permit(r: &rusqlite::Row) -> rusqlite::Result<PermitRow> {
+    Ok(PermitRow {
+        permit_no: r.get(0)?,
+        id_number: r.get(1)?,
+        name: r.get(2)?,
+        phone: r.get(3)?,
+        email: r.get(4)?,
+        district_code: r.get(5)?,
+        street_code: r.get(6)?,
+        address: r.get(7)?,
+        valid_until: raw_date(r, 8)?,
+        status: r.get(9)?,
+        employer_uscc: r.get(10)?,
+        si_status: r.get(11)?,
+        marital_status: r.get(12)?,
+    })
+}
 
 #[derive(Clone)]
 pub struct SqliteDb {
@@ -149,7 +207,7 @@ impl SqliteDb {
         row.map(|r| run_record(&r)).transpose()
     }
 
-    pub async fn start_run(&self, as_of: NaiveDate, now: &str) -> Result<RunRecord> {
+    pub async fn begin_run(&self, as_of: NaiveDate, now: &str) -> Result<SqliteRunTx> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO runs (as_of, status, started_at) VALUES (?, 'running', ?)
@@ -166,111 +224,8 @@ impl SqliteDb {
         .bind(as_of)
         .fetch_one(&mut *tx)
         .await?;
-        tx.commit().await?;
-        run_record(&row)
-    }
-
-    pub async fn complete_run(&self, run_id: i64, pending: u64, now: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE runs SET status = 'completed', finished_at = ?, pending = ? WHERE run_id = ?",
-        )
-        .bind(now)
-        .bind(pending as i64)
-        .bind(run_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn snapshot(&self) -> Result<SqliteSnapshot> {
-        let tx = self.pool.begin().await?;
-        Ok(SqliteSnapshot { tx })
-    }
-
-    pub async fn write_batch(&self, batch: &RunBatch) -> Result<()> {
-        if batch.events.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in batch.events.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
-                 new_valid_until, residence_visited_on, residence_result, si_month, si_status,
-                 si_employer_uscc, marital_status, decided_at) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(batch.run_id)
-                    .push_bind(batch.as_of)
-                    .push_bind(e.permit_no.as_str())
-                    .push_bind(e.id_number.as_str())
-                    .push_bind(e.kind)
-                    .push_bind(e.reasons.as_str())
-                    .push_bind(e.valid_until)
-                    .push_bind(e.new_valid_until)
-                    .push_bind(e.residence_visited_on)
-                    .push_bind(e.residence_result.as_deref())
-                    .push_bind(e.si_month.as_deref())
-                    .push_bind(e.si_status.as_deref())
-                    .push_bind(e.si_employer_uscc.as_deref())
-                    .push_bind(e.marital_status.as_deref())
-                    .push_bind(batch.decided_at.as_str());
-            });
-            q.build().execute(&mut *tx).await?;
-
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until, kind, channel,
-                 recipient, message, status, next_attempt_at, created_at) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(batch.run_id)
-                    .push_bind(batch.as_of)
-                    .push_bind(e.permit_no.as_str())
-                    .push_bind(e.valid_until)
-                    .push_bind(e.kind)
-                    .push_bind(e.notice.channel)
-                    .push_bind(e.notice.recipient.as_str())
-                    .push_bind(e.notice.message.as_str())
-                    .push_bind(e.notice.status)
-                    .push_bind((e.notice.status == "queued").then_some(batch.decided_at.as_str()))
-                    .push_bind(batch.decided_at.as_str());
-            });
-            q.build().execute(&mut *tx).await?;
-
-            let extend: Vec<(&str, NaiveDate)> = chunk
-                .iter()
-                .filter_map(|e| match e.effect {
-                    Effect::Extend(to) => Some((e.permit_no.as_str(), to)),
-                    _ => None,
-                })
-                .collect();
-            if !extend.is_empty() {
-                let mut q = QueryBuilder::<Sqlite>::new("WITH v(permit_no, valid_until) AS (");
-                q.push_values(&extend, |mut b, (no, to)| {
-                    b.push_bind(*no).push_bind(*to);
-                });
-                q.push(
-                    ") UPDATE permits SET valid_until = v.valid_until FROM v WHERE permits.permit_no = v.permit_no",
-                );
-                q.build().execute(&mut *tx).await?;
-            }
-            let status: Vec<(&str, &str)> = chunk
-                .iter()
-                .filter_map(|e| match e.effect {
-                    Effect::SetStatus(s) => Some((e.permit_no.as_str(), s)),
-                    _ => None,
-                })
-                .collect();
-            if !status.is_empty() {
-                let mut q = QueryBuilder::<Sqlite>::new("WITH v(permit_no, status) AS (");
-                q.push_values(&status, |mut b, (no, s)| {
-                    b.push_bind(*no).push_bind(*s);
-                });
-                q.push(") UPDATE permits SET status = v.status FROM v WHERE permits.permit_no = v.permit_no");
-                q.build().execute(&mut *tx).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        let run = run_record(&row)?;
+        Ok(SqliteRunTx { tx, run })
     }
 
     pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
@@ -301,14 +256,21 @@ impl SqliteDb {
         to: NaiveDate,
         each: &mut (dyn FnMut(AuditRow) -> Result<()> + Send),
     ) -> Result<()> {
-        let mut rows = sqlx::query(AUDIT_SELECT_RANGE)
-            .bind(from)
-            .bind(to)
-            .fetch(&self.pool);
-        while let Some(row) = rows.try_next().await? {
-            each(audit_row(&row)?)?;
-        }
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        let mut failed = None;
+        with_raw(&mut conn, |c| {
+            let mut stmt = c.prepare(AUDIT_SELECT_RANGE)?;
+            let mut rows = stmt.query(rusqlite::params![from.to_string(), to.to_string()])?;
+            while let Some(r) = rows.next()? {
+                if let Err(e) = each(raw_audit_row(r)?) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        failed.map_or(Ok(()), Err)
     }
 
     pub async fn events_for(&self, permit_no: &str) -> Result<Vec<AuditRow>> {
@@ -325,14 +287,21 @@ impl SqliteDb {
         to: NaiveDate,
         each: &mut (dyn FnMut(NotificationRow) -> Result<()> + Send),
     ) -> Result<()> {
-        let mut rows = sqlx::query(NOTIFICATION_SELECT_RANGE)
-            .bind(from)
-            .bind(to)
-            .fetch(&self.pool);
-        while let Some(row) = rows.try_next().await? {
-            each(notification_row(&row)?)?;
-        }
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        let mut failed = None;
+        with_raw(&mut conn, |c| {
+            let mut stmt = c.prepare(NOTIFICATION_SELECT_RANGE)?;
+            let mut rows = stmt.query(rusqlite::params![from.to_string(), to.to_string()])?;
+            while let Some(r) = rows.next()? {
+                if let Err(e) = each(raw_notification_row(r)?) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        failed.map_or(Ok(()), Err)
     }
 
     pub async fn notifications_for(&self, permit_no: &str) -> Result<Vec<NotificationRow>> {
@@ -355,10 +324,6 @@ impl SqliteDb {
     }
 }
 
-const PERMIT_COLUMNS: &str =
-    "permit_no, id_number, name, phone, email, district_code, street_code, address, \
-     valid_until, status, employer_uscc, si_status, marital_status";
-
 macro_rules! audit_select {
     ($where:literal) => {
         concat!(
@@ -375,7 +340,7 @@ macro_rules! audit_select {
         )
     };
 }
-const AUDIT_SELECT_RANGE: &str = audit_select!("e.as_of BETWEEN ? AND ?");
+const AUDIT_SELECT_RANGE: &str = audit_select!("e.as_of BETWEEN ?1 AND ?2");
 const AUDIT_SELECT_PERMIT: &str = audit_select!("e.permit_no = ?");
 
 macro_rules! notification_select {
@@ -390,7 +355,7 @@ macro_rules! notification_select {
         )
     };
 }
-const NOTIFICATION_SELECT_RANGE: &str = notification_select!("as_of BETWEEN ? AND ?");
+const NOTIFICATION_SELECT_RANGE: &str = notification_select!("as_of BETWEEN ?1 AND ?2");
 const NOTIFICATION_SELECT_PERMIT: &str = notification_select!("permit_no = ?");
 
 /// One import's transaction.
@@ -404,26 +369,30 @@ impl SqliteImportTx {
         &mut self,
         permit_nos: &[&str],
     ) -> Result<HashMap<String, PriorPermit>> {
-        let json = serde_json::to_string(permit_nos).map_err(|e| Error::Runtime(e.into()))?;
-        let rows = sqlx::query(
-            "SELECT permit_no, valid_until, status FROM permits
-             WHERE permit_no IN (SELECT value FROM json_each(?))",
-        )
-        .bind(json)
-        .fetch_all(&mut *self.tx)
+        let found: Vec<(String, NaiveDate, String)> = with_raw(&mut self.tx, |c| {
+            let mut stmt =
+                c.prepare("SELECT valid_until, status FROM permits WHERE permit_no = ?1")?;
+            let mut out = Vec::new();
+            for no in permit_nos {
+                let mut rows = stmt.query([no])?;
+                if let Some(r) = rows.next()? {
+                    out.push((no.to_string(), raw_date(r, 0)?, r.get(1)?));
+                }
+            }
+            Ok(out)
+        })
         .await?;
-        let mut out = HashMap::with_capacity(rows.len());
-        for r in rows {
-            let status: String = r.try_get(2)?;
+        let mut out = HashMap::with_capacity(found.len());
+        for (no, valid_until, status) in found {
             let status = PermitStatus::parse(&status).map_err(|_| {
                 Error::Runtime(anyhow::anyhow!(
                     "stored permit has unknown status {status:?}"
                 ))
             })?;
             out.insert(
-                r.try_get(0)?,
+                no,
                 PriorPermit {
-                    valid_until: r.try_get(1)?,
+                    valid_until,
                     status,
                 },
             );
@@ -431,120 +400,134 @@ impl SqliteImportTx {
         Ok(out)
     }
 
+    /// Whether the register was empty when this import began (then no
+    /// stored state needs looking up: the initial load's fast path).
+    pub async fn register_is_empty(&mut self) -> Result<bool> {
+        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM permits LIMIT 1")
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(any.is_none())
+    }
+
     pub async fn upsert_permits(&mut self, rows: Vec<PermitRow>) -> Result<()> {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO permits ({PERMIT_COLUMNS}, import_id) "
-            ));
-            q.push_values(chunk, |mut b, p| {
-                b.push_bind(p.permit_no.as_str())
-                    .push_bind(p.id_number.as_str())
-                    .push_bind(p.name.as_str())
-                    .push_bind(p.phone.as_deref())
-                    .push_bind(p.email.as_deref())
-                    .push_bind(p.district_code.as_str())
-                    .push_bind(p.street_code.as_str())
-                    .push_bind(p.address.as_str())
-                    .push_bind(p.valid_until)
-                    .push_bind(p.status.as_str())
-                    .push_bind(p.employer_uscc.as_str())
-                    .push_bind(p.si_status.as_str())
-                    .push_bind(p.marital_status.as_str())
-                    .push_bind(self.import_id);
-            });
-            q.push(
-                " ON CONFLICT (permit_no) DO UPDATE SET id_number = excluded.id_number, name = excluded.name,
+        let import_id = self.import_id;
+        with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(
+                "INSERT INTO permits (permit_no, id_number, name, phone, email, district_code, street_code,
+                 address, valid_until, status, employer_uscc, si_status, marital_status, import_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 ON CONFLICT (permit_no) DO UPDATE SET id_number = excluded.id_number, name = excluded.name,
                   phone = excluded.phone, email = excluded.email, district_code = excluded.district_code,
                   street_code = excluded.street_code, address = excluded.address,
                   valid_until = excluded.valid_until, status = excluded.status,
                   employer_uscc = excluded.employer_uscc, si_status = excluded.si_status,
                   marital_status = excluded.marital_status, import_id = excluded.import_id",
-            );
-            q.build().execute(&mut *self.tx).await?;
-        }
-        Ok(())
+            )?;
+            for p in &rows {
+                stmt.execute(rusqlite::params![
+                    p.permit_no,
+                    p.id_number,
+                    p.name,
+                    p.phone,
+                    p.email,
+                    p.district_code,
+                    p.street_code,
+                    p.address,
+                    p.valid_until.to_string(),
+                    p.status,
+                    p.employer_uscc,
+                    p.si_status,
+                    p.marital_status,
+                    import_id,
+                ])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn update_contacts(&mut self, rows: Vec<ContactUpdate>) -> Result<()> {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new("WITH v(permit_no, name, phone, email) AS (");
-            q.push_values(chunk, |mut b, c| {
-                b.push_bind(c.permit_no.as_str())
-                    .push_bind(c.name.as_str())
-                    .push_bind(c.phone.as_deref())
-                    .push_bind(c.email.as_deref());
-            });
-            q.push(") UPDATE permits SET name = v.name, phone = v.phone, email = v.email, import_id = ");
-            q.push_bind(self.import_id);
-            q.push(" FROM v WHERE permits.permit_no = v.permit_no");
-            q.build().execute(&mut *self.tx).await?;
-        }
-        Ok(())
+        let import_id = self.import_id;
+        with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(
+                "UPDATE permits SET name = ?2, phone = ?3, email = ?4, import_id = ?5 WHERE permit_no = ?1",
+            )?;
+            for r in &rows {
+                stmt.execute(rusqlite::params![r.permit_no, r.name, r.phone, r.email, import_id])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn upsert_residence(&mut self, rows: Vec<ResidenceRow>) -> Result<()> {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO residence (id_number, visited_on, result, address, officer_id, import_id) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.id_number.as_str())
-                    .push_bind(r.visited_on)
-                    .push_bind(r.result.as_str())
-                    .push_bind(r.address.as_str())
-                    .push_bind(r.officer_id.as_str())
-                    .push_bind(self.import_id);
-            });
-            q.push(
-                " ON CONFLICT (id_number, visited_on) DO UPDATE SET result = excluded.result,
+        let import_id = self.import_id;
+        with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(
+                "INSERT INTO residence (id_number, visited_on, result, address, officer_id, import_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id_number, visited_on) DO UPDATE SET result = excluded.result,
                   address = excluded.address, officer_id = excluded.officer_id, import_id = excluded.import_id",
-            );
-            q.build().execute(&mut *self.tx).await?;
-        }
-        Ok(())
+            )?;
+            for r in &rows {
+                stmt.execute(rusqlite::params![
+                    r.id_number,
+                    r.visited_on.to_string(),
+                    r.result,
+                    r.address,
+                    r.officer_id,
+                    import_id
+                ])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn upsert_social_insurance(&mut self, rows: Vec<SocialInsuranceRow>) -> Result<()> {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, import_id) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.id_number.as_str())
-                    .push_bind(r.month.as_str())
-                    .push_bind(r.status.as_str())
-                    .push_bind(r.employer_uscc.as_str())
-                    .push_bind(r.employer_name.as_str())
-                    .push_bind(self.import_id);
-            });
-            q.push(
-                " ON CONFLICT (id_number, month) DO UPDATE SET status = excluded.status,
+        let import_id = self.import_id;
+        with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(
+                "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, import_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id_number, month) DO UPDATE SET status = excluded.status,
                   employer_uscc = excluded.employer_uscc, employer_name = excluded.employer_name,
                   import_id = excluded.import_id",
-            );
-            q.build().execute(&mut *self.tx).await?;
-        }
-        Ok(())
+            )?;
+            for r in &rows {
+                stmt.execute(rusqlite::params![
+                    r.id_number,
+                    r.month,
+                    r.status,
+                    r.employer_uscc,
+                    r.employer_name,
+                    import_id
+                ])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn upsert_civil_status(&mut self, rows: Vec<CivilStatusRow>) -> Result<()> {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO civil_status (id_number, marital_status, as_of, import_id) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.id_number.as_str())
-                    .push_bind(r.marital_status.as_str())
-                    .push_bind(r.as_of)
-                    .push_bind(self.import_id);
-            });
-            q.push(
-                " ON CONFLICT (id_number) DO UPDATE SET marital_status = excluded.marital_status,
+        let import_id = self.import_id;
+        with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(
+                "INSERT INTO civil_status (id_number, marital_status, as_of, import_id) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id_number) DO UPDATE SET marital_status = excluded.marital_status,
                   as_of = excluded.as_of, import_id = excluded.import_id",
-            );
-            q.build().execute(&mut *self.tx).await?;
-        }
-        Ok(())
+            )?;
+            for r in &rows {
+                stmt.execute(rusqlite::params![
+                    r.id_number,
+                    r.marital_status,
+                    r.as_of.map(|d| d.to_string()),
+                    import_id
+                ])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn commit(mut self, counts: ImportCounts) -> Result<()> {
@@ -565,12 +548,13 @@ impl SqliteImportTx {
     }
 }
 
-/// A read transaction held for the length of a run.
-pub struct SqliteSnapshot {
+/// The run's one write transaction (BEGIN IMMEDIATE).
+pub struct SqliteRunTx {
     tx: Transaction<'static, Sqlite>,
+    pub run: RunRecord,
 }
 
-impl SqliteSnapshot {
+impl SqliteRunTx {
     pub async fn lapsed(
         &mut self,
         status: &str,
@@ -578,36 +562,24 @@ impl SqliteSnapshot {
         after: Option<&PageKey>,
         limit: u32,
     ) -> Result<Vec<PermitRow>> {
-        let rows = match after {
-            None => {
-                sqlx::query(concat!(
-                    "SELECT permit_no, id_number, name, phone, email, district_code, street_code, address, ",
-                    "valid_until, status, employer_uscc, si_status, marital_status FROM permits ",
-                    "WHERE status = ? AND valid_until < ? ORDER BY valid_until, permit_no LIMIT ?"
-                ))
-                .bind(status)
-                .bind(before)
-                .bind(limit)
-                .fetch_all(&mut *self.tx)
-                .await?
-            }
-            Some(k) => {
-                sqlx::query(concat!(
-                    "SELECT permit_no, id_number, name, phone, email, district_code, street_code, address, ",
-                    "valid_until, status, employer_uscc, si_status, marital_status FROM permits ",
-                    "WHERE status = ? AND valid_until < ? AND (valid_until, permit_no) > (?, ?) ",
-                    "ORDER BY valid_until, permit_no LIMIT ?"
-                ))
-                .bind(status)
-                .bind(before)
-                .bind(k.valid_until)
-                .bind(k.permit_no.as_str())
-                .bind(limit)
-                .fetch_all(&mut *self.tx)
-                .await?
-            }
+        let (after_vu, after_no) = match after {
+            Some(k) => (k.valid_until.to_string(), k.permit_no.clone()),
+            None => (String::new(), String::new()),
         };
-        rows.iter().map(permit_row).collect()
+        with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(
+                "SELECT permit_no, id_number, name, phone, email, district_code, street_code, address,
+                        valid_until, status, employer_uscc, si_status, marital_status
+                 FROM permits WHERE status = ?1 AND valid_until < ?2 AND (valid_until, permit_no) > (?3, ?4)
+                 ORDER BY valid_until, permit_no LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                rusqlite::params![status, before.to_string(), after_vu, after_no, limit],
+                raw_permit,
+            )?;
+            rows.collect()
+        })
+        .await
     }
 
     pub async fn due(
@@ -620,86 +592,150 @@ impl SqliteSnapshot {
         // A cycle with a final decision (AUTO_SIGNED moves valid_until, so
         // in practice VISIT_CENTER) is closed (C8).
         let (after_vu, after_no) = match after {
-            Some(k) => (k.valid_until, k.permit_no.as_str()),
-            None => (from.pred_opt().unwrap_or(from), ""),
+            Some(k) => (k.valid_until.to_string(), k.permit_no.clone()),
+            None => (String::new(), String::new()),
         };
-        let rows = sqlx::query(concat!(
-            "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code, ",
-            "p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status ",
-            "FROM permits p WHERE p.status = 'active' AND p.valid_until BETWEEN ? AND ? ",
-            "AND (p.valid_until, p.permit_no) > (?, ?) ",
-            "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.permit_no = p.permit_no ",
-            "AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER')) ",
-            "ORDER BY p.valid_until, p.permit_no LIMIT ?"
-        ))
-        .bind(from)
-        .bind(to)
-        .bind(after_vu)
-        .bind(after_no)
-        .bind(limit)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.iter().map(permit_row).collect()
+        with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(
+                "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
+                        p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status
+                 FROM permits p WHERE p.status = 'active' AND p.valid_until BETWEEN ?1 AND ?2
+                  AND (p.valid_until, p.permit_no) > (?3, ?4)
+                  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.permit_no = p.permit_no
+                                  AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER'))
+                 ORDER BY p.valid_until, p.permit_no LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                rusqlite::params![from.to_string(), to.to_string(), after_vu, after_no, limit],
+                raw_permit,
+            )?;
+            rows.collect()
+        })
+        .await
     }
 
     pub async fn evidence(&mut self, id_numbers: &[&str], b: &EvidenceBounds) -> Result<Evidence> {
-        let mut out = Evidence::default();
-        if id_numbers.is_empty() {
-            return Ok(out);
-        }
-        let json = serde_json::to_string(id_numbers).map_err(|e| Error::Runtime(e.into()))?;
-        let rows = sqlx::query(
-            "SELECT id_number, visited_on, result FROM residence
-             WHERE id_number IN (SELECT value FROM json_each(?)) AND visited_on BETWEEN ? AND ?",
-        )
-        .bind(json.as_str())
-        .bind(b.visited_from)
-        .bind(b.visited_to)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        for r in rows {
-            out.residence
-                .entry(r.try_get(0)?)
-                .or_default()
-                .push(ResidenceEvidence {
-                    visited_on: r.try_get(1)?,
-                    result: r.try_get(2)?,
-                });
-        }
-        let rows = sqlx::query(
-            "SELECT id_number, month, status, employer_uscc FROM social_insurance
-             WHERE id_number IN (SELECT value FROM json_each(?)) AND month BETWEEN ? AND ?",
-        )
-        .bind(json.as_str())
-        .bind(b.month_from.as_str())
-        .bind(b.month_to.as_str())
-        .fetch_all(&mut *self.tx)
-        .await?;
-        for r in rows {
-            out.social_insurance
-                .entry(r.try_get(0)?)
-                .or_default()
-                .push(SiEvidence {
-                    month: r.try_get(1)?,
-                    status: r.try_get(2)?,
-                    employer_uscc: r.try_get(3)?,
-                });
-        }
-        let rows = sqlx::query(
-            "SELECT id_number, marital_status FROM civil_status
-             WHERE id_number IN (SELECT value FROM json_each(?)) AND (as_of IS NULL OR as_of <= ?)",
-        )
-        .bind(json.as_str())
-        .bind(b.civil_as_of_max)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        for r in rows {
-            out.civil_status.insert(r.try_get(0)?, r.try_get(1)?);
-        }
-        Ok(out)
+        with_raw(&mut self.tx, |c| {
+            let mut out = Evidence::default();
+            let mut res = c.prepare(
+                "SELECT visited_on, result FROM residence WHERE id_number = ?1 AND visited_on BETWEEN ?2 AND ?3",
+            )?;
+            let mut si = c.prepare(
+                "SELECT month, status, employer_uscc FROM social_insurance
+                 WHERE id_number = ?1 AND month BETWEEN ?2 AND ?3",
+            )?;
+            let mut civil = c.prepare(
+                "SELECT marital_status FROM civil_status WHERE id_number = ?1 AND (as_of IS NULL OR as_of <= ?2)",
+            )?;
+            let (vf, vt, civil_max) = (b.visited_from.to_string(), b.visited_to.to_string(), b.civil_as_of_max.to_string());
+            for id in id_numbers {
+                let visits = res
+                    .query_map(rusqlite::params![id, vf, vt], |r| {
+                        Ok(ResidenceEvidence { visited_on: raw_date(r, 0)?, result: r.get(1)? })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                if !visits.is_empty() {
+                    out.residence.insert(id.to_string(), visits);
+                }
+                let pays = si
+                    .query_map(rusqlite::params![id, b.month_from, b.month_to], |r| {
+                        Ok(SiEvidence { month: r.get(0)?, status: r.get(1)?, employer_uscc: r.get(2)? })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                if !pays.is_empty() {
+                    out.social_insurance.insert(id.to_string(), pays);
+                }
+                let mut rows = civil.query(rusqlite::params![id, civil_max])?;
+                if let Some(r) = rows.next()? {
+                    out.civil_status.insert(id.to_string(), r.get(0)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
-    pub async fn close(self) -> Result<()> {
+    pub async fn write(&mut self, batch: &RunBatch) -> Result<()> {
+        if batch.events.is_empty() {
+            return Ok(());
+        }
+        with_raw(&mut self.tx, |c| {
+            let mut event = c.prepare(
+                "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
+                 new_valid_until, residence_visited_on, residence_result, si_month, si_status,
+                 si_employer_uscc, marital_status, decided_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )?;
+            let mut notice = c.prepare(
+                "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until, kind, channel,
+                 recipient, message, status, next_attempt_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            let mut extend = c.prepare("UPDATE permits SET valid_until = ?2 WHERE permit_no = ?1")?;
+            let mut status = c.prepare("UPDATE permits SET status = ?2 WHERE permit_no = ?1")?;
+            let as_of = batch.as_of.to_string();
+            let at = batch.decided_at.as_str();
+            for e in &batch.events {
+                let vu = e.valid_until.to_string();
+                event.execute(rusqlite::params![
+                    batch.run_id,
+                    as_of,
+                    e.permit_no,
+                    e.id_number,
+                    e.kind,
+                    e.reasons,
+                    vu,
+                    e.new_valid_until.map(|d| d.to_string()),
+                    e.residence_visited_on.map(|d| d.to_string()),
+                    e.residence_result,
+                    e.si_month,
+                    e.si_status,
+                    e.si_employer_uscc,
+                    e.marital_status,
+                    at,
+                ])?;
+                notice.execute(rusqlite::params![
+                    batch.run_id,
+                    as_of,
+                    e.permit_no,
+                    vu,
+                    e.kind,
+                    e.notice.channel,
+                    e.notice.recipient,
+                    e.notice.message,
+                    e.notice.status,
+                    (e.notice.status == "queued").then_some(at),
+                    at,
+                ])?;
+                match e.effect {
+                    Effect::Extend(to) => {
+                        extend.execute(rusqlite::params![e.permit_no, to.to_string()])?;
+                    }
+                    Effect::SetStatus(s) => {
+                        status.execute(rusqlite::params![e.permit_no, s])?;
+                    }
+                    Effect::None => {}
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn complete(mut self, pending: u64, now: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET status = 'completed', finished_at = ?, pending = ? WHERE run_id = ?",
+        )
+        .bind(now)
+        .bind(pending as i64)
+        .bind(self.run.run_id)
+        .execute(&mut *self.tx)
+        .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<()> {
         self.tx.rollback().await?;
         Ok(())
     }
@@ -799,4 +835,47 @@ fn restrict_permissions(path: &Path) {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
+}
+
+fn raw_audit_row(r: &rusqlite::Row) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        run_id: r.get(0)?,
+        as_of: raw_date(r, 1)?,
+        permit_no: r.get(2)?,
+        id_number: r.get(3)?,
+        decision: r.get(4)?,
+        reasons: r.get(5)?,
+        valid_until: raw_date(r, 6)?,
+        new_valid_until: raw_opt_date(r, 7)?,
+        residence_visited_on: raw_opt_date(r, 8)?,
+        residence_result: r.get(9)?,
+        si_month: r.get(10)?,
+        si_status: r.get(11)?,
+        si_employer_uscc: r.get(12)?,
+        marital_status: r.get(13)?,
+        notification_channel: r.get(14)?,
+        notification_status: r.get(15)?,
+        decided_at: r.get(16)?,
+    })
+}
+
+fn raw_notification_row(r: &rusqlite::Row) -> rusqlite::Result<NotificationRow> {
+    Ok(NotificationRow {
+        notification_id: r.get(0)?,
+        run_id: r.get(1)?,
+        as_of: raw_date(r, 2)?,
+        permit_no: r.get(3)?,
+        cycle_valid_until: raw_date(r, 4)?,
+        kind: r.get(5)?,
+        channel: r.get(6)?,
+        recipient: r.get(7)?,
+        status: r.get(8)?,
+        attempts: r.get(9)?,
+        next_attempt_at: r.get(10)?,
+        last_error: r.get(11)?,
+        provider_ref: r.get(12)?,
+        created_at: r.get(13)?,
+        sent_at: r.get(14)?,
+        message: r.get(15)?,
+    })
 }

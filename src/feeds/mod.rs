@@ -146,7 +146,7 @@ pub async fn import_file(
 /// One parsed record on its way to the writer.
 struct Item<T> {
     line: u64,
-    raw: Vec<String>,
+    raw: csv::StringRecord,
     parsed: Result<Parsed<T>, String>,
 }
 
@@ -190,10 +190,11 @@ fn parse_file<T: Send + 'static>(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let input: Box<dyn Read> = match encoding {
+    let decoded: Box<dyn Read> = match encoding {
         Encoding::Utf8 => Box::new(reader::SkipBom::new(bar.wrap_read(file))),
         Encoding::Gb18030 => Box::new(reader::Gb18030Reader::new(bar.wrap_read(file))),
     };
+    let (input, newlines) = reader::LineCounter::new(decoded);
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -209,38 +210,41 @@ fn parse_file<T: Send + 'static>(
             Ok(true) => {}
             Err(e) => return refuse(csv_error_message(&e)),
         }
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        let line = newlines
+            .borrow_mut()
+            .line_at(record.position().map(|p| p.byte()).unwrap_or(0));
         // C9: blank (or whitespace-only) lines are skipped and not counted.
         if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
             continue;
         }
-        let mut raw = Vec::with_capacity(record.len());
-        for (i, field) in record.iter().enumerate() {
-            match std::str::from_utf8(field) {
-                Ok(s) => raw.push(s.to_string()),
-                Err(_) => {
-                    let col = header
-                        .as_ref()
-                        .and_then(|h| h.positions.iter().position(|p| *p == Some(i)))
-                        .map(|c| columns[c].0.to_string())
-                        .unwrap_or_else(|| format!("#{}", i + 1));
-                    let hint = if encoding == Encoding::Utf8 {
-                        " (is it GB18030/GBK? try --encoding gb18030)"
-                    } else {
-                        ""
-                    };
-                    return refuse(format!("line {line}: field {col}: not valid UTF-8{hint}"));
-                }
+        // One allocation per record: the original fields are kept for the
+        // rejects file.
+        let raw = match csv::StringRecord::from_byte_record(record.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                let i = e.utf8_error().field();
+                let col = header
+                    .as_ref()
+                    .and_then(|h| h.positions.iter().position(|p| *p == Some(i)))
+                    .map(|c| columns[c].0.to_string())
+                    .unwrap_or_else(|| format!("#{}", i + 1));
+                let hint = if encoding == Encoding::Utf8 {
+                    " (is it GB18030/GBK? try --encoding gb18030)"
+                } else {
+                    ""
+                };
+                return refuse(format!("line {line}: field {col}: not valid UTF-8{hint}"));
             }
-        }
+        };
         let Some(map) = header.as_ref() else {
-            match reader::map_header(&raw, columns) {
+            let names: Vec<String> = raw.iter().map(str::to_string).collect();
+            match reader::map_header(&names, columns) {
                 Ok(m) => {
                     if !m.unknown.is_empty() {
                         tracing::warn!(columns = %m.unknown.join(","), "unknown columns ignored (R1)");
                     }
                     header = Some(m);
-                    if tx.blocking_send(Msg::Header(raw)).is_err() {
+                    if tx.blocking_send(Msg::Header(names)).is_err() {
                         return;
                     }
                 }
@@ -258,7 +262,7 @@ fn parse_file<T: Send + 'static>(
             let values = map
                 .positions
                 .iter()
-                .map(|p| p.map(|i| raw[i].trim()).unwrap_or(""))
+                .map(|p| p.and_then(|i| raw.get(i)).map(str::trim).unwrap_or(""))
                 .collect();
             parse(&Fields { values })
         };
@@ -315,14 +319,14 @@ impl Tally {
         }
     }
 
-    fn reject(&mut self, line: u64, reason: &str, raw: &[String]) -> Result<()> {
+    fn reject(&mut self, line: u64, reason: &str, raw: &csv::StringRecord) -> Result<()> {
         self.counts.rows_rejected += 1;
         let Some(path) = self.rejects_path.clone() else {
             return Ok(());
         };
         if self.rejects.is_none() {
             let file = crate::fsutil::create_private(&path)?;
-            let mut w = csv::Writer::from_writer(file);
+            let mut w = csv::WriterBuilder::new().flexible(true).from_writer(file);
             let mut head = vec!["line".to_string(), "reason".to_string()];
             head.extend(self.header.iter().cloned());
             w.write_record(&head).map_err(|e| rejects_error(&path, e))?;
@@ -330,7 +334,7 @@ impl Tally {
         }
         if let Some(w) = self.rejects.as_mut() {
             let mut rec = vec![line.to_string(), reason.to_string()];
-            rec.extend(raw.iter().cloned());
+            rec.extend(raw.iter().map(str::to_string));
             w.write_record(&rec).map_err(|e| rejects_error(&path, e))?;
         }
         Ok(())
@@ -582,6 +586,9 @@ struct PermitsWriter {
     /// Per key seen in this file: its line and the permit as stored before
     /// the file (`None`: new).
     seen: SeenKeys<Option<PriorPermit>>,
+    /// `Some(true)` when the register was empty at the start: the initial
+    /// load needs no lookups of stored permits.
+    empty_register: Option<bool>,
 }
 
 enum PermitWrite {
@@ -602,7 +609,11 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
             .map(|p| p.row.0.permit_no.as_str())
             .filter(|no| !self.seen.lines.contains_key(&key_hash(no)))
             .collect();
-        let stored = if unseen.is_empty() {
+        let empty = match self.empty_register {
+            Some(e) => e,
+            None => *self.empty_register.insert(tx.register_is_empty().await?),
+        };
+        let stored = if unseen.is_empty() || empty {
             HashMap::new()
         } else {
             tx.lookup_permits(&unseen).await?
@@ -694,6 +705,16 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
     }
 }
 
+/// Where an inbox file's rejects go: `<dir>/<feed>/<file name>.rejects.csv`.
+pub fn rejects_path_in(dir: &Path, feed: Feed, file: &Path) -> PathBuf {
+    let mut name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".rejects.csv");
+    dir.join(feed.name()).join(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,14 +728,4 @@ mod tests {
         ];
         assert_eq!(last_per_key(rows), vec![2, 3]);
     }
-}
-
-/// Where an inbox file's rejects go: `<dir>/<feed>/<file name>.rejects.csv`.
-pub fn rejects_path_in(dir: &Path, feed: Feed, file: &Path) -> PathBuf {
-    let mut name = file
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".rejects.csv");
-    dir.join(feed.name()).join(name)
 }

@@ -164,6 +164,76 @@ impl<R: Read> Read for SkipBom<R> {
     }
 }
 
+/// Counts physical lines for record positions. The csv crate's own line
+/// numbers skip blank lines and miscount CRLF, and C9 wants the physical
+/// line a record starts on; its byte offsets are exact, so this adapter
+/// remembers where each newline is and turns an offset into a line.
+/// Memory stays bounded: newlines are forgotten once a later record has
+/// been located.
+pub struct LineCounter<R> {
+    inner: R,
+    offset: u64,
+    newlines: std::rc::Rc<std::cell::RefCell<Newlines>>,
+}
+
+#[derive(Default)]
+pub struct Newlines {
+    /// Offsets of `\r` (false) and `\n` (true) bytes not yet passed.
+    pending: std::collections::VecDeque<(u64, bool)>,
+    passed: u64,
+}
+
+impl Newlines {
+    /// The 1-based line of the first byte of the record the csv reader
+    /// says starts at `offset`. Its offset is where the previous record's
+    /// terminator ended, so blank lines in between are skipped here.
+    /// Offsets must not decrease.
+    pub fn line_at(&mut self, offset: u64) -> u64 {
+        let mut at = offset;
+        while let Some(&(pos, is_nl)) = self.pending.front() {
+            if pos < at {
+                self.pending.pop_front();
+                self.passed += u64::from(is_nl);
+            } else if pos == at {
+                self.pending.pop_front();
+                self.passed += u64::from(is_nl);
+                at += 1;
+            } else {
+                break;
+            }
+        }
+        self.passed + 1
+    }
+}
+
+impl<R: Read> LineCounter<R> {
+    pub fn new(inner: R) -> (Self, std::rc::Rc<std::cell::RefCell<Newlines>>) {
+        let newlines = std::rc::Rc::new(std::cell::RefCell::new(Newlines::default()));
+        (
+            LineCounter {
+                inner,
+                offset: 0,
+                newlines: newlines.clone(),
+            },
+            newlines,
+        )
+    }
+}
+
+impl<R: Read> Read for LineCounter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut nl = self.newlines.borrow_mut();
+        for (i, b) in buf[..n].iter().enumerate() {
+            if *b == b'\n' || *b == b'\r' {
+                nl.pending.push_back((self.offset + i as u64, *b == b'\n'));
+            }
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
 /// Where each expected column sits in a file's header.
 #[derive(Debug)]
 pub struct HeaderMap {

@@ -1,14 +1,15 @@
 //! The nightly run for one `as_of`: inbox import (R2a), lifecycle (R3),
 //! window (R4), evidence (R5), decision (R6), effects (R7) and notices (R8).
 //!
-//! A run holds the job lock, so no import or other run overlaps it, and
-//! reads through one snapshot. It commits in pages: each page's events,
-//! notices and permit changes in one transaction. A run killed half-way
-//! leaves its `runs` row `running`; the next run for that `as_of` takes it
-//! over and decides only what is left, because a decided cycle is excluded
-//! by the queries themselves (AUTO_SIGNED moved `valid_until`, a lifecycle
-//! step changed `status`, VISIT_CENTER closed the cycle) and the unique keys
-//! on events and notices make a double write impossible.
+//! A run holds the job lock, so no import or other run overlaps it: it sees
+//! each feed file wholly or not at all. On SQLite the whole run — its
+//! events, notices, permit changes and the `completed` mark — is one
+//! transaction, read and written in pages of permits: a run killed at any
+//! point leaves nothing, and the next run for that `as_of` does it all.
+//! The queries exclude decided cycles by themselves (AUTO_SIGNED moved
+//! `valid_until`, a lifecycle step changed `status`, VISIT_CENTER closed the
+//! cycle) and unique keys on events and notices make a double write
+//! impossible, so a backend that commits page by page resumes correctly.
 
 pub mod rules;
 
@@ -17,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::{Duration, NaiveDate};
 
-use crate::db::{Db, EvidenceBounds, NewEvent, PageKey, PermitRow, RunBatch, RunCount, RunRecord};
+use crate::db::{
+    Db, EvidenceBounds, NewEvent, PageKey, PermitRow, RunBatch, RunCount, RunRecord, RunTx,
+};
 use crate::domain::{
     EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
 };
@@ -71,7 +74,8 @@ pub async fn run(
         }
     }
     let inbox = import_inbox(db, settings).await?;
-    let run = db.start_run(as_of, &crate::clock::now_rfc3339()).await?;
+    let mut tx = db.begin_run(as_of, &crate::clock::now_rfc3339()).await?;
+    let run = tx.run().clone();
     let span = tracing::info_span!("run", run_id = run.run_id, %as_of);
     let _enter = span.enter();
     if run.attempts > 1 {
@@ -81,23 +85,26 @@ pub async fn run(
         );
     }
     tracing::info!("run started");
-    let mut snapshot = db.snapshot().await?;
-    let mut ctx = Ctx {
-        db,
+    let ctx = Ctx {
         settings,
         notices,
         as_of,
         run_id: run.run_id,
     };
     let result = async {
-        lifecycle(&mut ctx, &mut snapshot).await?;
-        decisions(&mut ctx, &mut snapshot).await
+        lifecycle(&ctx, &mut tx).await?;
+        decisions(&ctx, &mut tx).await
     }
     .await;
-    snapshot.close().await?;
-    let (pending, pending_reasons) = result?;
-    db.complete_run(run.run_id, pending, &crate::clock::now_rfc3339())
-        .await?;
+    let (pending, pending_reasons) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+    };
+    crate::faults::point("run.before_complete");
+    tx.complete(pending, &crate::clock::now_rfc3339()).await?;
     let counts = db.run_counts(run.run_id).await?;
     let run = db.run_for(as_of).await?.unwrap_or(run);
     tracing::info!(
@@ -115,7 +122,6 @@ pub async fn run(
 }
 
 struct Ctx<'a> {
-    db: &'a Db,
     settings: &'a Settings,
     notices: &'a Notices,
     as_of: NaiveDate,
@@ -167,16 +173,15 @@ impl Ctx<'_> {
         }
     }
 
-    async fn commit(&self, events: Vec<NewEvent>) -> Result<()> {
+    async fn write(&self, tx: &mut RunTx, events: Vec<NewEvent>) -> Result<()> {
         let batch = RunBatch {
             run_id: self.run_id,
             as_of: self.as_of,
             decided_at: crate::clock::now_rfc3339(),
             events,
         };
-        crate::faults::point("run.before_commit");
-        self.db.write_batch(&batch).await?;
-        crate::faults::point("run.after_commit");
+        tx.write(&batch).await?;
+        crate::faults::point("run.page_written");
         Ok(())
     }
 }
@@ -190,11 +195,12 @@ fn stored<T, E: std::fmt::Display>(
 }
 
 /// R3: at most one lifecycle step per permit per run.
-async fn lifecycle(ctx: &mut Ctx<'_>, snapshot: &mut crate::db::Snapshot) -> Result<()> {
+async fn lifecycle(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<()> {
     let rules = &ctx.settings.rules;
     let cancel_before = ctx.as_of - Duration::days(i64::from(rules.grace_days));
     // Active permits past valid_until, then (cancel policy) suspended ones
-    // past the grace period. The two sets are disjoint in the snapshot.
+    // past the grace period. The two sets are disjoint: a permit suspended
+    // here has valid_until within the grace period.
     let mut passes = vec![(PermitStatus::Active, ctx.as_of)];
     if rules.lapse_policy == LapsePolicy::Cancel {
         passes.push((PermitStatus::Suspended, cancel_before));
@@ -202,7 +208,7 @@ async fn lifecycle(ctx: &mut Ctx<'_>, snapshot: &mut crate::db::Snapshot) -> Res
     for (status, before) in passes {
         let mut after: Option<PageKey> = None;
         loop {
-            let page = snapshot
+            let page = tx
                 .lapsed(status.code(), before, after.as_ref(), PAGE)
                 .await?;
             let Some(last) = page.last() else { break };
@@ -216,17 +222,14 @@ async fn lifecycle(ctx: &mut Ctx<'_>, snapshot: &mut crate::db::Snapshot) -> Res
                     events.push(ctx.event(kind, permit, &[], &Selected::default()));
                 }
             }
-            ctx.commit(events).await?;
+            ctx.write(tx, events).await?;
         }
     }
     Ok(())
 }
 
 /// R4–R8 for every due permit. Returns the PENDING count and its reasons.
-async fn decisions(
-    ctx: &mut Ctx<'_>,
-    snapshot: &mut crate::db::Snapshot,
-) -> Result<(u64, BTreeMap<Reason, u64>)> {
+async fn decisions(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason, u64>)> {
     let rules = &ctx.settings.rules;
     let as_of = ctx.as_of;
     let to = as_of + Duration::days(i64::from(rules.window_days));
@@ -243,14 +246,14 @@ async fn decisions(
     let mut pending_reasons = BTreeMap::new();
     let mut after: Option<PageKey> = None;
     loop {
-        let page = snapshot.due(as_of, to, after.as_ref(), PAGE).await?;
+        let page = tx.due(as_of, to, after.as_ref(), PAGE).await?;
         let Some(last) = page.last() else { break };
         after = Some(PageKey {
             valid_until: last.valid_until,
             permit_no: last.permit_no.clone(),
         });
         let ids: Vec<&str> = page.iter().map(|p| p.id_number.as_str()).collect();
-        let evidence = snapshot.evidence(&ids, &bounds).await?;
+        let evidence = tx.evidence(&ids, &bounds).await?;
         let mut events = Vec::with_capacity(page.len());
         for permit in &page {
             let visits: Vec<Visit> = evidence
@@ -332,7 +335,7 @@ async fn decisions(
                 }
             }
         }
-        ctx.commit(events).await?;
+        ctx.write(tx, events).await?;
     }
     Ok((pending, pending_reasons))
 }

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Whole-pipeline benchmark at city scale (issue 2): generate a data set with
+# the project's own generator, then time each phase of a fresh nightly cycle
+# — load the permit register, import the three feeds, run, export audit —
+# and report wall time and peak memory (max RSS) per phase.
+#
+#   benches/pipeline.sh [PERMITS] [DATABASE_URL]
+#   benches/pipeline.sh 1000000                       # SQLite, the default
+#
+# Run on demand, never in CI. Data sets are cached under $BENCH_DIR
+# (default target/bench) by size and seed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000000}
+SEED=${SEED:-1}
+AS_OF=${AS_OF:-2026-11-27}
+DIR=${BENCH_DIR:-target/bench}
+DATA="$DIR/data-$N-$SEED"
+WORK="$DIR/work-$N"
+
+cargo build --release --quiet
+BIN=target/release/autosign
+if [ ! -f "$DATA/.done" ]; then
+  rm -rf "$DATA"
+  "$BIN" generate --permits "$N" --seed "$SEED" --as-of "$AS_OF" --out "$DATA" >/dev/null
+  touch "$DATA/.done"
+fi
+rm -rf "$WORK"; mkdir -p "$WORK"
+export AUTOSIGN_DATA_DIR="$WORK"
+export AUTOSIGN_LOG__LEVEL=warn
+if [ -n "${2:-}" ]; then export AUTOSIGN_DATABASE_URL="$2"; fi
+
+total=0
+phase() { # name, command...
+  local name=$1; shift
+  local t0 t1 rss
+  t0=$(date +%s.%N)
+  /usr/bin/time -f "%M" -o "$WORK/.rss" "$@" >"$WORK/.out" 2>"$WORK/.err" || { cat "$WORK/.err"; exit 1; }
+  t1=$(date +%s.%N)
+  rss=$(tail -1 "$WORK/.rss")
+  local secs; secs=$(echo "$t1 - $t0" | bc)
+  total=$(echo "$total + $secs" | bc)
+  printf "%-22s %8.2f s  %7.0f MB peak\n" "$name" "$secs" "$(echo "$rss / 1024" | bc)"
+}
+echo "autosign pipeline, $N permits (seed $SEED, as_of $AS_OF), $(nproc) cores"
+for f in permits residence social_insurance civil_status; do
+  rows=$(($(wc -l < "$DATA/$f/$f.csv") - 1))
+  echo "  $f.csv: $rows rows, $(du -m "$DATA/$f/$f.csv" | cut -f1) MB"
+done
+phase "import permits" "$BIN" import permits "$DATA/permits/permits.csv"
+phase "import residence" "$BIN" import residence "$DATA/residence/residence.csv"
+phase "import social-insur." "$BIN" import social-insurance "$DATA/social_insurance/social_insurance.csv"
+phase "import civil-status" "$BIN" import civil-status "$DATA/civil_status/civil_status.csv"
+phase "run" "$BIN" run --as-of "$AS_OF"
+grep -E "AUTO_SIGNED|VISIT_CENTER|SUSPENDED|CANCELLED|PENDING" "$WORK/.out" | head -5 | sed 's/^/   /'
+phase "export audit" "$BIN" export audit --from "$AS_OF" --to "$AS_OF" --out "$WORK/audit.csv"
+printf "%-22s %8.2f s\n" "total" "$total"

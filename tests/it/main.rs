@@ -1,0 +1,9 @@
+//! Integration tests: one binary, driving the real `autosign` executable
+//! against a real database per test. Test names cite the SPEC rule they
+//! check.
+
+mod helpers;
+
+mod cli;
+mod import;
+mod run;

@@ -1,0 +1,389 @@
+//! The nightly run (R2a, R3–R9, C1–C13) through the real binary, with
+//! golden exports for a multi-day scenario.
+
+use crate::helpers::*;
+
+const TS: &[&str] = &["decided_at", "created_at", "sent_at", "next_attempt_at"];
+
+fn import_day(env: &Env, day: &str) {
+    for (feed, file) in [
+        ("permits", "permits.csv"),
+        ("residence", "residence.csv"),
+        ("social-insurance", "social_insurance.csv"),
+        ("civil-status", "civil_status.csv"),
+    ] {
+        let p = fixture(&format!("multi_day/{day}/{file}"));
+        if p.exists() {
+            env.import(feed, &p);
+        }
+    }
+}
+
+/// The multi-day scenario of tests/fixtures/multi_day (see its README):
+/// PENDING turning into VISIT_CENTER at the deadline, SUSPENDED then
+/// CANCELLED after the grace period, a suspended permit restored by
+/// re-import, a closed cycle ignoring later evidence.
+fn multi_day(env: &Env) -> (String, String) {
+    import_day(env, "day1");
+    let out = env.ok(&["run", "--as-of", "2026-11-01"]);
+    assert!(out.contains("PENDING                1"), "{out}");
+    import_day(env, "day2");
+    env.ok(&["run", "--as-of", "2026-11-13"]);
+    import_day(env, "day3");
+    env.ok(&["run", "--as-of", "2026-12-20"]);
+    (
+        normalise_timestamps(&env.audit("2026-11-01", "2026-12-31"), TS),
+        normalise_timestamps(&env.notifications("2026-11-01", "2026-12-31"), TS),
+    )
+}
+
+dbtest!(
+    multi_day_scenario_matches_the_golden_audit_and_notifications_r3_r9,
+    |env| {
+        let (audit, notices) = multi_day(&env);
+        assert_golden(&audit, "multi_day/expected/audit.csv");
+        assert_golden(&notices, "multi_day/expected/notifications.csv");
+    }
+);
+
+dbtest!(
+    multi_day_scenario_decides_each_permit_as_the_rules_say,
+    |env| {
+        // The same scenario, checked rule by rule rather than by golden file.
+        let (audit, _) = multi_day(&env);
+        let got: Vec<(String, String, String, String)> = rows(&audit)[1..]
+            .iter()
+            .map(|r| (r[1].clone(), r[2].clone(), r[4].clone(), r[5].clone()))
+            .collect();
+        let want = [
+            ("2026-11-01", "SH0002", "AUTO_SIGNED", ""), // R6 no reason
+            ("2026-11-01", "SH0003", "SUSPENDED", ""),   // R3 lapsed
+            ("2026-11-01", "SH0004", "CANCELLED", ""),   // R3/C1 past grace, directly
+            ("2026-11-01", "SH0005", "SUSPENDED", ""),   // R3
+            ("2026-11-01", "SH0006", "VISIT_CENTER", "ADDRESS_CHANGED"), // R6 change: at once
+            (
+                "2026-11-01",
+                "SH0008",
+                "VISIT_CENTER",
+                "SOCIAL_INSURANCE_CHANGED;MARITAL_STATUS_CHANGED",
+            ), // C2
+            (
+                "2026-11-13",
+                "SH0001",
+                "VISIT_CENTER",
+                "ADDRESS_NOT_VERIFIED",
+            ), // R6 deadline reached
+            ("2026-12-20", "SH0001", "SUSPENDED", ""),   // R3 after VISIT_CENTER
+            ("2026-12-20", "SH0003", "CANCELLED", ""),   // R3 suspended past grace
+            ("2026-12-20", "SH0006", "SUSPENDED", ""),
+            ("2026-12-20", "SH0007", "CANCELLED", ""), // C13 imported suspended
+            ("2026-12-20", "SH0008", "SUSPENDED", ""),
+        ];
+        let want: Vec<(String, String, String, String)> = want
+            .iter()
+            .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        // SH0005 was restored by a later valid_until and has no event on day 3
+        // (C5); SH0002's new cycle (2027-11-10) is not due.
+        let v: serde_json::Value =
+            serde_json::from_str(&env.ok(&["status", "SH0005", "--json"])).expect("json");
+        assert_eq!(
+            (v["status"].as_str(), v["valid_until"].as_str()),
+            (Some("active"), Some("2027-10-25"))
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&env.ok(&["status", "SH0002", "--json"])).expect("json");
+        assert_eq!(v["valid_until"], "2027-11-10", "R7 one year on");
+        assert_eq!(v["latest_event"]["decision"], "AUTO_SIGNED");
+    }
+);
+
+dbtest!(
+    every_event_has_exactly_one_notice_with_the_right_channel_r8_c12,
+    |env| {
+        let (audit, notices) = multi_day(&env);
+        let a = rows(&audit);
+        let n = rows(&notices);
+        assert_eq!(a.len(), n.len(), "one notice per event");
+        for r in &a[1..] {
+            let channel = &r[14];
+            let status = &r[15];
+            match r[2].as_str() {
+                "SH0002" => assert_eq!((channel.as_str(), status.as_str()), ("email", "queued")),
+                "SH0004" => assert_eq!(
+                    (channel.as_str(), status.as_str()),
+                    ("none", "undeliverable")
+                ), // C12
+                _ => assert_eq!((channel.as_str(), status.as_str()), ("sms", "queued")),
+            }
+        }
+        // Keyed (permit, cycle, kind): no duplicates.
+        let mut keys: Vec<_> = n[1..]
+            .iter()
+            .map(|r| (r[1].clone(), r[10].clone(), r[2].clone()))
+            .collect();
+        keys.sort();
+        let len = keys.len();
+        keys.dedup();
+        assert_eq!(keys.len(), len);
+    }
+);
+
+dbtest!(
+    same_as_of_again_changes_nothing_and_earlier_is_refused_c8,
+    |env| {
+        import_day(&env, "day1");
+        env.ok(&["run", "--as-of", "2026-11-01"]);
+        let before = env.audit("2026-01-01", "2027-12-31");
+        // New evidence after the run does not reopen a completed as_of (C8).
+        import_day(&env, "day2");
+        let out = env.ok(&["run", "--as-of", "2026-11-01"]);
+        assert!(out.contains("already completed"), "{out}");
+        assert_eq!(env.audit("2026-01-01", "2027-12-31"), before);
+        env.ok(&["run", "--as-of", "2026-11-02"]);
+        let o = env.cmd(&["run", "--as-of", "2026-11-01"]);
+        assert_eq!(o.code, 0, "completed as_of: a no-op, not a refusal");
+        let o = env.cmd(&["run", "--as-of", "2026-10-31"]);
+        assert_eq!(o.code, 2, "{o:?}");
+        assert!(o.stderr.contains("2026-11-02"), "{}", o.stderr);
+    }
+);
+
+dbtest!(
+    inbox_files_are_imported_once_in_order_before_the_run_r2a,
+    |mut env| {
+        for (sub, file) in [
+            ("permits", "permits.csv"),
+            ("residence", "residence.csv"),
+            ("social_insurance", "social_insurance.csv"),
+            ("civil_status", "civil_status.csv"),
+        ] {
+            let bytes = std::fs::read(fixture(&format!("multi_day/day1/{file}"))).expect("fixture");
+            env.write(&format!("inbox/{sub}/{file}"), bytes);
+        }
+        env.write("inbox/residence/notes.txt", "not a feed");
+        env.set("AUTOSIGN_INBOX__DIR", "inbox");
+        let out = env.ok(&["run", "--as-of", "2026-11-01"]);
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("inbox")).collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(
+            lines[0].contains("permits.csv") && lines[3].contains("civil_status.csv"),
+            "register first: {out}"
+        );
+        // Next night: the same files are not imported again.
+        let out = env.ok(&["run", "--as-of", "2026-11-02"]);
+        assert!(
+            out.lines()
+                .filter(|l| l.starts_with("inbox"))
+                .all(|l| l.contains("already imported")),
+            "{out}"
+        );
+    }
+);
+
+dbtest!(
+    a_refused_inbox_file_stops_the_run_before_deciding_r2a,
+    |mut env| {
+        let bytes = std::fs::read(fixture("multi_day/day1/permits.csv")).expect("fixture");
+        env.write("inbox/permits/permits.csv", bytes);
+        env.write("inbox/residence/broken.csv", "id_number,when\n1,2\n");
+        env.set("AUTOSIGN_INBOX__DIR", "inbox");
+        let o = env.cmd(&["run", "--as-of", "2026-11-01"]);
+        assert_eq!(o.code, 3, "{o:?}");
+        assert!(
+            o.stderr.contains("broken.csv") && o.stderr.contains("visited_on"),
+            "{}",
+            o.stderr
+        );
+        let audit = env.audit("2026-01-01", "2027-12-31");
+        assert_eq!(rows(&audit).len(), 1, "no decision was recorded: {audit}");
+        // Fixed, the same night's run goes through.
+        std::fs::remove_file(env.path("inbox/residence/broken.csv")).expect("rm");
+        env.ok(&["run", "--as-of", "2026-11-01"]);
+        assert!(rows(&env.audit("2026-01-01", "2027-12-31")).len() > 1);
+    }
+);
+
+dbtest!(
+    a_run_killed_mid_way_is_completed_by_the_rerun_with_nothing_doubled,
+    |env| {
+        let reference = Env::new(crate::helpers::Backend::Sqlite);
+        import_day(&reference, "day1");
+        reference.ok(&["run", "--as-of", "2026-11-01"]);
+        let want_audit = normalise_timestamps(&reference.audit("2026-01-01", "2027-12-31"), TS);
+        let want_notices =
+            normalise_timestamps(&reference.notifications("2026-01-01", "2027-12-31"), TS);
+
+        import_day(&env, "day1");
+        for point in [
+            "run.page_written@1",
+            "run.page_written@2",
+            "run.before_complete",
+        ] {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_autosign"));
+            c.args(["run", "--as-of", "2026-11-01"])
+                .current_dir(env.dir.path())
+                .env("AUTOSIGN_DATABASE_URL", &env.db_url)
+                .env("AUTOSIGN_DATA_DIR", env.path("data"))
+                .env("AUTOSIGN_TEST_FAULT", point);
+            let status = c.output().expect("spawn").status;
+            assert!(!status.success(), "the fault at {point} must kill the run");
+        }
+        let out = env.ok(&["run", "--as-of", "2026-11-01"]);
+        assert!(out.contains("completed"), "{out}");
+        assert_eq!(
+            normalise_timestamps(&env.audit("2026-01-01", "2027-12-31"), TS),
+            want_audit
+        );
+        assert_eq!(
+            normalise_timestamps(&env.notifications("2026-01-01", "2027-12-31"), TS),
+            want_notices
+        );
+    }
+);
+
+dbtest!(
+    audit_export_masks_ids_guards_formulas_and_keeps_the_column_order_r9,
+    |env| {
+        import_day(&env, "day1");
+        env.ok(&["run", "--as-of", "2026-11-01"]);
+        let audit = env.audit("2026-11-01", "2026-11-01");
+        let r = rows(&audit);
+        assert_eq!(
+        r[0].join(","),
+        "run_id,as_of,permit_no,id_number,decision,reasons,valid_until,new_valid_until,residence_visited_on,residence_result,si_month,si_status,si_employer_uscc,marital_status,notification_channel,notification_status,decided_at"
+    );
+        assert_eq!(
+            r[1][3], "320102********0027",
+            "masked: first 6, 8 stars, last 4"
+        );
+        let unmasked = env.ok(&[
+            "export",
+            "audit",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-11-01",
+            "--out",
+            "-",
+            "--unmasked",
+        ]);
+        assert_eq!(rows(&unmasked)[1][3], "320102198503150027");
+        // Written to a file: owner-only, and identical to stdout.
+        env.ok(&[
+            "export",
+            "audit",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-11-01",
+            "--out",
+            "a.csv",
+        ]);
+        assert_eq!(env.read("a.csv"), audit);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(env.path("a.csv"))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A permit number that looks like a formula is neutralised (R9).
+        let f = env.write(
+            "evil.csv",
+            format!(
+                "{PERMITS_HEADER}\n{}\n",
+                permit_row("=HYPERLINK(1)", &id("19850315", 50), "2026-11-05")
+            ),
+        );
+        env.import("permits", &f);
+        env.ok(&["run", "--as-of", "2026-11-02"]);
+        let audit = env.audit("2026-11-02", "2026-11-02");
+        assert!(audit.contains("'=HYPERLINK(1)"), "{audit}");
+    }
+);
+
+dbtest!(status_tells_the_hotline_what_happened_r10, |env| {
+    import_day(&env, "day1");
+    env.ok(&["run", "--as-of", "2026-11-01"]);
+    let text = env.ok(&["status", "SH0006"]);
+    for part in [
+        "VISIT_CENTER",
+        "ADDRESS_CHANGED",
+        "居住地址已变化",
+        "sms",
+        "queued",
+        "decided",
+        "潍坊",
+    ] {
+        assert!(text.contains(part), "{part} missing:\n{text}");
+    }
+    assert!(!text.contains("32010219850315006X"), "ID masked:\n{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["status", "SH0006", "--json"])).expect("json");
+    assert_eq!(v["cycle"]["state"], "decided");
+    assert_eq!(v["notices"][0]["kind"], "VISIT_CENTER");
+    let o = env.cmd(&["status", "NOPE"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("NOPE"), "{}", o.stderr);
+});
+
+dbtest!(
+    generated_sample_data_exercises_every_outcome_and_reason,
+    |mut env| {
+        env.ok(&[
+            "generate",
+            "--permits",
+            "300",
+            "--seed",
+            "42",
+            "--as-of",
+            "2026-11-27",
+            "--out",
+            "inbox",
+        ]);
+        env.set("AUTOSIGN_INBOX__DIR", "inbox");
+        let out = env.ok(&["run", "--as-of", "2026-11-27"]);
+        for kind in [
+            "AUTO_SIGNED",
+            "VISIT_CENTER",
+            "SUSPENDED",
+            "CANCELLED",
+            "PENDING",
+        ] {
+            let line = out
+                .lines()
+                .find(|l| l.trim_start().starts_with(kind))
+                .unwrap_or_else(|| panic!("{kind}: {out}"));
+            let n: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .expect("count");
+            assert!(n > 0, "{kind} never happens: {out}");
+        }
+        for reason in [
+            "ADDRESS_NOT_VERIFIED",
+            "ADDRESS_CHANGED",
+            "SOCIAL_INSURANCE_MISSING",
+            "SOCIAL_INSURANCE_CHANGED",
+            "EMPLOYER_CHANGED",
+            "MARITAL_STATUS_CHANGED",
+        ] {
+            assert!(
+                out.contains(&format!("VISIT_CENTER/{reason}")),
+                "{reason} never decided: {out}"
+            );
+        }
+        for channel in ["sms", "email", "undeliverable"] {
+            let line = out
+                .lines()
+                .find(|l| l.trim_start().starts_with(channel))
+                .expect("channel line");
+            assert!(!line.trim_end().ends_with(" 0"), "{channel} unused: {out}");
+        }
+    }
+);
