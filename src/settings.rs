@@ -25,6 +25,8 @@ pub struct Settings {
     pub inbox: InboxSettings,
     pub notices: NoticeSettings,
     pub delivery: DeliverySettings,
+    pub sms: SmsSettings,
+    pub email: EmailSettings,
     pub daemon: DaemonSettings,
     pub log: LogSettings,
 }
@@ -78,15 +80,97 @@ pub struct NoticeSettings {
     pub materials_address: String,
 }
 
+/// The delivery step (`autosign deliver` and the daemon's worker): retry
+/// policy, quiet hours, batching and pacing, common to both channels.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverySettings {
     pub max_attempts: u32,
     pub backoff_base_secs: u64,
     pub backoff_max_secs: u64,
+    pub backoff_jitter: f64,
     pub quiet_hours_start: String,
     pub quiet_hours_end: String,
     pub batch_size: u32,
+    pub lease_secs: u64,
+    pub sms_per_second: f64,
+    pub email_per_second: f64,
+    pub breaker_failures: u32,
+    pub poll_secs: u64,
+}
+
+/// The SMS channel: an HTTP gateway (JSON POST). An empty `url` means the
+/// channel is not configured.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsSettings {
+    pub url: String,
+    pub auth_header: String,
+    pub auth_token: String,
+    pub timeout_secs: u64,
+    pub concurrency: u32,
+    pub ca_file: String,
+}
+
+impl std::fmt::Debug for SmsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: never in logs or error output.
+        f.debug_struct("SmsSettings")
+            .field("url", &self.url)
+            .field("auth_header", &self.auth_header)
+            .field(
+                "auth_token",
+                &if self.auth_token.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
+            .field("timeout_secs", &self.timeout_secs)
+            .field("concurrency", &self.concurrency)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// The e-mail channel: SMTP submission. An empty `host` means the channel
+/// is not configured.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: String,
+    pub username: String,
+    pub password: String,
+    pub from: String,
+    pub timeout_secs: u64,
+    pub concurrency: u32,
+    pub pool_idle_secs: u64,
+    pub ca_file: String,
+    pub subject_auto_signed: String,
+    pub subject_visit_center: String,
+    pub subject_suspended: String,
+    pub subject_cancelled: String,
+}
+
+impl std::fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password is a secret: never in logs or error output.
+        f.debug_struct("EmailSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field(
+                "password",
+                &if self.password.is_empty() { "" } else { "***" },
+            )
+            .field("from", &self.from)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,8 +236,8 @@ impl Settings {
         if !(0.0..=1.0).contains(&self.import.max_reject_ratio) {
             return bad("import.max_reject_ratio", "must be between 0 and 1");
         }
-        if self.import.batch_rows == 0 || self.import.batch_rows > 2000 {
-            return bad("import.batch_rows", "must be between 1 and 2000");
+        if self.import.batch_rows == 0 || self.import.batch_rows > 1_000_000 {
+            return bad("import.batch_rows", "must be between 1 and 1000000");
         }
         if self.rules.decision_deadline_days > self.rules.window_days {
             return bad(
@@ -180,6 +264,102 @@ impl Settings {
         }
         if self.delivery.max_attempts == 0 {
             return bad("delivery.max_attempts", "must be at least 1");
+        }
+        self.validate_delivery()?;
+        Ok(())
+    }
+
+    /// The delivery keys: a bad URL, sender address or TLS mode stops
+    /// autosign at start-up, not at 02:00.
+    fn validate_delivery(&self) -> Result<(), Error> {
+        let bad =
+            |key: &str, why: &str| Err(Error::Config(format!("configuration key {key}: {why}")));
+        let d = &self.delivery;
+        if d.batch_size == 0 || d.batch_size > 10_000 {
+            return bad("delivery.batch_size", "must be between 1 and 10000");
+        }
+        if d.backoff_base_secs == 0 || d.backoff_max_secs < d.backoff_base_secs {
+            return bad(
+                "delivery.backoff_max_secs",
+                "backoff_base_secs must be at least 1 and backoff_max_secs at least backoff_base_secs",
+            );
+        }
+        if !(0.0..=0.5).contains(&d.backoff_jitter) {
+            return bad("delivery.backoff_jitter", "must be between 0 and 0.5");
+        }
+        for (key, rate) in [
+            ("delivery.sms_per_second", d.sms_per_second),
+            ("delivery.email_per_second", d.email_per_second),
+        ] {
+            if !rate.is_finite() || rate < 0.0 {
+                return bad(key, "must be 0 (no limit) or a positive number");
+            }
+        }
+        if d.poll_secs == 0 {
+            return bad("delivery.poll_secs", "must be at least 1");
+        }
+        // A claim must outlive the slowest send, or a second worker could
+        // take the notice over while the first is still sending it.
+        let slowest = self.sms.timeout_secs.max(self.email.timeout_secs);
+        if d.lease_secs < 2 * slowest + 10 {
+            return bad(
+                "delivery.lease_secs",
+                &format!(
+                    "must be at least 2 × the longest channel timeout + 10 s ({} s)",
+                    2 * slowest + 10
+                ),
+            );
+        }
+        let sms = &self.sms;
+        if !sms.url.trim().is_empty() {
+            match reqwest::Url::parse(sms.url.trim()) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(_) => return bad("sms.url", "must be an http:// or https:// URL with a host"),
+                Err(e) => return bad("sms.url", &format!("not a URL: {e}")),
+            }
+            if !sms.auth_token.is_empty() {
+                if reqwest::header::HeaderName::from_bytes(sms.auth_header.trim().as_bytes())
+                    .is_err()
+                {
+                    return bad("sms.auth_header", "not a valid HTTP header name");
+                }
+                if reqwest::header::HeaderValue::from_str(&sms.auth_token).is_err() {
+                    return bad("sms.auth_token", "not a valid HTTP header value");
+                }
+            }
+        }
+        if sms.timeout_secs == 0 || sms.timeout_secs > 300 {
+            return bad("sms.timeout_secs", "must be between 1 and 300");
+        }
+        if sms.concurrency == 0 || sms.concurrency > 64 {
+            return bad("sms.concurrency", "must be between 1 and 64");
+        }
+        let email = &self.email;
+        if !["none", "starttls", "tls"].contains(&email.tls.as_str()) {
+            return bad("email.tls", "must be \"none\", \"starttls\" or \"tls\"");
+        }
+        if !email.host.trim().is_empty() {
+            if email.from.trim().is_empty() {
+                return bad("email.from", "is required when email.host is set");
+            }
+            if let Err(e) = email.from.trim().parse::<lettre::message::Mailbox>() {
+                return bad("email.from", &format!("not an e-mail address ({e})"));
+            }
+            if email.port == 0 {
+                return bad(
+                    "email.port",
+                    "must be a TCP port (e.g. 465 for tls, 587 for starttls)",
+                );
+            }
+        }
+        if email.timeout_secs == 0 || email.timeout_secs > 300 {
+            return bad("email.timeout_secs", "must be between 1 and 300");
+        }
+        if email.concurrency == 0 || email.concurrency > 32 {
+            return bad("email.concurrency", "must be between 1 and 32");
+        }
+        if email.pool_idle_secs == 0 {
+            return bad("email.pool_idle_secs", "must be at least 1");
         }
         Ok(())
     }

@@ -14,7 +14,9 @@ CREATE TABLE imports (
     UNIQUE (feed, sha256)
 );
 
--- The permit register, keyed by permit_no.
+-- The permit register, clustered by permit_no: the nightly run reads it in
+-- key order in one pass (no secondary index to maintain on import or when a
+-- decision changes valid_until or status).
 CREATE TABLE permits (
     permit_no      TEXT PRIMARY KEY,
     id_number      TEXT NOT NULL,
@@ -30,9 +32,7 @@ CREATE TABLE permits (
     si_status      TEXT NOT NULL CHECK (si_status IN ('paying', 'not_paying')),
     marital_status TEXT NOT NULL,
     import_id      INTEGER NOT NULL
-);
--- Serves the run's range scans: due window and lifecycle (R3, R4).
-CREATE INDEX permits_status_valid_until ON permits (status, valid_until, permit_no);
+) WITHOUT ROWID;
 
 CREATE TABLE residence (
     id_number  TEXT NOT NULL,

@@ -6,6 +6,10 @@
 //! beside it with the same methods and its own migration set of the same
 //! numbering. Callers never see a backend type.
 
+pub mod outbox;
+mod outbox_sqlite;
+mod postgres;
+mod postgres_outbox;
 mod rows;
 mod sqlite;
 
@@ -14,6 +18,7 @@ use std::path::PathBuf;
 
 use chrono::NaiveDate;
 
+pub use postgres::PgDb;
 pub use rows::*;
 pub use sqlite::SqliteDb;
 
@@ -23,12 +28,15 @@ use crate::error::{Error, Result};
 #[derive(Clone)]
 pub enum Db {
     Sqlite(SqliteDb),
+    Postgres(PgDb),
 }
 
 /// A held job lock (see [`Db::lock_jobs`]); released on drop or when the
 /// process dies.
 pub enum JobLock {
     File(std::fs::File),
+    /// A session holding a PostgreSQL advisory lock.
+    Postgres(postgres::PgJobLock),
 }
 
 impl Db {
@@ -43,9 +51,7 @@ impl Db {
             return Ok(Db::Sqlite(SqliteDb::open(PathBuf::from(path)).await?));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(Error::Config(
-                "PostgreSQL is not supported by this build yet; use sqlite://PATH".into(),
-            ));
+            return Ok(Db::Postgres(PgDb::open(url).await?));
         }
         Err(Error::Config(format!(
             "database URL must start with sqlite:// or postgres://, got {:?}",
@@ -59,12 +65,14 @@ impl Db {
     pub async fn lock_jobs(&self, on_wait: impl FnOnce()) -> Result<JobLock> {
         match self {
             Db::Sqlite(db) => db.lock_jobs(on_wait).await,
+            Db::Postgres(db) => db.lock_jobs(on_wait).await,
         }
     }
 
     pub async fn find_import(&self, feed: &str, sha256: &str) -> Result<Option<ImportRecord>> {
         match self {
             Db::Sqlite(db) => db.find_import(feed, sha256).await,
+            Db::Postgres(db) => db.find_import(feed, sha256).await,
         }
     }
 
@@ -78,18 +86,23 @@ impl Db {
             Db::Sqlite(db) => Ok(ImportTx::Sqlite(
                 db.begin_import(feed, file_name, sha256).await?,
             )),
+            Db::Postgres(db) => Ok(ImportTx::Postgres(
+                db.begin_import(feed, file_name, sha256).await?,
+            )),
         }
     }
 
     pub async fn latest_completed_run(&self) -> Result<Option<RunRecord>> {
         match self {
             Db::Sqlite(db) => db.latest_completed_run().await,
+            Db::Postgres(db) => db.latest_completed_run().await,
         }
     }
 
     pub async fn run_for(&self, as_of: NaiveDate) -> Result<Option<RunRecord>> {
         match self {
             Db::Sqlite(db) => db.run_for(as_of).await,
+            Db::Postgres(db) => db.run_for(as_of).await,
         }
     }
 
@@ -99,12 +112,14 @@ impl Db {
     pub async fn begin_run(&self, as_of: NaiveDate, now: &str) -> Result<RunTx> {
         match self {
             Db::Sqlite(db) => Ok(RunTx::Sqlite(db.begin_run(as_of, now).await?)),
+            Db::Postgres(db) => Ok(RunTx::Postgres(db.begin_run(as_of, now).await?)),
         }
     }
 
     pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
         match self {
             Db::Sqlite(db) => db.run_counts(run_id).await,
+            Db::Postgres(db) => db.run_counts(run_id).await,
         }
     }
 
@@ -118,6 +133,7 @@ impl Db {
     ) -> Result<()> {
         match self {
             Db::Sqlite(db) => db.audit_rows(from, to, each).await,
+            Db::Postgres(db) => db.audit_rows(from, to, each).await,
         }
     }
 
@@ -129,24 +145,28 @@ impl Db {
     ) -> Result<()> {
         match self {
             Db::Sqlite(db) => db.notification_rows(from, to, each).await,
+            Db::Postgres(db) => db.notification_rows(from, to, each).await,
         }
     }
 
     pub async fn permit(&self, permit_no: &str) -> Result<Option<PermitRow>> {
         match self {
             Db::Sqlite(db) => db.permit(permit_no).await,
+            Db::Postgres(db) => db.permit(permit_no).await,
         }
     }
 
     pub async fn events_for(&self, permit_no: &str) -> Result<Vec<AuditRow>> {
         match self {
             Db::Sqlite(db) => db.events_for(permit_no).await,
+            Db::Postgres(db) => db.events_for(permit_no).await,
         }
     }
 
     pub async fn notifications_for(&self, permit_no: &str) -> Result<Vec<NotificationRow>> {
         match self {
             Db::Sqlite(db) => db.notifications_for(permit_no).await,
+            Db::Postgres(db) => db.notifications_for(permit_no).await,
         }
     }
 }
@@ -154,12 +174,14 @@ impl Db {
 /// One feed file's import, in one transaction (R2).
 pub enum ImportTx {
     Sqlite(sqlite::SqliteImportTx),
+    Postgres(postgres::PgImportTx),
 }
 
 impl ImportTx {
     pub fn import_id(&self) -> i64 {
         match self {
             ImportTx::Sqlite(tx) => tx.import_id,
+            ImportTx::Postgres(tx) => tx.import_id,
         }
     }
 
@@ -170,6 +192,7 @@ impl ImportTx {
     ) -> Result<HashMap<String, PriorPermit>> {
         match self {
             ImportTx::Sqlite(tx) => tx.lookup_permits(permit_nos).await,
+            ImportTx::Postgres(tx) => tx.lookup_permits(permit_nos).await,
         }
     }
 
@@ -177,12 +200,14 @@ impl ImportTx {
     pub async fn register_is_empty(&mut self) -> Result<bool> {
         match self {
             ImportTx::Sqlite(tx) => tx.register_is_empty().await,
+            ImportTx::Postgres(tx) => tx.register_is_empty().await,
         }
     }
 
     pub async fn upsert_permits(&mut self, rows: Vec<PermitRow>) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.upsert_permits(rows).await,
+            ImportTx::Postgres(tx) => tx.upsert_permits(rows).await,
         }
     }
 
@@ -190,36 +215,42 @@ impl ImportTx {
     pub async fn update_contacts(&mut self, rows: Vec<ContactUpdate>) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.update_contacts(rows).await,
+            ImportTx::Postgres(tx) => tx.update_contacts(rows).await,
         }
     }
 
     pub async fn upsert_residence(&mut self, rows: Vec<ResidenceRow>) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.upsert_residence(rows).await,
+            ImportTx::Postgres(tx) => tx.upsert_residence(rows).await,
         }
     }
 
     pub async fn upsert_social_insurance(&mut self, rows: Vec<SocialInsuranceRow>) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.upsert_social_insurance(rows).await,
+            ImportTx::Postgres(tx) => tx.upsert_social_insurance(rows).await,
         }
     }
 
     pub async fn upsert_civil_status(&mut self, rows: Vec<CivilStatusRow>) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.upsert_civil_status(rows).await,
+            ImportTx::Postgres(tx) => tx.upsert_civil_status(rows).await,
         }
     }
 
     pub async fn commit(self, counts: ImportCounts) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.commit(counts).await,
+            ImportTx::Postgres(tx) => tx.commit(counts).await,
         }
     }
 
     pub async fn rollback(self) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.rollback().await,
+            ImportTx::Postgres(tx) => tx.rollback().await,
         }
     }
 }
@@ -229,41 +260,24 @@ impl ImportTx {
 /// completed — or not at all.
 pub enum RunTx {
     Sqlite(sqlite::SqliteRunTx),
+    Postgres(postgres::PgRunTx),
 }
 
 impl RunTx {
     pub fn run(&self) -> &RunRecord {
         match self {
             RunTx::Sqlite(t) => &t.run,
+            RunTx::Postgres(t) => &t.run,
         }
     }
 
-    /// R3 candidates, one page at a time, keyset-ordered by
-    /// (valid_until, permit_no): permits with `status` and
-    /// `valid_until < before`.
-    pub async fn lapsed(
-        &mut self,
-        status: &str,
-        before: NaiveDate,
-        after: Option<&PageKey>,
-        limit: u32,
-    ) -> Result<Vec<PermitRow>> {
+    /// The run's candidates, one page at a time in `permit_no` order after
+    /// `after`: active or suspended permits with `valid_until <= to` (R3,
+    /// R4), each with whether its cycle already has a final decision (C8).
+    pub async fn candidates(&mut self, to: NaiveDate, after: Option<&str>, limit: u32) -> Result<Vec<Candidate>> {
         match self {
-            RunTx::Sqlite(t) => t.lapsed(status, before, after, limit).await,
-        }
-    }
-
-    /// R4: active permits with `from <= valid_until <= to` whose cycle has
-    /// no final decision yet.
-    pub async fn due(
-        &mut self,
-        from: NaiveDate,
-        to: NaiveDate,
-        after: Option<&PageKey>,
-        limit: u32,
-    ) -> Result<Vec<PermitRow>> {
-        match self {
-            RunTx::Sqlite(t) => t.due(from, to, after, limit).await,
+            RunTx::Sqlite(t) => t.candidates(to, after, limit).await,
+            RunTx::Postgres(t) => t.candidates(to, after, limit).await,
         }
     }
 
@@ -276,6 +290,7 @@ impl RunTx {
     ) -> Result<Evidence> {
         match self {
             RunTx::Sqlite(t) => t.evidence(id_numbers, bounds).await,
+            RunTx::Postgres(t) => t.evidence(id_numbers, bounds).await,
         }
     }
 
@@ -284,6 +299,7 @@ impl RunTx {
     pub async fn write(&mut self, batch: &RunBatch) -> Result<()> {
         match self {
             RunTx::Sqlite(t) => t.write(batch).await,
+            RunTx::Postgres(t) => t.write(batch).await,
         }
     }
 
@@ -291,12 +307,14 @@ impl RunTx {
     pub async fn complete(self, pending: u64, now: &str) -> Result<()> {
         match self {
             RunTx::Sqlite(t) => t.complete(pending, now).await,
+            RunTx::Postgres(t) => t.complete(pending, now).await,
         }
     }
 
     pub async fn rollback(self) -> Result<()> {
         match self {
             RunTx::Sqlite(t) => t.rollback().await,
+            RunTx::Postgres(t) => t.rollback().await,
         }
     }
 }

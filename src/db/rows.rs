@@ -102,11 +102,12 @@ pub struct RunRecord {
     pub pending: i64,
 }
 
-/// Keyset position of a run page.
+/// A permit the run looks at, and whether its current cycle (permit_no,
+/// valid_until) already has a final decision (AUTO_SIGNED or VISIT_CENTER).
 #[derive(Debug, Clone)]
-pub struct PageKey {
-    pub valid_until: NaiveDate,
-    pub permit_no: String,
+pub struct Candidate {
+    pub permit: PermitRow,
+    pub decided: bool,
 }
 
 /// Bounds of the evidence a run may use (R5, C4).

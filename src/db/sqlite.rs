@@ -105,7 +105,7 @@ impl SqliteDb {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(60))
             .foreign_keys(true)
-            .pragma("cache_size", "-65536")
+            .pragma("cache_size", "-131072")
             .pragma("temp_store", "memory");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -460,7 +460,8 @@ impl SqliteImportTx {
         .await
     }
 
-    pub async fn upsert_residence(&mut self, rows: Vec<ResidenceRow>) -> Result<()> {
+    pub async fn upsert_residence(&mut self, mut rows: Vec<ResidenceRow>) -> Result<()> {
+        rows.sort_unstable_by(|a, b| (&a.id_number, a.visited_on).cmp(&(&b.id_number, b.visited_on)));
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
@@ -484,7 +485,9 @@ impl SqliteImportTx {
         .await
     }
 
-    pub async fn upsert_social_insurance(&mut self, rows: Vec<SocialInsuranceRow>) -> Result<()> {
+    pub async fn upsert_social_insurance(&mut self, mut rows: Vec<SocialInsuranceRow>) -> Result<()> {
+        // Key order: neighbouring inserts land on the same B-tree pages.
+        rows.sort_unstable_by(|a, b| (&a.id_number, &a.month).cmp(&(&b.id_number, &b.month)));
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
@@ -509,7 +512,8 @@ impl SqliteImportTx {
         .await
     }
 
-    pub async fn upsert_civil_status(&mut self, rows: Vec<CivilStatusRow>) -> Result<()> {
+    pub async fn upsert_civil_status(&mut self, mut rows: Vec<CivilStatusRow>) -> Result<()> {
+        rows.sort_unstable_by(|a, b| a.id_number.cmp(&b.id_number));
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
@@ -555,60 +559,21 @@ pub struct SqliteRunTx {
 }
 
 impl SqliteRunTx {
-    pub async fn lapsed(
-        &mut self,
-        status: &str,
-        before: NaiveDate,
-        after: Option<&PageKey>,
-        limit: u32,
-    ) -> Result<Vec<PermitRow>> {
-        let (after_vu, after_no) = match after {
-            Some(k) => (k.valid_until.to_string(), k.permit_no.clone()),
-            None => (String::new(), String::new()),
-        };
-        with_raw(&mut self.tx, |c| {
-            let mut stmt = c.prepare(
-                "SELECT permit_no, id_number, name, phone, email, district_code, street_code, address,
-                        valid_until, status, employer_uscc, si_status, marital_status
-                 FROM permits WHERE status = ?1 AND valid_until < ?2 AND (valid_until, permit_no) > (?3, ?4)
-                 ORDER BY valid_until, permit_no LIMIT ?5",
-            )?;
-            let rows = stmt.query_map(
-                rusqlite::params![status, before.to_string(), after_vu, after_no, limit],
-                raw_permit,
-            )?;
-            rows.collect()
-        })
-        .await
-    }
-
-    pub async fn due(
-        &mut self,
-        from: NaiveDate,
-        to: NaiveDate,
-        after: Option<&PageKey>,
-        limit: u32,
-    ) -> Result<Vec<PermitRow>> {
-        // A cycle with a final decision (AUTO_SIGNED moves valid_until, so
-        // in practice VISIT_CENTER) is closed (C8).
-        let (after_vu, after_no) = match after {
-            Some(k) => (k.valid_until.to_string(), k.permit_no.clone()),
-            None => (String::new(), String::new()),
-        };
+    pub async fn candidates(&mut self, to: NaiveDate, after: Option<&str>, limit: u32) -> Result<Vec<Candidate>> {
+        let after = after.unwrap_or("");
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
                 "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
-                        p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status
-                 FROM permits p WHERE p.status = 'active' AND p.valid_until BETWEEN ?1 AND ?2
-                  AND (p.valid_until, p.permit_no) > (?3, ?4)
-                  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.permit_no = p.permit_no
-                                  AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER'))
-                 ORDER BY p.valid_until, p.permit_no LIMIT ?5",
+                        p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status,
+                        EXISTS (SELECT 1 FROM events e WHERE e.permit_no = p.permit_no
+                                AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER'))
+                 FROM permits p
+                 WHERE p.permit_no > ?1 AND p.status IN ('active', 'suspended') AND p.valid_until <= ?2
+                 ORDER BY p.permit_no LIMIT ?3",
             )?;
-            let rows = stmt.query_map(
-                rusqlite::params![from.to_string(), to.to_string(), after_vu, after_no, limit],
-                raw_permit,
-            )?;
+            let rows = stmt.query_map(rusqlite::params![after, to.to_string(), limit], |r| {
+                Ok(Candidate { permit: raw_permit(r)?, decided: r.get(13)? })
+            })?;
             rows.collect()
         })
         .await

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use chrono::{Duration, NaiveDate};
 
 use crate::db::{
-    Db, EvidenceBounds, NewEvent, PageKey, PermitRow, RunBatch, RunCount, RunRecord, RunTx,
+    Db, EvidenceBounds, NewEvent, PermitRow, RunBatch, RunCount, RunRecord, RunTx,
 };
 use crate::domain::{
     EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
@@ -27,7 +27,7 @@ use crate::domain::{
 use crate::error::{Error, Result};
 use crate::feeds::{self, Encoding, Feed, ImportOptions, ImportOutcome};
 use crate::outbox::notice::Notices;
-use crate::settings::{LapsePolicy, Settings};
+use crate::settings::Settings;
 use rules::{Baseline, Outcome, Payment, Selected, Visit};
 
 /// Permits per page (one read, one write transaction).
@@ -91,11 +91,7 @@ pub async fn run(
         as_of,
         run_id: run.run_id,
     };
-    let result = async {
-        lifecycle(&ctx, &mut tx).await?;
-        decisions(&ctx, &mut tx).await
-    }
-    .await;
+    let result = evaluate(&ctx, &mut tx).await;
     let (pending, pending_reasons) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -194,42 +190,15 @@ fn stored<T, E: std::fmt::Display>(
     parsed.map_err(|e| Error::Runtime(anyhow::anyhow!("stored {what} {value:?} is invalid: {e}")))
 }
 
-/// R3: at most one lifecycle step per permit per run.
-async fn lifecycle(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<()> {
-    let rules = &ctx.settings.rules;
-    let cancel_before = ctx.as_of - Duration::days(i64::from(rules.grace_days));
-    // Active permits past valid_until, then (cancel policy) suspended ones
-    // past the grace period. The two sets are disjoint: a permit suspended
-    // here has valid_until within the grace period.
-    let mut passes = vec![(PermitStatus::Active, ctx.as_of)];
-    if rules.lapse_policy == LapsePolicy::Cancel {
-        passes.push((PermitStatus::Suspended, cancel_before));
-    }
-    for (status, before) in passes {
-        let mut after: Option<PageKey> = None;
-        loop {
-            let page = tx
-                .lapsed(status.code(), before, after.as_ref(), PAGE)
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some(PageKey {
-                valid_until: last.valid_until,
-                permit_no: last.permit_no.clone(),
-            });
-            let mut events = Vec::new();
-            for permit in &page {
-                if let Some(kind) = rules::lifecycle(status, permit.valid_until, ctx.as_of, rules) {
-                    events.push(ctx.event(kind, permit, &[], &Selected::default()));
-                }
-            }
-            ctx.write(tx, events).await?;
-        }
-    }
-    Ok(())
-}
-
-/// R4–R8 for every due permit. Returns the PENDING count and its reasons.
-async fn decisions(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason, u64>)> {
+/// One pass over the register in `permit_no` order (R3–R8): each permit
+/// takes at most one lifecycle step (R3); otherwise, if due (R4) and its
+/// cycle is open, it is evaluated (R5) and decided (R6). Returns the
+/// PENDING count and its reasons.
+///
+/// One ordered pass rather than an index walk per rule: the first night
+/// after go-live touches a quarter of the register, and in key order every
+/// read and write lands next to the previous one (docs/benchmarks.md).
+async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason, u64>)> {
     let rules = &ctx.settings.rules;
     let as_of = ctx.as_of;
     let to = as_of + Duration::days(i64::from(rules.window_days));
@@ -244,18 +213,25 @@ async fn decisions(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reaso
     };
     let mut pending = 0u64;
     let mut pending_reasons = BTreeMap::new();
-    let mut after: Option<PageKey> = None;
+    let mut after: Option<String> = None;
     loop {
-        let page = tx.due(as_of, to, after.as_ref(), PAGE).await?;
+        let page = tx.candidates(to, after.as_deref(), PAGE).await?;
         let Some(last) = page.last() else { break };
-        after = Some(PageKey {
-            valid_until: last.valid_until,
-            permit_no: last.permit_no.clone(),
-        });
-        let ids: Vec<&str> = page.iter().map(|p| p.id_number.as_str()).collect();
-        let evidence = tx.evidence(&ids, &bounds).await?;
+        after = Some(last.permit.permit_no.clone());
         let mut events = Vec::with_capacity(page.len());
-        for permit in &page {
+        let mut due = Vec::new();
+        for c in &page {
+            let status = stored("status", &c.permit.status, PermitStatus::parse(&c.permit.status))?;
+            if let Some(kind) = rules::lifecycle(status, c.permit.valid_until, as_of, rules) {
+                events.push(ctx.event(kind, &c.permit, &[], &Selected::default()));
+            } else if rules::is_due(status, c.permit.valid_until, as_of, rules) && !c.decided {
+                // C8: a cycle with a final decision stays closed.
+                due.push(&c.permit);
+            }
+        }
+        let ids: Vec<&str> = due.iter().map(|p| p.id_number.as_str()).collect();
+        let evidence = tx.evidence(&ids, &bounds).await?;
+        for permit in due {
             let visits: Vec<Visit> = evidence
                 .residence
                 .get(&permit.id_number)
@@ -264,11 +240,7 @@ async fn decisions(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reaso
                         .map(|r| {
                             Ok(Visit {
                                 visited_on: r.visited_on,
-                                result: stored(
-                                    "residence result",
-                                    &r.result,
-                                    ResidenceResult::parse(&r.result),
-                                )?,
+                                result: stored("residence result", &r.result, ResidenceResult::parse(&r.result))?,
                             })
                         })
                         .collect::<Result<Vec<_>>>()
@@ -283,11 +255,7 @@ async fn decisions(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reaso
                         .map(|r| {
                             Ok(Payment {
                                 month: stored("month", &r.month, Month::parse(&r.month))?,
-                                status: stored(
-                                    "payment status",
-                                    &r.status,
-                                    PaymentStatus::parse(&r.status),
-                                )?,
+                                status: stored("payment status", &r.status, PaymentStatus::parse(&r.status))?,
                                 employer_uscc: r.employer_uscc.clone(),
                             })
                         })
@@ -302,11 +270,7 @@ async fn decisions(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reaso
                 .transpose()?;
             let baseline = Baseline {
                 valid_until: permit.valid_until,
-                si_status: stored(
-                    "si_status",
-                    &permit.si_status,
-                    SiStatus::parse(&permit.si_status),
-                )?,
+                si_status: stored("si_status", &permit.si_status, SiStatus::parse(&permit.si_status))?,
                 marital_status: stored(
                     "marital_status",
                     &permit.marital_status,
@@ -321,9 +285,7 @@ async fn decisions(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reaso
             };
             let reasons = rules::reasons(&baseline, &selected);
             match rules::decide(permit.valid_until, as_of, reasons, rules) {
-                Outcome::AutoSigned { .. } => {
-                    events.push(ctx.event(EventKind::AutoSigned, permit, &[], &selected))
-                }
+                Outcome::AutoSigned { .. } => events.push(ctx.event(EventKind::AutoSigned, permit, &[], &selected)),
                 Outcome::VisitCenter { reasons } => {
                     events.push(ctx.event(EventKind::VisitCenter, permit, &reasons, &selected))
                 }
@@ -335,6 +297,9 @@ async fn decisions(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reaso
                 }
             }
         }
+        // Events in permit_no order: the audit trail's insertion order is its
+        // export order.
+        events.sort_by(|a, b| a.permit_no.cmp(&b.permit_no));
         ctx.write(tx, events).await?;
     }
     Ok((pending, pending_reasons))
