@@ -7,7 +7,12 @@ use std::process::Command;
 /// Which database a test body runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// A fresh SQLite file in the test's temp folder.
     Sqlite,
+    /// A fresh database `autosign_test_<random>` on the PostgreSQL server
+    /// at 127.0.0.1:5432 (or `AUTOSIGN_TEST_POSTGRES_URL`), dropped when the
+    /// test ends.
+    Postgres,
 }
 
 /// One test's world: a temp folder (data dir, inputs, outputs) and a
@@ -16,6 +21,9 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub db_url: String,
     pub env: Vec<(String, String)>,
+    pub backend: Backend,
+    /// Declared last: the database is dropped after everything else.
+    pg: Option<PgDatabase>,
 }
 
 /// A finished command.
@@ -27,19 +35,44 @@ pub struct Out {
 }
 
 impl Env {
+    /// A fresh world on `backend`. Panics where [`Env::try_new`] would skip.
     pub fn new(backend: Backend) -> Env {
+        Env::try_new(backend).unwrap_or_else(|| panic!("{backend:?} is not available"))
+    }
+
+    /// A fresh world on `backend`, or `None` (with a notice on stderr) when
+    /// PostgreSQL is unreachable outside CI. In CI (`CI` set) an unreachable
+    /// PostgreSQL fails the test instead: the PostgreSQL tests must not
+    /// skip there.
+    pub fn try_new(backend: Backend) -> Option<Env> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db_url = match backend {
-            Backend::Sqlite => format!(
-                "sqlite://{}",
-                dir.path().join("data/autosign.sqlite").display()
+        let (db_url, pg) = match backend {
+            Backend::Sqlite => (
+                format!(
+                    "sqlite://{}",
+                    dir.path().join("data/autosign.sqlite").display()
+                ),
+                None,
             ),
+            Backend::Postgres => {
+                let pg = PgDatabase::create()?;
+                (pg.url.clone(), Some(pg))
+            }
         };
-        Env {
+        Some(Env {
             dir,
             db_url,
             env: Vec::new(),
-        }
+            backend,
+            pg,
+        })
+    }
+
+    /// Runs SQL on a PostgreSQL test database (from the test itself, not
+    /// through autosign) and returns the first column of each row as text.
+    pub fn pg_query(&self, sql: &str) -> Vec<Option<String>> {
+        let pg = self.pg.as_ref().expect("a PostgreSQL test");
+        pg_query(&pg.url, sql)
     }
 
     pub fn set(&mut self, key: &str, value: &str) {
@@ -64,7 +97,8 @@ impl Env {
         std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
     }
 
-    pub fn cmd(&self, args: &[&str]) -> Out {
+    /// The `autosign` command for this world, not started.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_autosign"));
         c.args(args)
             .current_dir(self.dir.path())
@@ -76,7 +110,22 @@ impl Env {
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        let o = c.output().expect("run autosign");
+        c
+    }
+
+    /// Starts `autosign` in the background with extra environment; collect
+    /// it with [`finish`].
+    pub fn spawn(&self, args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Child {
+        let mut c = self.command(args);
+        c.envs(extra_env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().expect("spawn autosign")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Out {
+        let o = self.command(args).output().expect("run autosign");
         Out {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -118,7 +167,18 @@ impl Env {
     }
 }
 
-/// Runs one test body against every backend (ripgrep's `rgtest!` idea).
+/// Waits for a process from [`Env::spawn`].
+pub fn finish(child: std::process::Child) -> Out {
+    let o = child.wait_with_output().expect("wait for autosign");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Runs one test body against every backend (ripgrep's `rgtest!` idea):
+/// `<name>::sqlite` and `<name>::postgres`.
 macro_rules! dbtest {
     ($name:ident, $body:expr) => {
         mod $name {
@@ -130,10 +190,144 @@ macro_rules! dbtest {
                 let body: fn(crate::helpers::Env) = $body;
                 body(crate::helpers::Env::new(crate::helpers::Backend::Sqlite));
             }
+
+            #[test]
+            fn postgres() {
+                let body: fn(crate::helpers::Env) = $body;
+                if let Some(env) = crate::helpers::Env::try_new(crate::helpers::Backend::Postgres) {
+                    body(env);
+                }
+            }
         }
     };
 }
 pub(crate) use dbtest;
+
+/// A throwaway PostgreSQL database for one test.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+/// Where the test server is: `AUTOSIGN_TEST_POSTGRES_URL` (a URL whose
+/// database the tests may connect to for CREATE/DROP DATABASE), else
+/// 127.0.0.1:5432 as user postgres, then as root (trust auth). Probed once
+/// per test binary.
+fn pg_admin_url() -> Option<&'static str> {
+    static URL: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let found = URL.get_or_init(|| {
+        let candidates = match std::env::var("AUTOSIGN_TEST_POSTGRES_URL") {
+            Ok(u) if !u.trim().is_empty() => vec![u],
+            _ => vec![
+                "postgres://postgres@127.0.0.1:5432/postgres".to_string(),
+                "postgres://root@127.0.0.1:5432/postgres".to_string(),
+            ],
+        };
+        let mut errors = Vec::new();
+        for url in candidates {
+            match pg_try(&url, "SELECT 1") {
+                Ok(_) => return Ok(url),
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+        Err(errors.join("; "))
+    });
+    match found {
+        Ok(url) => Some(url.as_str()),
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!(
+                "PostgreSQL is unreachable and CI is set, so PostgreSQL tests must not skip: {why}"
+            )
+        }
+        Err(why) => {
+            eprintln!("notice: skipping a PostgreSQL test, no server reachable ({why})");
+            None
+        }
+    }
+}
+
+impl PgDatabase {
+    fn create() -> Option<PgDatabase> {
+        let admin_url = pg_admin_url()?.to_string();
+        let name = format!("autosign_test_{:016x}", rand::random::<u64>());
+        pg_query(&admin_url, &format!("CREATE DATABASE {name}"));
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .expect("a URL with a database");
+        let url = format!("{base}/{name}");
+        Some(PgDatabase {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // FORCE: a process a test killed may still hold a session.
+        if let Err(e) = pg_try(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        ) {
+            eprintln!("warning: could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Runs one statement on a fresh connection; the first column of each row
+/// as text.
+pub fn pg_try(url: &str, sql: &str) -> Result<Vec<Option<String>>, String> {
+    use sqlx::{Connection, Row};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut conn = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sqlx::PgConnection::connect(url),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let out = rows
+            .iter()
+            .map(|r| {
+                if r.len() == 0 {
+                    return None;
+                }
+                r.try_get::<Option<String>, _>(0)
+                    .or_else(|_| {
+                        r.try_get::<Option<i64>, _>(0)
+                            .map(|v| v.map(|v| v.to_string()))
+                    })
+                    .or_else(|_| {
+                        r.try_get::<Option<i32>, _>(0)
+                            .map(|v| v.map(|v| v.to_string()))
+                    })
+                    .or_else(|_| {
+                        r.try_get::<Option<bool>, _>(0)
+                            .map(|v| v.map(|v| v.to_string()))
+                    })
+                    .unwrap_or(None)
+            })
+            .collect();
+        let _ = conn.close().await;
+        Ok(out)
+    })
+}
+
+/// [`pg_try`], panicking on error.
+pub fn pg_query(url: &str, sql: &str) -> Vec<Option<String>> {
+    pg_try(url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
 
 /// Replaces the values of timestamp columns (checked to be RFC 3339 with an
 /// offset, C14) with a placeholder so exports can be compared.

@@ -5,5 +5,7 @@
 mod helpers;
 
 mod cli;
+mod concurrency;
 mod import;
+mod postgres;
 mod run;

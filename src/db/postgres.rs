@@ -1,0 +1,1172 @@
+//! PostgreSQL backend: the production one, and the one several instances
+//! can share (docs/scale-out.md). Same methods and same results as the
+//! SQLite backend, with the bulk paths done the way PostgreSQL is fast:
+//!
+//! - imports `COPY … FROM STDIN` each batch into a temporary staging table
+//!   (`ON COMMIT DROP`) and upsert it with one `INSERT … SELECT … ON
+//!   CONFLICT`; stored permits are looked up with `permit_no = ANY($1)`;
+//! - the run reads a page of permits with one keyset query, its evidence
+//!   with one query per feed (`id_number = ANY($1)`), and writes the page's
+//!   events, notices and permit changes with one `UNNEST` statement each, in
+//!   a transaction of its own: pages commit one by one. A run that dies
+//!   keeps its committed pages; the queries skip decided cycles and unique
+//!   keys forbid doubles, so the next run for that `as_of` does the rest
+//!   (reconcile's module doc);
+//! - the job lock is a session-level `pg_advisory_lock` on a connection of
+//!   its own, released by the server when that session ends, however the
+//!   process died. A run also writes a fencing token on its `runs` row and
+//!   checks it in every page, so a process whose lock session was lost
+//!   stops at its next page instead of writing beside its successor.
+//!
+//! Exports are byte-identical to SQLite's: text keys are `COLLATE "C"`
+//! (bytewise, like SQLite), timestamps are the same RFC 3339 text, and ids
+//! are allocated as max + 1 under the job lock (see the migration), so the
+//! same inputs give the same ids, even across a crash.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use futures_util::TryStreamExt;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, PgPool, Row};
+
+use super::rows::*;
+use super::JobLock;
+use crate::domain::PermitStatus;
+use crate::error::{Error, Result};
+
+/// The advisory-lock key of the job lock: "autosign" in ASCII. Advisory
+/// locks are per database, so instances on other databases never meet.
+const JOB_LOCK_KEY: i64 = 0x6175_746f_7369_676e;
+
+/// Rows of one table upserted in one import above which the import
+/// refreshes the table's planner statistics before committing, so the run
+/// that follows an initial load does not plan against an empty table.
+const ANALYZE_AFTER_ROWS: u64 = 10_000;
+
+/// A connected, migrated PostgreSQL database.
+#[derive(Clone)]
+pub struct PgDb {
+    pool: PgPool,
+    options: PgConnectOptions,
+}
+
+/// The job lock: a session holding `pg_advisory_lock(JOB_LOCK_KEY)`.
+/// Dropping it closes the session, which releases the lock; so does the
+/// death of the process (the server sees the socket close) or of the
+/// session (`pg_terminate_backend`).
+pub struct PgJobLock {
+    _conn: PgConnection,
+}
+
+fn where_is(o: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or(o.get_username())
+    )
+}
+
+impl PgDb {
+    pub async fn open(url: &str) -> Result<Self> {
+        // The URL may hold a password: never echo it.
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::Config(format!("invalid PostgreSQL database URL: {e}")))?
+            .application_name("autosign")
+            // Bulk statements legitimately take seconds at city scale.
+            .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(10));
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| {
+                Error::Runtime(anyhow::anyhow!(
+                    "cannot connect to PostgreSQL at {}: {e}",
+                    where_is(&options)
+                ))
+            })?;
+        // sqlx takes an advisory lock of its own around migrations, so
+        // instances starting together apply them once.
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(PgDb { pool, options })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A connection of the pool's, taken out of it for a job's
+    /// transactions: when the job fails or the server cuts it off, dropping
+    /// it closes the session (the server rolls back what was open) instead
+    /// of handing a broken connection back to the pool.
+    async fn detached(&self) -> Result<PgConnection> {
+        Ok(self.pool.acquire().await?.detach())
+    }
+
+    pub async fn lock_jobs(&self, on_wait: impl FnOnce()) -> Result<JobLock> {
+        let mut conn = self
+            .options
+            .clone()
+            .application_name("autosign-lock")
+            .connect()
+            .await
+            .map_err(|e| {
+                Error::Runtime(anyhow::anyhow!(
+                    "cannot connect to PostgreSQL at {}: {e}",
+                    where_is(&self.options)
+                ))
+            })?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(JOB_LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await?;
+        if !got {
+            on_wait();
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(JOB_LOCK_KEY)
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(JobLock::Postgres(PgJobLock { _conn: conn }))
+    }
+
+    pub async fn find_import(&self, feed: &str, sha256: &str) -> Result<Option<ImportRecord>> {
+        let row = sqlx::query(
+            "SELECT import_id, file_name, imported_at, rows_read, rows_imported, rows_rejected
+             FROM imports WHERE feed = $1 AND sha256 = $2",
+        )
+        .bind(feed)
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| import_record(&r)).transpose()
+    }
+
+    pub async fn begin_import(
+        &self,
+        feed: &str,
+        file_name: &str,
+        sha256: &str,
+    ) -> Result<PgImportTx> {
+        let mut conn = self.detached().await?;
+        sqlx::query("BEGIN").execute(&mut conn).await?;
+        let import_id: i64 = sqlx::query_scalar(
+            "INSERT INTO imports (import_id, feed, file_name, sha256, imported_at)
+             SELECT coalesce(max(import_id), 0) + 1, $1, $2, $3, $4 FROM imports
+             RETURNING import_id",
+        )
+        .bind(feed)
+        .bind(file_name)
+        .bind(sha256)
+        .bind(crate::clock::now_rfc3339())
+        .fetch_one(&mut conn)
+        .await?;
+        Ok(PgImportTx {
+            conn,
+            import_id,
+            staged: Vec::new(),
+            upserted: HashMap::new(),
+        })
+    }
+
+    pub async fn latest_completed_run(&self) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE status = 'completed' ORDER BY as_of DESC LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| run_record(&r)).transpose()
+    }
+
+    pub async fn run_for(&self, as_of: NaiveDate) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE as_of = $1"
+        ))
+        .bind(as_of)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| run_record(&r)).transpose()
+    }
+
+    /// Creates the run's `running` row, or takes over one left by a process
+    /// that died (the caller holds the job lock, so none is alive), and
+    /// writes this process's fencing token on it.
+    pub async fn begin_run(&self, as_of: NaiveDate, now: &str) -> Result<PgRunTx> {
+        let owner = fencing_token();
+        let mut conn = self.detached().await?;
+        let taken_over = sqlx::query(concat!(
+            "UPDATE runs SET attempts = attempts + 1, started_at = $2, owner = $3
+             WHERE as_of = $1 AND status = 'running' RETURNING ",
+            run_columns!()
+        ))
+        .bind(as_of)
+        .bind(now)
+        .bind(&owner)
+        .fetch_optional(&mut conn)
+        .await?;
+        let row = match taken_over {
+            Some(row) => row,
+            None => {
+                let created = sqlx::query(concat!(
+                    "INSERT INTO runs (run_id, as_of, status, started_at, owner)
+                     SELECT coalesce(max(run_id), 0) + 1, $1, 'running', $2, $3 FROM runs
+                     ON CONFLICT (as_of) DO NOTHING RETURNING ",
+                    run_columns!()
+                ))
+                .bind(as_of)
+                .bind(now)
+                .bind(&owner)
+                .fetch_optional(&mut conn)
+                .await?;
+                match created {
+                    Some(row) => row,
+                    // Completed meanwhile: the caller checked under the job
+                    // lock, so only a process that lost its lock gets here.
+                    None => {
+                        return Err(Error::Refused(format!(
+                            "as_of {as_of} was completed by another process meanwhile"
+                        )))
+                    }
+                }
+            }
+        };
+        let run = run_record(&row)?;
+        Ok(PgRunTx { conn, run, owner })
+    }
+
+    pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
+        let rows = sqlx::query(
+            "SELECT e.kind, e.reasons, n.channel, count(*) AS n
+             FROM events e JOIN notifications n
+               ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
+             WHERE e.run_id = $1 GROUP BY e.kind, e.reasons, n.channel ORDER BY e.kind, e.reasons, n.channel",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunCount {
+                    kind: r.try_get(0)?,
+                    reasons: r.try_get(1)?,
+                    channel: r.try_get(2)?,
+                    count: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn audit_rows(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        each: &mut (dyn FnMut(AuditRow) -> Result<()> + Send),
+    ) -> Result<()> {
+        let mut rows = sqlx::query(AUDIT_SELECT_RANGE)
+            .bind(from)
+            .bind(to)
+            .fetch(&self.pool);
+        while let Some(r) = rows.try_next().await? {
+            each(audit_row(&r)?)?;
+        }
+        Ok(())
+    }
+
+    pub async fn events_for(&self, permit_no: &str) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(AUDIT_SELECT_PERMIT)
+            .bind(permit_no)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    pub async fn notification_rows(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        each: &mut (dyn FnMut(NotificationRow) -> Result<()> + Send),
+    ) -> Result<()> {
+        let mut rows = sqlx::query(NOTIFICATION_SELECT_RANGE)
+            .bind(from)
+            .bind(to)
+            .fetch(&self.pool);
+        while let Some(r) = rows.try_next().await? {
+            each(notification_row(&r)?)?;
+        }
+        Ok(())
+    }
+
+    pub async fn notifications_for(&self, permit_no: &str) -> Result<Vec<NotificationRow>> {
+        let rows = sqlx::query(NOTIFICATION_SELECT_PERMIT)
+            .bind(permit_no)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(notification_row).collect()
+    }
+
+    pub async fn permit(&self, permit_no: &str) -> Result<Option<PermitRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            permit_columns!(),
+            " FROM permits WHERE permit_no = $1"
+        ))
+        .bind(permit_no)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| permit_row(&r)).transpose()
+    }
+}
+
+/// A token naming this process's attempt at a run (docs/scale-out.md:
+/// fencing).
+fn fencing_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}:{}:{nanos:x}:{:016x}",
+        hostname(),
+        std::process::id(),
+        rand::random::<u64>()
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+macro_rules! run_columns {
+    () => {
+        "run_id, as_of, status, attempts, started_at, finished_at, pending"
+    };
+}
+use run_columns;
+
+macro_rules! permit_columns {
+    () => {
+        "permit_no, id_number, name, phone, email, district_code, street_code, address, \
+         valid_until, status, employer_uscc, si_status, marital_status"
+    };
+}
+use permit_columns;
+
+// The same ORDER BY as SQLite's: permit_no is COLLATE "C" in the schema,
+// so it sorts bytewise there too.
+macro_rules! audit_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT e.run_id, e.as_of, e.permit_no, e.id_number, e.kind, e.reasons, e.valid_until,
+                    e.new_valid_until, e.residence_visited_on, e.residence_result, e.si_month, e.si_status,
+                    e.si_employer_uscc, e.marital_status, n.channel, n.status, e.decided_at
+             FROM events e LEFT JOIN notifications n
+               ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
+             WHERE ",
+            $where,
+            " ORDER BY e.as_of, e.permit_no,
+               CASE e.kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END,
+               e.event_id"
+        )
+    };
+}
+const AUDIT_SELECT_RANGE: &str = audit_select!("e.as_of BETWEEN $1 AND $2");
+const AUDIT_SELECT_PERMIT: &str = audit_select!("e.permit_no = $1");
+
+macro_rules! notification_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT notification_id, run_id, as_of, permit_no, cycle_valid_until, kind, channel, recipient,
+                    status, attempts, next_attempt_at, last_error, provider_ref, created_at, sent_at, message
+             FROM notifications WHERE ",
+            $where,
+            " ORDER BY as_of, permit_no, cycle_valid_until,
+               CASE kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END"
+        )
+    };
+}
+const NOTIFICATION_SELECT_RANGE: &str = notification_select!("as_of BETWEEN $1 AND $2");
+const NOTIFICATION_SELECT_PERMIT: &str = notification_select!("permit_no = $1");
+
+/// COPY's text format: one line per row, tab-separated, `\N` for NULL,
+/// backslash escapes for the characters that would break the framing.
+struct CopyText {
+    buf: Vec<u8>,
+    fresh_row: bool,
+}
+
+impl CopyText {
+    fn with_capacity(n: usize) -> Self {
+        CopyText {
+            buf: Vec::with_capacity(n),
+            fresh_row: true,
+        }
+    }
+
+    fn sep(&mut self) {
+        if !self.fresh_row {
+            self.buf.push(b'\t');
+        }
+        self.fresh_row = false;
+    }
+
+    fn text(&mut self, s: &str) -> &mut Self {
+        self.sep();
+        for &b in s.as_bytes() {
+            match b {
+                b'\\' => self.buf.extend_from_slice(b"\\\\"),
+                b'\t' => self.buf.extend_from_slice(b"\\t"),
+                b'\n' => self.buf.extend_from_slice(b"\\n"),
+                b'\r' => self.buf.extend_from_slice(b"\\r"),
+                _ => self.buf.push(b),
+            }
+        }
+        self
+    }
+
+    fn opt_text(&mut self, s: Option<&str>) -> &mut Self {
+        match s {
+            Some(s) => self.text(s),
+            None => {
+                self.sep();
+                self.buf.extend_from_slice(b"\\N");
+                self
+            }
+        }
+    }
+
+    fn date(&mut self, d: NaiveDate) -> &mut Self {
+        self.sep();
+        use std::io::Write;
+        let _ = write!(self.buf, "{}", d.format("%Y-%m-%d"));
+        self
+    }
+
+    fn opt_date(&mut self, d: Option<NaiveDate>) -> &mut Self {
+        match d {
+            Some(d) => self.date(d),
+            None => self.opt_text(None),
+        }
+    }
+
+    fn end_row(&mut self) {
+        self.buf.push(b'\n');
+        self.fresh_row = true;
+    }
+}
+
+/// The staging tables an import COPYs into, one per target table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Stage {
+    Permits,
+    Residence,
+    SocialInsurance,
+    CivilStatus,
+}
+
+impl Stage {
+    fn table(self) -> &'static str {
+        match self {
+            Stage::Permits => "permits",
+            Stage::Residence => "residence",
+            Stage::SocialInsurance => "social_insurance",
+            Stage::CivilStatus => "civil_status",
+        }
+    }
+
+    /// Creates the staging table (dropped at commit or rollback).
+    fn create(self) -> &'static str {
+        match self {
+            Stage::Permits => concat!(
+                "CREATE TEMP TABLE stage_permits ON COMMIT DROP AS SELECT ",
+                permit_columns!(),
+                " FROM permits WITH NO DATA"
+            ),
+            Stage::Residence => "CREATE TEMP TABLE stage_residence ON COMMIT DROP AS
+                SELECT id_number, visited_on, result, address, officer_id FROM residence WITH NO DATA",
+            Stage::SocialInsurance => "CREATE TEMP TABLE stage_social_insurance ON COMMIT DROP AS
+                SELECT id_number, month, status, employer_uscc, employer_name FROM social_insurance WITH NO DATA",
+            Stage::CivilStatus => "CREATE TEMP TABLE stage_civil_status ON COMMIT DROP AS
+                SELECT id_number, marital_status, as_of FROM civil_status WITH NO DATA",
+        }
+    }
+
+    fn truncate(self) -> &'static str {
+        match self {
+            Stage::Permits => "TRUNCATE stage_permits",
+            Stage::Residence => "TRUNCATE stage_residence",
+            Stage::SocialInsurance => "TRUNCATE stage_social_insurance",
+            Stage::CivilStatus => "TRUNCATE stage_civil_status",
+        }
+    }
+
+    fn copy(self) -> &'static str {
+        match self {
+            Stage::Permits => concat!("COPY stage_permits (", permit_columns!(), ") FROM STDIN"),
+            Stage::Residence => {
+                "COPY stage_residence (id_number, visited_on, result, address, officer_id) FROM STDIN"
+            }
+            Stage::SocialInsurance => {
+                "COPY stage_social_insurance (id_number, month, status, employer_uscc, employer_name) FROM STDIN"
+            }
+            Stage::CivilStatus => {
+                "COPY stage_civil_status (id_number, marital_status, as_of) FROM STDIN"
+            }
+        }
+    }
+
+    /// Moves the staged rows into the table; a later row or import with
+    /// the same key replaces the earlier one (R2). The feeds code keeps one
+    /// row per key per batch: PostgreSQL refuses to touch a row twice in one
+    /// statement.
+    fn upsert(self) -> &'static str {
+        match self {
+            Stage::Permits => concat!(
+                "INSERT INTO permits (",
+                permit_columns!(),
+                ", import_id) SELECT ",
+                permit_columns!(),
+                ", $1 FROM stage_permits
+                 ON CONFLICT (permit_no) DO UPDATE SET id_number = excluded.id_number, name = excluded.name,
+                  phone = excluded.phone, email = excluded.email, district_code = excluded.district_code,
+                  street_code = excluded.street_code, address = excluded.address,
+                  valid_until = excluded.valid_until, status = excluded.status,
+                  employer_uscc = excluded.employer_uscc, si_status = excluded.si_status,
+                  marital_status = excluded.marital_status, import_id = excluded.import_id"
+            ),
+            Stage::Residence => {
+                "INSERT INTO residence (id_number, visited_on, result, address, officer_id, import_id)
+                 SELECT id_number, visited_on, result, address, officer_id, $1 FROM stage_residence
+                 ON CONFLICT (id_number, visited_on) DO UPDATE SET result = excluded.result,
+                  address = excluded.address, officer_id = excluded.officer_id, import_id = excluded.import_id"
+            }
+            Stage::SocialInsurance => {
+                "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, import_id)
+                 SELECT id_number, month, status, employer_uscc, employer_name, $1 FROM stage_social_insurance
+                 ON CONFLICT (id_number, month) DO UPDATE SET status = excluded.status,
+                  employer_uscc = excluded.employer_uscc, employer_name = excluded.employer_name,
+                  import_id = excluded.import_id"
+            }
+            Stage::CivilStatus => {
+                "INSERT INTO civil_status (id_number, marital_status, as_of, import_id)
+                 SELECT id_number, marital_status, as_of, $1 FROM stage_civil_status
+                 ON CONFLICT (id_number) DO UPDATE SET marital_status = excluded.marital_status,
+                  as_of = excluded.as_of, import_id = excluded.import_id"
+            }
+        }
+    }
+
+    fn analyze(self) -> &'static str {
+        match self {
+            Stage::Permits => "ANALYZE permits",
+            Stage::Residence => "ANALYZE residence",
+            Stage::SocialInsurance => "ANALYZE social_insurance",
+            Stage::CivilStatus => "ANALYZE civil_status",
+        }
+    }
+}
+
+/// One import's transaction, on a connection of its own (BEGIN … COMMIT;
+/// dropped unfinished, the session ends and the server rolls back).
+pub struct PgImportTx {
+    conn: PgConnection,
+    pub import_id: i64,
+    staged: Vec<Stage>,
+    upserted: HashMap<Stage, u64>,
+}
+
+impl PgImportTx {
+    pub async fn lookup_permits(
+        &mut self,
+        permit_nos: &[&str],
+    ) -> Result<HashMap<String, PriorPermit>> {
+        let rows = sqlx::query(
+            "SELECT permit_no, valid_until, status FROM permits WHERE permit_no = ANY($1)",
+        )
+        .bind(permit_nos)
+        .fetch_all(&mut self.conn)
+        .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let status: String = r.try_get(2)?;
+            let status = PermitStatus::parse(&status).map_err(|_| {
+                Error::Runtime(anyhow::anyhow!(
+                    "stored permit has unknown status {status:?}"
+                ))
+            })?;
+            out.insert(
+                r.try_get(0)?,
+                PriorPermit {
+                    valid_until: r.try_get(1)?,
+                    status,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    pub async fn register_is_empty(&mut self) -> Result<bool> {
+        let any: Option<i32> = sqlx::query_scalar("SELECT 1 FROM permits LIMIT 1")
+            .fetch_optional(&mut self.conn)
+            .await?;
+        Ok(any.is_none())
+    }
+
+    /// COPYs one batch into the stage's table, then upserts it.
+    async fn stage_and_upsert(&mut self, stage: Stage, rows: u64, data: CopyText) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        if self.staged.contains(&stage) {
+            sqlx::query(stage.truncate())
+                .execute(&mut self.conn)
+                .await?;
+        } else {
+            sqlx::query(stage.create()).execute(&mut self.conn).await?;
+            self.staged.push(stage);
+        }
+        let mut copy = self.conn.copy_in_raw(stage.copy()).await?;
+        if let Err(e) = copy.send(data.buf).await {
+            let _ = copy.abort("autosign: sending the batch failed").await;
+            return Err(e.into());
+        }
+        copy.finish().await?;
+        sqlx::query(stage.upsert())
+            .bind(self.import_id)
+            .execute(&mut self.conn)
+            .await?;
+        *self.upserted.entry(stage).or_insert(0) += rows;
+        Ok(())
+    }
+
+    pub async fn upsert_permits(&mut self, rows: Vec<PermitRow>) -> Result<()> {
+        let mut c = CopyText::with_capacity(rows.len() * 200);
+        for p in &rows {
+            c.text(&p.permit_no)
+                .text(&p.id_number)
+                .text(&p.name)
+                .opt_text(p.phone.as_deref())
+                .opt_text(p.email.as_deref())
+                .text(&p.district_code)
+                .text(&p.street_code)
+                .text(&p.address)
+                .date(p.valid_until)
+                .text(&p.status)
+                .text(&p.employer_uscc)
+                .text(&p.si_status)
+                .text(&p.marital_status)
+                .end_row();
+        }
+        self.stage_and_upsert(Stage::Permits, rows.len() as u64, c)
+            .await
+    }
+
+    /// C5: a row for a cancelled permit updates its contact fields only.
+    /// Rare (cancelled permits only), so arrays rather than a staging table.
+    pub async fn update_contacts(&mut self, rows: Vec<ContactUpdate>) -> Result<()> {
+        let nos: Vec<&str> = rows.iter().map(|r| r.permit_no.as_str()).collect();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        let phones: Vec<Option<&str>> = rows.iter().map(|r| r.phone.as_deref()).collect();
+        let emails: Vec<Option<&str>> = rows.iter().map(|r| r.email.as_deref()).collect();
+        sqlx::query(
+            "UPDATE permits p SET name = u.name, phone = u.phone, email = u.email, import_id = $5
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u (permit_no, name, phone, email)
+             WHERE p.permit_no = u.permit_no",
+        )
+        .bind(&nos)
+        .bind(&names)
+        .bind(&phones)
+        .bind(&emails)
+        .bind(self.import_id)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn upsert_residence(&mut self, rows: Vec<ResidenceRow>) -> Result<()> {
+        let mut c = CopyText::with_capacity(rows.len() * 80);
+        for r in &rows {
+            c.text(&r.id_number)
+                .date(r.visited_on)
+                .text(&r.result)
+                .text(&r.address)
+                .text(&r.officer_id)
+                .end_row();
+        }
+        self.stage_and_upsert(Stage::Residence, rows.len() as u64, c)
+            .await
+    }
+
+    pub async fn upsert_social_insurance(&mut self, rows: Vec<SocialInsuranceRow>) -> Result<()> {
+        let mut c = CopyText::with_capacity(rows.len() * 80);
+        for r in &rows {
+            c.text(&r.id_number)
+                .text(&r.month)
+                .text(&r.status)
+                .text(&r.employer_uscc)
+                .text(&r.employer_name)
+                .end_row();
+        }
+        self.stage_and_upsert(Stage::SocialInsurance, rows.len() as u64, c)
+            .await
+    }
+
+    pub async fn upsert_civil_status(&mut self, rows: Vec<CivilStatusRow>) -> Result<()> {
+        let mut c = CopyText::with_capacity(rows.len() * 40);
+        for r in &rows {
+            c.text(&r.id_number)
+                .text(&r.marital_status)
+                .opt_date(r.as_of)
+                .end_row();
+        }
+        self.stage_and_upsert(Stage::CivilStatus, rows.len() as u64, c)
+            .await
+    }
+
+    pub async fn commit(mut self, counts: ImportCounts) -> Result<()> {
+        sqlx::query(
+            "UPDATE imports SET rows_read = $1, rows_imported = $2, rows_rejected = $3 WHERE import_id = $4",
+        )
+        .bind(counts.rows_read as i64)
+        .bind(counts.rows_imported as i64)
+        .bind(counts.rows_rejected as i64)
+        .bind(self.import_id)
+        .execute(&mut self.conn)
+        .await?;
+        // ANALYZE inside the transaction samples its own new rows too.
+        for (stage, n) in &self.upserted {
+            if *n >= ANALYZE_AFTER_ROWS {
+                sqlx::query(stage.analyze()).execute(&mut self.conn).await?;
+                tracing::debug!(table = stage.table(), rows = n, "statistics refreshed");
+            }
+        }
+        if let Some(d) = test_delay("import") {
+            tokio::time::sleep(d).await;
+        }
+        sqlx::query("COMMIT").execute(&mut self.conn).await?;
+        let _ = self.conn.close().await;
+        Ok(())
+    }
+
+    pub async fn rollback(mut self) -> Result<()> {
+        sqlx::query("ROLLBACK").execute(&mut self.conn).await?;
+        let _ = self.conn.close().await;
+        Ok(())
+    }
+}
+
+/// Test hooks, read once: `AUTOSIGN_TEST_PG_PAGE_DELAY_MS` holds each run
+/// page's transaction open that long after its writes and before its
+/// commit, `AUTOSIGN_TEST_PG_IMPORT_DELAY_MS` an import's before its commit,
+/// so the concurrency tests can cut a connection while a page is in flight
+/// or start a run while an import holds the job lock. Unset, a hook costs
+/// one load.
+fn test_delay(which: &'static str) -> Option<Duration> {
+    static PAGE: OnceLock<Option<Duration>> = OnceLock::new();
+    static IMPORT: OnceLock<Option<Duration>> = OnceLock::new();
+    let (cell, var) = match which {
+        "page" => (&PAGE, "AUTOSIGN_TEST_PG_PAGE_DELAY_MS"),
+        _ => (&IMPORT, "AUTOSIGN_TEST_PG_IMPORT_DELAY_MS"),
+    };
+    *cell.get_or_init(|| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    })
+}
+
+/// The run on PostgreSQL: reads on the run's own connection, each page's
+/// writes in a transaction of their own (see the module doc).
+pub struct PgRunTx {
+    /// Detached from the pool (see [`PgDb::detached`]).
+    conn: PgConnection,
+    pub run: RunRecord,
+    owner: String,
+}
+
+/// Checks, inside `tx`, that this process still owns the run (its fencing
+/// token is on the row), and locks the row until commit, so a takeover
+/// waits for this page and this page's successor sees it.
+async fn fence(tx: &mut PgConnection, run: &RunRecord, owner: &str, now: &str) -> Result<()> {
+    let owned = sqlx::query("UPDATE runs SET heartbeat_at = $3 WHERE run_id = $1 AND owner = $2")
+        .bind(run.run_id)
+        .bind(owner)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if owned != 1 {
+        return Err(Error::Runtime(anyhow::anyhow!(
+            "run {} for {} was taken over by another process (this one lost the job lock); stopping without writing",
+            run.run_id,
+            run.as_of
+        )));
+    }
+    Ok(())
+}
+
+impl PgRunTx {
+    /// The run's candidates, a page at a time in `permit_no` order after
+    /// `after`: active or suspended permits with `valid_until <= to`, each
+    /// with whether its cycle has a final decision (C8). The same query and
+    /// order as SQLite's (permit_no is COLLATE "C"), so pages, and so ids,
+    /// come out the same.
+    pub async fn candidates(
+        &mut self,
+        to: NaiveDate,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Candidate>> {
+        let rows = sqlx::query(
+            "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
+                    p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status,
+                    EXISTS (SELECT 1 FROM events e WHERE e.permit_no = p.permit_no
+                            AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER'))
+             FROM permits p
+             WHERE p.permit_no > $1 AND p.status IN ('active', 'suspended') AND p.valid_until <= $2
+             ORDER BY p.permit_no LIMIT $3",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(to)
+        .bind(i64::from(limit))
+        .fetch_all(&mut self.conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Candidate {
+                    permit: permit_row(r)?,
+                    decided: r.try_get(13)?,
+                })
+            })
+            .collect()
+    }
+
+    /// One query per feed for the whole page.
+    pub async fn evidence(&mut self, id_numbers: &[&str], b: &EvidenceBounds) -> Result<Evidence> {
+        let mut out = Evidence::default();
+        let rows = sqlx::query(
+            "SELECT id_number, visited_on, result FROM residence
+             WHERE id_number = ANY($1) AND visited_on BETWEEN $2 AND $3 ORDER BY id_number, visited_on",
+        )
+        .bind(id_numbers)
+        .bind(b.visited_from)
+        .bind(b.visited_to)
+        .fetch_all(&mut self.conn)
+        .await?;
+        for r in rows {
+            out.residence
+                .entry(r.try_get(0)?)
+                .or_default()
+                .push(ResidenceEvidence {
+                    visited_on: r.try_get(1)?,
+                    result: r.try_get(2)?,
+                });
+        }
+        let rows = sqlx::query(
+            "SELECT id_number, month, status, employer_uscc FROM social_insurance
+             WHERE id_number = ANY($1) AND month BETWEEN $2 AND $3 ORDER BY id_number, month",
+        )
+        .bind(id_numbers)
+        .bind(&b.month_from)
+        .bind(&b.month_to)
+        .fetch_all(&mut self.conn)
+        .await?;
+        for r in rows {
+            out.social_insurance
+                .entry(r.try_get(0)?)
+                .or_default()
+                .push(SiEvidence {
+                    month: r.try_get(1)?,
+                    status: r.try_get(2)?,
+                    employer_uscc: r.try_get(3)?,
+                });
+        }
+        let rows = sqlx::query(
+            "SELECT id_number, marital_status FROM civil_status
+             WHERE id_number = ANY($1) AND (as_of IS NULL OR as_of <= $2)",
+        )
+        .bind(id_numbers)
+        .bind(b.civil_as_of_max)
+        .fetch_all(&mut self.conn)
+        .await?;
+        for r in rows {
+            out.civil_status.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes a page's events, notices and permit changes and commits them
+    /// together (R7, R8): one statement each, whatever the page size.
+    pub async fn write(&mut self, batch: &RunBatch) -> Result<()> {
+        if batch.events.is_empty() {
+            return Ok(());
+        }
+        let ev = &batch.events;
+        let permit_nos: Vec<&str> = ev.iter().map(|e| e.permit_no.as_str()).collect();
+        let id_numbers: Vec<&str> = ev.iter().map(|e| e.id_number.as_str()).collect();
+        let kinds: Vec<&str> = ev.iter().map(|e| e.kind).collect();
+        let reasons: Vec<&str> = ev.iter().map(|e| e.reasons.as_str()).collect();
+        let valid_until: Vec<NaiveDate> = ev.iter().map(|e| e.valid_until).collect();
+        let new_valid_until: Vec<Option<NaiveDate>> =
+            ev.iter().map(|e| e.new_valid_until).collect();
+        let visited_on: Vec<Option<NaiveDate>> =
+            ev.iter().map(|e| e.residence_visited_on).collect();
+        let residence_result: Vec<Option<&str>> =
+            ev.iter().map(|e| e.residence_result.as_deref()).collect();
+        let si_month: Vec<Option<&str>> = ev.iter().map(|e| e.si_month.as_deref()).collect();
+        let si_status: Vec<Option<&str>> = ev.iter().map(|e| e.si_status.as_deref()).collect();
+        let si_employer: Vec<Option<&str>> =
+            ev.iter().map(|e| e.si_employer_uscc.as_deref()).collect();
+        let marital: Vec<Option<&str>> = ev.iter().map(|e| e.marital_status.as_deref()).collect();
+        let channels: Vec<&str> = ev.iter().map(|e| e.notice.channel).collect();
+        let recipients: Vec<&str> = ev.iter().map(|e| e.notice.recipient.as_str()).collect();
+        let messages: Vec<&str> = ev.iter().map(|e| e.notice.message.as_str()).collect();
+        let statuses: Vec<&str> = ev.iter().map(|e| e.notice.status).collect();
+        let at = batch.decided_at.as_str();
+        let next_attempt: Vec<Option<&str>> = ev
+            .iter()
+            .map(|e| (e.notice.status == "queued").then_some(at))
+            .collect();
+        let (mut ext_nos, mut ext_to) = (Vec::new(), Vec::new());
+        let (mut st_nos, mut st_to) = (Vec::new(), Vec::new());
+        for e in ev {
+            match e.effect {
+                Effect::Extend(to) => {
+                    ext_nos.push(e.permit_no.as_str());
+                    ext_to.push(to);
+                }
+                Effect::SetStatus(s) => {
+                    st_nos.push(e.permit_no.as_str());
+                    st_to.push(s);
+                }
+                Effect::None => {}
+            }
+        }
+
+        let mut tx = self.conn.begin().await?;
+        fence(&mut tx, &self.run, &self.owner, at).await?;
+        // Ids are max + 1 in page order (the job lock makes this the only
+        // writer): the same ids as SQLite for the same inputs.
+        sqlx::query(
+            "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
+               new_valid_until, residence_visited_on, residence_result, si_month, si_status,
+               si_employer_uscc, marital_status, decided_at)
+             SELECT (SELECT coalesce(max(event_id), 0) FROM events) + u.ord, $1, $2, u.permit_no,
+               u.id_number, u.kind, u.reasons, u.valid_until, u.new_valid_until, u.visited_on,
+               u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3
+             FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::date[], $9::date[],
+                         $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
+                  WITH ORDINALITY AS u (permit_no, id_number, kind, reasons, valid_until, new_valid_until,
+                         visited_on, residence_result, si_month, si_status, si_employer, marital, ord)",
+        )
+        .bind(batch.run_id)
+        .bind(batch.as_of)
+        .bind(at)
+        .bind(&permit_nos)
+        .bind(&id_numbers)
+        .bind(&kinds)
+        .bind(&reasons)
+        .bind(&valid_until)
+        .bind(&new_valid_until)
+        .bind(&visited_on)
+        .bind(&residence_result)
+        .bind(&si_month)
+        .bind(&si_status)
+        .bind(&si_employer)
+        .bind(&marital)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind,
+               channel, recipient, message, status, next_attempt_at, created_at)
+             SELECT (SELECT coalesce(max(notification_id), 0) FROM notifications) + u.ord, $1, $2,
+               u.permit_no, u.valid_until, u.kind, u.channel, u.recipient, u.message, u.status,
+               u.next_attempt_at, $3
+             FROM UNNEST($4::text[], $5::date[], $6::text[], $7::text[], $8::text[], $9::text[],
+                         $10::text[], $11::text[])
+                  WITH ORDINALITY AS u (permit_no, valid_until, kind, channel, recipient, message, status,
+                         next_attempt_at, ord)",
+        )
+        .bind(batch.run_id)
+        .bind(batch.as_of)
+        .bind(at)
+        .bind(&permit_nos)
+        .bind(&valid_until)
+        .bind(&kinds)
+        .bind(&channels)
+        .bind(&recipients)
+        .bind(&messages)
+        .bind(&statuses)
+        .bind(&next_attempt)
+        .execute(&mut *tx)
+        .await?;
+        if !ext_nos.is_empty() {
+            sqlx::query(
+                "UPDATE permits p SET valid_until = u.valid_until
+                 FROM UNNEST($1::text[], $2::date[]) AS u (permit_no, valid_until)
+                 WHERE p.permit_no = u.permit_no",
+            )
+            .bind(&ext_nos)
+            .bind(&ext_to)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !st_nos.is_empty() {
+            sqlx::query(
+                "UPDATE permits p SET status = u.status
+                 FROM UNNEST($1::text[], $2::text[]) AS u (permit_no, status)
+                 WHERE p.permit_no = u.permit_no",
+            )
+            .bind(&st_nos)
+            .bind(&st_to)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(d) = test_delay("page") {
+            tokio::time::sleep(d).await;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks the run completed (if this process still owns it).
+    pub async fn complete(mut self, pending: u64, now: &str) -> Result<()> {
+        let mut tx = self.conn.begin().await?;
+        fence(&mut tx, &self.run, &self.owner, now).await?;
+        sqlx::query(
+            "UPDATE runs SET status = 'completed', finished_at = $1, pending = $2 WHERE run_id = $3",
+        )
+        .bind(now)
+        .bind(pending as i64)
+        .bind(self.run.run_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let _ = self.conn.close().await;
+        Ok(())
+    }
+
+    /// Pages already committed stay: the next run for this `as_of` resumes
+    /// after them. A page in flight was rolled back when its transaction
+    /// was dropped.
+    pub async fn rollback(self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn permit_row(r: &PgRow) -> Result<PermitRow> {
+    Ok(PermitRow {
+        permit_no: r.try_get(0)?,
+        id_number: r.try_get(1)?,
+        name: r.try_get(2)?,
+        phone: r.try_get(3)?,
+        email: r.try_get(4)?,
+        district_code: r.try_get(5)?,
+        street_code: r.try_get(6)?,
+        address: r.try_get(7)?,
+        valid_until: r.try_get(8)?,
+        status: r.try_get(9)?,
+        employer_uscc: r.try_get(10)?,
+        si_status: r.try_get(11)?,
+        marital_status: r.try_get(12)?,
+    })
+}
+
+fn import_record(r: &PgRow) -> Result<ImportRecord> {
+    Ok(ImportRecord {
+        import_id: r.try_get(0)?,
+        file_name: r.try_get(1)?,
+        imported_at: r.try_get(2)?,
+        counts: ImportCounts {
+            rows_read: r.try_get::<i64, _>(3)? as u64,
+            rows_imported: r.try_get::<i64, _>(4)? as u64,
+            rows_rejected: r.try_get::<i64, _>(5)? as u64,
+        },
+    })
+}
+
+fn run_record(r: &PgRow) -> Result<RunRecord> {
+    Ok(RunRecord {
+        run_id: r.try_get(0)?,
+        as_of: r.try_get(1)?,
+        status: r.try_get(2)?,
+        attempts: r.try_get(3)?,
+        started_at: r.try_get(4)?,
+        finished_at: r.try_get(5)?,
+        pending: r.try_get(6)?,
+    })
+}
+
+fn audit_row(r: &PgRow) -> Result<AuditRow> {
+    Ok(AuditRow {
+        run_id: r.try_get(0)?,
+        as_of: r.try_get(1)?,
+        permit_no: r.try_get(2)?,
+        id_number: r.try_get(3)?,
+        decision: r.try_get(4)?,
+        reasons: r.try_get(5)?,
+        valid_until: r.try_get(6)?,
+        new_valid_until: r.try_get(7)?,
+        residence_visited_on: r.try_get(8)?,
+        residence_result: r.try_get(9)?,
+        si_month: r.try_get(10)?,
+        si_status: r.try_get(11)?,
+        si_employer_uscc: r.try_get(12)?,
+        marital_status: r.try_get(13)?,
+        notification_channel: r.try_get(14)?,
+        notification_status: r.try_get(15)?,
+        decided_at: r.try_get(16)?,
+    })
+}
+
+fn notification_row(r: &PgRow) -> Result<NotificationRow> {
+    Ok(NotificationRow {
+        notification_id: r.try_get(0)?,
+        run_id: r.try_get(1)?,
+        as_of: r.try_get(2)?,
+        permit_no: r.try_get(3)?,
+        cycle_valid_until: r.try_get(4)?,
+        kind: r.try_get(5)?,
+        channel: r.try_get(6)?,
+        recipient: r.try_get(7)?,
+        status: r.try_get(8)?,
+        attempts: r.try_get(9)?,
+        next_attempt_at: r.try_get(10)?,
+        last_error: r.try_get(11)?,
+        provider_ref: r.try_get(12)?,
+        created_at: r.try_get(13)?,
+        sent_at: r.try_get(14)?,
+        message: r.try_get(15)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_framing_characters_and_writes_nulls() {
+        let mut c = CopyText::with_capacity(64);
+        c.text("a\tb\\c\nd\re")
+            .opt_text(None)
+            .date(NaiveDate::from_ymd_opt(2026, 2, 3).expect("date"))
+            .text("上海")
+            .end_row();
+        c.text("x").end_row();
+        assert_eq!(
+            String::from_utf8(c.buf).expect("utf8"),
+            "a\\tb\\\\c\\nd\\re\t\\N\t2026-02-03\t上海\nx\n"
+        );
+    }
+}
