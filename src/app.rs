@@ -87,6 +87,11 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                 ),
                 RunOutcome::Completed(summary) => print!("{}", run_report(summary)),
             }
+            // The outbox by status (sent, failed, dead… from earlier
+            // deliveries): what `autosign deliver` has left to do.
+            if let Ok(counts) = db.outbox_counts().await {
+                print!("{}", crate::outbox::delivery::outbox_line(&counts));
+            }
             if let Some(path) = audit_out {
                 let opts = ExportOptions {
                     from: as_of,
@@ -97,6 +102,32 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                 let n = audit::export_audit(&db, &opts).await?;
                 println!("audit: {n} rows for {as_of} written to {}", path.display());
             }
+            Ok(())
+        }
+        Command::Deliver { now } => {
+            let clock = match now {
+                None => crate::outbox::Clock::system(),
+                Some(t) => {
+                    let t = chrono::DateTime::parse_from_rfc3339(t.trim()).map_err(|e| {
+                        Error::Usage(format!("--now {t:?}: not an RFC 3339 timestamp ({e})"))
+                    })?;
+                    crate::outbox::Clock::starting_at(t.with_timezone(&chrono::Utc))
+                }
+            };
+            // Bad channel configuration fails here, before any database work.
+            let channels = crate::outbox::Channels::from_settings(&settings)?;
+            let db = Db::connect(&settings.effective_database_url()).await?;
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            // Ctrl-C / SIGTERM: finish the sends in flight, release the rest.
+            tokio::spawn(async move {
+                if wait_for_stop_signal().await {
+                    eprintln!("autosign: stopping after the sends in flight");
+                    let _ = stop_tx.send(true);
+                }
+            });
+            let outcome = crate::outbox::deliver(&db, &settings, &channels, clock, &stop).await;
+            channels.shutdown().await;
+            print!("{}", crate::outbox::delivery::report(&outcome?));
             Ok(())
         }
         Command::Export {
@@ -140,6 +171,29 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (true), or never on a platform without
+/// them.
+async fn wait_for_stop_signal() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => true,
+            _ = term.recv() => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
     }
 }
 

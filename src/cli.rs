@@ -73,6 +73,20 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         audit: Option<PathBuf>,
     },
+    /// Send queued notices (R8): SMS through the HTTP gateway ([sms]),
+    /// e-mail through the SMTP relay ([email]). Claims due notices in
+    /// batches, sends each once, and records it as sent, failed (retried
+    /// later with backoff) or dead (permanent error or max_attempts
+    /// reached). No SMS during quiet hours. Exit 0 when the step ran, even
+    /// if some notices failed (the summary says how many); 1 on a database
+    /// failure; 2 on bad [sms]/[email] configuration.
+    Deliver {
+        /// Run as if the clock read this instant (RFC 3339), advancing in
+        /// real time from there: for tests and rehearsals of quiet hours
+        /// and retries.
+        #[arg(long, value_name = "RFC3339", hide = true)]
+        now: Option<String>,
+    },
     /// Export CSV for auditors (R9) or of the notification outbox.
     Export {
         #[arg(value_enum)]

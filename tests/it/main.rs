@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod concurrency;
+mod deliver;
 mod import;
 mod postgres;
 mod run;

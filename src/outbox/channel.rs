@@ -1,0 +1,134 @@
+//! What the channels share: the error that decides retry or dead letter,
+//! the idempotency key a gateway or relay can drop a repeat by, and the
+//! scrubbing of personal data out of error text.
+
+use sha2::{Digest, Sha256};
+
+use crate::db::outbox::ClaimedNotice;
+use crate::domain::{Email, Phone};
+
+/// Why a send failed; the variant decides what happens to the notice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Might work later (timeout, connection refused, HTTP 429/5xx, SMTP
+    /// 4xx): retried with backoff until `max_attempts`. A timeout is an
+    /// *unknown* outcome — the gateway may have sent it — which is why
+    /// every send carries the idempotency key.
+    #[error("{0}")]
+    Transient(String),
+    /// Will never work for this notice (HTTP 4xx, SMTP 5xx, an address the
+    /// relay refuses): `dead` at once.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl DeliveryError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DeliveryError::Transient(_))
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            DeliveryError::Transient(m) | DeliveryError::Permanent(m) => m,
+        }
+    }
+}
+
+/// A send the gateway or relay accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The gateway's message id or the relay's answer, for `provider_ref`.
+    pub provider_ref: String,
+}
+
+/// The notice's idempotency key: the same for every attempt at the same
+/// notice, and derived from its unique key (permit, cycle, kind) rather
+/// than the row id, so it survives a move to another database. Hex, no
+/// personal data.
+pub fn idempotency_key(n: &ClaimedNotice) -> String {
+    let mut h = Sha256::new();
+    h.update(b"autosign-notice/v1\0");
+    h.update(n.permit_no.as_bytes());
+    h.update(b"\0");
+    h.update(n.cycle_valid_until.to_string().as_bytes());
+    h.update(b"\0");
+    h.update(n.kind.as_bytes());
+    let digest = h.finalize();
+    format!("autosign-{}", hex::encode(&digest[..16]))
+}
+
+/// The recipient as logs may show it: `138****8000`, `z***@example.com`.
+pub fn masked_recipient(n: &ClaimedNotice) -> String {
+    match n.channel.as_str() {
+        "sms" => Phone::parse(&n.recipient)
+            .map(|p| p.masked())
+            .unwrap_or_else(|_| "***".into()),
+        _ => Email::parse(&n.recipient)
+            .map(|e| e.masked())
+            .unwrap_or_else(|_| "***".into()),
+    }
+}
+
+/// Error text from a gateway or relay, made fit for logs and `last_error`:
+/// the recipient masked wherever it is echoed back (`550 <zhang@…>: no
+/// such user`), one line, at most 300 characters.
+pub fn scrub(n: &ClaimedNotice, text: &str) -> String {
+    let mut s = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if !n.recipient.is_empty() {
+        s = s.replace(&n.recipient, &masked_recipient(n));
+    }
+    if s.chars().count() > 300 {
+        s = s.chars().take(297).collect::<String>() + "...";
+    }
+    s
+}
+
+#[cfg(test)]
+pub(crate) fn sample_notice(channel: &str, recipient: &str) -> ClaimedNotice {
+    ClaimedNotice {
+        notification_id: 7,
+        permit_no: "SH0000000001".into(),
+        cycle_valid_until: chrono::NaiveDate::from_ymd_opt(2026, 12, 1).expect("date"),
+        kind: "AUTO_SIGNED".into(),
+        channel: channel.into(),
+        recipient: recipient.into(),
+        message: "【上海市居住证】张三您好：您的居住证已自动签注。".into(),
+        attempt: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_key_is_stable_per_notice_and_differs_between_notices() {
+        let a = sample_notice("sms", "13800138000");
+        let mut again = a.clone();
+        again.attempt = 3;
+        again.notification_id = 99;
+        assert_eq!(idempotency_key(&a), idempotency_key(&again));
+        let mut other = a.clone();
+        other.kind = "VISIT_CENTER".into();
+        assert_ne!(idempotency_key(&a), idempotency_key(&other));
+        assert!(idempotency_key(&a).starts_with("autosign-"));
+        assert_eq!(idempotency_key(&a).len(), "autosign-".len() + 32);
+        assert!(!idempotency_key(&a).contains("SH000"));
+    }
+
+    #[test]
+    fn scrub_masks_the_recipient_and_folds_lines() {
+        let n = sample_notice("email", "zhang.san@example.com");
+        let s = scrub(
+            &n,
+            "550 5.1.1 <zhang.san@example.com>:\r\n Recipient address rejected",
+        );
+        assert_eq!(
+            s,
+            "550 5.1.1 <z***@example.com>: Recipient address rejected"
+        );
+        let n = sample_notice("sms", "13800138000");
+        assert_eq!(scrub(&n, "bad phone 13800138000"), "bad phone 138****8000");
+        assert!(scrub(&n, &"x".repeat(1000)).chars().count() <= 300);
+    }
+}
