@@ -14,12 +14,15 @@
 //!
 //! Timestamps are RFC 3339 text with the +08:00 offset and whole seconds
 //! (`clock::to_rfc3339`), the format every writer of `next_attempt_at`
-//! uses, so text order is time order.
+//! uses, so text order is time order (on PostgreSQL too: the columns are
+//! TEXT COLLATE "C"). The SQLite statements are in `outbox_sqlite.rs`, the
+//! PostgreSQL ones (the claim with `FOR UPDATE SKIP LOCKED`) in
+//! `postgres_outbox.rs`.
 
 use chrono::NaiveDate;
 
 use super::Db;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A notice claimed for one delivery attempt.
 #[derive(Clone)]
@@ -81,13 +84,6 @@ pub struct OutboxCount {
     pub count: i64,
 }
 
-fn not_ported() -> Error {
-    Error::Config(
-        "delivery on PostgreSQL: not yet (the outbox statements are SQLite-only in this build)"
-            .into(),
-    )
-}
-
 impl Db {
     /// Claims up to `limit` due notices of `channel` for one attempt each:
     /// `status` queued or failed, `next_attempt_at <= now`, fewer than
@@ -107,7 +103,10 @@ impl Db {
                 db.claim_notices(channel, now, lease_until, max_attempts, limit)
                     .await
             }
-            Db::Postgres(_) => Err(not_ported()),
+            Db::Postgres(db) => {
+                db.claim_notices(channel, now, lease_until, max_attempts, limit)
+                    .await
+            }
         }
     }
 
@@ -124,7 +123,7 @@ impl Db {
     ) -> Result<bool> {
         match self {
             Db::Sqlite(db) => db.mark_notice(notification_id, attempt, mark).await,
-            Db::Postgres(_) => Err(not_ported()),
+            Db::Postgres(db) => db.mark_notice(notification_id, attempt, mark).await,
         }
     }
 
@@ -134,7 +133,7 @@ impl Db {
     pub async fn bury_expired_claims(&self, now: &str, max_attempts: i64) -> Result<u64> {
         match self {
             Db::Sqlite(db) => db.bury_expired_claims(now, max_attempts).await,
-            Db::Postgres(_) => Err(not_ported()),
+            Db::Postgres(db) => db.bury_expired_claims(now, max_attempts).await,
         }
     }
 
@@ -143,7 +142,7 @@ impl Db {
     pub async fn due_notices(&self, now: &str, max_attempts: i64) -> Result<Vec<DueCount>> {
         match self {
             Db::Sqlite(db) => db.due_notices(now, max_attempts).await,
-            Db::Postgres(_) => Err(not_ported()),
+            Db::Postgres(db) => db.due_notices(now, max_attempts).await,
         }
     }
 
@@ -151,7 +150,7 @@ impl Db {
     pub async fn outbox_counts(&self) -> Result<Vec<OutboxCount>> {
         match self {
             Db::Sqlite(db) => db.outbox_counts().await,
-            Db::Postgres(_) => Err(not_ported()),
+            Db::Postgres(db) => db.outbox_counts().await,
         }
     }
 }

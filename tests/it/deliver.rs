@@ -4,9 +4,8 @@
 //! clock injected through `deliver --now`, so quiet hours and backoff are
 //! tested without sleeping.
 //!
-//! SQLite only for now: the outbox statements are not ported to
-//! PostgreSQL yet (`Db::claim_notices` & co. refuse there). When they are,
-//! these bodies can move under `dbtest!`.
+//! Each body runs on SQLite and on PostgreSQL (`both!`), except the tests
+//! of channel configuration and TLS, which do not depend on the database.
 //!
 //! Outside CI a missing aiosmtpd skips the SMTP tests with a notice on
 //! stderr; in CI (`CI` set) it fails them — .ci/run installs it.
@@ -28,14 +27,42 @@ use crate::helpers::*;
 
 const AS_OF: &str = "2026-11-27";
 
-/// A fresh SQLite world with fast, deterministic delivery settings.
-fn world() -> Env {
-    let mut env = Env::new(Backend::Sqlite);
+/// Runs a body on SQLite and on PostgreSQL, each on a fresh database (the
+/// PostgreSQL run skips outside CI when no server is reachable and fails
+/// in CI, as `dbtest!` does).
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn sqlite() {
+                let body: fn(Backend) = $body;
+                body(Backend::Sqlite);
+            }
+
+            #[test]
+            fn postgres() {
+                let body: fn(Backend) = $body;
+                body(Backend::Postgres);
+            }
+        }
+    };
+}
+
+/// A fresh world with fast, deterministic delivery settings; `None` when
+/// PostgreSQL is unreachable outside CI.
+fn world(backend: Backend) -> Option<Env> {
+    let mut env = Env::try_new(backend)?;
     env.set("NO_PROXY", "127.0.0.1,localhost");
     env.set("AUTOSIGN_DELIVERY__SMS_PER_SECOND", "0");
     env.set("AUTOSIGN_DELIVERY__EMAIL_PER_SECOND", "0");
     env.set("AUTOSIGN_LOG__LEVEL", "warn");
-    env
+    Some(env)
+}
+
+fn sqlite_world() -> Env {
+    world(Backend::Sqlite).expect("SQLite is always available")
 }
 
 /// Permits due on 2026-11-30 with no evidence: on AS_OF (3 days before,
@@ -373,321 +400,342 @@ fn missing(why: &str) -> Option<Smtp> {
 
 // ---------------------------------------------------------------- tests
 
-#[test]
-fn the_sample_run_is_delivered_exactly_once_over_sms_and_email() {
-    let mut env = world();
-    let port = free_port();
-    let Some(smtp) = Smtp::start(&env, port, &["--auth", "autosign:s3cret"]) else {
-        return;
-    };
-    let gw = Gateway::start();
-    gw.configure(&mut env);
-    Smtp::configure(port, &mut env);
-    env.set("AUTOSIGN_EMAIL__USERNAME", "autosign");
-    env.set("AUTOSIGN_EMAIL__PASSWORD", "s3cret");
-    let inbox = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample_data");
-    env.set("AUTOSIGN_INBOX__DIR", &inbox.display().to_string());
-    let run = env.ok(&["run", "--as-of", AS_OF]);
-    assert!(
-        run.contains("outbox: queued 91, failed 0, sent 0, dead 0, undeliverable 6"),
-        "{run}"
-    );
-
-    let before = notices(&env);
-    let summary = deliver_ok(&env, t0());
-    assert_eq!(counts(&summary, "sms"), [81, 0, 0, 0, 0], "{summary}");
-    assert_eq!(counts(&summary, "email"), [10, 0, 0, 0, 0], "{summary}");
-    assert!(
-        summary.contains("outbox: queued 0, failed 0, sent 91, dead 0, undeliverable 6"),
-        "{summary}"
-    );
-
-    // SMS: one request per notice, with its phone, text and key.
-    let reqs = gw.requests();
-    assert_eq!(reqs.len(), 81);
-    let keys: BTreeSet<&str> = reqs.iter().map(|r| r.key.as_str()).collect();
-    assert_eq!(keys.len(), 81, "one idempotency key per notice");
-    let expected: BTreeSet<(String, String)> = before
-        .iter()
-        .filter(|n| n["channel"] == "sms")
-        .map(|n| (n["message"].clone(), n["permit_no"].clone()))
-        .collect();
-    let got: BTreeSet<(String, String)> = reqs
-        .iter()
-        .map(|r| {
-            let permit = r
-                .text
-                .split('（')
-                .nth(1)
-                .and_then(|s| s.split('）').next())
-                .unwrap_or("");
-            (r.text.clone(), permit.to_string())
-        })
-        .collect();
-    assert_eq!(got, expected, "each SMS carries its notice's text");
-    for r in &reqs {
-        assert_eq!(
-            r.key, r.header_key,
-            "key in body and Idempotency-Key header"
-        );
-        assert_eq!(r.auth, "Bearer test-token");
-        assert!(
-            r.content_type.starts_with("application/json"),
-            "{}",
-            r.content_type
-        );
-        assert_eq!(r.phone.len(), 11, "{}", r.phone);
-    }
-
-    // E-mail: one message per notice, read back as a mail client would.
-    let mails = smtp.messages();
-    assert_eq!(mails.len(), 10);
-    let want: BTreeMap<String, &BTreeMap<String, String>> = before
-        .iter()
-        .filter(|n| n["channel"] == "email")
-        .map(|n| (n["message"].clone(), n))
-        .collect();
-    let mut seen = BTreeSet::new();
-    for m in &mails {
-        let body = m["body"].as_str().expect("body").trim_end();
-        let n = want
-            .get(body)
-            .unwrap_or_else(|| panic!("unexpected body {body:?}"));
-        assert!(seen.insert(body.to_string()), "sent twice: {body}");
-        let subject = m["subject"].as_str().expect("subject");
-        let expected_subject = match n["kind"].as_str() {
-            "AUTO_SIGNED" => "【上海市居住证】自动签注已通过",
-            "VISIT_CENTER" => "【上海市居住证】未能自动签注，请到社区事务受理服务中心办理",
-            "SUSPENDED" => "【上海市居住证】居住证使用功能已中止",
-            _ => "【上海市居住证】居住证已注销",
+both!(
+    the_sample_run_is_delivered_exactly_once_over_sms_and_email,
+    |backend| {
+        let Some(mut env) = world(backend) else {
+            return;
         };
-        assert_eq!(subject, expected_subject);
-        assert_eq!(m["charset"], "utf-8");
-        assert_eq!(m["content_type"], "text/plain");
-        assert_eq!(
-            m["raw_is_ascii"], true,
-            "7-bit on the wire (base64 body, RFC 2047 subject)"
-        );
-        assert_eq!(m["login"], "autosign", "SMTP AUTH with the configured user");
-        assert_eq!(m["mail_from"], "noreply@example.gov.cn");
-        assert_eq!(m["from"], "上海市居住证 <noreply@example.gov.cn>");
-        assert_eq!(m["auto_submitted"], "auto-generated");
+        let port = free_port();
+        let Some(smtp) = Smtp::start(&env, port, &["--auth", "autosign:s3cret"]) else {
+            return;
+        };
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        Smtp::configure(port, &mut env);
+        env.set("AUTOSIGN_EMAIL__USERNAME", "autosign");
+        env.set("AUTOSIGN_EMAIL__PASSWORD", "s3cret");
+        let inbox = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample_data");
+        env.set("AUTOSIGN_INBOX__DIR", &inbox.display().to_string());
+        let run = env.ok(&["run", "--as-of", AS_OF]);
         assert!(
-            m["message_id"]
-                .as_str()
-                .expect("id")
-                .starts_with("<autosign-"),
-            "{}",
-            m["message_id"]
+            run.contains("outbox: queued 91, failed 0, sent 0, dead 0, undeliverable 6"),
+            "{run}"
         );
-    }
 
-    // The outbox records it: sent once, with time and reference.
-    let after = notices(&env);
-    for n in &after {
-        match n["channel"].as_str() {
-            "none" => {
-                assert_eq!(n["status"], "undeliverable");
-                assert_eq!(n["attempts"], "0");
-            }
-            _ => {
-                assert_eq!(n["status"], "sent", "{n:?}");
-                assert_eq!(n["attempts"], "1");
-                let sent = DateTime::parse_from_rfc3339(&n["sent_at"]).expect("sent_at");
-                assert!(n["sent_at"].ends_with("+08:00"), "{n:?}");
-                let lag = sent.with_timezone(&Utc) - t0();
-                assert!(
-                    (0..60).contains(&lag.num_seconds()),
-                    "sent_at {}",
-                    n["sent_at"]
-                );
-                assert!(!n["provider_ref"].is_empty(), "{n:?}");
-                assert_eq!(n["last_error"], "");
-                assert_eq!(n["next_attempt_at"], "");
+        let before = notices(&env);
+        let summary = deliver_ok(&env, t0());
+        assert_eq!(counts(&summary, "sms"), [81, 0, 0, 0, 0], "{summary}");
+        assert_eq!(counts(&summary, "email"), [10, 0, 0, 0, 0], "{summary}");
+        assert!(
+            summary.contains("outbox: queued 0, failed 0, sent 91, dead 0, undeliverable 6"),
+            "{summary}"
+        );
+
+        // SMS: one request per notice, with its phone, text and key.
+        let reqs = gw.requests();
+        assert_eq!(reqs.len(), 81);
+        let keys: BTreeSet<&str> = reqs.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys.len(), 81, "one idempotency key per notice");
+        let expected: BTreeSet<(String, String)> = before
+            .iter()
+            .filter(|n| n["channel"] == "sms")
+            .map(|n| (n["message"].clone(), n["permit_no"].clone()))
+            .collect();
+        let got: BTreeSet<(String, String)> = reqs
+            .iter()
+            .map(|r| {
+                let permit = r
+                    .text
+                    .split('（')
+                    .nth(1)
+                    .and_then(|s| s.split('）').next())
+                    .unwrap_or("");
+                (r.text.clone(), permit.to_string())
+            })
+            .collect();
+        assert_eq!(got, expected, "each SMS carries its notice's text");
+        for r in &reqs {
+            assert_eq!(
+                r.key, r.header_key,
+                "key in body and Idempotency-Key header"
+            );
+            assert_eq!(r.auth, "Bearer test-token");
+            assert!(
+                r.content_type.starts_with("application/json"),
+                "{}",
+                r.content_type
+            );
+            assert_eq!(r.phone.len(), 11, "{}", r.phone);
+        }
+
+        // E-mail: one message per notice, read back as a mail client would.
+        let mails = smtp.messages();
+        assert_eq!(mails.len(), 10);
+        let want: BTreeMap<String, &BTreeMap<String, String>> = before
+            .iter()
+            .filter(|n| n["channel"] == "email")
+            .map(|n| (n["message"].clone(), n))
+            .collect();
+        let mut seen = BTreeSet::new();
+        for m in &mails {
+            let body = m["body"].as_str().expect("body").trim_end();
+            let n = want
+                .get(body)
+                .unwrap_or_else(|| panic!("unexpected body {body:?}"));
+            assert!(seen.insert(body.to_string()), "sent twice: {body}");
+            let subject = m["subject"].as_str().expect("subject");
+            let expected_subject = match n["kind"].as_str() {
+                "AUTO_SIGNED" => "【上海市居住证】自动签注已通过",
+                "VISIT_CENTER" => "【上海市居住证】未能自动签注，请到社区事务受理服务中心办理",
+                "SUSPENDED" => "【上海市居住证】居住证使用功能已中止",
+                _ => "【上海市居住证】居住证已注销",
+            };
+            assert_eq!(subject, expected_subject);
+            assert_eq!(m["charset"], "utf-8");
+            assert_eq!(m["content_type"], "text/plain");
+            assert_eq!(
+                m["raw_is_ascii"], true,
+                "7-bit on the wire (base64 body, RFC 2047 subject)"
+            );
+            assert_eq!(m["login"], "autosign", "SMTP AUTH with the configured user");
+            assert_eq!(m["mail_from"], "noreply@example.gov.cn");
+            assert_eq!(m["from"], "上海市居住证 <noreply@example.gov.cn>");
+            assert_eq!(m["auto_submitted"], "auto-generated");
+            assert!(
+                m["message_id"]
+                    .as_str()
+                    .expect("id")
+                    .starts_with("<autosign-"),
+                "{}",
+                m["message_id"]
+            );
+        }
+
+        // The outbox records it: sent once, with time and reference.
+        let after = notices(&env);
+        for n in &after {
+            match n["channel"].as_str() {
+                "none" => {
+                    assert_eq!(n["status"], "undeliverable");
+                    assert_eq!(n["attempts"], "0");
+                }
+                _ => {
+                    assert_eq!(n["status"], "sent", "{n:?}");
+                    assert_eq!(n["attempts"], "1");
+                    let sent = DateTime::parse_from_rfc3339(&n["sent_at"]).expect("sent_at");
+                    assert!(n["sent_at"].ends_with("+08:00"), "{n:?}");
+                    let lag = sent.with_timezone(&Utc) - t0();
+                    assert!(
+                        (0..60).contains(&lag.num_seconds()),
+                        "sent_at {}",
+                        n["sent_at"]
+                    );
+                    assert!(!n["provider_ref"].is_empty(), "{n:?}");
+                    assert_eq!(n["last_error"], "");
+                    assert_eq!(n["next_attempt_at"], "");
+                }
             }
         }
+        let sms_ref = &after.iter().find(|n| n["channel"] == "sms").expect("sms")["provider_ref"];
+        assert!(sms_ref.starts_with("gw-"), "{sms_ref}");
+        let mail_ref = &after
+            .iter()
+            .find(|n| n["channel"] == "email")
+            .expect("email")["provider_ref"];
+        assert!(mail_ref.starts_with("250 "), "{mail_ref}");
+
+        // Again, a day later: nothing is due, nothing is sent.
+        let again = deliver_ok(&env, t0() + Days::days(1));
+        assert_eq!(counts(&again, "sms"), [0; 5], "{again}");
+        assert_eq!(counts(&again, "email"), [0; 5], "{again}");
+        assert_eq!(gw.requests().len(), 81);
+        assert_eq!(smtp.messages().len(), 10);
     }
-    let sms_ref = &after.iter().find(|n| n["channel"] == "sms").expect("sms")["provider_ref"];
-    assert!(sms_ref.starts_with("gw-"), "{sms_ref}");
-    let mail_ref = &after
-        .iter()
-        .find(|n| n["channel"] == "email")
-        .expect("email")["provider_ref"];
-    assert!(mail_ref.starts_with("250 "), "{mail_ref}");
+);
 
-    // Again, a day later: nothing is due, nothing is sent.
-    let again = deliver_ok(&env, t0() + Days::days(1));
-    assert_eq!(counts(&again, "sms"), [0; 5], "{again}");
-    assert_eq!(counts(&again, "email"), [0; 5], "{again}");
-    assert_eq!(gw.requests().len(), 81);
-    assert_eq!(smtp.messages().len(), 10);
-}
+both!(
+    transient_gateway_failures_are_retried_with_backoff_then_sent_once,
+    |backend| {
+        let Some(mut env) = world(backend) else {
+            return;
+        };
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        permits(&env, &[("SH1", "13900000001", "")]);
+        gw.with(|s| s.fail_500 = 2);
 
-#[test]
-fn transient_gateway_failures_are_retried_with_backoff_then_sent_once() {
-    let mut env = world();
-    let gw = Gateway::start();
-    gw.configure(&mut env);
-    permits(&env, &[("SH1", "13900000001", "")]);
-    gw.with(|s| s.fail_500 = 2);
+        let s = deliver_ok(&env, t0());
+        assert_eq!(counts(&s, "sms"), [0, 1, 0, 0, 0], "{s}");
+        let n = notices(&env);
+        let n1 = notice(&n, "SH1");
+        assert_eq!(
+            (n1["status"].as_str(), n1["attempts"].as_str()),
+            ("failed", "1")
+        );
+        assert!(
+            n1["last_error"].contains("attempt 1: SMS gateway answered HTTP 500"),
+            "{n1:?}"
+        );
+        // Backoff: 60 s ± 20 % after the attempt.
+        let next = DateTime::parse_from_rfc3339(&n1["next_attempt_at"]).expect("rfc3339");
+        let wait = next.with_timezone(&Utc) - t0();
+        assert!((45..=80).contains(&wait.num_seconds()), "retry in {wait}");
 
-    let s = deliver_ok(&env, t0());
-    assert_eq!(counts(&s, "sms"), [0, 1, 0, 0, 0], "{s}");
-    let n = notices(&env);
-    let n1 = notice(&n, "SH1");
-    assert_eq!(
-        (n1["status"].as_str(), n1["attempts"].as_str()),
-        ("failed", "1")
-    );
-    assert!(
-        n1["last_error"].contains("attempt 1: SMS gateway answered HTTP 500"),
-        "{n1:?}"
-    );
-    // Backoff: 60 s ± 20 % after the attempt.
-    let next = DateTime::parse_from_rfc3339(&n1["next_attempt_at"]).expect("rfc3339");
-    let wait = next.with_timezone(&Utc) - t0();
-    assert!((45..=80).contains(&wait.num_seconds()), "retry in {wait}");
+        // Not due yet 30 s later: nothing sent.
+        let s = deliver_ok(&env, t0() + Days::seconds(30));
+        assert_eq!(counts(&s, "sms"), [0; 5], "{s}");
+        assert_eq!(gw.requests().len(), 1);
 
-    // Not due yet 30 s later: nothing sent.
-    let s = deliver_ok(&env, t0() + Days::seconds(30));
-    assert_eq!(counts(&s, "sms"), [0; 5], "{s}");
-    assert_eq!(gw.requests().len(), 1);
+        let s = deliver_ok(&env, t0() + Days::hours(1));
+        assert_eq!(counts(&s, "sms"), [0, 1, 0, 0, 0], "{s}");
+        let s = deliver_ok(&env, t0() + Days::hours(2));
+        assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
 
-    let s = deliver_ok(&env, t0() + Days::hours(1));
-    assert_eq!(counts(&s, "sms"), [0, 1, 0, 0, 0], "{s}");
-    let s = deliver_ok(&env, t0() + Days::hours(2));
-    assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
+        let reqs = gw.requests();
+        assert_eq!(reqs.len(), 3, "two failures, one success");
+        assert!(
+            reqs.iter().all(|r| r.key == reqs[0].key),
+            "the same key on every attempt"
+        );
+        let n = notices(&env);
+        let n1 = notice(&n, "SH1");
+        assert_eq!(
+            (n1["status"].as_str(), n1["attempts"].as_str()),
+            ("sent", "3")
+        );
+        assert!(
+            n1["last_error"].contains("attempt 2: SMS gateway answered HTTP 500"),
+            "{n1:?}"
+        );
+        assert_eq!(n1["provider_ref"], "gw-3");
+        assert!(!n1["sent_at"].is_empty());
 
-    let reqs = gw.requests();
-    assert_eq!(reqs.len(), 3, "two failures, one success");
-    assert!(
-        reqs.iter().all(|r| r.key == reqs[0].key),
-        "the same key on every attempt"
-    );
-    let n = notices(&env);
-    let n1 = notice(&n, "SH1");
-    assert_eq!(
-        (n1["status"].as_str(), n1["attempts"].as_str()),
-        ("sent", "3")
-    );
-    assert!(
-        n1["last_error"].contains("attempt 2: SMS gateway answered HTTP 500"),
-        "{n1:?}"
-    );
-    assert_eq!(n1["provider_ref"], "gw-3");
-    assert!(!n1["sent_at"].is_empty());
+        // R10: the clerk sees it.
+        let status = env.ok(&["status", "SH1"]);
+        assert!(status.contains("sent (attempts 3"), "{status}");
+        assert!(status.contains(", sent "), "{status}");
+        assert!(status.contains("last error: attempt 2"), "{status}");
+    }
+);
 
-    // R10: the clerk sees it.
-    let status = env.ok(&["status", "SH1"]);
-    assert!(status.contains("sent (attempts 3"), "{status}");
-    assert!(status.contains(", sent "), "{status}");
-    assert!(status.contains("last error: attempt 2"), "{status}");
-}
+both!(
+    a_notice_is_dead_after_max_attempts_of_transient_failure,
+    |backend| {
+        let Some(mut env) = world(backend) else {
+            return;
+        };
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        env.set("AUTOSIGN_DELIVERY__MAX_ATTEMPTS", "2");
+        permits(&env, &[("SH1", "13900000001", "")]);
+        gw.with(|s| s.fail_500 = 100);
+        let s = deliver_ok(&env, t0());
+        assert_eq!(counts(&s, "sms"), [0, 1, 0, 0, 0], "{s}");
+        let s = deliver_ok(&env, t0() + Days::hours(1));
+        assert_eq!(counts(&s, "sms"), [0, 0, 1, 0, 0], "{s}");
+        assert!(s.contains("dead 1"), "{s}");
+        let n = notices(&env);
+        let n1 = notice(&n, "SH1");
+        assert_eq!(
+            (n1["status"].as_str(), n1["attempts"].as_str()),
+            ("dead", "2")
+        );
+        assert!(n1["last_error"].contains("no attempts left of 2"), "{n1:?}");
+        let s = deliver_ok(&env, t0() + Days::days(2));
+        assert_eq!(counts(&s, "sms"), [0; 5], "{s}");
+        assert_eq!(gw.requests().len(), 2);
+    }
+);
 
-#[test]
-fn a_notice_is_dead_after_max_attempts_of_transient_failure() {
-    let mut env = world();
-    let gw = Gateway::start();
-    gw.configure(&mut env);
-    env.set("AUTOSIGN_DELIVERY__MAX_ATTEMPTS", "2");
-    permits(&env, &[("SH1", "13900000001", "")]);
-    gw.with(|s| s.fail_500 = 100);
-    let s = deliver_ok(&env, t0());
-    assert_eq!(counts(&s, "sms"), [0, 1, 0, 0, 0], "{s}");
-    let s = deliver_ok(&env, t0() + Days::hours(1));
-    assert_eq!(counts(&s, "sms"), [0, 0, 1, 0, 0], "{s}");
-    assert!(s.contains("dead 1"), "{s}");
-    let n = notices(&env);
-    let n1 = notice(&n, "SH1");
-    assert_eq!(
-        (n1["status"].as_str(), n1["attempts"].as_str()),
-        ("dead", "2")
-    );
-    assert!(n1["last_error"].contains("no attempts left of 2"), "{n1:?}");
-    let s = deliver_ok(&env, t0() + Days::days(2));
-    assert_eq!(counts(&s, "sms"), [0; 5], "{s}");
-    assert_eq!(gw.requests().len(), 2);
-}
+both!(
+    a_permanent_gateway_refusal_is_dead_after_one_attempt_and_masks_the_phone,
+    |backend| {
+        let Some(mut env) = world(backend) else {
+            return;
+        };
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        permits(
+            &env,
+            &[("SH1", "13912345678", ""), ("SH2", "13900000002", "")],
+        );
+        gw.with(|s| {
+            s.reject.insert("13912345678".into());
+        });
+        let o = deliver(&env, t0());
+        assert_eq!(o.code, 0, "a failed notice is not a failed step: {o:?}");
+        assert_eq!(counts(&o.stdout, "sms"), [1, 0, 1, 0, 0], "{}", o.stdout);
+        assert!(
+            !o.stderr.contains("13912345678"),
+            "phone in logs: {}",
+            o.stderr
+        );
+        let n = notices(&env);
+        let n1 = notice(&n, "SH1");
+        assert_eq!(
+            (n1["status"].as_str(), n1["attempts"].as_str()),
+            ("dead", "1")
+        );
+        assert!(n1["last_error"].contains("HTTP 400"), "{n1:?}");
+        assert!(n1["last_error"].contains("(permanent)"), "{n1:?}");
+        assert!(n1["last_error"].contains("139****5678"), "{n1:?}");
+        assert!(!n1["last_error"].contains("13912345678"), "{n1:?}");
+        assert_eq!(notice(&n, "SH2")["status"], "sent");
 
-#[test]
-fn a_permanent_gateway_refusal_is_dead_after_one_attempt_and_masks_the_phone() {
-    let mut env = world();
-    let gw = Gateway::start();
-    gw.configure(&mut env);
-    permits(
-        &env,
-        &[("SH1", "13912345678", ""), ("SH2", "13900000002", "")],
-    );
-    gw.with(|s| {
-        s.reject.insert("13912345678".into());
-    });
-    let o = deliver(&env, t0());
-    assert_eq!(o.code, 0, "a failed notice is not a failed step: {o:?}");
-    assert_eq!(counts(&o.stdout, "sms"), [1, 0, 1, 0, 0], "{}", o.stdout);
-    assert!(
-        !o.stderr.contains("13912345678"),
-        "phone in logs: {}",
-        o.stderr
-    );
-    let n = notices(&env);
-    let n1 = notice(&n, "SH1");
-    assert_eq!(
-        (n1["status"].as_str(), n1["attempts"].as_str()),
-        ("dead", "1")
-    );
-    assert!(n1["last_error"].contains("HTTP 400"), "{n1:?}");
-    assert!(n1["last_error"].contains("(permanent)"), "{n1:?}");
-    assert!(n1["last_error"].contains("139****5678"), "{n1:?}");
-    assert!(!n1["last_error"].contains("13912345678"), "{n1:?}");
-    assert_eq!(notice(&n, "SH2")["status"], "sent");
+        deliver_ok(&env, t0() + Days::days(1));
+        let to_rejected = gw
+            .requests()
+            .iter()
+            .filter(|r| r.phone == "13912345678")
+            .count();
+        assert_eq!(to_rejected, 1, "a dead notice is not retried");
+    }
+);
 
-    deliver_ok(&env, t0() + Days::days(1));
-    let to_rejected = gw
-        .requests()
-        .iter()
-        .filter(|r| r.phone == "13912345678")
-        .count();
-    assert_eq!(to_rejected, 1, "a dead notice is not retried");
-}
+both!(
+    a_gateway_that_hangs_past_the_timeout_is_retried_with_the_same_key,
+    |backend| {
+        let Some(mut env) = world(backend) else {
+            return;
+        };
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        env.set("AUTOSIGN_SMS__TIMEOUT_SECS", "1");
+        permits(&env, &[("SH1", "13900000001", "")]);
+        gw.with(|s| {
+            s.hang.insert("13900000001".into());
+        });
+        let started = Instant::now();
+        let s = deliver_ok(&env, t0());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(counts(&s, "sms"), [0, 1, 0, 0, 0], "{s}");
+        let n = notices(&env);
+        assert!(
+            notice(&n, "SH1")["last_error"].contains("did not answer within 1 s (outcome unknown)"),
+            "{:?}",
+            notice(&n, "SH1")
+        );
+        gw.with(|s| s.hang.clear());
+        let s = deliver_ok(&env, t0() + Days::hours(1));
+        assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
+        let reqs = gw.requests();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(
+            reqs[0].key, reqs[1].key,
+            "the gateway can drop the repeat by its key"
+        );
+    }
+);
 
-#[test]
-fn a_gateway_that_hangs_past_the_timeout_is_retried_with_the_same_key() {
-    let mut env = world();
-    let gw = Gateway::start();
-    gw.configure(&mut env);
-    env.set("AUTOSIGN_SMS__TIMEOUT_SECS", "1");
-    permits(&env, &[("SH1", "13900000001", "")]);
-    gw.with(|s| {
-        s.hang.insert("13900000001".into());
-    });
-    let started = Instant::now();
-    let s = deliver_ok(&env, t0());
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(counts(&s, "sms"), [0, 1, 0, 0, 0], "{s}");
-    let n = notices(&env);
-    assert!(
-        notice(&n, "SH1")["last_error"].contains("did not answer within 1 s (outcome unknown)"),
-        "{:?}",
-        notice(&n, "SH1")
-    );
-    gw.with(|s| s.hang.clear());
-    let s = deliver_ok(&env, t0() + Days::hours(1));
-    assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
-    let reqs = gw.requests();
-    assert_eq!(reqs.len(), 2);
-    assert_eq!(
-        reqs[0].key, reqs[1].key,
-        "the gateway can drop the repeat by its key"
-    );
-}
-
-#[test]
-fn quiet_hours_defer_sms_until_eight_but_not_email() {
-    let mut env = world();
+both!(quiet_hours_defer_sms_until_eight_but_not_email, |backend| {
+    let Some(mut env) = world(backend) else {
+        return;
+    };
     let port = free_port();
     let Some(smtp) = Smtp::start(&env, port, &[]) else {
         return;
@@ -725,18 +773,19 @@ fn quiet_hours_defer_sms_until_eight_but_not_email() {
     assert_eq!(smtp.messages().len(), 1);
 
     // Configurable: quiet hours off.
-    let mut env2 = world();
+    let mut env2 = world(backend).expect("the server answered a moment ago");
     gw.configure(&mut env2);
     env2.set("AUTOSIGN_DELIVERY__QUIET_HOURS_START", "00:00");
     env2.set("AUTOSIGN_DELIVERY__QUIET_HOURS_END", "00:00");
     permits(&env2, &[("SH9", "13900000009", "")]);
     let s = deliver_ok(&env2, evening);
     assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
-}
+});
 
-#[test]
-fn an_smtp_server_down_then_up_gets_each_mail_once() {
-    let mut env = world();
+both!(an_smtp_server_down_then_up_gets_each_mail_once, |backend| {
+    let Some(mut env) = world(backend) else {
+        return;
+    };
     let port = free_port();
     Smtp::configure(port, &mut env);
     permits(
@@ -778,64 +827,68 @@ fn an_smtp_server_down_then_up_gets_each_mail_once() {
     assert_eq!(notice(&n, "SH1")["attempts"], "2");
     deliver_ok(&env, t0() + Days::days(1));
     assert_eq!(smtp.messages().len(), 2);
-}
+});
 
-#[test]
-fn smtp_4xx_is_retried_and_5xx_is_dead_with_the_address_masked() {
-    let mut env = world();
-    let port = free_port();
-    let Some(smtp) = Smtp::start(&env, port, &["--busy-times", "2"]) else {
-        return;
-    };
-    Smtp::configure(port, &mut env);
-    permits(
-        &env,
-        &[
-            ("SH1", "", "busy.one@example.com"),
-            ("SH2", "", "reject.two@example.com"),
-        ],
-    );
-    let o = deliver(&env, t0());
-    assert_eq!(o.code, 0, "{o:?}");
-    assert_eq!(counts(&o.stdout, "email"), [0, 1, 1, 0, 0], "{}", o.stdout);
-    assert!(
-        !o.stderr.contains("reject.two@"),
-        "address in logs: {}",
-        o.stderr
-    );
-    let n = notices(&env);
-    let dead = notice(&n, "SH2");
-    assert_eq!(
-        (dead["status"].as_str(), dead["attempts"].as_str()),
-        ("dead", "1")
-    );
-    assert!(dead["last_error"].contains("550"), "{dead:?}");
-    assert!(dead["last_error"].contains("r***@example.com"), "{dead:?}");
-    assert!(!dead["last_error"].contains("reject.two@"), "{dead:?}");
-    assert!(
-        notice(&n, "SH1")["last_error"].contains("451"),
-        "{:?}",
-        notice(&n, "SH1")
-    );
+both!(
+    smtp_4xx_is_retried_and_5xx_is_dead_with_the_address_masked,
+    |backend| {
+        let Some(mut env) = world(backend) else {
+            return;
+        };
+        let port = free_port();
+        let Some(smtp) = Smtp::start(&env, port, &["--busy-times", "2"]) else {
+            return;
+        };
+        Smtp::configure(port, &mut env);
+        permits(
+            &env,
+            &[
+                ("SH1", "", "busy.one@example.com"),
+                ("SH2", "", "reject.two@example.com"),
+            ],
+        );
+        let o = deliver(&env, t0());
+        assert_eq!(o.code, 0, "{o:?}");
+        assert_eq!(counts(&o.stdout, "email"), [0, 1, 1, 0, 0], "{}", o.stdout);
+        assert!(
+            !o.stderr.contains("reject.two@"),
+            "address in logs: {}",
+            o.stderr
+        );
+        let n = notices(&env);
+        let dead = notice(&n, "SH2");
+        assert_eq!(
+            (dead["status"].as_str(), dead["attempts"].as_str()),
+            ("dead", "1")
+        );
+        assert!(dead["last_error"].contains("550"), "{dead:?}");
+        assert!(dead["last_error"].contains("r***@example.com"), "{dead:?}");
+        assert!(!dead["last_error"].contains("reject.two@"), "{dead:?}");
+        assert!(
+            notice(&n, "SH1")["last_error"].contains("451"),
+            "{:?}",
+            notice(&n, "SH1")
+        );
 
-    let s = deliver_ok(&env, t0() + Days::hours(1));
-    assert_eq!(counts(&s, "email"), [0, 1, 0, 0, 0], "{s}");
-    let s = deliver_ok(&env, t0() + Days::hours(2));
-    assert_eq!(counts(&s, "email"), [1, 0, 0, 0, 0], "{s}");
-    let mails = smtp.messages();
-    assert_eq!(mails.len(), 1);
-    assert_eq!(mails[0]["rcpt_tos"][0], "busy.one@example.com");
-    assert_eq!(notice(&notices(&env), "SH1")["attempts"], "3");
-}
+        let s = deliver_ok(&env, t0() + Days::hours(1));
+        assert_eq!(counts(&s, "email"), [0, 1, 0, 0, 0], "{s}");
+        let s = deliver_ok(&env, t0() + Days::hours(2));
+        assert_eq!(counts(&s, "email"), [1, 0, 0, 0, 0], "{s}");
+        let mails = smtp.messages();
+        assert_eq!(mails.len(), 1);
+        assert_eq!(mails[0]["rcpt_tos"][0], "busy.one@example.com");
+        assert_eq!(notice(&notices(&env), "SH1")["attempts"], "3");
+    }
+);
 
 #[test]
 fn starttls_and_implicit_tls_work_with_an_operator_ca_file() {
-    let certs_env = world();
+    let certs_env = sqlite_world();
     let Some((cert, key, ca)) = make_certs(&certs_env) else {
         return;
     };
     for mode in ["starttls", "tls"] {
-        let mut env = world();
+        let mut env = sqlite_world();
         let port = free_port();
         let args = [
             "--tls-mode",
@@ -863,7 +916,7 @@ fn starttls_and_implicit_tls_work_with_an_operator_ca_file() {
         assert_eq!(mails[0]["login"], "autosign", "{mode}");
 
         // Without the CA file the relay is not trusted: transient, retried.
-        let mut env = world();
+        let mut env = sqlite_world();
         Smtp::configure(port, &mut env);
         env.set("AUTOSIGN_EMAIL__TLS", mode);
         env.set("AUTOSIGN_EMAIL__USERNAME", "autosign");
@@ -956,192 +1009,213 @@ fn make_certs(env: &Env) -> Option<(String, String, String)> {
     Some((p("srv.pem"), p("srv.key"), p("ca.pem")))
 }
 
-#[test]
-fn a_killed_deliver_rerun_sends_nothing_twice_but_the_one_documented_window() {
-    let mut env = world();
-    let gw = Gateway::start();
-    gw.configure(&mut env);
-    env.set("AUTOSIGN_DELIVERY__BATCH_SIZE", "1");
-    env.set("AUTOSIGN_SMS__CONCURRENCY", "1");
-    let phones = [
-        "13900000001",
-        "13900000002",
-        "13900000003",
-        "13900000004",
-        "13900000005",
-    ];
-    let rows: Vec<(String, &str)> = phones
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (format!("SH{}", i + 1), *p))
-        .collect();
-    let rows: Vec<(&str, &str, &str)> = rows.iter().map(|(no, p)| (no.as_str(), *p, "")).collect();
-    permits(&env, &rows);
+both!(
+    a_killed_deliver_rerun_sends_nothing_twice_but_the_one_documented_window,
+    |backend| {
+        let Some(mut env) = world(backend) else {
+            return;
+        };
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        env.set("AUTOSIGN_DELIVERY__BATCH_SIZE", "1");
+        env.set("AUTOSIGN_SMS__CONCURRENCY", "1");
+        let phones = [
+            "13900000001",
+            "13900000002",
+            "13900000003",
+            "13900000004",
+            "13900000005",
+        ];
+        let rows: Vec<(String, &str)> = phones
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("SH{}", i + 1), *p))
+            .collect();
+        let rows: Vec<(&str, &str, &str)> =
+            rows.iter().map(|(no, p)| (no.as_str(), *p, "")).collect();
+        permits(&env, &rows);
 
-    // Killed (abort, like kill -9) after the third send, before its record.
-    env.set("AUTOSIGN_TEST_FAULT", "deliver.after_send@3");
-    let o = deliver(&env, t0());
-    assert_ne!(o.code, 0, "the fault must kill the process: {o:?}");
-    env.env.retain(|(k, _)| k != "AUTOSIGN_TEST_FAULT");
-    assert_eq!(gw.requests().len(), 3);
-    let n = notices(&env);
-    let window = notice(&n, "SH3");
-    assert_eq!(
-        (window["status"].as_str(), window["attempts"].as_str()),
-        ("queued", "1"),
-        "claimed, sent, unrecorded"
-    );
+        // Killed (abort, like kill -9) after the third send, before its record.
+        env.set("AUTOSIGN_TEST_FAULT", "deliver.after_send@3");
+        let o = deliver(&env, t0());
+        assert_ne!(o.code, 0, "the fault must kill the process: {o:?}");
+        env.env.retain(|(k, _)| k != "AUTOSIGN_TEST_FAULT");
+        assert_eq!(gw.requests().len(), 3);
+        let n = notices(&env);
+        let window = notice(&n, "SH3");
+        assert_eq!(
+            (window["status"].as_str(), window["attempts"].as_str()),
+            ("queued", "1"),
+            "claimed, sent, unrecorded"
+        );
 
-    // Rerun at once: the others go out; SH3's claim has not expired.
-    let s = deliver_ok(&env, t0() + Days::seconds(10));
-    assert_eq!(counts(&s, "sms"), [2, 0, 0, 0, 0], "{s}");
-    assert_eq!(gw.requests().len(), 5);
+        // Rerun at once: the others go out; SH3's claim has not expired.
+        let s = deliver_ok(&env, t0() + Days::seconds(10));
+        assert_eq!(counts(&s, "sms"), [2, 0, 0, 0, 0], "{s}");
+        assert_eq!(gw.requests().len(), 5);
 
-    // After the lease (300 s): SH3 is sent again — the documented window —
-    // with the same idempotency key.
-    let s = deliver_ok(&env, t0() + Days::minutes(10));
-    assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
-    let reqs = gw.requests();
-    assert_eq!(reqs.len(), 6);
-    let mut per_phone: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for r in &reqs {
-        per_phone.entry(&r.phone).or_default().push(&r.key);
-    }
-    for (phone, keys) in &per_phone {
-        if *phone == "13900000003" {
-            assert_eq!(
-                keys.len(),
-                2,
-                "the one window: sent, killed before the record"
-            );
-            assert_eq!(
-                keys[0], keys[1],
-                "same idempotency key: the gateway drops the repeat"
-            );
-        } else {
-            assert_eq!(keys.len(), 1, "{phone} sent twice");
+        // After the lease (300 s): SH3 is sent again — the documented window —
+        // with the same idempotency key.
+        let s = deliver_ok(&env, t0() + Days::minutes(10));
+        assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
+        let reqs = gw.requests();
+        assert_eq!(reqs.len(), 6);
+        let mut per_phone: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for r in &reqs {
+            per_phone.entry(&r.phone).or_default().push(&r.key);
         }
+        for (phone, keys) in &per_phone {
+            if *phone == "13900000003" {
+                assert_eq!(
+                    keys.len(),
+                    2,
+                    "the one window: sent, killed before the record"
+                );
+                assert_eq!(
+                    keys[0], keys[1],
+                    "same idempotency key: the gateway drops the repeat"
+                );
+            } else {
+                assert_eq!(keys.len(), 1, "{phone} sent twice");
+            }
+        }
+        let n = notices(&env);
+        assert!(n.iter().all(|x| x["status"] == "sent"), "{n:?}");
+        assert_eq!(notice(&n, "SH3")["attempts"], "2");
+        let s = deliver_ok(&env, t0() + Days::days(1));
+        assert_eq!(counts(&s, "sms"), [0; 5], "{s}");
+        assert_eq!(gw.requests().len(), 6);
     }
-    let n = notices(&env);
-    assert!(n.iter().all(|x| x["status"] == "sent"), "{n:?}");
-    assert_eq!(notice(&n, "SH3")["attempts"], "2");
-    let s = deliver_ok(&env, t0() + Days::days(1));
-    assert_eq!(counts(&s, "sms"), [0; 5], "{s}");
-    assert_eq!(gw.requests().len(), 6);
-}
+);
 
-#[test]
-fn a_deliver_killed_after_claiming_sends_each_notice_once_when_the_lease_expires() {
-    let mut env = world();
-    let gw = Gateway::start();
-    gw.configure(&mut env);
-    permits(
-        &env,
-        &[
-            ("SH1", "13900000001", ""),
-            ("SH2", "13900000002", ""),
-            ("SH3", "13900000003", ""),
-        ],
-    );
-    env.set("AUTOSIGN_TEST_FAULT", "deliver.after_claim");
-    let o = deliver(&env, t0());
-    assert_ne!(o.code, 0, "{o:?}");
-    env.env.retain(|(k, _)| k != "AUTOSIGN_TEST_FAULT");
-    assert!(gw.requests().is_empty());
-    // Claimed: nothing is due until the lease expires.
-    let s = deliver_ok(&env, t0() + Days::minutes(1));
-    assert_eq!(counts(&s, "sms"), [0; 5], "{s}");
-    let s = deliver_ok(&env, t0() + Days::minutes(6));
-    assert_eq!(counts(&s, "sms"), [3, 0, 0, 0, 0], "{s}");
-    let phones: BTreeSet<String> = gw.requests().iter().map(|r| r.phone.clone()).collect();
-    assert_eq!(gw.requests().len(), 3);
-    assert_eq!(phones.len(), 3);
-}
+both!(
+    a_deliver_killed_after_claiming_sends_each_notice_once_when_the_lease_expires,
+    |backend| {
+        let Some(mut env) = world(backend) else {
+            return;
+        };
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        permits(
+            &env,
+            &[
+                ("SH1", "13900000001", ""),
+                ("SH2", "13900000002", ""),
+                ("SH3", "13900000003", ""),
+            ],
+        );
+        env.set("AUTOSIGN_TEST_FAULT", "deliver.after_claim");
+        let o = deliver(&env, t0());
+        assert_ne!(o.code, 0, "{o:?}");
+        env.env.retain(|(k, _)| k != "AUTOSIGN_TEST_FAULT");
+        assert!(gw.requests().is_empty());
+        // Claimed: nothing is due until the lease expires.
+        let s = deliver_ok(&env, t0() + Days::minutes(1));
+        assert_eq!(counts(&s, "sms"), [0; 5], "{s}");
+        let s = deliver_ok(&env, t0() + Days::minutes(6));
+        assert_eq!(counts(&s, "sms"), [3, 0, 0, 0, 0], "{s}");
+        let phones: BTreeSet<String> = gw.requests().iter().map(|r| r.phone.clone()).collect();
+        assert_eq!(gw.requests().len(), 3);
+        assert_eq!(phones.len(), 3);
+    }
+);
 
-#[test]
-fn an_interrupted_last_attempt_is_dead_with_an_unknown_outcome() {
-    let mut env = world();
-    let gw = Gateway::start();
-    gw.configure(&mut env);
-    env.set("AUTOSIGN_DELIVERY__MAX_ATTEMPTS", "1");
-    permits(&env, &[("SH1", "13900000001", "")]);
-    env.set("AUTOSIGN_TEST_FAULT", "deliver.after_send");
-    assert_ne!(deliver(&env, t0()).code, 0);
-    env.env.retain(|(k, _)| k != "AUTOSIGN_TEST_FAULT");
-    let s = deliver_ok(&env, t0() + Days::minutes(6));
-    assert!(
-        s.contains("1 notices dead: their last attempt was interrupted"),
-        "{s}"
-    );
-    let n = notices(&env);
-    assert_eq!(notice(&n, "SH1")["status"], "dead");
-    assert!(
-        notice(&n, "SH1")["last_error"].contains("outcome unknown"),
-        "{:?}",
-        notice(&n, "SH1")
-    );
-    assert_eq!(gw.requests().len(), 1, "not sent again: no attempts left");
-}
+both!(
+    an_interrupted_last_attempt_is_dead_with_an_unknown_outcome,
+    |backend| {
+        let Some(mut env) = world(backend) else {
+            return;
+        };
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        env.set("AUTOSIGN_DELIVERY__MAX_ATTEMPTS", "1");
+        permits(&env, &[("SH1", "13900000001", "")]);
+        env.set("AUTOSIGN_TEST_FAULT", "deliver.after_send");
+        assert_ne!(deliver(&env, t0()).code, 0);
+        env.env.retain(|(k, _)| k != "AUTOSIGN_TEST_FAULT");
+        let s = deliver_ok(&env, t0() + Days::minutes(6));
+        assert!(
+            s.contains("1 notices dead: their last attempt was interrupted"),
+            "{s}"
+        );
+        let n = notices(&env);
+        assert_eq!(notice(&n, "SH1")["status"], "dead");
+        assert!(
+            notice(&n, "SH1")["last_error"].contains("outcome unknown"),
+            "{:?}",
+            notice(&n, "SH1")
+        );
+        assert_eq!(gw.requests().len(), 1, "not sent again: no attempts left");
+    }
+);
 
-#[test]
-fn a_failing_gateway_stops_the_channel_without_spending_every_attempt() {
-    let mut env = world();
-    let gw = Gateway::start();
-    gw.configure(&mut env);
-    env.set("AUTOSIGN_DELIVERY__BREAKER_FAILURES", "3");
-    env.set("AUTOSIGN_SMS__CONCURRENCY", "1");
-    let rows: Vec<(String, String)> = (1..=6)
-        .map(|i| (format!("SH{i}"), format!("1390000000{i}")))
-        .collect();
-    let rows: Vec<(&str, &str, &str)> = rows
-        .iter()
-        .map(|(n, p)| (n.as_str(), p.as_str(), ""))
-        .collect();
-    permits(&env, &rows);
-    gw.with(|s| s.fail_500 = 100);
-    let s = deliver_ok(&env, t0());
-    assert_eq!(counts(&s, "sms"), [0, 3, 0, 3, 3], "{s}");
-    assert!(
-        s.contains("sms: stopped after repeated transient failures"),
-        "{s}"
-    );
-    assert_eq!(gw.requests().len(), 3);
-    let n = notices(&env);
-    let attempts: Vec<&str> = n.iter().map(|x| x["attempts"].as_str()).collect();
-    assert_eq!(
-        attempts.iter().filter(|a| **a == "0").count(),
-        3,
-        "{attempts:?}"
-    );
-    // The gateway recovers: the rest go out, and the failed ones in turn.
-    gw.with(|s| s.fail_500 = 0);
-    let s = deliver_ok(&env, t0() + Days::hours(1));
-    assert_eq!(counts(&s, "sms"), [6, 0, 0, 0, 0], "{s}");
-    assert_eq!(gw.requests().len(), 9);
-}
+both!(
+    a_failing_gateway_stops_the_channel_without_spending_every_attempt,
+    |backend| {
+        let Some(mut env) = world(backend) else {
+            return;
+        };
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        env.set("AUTOSIGN_DELIVERY__BREAKER_FAILURES", "3");
+        env.set("AUTOSIGN_SMS__CONCURRENCY", "1");
+        let rows: Vec<(String, String)> = (1..=6)
+            .map(|i| (format!("SH{i}"), format!("1390000000{i}")))
+            .collect();
+        let rows: Vec<(&str, &str, &str)> = rows
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_str(), ""))
+            .collect();
+        permits(&env, &rows);
+        gw.with(|s| s.fail_500 = 100);
+        let s = deliver_ok(&env, t0());
+        assert_eq!(counts(&s, "sms"), [0, 3, 0, 3, 3], "{s}");
+        assert!(
+            s.contains("sms: stopped after repeated transient failures"),
+            "{s}"
+        );
+        assert_eq!(gw.requests().len(), 3);
+        let n = notices(&env);
+        let attempts: Vec<&str> = n.iter().map(|x| x["attempts"].as_str()).collect();
+        assert_eq!(
+            attempts.iter().filter(|a| **a == "0").count(),
+            3,
+            "{attempts:?}"
+        );
+        // The gateway recovers: the rest go out, and the failed ones in turn.
+        gw.with(|s| s.fail_500 = 0);
+        let s = deliver_ok(&env, t0() + Days::hours(1));
+        assert_eq!(counts(&s, "sms"), [6, 0, 0, 0, 0], "{s}");
+        assert_eq!(gw.requests().len(), 9);
+    }
+);
 
-#[test]
-fn unconfigured_channels_leave_notices_queued_and_say_so() {
-    let env = world();
-    permits(
-        &env,
-        &[("SH1", "13900000001", ""), ("SH2", "", "li.si@example.com")],
-    );
-    let s = deliver_ok(&env, t0());
-    assert_eq!(counts(&s, "sms"), [0, 0, 0, 0, 1], "{s}");
-    assert_eq!(counts(&s, "email"), [0, 0, 0, 0, 1], "{s}");
-    assert!(
-        s.contains("sms: not configured (sms.url is empty): 1 due notices stay queued"),
-        "{s}"
-    );
-    assert!(
-        s.contains("email: not configured (email.host is empty): 1 due notices stay queued"),
-        "{s}"
-    );
-    assert!(notices(&env)
-        .iter()
-        .all(|n| n["status"] == "queued" && n["attempts"] == "0"));
-}
+both!(
+    unconfigured_channels_leave_notices_queued_and_say_so,
+    |backend| {
+        let Some(env) = world(backend) else {
+            return;
+        };
+        permits(
+            &env,
+            &[("SH1", "13900000001", ""), ("SH2", "", "li.si@example.com")],
+        );
+        let s = deliver_ok(&env, t0());
+        assert_eq!(counts(&s, "sms"), [0, 0, 0, 0, 1], "{s}");
+        assert_eq!(counts(&s, "email"), [0, 0, 0, 0, 1], "{s}");
+        assert!(
+            s.contains("sms: not configured (sms.url is empty): 1 due notices stay queued"),
+            "{s}"
+        );
+        assert!(
+            s.contains("email: not configured (email.host is empty): 1 due notices stay queued"),
+            "{s}"
+        );
+        assert!(notices(&env)
+            .iter()
+            .all(|n| n["status"] == "queued" && n["attempts"] == "0"));
+    }
+);
 
 #[test]
 fn bad_channel_configuration_exits_2_naming_the_key() {
@@ -1152,13 +1226,13 @@ fn bad_channel_configuration_exits_2_naming_the_key() {
         ("AUTOSIGN_EMAIL__HOST", "smtp.example.com", "email.from"),
         ("AUTOSIGN_DELIVERY__LEASE_SECS", "5", "delivery.lease_secs"),
     ] {
-        let mut env = world();
+        let mut env = sqlite_world();
         env.set(key, value);
         let o = env.cmd(&["deliver"]);
         assert_eq!(o.code, 2, "{key}={value}: {o:?}");
         assert!(o.stderr.contains(named), "{key}={value}: {}", o.stderr);
     }
-    let mut env = world();
+    let mut env = sqlite_world();
     env.set("AUTOSIGN_EMAIL__HOST", "smtp.example.com");
     env.set("AUTOSIGN_EMAIL__FROM", "not an address");
     let o = env.cmd(&["deliver"]);
@@ -1168,48 +1242,52 @@ fn bad_channel_configuration_exits_2_naming_the_key() {
     assert_eq!(o.code, 2, "{o:?}");
 }
 
-#[test]
-fn the_daemon_worker_delivers_what_is_due_and_stops_on_request() {
-    let mut env = world();
-    let gw = Gateway::start();
-    gw.configure(&mut env);
-    permits(
-        &env,
-        &[("SH1", "13900000001", ""), ("SH2", "13900000002", "")],
-    );
-    let vars: Vec<(String, String)> = env
-        .env
-        .iter()
-        .filter(|(k, _)| k.starts_with("AUTOSIGN_"))
-        .cloned()
-        .chain([("AUTOSIGN_DELIVERY__POLL_SECS".to_string(), "1".to_string())])
-        .collect();
-    let settings = autosign::settings::Settings::load_with_env(None, &vars).expect("settings");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let db = autosign::db::Db::connect(&env.db_url).await.expect("db");
-        let channels = autosign::outbox::Channels::from_settings(&settings).expect("channels");
-        let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let clock = autosign::outbox::Clock::starting_at(t0());
-        let worker = autosign::outbox::run_worker(&db, &settings, &channels, clock, stop);
-        let watcher = async {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while gw.requests().len() < 2 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            // Let it poll once more with nothing due, then stop it.
-            tokio::time::sleep(Duration::from_millis(1200)).await;
-            stop_tx.send(true).expect("stop");
+both!(
+    the_daemon_worker_delivers_what_is_due_and_stops_on_request,
+    |backend| {
+        let Some(mut env) = world(backend) else {
+            return;
         };
-        let ((), ()) = tokio::time::timeout(Duration::from_secs(20), async {
-            tokio::join!(worker, watcher)
-        })
-        .await
-        .expect("the worker stops when asked");
-    });
-    assert_eq!(gw.requests().len(), 2);
-    assert!(notices(&env).iter().all(|n| n["status"] == "sent"));
-}
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        permits(
+            &env,
+            &[("SH1", "13900000001", ""), ("SH2", "13900000002", "")],
+        );
+        let vars: Vec<(String, String)> = env
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with("AUTOSIGN_"))
+            .cloned()
+            .chain([("AUTOSIGN_DELIVERY__POLL_SECS".to_string(), "1".to_string())])
+            .collect();
+        let settings = autosign::settings::Settings::load_with_env(None, &vars).expect("settings");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let db = autosign::db::Db::connect(&env.db_url).await.expect("db");
+            let channels = autosign::outbox::Channels::from_settings(&settings).expect("channels");
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            let clock = autosign::outbox::Clock::starting_at(t0());
+            let worker = autosign::outbox::run_worker(&db, &settings, &channels, clock, stop);
+            let watcher = async {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while gw.requests().len() < 2 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                // Let it poll once more with nothing due, then stop it.
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                stop_tx.send(true).expect("stop");
+            };
+            let ((), ()) = tokio::time::timeout(Duration::from_secs(20), async {
+                tokio::join!(worker, watcher)
+            })
+            .await
+            .expect("the worker stops when asked");
+        });
+        assert_eq!(gw.requests().len(), 2);
+        assert!(notices(&env).iter().all(|n| n["status"] == "sent"));
+    }
+);
