@@ -233,7 +233,8 @@ impl SqliteDb {
             "SELECT e.kind, e.reasons, n.channel, count(*) AS n
              FROM events e JOIN notifications n
                ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
-             WHERE e.run_id = ? GROUP BY e.kind, e.reasons, n.channel ORDER BY e.kind, e.reasons, n.channel",
+             WHERE e.as_of = (SELECT as_of FROM runs WHERE run_id = ?1) AND e.run_id = ?1
+             GROUP BY e.kind, e.reasons, n.channel ORDER BY e.kind, e.reasons, n.channel",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -461,7 +462,9 @@ impl SqliteImportTx {
     }
 
     pub async fn upsert_residence(&mut self, mut rows: Vec<ResidenceRow>) -> Result<()> {
-        rows.sort_unstable_by(|a, b| (&a.id_number, a.visited_on).cmp(&(&b.id_number, b.visited_on)));
+        rows.sort_unstable_by(|a, b| {
+            (&a.id_number, a.visited_on).cmp(&(&b.id_number, b.visited_on))
+        });
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
@@ -485,7 +488,10 @@ impl SqliteImportTx {
         .await
     }
 
-    pub async fn upsert_social_insurance(&mut self, mut rows: Vec<SocialInsuranceRow>) -> Result<()> {
+    pub async fn upsert_social_insurance(
+        &mut self,
+        mut rows: Vec<SocialInsuranceRow>,
+    ) -> Result<()> {
         // Key order: neighbouring inserts land on the same B-tree pages.
         rows.sort_unstable_by(|a, b| (&a.id_number, &a.month).cmp(&(&b.id_number, &b.month)));
         let import_id = self.import_id;
@@ -559,7 +565,12 @@ pub struct SqliteRunTx {
 }
 
 impl SqliteRunTx {
-    pub async fn candidates(&mut self, to: NaiveDate, after: Option<&str>, limit: u32) -> Result<Vec<Candidate>> {
+    pub async fn candidates(
+        &mut self,
+        to: NaiveDate,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Candidate>> {
         let after = after.unwrap_or("");
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(

@@ -93,6 +93,7 @@ pub async fn import_file(
                 &sha,
                 opts,
                 parse::permit,
+                None,
                 PermitsWriter::default(),
             )
             .await
@@ -105,6 +106,10 @@ pub async fn import_file(
                 &sha,
                 opts,
                 parse::residence,
+                Some(Settle {
+                    key_of: <crate::db::ResidenceRow as Keyed>::key,
+                    seen: HashMap::new(),
+                }),
                 KeyedWriter::default(),
             )
             .await
@@ -117,6 +122,10 @@ pub async fn import_file(
                 &sha,
                 opts,
                 parse::social_insurance,
+                Some(Settle {
+                    key_of: <crate::db::SocialInsuranceRow as Keyed>::key,
+                    seen: HashMap::new(),
+                }),
                 KeyedWriter::default(),
             )
             .await
@@ -129,6 +138,10 @@ pub async fn import_file(
                 &sha,
                 opts,
                 parse::civil_status,
+                Some(Settle {
+                    key_of: <crate::db::CivilStatusRow as Keyed>::key,
+                    seen: HashMap::new(),
+                }),
                 KeyedWriter::default(),
             )
             .await
@@ -152,8 +165,65 @@ struct Item<T> {
 
 enum Msg<T> {
     Header(Vec<String>),
+    /// Parsed records for a writer that still needs the database to decide.
     Batch(Vec<Item<T>>),
+    /// Rows settled on the parser thread (keyed feeds): de-duplicated,
+    /// in key order, ready to write.
+    Ready(ReadyBatch<T>),
     Refused(String),
+}
+
+struct ReadyBatch<T> {
+    read: u64,
+    /// Accepted rows, counting those a later line with the same key replaced.
+    accepted: u64,
+    rows: Vec<T>,
+    rejects: Vec<(u64, String, csv::StringRecord)>,
+    warnings: Vec<(u64, String)>,
+}
+
+/// The parser thread's share of R2 for keyed feeds: rejects, warnings, the
+/// later line with a key winning. It keeps the writer (the one thread that
+/// talks to the database, the bottleneck) free for writing.
+struct Settle<T> {
+    key_of: fn(&T) -> String,
+    /// Per key hash seen in this file: the line that had it.
+    seen: HashMap<u64, u64>,
+}
+
+impl<T> Settle<T> {
+    fn settle(&mut self, items: Vec<Item<T>>) -> ReadyBatch<T> {
+        let mut out = ReadyBatch {
+            read: items.len() as u64,
+            accepted: 0,
+            rows: Vec::new(),
+            rejects: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let mut accepted: Vec<(String, T)> = Vec::with_capacity(items.len());
+        for item in items {
+            match item.parsed {
+                Err(reason) => out.rejects.push((item.line, reason, item.raw)),
+                Ok(p) => {
+                    out.warnings
+                        .extend(p.warnings.into_iter().map(|w| (item.line, w)));
+                    let key = (self.key_of)(&p.row);
+                    if let Some(earlier) = self.seen.insert(key_hash(&key), item.line) {
+                        out.warnings.push((
+                            item.line,
+                            format!("same key as line {earlier}; the later line wins (R2)"),
+                        ));
+                    }
+                    accepted.push((key, p.row));
+                }
+            }
+        }
+        out.accepted = accepted.len() as u64;
+        let mut rows = last_per_key(accepted);
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.rows = rows.into_iter().map(|(_, r)| r).collect();
+        out
+    }
 }
 
 type ParseFn<T> = fn(&Fields) -> Result<Parsed<T>, String>;
@@ -166,8 +236,16 @@ fn parse_file<T: Send + 'static>(
     batch_rows: usize,
     progress: bool,
     parse: ParseFn<T>,
+    mut settle: Option<Settle<T>>,
     tx: mpsc::Sender<Msg<T>>,
 ) {
+    let send = |batch: Vec<Item<T>>, settle: &mut Option<Settle<T>>| {
+        let msg = match settle {
+            Some(s) => Msg::Ready(s.settle(batch)),
+            None => Msg::Batch(batch),
+        };
+        tx.blocking_send(msg).is_ok()
+    };
     let shown = path.display().to_string();
     let refuse = |msg: String| {
         let _ = tx.blocking_send(Msg::Refused(format!("{shown}: {msg}")));
@@ -269,7 +347,7 @@ fn parse_file<T: Send + 'static>(
         batch.push(Item { line, raw, parsed });
         if batch.len() >= batch_rows {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_rows));
-            if tx.blocking_send(Msg::Batch(full)).is_err() {
+            if !send(full, &mut settle) {
                 return;
             }
         }
@@ -279,7 +357,7 @@ fn parse_file<T: Send + 'static>(
         return refuse("empty file: no header row".to_string());
     }
     if !batch.is_empty() {
-        let _ = tx.blocking_send(Msg::Batch(batch));
+        let _ = send(batch, &mut settle);
     }
 }
 
@@ -358,12 +436,16 @@ fn key_hash(key: &str) -> u64 {
 
 /// What a writer does with one batch inside the import transaction.
 trait BatchWriter<T> {
+    /// Decides and writes records that need the database to decide.
     async fn write(
         &mut self,
         tx: &mut ImportTx,
         items: Vec<Item<T>>,
         tally: &mut Tally,
     ) -> Result<()>;
+
+    /// Writes rows already settled on the parser thread.
+    async fn write_ready(&mut self, tx: &mut ImportTx, rows: Vec<T>) -> Result<()>;
 }
 
 async fn run_import<T, W>(
@@ -373,6 +455,7 @@ async fn run_import<T, W>(
     sha: &str,
     opts: &ImportOptions,
     parse: ParseFn<T>,
+    settle: Option<Settle<T>>,
     mut writer: W,
 ) -> Result<ImportReport>
 where
@@ -388,7 +471,7 @@ where
         opts.progress,
     );
     let parser = tokio::task::spawn_blocking(move || {
-        parse_file(feed, p, enc, rows, progress, parse, sender)
+        parse_file(feed, p, enc, rows, progress, parse, settle, sender)
     });
 
     let mut tx = db.begin_import(feed.name(), &shown, sha).await?;
@@ -411,6 +494,29 @@ where
             Msg::Batch(items) => {
                 tally.counts.rows_read += items.len() as u64;
                 if let Err(e) = writer.write(&mut tx, items, &mut tally).await {
+                    drop(receiver);
+                    let _ = tx.rollback().await;
+                    let _ = parser.await;
+                    return Err(e);
+                }
+            }
+            Msg::Ready(batch) => {
+                tally.counts.rows_read += batch.read;
+                tally.counts.rows_imported += batch.accepted;
+                let mut step = || -> Result<()> {
+                    for (line, reason, raw) in &batch.rejects {
+                        tally.reject(*line, reason, raw)?;
+                    }
+                    for (line, w) in &batch.warnings {
+                        tally.warn(*line, w);
+                    }
+                    Ok(())
+                };
+                let result = match step() {
+                    Ok(()) => writer.write_ready(&mut tx, batch.rows).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
                     drop(receiver);
                     let _ = tx.rollback().await;
                     let _ = parser.await;
@@ -513,58 +619,35 @@ struct SeenKeys<V> {
     lines: HashMap<u64, (u64, V)>,
 }
 
-/// Writer for residence, social-insurance and civil-status rows: the later
-/// line with a key wins, with a warning (R2).
+/// Writer for residence, social-insurance and civil-status rows, which are
+/// settled on the parser thread ([`Settle`]): it only writes.
 struct KeyedWriter<T> {
-    seen: SeenKeys<()>,
     _row: std::marker::PhantomData<T>,
 }
 
 impl<T> Default for KeyedWriter<T> {
     fn default() -> Self {
         KeyedWriter {
-            seen: SeenKeys::default(),
             _row: std::marker::PhantomData,
         }
     }
 }
 
 impl<T: Keyed + Upsert> BatchWriter<T> for KeyedWriter<T> {
-    async fn write(
-        &mut self,
-        tx: &mut ImportTx,
-        items: Vec<Item<T>>,
-        tally: &mut Tally,
-    ) -> Result<()> {
-        let mut accepted: Vec<(String, T)> = Vec::with_capacity(items.len());
-        for item in items {
-            match item.parsed {
-                Err(reason) => tally.reject(item.line, &reason, &item.raw)?,
-                Ok(p) => {
-                    for w in &p.warnings {
-                        tally.warn(item.line, w);
-                    }
-                    let key = p.row.key();
-                    if let Some((earlier, ())) =
-                        self.seen.lines.insert(key_hash(&key), (item.line, ()))
-                    {
-                        tally.warn(
-                            item.line,
-                            &format!("same key as line {earlier}; the later line wins (R2)"),
-                        );
-                    }
-                    tally.counts.rows_imported += 1;
-                    accepted.push((key, p.row));
-                }
-            }
-        }
-        T::upsert(tx, last_per_key(accepted)).await
+    async fn write(&mut self, _: &mut ImportTx, _: Vec<Item<T>>, _: &mut Tally) -> Result<()> {
+        Err(Error::Runtime(anyhow::anyhow!(
+            "internal: keyed feed rows arrived unsettled"
+        )))
+    }
+
+    async fn write_ready(&mut self, tx: &mut ImportTx, rows: Vec<T>) -> Result<()> {
+        T::upsert(tx, rows).await
     }
 }
 
 /// Keeps the last row for each key, in order (one statement may not touch a
 /// row twice on PostgreSQL, and the later line must win).
-fn last_per_key<T>(rows: Vec<(String, T)>) -> Vec<T> {
+fn last_per_key<T>(rows: Vec<(String, T)>) -> Vec<(String, T)> {
     let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
     for (i, (k, _)) in rows.iter().enumerate() {
         last.insert(k.as_str(), i);
@@ -575,7 +658,7 @@ fn last_per_key<T>(rows: Vec<(String, T)>) -> Vec<T> {
     rows.into_iter()
         .zip(keep)
         .filter(|(_, k)| *k)
-        .map(|((_, r), _)| r)
+        .map(|(r, _)| r)
         .collect()
 }
 
@@ -597,6 +680,16 @@ enum PermitWrite {
 }
 
 impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
+    async fn write_ready(
+        &mut self,
+        _: &mut ImportTx,
+        _: Vec<(PermitRow, Option<PermitStatus>)>,
+    ) -> Result<()> {
+        Err(Error::Runtime(anyhow::anyhow!(
+            "internal: permit rows must be decided against the register"
+        )))
+    }
+
     async fn write(
         &mut self,
         tx: &mut ImportTx,
@@ -689,7 +782,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         }
         let mut full = Vec::new();
         let mut contacts = Vec::new();
-        for w in last_per_key(writes) {
+        for (_, w) in last_per_key(writes) {
             match w {
                 PermitWrite::Full(r) => full.push(r),
                 PermitWrite::Contacts(c) => contacts.push(c),
@@ -726,6 +819,7 @@ mod tests {
             ("b".to_string(), 2),
             ("a".to_string(), 3),
         ];
-        assert_eq!(last_per_key(rows), vec![2, 3]);
+        let kept: Vec<i32> = last_per_key(rows).into_iter().map(|(_, v)| v).collect();
+        assert_eq!(kept, vec![2, 3]);
     }
 }
