@@ -122,7 +122,7 @@ impl SmsGateway {
         let resp = req
             .send()
             .await
-            .map_err(|e| request_error(n, &e, self.timeout))?;
+            .map_err(|e| request_error(n, e, self.timeout))?;
         let status = resp.status().as_u16();
         // The body is read under the same overall timeout.
         let text = resp.text().await.unwrap_or_default();
@@ -164,18 +164,20 @@ fn classify_status(status: u16) -> StatusClass {
     }
 }
 
-fn request_error(n: &ClaimedNotice, e: &reqwest::Error, timeout: Duration) -> DeliveryError {
-    // reqwest errors name the URL, never the body: no personal data, but
-    // scrub anyway.
+fn request_error(n: &ClaimedNotice, e: reqwest::Error, timeout: Duration) -> DeliveryError {
+    // The URL may carry a credential in its query (some gateways take the
+    // key there): it stays out of `last_error` and the logs. The summary
+    // names the gateway by scheme, host and port only.
+    let e = e.without_url();
     let what = if e.is_timeout() {
         format!(
             "SMS gateway did not answer within {} s (outcome unknown)",
             timeout.as_secs()
         )
     } else if e.is_connect() {
-        format!("cannot connect to the SMS gateway: {}", error_chain(e))
+        format!("cannot connect to the SMS gateway: {}", error_chain(&e))
     } else {
-        format!("SMS gateway request failed: {}", error_chain(e))
+        format!("SMS gateway request failed: {}", error_chain(&e))
     };
     // Whatever went wrong on the wire may work next time.
     DeliveryError::Transient(scrub(n, &what))
