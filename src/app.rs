@@ -130,6 +130,10 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             print!("{}", crate::outbox::delivery::report(&outcome?));
             Ok(())
         }
+        Command::Daemon { now } => {
+            let now = now.as_deref().map(parse_now).transpose()?;
+            crate::daemon::serve(settings, crate::daemon::DaemonOptions { now }).await
+        }
         Command::Export {
             what,
             from,
@@ -172,6 +176,13 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A hidden `--now` value: an RFC 3339 instant.
+fn parse_now(t: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(t.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| Error::Usage(format!("--now {t:?}: not an RFC 3339 timestamp ({e})")))
 }
 
 /// Resolves on SIGINT or SIGTERM (true), or never on a platform without

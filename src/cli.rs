@@ -111,6 +111,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run as a service: the nightly run on daemon.schedule (02:00 daily by
+    /// default, in the configured time zone), catching up dates missed
+    /// while it was down (up to daemon.max_catch_up_days), the delivery
+    /// worker beside it, and /healthz, /readyz and /metrics on
+    /// daemon.health_addr. SIGTERM or SIGINT stops it gracefully (exit 0
+    /// within daemon.shutdown_grace_secs); a second signal stops it at once.
+    /// Exit 2 on a bad schedule, address or channel configuration.
+    Daemon {
+        /// Run as if the clock read this instant at start-up (RFC 3339),
+        /// advancing in real time: for tests and rehearsals of catch-up.
+        #[arg(long, value_name = "RFC3339", hide = true)]
+        now: Option<String>,
+    },
     /// Write a consistent synthetic data set (four feeds, real Shanghai
     /// streets), deterministic by seed: the sample data and benchmarks.
     Generate {

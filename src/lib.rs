@@ -8,11 +8,13 @@
 //! - [`outbox`]: notice texts and the outbox
 //! - [`audit`]: CSV exports (R9); [`status`]: one permit's story (R10)
 //! - [`db`]: every SQL statement, behind one `Db` type
+//! - [`daemon`]: the schedule, catch-up, delivery worker, health and metrics
 
 pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod clock;
+pub mod daemon;
 pub mod db;
 pub mod domain;
 pub mod error;

@@ -173,12 +173,16 @@ impl std::fmt::Debug for EmailSettings {
     }
 }
 
+/// `autosign daemon`: the nightly schedule, catch-up after downtime,
+/// graceful shutdown and the health endpoint (docs/deployment.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonSettings {
     pub schedule: String,
     pub max_catch_up_days: u32,
     pub health_addr: String,
+    pub shutdown_grace_secs: u64,
+    pub ready_max_lag_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -266,6 +270,39 @@ impl Settings {
             return bad("delivery.max_attempts", "must be at least 1");
         }
         self.validate_delivery()?;
+        self.validate_daemon()?;
+        Ok(())
+    }
+
+    /// The daemon keys: a bad cron string or listen address stops autosign
+    /// at start-up, not at 02:00.
+    fn validate_daemon(&self) -> Result<(), Error> {
+        let bad =
+            |key: &str, why: &str| Err(Error::Config(format!("configuration key {key}: {why}")));
+        let d = &self.daemon;
+        if let Err(why) = crate::daemon::Schedule::parse(&d.schedule, self.tz()) {
+            return bad("daemon.schedule", &why);
+        }
+        if d.max_catch_up_days == 0 || d.max_catch_up_days > 366 {
+            return bad("daemon.max_catch_up_days", "must be between 1 and 366");
+        }
+        if !d.health_addr.trim().is_empty()
+            && d.health_addr
+                .trim()
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return bad(
+                "daemon.health_addr",
+                "must be IP:PORT (e.g. 127.0.0.1:9187), or empty for no endpoint",
+            );
+        }
+        if d.shutdown_grace_secs > 3600 {
+            return bad("daemon.shutdown_grace_secs", "must be at most 3600");
+        }
+        if d.ready_max_lag_days > 366 {
+            return bad("daemon.ready_max_lag_days", "must be at most 366");
+        }
         Ok(())
     }
 
@@ -552,5 +589,40 @@ mod tests {
         std::fs::write(&path, "[import]\nmax_reject_ratio = \"high\"\n").expect("write");
         let err = Settings::load_with_env(Some(&path), &[]).unwrap_err();
         assert!(err.to_string().contains("import.max_reject_ratio"), "{err}");
+    }
+
+    #[test]
+    fn bad_daemon_schedule_and_address_are_refused_naming_the_key() {
+        for (var, value, key) in [
+            ("AUTOSIGN_DAEMON__SCHEDULE", "0 2 * * *", "daemon.schedule"),
+            (
+                "AUTOSIGN_DAEMON__SCHEDULE",
+                "every night",
+                "daemon.schedule",
+            ),
+            (
+                "AUTOSIGN_DAEMON__HEALTH_ADDR",
+                "localhost",
+                "daemon.health_addr",
+            ),
+            (
+                "AUTOSIGN_DAEMON__MAX_CATCH_UP_DAYS",
+                "0",
+                "daemon.max_catch_up_days",
+            ),
+        ] {
+            let err = Settings::load_with_env(None, &env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{value}: {err}");
+            assert_eq!(err.exit_code(), 2);
+        }
+        let s = Settings::load_with_env(
+            None,
+            &env(&[
+                ("AUTOSIGN_DAEMON__SCHEDULE", "*/5 * * * * *"),
+                ("AUTOSIGN_DAEMON__HEALTH_ADDR", ""),
+            ]),
+        )
+        .expect("a per-5-second schedule and no endpoint are fine");
+        assert_eq!(s.daemon.shutdown_grace_secs, 30);
     }
 }

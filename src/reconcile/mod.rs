@@ -14,13 +14,13 @@
 pub mod rules;
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{Duration, NaiveDate};
 
-use crate::db::{
-    Db, EvidenceBounds, NewEvent, PermitRow, RunBatch, RunCount, RunRecord, RunTx,
-};
+use crate::db::{Db, EvidenceBounds, NewEvent, PermitRow, RunBatch, RunCount, RunRecord, RunTx};
 use crate::domain::{
     EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
 };
@@ -32,6 +32,34 @@ use rules::{Baseline, Outcome, Payment, Selected, Visit};
 
 /// Permits per page (one read, one write transaction).
 const PAGE: u32 = 2000;
+
+static PROGRESS: AtomicBool = AtomicBool::new(true);
+
+/// Whether runs, and the inbox imports they start, draw progress bars when
+/// stderr is a terminal (they never do otherwise). The daemon turns them
+/// off: its log lines go to the same stderr.
+pub fn show_progress(on: bool) {
+    PROGRESS.store(on, Ordering::Relaxed);
+}
+
+/// The run's bar on stderr, by permits looked at (rows, rate, ETA); hidden
+/// unless stderr is a terminal. Its total costs a count over the register,
+/// paid only when a bar is drawn.
+async fn progress_bar(db: &Db, settings: &Settings, as_of: NaiveDate) -> indicatif::ProgressBar {
+    if !PROGRESS.load(Ordering::Relaxed) || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let to = as_of + Duration::days(i64::from(settings.rules.window_days));
+    let bar = indicatif::ProgressBar::new(db.count_run_candidates(to).await.unwrap_or(0));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {wide_bar} {pos}/{len} permits {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("run {as_of}"));
+    bar
+}
 
 #[derive(Debug)]
 pub enum RunOutcome {
@@ -74,6 +102,7 @@ pub async fn run(
         }
     }
     let inbox = import_inbox(db, settings).await?;
+    let bar = progress_bar(db, settings, as_of).await;
     let mut tx = db.begin_run(as_of, &crate::clock::now_rfc3339()).await?;
     let run = tx.run().clone();
     let span = tracing::info_span!("run", run_id = run.run_id, %as_of);
@@ -90,8 +119,10 @@ pub async fn run(
         notices,
         as_of,
         run_id: run.run_id,
+        bar: &bar,
     };
     let result = evaluate(&ctx, &mut tx).await;
+    bar.finish_and_clear();
     let (pending, pending_reasons) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -122,6 +153,7 @@ struct Ctx<'a> {
     notices: &'a Notices,
     as_of: NaiveDate,
     run_id: i64,
+    bar: &'a indicatif::ProgressBar,
 }
 
 impl Ctx<'_> {
@@ -221,7 +253,11 @@ async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason
         let mut events = Vec::with_capacity(page.len());
         let mut due = Vec::new();
         for c in &page {
-            let status = stored("status", &c.permit.status, PermitStatus::parse(&c.permit.status))?;
+            let status = stored(
+                "status",
+                &c.permit.status,
+                PermitStatus::parse(&c.permit.status),
+            )?;
             if let Some(kind) = rules::lifecycle(status, c.permit.valid_until, as_of, rules) {
                 events.push(ctx.event(kind, &c.permit, &[], &Selected::default()));
             } else if rules::is_due(status, c.permit.valid_until, as_of, rules) && !c.decided {
@@ -240,7 +276,11 @@ async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason
                         .map(|r| {
                             Ok(Visit {
                                 visited_on: r.visited_on,
-                                result: stored("residence result", &r.result, ResidenceResult::parse(&r.result))?,
+                                result: stored(
+                                    "residence result",
+                                    &r.result,
+                                    ResidenceResult::parse(&r.result),
+                                )?,
                             })
                         })
                         .collect::<Result<Vec<_>>>()
@@ -255,7 +295,11 @@ async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason
                         .map(|r| {
                             Ok(Payment {
                                 month: stored("month", &r.month, Month::parse(&r.month))?,
-                                status: stored("payment status", &r.status, PaymentStatus::parse(&r.status))?,
+                                status: stored(
+                                    "payment status",
+                                    &r.status,
+                                    PaymentStatus::parse(&r.status),
+                                )?,
                                 employer_uscc: r.employer_uscc.clone(),
                             })
                         })
@@ -270,7 +314,11 @@ async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason
                 .transpose()?;
             let baseline = Baseline {
                 valid_until: permit.valid_until,
-                si_status: stored("si_status", &permit.si_status, SiStatus::parse(&permit.si_status))?,
+                si_status: stored(
+                    "si_status",
+                    &permit.si_status,
+                    SiStatus::parse(&permit.si_status),
+                )?,
                 marital_status: stored(
                     "marital_status",
                     &permit.marital_status,
@@ -285,7 +333,9 @@ async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason
             };
             let reasons = rules::reasons(&baseline, &selected);
             match rules::decide(permit.valid_until, as_of, reasons, rules) {
-                Outcome::AutoSigned { .. } => events.push(ctx.event(EventKind::AutoSigned, permit, &[], &selected)),
+                Outcome::AutoSigned { .. } => {
+                    events.push(ctx.event(EventKind::AutoSigned, permit, &[], &selected))
+                }
                 Outcome::VisitCenter { reasons } => {
                     events.push(ctx.event(EventKind::VisitCenter, permit, &reasons, &selected))
                 }
@@ -301,6 +351,7 @@ async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason
         // export order.
         events.sort_by(|a, b| a.permit_no.cmp(&b.permit_no));
         ctx.write(tx, events).await?;
+        ctx.bar.inc(page.len() as u64);
     }
     Ok((pending, pending_reasons))
 }
@@ -360,7 +411,7 @@ async fn import_inbox(db: &Db, settings: &Settings) -> Result<Vec<(PathBuf, Impo
                 rejects: Some(feeds::rejects_path_in(&rejects_dir, feed, &file)),
                 max_reject_ratio: settings.import.max_reject_ratio,
                 batch_rows: settings.import.batch_rows,
-                progress: true,
+                progress: PROGRESS.load(Ordering::Relaxed),
             };
             let outcome =
                 feeds::import_file(db, feed, &file, &opts)

@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod concurrency;
+mod daemon;
 mod deliver;
 mod import;
 mod postgres;

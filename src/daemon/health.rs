@@ -1,0 +1,611 @@
+//! The daemon's HTTP endpoint: `/healthz` (the process answers), `/readyz`
+//! (database reachable, migrations applied, last run not overdue) and
+//! `/metrics` (Prometheus text format 0.0.4). Small on purpose: three GET
+//! routes on axum, plain-text bodies, figures read from the run ledger at
+//! scrape time plus the counters this process keeps.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+
+use crate::db::metrics::DbMetrics;
+use crate::db::{Db, RunRecord};
+use crate::outbox::Clock;
+
+/// Upper bounds of the run-duration histogram, in seconds.
+const DURATION_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+
+/// How the daemon's own runs ended, as `autosign_daemon_runs_total`
+/// counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RunResult {
+    Completed,
+    /// Completed before (C8), e.g. by a manual `autosign run`.
+    AlreadyCompleted,
+    /// Failed (inbox file refused, database error…); retried at the next
+    /// tick.
+    Failed,
+    /// Abandoned at shutdown; redone at the next start.
+    Interrupted,
+    /// Catch-up refused: more than `max_catch_up_days` dates due.
+    Refused,
+}
+
+impl RunResult {
+    pub const ALL: [RunResult; 5] = [
+        RunResult::Completed,
+        RunResult::AlreadyCompleted,
+        RunResult::Failed,
+        RunResult::Interrupted,
+        RunResult::Refused,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RunResult::Completed => "completed",
+            RunResult::AlreadyCompleted => "already_completed",
+            RunResult::Failed => "failed",
+            RunResult::Interrupted => "interrupted",
+            RunResult::Refused => "refused",
+        }
+    }
+}
+
+/// Counters kept by this process (reset when it restarts, as Prometheus
+/// counters may be).
+#[derive(Debug)]
+pub struct Metrics {
+    started_at: DateTime<Utc>,
+    inner: Mutex<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    runs: BTreeMap<RunResult, u64>,
+    ticks: u64,
+    ticks_skipped: u64,
+    busy: bool,
+    /// Cumulative histogram counts, one per bucket of DURATION_BUCKETS.
+    buckets: [u64; DURATION_BUCKETS.len()],
+    duration_sum: f64,
+    duration_count: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started_at: Utc::now(),
+            inner: Mutex::new(Counters::default()),
+        }
+    }
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut Counters) -> T) -> T {
+        // A panic while holding the lock cannot leave counters inconsistent
+        // in a way that matters: keep counting.
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    pub fn record(&self, result: RunResult, duration: Option<Duration>) {
+        self.with(|c| {
+            *c.runs.entry(result).or_default() += 1;
+            if let Some(d) = duration {
+                let secs = d.as_secs_f64();
+                for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+                    if secs <= *le {
+                        c.buckets[i] += 1;
+                    }
+                }
+                c.duration_sum += secs;
+                c.duration_count += 1;
+            }
+        });
+    }
+
+    pub fn tick(&self) {
+        self.with(|c| c.ticks += 1);
+    }
+
+    pub fn tick_skipped(&self) {
+        self.with(|c| c.ticks_skipped += 1);
+    }
+
+    pub fn set_busy(&self, busy: bool) {
+        self.with(|c| c.busy = busy);
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.with(|c| c.busy)
+    }
+}
+
+/// What the handlers share.
+pub struct HealthState {
+    pub db: Db,
+    pub tz: Tz,
+    pub clock: Clock,
+    pub ready_max_lag_days: u32,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<HealthState>) {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "health endpoint stopped");
+    }
+}
+
+type Reply = (StatusCode, [(header::HeaderName, &'static str); 1], String);
+
+fn text(status: StatusCode, body: String) -> Reply {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+}
+
+async fn healthz() -> Reply {
+    text(StatusCode::OK, "ok\n".to_string())
+}
+
+/// A database call that must not hang a probe.
+async fn quick<T>(f: impl std::future::Future<Output = crate::Result<T>>) -> Result<T, String> {
+    match tokio::time::timeout(Duration::from_secs(5), f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 5 s".to_string()),
+    }
+}
+
+async fn readyz(State(s): State<Arc<HealthState>>) -> Reply {
+    let today = s.clock.now().with_timezone(&s.tz).date_naive();
+    let mut lines = Vec::new();
+    let mut ready = true;
+    match quick(s.db.ping()).await {
+        Ok(()) => lines.push("database: ok".to_string()),
+        Err(e) => {
+            ready = false;
+            lines.push(format!("database: FAIL ({e})"));
+        }
+    }
+    match quick(s.db.migration_state()).await {
+        Ok(m) if m.is_current() => lines.push(format!("migrations: ok (version {})", m.applied)),
+        Ok(m) => {
+            ready = false;
+            lines.push(format!(
+                "migrations: FAIL (database at version {}, this binary expects {})",
+                m.applied, m.latest
+            ));
+        }
+        Err(e) => {
+            ready = false;
+            lines.push(format!("migrations: FAIL ({e})"));
+        }
+    }
+    match quick(s.db.latest_completed_run()).await {
+        Ok(Some(r)) => {
+            let lag = (today - r.as_of).num_days();
+            let line = format!(
+                "last run: as_of {} (run {}, finished {}), {lag} day(s) before today {today}",
+                r.as_of,
+                r.run_id,
+                r.finished_at.as_deref().unwrap_or("?")
+            );
+            if lag > i64::from(s.ready_max_lag_days) {
+                ready = false;
+                lines.push(format!(
+                    "{line}: FAIL (overdue: more than daemon.ready_max_lag_days = {})",
+                    s.ready_max_lag_days
+                ));
+            } else {
+                lines.push(format!("{line}: ok"));
+            }
+        }
+        Ok(None) => {
+            ready = false;
+            lines.push("last run: FAIL (no completed run yet)".to_string());
+        }
+        Err(e) => {
+            ready = false;
+            lines.push(format!("last run: FAIL ({e})"));
+        }
+    }
+    let (status, head) = if ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    };
+    text(status, format!("{head}\n{}\n", lines.join("\n")))
+}
+
+async fn metrics(State(s): State<Arc<HealthState>>) -> Reply {
+    let last = quick(s.db.latest_completed_run()).await;
+    let db = match &last {
+        Ok(last) => quick(s.db.metrics(last.as_ref().map(|r| r.as_of)))
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "metrics: database query failed"))
+            .ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: database unreachable");
+            None
+        }
+    };
+    let last = last.ok().flatten();
+    let body = render(&s.metrics, s.tz, last.as_ref(), db.as_ref());
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+/// A label value, escaped as the text format wants.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn unix(t: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(t).ok().map(|t| t.timestamp())
+}
+
+fn midnight(d: NaiveDate, tz: Tz) -> Option<i64> {
+    d.and_hms_opt(0, 0, 0)
+        .and_then(|t| t.and_local_timezone(tz).earliest())
+        .map(|t| t.timestamp())
+}
+
+/// The whole `/metrics` page. `db` is `None` when the database did not
+/// answer (`autosign_database_up 0`; the process counters still show).
+pub fn render(m: &Metrics, tz: Tz, last: Option<&RunRecord>, db: Option<&DbMetrics>) -> String {
+    let mut o = String::new();
+    let c = m.with(|c| {
+        (
+            c.runs.clone(),
+            c.ticks,
+            c.ticks_skipped,
+            c.busy,
+            c.buckets,
+            c.duration_sum,
+            c.duration_count,
+        )
+    });
+    let (runs, ticks, skipped, busy, buckets, sum, count) = c;
+
+    head(
+        &mut o,
+        "autosign_daemon_start_time_seconds",
+        "gauge",
+        "When this daemon process started (Unix time).",
+    );
+    let _ = writeln!(
+        o,
+        "autosign_daemon_start_time_seconds {}",
+        m.started_at.timestamp()
+    );
+    head(&mut o, "autosign_daemon_runs_total", "counter", "Nightly runs attempted by this process, by outcome (refused: catch-up over max_catch_up_days).");
+    for r in RunResult::ALL {
+        let n = runs.get(&r).copied().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "autosign_daemon_runs_total{{outcome=\"{}\"}} {n}",
+            r.label()
+        );
+    }
+    head(
+        &mut o,
+        "autosign_daemon_ticks_total",
+        "counter",
+        "Scheduler ticks received.",
+    );
+    let _ = writeln!(o, "autosign_daemon_ticks_total {ticks}");
+    head(
+        &mut o,
+        "autosign_daemon_ticks_skipped_total",
+        "counter",
+        "Ticks dropped because a run was in progress.",
+    );
+    let _ = writeln!(o, "autosign_daemon_ticks_skipped_total {skipped}");
+    head(
+        &mut o,
+        "autosign_daemon_run_in_progress",
+        "gauge",
+        "1 while this process is running a nightly run.",
+    );
+    let _ = writeln!(o, "autosign_daemon_run_in_progress {}", u8::from(busy));
+    head(
+        &mut o,
+        "autosign_run_duration_seconds",
+        "histogram",
+        "Duration of the nightly runs this process completed.",
+    );
+    for (le, n) in DURATION_BUCKETS.iter().zip(buckets) {
+        let _ = writeln!(o, "autosign_run_duration_seconds_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(
+        o,
+        "autosign_run_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(o, "autosign_run_duration_seconds_sum {sum}");
+    let _ = writeln!(o, "autosign_run_duration_seconds_count {count}");
+
+    head(
+        &mut o,
+        "autosign_database_up",
+        "gauge",
+        "1 when the database answered this scrape.",
+    );
+    let _ = writeln!(o, "autosign_database_up {}", u8::from(db.is_some()));
+    let Some(db) = db else {
+        return o;
+    };
+
+    head(&mut o, "autosign_runs", "gauge", "Runs in the ledger, by status (running: in progress or interrupted, resumed at the next run).");
+    for status in ["completed", "running"] {
+        let n: i64 = db
+            .runs
+            .iter()
+            .filter(|r| r.a == status)
+            .map(|r| r.count)
+            .sum();
+        let _ = writeln!(o, "autosign_runs{{status=\"{status}\"}} {n}");
+    }
+    if let Some(r) = last {
+        head(
+            &mut o,
+            "autosign_last_successful_run_timestamp_seconds",
+            "gauge",
+            "When the last completed run finished (Unix time).",
+        );
+        if let Some(t) = r.finished_at.as_deref().and_then(unix) {
+            let _ = writeln!(o, "autosign_last_successful_run_timestamp_seconds {t}");
+        }
+        head(&mut o, "autosign_last_successful_run_as_of_timestamp_seconds", "gauge", "The business date (as_of) of the last completed run: its midnight in the configured zone (Unix time).");
+        if let Some(t) = midnight(r.as_of, tz) {
+            let _ = writeln!(
+                o,
+                "autosign_last_successful_run_as_of_timestamp_seconds {t}"
+            );
+        }
+        head(
+            &mut o,
+            "autosign_last_successful_run_info",
+            "gauge",
+            "The last completed run: its as_of and run id as labels.",
+        );
+        let _ = writeln!(
+            o,
+            "autosign_last_successful_run_info{{as_of=\"{}\",run_id=\"{}\"}} 1",
+            r.as_of, r.run_id
+        );
+        head(
+            &mut o,
+            "autosign_last_successful_run_duration_seconds",
+            "gauge",
+            "Duration of the last completed run's last attempt.",
+        );
+        if let (Some(a), Some(b)) = (unix(&r.started_at), r.finished_at.as_deref().and_then(unix)) {
+            let _ = writeln!(
+                o,
+                "autosign_last_successful_run_duration_seconds {}",
+                (b - a).max(0)
+            );
+        }
+        head(&mut o, "autosign_last_run_pending", "gauge", "Due permits left PENDING by the last completed run (evidence missing, deadline not reached).");
+        let _ = writeln!(o, "autosign_last_run_pending {}", r.pending);
+    }
+
+    // Decisions of the last completed run by kind, and by kind and reason.
+    let mut kinds: BTreeMap<&str, i64> = ["AUTO_SIGNED", "VISIT_CENTER", "SUSPENDED", "CANCELLED"]
+        .into_iter()
+        .map(|k| (k, 0))
+        .collect();
+    let mut reasons: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for e in &db.last_run_events {
+        *kinds.entry(e.a.as_str()).or_default() += e.count;
+        for reason in e.b.split(';').filter(|r| !r.is_empty()) {
+            *reasons.entry((e.a.as_str(), reason)).or_default() += e.count;
+        }
+    }
+    head(
+        &mut o,
+        "autosign_last_run_decisions",
+        "gauge",
+        "Decisions and lifecycle changes of the last completed run's as_of, by kind.",
+    );
+    for (k, n) in &kinds {
+        let _ = writeln!(o, "autosign_last_run_decisions{{kind=\"{}\"}} {n}", esc(k));
+    }
+    head(&mut o, "autosign_last_run_decision_reasons", "gauge", "Decisions of the last completed run's as_of, by kind and reason (a decision with two reasons counts under each).");
+    for ((k, r), n) in &reasons {
+        let _ = writeln!(
+            o,
+            "autosign_last_run_decision_reasons{{kind=\"{}\",reason=\"{}\"}} {n}",
+            esc(k),
+            esc(r)
+        );
+    }
+    head(&mut o, "autosign_last_run_notices", "gauge", "Notices queued by the last completed run's as_of, by current status and channel (channel none: undeliverable).");
+    for n in &db.last_run_notices {
+        let _ = writeln!(
+            o,
+            "autosign_last_run_notices{{status=\"{}\",channel=\"{}\"}} {}",
+            esc(&n.a),
+            esc(&n.b),
+            n.count
+        );
+    }
+    head(
+        &mut o,
+        "autosign_notices_backlog",
+        "gauge",
+        "Notices not delivered, all runs: queued, failed (retry scheduled) and dead, by channel.",
+    );
+    for status in ["queued", "failed", "dead"] {
+        for channel in ["sms", "email"] {
+            let n: i64 = db
+                .backlog
+                .iter()
+                .filter(|b| b.a == status && b.b == channel)
+                .map(|b| b.count)
+                .sum();
+            let _ = writeln!(
+                o,
+                "autosign_notices_backlog{{status=\"{status}\",channel=\"{channel}\"}} {n}"
+            );
+        }
+    }
+    head(
+        &mut o,
+        "autosign_import_files_total",
+        "counter",
+        "Feed files imported, by feed.",
+    );
+    for f in &db.imports {
+        let _ = writeln!(
+            o,
+            "autosign_import_files_total{{feed=\"{}\"}} {}",
+            esc(&f.feed),
+            f.files
+        );
+    }
+    head(&mut o, "autosign_import_rows_total", "counter", "Rows of imported feed files, by feed and result (accepted: imported; rejected: written to the rejects file). Refused files are not counted.");
+    for f in &db.imports {
+        let feed = esc(&f.feed);
+        let _ = writeln!(
+            o,
+            "autosign_import_rows_total{{feed=\"{feed}\",result=\"accepted\"}} {}",
+            f.rows_imported
+        );
+        let _ = writeln!(
+            o,
+            "autosign_import_rows_total{{feed=\"{feed}\",result=\"rejected\"}} {}",
+            f.rows_rejected
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::metrics::{FeedImports, LabelledCount};
+
+    fn lc(a: &str, b: &str, count: i64) -> LabelledCount {
+        LabelledCount {
+            a: a.into(),
+            b: b.into(),
+            count,
+        }
+    }
+
+    #[test]
+    fn metrics_page_has_runs_decisions_notices_and_imports() {
+        let m = Metrics::default();
+        m.record(RunResult::Completed, Some(Duration::from_secs(3)));
+        m.record(RunResult::Failed, None);
+        let last = RunRecord {
+            run_id: 4,
+            as_of: NaiveDate::from_ymd_opt(2026, 11, 27).expect("date"),
+            status: "completed".into(),
+            attempts: 1,
+            started_at: "2026-11-27T02:00:00+08:00".into(),
+            finished_at: Some("2026-11-27T02:00:03+08:00".into()),
+            pending: 2,
+        };
+        let db = DbMetrics {
+            runs: vec![lc("completed", "", 4)],
+            last_run_events: vec![
+                lc("AUTO_SIGNED", "", 10),
+                lc("VISIT_CENTER", "ADDRESS_CHANGED;EMPLOYER_CHANGED", 2),
+                lc("VISIT_CENTER", "ADDRESS_CHANGED", 1),
+            ],
+            last_run_notices: vec![lc("queued", "sms", 12), lc("undeliverable", "none", 1)],
+            backlog: vec![lc("queued", "sms", 12)],
+            imports: vec![FeedImports {
+                feed: "permits".into(),
+                files: 2,
+                rows_read: 110,
+                rows_imported: 100,
+                rows_rejected: 10,
+            }],
+        };
+        let page = render(&m, chrono_tz::Asia::Shanghai, Some(&last), Some(&db));
+        for line in [
+            "autosign_daemon_runs_total{outcome=\"completed\"} 1",
+            "autosign_daemon_runs_total{outcome=\"failed\"} 1",
+            "autosign_run_duration_seconds_bucket{le=\"1\"} 0",
+            "autosign_run_duration_seconds_bucket{le=\"5\"} 1",
+            "autosign_run_duration_seconds_count 1",
+            "autosign_database_up 1",
+            "autosign_runs{status=\"completed\"} 4",
+            "autosign_last_successful_run_info{as_of=\"2026-11-27\",run_id=\"4\"} 1",
+            // 2026-11-27T00:00:00+08:00
+            "autosign_last_successful_run_as_of_timestamp_seconds 1795708800",
+            "autosign_last_successful_run_duration_seconds 3",
+            "autosign_last_run_pending 2",
+            "autosign_last_run_decisions{kind=\"AUTO_SIGNED\"} 10",
+            "autosign_last_run_decisions{kind=\"VISIT_CENTER\"} 3",
+            "autosign_last_run_decisions{kind=\"CANCELLED\"} 0",
+            "autosign_last_run_decision_reasons{kind=\"VISIT_CENTER\",reason=\"ADDRESS_CHANGED\"} 3",
+            "autosign_last_run_decision_reasons{kind=\"VISIT_CENTER\",reason=\"EMPLOYER_CHANGED\"} 2",
+            "autosign_last_run_notices{status=\"undeliverable\",channel=\"none\"} 1",
+            "autosign_notices_backlog{status=\"queued\",channel=\"sms\"} 12",
+            "autosign_notices_backlog{status=\"dead\",channel=\"email\"} 0",
+            "autosign_import_rows_total{feed=\"permits\",result=\"rejected\"} 10",
+        ] {
+            assert!(page.lines().any(|l| l == line), "missing {line}:\n{page}");
+        }
+        // Every sample belongs to a declared metric family.
+        let declared: Vec<&str> = page
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        for l in page.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            assert!(
+                declared.iter().any(|d| name == *d
+                    || name
+                        .strip_prefix(d)
+                        .is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))),
+                "undeclared {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_database_the_process_counters_still_show() {
+        let page = render(&Metrics::default(), chrono_tz::Asia::Shanghai, None, None);
+        assert!(page.contains("autosign_database_up 0"), "{page}");
+        assert!(page.contains("autosign_daemon_ticks_total 0"), "{page}");
+        assert!(!page.contains("autosign_runs{"), "{page}");
+    }
+}

@@ -1,0 +1,238 @@
+//! Read-only statements for the daemon's `/readyz` and `/metrics` and the
+//! run's progress bar. Each is cheap enough to answer a scrape every few
+//! seconds at city scale: counts over indexed columns (the outbox backlog by
+//! `status`, one night's events and notices by `as_of`), the `runs` and
+//! `imports` tables (one row per night, per file), and sqlx's migration
+//! ledger. Nothing here scans the register, the feeds or the whole audit
+//! trail, except [`Db::count_run_candidates`], which only an interactive
+//! run asks for.
+
+use chrono::NaiveDate;
+use sqlx::Row;
+
+use super::Db;
+use crate::error::Result;
+
+/// Applied against embedded migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationState {
+    /// Highest version applied successfully (0: none).
+    pub applied: i64,
+    /// Highest version this binary carries.
+    pub latest: i64,
+}
+
+impl MigrationState {
+    pub fn is_current(&self) -> bool {
+        self.applied >= self.latest
+    }
+}
+
+/// A count under up to two labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledCount {
+    pub a: String,
+    pub b: String,
+    pub count: i64,
+}
+
+/// One feed's imports, all files together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedImports {
+    pub feed: String,
+    pub files: i64,
+    pub rows_read: i64,
+    pub rows_imported: i64,
+    pub rows_rejected: i64,
+}
+
+/// What `/metrics` reads from the database.
+#[derive(Debug, Clone, Default)]
+pub struct DbMetrics {
+    /// The run ledger by status (`completed`, `running`).
+    pub runs: Vec<LabelledCount>,
+    /// Events (decisions and lifecycle changes) of the last completed run's
+    /// `as_of`, by kind (`a`) and `;`-joined reasons (`b`).
+    pub last_run_events: Vec<LabelledCount>,
+    /// Notices created for the last completed run's `as_of`, by status
+    /// (`a`) and channel (`b`).
+    pub last_run_notices: Vec<LabelledCount>,
+    /// The outbox's backlog — queued, failed and dead notices — by status
+    /// (`a`) and channel (`b`).
+    pub backlog: Vec<LabelledCount>,
+    pub imports: Vec<FeedImports>,
+}
+
+const RUNS: &str = "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status";
+const EVENTS_SQLITE: &str = "SELECT kind, reasons, count(*) FROM events WHERE as_of = ? \
+     GROUP BY kind, reasons ORDER BY kind, reasons";
+const EVENTS_PG: &str = "SELECT kind, reasons, count(*) FROM events WHERE as_of = $1 \
+     GROUP BY kind, reasons ORDER BY kind, reasons";
+const NOTICES_SQLITE: &str = "SELECT status, channel, count(*) FROM notifications \
+     WHERE as_of = ? GROUP BY status, channel ORDER BY status, channel";
+const NOTICES_PG: &str = "SELECT status, channel, count(*) FROM notifications \
+     WHERE as_of = $1 GROUP BY status, channel ORDER BY status, channel";
+// The status index (status, next_attempt_at) bounds this to the backlog.
+const BACKLOG: &str = "SELECT status, channel, count(*) FROM notifications \
+     WHERE status IN ('queued', 'failed', 'dead') GROUP BY status, channel ORDER BY status, channel";
+// PostgreSQL's sum(bigint) is numeric: cast back.
+const IMPORTS: &str = "SELECT feed, count(*), CAST(coalesce(sum(rows_read), 0) AS BIGINT), \
+     CAST(coalesce(sum(rows_imported), 0) AS BIGINT), CAST(coalesce(sum(rows_rejected), 0) AS BIGINT) \
+     FROM imports GROUP BY feed ORDER BY feed";
+const MIGRATIONS: &str =
+    "SELECT CAST(coalesce(max(version), 0) AS BIGINT) FROM _sqlx_migrations WHERE success";
+const CANDIDATES_SQLITE: &str = "SELECT count(*) FROM permits \
+     WHERE status IN ('active', 'suspended') AND valid_until <= ?";
+const CANDIDATES_PG: &str = "SELECT count(*) FROM permits \
+     WHERE status IN ('active', 'suspended') AND valid_until <= $1";
+
+fn labelled<R: Row>(rows: &[R]) -> Result<Vec<LabelledCount>>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|r| {
+            Ok(LabelledCount {
+                a: r.try_get(0)?,
+                b: r.try_get(1)?,
+                count: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+fn feed_imports<R: Row>(rows: &[R]) -> Result<Vec<FeedImports>>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|r| {
+            Ok(FeedImports {
+                feed: r.try_get(0)?,
+                files: r.try_get(1)?,
+                rows_read: r.try_get(2)?,
+                rows_imported: r.try_get(3)?,
+                rows_rejected: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+fn latest_embedded(migrator: &sqlx::migrate::Migrator) -> i64 {
+    migrator.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+impl Db {
+    /// The cheapest round trip: is the database there?
+    pub async fn ping(&self) -> Result<()> {
+        match self {
+            Db::Sqlite(db) => {
+                sqlx::query("SELECT 1").execute(db.pool()).await?;
+            }
+            Db::Postgres(db) => {
+                sqlx::query("SELECT 1").execute(db.pool()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every migration this binary carries has been applied (a
+    /// newer binary started against an older database that it could not
+    /// migrate, or an older one against a newer database, shows here).
+    pub async fn migration_state(&self) -> Result<MigrationState> {
+        match self {
+            Db::Sqlite(db) => Ok(MigrationState {
+                applied: sqlx::query_scalar(MIGRATIONS).fetch_one(db.pool()).await?,
+                latest: latest_embedded(&sqlx::migrate!("migrations/sqlite")),
+            }),
+            Db::Postgres(db) => Ok(MigrationState {
+                applied: sqlx::query_scalar(MIGRATIONS).fetch_one(db.pool()).await?,
+                latest: latest_embedded(&sqlx::migrate!("migrations/postgres")),
+            }),
+        }
+    }
+
+    /// The database's part of `/metrics`; `last_as_of` is the last
+    /// completed run's date (its events and notices are counted).
+    pub async fn metrics(&self, last_as_of: Option<NaiveDate>) -> Result<DbMetrics> {
+        let mut m = DbMetrics::default();
+        match self {
+            Db::Sqlite(db) => {
+                let pool = db.pool();
+                m.runs = labelled_runs(&sqlx::query(RUNS).fetch_all(pool).await?)?;
+                m.backlog = labelled(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
+                m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
+                if let Some(as_of) = last_as_of {
+                    m.last_run_events = labelled(
+                        &sqlx::query(EVENTS_SQLITE)
+                            .bind(as_of)
+                            .fetch_all(pool)
+                            .await?,
+                    )?;
+                    m.last_run_notices = labelled(
+                        &sqlx::query(NOTICES_SQLITE)
+                            .bind(as_of)
+                            .fetch_all(pool)
+                            .await?,
+                    )?;
+                }
+            }
+            Db::Postgres(db) => {
+                let pool = db.pool();
+                m.runs = labelled_runs(&sqlx::query(RUNS).fetch_all(pool).await?)?;
+                m.backlog = labelled(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
+                m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
+                if let Some(as_of) = last_as_of {
+                    m.last_run_events =
+                        labelled(&sqlx::query(EVENTS_PG).bind(as_of).fetch_all(pool).await?)?;
+                    m.last_run_notices =
+                        labelled(&sqlx::query(NOTICES_PG).bind(as_of).fetch_all(pool).await?)?;
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Permits a run for a date with window end `to` looks at (active or
+    /// suspended, `valid_until <= to`): the total of the run's progress bar.
+    /// A scan of the register on SQLite: only for a run on a terminal.
+    pub async fn count_run_candidates(&self, to: NaiveDate) -> Result<u64> {
+        let n: i64 = match self {
+            Db::Sqlite(db) => {
+                sqlx::query_scalar(CANDIDATES_SQLITE)
+                    .bind(to)
+                    .fetch_one(db.pool())
+                    .await?
+            }
+            Db::Postgres(db) => {
+                sqlx::query_scalar(CANDIDATES_PG)
+                    .bind(to)
+                    .fetch_one(db.pool())
+                    .await?
+            }
+        };
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// `runs` grouped by status has no second label.
+fn labelled_runs<R: Row>(rows: &[R]) -> Result<Vec<LabelledCount>>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|r| {
+            Ok(LabelledCount {
+                a: r.try_get(0)?,
+                b: String::new(),
+                count: r.try_get(1)?,
+            })
+        })
+        .collect()
+}
