@@ -130,9 +130,14 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             print!("{}", crate::outbox::delivery::report(&outcome?));
             Ok(())
         }
-        Command::Daemon { now } => {
+        Command::Daemon { now, check } => {
             let now = now.as_deref().map(parse_now).transpose()?;
-            crate::daemon::serve(settings, crate::daemon::DaemonOptions { now }).await
+            let opts = crate::daemon::DaemonOptions { now, check };
+            if check {
+                print!("{}", crate::daemon::check(&settings, &opts).await?);
+                return Ok(());
+            }
+            crate::daemon::serve(settings, opts).await
         }
         Command::Export {
             what,

@@ -123,6 +123,12 @@ pub enum Command {
         /// advancing in real time: for tests and rehearsals of catch-up.
         #[arg(long, value_name = "RFC3339", hide = true)]
         now: Option<String>,
+        /// Check the configuration and the database, print what a start
+        /// now would run (catch-up included), and exit: 0 if the daemon
+        /// would start, 2 on a configuration error, 1 if the database is
+        /// unreachable.
+        #[arg(long)]
+        check: bool,
     },
     /// Write a consistent synthetic data set (four feeds, real Shanghai
     /// streets), deterministic by seed: the sample data and benchmarks.

@@ -49,6 +49,96 @@ pub struct DaemonOptions {
     /// time): business dates, readiness and quiet hours follow it. For
     /// tests and rehearsals; the schedule's ticks still come in real time.
     pub now: Option<DateTime<Utc>>,
+    /// Check the configuration and the database, say what a start would
+    /// run, and exit ([`check`]).
+    pub check: bool,
+}
+
+/// `autosign daemon --check`: everything the daemon checks at start-up
+/// (configuration, channels, database and migrations) and what it would
+/// run now, without binding the health address (a running daemon holds
+/// it) or running anything. The report is for stdout.
+pub async fn check(settings: &Settings, opts: &DaemonOptions) -> Result<String> {
+    use std::fmt::Write as _;
+    let tz = settings.tz();
+    let d = &settings.daemon;
+    let schedule = Schedule::parse(&d.schedule, tz)
+        .map_err(|why| Error::Config(format!("configuration key daemon.schedule: {why}")))?;
+    let clock = opts.now.map_or_else(Clock::system, Clock::starting_at);
+    Notices::from_settings(settings)?;
+    let channels = Channels::from_settings(settings)?;
+    let channel_state = format!(
+        "sms {}, email {}",
+        if channels.sms.is_some() {
+            "configured"
+        } else {
+            "not configured"
+        },
+        if channels.email.is_some() {
+            "configured"
+        } else {
+            "not configured"
+        }
+    );
+    channels.shutdown().await;
+    let db = Db::connect(&settings.effective_database_url()).await?;
+    let migrations = db.migration_state().await?;
+    let last = db.latest_completed_run().await?;
+    let now = clock.now();
+    let mut out = String::new();
+    let _ = writeln!(out, "configuration: ok ({channel_state})");
+    let _ = writeln!(
+        out,
+        "database: ok, migrations at version {} of {}",
+        migrations.applied, migrations.latest
+    );
+    let _ = writeln!(
+        out,
+        "schedule: {:?} in {tz}; next tick {}",
+        schedule.as_str(),
+        rfc3339(schedule.next(now))
+    );
+    let _ = writeln!(
+        out,
+        "health endpoint: {}",
+        if d.health_addr.trim().is_empty() {
+            "none"
+        } else {
+            d.health_addr.trim()
+        }
+    );
+    match &last {
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "last completed run: as_of {} (run {})",
+                r.as_of, r.run_id
+            );
+        }
+        None => {
+            let _ = writeln!(out, "last completed run: none");
+        }
+    }
+    let Some(due) = schedule.due_date(now) else {
+        let _ = writeln!(out, "a start now would run nothing: no tick has come yet");
+        return Ok(out);
+    };
+    let line = match plan(last.as_ref().map(|r| r.as_of), due, d.max_catch_up_days) {
+        Plan::UpToDate { .. } => format!("a start now would run nothing: up to date (due {due})"),
+        Plan::Run { as_of, behind } => {
+            let dates: Vec<String> = (0..behind)
+                .filter_map(|i| as_of.checked_add_signed(chrono::Duration::days(i)))
+                .map(|d| d.to_string())
+                .collect();
+            format!("a start now would run: {}", dates.join(", "))
+        }
+        Plan::TooFarBehind { behind, .. } => format!(
+            "a start now would refuse to catch up: {behind} dates due (through {due}), more than daemon.max_catch_up_days = {}",
+            d.max_catch_up_days
+        ),
+    };
+    let _ = writeln!(out, "{line}");
+    Ok(out)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Configuration errors (bad

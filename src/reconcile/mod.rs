@@ -53,8 +53,16 @@ async fn progress_bar(db: &Db, settings: &Settings, as_of: NaiveDate) -> indicat
     let bar = indicatif::ProgressBar::new(db.count_run_candidates(to).await.unwrap_or(0));
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{msg} {wide_bar} {pos}/{len} permits {per_sec} eta {eta}",
+            "{msg} {wide_bar} {pos}/{len} permits {rate} eta {eta}",
         )
+        .map(|style| {
+            style.with_key(
+                "rate",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", s.per_sec());
+                },
+            )
+        })
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(format!("run {as_of}"));

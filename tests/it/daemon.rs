@@ -354,6 +354,15 @@ dbtest!(
         env.ok(&["run", "--as-of", "2026-11-01"]);
         // Started on 11-04 at 10:00, after that day's 02:00 tick: 11-02,
         // 11-03 and 11-04 are due.
+        let check = env.ok(&["daemon", "--check", "--now", "2026-11-04T10:00:00+08:00"]);
+        assert!(
+            check.contains("a start now would run: 2026-11-02, 2026-11-03, 2026-11-04"),
+            "{check}"
+        );
+        assert!(
+            check.contains("last completed run: as_of 2026-11-01 (run 1)"),
+            "{check}"
+        );
         let mut d = Daemon::start(&env, "2026-11-04T10:00:00+08:00", &[]);
         d.wait_for("up to date: nothing to run", 1);
         let (ready, body) = d.get("/readyz");
@@ -412,6 +421,13 @@ dbtest!(
     |env| {
         import_day1(&env);
         env.ok(&["run", "--as-of", "2026-10-20"]);
+        let check = env.ok(&["daemon", "--check", "--now", "2026-11-01T10:00:00+08:00"]);
+        assert!(
+            check.contains(
+                "a start now would refuse to catch up: 12 dates due (through 2026-11-01)"
+            ),
+            "{check}"
+        );
         let mut d = Daemon::start(
             &env,
             "2026-11-01T10:00:00+08:00",
