@@ -152,7 +152,6 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
     let clock = opts.now.map_or_else(Clock::system, Clock::starting_at);
     let notices = Notices::from_settings(&settings)?;
     let channels = Channels::from_settings(&settings)?;
-    let mut signals = Signals::install()?;
     let listener = match d.health_addr.trim() {
         "" => None,
         addr => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -162,6 +161,9 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
         })?),
     };
     let db = Db::connect(&settings.effective_database_url()).await?;
+    // From here on SIGTERM and SIGINT are ours; before, they end the
+    // process as usual (nothing has started that needs stopping).
+    let mut signals = Signals::install()?;
     // Bars would interleave with the daemon's log lines.
     reconcile::show_progress(false);
 
@@ -227,14 +229,17 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
         busy = metrics.is_busy(),
         "shutting down: no new run or send; waiting for the work in flight"
     );
-    if let Err(e) = scheduler.shutdown().await {
-        tracing::debug!(error = ?e, "scheduler shutdown");
+    match tokio::time::timeout(Duration::from_secs(2), scheduler.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = ?e, "scheduler shutdown"),
+        Err(_) => tracing::debug!("scheduler shutdown timed out"),
     }
     let drain = async {
         (&mut running).await;
         let _ = worker.await;
     };
     let abandoned = tokio::select! {
+        biased;
         () = drain => {
             tracing::info!("stopped cleanly");
             false

@@ -878,16 +878,17 @@ dbtest!(the_delivery_worker_sends_beside_the_runs, |env| {
             .all(|r| !field(r, "to").contains("1380013800")),
         "recipients masked: {failed:?}"
     );
-    let (_, page) = d.get("/metrics");
+    // The log line comes just before the outcome is recorded: poll.
+    let series = "autosign_notices_backlog{status=\"failed\",channel=\"sms\"}";
+    let start = Instant::now();
+    loop {
+        let (_, page) = d.get("/metrics");
+        if sample(&page, series).unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{page}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let end = d.stop(Duration::from_secs(20));
     assert_eq!(end.code, 0, "{}", end.stderr);
-    assert!(
-        sample(
-            &page,
-            "autosign_notices_backlog{status=\"failed\",channel=\"sms\"}"
-        )
-        .unwrap_or(0.0)
-            >= 1.0,
-        "{page}"
-    );
 });
