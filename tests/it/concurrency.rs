@@ -362,10 +362,7 @@ fn a_process_that_lost_its_lock_session_is_fenced_off_by_the_one_that_took_over(
 /// small batches of the same outbox as fast as they can. Every notice is
 /// claimed exactly once (`FOR UPDATE SKIP LOCKED`; without the row locks
 /// two workers would take the same rows from one snapshot).
-///
-/// This drives the PostgreSQL claim statement directly (`PgDb`): the
-/// `autosign deliver` command reaches it once the outbox dispatch routes
-/// PostgreSQL to it.
+/// (Sending itself is tests/it/deliver.rs's business; this is the claim.)
 #[test]
 fn delivery_workers_never_claim_the_same_notice() {
     let Some(env) = Env::try_new(Backend::Postgres) else {
@@ -387,11 +384,7 @@ fn delivery_workers_never_claim_the_same_notice() {
                     .build()
                     .expect("runtime");
                 rt.block_on(async {
-                    let autosign::db::Db::Postgres(db) =
-                        autosign::db::Db::connect(&url).await.expect("connect")
-                    else {
-                        panic!("a PostgreSQL URL")
-                    };
+                    let db = autosign::db::Db::connect(&url).await.expect("connect");
                     let mut mine = Vec::new();
                     loop {
                         let batch = db
