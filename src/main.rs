@@ -14,6 +14,15 @@ use autosign::{app, cli::Cli, settings::Settings, telemetry};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // `autosign export … --out - | head` must end quietly like any Unix
+    // tool, not panic on a closed pipe: restore the default SIGPIPE action
+    // (Rust ignores it, turning every later write into an error).
+    #[cfg(unix)]
+    // SAFETY: called first thing, before any thread exists; SIG_DFL is a
+    // valid action for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // clap prints usage errors itself and exits 2 (help and version: 0).
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {

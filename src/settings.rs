@@ -476,8 +476,9 @@ fn apply_env(base: &mut toml::Table, var: &str, raw: &str) -> Result<(), Error> 
     let Some(rest) = var.strip_prefix("AUTOSIGN_") else {
         return Ok(());
     };
-    // Variables that are not settings (used by tests and tooling).
-    if rest.starts_with("TEST_") {
+    // Variables that are not settings: the config file's own path (read by
+    // the command line) and test hooks.
+    if rest == "CONFIG" || rest.starts_with("TEST_") {
         return Ok(());
     }
     let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
@@ -564,6 +565,15 @@ mod tests {
             Settings::load_with_env(None, &env(&[("AUTOSIGN_RULES__WINDOW", "20")])).unwrap_err();
         assert!(err.to_string().contains("rules.window"), "{err}");
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn the_config_path_variable_is_not_a_setting() {
+        let s = Settings::load_with_env(
+            None,
+            &env(&[("AUTOSIGN_CONFIG", "/etc/autosign/autosign.toml")]),
+        );
+        assert!(s.is_ok(), "{:?}", s.err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 pub use parse::Feed;
 pub use reader::Encoding;
@@ -83,70 +84,82 @@ pub async fn import_file(
         return Ok(ImportOutcome::AlreadyImported(done));
     }
     let span = tracing::info_span!("import", feed = feed.name(), file = %shown);
+    let report = async {
+        match feed {
+            Feed::Permits => {
+                run_import(
+                    db,
+                    feed,
+                    path,
+                    &sha,
+                    opts,
+                    RowParser {
+                        parse: parse::permit,
+                        settle: None,
+                    },
+                    PermitsWriter::default(),
+                )
+                .await
+            }
+            Feed::Residence => {
+                run_import(
+                    db,
+                    feed,
+                    path,
+                    &sha,
+                    opts,
+                    RowParser {
+                        parse: parse::residence,
+                        settle: Some(Settle {
+                            key_of: <crate::db::ResidenceRow as Keyed>::key,
+                            seen: HashMap::new(),
+                        }),
+                    },
+                    KeyedWriter::default(),
+                )
+                .await
+            }
+            Feed::SocialInsurance => {
+                run_import(
+                    db,
+                    feed,
+                    path,
+                    &sha,
+                    opts,
+                    RowParser {
+                        parse: parse::social_insurance,
+                        settle: Some(Settle {
+                            key_of: <crate::db::SocialInsuranceRow as Keyed>::key,
+                            seen: HashMap::new(),
+                        }),
+                    },
+                    KeyedWriter::default(),
+                )
+                .await
+            }
+            Feed::CivilStatus => {
+                run_import(
+                    db,
+                    feed,
+                    path,
+                    &sha,
+                    opts,
+                    RowParser {
+                        parse: parse::civil_status,
+                        settle: Some(Settle {
+                            key_of: <crate::db::CivilStatusRow as Keyed>::key,
+                            seen: HashMap::new(),
+                        }),
+                    },
+                    KeyedWriter::default(),
+                )
+                .await
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await?;
     let _enter = span.enter();
-    let report = match feed {
-        Feed::Permits => {
-            run_import(
-                db,
-                feed,
-                path,
-                &sha,
-                opts,
-                parse::permit,
-                None,
-                PermitsWriter::default(),
-            )
-            .await
-        }
-        Feed::Residence => {
-            run_import(
-                db,
-                feed,
-                path,
-                &sha,
-                opts,
-                parse::residence,
-                Some(Settle {
-                    key_of: <crate::db::ResidenceRow as Keyed>::key,
-                    seen: HashMap::new(),
-                }),
-                KeyedWriter::default(),
-            )
-            .await
-        }
-        Feed::SocialInsurance => {
-            run_import(
-                db,
-                feed,
-                path,
-                &sha,
-                opts,
-                parse::social_insurance,
-                Some(Settle {
-                    key_of: <crate::db::SocialInsuranceRow as Keyed>::key,
-                    seen: HashMap::new(),
-                }),
-                KeyedWriter::default(),
-            )
-            .await
-        }
-        Feed::CivilStatus => {
-            run_import(
-                db,
-                feed,
-                path,
-                &sha,
-                opts,
-                parse::civil_status,
-                Some(Settle {
-                    key_of: <crate::db::CivilStatusRow as Keyed>::key,
-                    seen: HashMap::new(),
-                }),
-                KeyedWriter::default(),
-            )
-            .await
-        }
-    }?;
     tracing::info!(
         rows_read = report.counts.rows_read,
         rows_imported = report.counts.rows_imported,
@@ -228,17 +241,23 @@ impl<T> Settle<T> {
 
 type ParseFn<T> = fn(&Fields) -> Result<Parsed<T>, String>;
 
+/// How a feed's records become rows on the parser thread: the row parser,
+/// and for keyed feeds the settling of R2 there too.
+struct RowParser<T> {
+    parse: ParseFn<T>,
+    settle: Option<Settle<T>>,
+}
+
 /// Reads `path` on the calling (blocking) thread and sends batches.
 fn parse_file<T: Send + 'static>(
     feed: Feed,
     path: PathBuf,
-    encoding: Encoding,
-    batch_rows: usize,
-    progress: bool,
-    parse: ParseFn<T>,
-    mut settle: Option<Settle<T>>,
+    opts: ImportOptions,
+    parser: RowParser<T>,
     tx: mpsc::Sender<Msg<T>>,
 ) {
+    let (encoding, batch_rows, progress) = (opts.encoding, opts.batch_rows, opts.progress);
+    let RowParser { parse, mut settle } = parser;
     let send = |batch: Vec<Item<T>>, settle: &mut Option<Settle<T>>| {
         let msg = match settle {
             Some(s) => Msg::Ready(s.settle(batch)),
@@ -454,8 +473,7 @@ async fn run_import<T, W>(
     path: &Path,
     sha: &str,
     opts: &ImportOptions,
-    parse: ParseFn<T>,
-    settle: Option<Settle<T>>,
+    parser: RowParser<T>,
     mut writer: W,
 ) -> Result<ImportReport>
 where
@@ -464,15 +482,8 @@ where
 {
     let shown = path.display().to_string();
     let (sender, mut receiver) = mpsc::channel::<Msg<T>>(4);
-    let (p, enc, rows, progress) = (
-        path.to_path_buf(),
-        opts.encoding,
-        opts.batch_rows,
-        opts.progress,
-    );
-    let parser = tokio::task::spawn_blocking(move || {
-        parse_file(feed, p, enc, rows, progress, parse, settle, sender)
-    });
+    let (p, o) = (path.to_path_buf(), opts.clone());
+    let parser = tokio::task::spawn_blocking(move || parse_file(feed, p, o, parser, sender));
 
     let mut tx = db.begin_import(feed.name(), &shown, sha).await?;
     let mut tally = Tally {
@@ -493,7 +504,9 @@ where
             Msg::Header(h) => tally.header = h,
             Msg::Batch(items) => {
                 tally.counts.rows_read += items.len() as u64;
-                if let Err(e) = writer.write(&mut tx, items, &mut tally).await {
+                let result = writer.write(&mut tx, items, &mut tally).await;
+                crate::faults::point("import.batch_written");
+                if let Err(e) = result {
                     drop(receiver);
                     let _ = tx.rollback().await;
                     let _ = parser.await;
@@ -516,6 +529,7 @@ where
                     Ok(()) => writer.write_ready(&mut tx, batch.rows).await,
                     Err(e) => Err(e),
                 };
+                crate::faults::point("import.batch_written");
                 if let Err(e) = result {
                     drop(receiver);
                     let _ = tx.rollback().await;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{Duration, NaiveDate};
+use tracing::Instrument;
 
 use crate::db::{Db, EvidenceBounds, NewEvent, PermitRow, RunBatch, RunCount, RunRecord, RunTx};
 use crate::domain::{
@@ -111,10 +112,27 @@ pub async fn run(
     }
     let inbox = import_inbox(db, settings).await?;
     let bar = progress_bar(db, settings, as_of).await;
-    let mut tx = db.begin_run(as_of, &crate::clock::now_rfc3339()).await?;
+    let tx = db.begin_run(as_of, &crate::clock::now_rfc3339()).await?;
     let run = tx.run().clone();
     let span = tracing::info_span!("run", run_id = run.run_id, %as_of);
-    let _enter = span.enter();
+    decide(db, settings, notices, as_of, tx, run, inbox, bar)
+        .instrument(span)
+        .await
+}
+
+/// The run proper, inside its span (`.instrument`, not a guard held across
+/// awaits, so the future stays `Send` and the span is exact).
+#[allow(clippy::too_many_arguments)]
+async fn decide(
+    db: &Db,
+    settings: &Settings,
+    notices: &Notices,
+    as_of: NaiveDate,
+    mut tx: RunTx,
+    run: RunRecord,
+    inbox: Vec<(PathBuf, ImportOutcome)>,
+    bar: indicatif::ProgressBar,
+) -> Result<RunOutcome> {
     if run.attempts > 1 {
         tracing::warn!(
             attempt = run.attempts,

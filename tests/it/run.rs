@@ -205,32 +205,70 @@ dbtest!(
     }
 );
 
+/// Runs autosign with a crash point armed (`AUTOSIGN_TEST_FAULT`); the
+/// process must die there.
+fn crash(env: &Env, point: &str, args: &[&str]) {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_autosign"));
+    c.args(args)
+        .current_dir(env.dir.path())
+        .env("AUTOSIGN_DATABASE_URL", &env.db_url)
+        .env("AUTOSIGN_DATA_DIR", env.path("data"))
+        .env("AUTOSIGN_LOG__LEVEL", "error")
+        .env("AUTOSIGN_TEST_FAULT", point);
+    for (k, v) in &env.env {
+        c.env(k, v);
+    }
+    let o = c.output().expect("spawn");
+    assert!(
+        !o.status.success(),
+        "the fault at {point} must kill {args:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("fault injected"),
+        "{point} was not reached"
+    );
+}
+
 dbtest!(
-    a_run_killed_mid_way_is_completed_by_the_rerun_with_nothing_doubled,
-    |env| {
-        let reference = Env::new(crate::helpers::Backend::Sqlite);
-        import_day(&reference, "day1");
-        reference.ok(&["run", "--as-of", "2026-11-01"]);
+    imports_and_runs_killed_mid_way_are_completed_by_the_rerun_with_nothing_doubled,
+    |mut env| {
+        // 12,000 permits: several import batches and two run pages (the
+        // run reads 2,000 candidates a page).
+        env.set("AUTOSIGN_IMPORT__BATCH_ROWS", "1000");
+        let mut reference = Env::new(crate::helpers::Backend::Sqlite);
+        reference.set("AUTOSIGN_IMPORT__BATCH_ROWS", "1000");
+        for e in [&mut env, &mut reference] {
+            e.ok(&[
+                "generate",
+                "--permits",
+                "12000",
+                "--seed",
+                "7",
+                "--as-of",
+                "2026-11-27",
+                "--out",
+                "inbox",
+            ]);
+            e.set("AUTOSIGN_INBOX__DIR", "inbox");
+        }
+        reference.ok(&["run", "--as-of", "2026-11-27"]);
         let want_audit = normalise_timestamps(&reference.audit("2026-01-01", "2027-12-31"), TS);
         let want_notices =
             normalise_timestamps(&reference.notifications("2026-01-01", "2027-12-31"), TS);
 
-        import_day(&env, "day1");
+        let run = ["run", "--as-of", "2026-11-27"];
+        // Killed inside the inbox import (after its second batch), then
+        // inside the run (after its first and second page), then just before
+        // the run commits: every attempt leaves nothing the next one trips on.
         for point in [
+            "import.batch_written@2",
             "run.page_written@1",
             "run.page_written@2",
             "run.before_complete",
         ] {
-            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_autosign"));
-            c.args(["run", "--as-of", "2026-11-01"])
-                .current_dir(env.dir.path())
-                .env("AUTOSIGN_DATABASE_URL", &env.db_url)
-                .env("AUTOSIGN_DATA_DIR", env.path("data"))
-                .env("AUTOSIGN_TEST_FAULT", point);
-            let status = c.output().expect("spawn").status;
-            assert!(!status.success(), "the fault at {point} must kill the run");
+            crash(&env, point, &run);
         }
-        let out = env.ok(&["run", "--as-of", "2026-11-01"]);
+        let out = env.ok(&run);
         assert!(out.contains("completed"), "{out}");
         assert_eq!(
             normalise_timestamps(&env.audit("2026-01-01", "2027-12-31"), TS),
@@ -239,6 +277,10 @@ dbtest!(
         assert_eq!(
             normalise_timestamps(&env.notifications("2026-01-01", "2027-12-31"), TS),
             want_notices
+        );
+        assert!(
+            rows(&want_audit).len() > 1000,
+            "a realistic number of decisions"
         );
     }
 );
