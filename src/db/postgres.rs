@@ -54,7 +54,8 @@ const ANALYZE_AFTER_ROWS: u64 = 10_000;
 #[derive(Clone)]
 pub struct PgDb {
     pool: PgPool,
-    options: PgConnectOptions,
+    /// For the job lock's own session (boxed: `Db` stays small).
+    options: Box<PgConnectOptions>,
 }
 
 /// The job lock: a session holding `pg_advisory_lock(JOB_LOCK_KEY)`.
@@ -96,7 +97,10 @@ impl PgDb {
         // sqlx takes an advisory lock of its own around migrations, so
         // instances starting together apply them once.
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(PgDb { pool, options })
+        Ok(PgDb {
+            pool,
+            options: Box::new(options),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -112,8 +116,7 @@ impl PgDb {
     }
 
     pub async fn lock_jobs(&self, on_wait: impl FnOnce()) -> Result<JobLock> {
-        let mut conn = self
-            .options
+        let mut conn = (*self.options)
             .clone()
             .application_name("autosign-lock")
             .connect()

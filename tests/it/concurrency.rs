@@ -218,7 +218,7 @@ fn run_until_a_page_is_in_flight(env: &Env, delay_ms: &str) -> std::process::Chi
         &[("AUTOSIGN_TEST_PG_PAGE_DELAY_MS", delay_ms)],
     );
     wait_for(
-        &env,
+        env,
         "a committed page",
         "SELECT count(*) FROM events",
         |v| v.parse::<i64>().unwrap_or(0) > 0,
