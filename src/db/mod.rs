@@ -275,7 +275,12 @@ impl RunTx {
     /// The run's candidates, one page at a time in `permit_no` order after
     /// `after`: active or suspended permits with `valid_until <= to` (R3,
     /// R4), each with whether its cycle already has a final decision (C8).
-    pub async fn candidates(&mut self, to: NaiveDate, after: Option<&str>, limit: u32) -> Result<Vec<Candidate>> {
+    pub async fn candidates(
+        &mut self,
+        to: NaiveDate,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Candidate>> {
         match self {
             RunTx::Sqlite(t) => t.candidates(to, after, limit).await,
             RunTx::Postgres(t) => t.candidates(to, after, limit).await,
