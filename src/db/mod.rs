@@ -258,7 +258,9 @@ impl ImportTx {
 
 /// A run's transaction. On SQLite the whole run is one write transaction:
 /// it sees its own writes, nobody else's, and commits with the run marked
-/// completed — or not at all.
+/// completed — or not at all. On PostgreSQL each page commits on its own,
+/// checked by a fencing token on the `runs` row; a crashed run's committed
+/// pages stay (they are final) and the next run resumes with the rest.
 pub enum RunTx {
     Sqlite(sqlite::SqliteRunTx),
     Postgres(postgres::PgRunTx),

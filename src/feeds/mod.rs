@@ -355,6 +355,11 @@ fn parse_file<T: Send + 'static>(
                 raw.len(),
                 map.width
             ))
+        } else if let Some(i) = raw.iter().position(|f| f.contains('\0')) {
+            // A NUL is never data (PostgreSQL cannot even store it): a
+            // truncated or binary-corrupted record.
+            let name = header_name(map, columns, i);
+            Err(format!("NUL_CHARACTER: field {name} contains a NUL byte"))
         } else {
             let values = map
                 .positions
@@ -378,6 +383,15 @@ fn parse_file<T: Send + 'static>(
     if !batch.is_empty() {
         let _ = send(batch, &mut settle);
     }
+}
+
+/// The expected column at record position `i`, or `#n` for an unknown one.
+fn header_name(map: &reader::HeaderMap, columns: &[(&str, bool)], i: usize) -> String {
+    map.positions
+        .iter()
+        .position(|p| *p == Some(i))
+        .map(|c| columns[c].0.to_string())
+        .unwrap_or_else(|| format!("#{}", i + 1))
 }
 
 fn csv_error_message(e: &csv::Error) -> String {

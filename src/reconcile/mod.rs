@@ -6,6 +6,9 @@
 //! events, notices, permit changes and the `completed` mark — is one
 //! transaction, read and written in pages of permits: a run killed at any
 //! point leaves nothing, and the next run for that `as_of` does it all.
+//! On PostgreSQL each page commits on its own (several instances share the
+//! database; docs/scale-out.md): a crash leaves the committed pages, which
+//! are final, and the next run resumes with the rest.
 //! The queries exclude decided cycles by themselves (AUTO_SIGNED moved
 //! `valid_until`, a lifecycle step changed `status`, VISIT_CENTER closed the
 //! cycle) and unique keys on events and notices make a double write

@@ -378,3 +378,27 @@ dbtest!(feed_rows_validate_and_replace_by_key_r2, |env| {
     let f = env.write("civ.csv", format!("id_number,marital_status\n{a},丧偶\n"));
     assert!(env.import("civil-status", &f).contains("1 imported"));
 });
+
+dbtest!(a_nul_byte_rejects_the_row_on_every_backend_r2, |mut env| {
+    env.set("AUTOSIGN_IMPORT__MAX_REJECT_RATIO", "0.5");
+    let a = id("19850315", 1);
+    let b = id("19850315", 2);
+    let f = env.write(
+        "civ.csv",
+        format!("id_number,marital_status\n{a},single\n{b},mar\0ried\n"),
+    );
+    let out = env.ok(&[
+        "import",
+        "civil-status",
+        &f.display().to_string(),
+        "--rejects",
+        "rj.csv",
+    ]);
+    assert!(out.contains("2 rows read, 1 imported, 1 rejected"), "{out}");
+    let rj = rows(&env.read("rj.csv"));
+    assert_eq!(rj[1][0], "3");
+    assert!(
+        rj[1][1].starts_with("NUL_CHARACTER: field marital_status"),
+        "{rj:?}"
+    );
+});
