@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
-const TS: &[&str] = &["decided_at", "created_at", "sent_at", "next_attempt_at"];
 const AS_OF: &str = "2026-11-27";
 
 /// The job lock's advisory key ("autosign"), as pg_locks shows it.

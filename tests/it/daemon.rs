@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
-const TS: &[&str] = &["decided_at", "created_at", "sent_at", "next_attempt_at"];
-
 /// A daemon started in the background, its stderr (JSON log lines)
 /// collected as it comes.
 struct Daemon {
@@ -255,14 +253,7 @@ fn ledger(env: &Env) -> Vec<String> {
 }
 
 fn import_day1(env: &Env) {
-    for (feed, file) in [
-        ("permits", "permits.csv"),
-        ("residence", "residence.csv"),
-        ("social-insurance", "social_insurance.csv"),
-        ("civil-status", "civil_status.csv"),
-    ] {
-        env.import(feed, &fixture(&format!("multi_day/day1/{file}")));
-    }
+    import_day(env, "day1");
 }
 
 fn exports(env: &Env) -> (String, String) {

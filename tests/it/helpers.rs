@@ -429,3 +429,22 @@ pub fn rows(csv_text: &str) -> Vec<Vec<String>> {
         .map(|r| r.expect("csv").iter().map(str::to_string).collect())
         .collect()
 }
+
+/// Timestamp columns of the exports, normalised before comparing.
+pub const TS: &[&str] = &["decided_at", "created_at", "sent_at", "next_attempt_at"];
+
+/// Imports the files of one day of the multi_day fixture that exist, the
+/// register first.
+pub fn import_day(env: &Env, day: &str) {
+    for (feed, file) in [
+        ("permits", "permits.csv"),
+        ("residence", "residence.csv"),
+        ("social-insurance", "social_insurance.csv"),
+        ("civil-status", "civil_status.csv"),
+    ] {
+        let p = fixture(&format!("multi_day/{day}/{file}"));
+        if p.exists() {
+            env.import(feed, &p);
+        }
+    }
+}

@@ -4,25 +4,9 @@
 
 use crate::helpers::*;
 
-const TS: &[&str] = &["decided_at", "created_at", "sent_at", "next_attempt_at"];
-
 /// A PostgreSQL world, or `None` where [`Env::try_new`] skips.
 fn pg() -> Option<Env> {
     Env::try_new(Backend::Postgres)
-}
-
-fn import_day(env: &Env, day: &str) {
-    for (feed, file) in [
-        ("permits", "permits.csv"),
-        ("residence", "residence.csv"),
-        ("social-insurance", "social_insurance.csv"),
-        ("civil-status", "civil_status.csv"),
-    ] {
-        let p = fixture(&format!("multi_day/{day}/{file}"));
-        if p.exists() {
-            env.import(feed, &p);
-        }
-    }
 }
 
 /// Everything a run leaves for people to read: both exports over all

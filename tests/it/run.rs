@@ -3,22 +3,6 @@
 
 use crate::helpers::*;
 
-const TS: &[&str] = &["decided_at", "created_at", "sent_at", "next_attempt_at"];
-
-fn import_day(env: &Env, day: &str) {
-    for (feed, file) in [
-        ("permits", "permits.csv"),
-        ("residence", "residence.csv"),
-        ("social-insurance", "social_insurance.csv"),
-        ("civil-status", "civil_status.csv"),
-    ] {
-        let p = fixture(&format!("multi_day/{day}/{file}"));
-        if p.exists() {
-            env.import(feed, &p);
-        }
-    }
-}
-
 /// The multi-day scenario of tests/fixtures/multi_day (see its README):
 /// PENDING turning into VISIT_CENTER at the deadline, SUSPENDED then
 /// CANCELLED after the grace period, a suspended permit restored by
