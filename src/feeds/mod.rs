@@ -320,11 +320,10 @@ fn parse_file<T: Send + 'static>(
             Ok(r) => r,
             Err(e) => {
                 let i = e.utf8_error().field();
-                let col = header
-                    .as_ref()
-                    .and_then(|h| h.positions.iter().position(|p| *p == Some(i)))
-                    .map(|c| columns[c].0.to_string())
-                    .unwrap_or_else(|| format!("#{}", i + 1));
+                let col = match header.as_ref() {
+                    Some(map) => header_name(map, columns, i),
+                    None => format!("#{}", i + 1),
+                };
                 let hint = if encoding == Encoding::Utf8 {
                     " (is it GB18030/GBK? try --encoding gb18030)"
                 } else {
