@@ -87,73 +87,23 @@ pub async fn import_file(
     let report = async {
         match feed {
             Feed::Permits => {
-                run_import(
-                    db,
-                    feed,
-                    path,
-                    &sha,
-                    opts,
-                    RowParser {
-                        parse: parse::permit,
-                        settle: None,
-                    },
-                    PermitsWriter::default(),
-                )
-                .await
+                let parser = RowParser {
+                    parse: parse::permit,
+                    settle: None,
+                };
+                run_import(db, feed, path, &sha, opts, parser, PermitsWriter::default()).await
             }
             Feed::Residence => {
-                run_import(
-                    db,
-                    feed,
-                    path,
-                    &sha,
-                    opts,
-                    RowParser {
-                        parse: parse::residence,
-                        settle: Some(Settle {
-                            key_of: <crate::db::ResidenceRow as Keyed>::key,
-                            seen: HashMap::new(),
-                        }),
-                    },
-                    KeyedWriter::default(),
-                )
-                .await
+                let parser = RowParser::keyed(parse::residence);
+                run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
             }
             Feed::SocialInsurance => {
-                run_import(
-                    db,
-                    feed,
-                    path,
-                    &sha,
-                    opts,
-                    RowParser {
-                        parse: parse::social_insurance,
-                        settle: Some(Settle {
-                            key_of: <crate::db::SocialInsuranceRow as Keyed>::key,
-                            seen: HashMap::new(),
-                        }),
-                    },
-                    KeyedWriter::default(),
-                )
-                .await
+                let parser = RowParser::keyed(parse::social_insurance);
+                run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
             }
             Feed::CivilStatus => {
-                run_import(
-                    db,
-                    feed,
-                    path,
-                    &sha,
-                    opts,
-                    RowParser {
-                        parse: parse::civil_status,
-                        settle: Some(Settle {
-                            key_of: <crate::db::CivilStatusRow as Keyed>::key,
-                            seen: HashMap::new(),
-                        }),
-                    },
-                    KeyedWriter::default(),
-                )
-                .await
+                let parser = RowParser::keyed(parse::civil_status);
+                run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
             }
         }
     }
@@ -246,6 +196,19 @@ type ParseFn<T> = fn(&Fields) -> Result<Parsed<T>, String>;
 struct RowParser<T> {
     parse: ParseFn<T>,
     settle: Option<Settle<T>>,
+}
+
+impl<T: Keyed> RowParser<T> {
+    /// A feed whose rows replace by key and are settled on the parser thread.
+    fn keyed(parse: ParseFn<T>) -> Self {
+        RowParser {
+            parse,
+            settle: Some(Settle {
+                key_of: T::key,
+                seen: HashMap::new(),
+            }),
+        }
+    }
 }
 
 /// Reads `path` on the calling (blocking) thread and sends batches.
