@@ -257,21 +257,8 @@ impl SqliteDb {
         to: NaiveDate,
         each: &mut (dyn FnMut(AuditRow) -> Result<()> + Send),
     ) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        let mut failed = None;
-        with_raw(&mut conn, |c| {
-            let mut stmt = c.prepare(AUDIT_SELECT_RANGE)?;
-            let mut rows = stmt.query(rusqlite::params![from.to_string(), to.to_string()])?;
-            while let Some(r) = rows.next()? {
-                if let Err(e) = each(raw_audit_row(r)?) {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        failed.map_or(Ok(()), Err)
+        self.stream_range(AUDIT_SELECT_RANGE, from, to, raw_audit_row, each)
+            .await
     }
 
     pub async fn events_for(&self, permit_no: &str) -> Result<Vec<AuditRow>> {
@@ -288,13 +275,33 @@ impl SqliteDb {
         to: NaiveDate,
         each: &mut (dyn FnMut(NotificationRow) -> Result<()> + Send),
     ) -> Result<()> {
+        self.stream_range(
+            NOTIFICATION_SELECT_RANGE,
+            from,
+            to,
+            raw_notification_row,
+            each,
+        )
+        .await
+    }
+
+    /// Streams the rows of an export query over an `as_of` range (?1, ?2)
+    /// to `each`, stopping at the first error it returns.
+    async fn stream_range<T>(
+        &self,
+        sql: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        map: fn(&rusqlite::Row) -> rusqlite::Result<T>,
+        each: &mut (dyn FnMut(T) -> Result<()> + Send),
+    ) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
         let mut failed = None;
         with_raw(&mut conn, |c| {
-            let mut stmt = c.prepare(NOTIFICATION_SELECT_RANGE)?;
+            let mut stmt = c.prepare(sql)?;
             let mut rows = stmt.query(rusqlite::params![from.to_string(), to.to_string()])?;
             while let Some(r) = rows.next()? {
-                if let Err(e) = each(raw_notification_row(r)?) {
+                if let Err(e) = each(map(r)?) {
                     failed = Some(e);
                     break;
                 }
