@@ -15,30 +15,6 @@ const AS_OF: &str = "2026-11-27";
 const LOCK_ROWS: &str = "FROM pg_locks WHERE locktype = 'advisory' AND classid = 1635087471 \
      AND objid = 1936287598 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
 
-/// Generates a city sample of `permits` and imports its four feeds, as
-/// separate commands (so a reference world gets the same import order).
-fn load_generated(env: &Env, permits: u32) {
-    env.ok(&[
-        "generate",
-        "--permits",
-        &permits.to_string(),
-        "--seed",
-        "5",
-        "--as-of",
-        AS_OF,
-        "--out",
-        "gen",
-    ]);
-    for (feed, file) in [
-        ("permits", "permits"),
-        ("residence", "residence"),
-        ("social-insurance", "social_insurance"),
-        ("civil-status", "civil_status"),
-    ] {
-        env.import(feed, &env.path(&format!("gen/{file}/{file}.csv")));
-    }
-}
-
 fn exports(env: &Env) -> (String, String) {
     (
         normalise_timestamps(&env.audit("2000-01-01", "2099-12-31"), TS),

@@ -648,28 +648,6 @@ impl SqliteWriter {
     }
 }
 
-fn load_generated(env: &Env, permits: u32) {
-    env.ok(&[
-        "generate",
-        "--permits",
-        &permits.to_string(),
-        "--seed",
-        "5",
-        "--as-of",
-        "2026-11-27",
-        "--out",
-        "gen",
-    ]);
-    for (feed, file) in [
-        ("permits", "permits"),
-        ("residence", "residence"),
-        ("social-insurance", "social_insurance"),
-        ("civil-status", "civil_status"),
-    ] {
-        env.import(feed, &env.path(&format!("gen/{file}/{file}.csv")));
-    }
-}
-
 dbtest!(
     sigterm_during_a_run_exits_0_and_the_next_start_completes_it_without_doubles,
     |env| {

@@ -448,3 +448,27 @@ pub fn import_day(env: &Env, day: &str) {
         }
     }
 }
+
+/// Generates a city sample of `permits` (seed 5, as_of 2026-11-27) and imports its four feeds, as
+/// separate commands (so a reference world gets the same import order).
+pub fn load_generated(env: &Env, permits: u32) {
+    env.ok(&[
+        "generate",
+        "--permits",
+        &permits.to_string(),
+        "--seed",
+        "5",
+        "--as-of",
+        "2026-11-27",
+        "--out",
+        "gen",
+    ]);
+    for (feed, file) in [
+        ("permits", "permits"),
+        ("residence", "residence"),
+        ("social-insurance", "social_insurance"),
+        ("civil-status", "civil_status"),
+    ] {
+        env.import(feed, &env.path(&format!("gen/{file}/{file}.csv")));
+    }
+}
