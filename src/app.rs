@@ -100,7 +100,11 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                     unmasked: false,
                 };
                 let n = audit::export_audit(&db, &opts).await?;
-                println!("audit: {n} rows for {as_of} written to {}", path.display());
+                println!(
+                    "audit: {n} rows for {as_of} written to {} (SHA-256 in {})",
+                    path.display(),
+                    crate::fsutil::sidecar_path(&path).display()
+                );
             }
             Ok(())
         }
@@ -164,8 +168,22 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                 ExportKind::Notifications => audit::export_notifications(&db, &opts).await?,
             };
             if let Some(out) = out {
-                eprintln!("autosign: {n} rows written to {}", out.display());
+                eprintln!(
+                    "autosign: {n} rows written to {} (SHA-256 in {})",
+                    out.display(),
+                    crate::fsutil::sidecar_path(&out).display()
+                );
             }
+            Ok(())
+        }
+        Command::Purge { dry_run, now } => {
+            let now = match now {
+                Some(t) => parse_now(&t)?,
+                None => chrono::Utc::now(),
+            };
+            let db = Db::connect(&settings.effective_database_url()).await?;
+            let report = crate::purge::purge(&db, &settings, now, dry_run).await?;
+            print!("{}", crate::purge::render(&report));
             Ok(())
         }
         Command::Status { permit_no, json } => {

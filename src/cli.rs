@@ -130,6 +130,21 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Remove personal data past [retention] (issue #6, privacy): residence
+    /// visits and social-insurance months older than retention.feed_days,
+    /// civil-status rows replaced by a later row, rejects files of that
+    /// age, and the text and recipient of finished notices older than
+    /// retention.notice_days. Decisions and the audit trail are kept. One
+    /// transaction; takes the job lock.
+    Purge {
+        /// Count what would be removed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Purge as if the clock read this instant (RFC 3339): for tests
+        /// and rehearsals.
+        #[arg(long, value_name = "RFC3339", hide = true)]
+        now: Option<String>,
+    },
     /// Write a consistent synthetic data set (four feeds, real Shanghai
     /// streets), deterministic by seed: the sample data and benchmarks.
     Generate {

@@ -23,6 +23,7 @@ pub mod feeds;
 pub mod fsutil;
 pub mod generate;
 pub mod outbox;
+pub mod purge;
 pub mod reconcile;
 pub mod settings;
 pub mod status;

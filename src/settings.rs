@@ -28,6 +28,7 @@ pub struct Settings {
     pub sms: SmsSettings,
     pub email: EmailSettings,
     pub daemon: DaemonSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
 }
 
@@ -185,6 +186,14 @@ pub struct DaemonSettings {
     pub ready_max_lag_days: u32,
 }
 
+/// `autosign purge`: how long personal data is kept (docs/operations.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    pub feed_days: u32,
+    pub notice_days: u32,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -271,6 +280,29 @@ impl Settings {
         }
         self.validate_delivery()?;
         self.validate_daemon()?;
+        self.validate_retention()?;
+        Ok(())
+    }
+
+    /// Retention must not reach into what a run still reads: visits back to
+    /// `window_days` before a due `valid_until`, months back to
+    /// `si_max_lag_months` before the run's month (counted as 31 days).
+    fn validate_retention(&self) -> Result<(), Error> {
+        let horizon = self
+            .rules
+            .window_days
+            .max(31 * (self.rules.si_max_lag_months + 1));
+        if self.retention.feed_days <= horizon {
+            return Err(Error::Config(format!(
+                "configuration key retention.feed_days: must be more than {horizon} days, \
+                 the evidence a run still reads (rules.window_days, rules.si_max_lag_months)"
+            )));
+        }
+        if self.retention.notice_days == 0 {
+            return Err(Error::Config(
+                "configuration key retention.notice_days: must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 

@@ -159,7 +159,9 @@ fn finish(w: csv::Writer<std::io::BufWriter<Sink>>, out: Option<&Path>) -> Resul
         .into_inner()
         .map_err(|e| Error::Runtime(anyhow::anyhow!("cannot write {shown}: {}", e.error())))?;
     match sink {
-        Sink::File(f) => f.commit(),
+        // Integrity of the audit trail (#6): every export file gets a
+        // SHA-256 sidecar.
+        Sink::File(f) => f.commit_with_sidecar().map(drop),
         Sink::Stdout(mut s) => s
             .flush()
             .map_err(|e| Error::io(format!("cannot write {shown}"), e)),

@@ -11,6 +11,7 @@ pub mod outbox;
 mod outbox_sqlite;
 mod postgres;
 mod postgres_outbox;
+pub mod retention;
 mod rows;
 mod sqlite;
 

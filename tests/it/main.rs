@@ -9,5 +9,6 @@ mod concurrency;
 mod daemon;
 mod deliver;
 mod import;
+mod ops;
 mod postgres;
 mod run;
