@@ -52,7 +52,7 @@ macro_rules! both {
 
 /// A fresh world with fast, deterministic delivery settings; `None` when
 /// PostgreSQL is unreachable outside CI.
-fn world(backend: Backend) -> Option<Env> {
+pub(crate) fn world(backend: Backend) -> Option<Env> {
     let mut env = Env::try_new(backend)?;
     env.set("NO_PROXY", "127.0.0.1,localhost");
     env.set("AUTOSIGN_DELIVERY__SMS_PER_SECOND", "0");
@@ -85,7 +85,7 @@ fn permits(env: &Env, rows: &[(&str, &str, &str)]) {
 
 /// 10:00 in Shanghai tomorrow: after every notice's creation (the run
 /// stamps them with the real clock), in the daytime.
-fn t0() -> DateTime<Utc> {
+pub(crate) fn t0() -> DateTime<Utc> {
     let tz = chrono_tz::Asia::Shanghai;
     let tomorrow = (Utc::now().with_timezone(&tz) + Days::days(1)).date_naive();
     tz.from_local_datetime(&tomorrow.and_hms_opt(10, 0, 0).expect("time"))
@@ -94,7 +94,7 @@ fn t0() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-fn at(t: DateTime<Utc>) -> String {
+pub(crate) fn at(t: DateTime<Utc>) -> String {
     t.with_timezone(&chrono_tz::Asia::Shanghai).to_rfc3339()
 }
 
@@ -143,7 +143,7 @@ fn notice<'a>(
         .unwrap_or_else(|| panic!("no notice for {permit_no}"))
 }
 
-fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
@@ -151,10 +151,10 @@ fn in_ci() -> bool {
 
 /// One request the gateway received.
 #[derive(Debug, Clone)]
-struct GwRequest {
-    phone: String,
+pub(crate) struct GwRequest {
+    pub(crate) phone: String,
     text: String,
-    key: String,
+    pub(crate) key: String,
     header_key: String,
     auth: String,
     content_type: String,
@@ -173,14 +173,14 @@ struct GwState {
 
 /// A real HTTP server on 127.0.0.1 playing an SMS gateway, one thread per
 /// connection.
-struct Gateway {
+pub(crate) struct Gateway {
     port: u16,
     state: Arc<Mutex<GwState>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Gateway {
-    fn start() -> Gateway {
+    pub(crate) fn start() -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let state = Arc::new(Mutex::new(GwState::default()));
@@ -203,12 +203,12 @@ impl Gateway {
         format!("http://127.0.0.1:{}/v1/sms", self.port)
     }
 
-    fn configure(&self, env: &mut Env) {
+    pub(crate) fn configure(&self, env: &mut Env) {
         env.set("AUTOSIGN_SMS__URL", &self.url());
         env.set("AUTOSIGN_SMS__AUTH_TOKEN", "Bearer test-token");
     }
 
-    fn requests(&self) -> Vec<GwRequest> {
+    pub(crate) fn requests(&self) -> Vec<GwRequest> {
         self.state.lock().expect("lock").requests.clone()
     }
 
@@ -299,13 +299,13 @@ fn serve(mut conn: TcpStream, state: &Mutex<GwState>) {
 // ----------------------------------------------------- the SMTP server
 
 /// aiosmtpd in a child process; killed on drop.
-struct Smtp {
+pub(crate) struct Smtp {
     child: Child,
     _stdin: ChildStdin,
     out: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -316,7 +316,7 @@ fn free_port() -> u16 {
 impl Smtp {
     /// Starts the server on `port`; `None` (test skipped, with a notice)
     /// when aiosmtpd is missing outside CI. In CI it panics instead.
-    fn start(env: &Env, port: u16, extra: &[&str]) -> Option<Smtp> {
+    pub(crate) fn start(env: &Env, port: u16, extra: &[&str]) -> Option<Smtp> {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
         let out = env.path(&format!("smtp-{port}.jsonl"));
         let python = std::env::var("AUTOSIGN_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -361,7 +361,7 @@ impl Smtp {
         })
     }
 
-    fn configure(port: u16, env: &mut Env) {
+    pub(crate) fn configure(port: u16, env: &mut Env) {
         env.set("AUTOSIGN_EMAIL__HOST", "127.0.0.1");
         env.set("AUTOSIGN_EMAIL__PORT", &port.to_string());
         env.set("AUTOSIGN_EMAIL__TLS", "none");
@@ -373,7 +373,7 @@ impl Smtp {
     }
 
     /// Every message the server accepted, as its JSON record.
-    fn messages(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn messages(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         text.lines()
             .map(|l| serde_json::from_str(l).expect("JSON line"))

@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod concurrency;
+mod crash;
 mod daemon;
 mod deliver;
 mod import;
