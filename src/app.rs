@@ -298,14 +298,14 @@ pub fn run_report(s: &RunSummary) -> String {
     let _ = writeln!(
         out,
         "    {:<14} {:>9}   (no decision yet: evidence missing, deadline not reached)",
-        "PENDING", s.pending
+        "PENDING", s.planned.pending
     );
-    if !by_reason.is_empty() || !s.pending_reasons.is_empty() {
+    if !by_reason.is_empty() || !s.planned.pending_reasons.is_empty() {
         let _ = writeln!(out, "  reasons:");
         for (k, n) in &by_reason {
             let _ = writeln!(out, "    {k:<45} {n:>9}");
         }
-        for (r, n) in &s.pending_reasons {
+        for (r, n) in &s.planned.pending_reasons {
             let _ = writeln!(out, "    {:<45} {n:>9}", format!("PENDING/{}", r.code()));
         }
     }

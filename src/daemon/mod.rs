@@ -482,7 +482,7 @@ impl Runner<'_> {
                     %as_of,
                     attempt = s.run.attempts,
                     events = s.counts.iter().map(|c| c.count).sum::<i64>(),
-                    pending = s.pending,
+                    pending = s.planned.pending,
                     inbox_files = s.inbox.len(),
                     duration_secs = elapsed.as_secs_f64(),
                     "nightly run completed"

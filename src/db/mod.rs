@@ -290,6 +290,23 @@ impl RunTx {
         }
     }
 
+    /// The due permits with an undecided cycle (R4, C8), a page at a time
+    /// in `permit_no` order after `after`: active, `from <= valid_until <=
+    /// to`, no AUTO_SIGNED or VISIT_CENTER event for (permit_no,
+    /// valid_until).
+    pub async fn due_permits(
+        &mut self,
+        from: NaiveDate,
+        to: NaiveDate,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DuePermit>> {
+        match self {
+            RunTx::Sqlite(t) => t.due_permits(from, to, after, limit).await,
+            RunTx::Postgres(t) => t.due_permits(from, to, after, limit).await,
+        }
+    }
+
     /// R5 evidence candidates for these holders within the given bounds;
     /// the rules pick the row that counts.
     pub async fn evidence(

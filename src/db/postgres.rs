@@ -1091,6 +1091,44 @@ impl PgRunTx {
             .collect()
     }
 
+    /// Same query and order as SQLite's; the decided probe as in
+    /// [`PgRunTx::candidates`].
+    pub async fn due_permits(
+        &mut self,
+        from: NaiveDate,
+        to: NaiveDate,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DuePermit>> {
+        let rows = sqlx::query(
+            "SELECT p.permit_no, p.id_number, p.valid_until, p.employer_uscc, p.si_status, p.marital_status
+             FROM permits p
+             WHERE p.permit_no > $1 AND p.status = 'active' AND p.valid_until BETWEEN $2 AND $3
+               AND (SELECT true FROM events e WHERE e.permit_no = p.permit_no
+                           AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER')
+                    LIMIT 1) IS NULL
+             ORDER BY p.permit_no LIMIT $4",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(from)
+        .bind(to)
+        .bind(i64::from(limit))
+        .fetch_all(&mut self.conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DuePermit {
+                    permit_no: r.try_get(0)?,
+                    id_number: r.try_get(1)?,
+                    valid_until: r.try_get(2)?,
+                    employer_uscc: r.try_get(3)?,
+                    si_status: r.try_get(4)?,
+                    marital_status: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
     /// One query per feed for the whole page.
     pub async fn evidence(&mut self, id_numbers: &[&str], b: &EvidenceBounds) -> Result<Evidence> {
         let mut out = Evidence::default();

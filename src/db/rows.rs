@@ -110,6 +110,28 @@ pub struct Candidate {
     pub decided: bool,
 }
 
+/// A due permit whose cycle has no final decision yet (R4, C8): its cycle
+/// and the baseline R5 compares evidence with. What the run's plan reads.
+#[derive(Clone)]
+pub struct DuePermit {
+    pub permit_no: String,
+    pub id_number: String,
+    pub valid_until: NaiveDate,
+    pub employer_uscc: String,
+    pub si_status: String,
+    pub marital_status: String,
+}
+
+impl std::fmt::Debug for DuePermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DuePermit")
+            .field("permit_no", &self.permit_no)
+            .field("id_number", &crate::domain::mask_id_str(&self.id_number))
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Bounds of the evidence a run may use (R5, C4).
 #[derive(Debug, Clone)]
 pub struct EvidenceBounds {

@@ -597,6 +597,41 @@ impl SqliteRunTx {
         .await
     }
 
+    pub async fn due_permits(
+        &mut self,
+        from: NaiveDate,
+        to: NaiveDate,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DuePermit>> {
+        let after = after.unwrap_or("");
+        with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(
+                "SELECT p.permit_no, p.id_number, p.valid_until, p.employer_uscc, p.si_status, p.marital_status
+                 FROM permits p
+                 WHERE p.permit_no > ?1 AND p.status = 'active' AND p.valid_until BETWEEN ?2 AND ?3
+                   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.permit_no = p.permit_no
+                                   AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER'))
+                 ORDER BY p.permit_no LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                rusqlite::params![after, from.to_string(), to.to_string(), limit],
+                |r| {
+                    Ok(DuePermit {
+                        permit_no: r.get(0)?,
+                        id_number: r.get(1)?,
+                        valid_until: raw_date(r, 2)?,
+                        employer_uscc: r.get(3)?,
+                        si_status: r.get(4)?,
+                        marital_status: r.get(5)?,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
     pub async fn evidence(&mut self, id_numbers: &[&str], b: &EvidenceBounds) -> Result<Evidence> {
         with_raw(&mut self.tx, |c| {
             let mut out = Evidence::default();

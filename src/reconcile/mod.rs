@@ -24,7 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{Duration, NaiveDate};
 use tracing::Instrument;
 
-use crate::db::{Db, EvidenceBounds, NewEvent, PermitRow, RunBatch, RunCount, RunRecord, RunTx};
+use crate::db::{
+    Db, DuePermit, Evidence, EvidenceBounds, NewEvent, PermitRow, RunBatch, RunCount, RunRecord,
+    RunTx,
+};
 use crate::domain::{
     EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
 };
@@ -86,8 +89,10 @@ pub struct RunSummary {
     pub inbox: Vec<(PathBuf, ImportOutcome)>,
     /// Events of the whole run (all attempts), by kind, reasons, channel.
     pub counts: Vec<RunCount>,
-    pub pending: u64,
-    pub pending_reasons: BTreeMap<Reason, u64>,
+    /// What this attempt planned (a resumed PostgreSQL run plans only the
+    /// cycles its crashed attempt left undecided). `planned.pending` is the
+    /// run's PENDING count.
+    pub planned: PlanCounts,
 }
 
 /// Runs the nightly reconciliation for `as_of`.
@@ -152,14 +157,15 @@ async fn decide(
     };
     let result = evaluate(&ctx, &mut tx).await;
     bar.finish_and_clear();
-    let (pending, pending_reasons) = match result {
-        Ok(r) => r,
+    let planned = match result {
+        Ok(plan) => plan.counts,
         Err(e) => {
             let _ = tx.rollback().await;
             return Err(e);
         }
     };
     crate::faults::point("run.before_complete");
+    let pending = planned.pending;
     tx.complete(pending, &crate::clock::now_rfc3339()).await?;
     let counts = db.run_counts(run.run_id).await?;
     let run = db.run_for(as_of).await?.unwrap_or(run);
@@ -172,8 +178,7 @@ async fn decide(
         run,
         inbox,
         counts,
-        pending,
-        pending_reasons,
+        planned,
     }))
 }
 
@@ -251,36 +256,309 @@ fn stored<T, E: std::fmt::Display>(
     parsed.map_err(|e| Error::Runtime(anyhow::anyhow!("stored {what} {value:?} is invalid: {e}")))
 }
 
-/// One pass over the register in `permit_no` order (R3–R8): each permit
-/// takes at most one lifecycle step (R3); otherwise, if due (R4) and its
-/// cycle is open, it is evaluated (R5) and decided (R6). Returns the
-/// PENDING count and its reasons.
-///
-/// One ordered pass rather than an index walk per rule: the first night
-/// after go-live touches a quarter of the register, and in key order every
-/// read and write lands next to the previous one (docs/benchmarks.md).
-async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason, u64>)> {
-    let rules = &ctx.settings.rules;
-    let as_of = ctx.as_of;
-    let to = as_of + Duration::days(i64::from(rules.window_days));
+/// A set of reasons, one bit per [`Reason`]; listed back in R5's order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ReasonSet(u8);
+
+impl ReasonSet {
+    fn of(reasons: &[Reason]) -> ReasonSet {
+        let mut bits = 0u8;
+        for r in reasons {
+            if let Some(i) = Reason::ALL.iter().position(|a| a == r) {
+                bits |= 1 << i;
+            }
+        }
+        ReasonSet(bits)
+    }
+
+    fn to_vec(self) -> Vec<Reason> {
+        Reason::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, r)| *r)
+            .collect()
+    }
+}
+
+/// The selected social-insurance row, kept compact in a plan.
+#[derive(Debug, Clone)]
+struct PlannedPayment {
+    month: Month,
+    status: PaymentStatus,
+    employer_uscc: Box<str>,
+}
+
+/// A due permit's final decision (R6) as planned, with the evidence it
+/// rests on (R5) but no notice text: at 10M permits a night plans ~600,000
+/// of these, so they stay small (about 100 bytes each).
+#[derive(Debug, Clone)]
+pub struct PlannedDecision {
+    permit_no: Box<str>,
+    valid_until: NaiveDate,
+    kind: EventKind,
+    reasons: ReasonSet,
+    visit: Option<Visit>,
+    payment: Option<PlannedPayment>,
+    marital_status: Option<MaritalStatus>,
+}
+
+impl PlannedDecision {
+    pub fn permit_no(&self) -> &str {
+        &self.permit_no
+    }
+
+    /// The cycle's `valid_until`.
+    pub fn valid_until(&self) -> NaiveDate {
+        self.valid_until
+    }
+
+    /// AUTO_SIGNED or VISIT_CENTER.
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+
+    /// Empty for AUTO_SIGNED; in R5's order.
+    pub fn reasons(&self) -> Vec<Reason> {
+        self.reasons.to_vec()
+    }
+
+    fn selected(&self) -> Selected {
+        Selected {
+            visit: self.visit.clone(),
+            payment: self.payment.as_ref().map(|p| Payment {
+                month: p.month,
+                status: p.status,
+                employer_uscc: p.employer_uscc.to_string(),
+            }),
+            marital_status: self.marital_status,
+        }
+    }
+}
+
+/// What a run will decide, worked out before it writes anything: the due
+/// permits with an open cycle (R4, C8), each decided in memory (R5, R6).
+/// Lifecycle steps (R3) are not planned: they follow from the register
+/// alone and are taken by the write pass.
+#[derive(Debug, Default)]
+pub struct RunPlan {
+    pub counts: PlanCounts,
+    /// AUTO_SIGNED and VISIT_CENTER decisions in `permit_no` order.
+    decisions: Vec<PlannedDecision>,
+}
+
+/// A plan's outcome counts (`due = auto_signed + visit_center + pending`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanCounts {
+    /// Due permits with an undecided cycle.
+    pub due: u64,
+    pub auto_signed: u64,
+    pub visit_center: u64,
+    /// Due permits left PENDING (R6): nothing is written for them.
+    pub pending: u64,
+    pub pending_reasons: BTreeMap<Reason, u64>,
+}
+
+impl RunPlan {
+    /// The planned final decision for this permit, if it gets one tonight.
+    pub fn decision(&self, permit_no: &str) -> Option<&PlannedDecision> {
+        self.decisions
+            .binary_search_by(|d| (*d.permit_no).cmp(permit_no))
+            .ok()
+            .and_then(|i| self.decisions.get(i))
+    }
+
+    /// Every planned final decision, in `permit_no` order.
+    pub fn decisions(&self) -> &[PlannedDecision] {
+        &self.decisions
+    }
+}
+
+/// Plans the run, then carries it out. Returns the plan (its PENDING
+/// count and reasons go into the summary).
+async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
+    let plan = plan(ctx, tx).await?;
+    tracing::info!(
+        due = plan.counts.due,
+        auto_signed = plan.counts.auto_signed,
+        visit_center = plan.counts.visit_center,
+        pending = plan.counts.pending,
+        "run planned"
+    );
+    // The safety brake (#6) checks the plan here, before anything is written.
+    apply(ctx, tx, &plan).await?;
+    Ok(plan)
+}
+
+/// The evidence horizon of a run (R5, C4): what any due permit may use.
+fn evidence_bounds(rules: &crate::settings::Rules, as_of: NaiveDate) -> EvidenceBounds {
     let month_to = Month::of(as_of);
-    let bounds = EvidenceBounds {
+    EvidenceBounds {
         // The earliest window start of any due permit (valid_until >= as_of).
         visited_from: as_of - Duration::days(i64::from(rules.window_days)),
         visited_to: as_of,
         month_from: month_to.minus(rules.si_max_lag_months).to_string(),
         month_to: month_to.to_string(),
         civil_as_of_max: as_of,
+    }
+}
+
+/// Step 1: reads the due permits with an open cycle (R4, C8) and their
+/// holders' evidence (R5), and decides each in memory (R6). Writes nothing.
+async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
+    let rules = &ctx.settings.rules;
+    let as_of = ctx.as_of;
+    let to = as_of + Duration::days(i64::from(rules.window_days));
+    let bounds = evidence_bounds(rules, as_of);
+    let mut plan = RunPlan::default();
+    let mut after: Option<String> = None;
+    loop {
+        let page = tx.due_permits(as_of, to, after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.permit_no.clone());
+        let ids: Vec<&str> = page.iter().map(|p| p.id_number.as_str()).collect();
+        let evidence = tx.evidence(&ids, &bounds).await?;
+        for permit in &page {
+            let counts = &mut plan.counts;
+            counts.due += 1;
+            let (outcome, selected) = decide_due(permit, &evidence, as_of, rules)?;
+            let (kind, reasons) = match outcome {
+                Outcome::AutoSigned { .. } => {
+                    counts.auto_signed += 1;
+                    (EventKind::AutoSigned, Vec::new())
+                }
+                Outcome::VisitCenter { reasons } => {
+                    counts.visit_center += 1;
+                    (EventKind::VisitCenter, reasons)
+                }
+                Outcome::Pending { reasons } => {
+                    counts.pending += 1;
+                    for r in reasons {
+                        *counts.pending_reasons.entry(r).or_insert(0) += 1;
+                    }
+                    continue;
+                }
+            };
+            plan.decisions.push(PlannedDecision {
+                permit_no: permit.permit_no.as_str().into(),
+                valid_until: permit.valid_until,
+                kind,
+                reasons: ReasonSet::of(&reasons),
+                visit: selected.visit,
+                payment: selected.payment.map(|p| PlannedPayment {
+                    month: p.month,
+                    status: p.status,
+                    employer_uscc: p.employer_uscc.into(),
+                }),
+                marital_status: selected.marital_status,
+            });
+        }
+    }
+    // The queries return permit_no in byte order; `decision` relies on it.
+    if !plan
+        .decisions
+        .windows(2)
+        .all(|w| w[0].permit_no < w[1].permit_no)
+    {
+        plan.decisions.sort_by(|a, b| a.permit_no.cmp(&b.permit_no));
+    }
+    Ok(plan)
+}
+
+/// R5 and R6 for one due permit: the evidence that counts and the outcome.
+fn decide_due(
+    permit: &DuePermit,
+    evidence: &Evidence,
+    as_of: NaiveDate,
+    rules: &crate::settings::Rules,
+) -> Result<(Outcome, Selected)> {
+    let visits: Vec<Visit> = evidence
+        .residence
+        .get(&permit.id_number)
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    Ok(Visit {
+                        visited_on: r.visited_on,
+                        result: stored(
+                            "residence result",
+                            &r.result,
+                            ResidenceResult::parse(&r.result),
+                        )?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let payments: Vec<Payment> = evidence
+        .social_insurance
+        .get(&permit.id_number)
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    Ok(Payment {
+                        month: stored("month", &r.month, Month::parse(&r.month))?,
+                        status: stored(
+                            "payment status",
+                            &r.status,
+                            PaymentStatus::parse(&r.status),
+                        )?,
+                        employer_uscc: r.employer_uscc.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let civil = evidence
+        .civil_status
+        .get(&permit.id_number)
+        .map(|m| stored("marital status", m, MaritalStatus::parse(m)))
+        .transpose()?;
+    let baseline = Baseline {
+        valid_until: permit.valid_until,
+        si_status: stored(
+            "si_status",
+            &permit.si_status,
+            SiStatus::parse(&permit.si_status),
+        )?,
+        marital_status: stored(
+            "marital_status",
+            &permit.marital_status,
+            MaritalStatus::parse(&permit.marital_status),
+        )?,
+        employer_uscc: &permit.employer_uscc,
     };
-    let mut pending = 0u64;
-    let mut pending_reasons = BTreeMap::new();
+    let selected = Selected {
+        visit: rules::select_visit(&visits, permit.valid_until, as_of, rules),
+        payment: rules::select_payment(&payments, as_of, rules),
+        marital_status: civil,
+    };
+    let reasons = rules::reasons(&baseline, &selected);
+    Ok((
+        rules::decide(permit.valid_until, as_of, reasons, rules),
+        selected,
+    ))
+}
+
+/// Step 2: one pass over the register in `permit_no` order (R3, R7, R8):
+/// each permit takes at most one lifecycle step (R3); otherwise, if the
+/// plan decided its cycle, that decision is written with its notice.
+///
+/// One ordered pass rather than an index walk per rule: the first night
+/// after go-live touches a quarter of the register, and in key order every
+/// read and write lands next to the previous one (docs/benchmarks.md).
+async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: &RunPlan) -> Result<()> {
+    let rules = &ctx.settings.rules;
+    let as_of = ctx.as_of;
+    let to = as_of + Duration::days(i64::from(rules.window_days));
     let mut after: Option<String> = None;
     loop {
         let page = tx.candidates(to, after.as_deref(), PAGE).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.permit.permit_no.clone());
-        let mut events = Vec::with_capacity(page.len());
-        let mut due = Vec::new();
+        let mut events = Vec::new();
         for c in &page {
             let status = stored(
                 "status",
@@ -290,89 +568,13 @@ async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason
             if let Some(kind) = rules::lifecycle(status, c.permit.valid_until, as_of, rules) {
                 events.push(ctx.event(kind, &c.permit, &[], &Selected::default()));
             } else if rules::is_due(status, c.permit.valid_until, as_of, rules) && !c.decided {
-                // C8: a cycle with a final decision stays closed.
-                due.push(&c.permit);
-            }
-        }
-        let ids: Vec<&str> = due.iter().map(|p| p.id_number.as_str()).collect();
-        let evidence = tx.evidence(&ids, &bounds).await?;
-        for permit in due {
-            let visits: Vec<Visit> = evidence
-                .residence
-                .get(&permit.id_number)
-                .map(|rows| {
-                    rows.iter()
-                        .map(|r| {
-                            Ok(Visit {
-                                visited_on: r.visited_on,
-                                result: stored(
-                                    "residence result",
-                                    &r.result,
-                                    ResidenceResult::parse(&r.result),
-                                )?,
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-                .transpose()?
-                .unwrap_or_default();
-            let payments: Vec<Payment> = evidence
-                .social_insurance
-                .get(&permit.id_number)
-                .map(|rows| {
-                    rows.iter()
-                        .map(|r| {
-                            Ok(Payment {
-                                month: stored("month", &r.month, Month::parse(&r.month))?,
-                                status: stored(
-                                    "payment status",
-                                    &r.status,
-                                    PaymentStatus::parse(&r.status),
-                                )?,
-                                employer_uscc: r.employer_uscc.clone(),
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-                .transpose()?
-                .unwrap_or_default();
-            let civil = evidence
-                .civil_status
-                .get(&permit.id_number)
-                .map(|m| stored("marital status", m, MaritalStatus::parse(m)))
-                .transpose()?;
-            let baseline = Baseline {
-                valid_until: permit.valid_until,
-                si_status: stored(
-                    "si_status",
-                    &permit.si_status,
-                    SiStatus::parse(&permit.si_status),
-                )?,
-                marital_status: stored(
-                    "marital_status",
-                    &permit.marital_status,
-                    MaritalStatus::parse(&permit.marital_status),
-                )?,
-                employer_uscc: &permit.employer_uscc,
-            };
-            let selected = Selected {
-                visit: rules::select_visit(&visits, permit.valid_until, as_of, rules),
-                payment: rules::select_payment(&payments, as_of, rules),
-                marital_status: civil,
-            };
-            let reasons = rules::reasons(&baseline, &selected);
-            match rules::decide(permit.valid_until, as_of, reasons, rules) {
-                Outcome::AutoSigned { .. } => {
-                    events.push(ctx.event(EventKind::AutoSigned, permit, &[], &selected))
-                }
-                Outcome::VisitCenter { reasons } => {
-                    events.push(ctx.event(EventKind::VisitCenter, permit, &reasons, &selected))
-                }
-                Outcome::Pending { reasons } => {
-                    pending += 1;
-                    for r in reasons {
-                        *pending_reasons.entry(r).or_insert(0) += 1;
-                    }
+                // C8: a cycle with a final decision stays closed; PENDING
+                // permits are not in the plan's decisions.
+                if let Some(d) = plan
+                    .decision(&c.permit.permit_no)
+                    .filter(|d| d.valid_until == c.permit.valid_until)
+                {
+                    events.push(ctx.event(d.kind, &c.permit, &d.reasons(), &d.selected()));
                 }
             }
         }
@@ -382,7 +584,7 @@ async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<(u64, BTreeMap<Reason
         ctx.write(tx, events).await?;
         ctx.bar.inc(page.len() as u64);
     }
-    Ok((pending, pending_reasons))
+    Ok(())
 }
 
 /// R2a: imports every new file of the inbox, feed by feed in a fixed order
@@ -455,4 +657,44 @@ async fn import_inbox(db: &Db, settings: &Settings) -> Result<Vec<(PathBuf, Impo
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_set_lists_reasons_back_in_r5_order() {
+        // R5: reasons are listed in the SPEC's order whatever order they came in.
+        let set = ReasonSet::of(&[Reason::MaritalStatusChanged, Reason::AddressNotVerified]);
+        assert_eq!(
+            set.to_vec(),
+            vec![Reason::AddressNotVerified, Reason::MaritalStatusChanged]
+        );
+        assert_eq!(ReasonSet::of(&Reason::ALL).to_vec(), Reason::ALL.to_vec());
+        assert!(ReasonSet::of(&[]).to_vec().is_empty());
+    }
+
+    fn decision(no: &str) -> PlannedDecision {
+        PlannedDecision {
+            permit_no: no.into(),
+            valid_until: NaiveDate::from_ymd_opt(2026, 12, 1).unwrap_or_default(),
+            kind: EventKind::AutoSigned,
+            reasons: ReasonSet::default(),
+            visit: None,
+            payment: None,
+            marital_status: None,
+        }
+    }
+
+    #[test]
+    fn plan_finds_a_decision_by_permit_no() {
+        let plan = RunPlan {
+            decisions: vec![decision("P1"), decision("P10"), decision("P2")],
+            ..RunPlan::default()
+        };
+        assert_eq!(plan.decision("P10").map(|d| d.permit_no()), Some("P10"));
+        assert_eq!(plan.decision("P2").map(|d| d.permit_no()), Some("P2"));
+        assert!(plan.decision("P3").is_none());
+    }
 }

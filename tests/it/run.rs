@@ -413,3 +413,40 @@ dbtest!(
         }
     }
 );
+
+dbtest!(
+    the_run_plans_every_decision_before_writing_and_writes_what_it_planned_issue_6,
+    |mut env| {
+        // Plan before write (issue #6's brake needs the outcome counts before
+        // anything is written): the plan's counts, logged as "run planned",
+        // are what the write pass then writes.
+        load_generated(&env, 3000);
+        env.set("AUTOSIGN_LOG__LEVEL", "info");
+        env.set("AUTOSIGN_LOG__FORMAT", "json");
+        let o = env.cmd(&["run", "--as-of", "2026-11-27"]);
+        assert_eq!(o.code, 0, "{o:?}");
+        let planned: serde_json::Value = o
+            .stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["fields"]["message"] == "run planned")
+            .unwrap_or_else(|| panic!("no plan line: {}", o.stderr))["fields"]
+            .clone();
+        let audit = env.audit("2026-11-27", "2026-11-27");
+        let count = |kind: &str| rows(&audit)[1..].iter().filter(|r| r[4] == kind).count() as u64;
+        let (auto, visit) = (count("AUTO_SIGNED"), count("VISIT_CENTER"));
+        assert!(auto > 0 && visit > 0, "{audit}");
+        assert_eq!(planned["auto_signed"].as_u64(), Some(auto));
+        assert_eq!(planned["visit_center"].as_u64(), Some(visit));
+        let pending = planned["pending"].as_u64().expect("pending");
+        assert!(pending > 0);
+        assert_eq!(planned["due"].as_u64(), Some(auto + visit + pending));
+        let reported = o
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("PENDING "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok());
+        assert_eq!(reported, Some(pending), "{}", o.stdout);
+    }
+);
