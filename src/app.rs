@@ -66,6 +66,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                 max_reject_ratio: settings.import.max_reject_ratio,
                 batch_rows: settings.import.batch_rows,
                 progress: true,
+                headers: settings.header_names()?,
             };
             let outcome = feeds::import_file(&db, feed, &file, &opts).await?;
             print!("{}", import_line(feed.name(), &file, &outcome));

@@ -22,6 +22,7 @@ pub struct Settings {
     pub timezone: String,
     pub rules: Rules,
     pub import: ImportSettings,
+    pub feeds: FeedsSettings,
     pub inbox: InboxSettings,
     pub notices: NoticeSettings,
     pub delivery: DeliverySettings,
@@ -54,6 +55,24 @@ pub struct Rules {
 pub struct ImportSettings {
     pub max_reject_ratio: f64,
     pub batch_rows: usize,
+}
+
+/// Per feed: extra header names for its columns (issue #6), on top of the
+/// built-in Chinese ones ([`crate::feeds::Feed::builtin_aliases`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedsSettings {
+    pub permits: FeedHeaderSettings,
+    pub residence: FeedHeaderSettings,
+    pub social_insurance: FeedHeaderSettings,
+    pub civil_status: FeedHeaderSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedHeaderSettings {
+    /// Column name → further header names accepted for it.
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +277,7 @@ impl Settings {
                 "must not exceed rules.window_days",
             );
         }
+        self.header_names()?;
         if !["utf-8", "gb18030"].contains(&self.inbox.encoding.as_str()) {
             return bad("inbox.encoding", "must be \"utf-8\" or \"gb18030\"");
         }
@@ -433,6 +453,21 @@ impl Settings {
         Ok(())
     }
 
+    /// The header names each feed accepts: column names, built-in aliases
+    /// and `[feeds.<feed>.aliases]`. An alias for an unknown column or one
+    /// claimed by two columns is a configuration error (exit 2).
+    pub fn header_names(&self) -> Result<crate::feeds::HeaderNames, Error> {
+        use crate::feeds::Feed;
+        let f = &self.feeds;
+        crate::feeds::HeaderNames::with_aliases([
+            (Feed::Permits, &f.permits.aliases),
+            (Feed::Residence, &f.residence.aliases),
+            (Feed::SocialInsurance, &f.social_insurance.aliases),
+            (Feed::CivilStatus, &f.civil_status.aliases),
+        ])
+        .map_err(|why| Error::Config(format!("configuration key {why}")))
+    }
+
     pub fn tz(&self) -> chrono_tz::Tz {
         self.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai)
     }
@@ -548,6 +583,14 @@ fn apply_env(base: &mut toml::Table, var: &str, raw: &str) -> Result<(), Error> 
         toml::Value::Boolean(_) => {
             toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("true or false"))?)
         }
+        // A list of strings (header aliases): comma-separated.
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| toml::Value::String(v.to_string()))
+                .collect(),
+        ),
         _ => return Err(bad("a value of the bundled type")),
     };
     Ok(())
@@ -666,5 +709,54 @@ mod tests {
         )
         .expect("a per-5-second schedule and no endpoint are fine");
         assert_eq!(s.daemon.shutdown_grace_secs, 30);
+    }
+
+    #[test]
+    fn header_aliases_load_from_file_and_environment_and_bad_ones_exit_2_issue_6() {
+        use crate::feeds::Feed;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[feeds.residence.aliases]\nvisited_on = [\"走访时间\"]\n",
+        )
+        .expect("write");
+        let s = Settings::load_with_env(
+            Some(&path),
+            &env(&[(
+                "AUTOSIGN_FEEDS__CIVIL_STATUS__ALIASES__AS_OF",
+                "登记日期, 更新日期",
+            )]),
+        )
+        .expect("loads");
+        let names = s.header_names().expect("valid");
+        assert!(names.of(Feed::Residence)[1].contains(&"走访时间".to_string()));
+        assert!(names.of(Feed::CivilStatus)[2].contains(&"更新日期".to_string()));
+
+        std::fs::write(
+            &path,
+            "[feeds.residence.aliases]\nvisit_date = [\"走访时间\"]\n",
+        )
+        .expect("write");
+        let err = Settings::load_with_env(Some(&path), &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("feeds.residence.aliases.visit_date"),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), 2);
+
+        std::fs::write(
+            &path,
+            "[feeds.permits.aliases]\nphone = [\"电话\"]\nemail = [\"电话\"]\n",
+        )
+        .expect("write");
+        let err = Settings::load_with_env(Some(&path), &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("feeds.permits.aliases.phone")
+                && err.to_string().contains("already names column email"),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), 2);
     }
 }

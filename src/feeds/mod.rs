@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 pub use parse::Feed;
-pub use reader::Encoding;
+pub use reader::{Encoding, HeaderNames};
 
 use crate::db::{ContactUpdate, Db, ImportCounts, ImportRecord, ImportTx, PermitRow, PriorPermit};
 use crate::domain::PermitStatus;
@@ -35,6 +35,8 @@ pub struct ImportOptions {
     pub batch_rows: usize,
     /// Draw a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Accepted header names per column: built-in and configured aliases.
+    pub headers: HeaderNames,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +222,7 @@ fn parse_file<T: Send + 'static>(
     tx: mpsc::Sender<Msg<T>>,
 ) {
     let (encoding, batch_rows, progress) = (opts.encoding, opts.batch_rows, opts.progress);
+    let header_names = opts.headers.of(feed);
     let RowParser { parse, mut settle } = parser;
     let send = |batch: Vec<Item<T>>, settle: &mut Option<Settle<T>>| {
         let msg = match settle {
@@ -297,7 +300,7 @@ fn parse_file<T: Send + 'static>(
         };
         let Some(map) = header.as_ref() else {
             let names: Vec<String> = raw.iter().map(str::to_string).collect();
-            match reader::map_header(&names, columns) {
+            match reader::map_header(&names, columns, header_names) {
                 Ok(m) => {
                     if !m.unknown.is_empty() {
                         tracing::warn!(columns = %m.unknown.join(","), "unknown columns ignored (R1)");
@@ -339,6 +342,9 @@ fn parse_file<T: Send + 'static>(
         }
     }
     bar.finish_and_clear();
+    if let Some(msg) = newlines.borrow().quoting_error() {
+        return refuse(msg.to_string());
+    }
     if header.is_none() {
         return refuse("empty file: no header row".to_string());
     }

@@ -78,6 +78,57 @@ impl Feed {
             ],
         }
     }
+
+    /// The feed's section under `[feeds]` in the configuration.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            Feed::Permits => "permits",
+            Feed::Residence => "residence",
+            Feed::SocialInsurance => "social_insurance",
+            Feed::CivilStatus => "civil_status",
+        }
+    }
+
+    /// Chinese header names accepted for each column, parallel to
+    /// [`Feed::columns`], so that agency exports import without editing
+    /// (issue #6). More come from `[feeds.<feed>.aliases]`.
+    pub fn builtin_aliases(self) -> &'static [&'static [&'static str]] {
+        const ID: &[&str] = &["公民身份号码", "身份证号码", "身份证号"];
+        const USCC: &[&str] = &["统一社会信用代码", "单位统一社会信用代码"];
+        const MARITAL: &[&str] = &["婚姻状况", "婚姻状态"];
+        match self {
+            Feed::Permits => &[
+                &["居住证号码", "居住证号", "许可证号"],
+                ID,
+                &["姓名"],
+                &["手机号码", "手机号", "手机"],
+                &["电子邮箱", "电子邮件", "邮箱"],
+                &["区县代码", "区代码"],
+                &["街道代码", "街镇代码", "街道乡镇代码"],
+                &["居住地址", "登记居住地址"],
+                &["有效期至", "签注有效期", "有效期截止日期"],
+                &["状态", "证件状态"],
+                USCC,
+                &["社保状态", "社保缴费状态"],
+                MARITAL,
+            ],
+            Feed::Residence => &[
+                ID,
+                &["走访日期", "核查日期"],
+                &["核查结果", "走访结果"],
+                &["核查地址", "走访地址"],
+                &["核查人员", "走访人员", "核查人员编号"],
+            ],
+            Feed::SocialInsurance => &[
+                ID,
+                &["缴费月份", "所属期", "费款所属期"],
+                &["缴费状态"],
+                USCC,
+                &["单位名称"],
+            ],
+            Feed::CivilStatus => &[ID, MARITAL, &["截至日期", "数据截至日期"]],
+        }
+    }
 }
 
 /// A record's values in the feed's column order, trimmed (C10); a column
@@ -96,6 +147,28 @@ impl<'a> Fields<'a> {
 pub struct Parsed<T> {
     pub row: T,
     pub warnings: Vec<String>,
+}
+
+/// Longest value accepted in any field, in characters. Real values are far
+/// shorter (an address is under 200); a longer one is a broken record or an
+/// attack, and a name that long could not go into an SMS anyway.
+pub const MAX_FIELD_CHARS: usize = 1000;
+
+/// Rejects a record any of whose values is longer than [`MAX_FIELD_CHARS`].
+fn lengths_ok(f: &Fields, feed: Feed) -> Result<(), String> {
+    for (i, v) in f.values.iter().enumerate() {
+        // Bytes bound characters from above: count only when it matters.
+        if v.len() > MAX_FIELD_CHARS {
+            let n = v.chars().count();
+            if n > MAX_FIELD_CHARS {
+                let column = feed.columns().get(i).map_or("?", |c| c.0);
+                return Err(format!(
+                    "FIELD_TOO_LONG: {column} has {n} characters, at most {MAX_FIELD_CHARS}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn code(column: &str) -> String {
@@ -150,6 +223,7 @@ fn uscc(f: &Fields, i: usize, warnings: &mut Vec<String>) -> Result<String, Stri
 /// A permits row, and the status column if the file gave one (C5 decides
 /// whether it applies).
 pub fn permit(f: &Fields) -> Result<Parsed<(PermitRow, Option<PermitStatus>)>, String> {
+    lengths_ok(f, Feed::Permits)?;
     let mut warnings = Vec::new();
     let permit_no = required(f, 0, "permit_no")?.to_string();
     let id_number = id_number(f, 1)?;
@@ -219,6 +293,7 @@ pub fn permit(f: &Fields) -> Result<Parsed<(PermitRow, Option<PermitStatus>)>, S
 }
 
 pub fn residence(f: &Fields) -> Result<Parsed<ResidenceRow>, String> {
+    lengths_ok(f, Feed::Residence)?;
     let id_number = id_number(f, 0)?;
     let visited_on = date(f, 1, "visited_on")?;
     let result =
@@ -236,6 +311,7 @@ pub fn residence(f: &Fields) -> Result<Parsed<ResidenceRow>, String> {
 }
 
 pub fn social_insurance(f: &Fields) -> Result<Parsed<SocialInsuranceRow>, String> {
+    lengths_ok(f, Feed::SocialInsurance)?;
     let mut warnings = Vec::new();
     let id_number = id_number(f, 0)?;
     let month = Month::parse(required(f, 1, "month")?).map_err(|e| invalid("month", e))?;
@@ -260,6 +336,7 @@ pub fn social_insurance(f: &Fields) -> Result<Parsed<SocialInsuranceRow>, String
 }
 
 pub fn civil_status(f: &Fields) -> Result<Parsed<CivilStatusRow>, String> {
+    lengths_ok(f, Feed::CivilStatus)?;
     let id_number = id_number(f, 0)?;
     let marital_status = MaritalStatus::parse(required(f, 1, "marital_status")?)
         .map_err(|e| invalid("marital_status", e))?;

@@ -5,9 +5,12 @@
 //! line, rather than importing mojibake (encoding_rs_io would silently
 //! substitute U+FFFD).
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 
 use encoding_rs::{Decoder, DecoderResult, GB18030};
+
+use super::parse::Feed;
 
 /// The encodings a feed may arrive in (`--encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,20 +170,52 @@ impl<R: Read> Read for SkipBom<R> {
 /// Counts physical lines for record positions. The csv crate's own line
 /// numbers skip blank lines and miscount CRLF, and C9 wants the physical
 /// line a record starts on; its byte offsets are exact, so this adapter
-/// remembers where each newline is and turns an offset into a line.
-/// Memory stays bounded: newlines are forgotten once a later record has
+/// remembers where each line end is and turns an offset into a line.
+/// Memory stays bounded: line ends are forgotten once a later record has
 /// been located.
+///
+/// A line ends at LF, CRLF or a lone CR (the csv crate ends a record at
+/// each, so a file with mixed line ends still gets true line numbers).
+///
+/// It also follows the CSV quoting as the csv crate reads it, to catch a
+/// quoted field that is never closed: the csv crate would silently make
+/// the rest of the file that one field, and the rows in it would vanish
+/// without a reject.
 pub struct LineCounter<R> {
     inner: R,
     offset: u64,
     newlines: std::rc::Rc<std::cell::RefCell<Newlines>>,
+    /// Whether the previous byte was a CR (a following LF ends no line).
+    after_cr: bool,
+    /// Line ends passed so far.
+    lines: u64,
+    quote: QuoteState,
+    /// The line the currently open quoted field started on.
+    quote_line: u64,
+}
+
+/// Where the reader is in the CSV quoting (RFC 4180 as the csv crate
+/// reads it: a quote opens a quoted field only at the start of a field,
+/// `""` inside one is a quote, anything after the closing quote continues
+/// the field unquoted).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QuoteState {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// A quote inside a quoted field: closing, or the first of `""`.
+    QuoteInQuoted,
 }
 
 #[derive(Default)]
 pub struct Newlines {
-    /// Offsets of `\r` (false) and `\n` (true) bytes not yet passed.
+    /// Offsets of line-ending bytes not yet passed, and whether each ends a
+    /// line (the LF of a CRLF does not).
     pending: std::collections::VecDeque<(u64, bool)>,
     passed: u64,
+    /// The first quoting error: a quoted field never closed, or text after
+    /// a closing quote (how a stray quote shows when a later one closes it).
+    quoting_error: Option<String>,
 }
 
 impl Newlines {
@@ -190,19 +225,27 @@ impl Newlines {
     /// Offsets must not decrease.
     pub fn line_at(&mut self, offset: u64) -> u64 {
         let mut at = offset;
-        while let Some(&(pos, is_nl)) = self.pending.front() {
+        while let Some(&(pos, ends)) = self.pending.front() {
             if pos < at {
                 self.pending.pop_front();
-                self.passed += u64::from(is_nl);
+                self.passed += u64::from(ends);
             } else if pos == at {
                 self.pending.pop_front();
-                self.passed += u64::from(is_nl);
+                self.passed += u64::from(ends);
                 at += 1;
             } else {
                 break;
             }
         }
         self.passed + 1
+    }
+
+    /// The first quoting error met so far, as a message naming its lines:
+    /// checked once the input has been read to its end. Either refuses the
+    /// file, because records around it would be cut in the wrong places
+    /// and rows would vanish into one field without a reject.
+    pub fn quoting_error(&self) -> Option<&str> {
+        self.quoting_error.as_deref()
     }
 }
 
@@ -214,6 +257,10 @@ impl<R: Read> LineCounter<R> {
                 inner,
                 offset: 0,
                 newlines: newlines.clone(),
+                after_cr: false,
+                lines: 0,
+                quote: QuoteState::FieldStart,
+                quote_line: 0,
             },
             newlines,
         )
@@ -224,13 +271,143 @@ impl<R: Read> Read for LineCounter<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let mut nl = self.newlines.borrow_mut();
-        for (i, b) in buf[..n].iter().enumerate() {
-            if *b == b'\n' || *b == b'\r' {
-                nl.pending.push_back((self.offset + i as u64, *b == b'\n'));
+        if n == 0 && !buf.is_empty() && self.quote == QuoteState::Quoted {
+            let line = self.quote_line;
+            nl.quoting_error.get_or_insert_with(|| {
+                format!(
+                    "line {line}: a quoted field starts here and is never closed \
+                     (unbalanced \"), so the rest of the file would be one field"
+                )
+            });
+        }
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let ends_line = match b {
+                b'\r' => true,
+                b'\n' => !self.after_cr,
+                _ => false,
+            };
+            self.after_cr = b == b'\r';
+            if b == b'\n' || b == b'\r' {
+                nl.pending.push_back((self.offset + i as u64, ends_line));
             }
+            self.quote = match (self.quote, b) {
+                (QuoteState::Quoted, b'"') => QuoteState::QuoteInQuoted,
+                (QuoteState::Quoted, _) => QuoteState::Quoted,
+                (QuoteState::QuoteInQuoted, b'"') => QuoteState::Quoted,
+                (QuoteState::FieldStart, b'"') => {
+                    self.quote_line = self.lines + 1;
+                    QuoteState::Quoted
+                }
+                (_, b',' | b'\r' | b'\n') => QuoteState::FieldStart,
+                (QuoteState::QuoteInQuoted, _) => {
+                    let (opened, line) = (self.quote_line, self.lines + 1);
+                    nl.quoting_error.get_or_insert_with(|| {
+                        format!(
+                            "line {line}: text after the closing quote of a field opened on \
+                             line {opened} (a stray or unbalanced \"?); quote the whole field \
+                             and double quotes inside it (\"\")"
+                        )
+                    });
+                    QuoteState::Unquoted
+                }
+                _ => QuoteState::Unquoted,
+            };
+            self.lines += u64::from(ends_line);
         }
         self.offset += n as u64;
         Ok(n)
+    }
+}
+
+/// The names a feed's header may give each of its columns: the column's own
+/// name, the built-in Chinese aliases ([`Feed::builtin_aliases`]) and the
+/// configured ones (`[feeds.<feed>.aliases]`), trimmed and lowercased.
+#[derive(Debug, Clone)]
+pub struct HeaderNames {
+    /// Per feed, per column (in [`Feed::columns`] order): accepted names.
+    feeds: HashMap<Feed, Vec<Vec<String>>>,
+}
+
+/// Header cells are matched trimmed and case-insensitively (R1).
+fn normalise(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+impl HeaderNames {
+    /// Column names and the built-in aliases only.
+    pub fn builtin() -> Self {
+        let feeds = Feed::ALL
+            .into_iter()
+            .map(|feed| {
+                let names = feed
+                    .columns()
+                    .iter()
+                    .zip(feed.builtin_aliases())
+                    .map(|((name, _), aliases)| {
+                        std::iter::once(*name)
+                            .chain(aliases.iter().copied())
+                            .map(normalise)
+                            .collect()
+                    })
+                    .collect();
+                (feed, names)
+            })
+            .collect();
+        HeaderNames { feeds }
+    }
+
+    /// The built-in names plus configured aliases: per feed, column name →
+    /// aliases. An alias for a column the feed does not have, an empty one,
+    /// or one that already names another column (its own name, a built-in
+    /// alias or another configured alias) is an error naming the
+    /// configuration key, e.g. `feeds.residence.aliases.visited_on`.
+    pub fn with_aliases<'a>(
+        configured: impl IntoIterator<Item = (Feed, &'a BTreeMap<String, Vec<String>>)>,
+    ) -> Result<Self, String> {
+        let mut out = HeaderNames::builtin();
+        for (feed, aliases) in configured {
+            let columns = feed.columns();
+            let Some(names) = out.feeds.get_mut(&feed) else {
+                continue;
+            };
+            for (column, list) in aliases {
+                let key = format!("feeds.{}.aliases.{column}", feed.config_key());
+                let Some(c) = columns.iter().position(|(n, _)| n == column) else {
+                    return Err(format!(
+                        "{key}: the {} feed has no column {column:?} (columns: {})",
+                        feed.name(),
+                        columns
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                };
+                for alias in list {
+                    let alias = normalise(alias);
+                    if alias.is_empty() {
+                        return Err(format!("{key}: an alias is empty"));
+                    }
+                    match names.iter().position(|ns| ns.contains(&alias)) {
+                        Some(other) if other == c => {}
+                        Some(other) => {
+                            return Err(format!(
+                                "{key}: alias {alias:?} already names column {} of the {} feed",
+                                columns[other].0,
+                                feed.name()
+                            ));
+                        }
+                        None => names[c].push(alias),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The accepted names of each of `feed`'s columns.
+    pub fn of(&self, feed: Feed) -> &[Vec<String>] {
+        self.feeds.get(&feed).map(Vec::as_slice).unwrap_or(&[])
     }
 }
 
@@ -239,43 +416,139 @@ impl<R: Read> Read for LineCounter<R> {
 pub struct HeaderMap {
     /// Index into the record for each expected column, in the feed's order.
     pub positions: Vec<Option<usize>>,
-    /// Header names nobody asked for (R1: ignored with a warning).
+    /// Header cells that name no column (R1: ignored with a warning): at
+    /// most [`UNKNOWN_LISTED`] of them, then a count of the rest.
     pub unknown: Vec<String>,
     pub width: usize,
 }
 
+/// Unknown header cells named one by one in the warning.
+const UNKNOWN_LISTED: usize = 20;
+
+/// A header cell as quoted in a message: trimmed, at most 40 characters, or
+/// its position when empty.
+fn shown_cell(cell: &str, i: usize) -> String {
+    let t = cell.trim();
+    if t.is_empty() {
+        return format!("#{}", i + 1);
+    }
+    if t.chars().count() > 40 {
+        let head: String = t.chars().take(40).collect();
+        format!("{head}…")
+    } else {
+        t.to_string()
+    }
+}
+
 /// Matches a header row against the feed's columns: trimmed,
-/// case-insensitive, order free (R1). A missing required column or a
-/// repeated one refuses the file.
-pub fn map_header(header: &[String], columns: &[(&str, bool)]) -> Result<HeaderMap, String> {
-    let names: Vec<String> = header.iter().map(|h| h.trim().to_lowercase()).collect();
-    for (i, n) in names.iter().enumerate() {
-        if !n.is_empty() && names[..i].contains(n) {
-            return Err(format!("column {n:?} appears more than once in the header"));
+/// case-insensitive, order free, by a column's name or any alias (R1).
+/// `names` is [`HeaderNames::of`] for the feed. A missing required column,
+/// or two cells naming the same column, refuses the file.
+///
+/// Cells are echoed in messages only when the row is recognisably a header
+/// (it names at least one column): a file without a header row has data —
+/// ID numbers, names — in its first line, which must not reach a log.
+pub fn map_header(
+    header: &[String],
+    columns: &[(&str, bool)],
+    names: &[Vec<String>],
+) -> Result<HeaderMap, String> {
+    let lookup: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .flat_map(|(c, ns)| ns.iter().map(move |n| (n.as_str(), c)))
+        .collect();
+    let mut positions: Vec<Option<usize>> = vec![None; columns.len()];
+    let mut unknown = Vec::new();
+    let mut unknown_count = 0usize;
+    for (i, cell) in header.iter().enumerate() {
+        match lookup.get(normalise(cell).as_str()) {
+            Some(&c) => match positions.get(c).copied().flatten() {
+                Some(j) => {
+                    return Err(format!(
+                        "header cells {} ({:?}) and {} ({:?}) both name column {}; keep one",
+                        j + 1,
+                        shown_cell(&header[j], j),
+                        i + 1,
+                        shown_cell(cell, i),
+                        columns[c].0
+                    ));
+                }
+                None => positions[c] = Some(i),
+            },
+            None => {
+                unknown_count += 1;
+                if unknown.len() < UNKNOWN_LISTED {
+                    unknown.push(shown_cell(cell, i));
+                }
+            }
         }
     }
-    let mut positions = Vec::with_capacity(columns.len());
-    let mut missing = Vec::new();
-    for (name, required) in columns {
-        let pos = names.iter().position(|n| n == name);
-        if pos.is_none() && *required {
-            missing.push(*name);
-        }
-        positions.push(pos);
+    let missing: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .filter(|(c, (_, required))| *required && positions[*c].is_none())
+        .map(|(c, _)| c)
+        .collect();
+    if positions.iter().all(Option::is_none) {
+        let hint = match header {
+            [only] => [';', '\t', '|']
+                .into_iter()
+                .find(|d| only.contains(*d))
+                .map(|d| {
+                    format!(
+                        "; its only cell contains {:?}: is the file separated by {:?} instead of commas?",
+                        d, d
+                    )
+                })
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        return Err(format!(
+            "the first line names none of the expected columns ({}), so it is not a header row \
+             ({} cells{hint}); add the header row, or check that this is the right feed",
+            columns
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+            header.len()
+        ));
     }
     if !missing.is_empty() {
+        let wanted: Vec<String> = missing
+            .iter()
+            .map(|&c| {
+                let aliases: Vec<&str> = names
+                    .get(c)
+                    .map(|ns| ns.iter().skip(1).map(String::as_str).collect())
+                    .unwrap_or_default();
+                if aliases.is_empty() {
+                    columns[c].0.to_string()
+                } else {
+                    format!("{} (or {})", columns[c].0, aliases.join("/"))
+                }
+            })
+            .collect();
+        let mut has: Vec<String> = header
+            .iter()
+            .enumerate()
+            .take(UNKNOWN_LISTED)
+            .map(|(i, h)| shown_cell(h, i))
+            .collect();
+        if header.len() > UNKNOWN_LISTED {
+            has.push(format!("… {} more", header.len() - UNKNOWN_LISTED));
+        }
         return Err(format!(
             "missing required column{} {} (header has: {})",
             if missing.len() > 1 { "s" } else { "" },
-            missing.join(", "),
-            names.join(", ")
+            wanted.join(", "),
+            has.join(", ")
         ));
     }
-    let unknown = names
-        .iter()
-        .filter(|n| !columns.iter().any(|(c, _)| c == n))
-        .cloned()
-        .collect();
+    if unknown_count > unknown.len() {
+        unknown.push(format!("… {} more", unknown_count - unknown.len()));
+    }
     Ok(HeaderMap {
         positions,
         unknown,
@@ -291,30 +564,226 @@ mod tests {
         v.iter().map(|x| x.to_string()).collect()
     }
 
+    fn names(feed: Feed) -> Vec<Vec<String>> {
+        HeaderNames::builtin().of(feed).to_vec()
+    }
+
     #[test]
     fn header_matching_is_trimmed_case_insensitive_and_order_free_r1() {
-        let cols = [
-            ("id_number", true),
-            ("visited_on", true),
-            ("address", false),
-        ];
-        let m = map_header(&s(&[" Visited_On ", "ID_NUMBER", "extra"]), &cols).expect("maps");
-        assert_eq!(m.positions, vec![Some(1), Some(0), None]);
+        let feed = Feed::Residence;
+        let m = map_header(
+            &s(&[" Visited_On ", "ID_NUMBER", "extra", "RESULT"]),
+            feed.columns(),
+            &names(feed),
+        )
+        .expect("maps");
+        assert_eq!(m.positions, vec![Some(1), Some(0), Some(3), None, None]);
         assert_eq!(m.unknown, vec!["extra".to_string()]);
     }
 
     #[test]
-    fn missing_required_column_is_named_r1() {
-        let cols = [("id_number", true), ("visited_on", true)];
-        let err = map_header(&s(&["id_number"]), &cols).unwrap_err();
-        assert!(err.contains("visited_on"), "{err}");
+    fn chinese_header_names_map_out_of_the_box_issue_6() {
+        let feed = Feed::Residence;
+        let m = map_header(
+            &s(&[
+                "公民身份号码",
+                " 走访日期 ",
+                "核查结果",
+                "核查地址",
+                "核查人员",
+            ]),
+            feed.columns(),
+            &names(feed),
+        )
+        .expect("maps");
+        assert_eq!(
+            m.positions,
+            vec![Some(0), Some(1), Some(2), Some(3), Some(4)]
+        );
+        assert!(m.unknown.is_empty());
     }
 
     #[test]
-    fn duplicate_header_is_refused() {
-        let cols = [("id_number", true)];
-        let err = map_header(&s(&["id_number", "ID_NUMBER"]), &cols).unwrap_err();
-        assert!(err.contains("more than once"), "{err}");
+    fn every_column_of_every_feed_has_a_chinese_alias_and_none_is_shared_issue_6() {
+        for feed in Feed::ALL {
+            assert_eq!(
+                feed.columns().len(),
+                feed.builtin_aliases().len(),
+                "{feed:?}: one alias list per column"
+            );
+            let all = names(feed);
+            for (c, ns) in all.iter().enumerate() {
+                assert!(ns.len() >= 2, "{feed:?} {}: no alias", feed.columns()[c].0);
+                for n in ns {
+                    let owners = all.iter().filter(|o| o.contains(n)).count();
+                    assert_eq!(owners, 1, "{feed:?}: {n} names {owners} columns");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn missing_required_column_is_named_with_its_aliases_r1() {
+        let feed = Feed::Residence;
+        let err =
+            map_header(&s(&["id_number", "result"]), feed.columns(), &names(feed)).unwrap_err();
+        assert!(err.contains("visited_on (or 走访日期/核查日期)"), "{err}");
+        assert!(err.contains("header has: id_number, result"), "{err}");
+    }
+
+    #[test]
+    fn a_column_named_twice_is_refused_naming_both_cells_issue_6() {
+        let feed = Feed::CivilStatus;
+        for header in [
+            &["id_number", "marital_status", "ID_NUMBER"][..],
+            &["身份证号", "marital_status", "id_number"][..],
+        ] {
+            let err = map_header(&s(header), feed.columns(), &names(feed)).unwrap_err();
+            assert!(
+                err.contains("cells 1 (") && err.contains(") and 3 (") && err.contains("id_number"),
+                "{err}"
+            );
+        }
+        // Two unknown cells with one name are harmless: ignored with the rest.
+        let m = map_header(
+            &s(&["id_number", "备注", "marital_status", "备注"]),
+            feed.columns(),
+            &names(feed),
+        )
+        .expect("maps");
+        assert_eq!(m.unknown, vec!["备注".to_string(), "备注".to_string()]);
+    }
+
+    #[test]
+    fn a_data_line_without_header_is_refused_without_echoing_it() {
+        let feed = Feed::CivilStatus;
+        let err = map_header(
+            &s(&["11010519491231002X", "张三丰", "已婚"]),
+            feed.columns(),
+            &names(feed),
+        )
+        .unwrap_err();
+        assert!(err.contains("not a header row"), "{err}");
+        assert!(
+            !err.contains("11010519491231002X") && !err.contains("张三丰"),
+            "{err}"
+        );
+        let err = map_header(
+            &s(&["id_number;marital_status"]),
+            feed.columns(),
+            &names(feed),
+        )
+        .unwrap_err();
+        assert!(err.contains("separated by ';'"), "{err}");
+    }
+
+    #[test]
+    fn unknown_cells_are_listed_up_to_a_bound() {
+        let feed = Feed::CivilStatus;
+        let mut header = s(&["id_number", "marital_status"]);
+        header.extend((0..10_000).map(|i| format!("c{i}")));
+        let m = map_header(&header, feed.columns(), &names(feed)).expect("maps");
+        assert_eq!(m.unknown.len(), UNKNOWN_LISTED + 1);
+        assert_eq!(m.unknown[UNKNOWN_LISTED], "… 9980 more");
+        assert_eq!(m.width, 10_002);
+    }
+
+    #[test]
+    fn configured_aliases_add_names_and_bad_ones_are_refused_issue_6() {
+        let conf = |col: &str, alias: &str| {
+            let mut m = BTreeMap::new();
+            m.insert(col.to_string(), vec![alias.to_string()]);
+            m
+        };
+        let ok = conf("visited_on", " 走访时间 ");
+        let h = HeaderNames::with_aliases([(Feed::Residence, &ok)]).expect("valid");
+        let m = map_header(
+            &s(&["身份证号", "走访时间", "结果", "核查结果"]),
+            Feed::Residence.columns(),
+            h.of(Feed::Residence),
+        )
+        .expect("maps");
+        assert_eq!(m.positions[1], Some(1));
+        // Its own name or built-in alias again: harmless.
+        let same = conf("visited_on", "走访日期");
+        assert!(HeaderNames::with_aliases([(Feed::Residence, &same)]).is_ok());
+        let unknown = conf("visit_date", "走访时间");
+        let err = HeaderNames::with_aliases([(Feed::Residence, &unknown)]).unwrap_err();
+        assert!(
+            err.starts_with("feeds.residence.aliases.visit_date:"),
+            "{err}"
+        );
+        let taken = conf("visited_on", "核查结果");
+        let err = HeaderNames::with_aliases([(Feed::Residence, &taken)]).unwrap_err();
+        assert!(err.contains("already names column result"), "{err}");
+        let taken = conf("address", "ID_Number");
+        let err = HeaderNames::with_aliases([(Feed::Residence, &taken)]).unwrap_err();
+        assert!(err.contains("already names column id_number"), "{err}");
+        let empty = conf("address", "  ");
+        assert!(HeaderNames::with_aliases([(Feed::Residence, &empty)]).is_err());
+    }
+
+    /// Reads `text` with the csv crate as the import does; the line of each
+    /// record and the unclosed-quote line.
+    fn lines_of(text: &[u8]) -> (Vec<(u64, Vec<String>)>, Option<String>) {
+        let (input, newlines) = LineCounter::new(text);
+        let mut csv = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(input);
+        let mut out = Vec::new();
+        let mut rec = csv::ByteRecord::new();
+        while csv.read_byte_record(&mut rec).expect("reads") {
+            let line = newlines
+                .borrow_mut()
+                .line_at(rec.position().map_or(0, |p| p.byte()));
+            let fields = rec
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect();
+            out.push((line, fields));
+        }
+        let unclosed = newlines.borrow().quoting_error().map(str::to_string);
+        (out, unclosed)
+    }
+
+    #[test]
+    fn lf_crlf_and_lone_cr_each_end_a_physical_line_c9() {
+        let (recs, unclosed) = lines_of(b"h\r\na\nb\rc\r\n\r\nd\n\ne");
+        let lines: Vec<u64> = recs.iter().map(|r| r.0).collect();
+        assert_eq!(lines, vec![1, 2, 3, 4, 6, 8]);
+        assert_eq!(unclosed, None);
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_found_and_well_formed_quotes_are_not() {
+        // Closed quotes, "" escapes, a line break inside quotes, a quote
+        // inside an unquoted field (literal): all fine.
+        let (recs, err) = lines_of(b"a,b\n\"x,\"\"y\"\"\r\nz\",2\nab\"c,3\n\"\",\"\"\"\"\n");
+        assert_eq!(err, None);
+        assert_eq!(
+            recs[1],
+            (2, vec!["x,\"y\"\r\nz".to_string(), "2".to_string()])
+        );
+        assert_eq!(recs[2], (4, vec!["ab\"c".to_string(), "3".to_string()]));
+        assert_eq!(recs[3].1, vec!["".to_string(), "\"".to_string()]);
+        // A quote opened on line 3 and never closed.
+        let (_, err) = lines_of(b"a,b\n1,2\n3,\"4\n5,6\n");
+        assert!(err.is_some_and(|e| e.starts_with("line 3: a quoted field")));
+        // Even when the file ends right after the opening quote.
+        let (_, err) = lines_of(b"a,b\r\n1,\"");
+        assert!(err.is_some_and(|e| e.starts_with("line 2: a quoted field")));
+        // A stray quote on line 2 that a quote on line 3 closes, text after.
+        let (_, err) = lines_of(b"a,b\n1,\"x\n2,\"y\"\n");
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("line 3: text after the closing quote")
+                    && e.contains("opened on line 2")),
+            "{err:?}"
+        );
+        // A closing quote as the last byte closes.
+        let (_, err) = lines_of(b"a,b\n1,\"2\"");
+        assert_eq!(err, None);
     }
 
     #[test]

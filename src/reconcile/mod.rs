@@ -643,6 +643,7 @@ async fn import_inbox(db: &Db, settings: &Settings) -> Result<Vec<(PathBuf, Impo
                 max_reject_ratio: settings.import.max_reject_ratio,
                 batch_rows: settings.import.batch_rows,
                 progress: PROGRESS.load(Ordering::Relaxed),
+                headers: settings.header_names()?,
             };
             let outcome =
                 feeds::import_file(db, feed, &file, &opts)
