@@ -506,13 +506,14 @@ pub fn map_header(
         };
         return Err(format!(
             "the first line names none of the expected columns ({}), so it is not a header row \
-             ({} cells{hint}); add the header row, or check that this is the right feed",
+             ({} cell{}{hint}); add the header row, or check that this is the right feed",
             columns
                 .iter()
                 .map(|(n, _)| *n)
                 .collect::<Vec<_>>()
                 .join(", "),
-            header.len()
+            header.len(),
+            if header.len() == 1 { "" } else { "s" }
         ));
     }
     if !missing.is_empty() {
