@@ -86,7 +86,9 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                     r.run_id,
                     r.finished_at.as_deref().unwrap_or("?")
                 ),
-                RunOutcome::Completed(summary) => print!("{}", run_report(summary)),
+                RunOutcome::Completed(summary) | RunOutcome::Held(summary) => {
+                    print!("{}", run_report(summary))
+                }
             }
             // The outbox by status (sent, failed, dead… from earlier
             // deliveries): what `autosign deliver` has left to do.
@@ -107,6 +109,28 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                     crate::fsutil::sidecar_path(&path).display()
                 );
             }
+            match &outcome {
+                // Exit 4 with the alert (issue #6).
+                RunOutcome::Held(summary) => Err(Error::Held(crate::brake::alert(&summary.run))),
+                _ => Ok(()),
+            }
+        }
+        Command::Release { run_id } => {
+            let notices = Notices::from_settings(&settings)?;
+            let db = Db::connect(&settings.effective_database_url()).await?;
+            let outcome = crate::brake::release(&db, &notices, run_id).await?;
+            print!("{}", crate::brake::release_report(&outcome));
+            Ok(())
+        }
+        Command::Discard { run_id } => {
+            let db = Db::connect(&settings.effective_database_url()).await?;
+            let run = crate::brake::discard(&db, run_id).await?;
+            println!(
+                "run {} for {} discarded: its events stay in the audit trail marked void; nothing \
+                 was applied or notified. Once the feed is fixed, `autosign run --as-of {}` \
+                 decides those permits afresh.",
+                run.run_id, run.as_of, run.as_of
+            );
             Ok(())
         }
         Command::Deliver { now } => {
@@ -269,9 +293,14 @@ pub fn run_report(s: &RunSummary) -> String {
     }
     let _ = writeln!(
         out,
-        "run {} for as_of {}: completed{}",
+        "run {} for as_of {}: {}{}",
         s.run.run_id,
         s.run.as_of,
+        if s.run.brake.is_some() {
+            "HELD by the safety brake (recorded; nothing applied, no notice queued)"
+        } else {
+            "completed"
+        },
         if s.run.attempts > 1 {
             format!(" (resumed, attempt {})", s.run.attempts)
         } else {
@@ -309,6 +338,10 @@ pub fn run_report(s: &RunSummary) -> String {
         for (r, n) in &s.planned.pending_reasons {
             let _ = writeln!(out, "    {:<45} {n:>9}", format!("PENDING/{}", r.code()));
         }
+    }
+    if s.run.brake.is_some() {
+        let _ = writeln!(out, "  notices queued: none while the run is held");
+        return out;
     }
     let _ = writeln!(out, "  notices queued:");
     for (ch, label) in [

@@ -20,8 +20,10 @@ use crate::feeds::{Encoding, Feed};
 ///
 /// Exit status: 0 success (also a no-op re-import or re-run); 1 runtime
 /// failure (database unreachable, I/O error); 2 usage or configuration error,
-/// or a refused operation; 3 input file refused (missing column,
-/// undecodable, too many rejected rows).
+/// or a refused operation (e.g. a run while another is held); 3 input file
+/// refused (missing column, undecodable, too many rejected rows); 4 run held
+/// by the safety brake (decisions recorded, nothing applied or notified:
+/// `autosign release RUN_ID` or `autosign discard RUN_ID`).
 #[derive(Debug, Parser)]
 #[command(name = "autosign", version, max_term_width = 100)]
 pub struct Cli {
@@ -63,7 +65,11 @@ pub enum Command {
     /// The nightly run for one date (R2a, R3–R8): import new inbox files,
     /// then lifecycle, window, evidence, decision and notices. Running a
     /// completed date again does nothing; a date earlier than the last
-    /// completed run is refused (exit 2).
+    /// completed run is refused (exit 2), and so is any run while another
+    /// is held. If the safety brake trips ([brake]: a stale feed, a sharp
+    /// drop in a feed's rows, too many VISIT_CENTER), the run is recorded
+    /// as held — nothing applied, no notice queued — and exits 4 with an
+    /// alert.
     Run {
         /// Business date: YYYY-MM-DD, "today" or "yesterday" (in the
         /// configured time zone).
@@ -103,6 +109,21 @@ pub enum Command {
         /// Show full ID numbers instead of 310115********1234.
         #[arg(long)]
         unmasked: bool,
+    },
+    /// Apply a run held by the safety brake: its permit changes and
+    /// notices, exactly as the run would have made them. An event whose
+    /// permit changed since the run is not applied (listed). Exit 2 if the
+    /// run is not held.
+    Release {
+        /// The held run's id (in the alert and `export audit`).
+        run_id: i64,
+    },
+    /// Void a run held by the safety brake: its events stay in the audit
+    /// trail marked void, nothing is applied or notified, and its date may
+    /// be run again (once the feed is fixed). Exit 2 if the run is not held.
+    Discard {
+        /// The held run's id.
+        run_id: i64,
     },
     /// A permit's state, current cycle, latest decision and notices (R10).
     Status {

@@ -12,6 +12,12 @@ pub fn now_rfc3339() -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
 }
 
+/// Now, for comparisons with stored timestamps (the safety brake's feed
+/// ages).
+pub fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
 /// Today's date in `tz`.
 pub fn today(tz: Tz) -> NaiveDate {
     Utc::now().with_timezone(&tz).date_naive()

@@ -1,6 +1,6 @@
 //! The one error type that reaches `main`, and the exit status it maps to
 //! (SPEC §5): 1 runtime failure, 2 usage/configuration/refused operation,
-//! 3 input file refused.
+//! 3 input file refused; and 4, a run held by the safety brake (issue #6).
 
 /// An error that ends a command. The message is one line, already naming
 /// the file, line and field where there is one.
@@ -19,6 +19,11 @@ pub enum Error {
     /// rejected rows (exit 3).
     #[error("{0}")]
     InputRefused(String),
+    /// The run was held by the safety brake (exit 4): its decisions are
+    /// recorded, not applied or notified, until `autosign release` or
+    /// `autosign discard`. The message is the alert.
+    #[error("{0}")]
+    Held(String),
     /// Database failure (exit 1).
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -35,6 +40,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Usage(_) | Error::Refused(_) => 2,
             Error::InputRefused(_) => 3,
+            Error::Held(_) => 4,
             Error::Db(_) | Error::Migrate(_) | Error::Runtime(_) => 1,
         }
     }

@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod brake;
 pub mod cli;
 pub mod clock;
 pub mod daemon;

@@ -30,6 +30,7 @@ pub struct Settings {
     pub email: EmailSettings,
     pub daemon: DaemonSettings,
     pub retention: RetentionSettings,
+    pub brake: BrakeSettings,
     pub log: LogSettings,
 }
 
@@ -213,6 +214,47 @@ pub struct RetentionSettings {
     pub notice_days: u32,
 }
 
+/// The safety brake (issue #6): when a run is held instead of applied.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrakeSettings {
+    pub enabled: bool,
+    pub max_visit_center_share: f64,
+    pub min_due: u64,
+    pub max_age_days: FeedAges,
+    pub row_drop: RowDrop,
+}
+
+/// Per feed: the largest age in days of its newest import (0: not checked).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedAges {
+    pub permits: u32,
+    pub residence: u32,
+    pub social_insurance: u32,
+    pub civil_status: u32,
+}
+
+impl FeedAges {
+    /// The limit for a feed by its stored name (`social-insurance`…).
+    pub fn for_feed(&self, feed: &str) -> u32 {
+        match feed {
+            "permits" => self.permits,
+            "residence" => self.residence,
+            "social-insurance" => self.social_insurance,
+            "civil-status" => self.civil_status,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowDrop {
+    pub min_ratio: f64,
+    pub min_previous_rows: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -301,6 +343,13 @@ impl Settings {
         self.validate_delivery()?;
         self.validate_daemon()?;
         self.validate_retention()?;
+        let b = &self.brake;
+        if !(0.0..=1.0).contains(&b.max_visit_center_share) {
+            return bad("brake.max_visit_center_share", "must be between 0 and 1");
+        }
+        if !(0.0..=1.0).contains(&b.row_drop.min_ratio) {
+            return bad("brake.row_drop.min_ratio", "must be between 0 and 1");
+        }
         Ok(())
     }
 
@@ -618,6 +667,37 @@ mod tests {
         assert_eq!(s.import.max_reject_ratio, 0.05);
         assert_eq!(s.timezone, "Asia/Shanghai");
         assert_eq!(s.daemon.schedule, "0 0 2 * * *");
+        // Issue #6 item 4: 30% VISIT_CENTER, checked from 1,000 due permits.
+        assert!(s.brake.enabled);
+        assert_eq!(s.brake.max_visit_center_share, 0.30);
+        assert_eq!(s.brake.min_due, 1000);
+        assert_eq!(s.brake.max_age_days.for_feed("residence"), 7);
+        assert_eq!(s.brake.max_age_days.for_feed("civil-status"), 0);
+        assert_eq!(s.brake.row_drop.min_ratio, 0.5);
+    }
+
+    #[test]
+    fn brake_keys_nest_in_the_environment_and_are_checked() {
+        // Issue #6: each check is tuned or turned off per key.
+        let s = Settings::load_with_env(
+            None,
+            &env(&[
+                ("AUTOSIGN_BRAKE__MAX_AGE_DAYS__RESIDENCE", "0"),
+                ("AUTOSIGN_BRAKE__ROW_DROP__MIN_RATIO", "0"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.brake.max_age_days.residence, 0);
+        assert_eq!(s.brake.row_drop.min_ratio, 0.0);
+        let err = Settings::load_with_env(
+            None,
+            &env(&[("AUTOSIGN_BRAKE__MAX_VISIT_CENTER_SHARE", "1.5")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("brake.max_visit_center_share"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -66,7 +66,14 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
         .permit(permit_no)
         .await?
         .ok_or_else(|| Error::Refused(format!("no permit {permit_no:?} in the register")))?;
-    let events = db.events_for(permit_no).await?;
+    // Only applied events decide anything: a held, void or not-applied one
+    // (issue #6) changed nothing for the holder.
+    let events: Vec<_> = db
+        .events_for(permit_no)
+        .await?
+        .into_iter()
+        .filter(|e| e.state == "applied")
+        .collect();
     let notices = db.notifications_for(permit_no).await?;
     let rules = &settings.rules;
     let closed = events

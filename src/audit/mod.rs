@@ -13,8 +13,12 @@ use crate::domain::mask_id_str;
 use crate::error::{Error, Result};
 use crate::fsutil::AtomicFile;
 
-/// R9's leading columns, in order.
-pub const AUDIT_COLUMNS: [&str; 17] = [
+/// R9's leading columns, in order, then `state` (issue #6): `applied`;
+/// `held` (its run is held by the safety brake: not applied, not notified);
+/// `void` (its run was discarded); `not_applied` (its run was released but
+/// the permit had changed since). The trail is append-only: a correction is
+/// a new row, so a permit may show a void event and a later applied one.
+pub const AUDIT_COLUMNS: [&str; 18] = [
     "run_id",
     "as_of",
     "permit_no",
@@ -32,6 +36,7 @@ pub const AUDIT_COLUMNS: [&str; 17] = [
     "notification_channel",
     "notification_status",
     "decided_at",
+    "state",
 ];
 
 pub const NOTIFICATION_COLUMNS: [&str; 14] = [
@@ -74,7 +79,7 @@ fn opt_date(d: Option<NaiveDate>) -> String {
     d.map(|d| d.to_string()).unwrap_or_default()
 }
 
-fn audit_record(r: AuditRow, unmasked: bool) -> [String; 17] {
+fn audit_record(r: AuditRow, unmasked: bool) -> [String; 18] {
     [
         r.run_id.to_string(),
         r.as_of.to_string(),
@@ -97,6 +102,7 @@ fn audit_record(r: AuditRow, unmasked: bool) -> [String; 17] {
         r.notification_channel.unwrap_or_default(),
         r.notification_status.unwrap_or_default(),
         r.decided_at,
+        r.state,
     ]
 }
 

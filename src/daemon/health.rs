@@ -39,15 +39,19 @@ pub enum RunResult {
     Interrupted,
     /// Catch-up refused: more than `max_catch_up_days` dates due.
     Refused,
+    /// Held by the safety brake, or not started because a run is held
+    /// (issue #6): an operator releases or discards it.
+    Held,
 }
 
 impl RunResult {
-    pub const ALL: [RunResult; 5] = [
+    pub const ALL: [RunResult; 6] = [
         RunResult::Completed,
         RunResult::AlreadyCompleted,
         RunResult::Failed,
         RunResult::Interrupted,
         RunResult::Refused,
+        RunResult::Held,
     ];
 
     pub fn label(self) -> &'static str {
@@ -57,6 +61,7 @@ impl RunResult {
             RunResult::Failed => "failed",
             RunResult::Interrupted => "interrupted",
             RunResult::Refused => "refused",
+            RunResult::Held => "held",
         }
     }
 }
@@ -198,6 +203,20 @@ async fn readyz(State(s): State<Arc<HealthState>>) -> Reply {
         Err(e) => {
             ready = false;
             lines.push(format!("migrations: FAIL ({e})"));
+        }
+    }
+    match quick(s.db.held_run()).await {
+        Ok(Some(held)) => {
+            ready = false;
+            lines.push(format!(
+                "brake: FAIL ({})",
+                crate::brake::held_refusal(&held)
+            ));
+        }
+        Ok(None) => lines.push("brake: ok (no run held)".to_string()),
+        Err(e) => {
+            ready = false;
+            lines.push(format!("brake: FAIL ({e})"));
         }
     }
     match quick(s.db.latest_completed_run()).await {
@@ -539,6 +558,8 @@ mod tests {
             started_at: "2026-11-27T02:00:00+08:00".into(),
             finished_at: Some("2026-11-27T02:00:03+08:00".into()),
             pending: 2,
+            brake: None,
+            import_mark: None,
         };
         let db = DbMetrics {
             runs: vec![lc("completed", "", 4)],

@@ -409,6 +409,30 @@ impl Runner<'_> {
             if *stop.borrow() {
                 break;
             }
+            // Issue #6: a held run waits for an operator; nothing runs.
+            match self.db.held_run().await {
+                Ok(Some(held)) => {
+                    self.metrics.record(RunResult::Held, None);
+                    tracing::error!(
+                        alert = "run_held",
+                        run_id = held.run_id,
+                        as_of = %held.as_of,
+                        "not running: {}",
+                        crate::brake::held_refusal(&held)
+                    );
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.metrics.record(RunResult::Failed, None);
+                    tracing::error!(
+                        alert = "run_failed",
+                        error = %e,
+                        "cannot read the run ledger; trying again at the next tick"
+                    );
+                    break;
+                }
+            }
             let now = self.clock.now();
             let Some(due) = self.schedule.due_date(now) else {
                 tracing::info!(why, "no tick has come yet: nothing is due");
@@ -488,6 +512,17 @@ impl Runner<'_> {
                     "nightly run completed"
                 );
                 true
+            }
+            Ok(RunOutcome::Held(s)) => {
+                self.metrics.record(RunResult::Held, None);
+                tracing::error!(
+                    alert = "run_held",
+                    run_id = s.run.run_id,
+                    %as_of,
+                    "{}",
+                    crate::brake::alert(&s.run)
+                );
+                false
             }
             Ok(RunOutcome::AlreadyCompleted(r)) => {
                 self.metrics.record(RunResult::AlreadyCompleted, None);

@@ -110,11 +110,79 @@ impl Db {
 
     /// Opens the run's transaction for `as_of` and creates its `running`
     /// row (or takes over one left by a crashed process: the caller holds
-    /// the job lock, so no live process owns it).
-    pub async fn begin_run(&self, as_of: NaiveDate, now: &str) -> Result<RunTx> {
+    /// the job lock, so no live process owns it). `import_mark` is the
+    /// newest import the run has seen (the brake's row-count check).
+    pub async fn begin_run(&self, as_of: NaiveDate, now: &str, import_mark: i64) -> Result<RunTx> {
         match self {
-            Db::Sqlite(db) => Ok(RunTx::Sqlite(db.begin_run(as_of, now).await?)),
-            Db::Postgres(db) => Ok(RunTx::Postgres(db.begin_run(as_of, now).await?)),
+            Db::Sqlite(db) => Ok(RunTx::Sqlite(db.begin_run(as_of, now, import_mark).await?)),
+            Db::Postgres(db) => Ok(RunTx::Postgres(
+                db.begin_run(as_of, now, import_mark).await?,
+            )),
+        }
+    }
+
+    pub async fn run_by_id(&self, run_id: i64) -> Result<Option<RunRecord>> {
+        match self {
+            Db::Sqlite(db) => db.run_by_id(run_id).await,
+            Db::Postgres(db) => db.run_by_id(run_id).await,
+        }
+    }
+
+    /// The oldest run held by the safety brake, if any (issue #6).
+    pub async fn held_run(&self) -> Result<Option<RunRecord>> {
+        match self {
+            Db::Sqlite(db) => db.held_run().await,
+            Db::Postgres(db) => db.held_run().await,
+        }
+    }
+
+    /// The import mark of the latest completed run (0 when none).
+    pub async fn completed_import_mark(&self) -> Result<i64> {
+        match self {
+            Db::Sqlite(db) => db.completed_import_mark().await,
+            Db::Postgres(db) => db.completed_import_mark().await,
+        }
+    }
+
+    /// The two newest imports of each feed, by feed, newest first.
+    pub async fn latest_imports(&self) -> Result<Vec<FeedImport>> {
+        match self {
+            Db::Sqlite(db) => db.latest_imports().await,
+            Db::Postgres(db) => db.latest_imports().await,
+        }
+    }
+
+    /// The events a held run wrote, in the order it wrote them.
+    pub async fn held_events(&self, run_id: i64) -> Result<Vec<HeldEvent>> {
+        match self {
+            Db::Sqlite(db) => db.held_events(run_id).await,
+            Db::Postgres(db) => db.held_events(run_id).await,
+        }
+    }
+
+    pub async fn permits_by_no(&self, permit_nos: &[&str]) -> Result<HashMap<String, PermitRow>> {
+        match self {
+            Db::Sqlite(db) => db.permits_by_no(permit_nos).await,
+            Db::Postgres(db) => db.permits_by_no(permit_nos).await,
+        }
+    }
+
+    /// `autosign release`: in one transaction, queues the items' notices,
+    /// makes their permit changes, records what was done with each event
+    /// and marks the run completed. `false` if the run is not held.
+    pub async fn release_run(&self, run_id: i64, items: &[ReleaseItem], now: &str) -> Result<bool> {
+        match self {
+            Db::Sqlite(db) => db.release_run(run_id, items, now).await,
+            Db::Postgres(db) => db.release_run(run_id, items, now).await,
+        }
+    }
+
+    /// `autosign discard`: the held run becomes discarded, its events void.
+    /// `false` if the run is not held.
+    pub async fn discard_run(&self, run_id: i64, now: &str) -> Result<bool> {
+        match self {
+            Db::Sqlite(db) => db.discard_run(run_id, now).await,
+            Db::Postgres(db) => db.discard_run(run_id, now).await,
         }
     }
 
@@ -329,7 +397,17 @@ impl RunTx {
         }
     }
 
-    /// Marks the run completed and commits.
+    /// Marks the run held by the safety brake (issue #6) before it writes
+    /// anything: its batches then carry events only, and `complete` marks
+    /// it `held`.
+    pub async fn hold(&mut self, why: &str) -> Result<()> {
+        match self {
+            RunTx::Sqlite(t) => t.hold(why).await,
+            RunTx::Postgres(t) => t.hold(why).await,
+        }
+    }
+
+    /// Marks the run completed (or held) and commits.
     pub async fn complete(self, pending: u64, now: &str) -> Result<()> {
         match self {
             RunTx::Sqlite(t) => t.complete(pending, now).await,

@@ -197,7 +197,7 @@ impl PgDb {
         let row = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
-            " FROM runs WHERE as_of = $1"
+            " FROM runs WHERE as_of = $1 AND status <> 'discarded'"
         ))
         .bind(as_of)
         .fetch_optional(&self.pool)
@@ -205,34 +205,257 @@ impl PgDb {
         row.map(|r| run_record(&r)).transpose()
     }
 
+    pub async fn run_by_id(&self, run_id: i64) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE run_id = $1"
+        ))
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| run_record(&r)).transpose()
+    }
+
+    /// The oldest run the safety brake holds, if any.
+    pub async fn held_run(&self) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE status = 'held' ORDER BY run_id LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| run_record(&r)).transpose()
+    }
+
+    /// The import mark of the latest completed run (0 when none has one).
+    pub async fn completed_import_mark(&self) -> Result<i64> {
+        let mark: Option<i64> = sqlx::query_scalar(
+            "SELECT import_mark FROM runs WHERE status = 'completed' ORDER BY run_id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
+        Ok(mark.unwrap_or(0))
+    }
+
+    /// The two newest imports of each feed, newest first within a feed.
+    pub async fn latest_imports(&self) -> Result<Vec<FeedImport>> {
+        let rows = sqlx::query(
+            "SELECT import_id, feed, file_name, imported_at, rows_imported FROM (
+               SELECT import_id, feed, file_name, imported_at, rows_imported,
+                      row_number() OVER (PARTITION BY feed ORDER BY import_id DESC) AS k
+               FROM imports) AS i WHERE k <= 2 ORDER BY feed, import_id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FeedImport {
+                    import_id: r.try_get(0)?,
+                    feed: r.try_get(1)?,
+                    file_name: r.try_get(2)?,
+                    imported_at: r.try_get(3)?,
+                    rows_imported: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A held run's events in the order they were written.
+    pub async fn held_events(&self, run_id: i64) -> Result<Vec<HeldEvent>> {
+        let rows = sqlx::query(
+            "SELECT event_id, permit_no, kind, reasons, valid_until, new_valid_until
+             FROM events WHERE run_id = $1 AND held ORDER BY event_id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HeldEvent {
+                    event_id: r.try_get(0)?,
+                    permit_no: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    reasons: r.try_get(3)?,
+                    valid_until: r.try_get(4)?,
+                    new_valid_until: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// These permits as stored, by permit_no.
+    pub async fn permits_by_no(&self, permit_nos: &[&str]) -> Result<HashMap<String, PermitRow>> {
+        let mut out = HashMap::with_capacity(permit_nos.len());
+        for chunk in permit_nos.chunks(10_000) {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                permit_columns!(),
+                " FROM permits WHERE permit_no = ANY($1)"
+            ))
+            .bind(chunk)
+            .fetch_all(&self.pool)
+            .await?;
+            for r in &rows {
+                let p = permit_row(r)?;
+                out.insert(p.permit_no.clone(), p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a held run (issue #6): queues the notices and makes the
+    /// permit changes of the items that have a notice, records what was
+    /// done with each event, and marks the run completed — one
+    /// transaction. `false` (nothing done) if the run is no longer held.
+    pub async fn release_run(&self, run_id: i64, items: &[ReleaseItem], now: &str) -> Result<bool> {
+        let mut conn = self.detached().await?;
+        let mut tx = conn.begin().await?;
+        let as_of: Option<NaiveDate> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'completed', released_at = $2
+             WHERE run_id = $1 AND status = 'held' RETURNING as_of",
+        )
+        .bind(run_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(as_of) = as_of else {
+            return Ok(false);
+        };
+        let applied: Vec<&ReleaseItem> = items.iter().filter(|i| i.notice.is_some()).collect();
+        let notices: Vec<&NewNotice> = applied.iter().filter_map(|i| i.notice.as_ref()).collect();
+        let permit_nos: Vec<&str> = applied.iter().map(|i| i.permit_no.as_str()).collect();
+        let valid_until: Vec<NaiveDate> = applied.iter().map(|i| i.valid_until).collect();
+        let kinds: Vec<&str> = applied.iter().map(|i| i.kind.as_str()).collect();
+        let channels: Vec<&str> = notices.iter().map(|n| n.channel).collect();
+        let recipients: Vec<&str> = notices.iter().map(|n| n.recipient.as_str()).collect();
+        let messages: Vec<&str> = notices.iter().map(|n| n.message.as_str()).collect();
+        let statuses: Vec<&str> = notices.iter().map(|n| n.status).collect();
+        let next_attempt: Vec<Option<&str>> = notices
+            .iter()
+            .map(|n| (n.status == "queued").then_some(now))
+            .collect();
+        sqlx::query(
+            "INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind,
+               channel, recipient, message, status, next_attempt_at, created_at)
+             SELECT (SELECT coalesce(max(notification_id), 0) FROM notifications) + u.ord, $1, $2,
+               u.permit_no, u.valid_until, u.kind, u.channel, u.recipient, u.message, u.status,
+               u.next_attempt_at, $3
+             FROM UNNEST($4::text[], $5::date[], $6::text[], $7::text[], $8::text[], $9::text[],
+                         $10::text[], $11::text[])
+                  WITH ORDINALITY AS u (permit_no, valid_until, kind, channel, recipient, message, status,
+                         next_attempt_at, ord)",
+        )
+        .bind(run_id)
+        .bind(as_of)
+        .bind(now)
+        .bind(&permit_nos)
+        .bind(&valid_until)
+        .bind(&kinds)
+        .bind(&channels)
+        .bind(&recipients)
+        .bind(&messages)
+        .bind(&statuses)
+        .bind(&next_attempt)
+        .execute(&mut *tx)
+        .await?;
+        let (mut eff_nos, mut eff_vu, mut eff_status) = (Vec::new(), Vec::new(), Vec::new());
+        for i in &applied {
+            match i.effect {
+                Effect::Extend(to) => {
+                    eff_nos.push(i.permit_no.as_str());
+                    eff_vu.push(Some(to));
+                    eff_status.push(None);
+                }
+                Effect::SetStatus(st) => {
+                    eff_nos.push(i.permit_no.as_str());
+                    eff_vu.push(None);
+                    eff_status.push(Some(st));
+                }
+                Effect::None => {}
+            }
+        }
+        if !eff_nos.is_empty() {
+            sqlx::query(
+                "UPDATE permits p SET valid_until = coalesce(u.valid_until, p.valid_until),
+                   status = coalesce(u.status, p.status)
+                 FROM UNNEST($1::text[], $2::date[], $3::text[]) AS u (permit_no, valid_until, status)
+                 WHERE p.permit_no = u.permit_no",
+            )
+            .bind(&eff_nos)
+            .bind(&eff_vu)
+            .bind(&eff_status)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let event_ids: Vec<i64> = items.iter().map(|i| i.event_id).collect();
+        let was_applied: Vec<bool> = items.iter().map(|i| i.notice.is_some()).collect();
+        sqlx::query(
+            "INSERT INTO event_releases (event_id, run_id, applied, released_at)
+             SELECT u.event_id, $1, u.applied, $2 FROM UNNEST($3::bigint[], $4::bool[]) AS u (event_id, applied)",
+        )
+        .bind(run_id)
+        .bind(now)
+        .bind(&event_ids)
+        .bind(&was_applied)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let _ = conn.close().await;
+        Ok(true)
+    }
+
+    /// Marks a held run discarded (its events void). `false` if it is not
+    /// held.
+    pub async fn discard_run(&self, run_id: i64, now: &str) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE runs SET status = 'discarded', discarded_at = $2 WHERE run_id = $1 AND status = 'held'",
+        )
+        .bind(run_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     /// Creates the run's `running` row, or takes over one left by a process
     /// that died (the caller holds the job lock, so none is alive), and
     /// writes this process's fencing token on it.
-    pub async fn begin_run(&self, as_of: NaiveDate, now: &str) -> Result<PgRunTx> {
+    pub async fn begin_run(
+        &self,
+        as_of: NaiveDate,
+        now: &str,
+        import_mark: i64,
+    ) -> Result<PgRunTx> {
         let owner = fencing_token();
         let mut conn = self.detached().await?;
         let taken_over = sqlx::query(concat!(
-            "UPDATE runs SET attempts = attempts + 1, started_at = $2, owner = $3
+            "UPDATE runs SET attempts = attempts + 1, started_at = $2, owner = $3, import_mark = $4
              WHERE as_of = $1 AND status = 'running' RETURNING ",
             run_columns!()
         ))
         .bind(as_of)
         .bind(now)
         .bind(&owner)
+        .bind(import_mark)
         .fetch_optional(&mut conn)
         .await?;
         let row = match taken_over {
             Some(row) => row,
             None => {
                 let created = sqlx::query(concat!(
-                    "INSERT INTO runs (run_id, as_of, status, started_at, owner)
-                     SELECT coalesce(max(run_id), 0) + 1, $1, 'running', $2, $3 FROM runs
-                     ON CONFLICT (as_of) DO NOTHING RETURNING ",
+                    "INSERT INTO runs (run_id, as_of, status, started_at, owner, import_mark)
+                     SELECT coalesce(max(run_id), 0) + 1, $1, 'running', $2, $3, $4 FROM runs
+                     ON CONFLICT (as_of) WHERE status <> 'discarded' DO NOTHING RETURNING ",
                     run_columns!()
                 ))
                 .bind(as_of)
                 .bind(now)
                 .bind(&owner)
+                .bind(import_mark)
                 .fetch_optional(&mut conn)
                 .await?;
                 match created {
@@ -253,9 +476,10 @@ impl PgDb {
 
     pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
         let rows = sqlx::query(
-            "SELECT e.kind, e.reasons, n.channel, count(*) AS n
-             FROM events e JOIN notifications n
+            "SELECT e.kind, e.reasons, coalesce(n.channel, ''), count(*) AS n
+             FROM events e LEFT JOIN notifications n
                ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
+              AND n.run_id = e.run_id
              WHERE e.run_id = $1 GROUP BY e.kind, e.reasons, n.channel ORDER BY e.kind, e.reasons, n.channel",
         )
         .bind(run_id)
@@ -357,7 +581,7 @@ fn hostname() -> String {
 
 macro_rules! run_columns {
     () => {
-        "run_id, as_of, status, attempts, started_at, finished_at, pending"
+        "run_id, as_of, status, attempts, started_at, finished_at, pending, brake, import_mark"
     };
 }
 use run_columns;
@@ -371,15 +595,21 @@ macro_rules! permit_columns {
 use permit_columns;
 
 // The same ORDER BY as SQLite's: permit_no is COLLATE "C" in the schema,
-// so it sorts bytewise there too.
+// so it sorts bytewise there too. The state (issue #6) as on SQLite.
 macro_rules! audit_select {
     ($where:literal) => {
         concat!(
             "SELECT e.run_id, e.as_of, e.permit_no, e.id_number, e.kind, e.reasons, e.valid_until,
                     e.new_valid_until, e.residence_visited_on, e.residence_result, e.si_month, e.si_status,
-                    e.si_employer_uscc, e.marital_status, n.channel, n.status, e.decided_at
-             FROM events e LEFT JOIN notifications n
+                    e.si_employer_uscc, e.marital_status, n.channel, n.status, e.decided_at,
+                    CASE WHEN NOT e.held THEN 'applied' WHEN r.status = 'discarded' THEN 'void'
+                         WHEN x.applied THEN 'applied' WHEN r.status = 'completed' THEN 'not_applied'
+                         ELSE 'held' END
+             FROM events e JOIN runs r ON r.run_id = e.run_id
+             LEFT JOIN event_releases x ON x.event_id = e.event_id
+             LEFT JOIN notifications n
                ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
+              AND n.run_id = e.run_id
              WHERE ",
             $where,
             " ORDER BY e.as_of, e.permit_no,
@@ -1021,6 +1251,23 @@ fn test_delay(which: &'static str) -> Option<Duration> {
     })
 }
 
+/// Whether the permit's current cycle has a final decision (C8) that
+/// counts: an applied one, or one a release applied; a held or void event
+/// does not close the cycle (issue #6). `LIMIT 1` probes of the events keys
+/// rather than `EXISTS` (see [`PgRunTx::candidates`]).
+macro_rules! decided_pg {
+    () => {
+        "((SELECT true FROM events e WHERE e.permit_no = p.permit_no
+                  AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER')
+                  AND NOT e.held
+           LIMIT 1) IS NOT NULL
+          OR (SELECT true FROM events e JOIN event_releases x ON x.event_id = e.event_id
+              WHERE e.permit_no = p.permit_no AND e.valid_until = p.valid_until
+                AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held AND x.applied
+              LIMIT 1) IS NOT NULL)"
+    };
+}
+
 /// The run on PostgreSQL: reads on the run's own connection, each page's
 /// writes in a transaction of their own (see the module doc).
 pub struct PgRunTx {
@@ -1066,16 +1313,14 @@ impl PgRunTx {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Candidate>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
-                    p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status,
-                    (SELECT true FROM events e WHERE e.permit_no = p.permit_no
-                            AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER')
-                     LIMIT 1) IS NOT NULL
-             FROM permits p
+                    p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status, ",
+            decided_pg!(),
+            " FROM permits p
              WHERE p.permit_no > $1 AND p.status IN ('active', 'suspended') AND p.valid_until <= $2
-             ORDER BY p.permit_no LIMIT $3",
-        )
+             ORDER BY p.permit_no LIMIT $3"
+        ))
         .bind(after.unwrap_or(""))
         .bind(to)
         .bind(i64::from(limit))
@@ -1100,15 +1345,14 @@ impl PgRunTx {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DuePermit>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT p.permit_no, p.id_number, p.valid_until, p.employer_uscc, p.si_status, p.marital_status
              FROM permits p
              WHERE p.permit_no > $1 AND p.status = 'active' AND p.valid_until BETWEEN $2 AND $3
-               AND (SELECT true FROM events e WHERE e.permit_no = p.permit_no
-                           AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER')
-                    LIMIT 1) IS NULL
-             ORDER BY p.permit_no LIMIT $4",
-        )
+               AND NOT ",
+            decided_pg!(),
+            " ORDER BY p.permit_no LIMIT $4"
+        ))
         .bind(after.unwrap_or(""))
         .bind(from)
         .bind(to)
@@ -1236,8 +1480,22 @@ impl PgRunTx {
         let mut tx = self.conn.begin().await?;
         fence(&mut tx, &self.run, &self.owner, at).await?;
         // Ids are max + 1 in page order (the job lock makes this the only
-        // writer): the same ids as SQLite for the same inputs.
-        sqlx::query(
+        // writer): the same ids as SQLite for the same inputs. A held run
+        // (issue #6) writes its events only; resumed after a crash, it skips
+        // those a committed page already holds.
+        sqlx::query(if batch.held {
+            "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
+               new_valid_until, residence_visited_on, residence_result, si_month, si_status,
+               si_employer_uscc, marital_status, decided_at, held)
+             SELECT (SELECT coalesce(max(event_id), 0) FROM events) + u.ord, $1, $2, u.permit_no,
+               u.id_number, u.kind, u.reasons, u.valid_until, u.new_valid_until, u.visited_on,
+               u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3, true
+             FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::date[], $9::date[],
+                         $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
+                  WITH ORDINALITY AS u (permit_no, id_number, kind, reasons, valid_until, new_valid_until,
+                         visited_on, residence_result, si_month, si_status, si_employer, marital, ord)
+             ON CONFLICT DO NOTHING"
+        } else {
             "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
                new_valid_until, residence_visited_on, residence_result, si_month, si_status,
                si_employer_uscc, marital_status, decided_at)
@@ -1247,8 +1505,8 @@ impl PgRunTx {
              FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::date[], $9::date[],
                          $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
                   WITH ORDINALITY AS u (permit_no, id_number, kind, reasons, valid_until, new_valid_until,
-                         visited_on, residence_result, si_month, si_status, si_employer, marital, ord)",
-        )
+                         visited_on, residence_result, si_month, si_status, si_employer, marital, ord)"
+        })
         .bind(batch.run_id)
         .bind(batch.as_of)
         .bind(at)
@@ -1266,6 +1524,10 @@ impl PgRunTx {
         .bind(&marital)
         .execute(&mut *tx)
         .await?;
+        if batch.held {
+            tx.commit().await?;
+            return Ok(());
+        }
         sqlx::query(
             "INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind,
                channel, recipient, message, status, next_attempt_at, created_at)
@@ -1310,16 +1572,38 @@ impl PgRunTx {
         Ok(())
     }
 
-    /// Marks the run completed (if this process still owns it).
+    /// Marks the run held by the safety brake (if this process still owns
+    /// it), before it writes any event.
+    pub async fn hold(&mut self, why: &str) -> Result<()> {
+        let now = crate::clock::now_rfc3339();
+        let mut tx = self.conn.begin().await?;
+        fence(&mut tx, &self.run, &self.owner, &now).await?;
+        sqlx::query("UPDATE runs SET brake = $1 WHERE run_id = $2")
+            .bind(why)
+            .bind(self.run.run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.run.brake = Some(why.to_string());
+        Ok(())
+    }
+
+    /// Marks the run completed, or held if the brake held it (if this
+    /// process still owns it).
     pub async fn complete(mut self, pending: u64, now: &str) -> Result<()> {
         let mut tx = self.conn.begin().await?;
         fence(&mut tx, &self.run, &self.owner, now).await?;
         sqlx::query(
-            "UPDATE runs SET status = 'completed', finished_at = $1, pending = $2 WHERE run_id = $3",
+            "UPDATE runs SET status = $4, finished_at = $1, pending = $2 WHERE run_id = $3",
         )
         .bind(now)
         .bind(pending as i64)
         .bind(self.run.run_id)
+        .bind(if self.run.brake.is_some() {
+            "held"
+        } else {
+            "completed"
+        })
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -1375,6 +1659,8 @@ fn run_record(r: &PgRow) -> Result<RunRecord> {
         started_at: r.try_get(4)?,
         finished_at: r.try_get(5)?,
         pending: r.try_get(6)?,
+        brake: r.try_get(7)?,
+        import_mark: r.try_get(8)?,
     })
 }
 
@@ -1397,6 +1683,7 @@ fn audit_row(r: &PgRow) -> Result<AuditRow> {
         notification_channel: r.try_get(14)?,
         notification_status: r.try_get(15)?,
         decided_at: r.try_get(16)?,
+        state: r.try_get(17)?,
     })
 }
 

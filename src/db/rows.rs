@@ -100,6 +100,45 @@ pub struct RunRecord {
     pub started_at: String,
     pub finished_at: Option<String>,
     pub pending: i64,
+    /// Why the safety brake held this run (issue #6); `None` for a run it
+    /// let through.
+    pub brake: Option<String>,
+    /// The newest import the run saw when it began (after its inbox).
+    pub import_mark: Option<i64>,
+}
+
+/// A feed's import, as the safety brake looks at it.
+#[derive(Debug, Clone)]
+pub struct FeedImport {
+    pub import_id: i64,
+    pub feed: String,
+    pub file_name: String,
+    pub imported_at: String,
+    pub rows_imported: i64,
+}
+
+/// An event of a held run, as `autosign release` reads it back.
+#[derive(Debug, Clone)]
+pub struct HeldEvent {
+    pub event_id: i64,
+    pub permit_no: String,
+    pub kind: String,
+    pub reasons: String,
+    pub valid_until: NaiveDate,
+    pub new_valid_until: Option<NaiveDate>,
+}
+
+/// What `autosign release` does with one held event: with a notice, it is
+/// applied (its effect made, the notice queued); without, it is recorded
+/// as not applied (the permit's cycle changed since the run).
+#[derive(Debug, Clone)]
+pub struct ReleaseItem {
+    pub event_id: i64,
+    pub permit_no: String,
+    pub valid_until: NaiveDate,
+    pub kind: String,
+    pub effect: Effect,
+    pub notice: Option<NewNotice>,
 }
 
 /// A permit the run looks at, and whether its current cycle (permit_no,
@@ -216,6 +255,9 @@ impl std::fmt::Debug for NewNotice {
 #[derive(Debug)]
 pub struct RunBatch {
     pub run_id: i64,
+    /// The run is held by the safety brake: events only, no permit change,
+    /// no notice (issue #6).
+    pub held: bool,
     pub as_of: NaiveDate,
     pub decided_at: String,
     pub events: Vec<NewEvent>,
@@ -249,6 +291,10 @@ pub struct AuditRow {
     pub notification_channel: Option<String>,
     pub notification_status: Option<String>,
     pub decided_at: String,
+    /// `applied`, `held` (its run is held by the safety brake), `void` (its
+    /// run was discarded) or `not_applied` (released, but the permit's
+    /// cycle had changed since the run).
+    pub state: String,
 }
 
 #[derive(Debug, Clone)]

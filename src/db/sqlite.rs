@@ -82,6 +82,12 @@ fn raw_permit(r: &rusqlite::Row) -> rusqlite::Result<PermitRow> {
     })
 }
 
+macro_rules! run_columns {
+    () => {
+        "run_id, as_of, status, attempts, started_at, finished_at, pending, brake, import_mark"
+    };
+}
+
 #[derive(Clone)]
 pub struct SqliteDb {
     pool: SqlitePool,
@@ -188,39 +194,103 @@ impl SqliteDb {
     }
 
     pub async fn latest_completed_run(&self) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(
-            "SELECT run_id, as_of, status, attempts, started_at, finished_at, pending
-             FROM runs WHERE status = 'completed' ORDER BY as_of DESC LIMIT 1",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE status = 'completed' ORDER BY as_of DESC LIMIT 1"
+        ))
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| run_record(&r)).transpose()
     }
 
+    /// The live (not discarded) run for `as_of`.
     pub async fn run_for(&self, as_of: NaiveDate) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(
-            "SELECT run_id, as_of, status, attempts, started_at, finished_at, pending FROM runs WHERE as_of = ?",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE as_of = ? AND status <> 'discarded'"
+        ))
         .bind(as_of)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| run_record(&r)).transpose()
     }
 
-    pub async fn begin_run(&self, as_of: NaiveDate, now: &str) -> Result<SqliteRunTx> {
+    pub async fn run_by_id(&self, run_id: i64) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE run_id = ?"
+        ))
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| run_record(&r)).transpose()
+    }
+
+    /// The oldest run the safety brake holds, if any.
+    pub async fn held_run(&self) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE status = 'held' ORDER BY run_id LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| run_record(&r)).transpose()
+    }
+
+    /// The import mark of the latest completed run (0 when none has one).
+    pub async fn completed_import_mark(&self) -> Result<i64> {
+        let mark: Option<i64> = sqlx::query_scalar(
+            "SELECT import_mark FROM runs WHERE status = 'completed' ORDER BY run_id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
+        Ok(mark.unwrap_or(0))
+    }
+
+    /// The two newest imports of each feed, newest first within a feed.
+    pub async fn latest_imports(&self) -> Result<Vec<FeedImport>> {
+        let rows = sqlx::query(LATEST_IMPORTS).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FeedImport {
+                    import_id: r.try_get(0)?,
+                    feed: r.try_get(1)?,
+                    file_name: r.try_get(2)?,
+                    imported_at: r.try_get(3)?,
+                    rows_imported: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn begin_run(
+        &self,
+        as_of: NaiveDate,
+        now: &str,
+        import_mark: i64,
+    ) -> Result<SqliteRunTx> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
-            "INSERT INTO runs (as_of, status, started_at) VALUES (?, 'running', ?)
-             ON CONFLICT (as_of) DO UPDATE SET attempts = attempts + 1, started_at = excluded.started_at
+            "INSERT INTO runs (as_of, status, started_at, import_mark) VALUES (?1, 'running', ?2, ?3)
+             ON CONFLICT (as_of) WHERE status <> 'discarded' DO UPDATE SET attempts = attempts + 1,
+               started_at = excluded.started_at, import_mark = excluded.import_mark
              WHERE runs.status = 'running'",
         )
         .bind(as_of)
         .bind(now)
+        .bind(import_mark)
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query(
-            "SELECT run_id, as_of, status, attempts, started_at, finished_at, pending FROM runs WHERE as_of = ?",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE as_of = ? AND status <> 'discarded'"
+        ))
         .bind(as_of)
         .fetch_one(&mut *tx)
         .await?;
@@ -228,11 +298,136 @@ impl SqliteDb {
         Ok(SqliteRunTx { tx, run })
     }
 
+    /// A held run's events in the order they were written.
+    pub async fn held_events(&self, run_id: i64) -> Result<Vec<HeldEvent>> {
+        let mut conn = self.pool.acquire().await?;
+        with_raw(&mut conn, |c| {
+            let mut stmt = c.prepare(
+                "SELECT event_id, permit_no, kind, reasons, valid_until, new_valid_until
+                 FROM events WHERE run_id = ?1 AND held = 1 ORDER BY event_id",
+            )?;
+            let rows = stmt.query_map([run_id], |r| {
+                Ok(HeldEvent {
+                    event_id: r.get(0)?,
+                    permit_no: r.get(1)?,
+                    kind: r.get(2)?,
+                    reasons: r.get(3)?,
+                    valid_until: raw_date(r, 4)?,
+                    new_valid_until: raw_opt_date(r, 5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// These permits as stored, by permit_no.
+    pub async fn permits_by_no(&self, permit_nos: &[&str]) -> Result<HashMap<String, PermitRow>> {
+        let mut conn = self.pool.acquire().await?;
+        with_raw(&mut conn, |c| {
+            let mut stmt = c.prepare(concat!(
+                "SELECT permit_no, id_number, name, phone, email, district_code, street_code, address, ",
+                "valid_until, status, employer_uscc, si_status, marital_status FROM permits WHERE permit_no = ?1"
+            ))?;
+            let mut out = HashMap::with_capacity(permit_nos.len());
+            for no in permit_nos {
+                let mut rows = stmt.query([no])?;
+                if let Some(r) = rows.next()? {
+                    out.insert(no.to_string(), raw_permit(r)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Applies a held run (issue #6): queues the notices and makes the
+    /// permit changes of the items that have a notice, records what was
+    /// done with each event, and marks the run completed — one transaction.
+    /// `false` (nothing done) if the run is no longer held.
+    pub async fn release_run(&self, run_id: i64, items: &[ReleaseItem], now: &str) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let marked = sqlx::query(
+            "UPDATE runs SET status = 'completed', released_at = ?2 WHERE run_id = ?1 AND status = 'held'",
+        )
+        .bind(run_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        with_raw(&mut tx, |c| {
+            let mut notice = c.prepare(
+                "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until, kind, channel,
+                 recipient, message, status, next_attempt_at, created_at)
+                 SELECT ?1, as_of, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM runs WHERE run_id = ?1",
+            )?;
+            let mut extend = c.prepare("UPDATE permits SET valid_until = ?2 WHERE permit_no = ?1")?;
+            let mut status = c.prepare("UPDATE permits SET status = ?2 WHERE permit_no = ?1")?;
+            let mut release = c.prepare(
+                "INSERT INTO event_releases (event_id, run_id, applied, released_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for item in items {
+                if let Some(n) = &item.notice {
+                    notice.execute(rusqlite::params![
+                        run_id,
+                        item.permit_no,
+                        item.valid_until.to_string(),
+                        item.kind,
+                        n.channel,
+                        n.recipient,
+                        n.message,
+                        n.status,
+                        (n.status == "queued").then_some(now),
+                        now,
+                    ])?;
+                    match item.effect {
+                        Effect::Extend(to) => {
+                            extend.execute(rusqlite::params![item.permit_no, to.to_string()])?;
+                        }
+                        Effect::SetStatus(s) => {
+                            status.execute(rusqlite::params![item.permit_no, s])?;
+                        }
+                        Effect::None => {}
+                    }
+                }
+                release.execute(rusqlite::params![
+                    item.event_id,
+                    run_id,
+                    item.notice.is_some(),
+                    now
+                ])?;
+            }
+            Ok(())
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Marks a held run discarded (its events void). `false` if it is not
+    /// held.
+    pub async fn discard_run(&self, run_id: i64, now: &str) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE runs SET status = 'discarded', discarded_at = ?2 WHERE run_id = ?1 AND status = 'held'",
+        )
+        .bind(run_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
         let rows = sqlx::query(
-            "SELECT e.kind, e.reasons, n.channel, count(*) AS n
-             FROM events e JOIN notifications n
+            "SELECT e.kind, e.reasons, coalesce(n.channel, ''), count(*) AS n
+             FROM events e LEFT JOIN notifications n
                ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
+              AND n.run_id = e.run_id
              WHERE e.as_of = (SELECT as_of FROM runs WHERE run_id = ?1) AND e.run_id = ?1
              GROUP BY e.kind, e.reasons, n.channel ORDER BY e.kind, e.reasons, n.channel",
         )
@@ -332,14 +527,29 @@ impl SqliteDb {
     }
 }
 
+/// The two newest imports of each feed.
+const LATEST_IMPORTS: &str = "SELECT import_id, feed, file_name, imported_at, rows_imported FROM (
+       SELECT import_id, feed, file_name, imported_at, rows_imported,
+              row_number() OVER (PARTITION BY feed ORDER BY import_id DESC) AS k
+       FROM imports) WHERE k <= 2 ORDER BY feed, import_id DESC";
+
+// The event's state (issue #6) comes from its run and, for a released run,
+// from event_releases; the notice is the one its own run queued (a void
+// event has none, though a later run may have queued one for the cycle).
 macro_rules! audit_select {
     ($where:literal) => {
         concat!(
             "SELECT e.run_id, e.as_of, e.permit_no, e.id_number, e.kind, e.reasons, e.valid_until,
                     e.new_valid_until, e.residence_visited_on, e.residence_result, e.si_month, e.si_status,
-                    e.si_employer_uscc, e.marital_status, n.channel, n.status, e.decided_at
-             FROM events e LEFT JOIN notifications n
+                    e.si_employer_uscc, e.marital_status, n.channel, n.status, e.decided_at,
+                    CASE WHEN e.held = 0 THEN 'applied' WHEN r.status = 'discarded' THEN 'void'
+                         WHEN x.applied = 1 THEN 'applied' WHEN r.status = 'completed' THEN 'not_applied'
+                         ELSE 'held' END
+             FROM events e JOIN runs r ON r.run_id = e.run_id
+             LEFT JOIN event_releases x ON x.event_id = e.event_id
+             LEFT JOIN notifications n
                ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
+              AND n.run_id = e.run_id
              WHERE ",
             $where,
             " ORDER BY e.as_of, e.permit_no,
@@ -365,6 +575,19 @@ macro_rules! notification_select {
 }
 const NOTIFICATION_SELECT_RANGE: &str = notification_select!("as_of BETWEEN ?1 AND ?2");
 const NOTIFICATION_SELECT_PERMIT: &str = notification_select!("permit_no = ?");
+
+/// Whether the permit's current cycle has a final decision (C8) that
+/// counts: an applied one, or one a release applied. A held or void event
+/// does not close the cycle (issue #6).
+macro_rules! decided_sqlite {
+    () => {
+        "(EXISTS (SELECT 1 FROM events e WHERE e.permit_no = p.permit_no AND e.valid_until = p.valid_until
+                  AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held = 0)
+          OR EXISTS (SELECT 1 FROM events e JOIN event_releases x ON x.event_id = e.event_id
+                     WHERE e.permit_no = p.permit_no AND e.valid_until = p.valid_until
+                       AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held = 1 AND x.applied = 1))"
+    };
+}
 
 /// One import's transaction.
 pub struct SqliteImportTx {
@@ -581,13 +804,12 @@ impl SqliteRunTx {
         let after = after.unwrap_or("");
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
-                "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
-                        p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status,
-                        EXISTS (SELECT 1 FROM events e WHERE e.permit_no = p.permit_no
-                                AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER'))
+                concat!("SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
+                        p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status, ",
+                        decided_sqlite!(), "
                  FROM permits p
                  WHERE p.permit_no > ?1 AND p.status IN ('active', 'suspended') AND p.valid_until <= ?2
-                 ORDER BY p.permit_no LIMIT ?3",
+                 ORDER BY p.permit_no LIMIT ?3"),
             )?;
             let rows = stmt.query_map(rusqlite::params![after, to.to_string(), limit], |r| {
                 Ok(Candidate { permit: raw_permit(r)?, decided: r.get(13)? })
@@ -606,14 +828,14 @@ impl SqliteRunTx {
     ) -> Result<Vec<DuePermit>> {
         let after = after.unwrap_or("");
         with_raw(&mut self.tx, |c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare(concat!(
                 "SELECT p.permit_no, p.id_number, p.valid_until, p.employer_uscc, p.si_status, p.marital_status
                  FROM permits p
                  WHERE p.permit_no > ?1 AND p.status = 'active' AND p.valid_until BETWEEN ?2 AND ?3
-                   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.permit_no = p.permit_no
-                                   AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER'))
-                 ORDER BY p.permit_no LIMIT ?4",
-            )?;
+                   AND NOT ",
+                decided_sqlite!(),
+                " ORDER BY p.permit_no LIMIT ?4"
+            ))?;
             let rows = stmt.query_map(
                 rusqlite::params![after, from.to_string(), to.to_string(), limit],
                 |r| {
@@ -677,13 +899,21 @@ impl SqliteRunTx {
         if batch.events.is_empty() {
             return Ok(());
         }
+        let held = batch.held;
         with_raw(&mut self.tx, |c| {
-            let mut event = c.prepare(
+            // A held run writes its events only (issue #6): no notice, no
+            // permit change until `autosign release`.
+            let mut event = c.prepare(if held {
+                "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
+                 new_valid_until, residence_visited_on, residence_result, si_month, si_status,
+                 si_employer_uscc, marital_status, decided_at, held)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 1)"
+            } else {
                 "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
                  new_valid_until, residence_visited_on, residence_result, si_month, si_status,
                  si_employer_uscc, marital_status, decided_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )?;
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+            })?;
             let mut notice = c.prepare(
                 "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until, kind, channel,
                  recipient, message, status, next_attempt_at, created_at)
@@ -712,6 +942,9 @@ impl SqliteRunTx {
                     e.marital_status,
                     at,
                 ])?;
+                if held {
+                    continue;
+                }
                 notice.execute(rusqlite::params![
                     batch.run_id,
                     as_of,
@@ -740,15 +973,30 @@ impl SqliteRunTx {
         .await
     }
 
+    /// Marks the run held by the safety brake, before it writes any event.
+    pub async fn hold(&mut self, why: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET brake = ? WHERE run_id = ?")
+            .bind(why)
+            .bind(self.run.run_id)
+            .execute(&mut *self.tx)
+            .await?;
+        self.run.brake = Some(why.to_string());
+        Ok(())
+    }
+
+    /// Marks the run completed (or held, if the brake held it) and commits.
     pub async fn complete(mut self, pending: u64, now: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE runs SET status = 'completed', finished_at = ?, pending = ? WHERE run_id = ?",
-        )
-        .bind(now)
-        .bind(pending as i64)
-        .bind(self.run.run_id)
-        .execute(&mut *self.tx)
-        .await?;
+        sqlx::query("UPDATE runs SET status = ?, finished_at = ?, pending = ? WHERE run_id = ?")
+            .bind(if self.run.brake.is_some() {
+                "held"
+            } else {
+                "completed"
+            })
+            .bind(now)
+            .bind(pending as i64)
+            .bind(self.run.run_id)
+            .execute(&mut *self.tx)
+            .await?;
         self.tx.commit().await?;
         Ok(())
     }
@@ -799,6 +1047,8 @@ fn run_record(r: &SqliteRow) -> Result<RunRecord> {
         started_at: r.try_get(4)?,
         finished_at: r.try_get(5)?,
         pending: r.try_get(6)?,
+        brake: r.try_get(7)?,
+        import_mark: r.try_get(8)?,
     })
 }
 
@@ -821,6 +1071,7 @@ fn audit_row(r: &SqliteRow) -> Result<AuditRow> {
         notification_channel: r.try_get(14)?,
         notification_status: r.try_get(15)?,
         decided_at: r.try_get(16)?,
+        state: r.try_get(17)?,
     })
 }
 
@@ -874,6 +1125,7 @@ fn raw_audit_row(r: &rusqlite::Row) -> rusqlite::Result<AuditRow> {
         notification_channel: r.get(14)?,
         notification_status: r.get(15)?,
         decided_at: r.get(16)?,
+        state: r.get(17)?,
     })
 }
 

@@ -79,6 +79,9 @@ async fn progress_bar(db: &Db, settings: &Settings, as_of: NaiveDate) -> indicat
 #[derive(Debug)]
 pub enum RunOutcome {
     Completed(RunSummary),
+    /// The safety brake held the run (issue #6): its events are recorded,
+    /// nothing applied or notified; `run.brake` says why.
+    Held(RunSummary),
     /// C8: this `as_of` was completed before; nothing was done.
     AlreadyCompleted(RunRecord),
 }
@@ -107,6 +110,8 @@ pub async fn run(
             tracing::info!("another autosign import or run holds the job lock; waiting for it")
         })
         .await?;
+    // Issue #6: nothing runs, for any date, while a run is held.
+    crate::brake::refuse_if_held(db).await?;
     if let Some(done) = db.run_for(as_of).await?.filter(|r| r.status == "completed") {
         return Ok(RunOutcome::AlreadyCompleted(done));
     }
@@ -119,8 +124,27 @@ pub async fn run(
         }
     }
     let inbox = import_inbox(db, settings).await?;
+    // The brake's feed checks (issue #6), on the imports as the run will
+    // see them: after its inbox.
+    let imports = db.latest_imports().await?;
+    let mark = imports.iter().map(|i| i.import_id).max().unwrap_or(0);
+    let feeds_trip = crate::brake::check_feeds(
+        settings,
+        &imports,
+        db.completed_import_mark().await?,
+        crate::clock::now(),
+    );
     let bar = progress_bar(db, settings, as_of).await;
-    let tx = db.begin_run(as_of, &crate::clock::now_rfc3339()).await?;
+    let mut tx = db
+        .begin_run(as_of, &crate::clock::now_rfc3339(), mark)
+        .await?;
+    // A run resumed after a crash stays held if it was.
+    if let (None, Some(why)) = (&tx.run().brake, &feeds_trip) {
+        if let Err(e) = tx.hold(why).await {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+    }
     let run = tx.run().clone();
     let span = tracing::info_span!("run", run_id = run.run_id, %as_of);
     decide(db, settings, notices, as_of, tx, run, inbox, bar)
@@ -148,14 +172,15 @@ async fn decide(
         );
     }
     tracing::info!("run started");
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         settings,
         notices,
         as_of,
         run_id: run.run_id,
+        held: run.brake.is_some(),
         bar: &bar,
     };
-    let result = evaluate(&ctx, &mut tx).await;
+    let result = evaluate(&mut ctx, &mut tx).await;
     bar.finish_and_clear();
     let planned = match result {
         Ok(plan) => plan.counts,
@@ -169,17 +194,27 @@ async fn decide(
     tx.complete(pending, &crate::clock::now_rfc3339()).await?;
     let counts = db.run_counts(run.run_id).await?;
     let run = db.run_for(as_of).await?.unwrap_or(run);
-    tracing::info!(
-        pending,
-        events = counts.iter().map(|c| c.count).sum::<i64>(),
-        "run completed"
-    );
-    Ok(RunOutcome::Completed(RunSummary {
+    let summary = RunSummary {
         run,
         inbox,
         counts,
         planned,
-    }))
+    };
+    if summary.run.brake.is_some() {
+        // The caller reports the alert (exit 4, or the daemon's log line).
+        tracing::info!(
+            events = summary.counts.iter().map(|c| c.count).sum::<i64>(),
+            brake = summary.run.brake.as_deref().unwrap_or(""),
+            "run held by the safety brake"
+        );
+        return Ok(RunOutcome::Held(summary));
+    }
+    tracing::info!(
+        pending,
+        events = summary.counts.iter().map(|c| c.count).sum::<i64>(),
+        "run completed"
+    );
+    Ok(RunOutcome::Completed(summary))
 }
 
 struct Ctx<'a> {
@@ -187,6 +222,8 @@ struct Ctx<'a> {
     notices: &'a Notices,
     as_of: NaiveDate,
     run_id: i64,
+    /// Held by the safety brake: events only (issue #6).
+    held: bool,
     bar: &'a indicatif::ProgressBar,
 }
 
@@ -238,6 +275,7 @@ impl Ctx<'_> {
     async fn write(&self, tx: &mut RunTx, events: Vec<NewEvent>) -> Result<()> {
         let batch = RunBatch {
             run_id: self.run_id,
+            held: self.held,
             as_of: self.as_of,
             decided_at: crate::clock::now_rfc3339(),
             events,
@@ -376,7 +414,7 @@ impl RunPlan {
 
 /// Plans the run, then carries it out. Returns the plan (its PENDING
 /// count and reasons go into the summary).
-async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
+async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
     let plan = plan(ctx, tx).await?;
     tracing::info!(
         due = plan.counts.due,
@@ -385,7 +423,16 @@ async fn evaluate(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
         pending = plan.counts.pending,
         "run planned"
     );
-    // The safety brake (#6) checks the plan here, before anything is written.
+    // The safety brake (#6) checks the plan here, before anything is written:
+    // too many VISIT_CENTER holds the whole run (a run already held by its
+    // feed checks, or resumed held, stays so).
+    if !ctx.held {
+        let c = &plan.counts;
+        if let Some(why) = crate::brake::check_share(ctx.settings, c.due, c.visit_center) {
+            tx.hold(&why).await?;
+            ctx.held = true;
+        }
+    }
     apply(ctx, tx, &plan).await?;
     Ok(plan)
 }

@@ -518,8 +518,13 @@ dbtest!(
         let (status, body) = d.get("/readyz");
         assert_eq!(status, 200, "{body}");
         assert_eq!(
-            body.lines().collect::<Vec<_>>()[..3],
-            ["ready", "database: ok", "migrations: ok (version 1)"],
+            body.lines().collect::<Vec<_>>()[..4],
+            [
+                "ready",
+                "database: ok",
+                "migrations: ok (version 2)",
+                "brake: ok (no run held)"
+            ],
             "{body}"
         );
         assert!(body.contains("last run: as_of 2026-11-01 (run 1"), "{body}");
@@ -861,3 +866,48 @@ dbtest!(the_delivery_worker_sends_beside_the_runs, |env| {
     let end = d.stop(Duration::from_secs(20));
     assert_eq!(end.code, 0, "{}", end.stderr);
 });
+
+dbtest!(
+    while_a_run_is_held_the_daemon_alerts_runs_nothing_and_is_not_ready_issue6,
+    |env| {
+        import_day1(&env);
+        let old = autosign::clock::to_rfc3339(chrono::Utc::now() - chrono::Duration::days(10));
+        env.query(&format!(
+            "UPDATE imports SET imported_at = '{old}' WHERE feed = 'residence'"
+        ));
+        let o = env.cmd(&["run", "--as-of", "2026-11-01"]);
+        assert_eq!(o.code, 4, "held: {}", o.stderr);
+        let mut d = Daemon::start(&env, "2026-11-02T10:00:00+08:00", &[]);
+        let start = Instant::now();
+        let alert = loop {
+            if let Some(r) = d
+                .records()
+                .into_iter()
+                .find(|r| field(r, "alert") == "run_held")
+            {
+                break r;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no run_held alert:\n{}",
+                d.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            message(&alert).contains("run 1 for 2026-11-01 is held by the safety brake"),
+            "{alert}"
+        );
+        let (status, body) = d.get("/readyz");
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.contains("brake: FAIL (refusing to run: run 1 for 2026-11-01 is held")
+                && body.contains("`autosign release 1` or `autosign discard 1`"),
+            "{body}"
+        );
+        let ended = d.stop(Duration::from_secs(30));
+        assert_eq!(ended.code, 0, "{}", ended.stderr);
+        // Nothing ran: the ledger still has the one held run.
+        assert_eq!(ledger(&env), ["2026-11-01 held"]);
+    }
+);

@@ -75,6 +75,50 @@ impl Env {
         pg_query(&pg.url, sql)
     }
 
+    /// Runs one SQL statement on the test's database, whatever the backend,
+    /// outside autosign (to age an import, or to try what autosign never
+    /// does); the first column of each row as text.
+    pub fn sql(&self, sql: &str) -> Result<Vec<Option<String>>, String> {
+        match self.backend {
+            Backend::Postgres => pg_try(&self.pg.as_ref().expect("PostgreSQL").url, sql),
+            Backend::Sqlite => {
+                let path = self.db_url.trim_start_matches("sqlite://");
+                let c = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+                c.busy_timeout(std::time::Duration::from_secs(30))
+                    .map_err(|e| e.to_string())?;
+                let mut stmt = c.prepare(sql).map_err(|e| e.to_string())?;
+                let columns = stmt.column_count();
+                let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next().map_err(|e| e.to_string())? {
+                    if columns == 0 {
+                        continue;
+                    }
+                    use rusqlite::types::ValueRef;
+                    out.push(match r.get_ref(0).map_err(|e| e.to_string())? {
+                        ValueRef::Null => None,
+                        ValueRef::Integer(i) => Some(i.to_string()),
+                        ValueRef::Real(f) => Some(f.to_string()),
+                        ValueRef::Text(t) | ValueRef::Blob(t) => {
+                            Some(String::from_utf8_lossy(t).into_owned())
+                        }
+                    });
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// [`Env::sql`], panicking on error; the first column as strings
+    /// (NULL as "").
+    pub fn query(&self, sql: &str) -> Vec<String> {
+        self.sql(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect()
+    }
+
     pub fn set(&mut self, key: &str, value: &str) {
         self.env.push((key.to_string(), value.to_string()));
     }

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod bad_input;
+mod brake;
 mod cli;
 mod concurrency;
 mod crash;

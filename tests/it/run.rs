@@ -276,9 +276,10 @@ dbtest!(
         env.ok(&["run", "--as-of", "2026-11-01"]);
         let audit = env.audit("2026-11-01", "2026-11-01");
         let r = rows(&audit);
+        // R9's columns first, in order; then issue #6's trailing `state`.
         assert_eq!(
         r[0].join(","),
-        "run_id,as_of,permit_no,id_number,decision,reasons,valid_until,new_valid_until,residence_visited_on,residence_result,si_month,si_status,si_employer_uscc,marital_status,notification_channel,notification_status,decided_at"
+        "run_id,as_of,permit_no,id_number,decision,reasons,valid_until,new_valid_until,residence_visited_on,residence_result,si_month,si_status,si_employer_uscc,marital_status,notification_channel,notification_status,decided_at,state"
     );
         assert_eq!(
             r[1][3], "320102********0027",

@@ -1,0 +1,452 @@
+//! The safety brake (issue #6, item 4): a run that looks wrong against the
+//! recent past is recorded but not carried out.
+//!
+//! Before a run applies or notifies anything it checks its inputs and its
+//! outcome: a required feed whose newest import is older than
+//! `brake.max_age_days` (by the wall clock), a feed whose newest import
+//! brought far fewer rows than the one before (`brake.row_drop`), and — once
+//! its plan is known — a VISIT_CENTER share above
+//! `brake.max_visit_center_share` among at least `brake.min_due` due permits.
+//! If one trips, the run is **held**: its events are written (the audit
+//! trail shows them, state `held`), no permit changes, no notice is queued,
+//! the run ends with exit status 4 and one alert line, and every later run
+//! is refused until an operator releases ([`release`]: apply exactly what
+//! the run decided and queue its notices) or discards ([`discard`]: the
+//! events become void and the same `as_of` may run again) it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+
+use crate::db::{Db, Effect, FeedImport, ReleaseItem, RunRecord};
+use crate::domain::{EventKind, PermitStatus, Reason};
+use crate::error::{Error, Result};
+use crate::outbox::notice::Notices;
+use crate::settings::Settings;
+
+/// The configuration key of a feed's limits (`social-insurance` is stored,
+/// `social_insurance` is the key).
+fn feed_key(feed: &str) -> String {
+    feed.replace('-', "_")
+}
+
+/// Checks 2 and 3 on the imports table: the newest two imports of each
+/// feed (`imports`, newest first within a feed), the import mark of the
+/// last completed run (imports up to it were accepted by a run already) and
+/// the clock. Returns why the run must be held, one line, or `None`.
+pub fn check_feeds(
+    settings: &Settings,
+    imports: &[FeedImport],
+    completed_mark: i64,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let b = &settings.brake;
+    if !b.enabled {
+        return None;
+    }
+    let mut by_feed: BTreeMap<&str, Vec<&FeedImport>> = BTreeMap::new();
+    for i in imports {
+        by_feed.entry(i.feed.as_str()).or_default().push(i);
+    }
+    let mut trips = Vec::new();
+    for (feed, list) in &by_feed {
+        let Some(newest) = list.first() else { continue };
+        let limit = b.max_age_days.for_feed(feed);
+        if limit > 0 {
+            if let Ok(at) = DateTime::parse_from_rfc3339(&newest.imported_at) {
+                let age = now.signed_duration_since(at.with_timezone(&Utc));
+                if age > chrono::Duration::days(i64::from(limit)) {
+                    trips.push(format!(
+                        "feed {feed} is stale: its newest import ({}, import {}, at {}) is {} days old, \
+                         more than brake.max_age_days.{} = {limit}",
+                        newest.file_name,
+                        newest.import_id,
+                        newest.imported_at,
+                        age.num_days(),
+                        feed_key(feed)
+                    ));
+                }
+            }
+        }
+        let Some(previous) = list.get(1) else {
+            continue;
+        };
+        let r = &b.row_drop;
+        if newest.import_id > completed_mark
+            && r.min_ratio > 0.0
+            && previous.rows_imported >= 0
+            && previous.rows_imported as u64 >= r.min_previous_rows
+            && (newest.rows_imported as f64) < r.min_ratio * previous.rows_imported as f64
+        {
+            trips.push(format!(
+                "feed {feed} dropped: import {} ({}) has {} rows against {} in import {} ({}), \
+                 below brake.row_drop.min_ratio = {}",
+                newest.import_id,
+                newest.file_name,
+                newest.rows_imported,
+                previous.rows_imported,
+                previous.import_id,
+                previous.file_name,
+                r.min_ratio
+            ));
+        }
+    }
+    (!trips.is_empty()).then(|| trips.join("; "))
+}
+
+/// Check 1 on a run's plan: the share of VISIT_CENTER among the due
+/// permits (decided or left PENDING), from `brake.min_due` due permits up.
+pub fn check_share(settings: &Settings, due: u64, visit_center: u64) -> Option<String> {
+    let b = &settings.brake;
+    if !b.enabled || due == 0 || due < b.min_due {
+        return None;
+    }
+    let share = visit_center as f64 / due as f64;
+    (share > b.max_visit_center_share).then(|| {
+        format!(
+            "VISIT_CENTER for {visit_center} of {due} due permits ({:.1}%), more than \
+             brake.max_visit_center_share = {}",
+            share * 100.0,
+            b.max_visit_center_share
+        )
+    })
+}
+
+/// The alert of a held run: what tripped, and the two ways on.
+pub fn alert(run: &RunRecord) -> String {
+    format!(
+        "run {id} for {as_of} HELD by the safety brake: {why}. Nothing was applied to the permits \
+         and no notice was queued; further runs are refused until an operator decides. After \
+         checking the feeds: `autosign release {id}` applies the decisions and queues their \
+         notices, or `autosign discard {id}` voids them (fix the feed, then run {as_of} again)",
+        id = run.run_id,
+        as_of = run.as_of,
+        why = run.brake.as_deref().unwrap_or("?"),
+    )
+}
+
+/// Refuses (exit 2) while a run is held: no run, for any date, goes ahead
+/// of the operator's decision. Imports stay allowed, so a feed can be
+/// fixed.
+pub async fn refuse_if_held(db: &Db) -> Result<()> {
+    match db.held_run().await? {
+        Some(run) => Err(Error::Refused(held_refusal(&run))),
+        None => Ok(()),
+    }
+}
+
+/// Why nothing runs while `run` is held (also the daemon's and /readyz's).
+pub fn held_refusal(run: &RunRecord) -> String {
+    format!(
+        "refusing to run: run {id} for {as_of} is held by the safety brake ({why}); \
+         `autosign release {id}` or `autosign discard {id}` first",
+        id = run.run_id,
+        as_of = run.as_of,
+        why = run.brake.as_deref().unwrap_or("?"),
+    )
+}
+
+/// What [`release`] did.
+#[derive(Debug)]
+pub struct ReleaseOutcome {
+    pub run: RunRecord,
+    /// Applied events by kind.
+    pub applied: BTreeMap<String, u64>,
+    /// Queued notices by channel (`none`: undeliverable, C12).
+    pub channels: BTreeMap<String, u64>,
+    /// Events not applied: (permit_no, kind), the permit's cycle having
+    /// changed since the run.
+    pub not_applied: Vec<(String, String)>,
+}
+
+async fn held_run(db: &Db, run_id: i64, verb: &str) -> Result<RunRecord> {
+    let run = db
+        .run_by_id(run_id)
+        .await?
+        .ok_or_else(|| Error::Refused(format!("there is no run {run_id}: nothing to {verb}")))?;
+    if run.status != "held" {
+        return Err(Error::Refused(format!(
+            "run {run_id} for {} is {}, not held by the safety brake: nothing to {verb}",
+            run.as_of, run.status
+        )));
+    }
+    Ok(run)
+}
+
+/// Whether a held event's cycle is still the permit's current one, in the
+/// state the run saw: same `valid_until`, and a status from which the
+/// event's step is taken (R3, R4).
+fn still_current(
+    kind: EventKind,
+    held_valid_until: chrono::NaiveDate,
+    p: &crate::db::PermitRow,
+) -> bool {
+    if p.valid_until != held_valid_until {
+        return false;
+    }
+    let Ok(status) = PermitStatus::parse(&p.status) else {
+        return false;
+    };
+    match kind {
+        EventKind::AutoSigned | EventKind::VisitCenter | EventKind::Suspended => {
+            status == PermitStatus::Active
+        }
+        EventKind::Cancelled => status != PermitStatus::Cancelled,
+    }
+}
+
+/// `autosign release RUN_ID`: applies a held run's events — permit changes
+/// and notices, as the run would have had the brake not held it — and marks
+/// it completed, in one transaction under the job lock. An event whose
+/// permit changed since (another `valid_until` or status) is recorded as
+/// not applied. Refused (exit 2) for a run that is not held.
+pub async fn release(db: &Db, notices: &Notices, run_id: i64) -> Result<ReleaseOutcome> {
+    let _lock = db
+        .lock_jobs(|| {
+            tracing::info!("another autosign import or run holds the job lock; waiting for it")
+        })
+        .await?;
+    let run = held_run(db, run_id, "release").await?;
+    let events = db.held_events(run_id).await?;
+    let nos: Vec<&str> = events.iter().map(|e| e.permit_no.as_str()).collect();
+    let permits = db.permits_by_no(&nos).await?;
+    let mut items = Vec::with_capacity(events.len());
+    let mut out = ReleaseOutcome {
+        run: run.clone(),
+        applied: BTreeMap::new(),
+        channels: BTreeMap::new(),
+        not_applied: Vec::new(),
+    };
+    for e in &events {
+        let kind = EventKind::parse(&e.kind).map_err(|err| {
+            Error::Runtime(anyhow::anyhow!(
+                "stored event {} has kind {:?}: {err}",
+                e.event_id,
+                e.kind
+            ))
+        })?;
+        let permit = permits
+            .get(&e.permit_no)
+            .filter(|p| still_current(kind, e.valid_until, p));
+        let (effect, notice) = match permit {
+            Some(p) => {
+                let reasons = e
+                    .reasons
+                    .split(';')
+                    .filter(|r| !r.is_empty())
+                    .map(|r| {
+                        Reason::parse(r).map_err(|err| {
+                            Error::Runtime(anyhow::anyhow!(
+                                "stored event {} has reason {r:?}: {err}",
+                                e.event_id
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let effect = match kind {
+                    EventKind::AutoSigned => {
+                        Effect::Extend(e.new_valid_until.unwrap_or(e.valid_until))
+                    }
+                    EventKind::VisitCenter => Effect::None,
+                    EventKind::Suspended => Effect::SetStatus(PermitStatus::Suspended.code()),
+                    EventKind::Cancelled => Effect::SetStatus(PermitStatus::Cancelled.code()),
+                };
+                let notice = notices.compose(kind, p, &reasons, e.new_valid_until);
+                *out.applied.entry(e.kind.clone()).or_default() += 1;
+                *out.channels.entry(notice.channel.to_string()).or_default() += 1;
+                (effect, Some(notice))
+            }
+            None => {
+                out.not_applied.push((e.permit_no.clone(), e.kind.clone()));
+                (Effect::None, None)
+            }
+        };
+        items.push(ReleaseItem {
+            event_id: e.event_id,
+            permit_no: e.permit_no.clone(),
+            valid_until: e.valid_until,
+            kind: e.kind.clone(),
+            effect,
+            notice,
+        });
+    }
+    if !db
+        .release_run(run_id, &items, &crate::clock::now_rfc3339())
+        .await?
+    {
+        return Err(Error::Refused(format!(
+            "run {run_id} is no longer held: nothing released"
+        )));
+    }
+    out.run = db.run_by_id(run_id).await?.unwrap_or(run);
+    tracing::warn!(
+        run_id,
+        as_of = %out.run.as_of,
+        applied = out.applied.values().sum::<u64>(),
+        not_applied = out.not_applied.len(),
+        "held run released by an operator"
+    );
+    Ok(out)
+}
+
+/// `autosign discard RUN_ID`: a held run's events become void (they stay
+/// in the audit trail, state `void`), nothing is applied or notified, and
+/// the same `as_of` may be run again. Refused (exit 2) for a run that is not
+/// held.
+pub async fn discard(db: &Db, run_id: i64) -> Result<RunRecord> {
+    let _lock = db
+        .lock_jobs(|| {
+            tracing::info!("another autosign import or run holds the job lock; waiting for it")
+        })
+        .await?;
+    let run = held_run(db, run_id, "discard").await?;
+    if !db.discard_run(run_id, &crate::clock::now_rfc3339()).await? {
+        return Err(Error::Refused(format!(
+            "run {run_id} is no longer held: nothing discarded"
+        )));
+    }
+    tracing::warn!(run_id, as_of = %run.as_of, "held run discarded by an operator");
+    Ok(db.run_by_id(run_id).await?.unwrap_or(run))
+}
+
+/// The report of `autosign release`.
+pub fn release_report(o: &ReleaseOutcome) -> String {
+    let mut s = String::new();
+    let applied: u64 = o.applied.values().sum();
+    let _ = writeln!(
+        s,
+        "run {} for {} released: {applied} events applied, {} not applied",
+        o.run.run_id,
+        o.run.as_of,
+        o.not_applied.len()
+    );
+    for kind in ["AUTO_SIGNED", "VISIT_CENTER", "SUSPENDED", "CANCELLED"] {
+        let _ = writeln!(
+            s,
+            "    {kind:<14} {:>9}",
+            o.applied.get(kind).copied().unwrap_or(0)
+        );
+    }
+    let _ = writeln!(s, "  notices queued:");
+    for (ch, label) in [
+        ("sms", "sms"),
+        ("email", "email"),
+        ("none", "undeliverable"),
+    ] {
+        let _ = writeln!(
+            s,
+            "    {label:<14} {:>9}",
+            o.channels.get(ch).copied().unwrap_or(0)
+        );
+    }
+    if !o.not_applied.is_empty() {
+        let _ = writeln!(
+            s,
+            "  not applied, the permit having changed since the run (another valid_until or status); \
+             the next run evaluates them afresh:"
+        );
+        const SHOWN: usize = 20;
+        for (no, kind) in o.not_applied.iter().take(SHOWN) {
+            let _ = writeln!(s, "    {no} {kind}");
+        }
+        if o.not_applied.len() > SHOWN {
+            let _ = writeln!(
+                s,
+                "    … and {} more (export audit: state not_applied)",
+                o.not_applied.len() - SHOWN
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::load_with_env(None, &[]).expect("defaults")
+    }
+
+    fn import(id: i64, feed: &str, at: &str, rows: i64) -> FeedImport {
+        FeedImport {
+            import_id: id,
+            feed: feed.to_string(),
+            file_name: format!("{feed}-{id}.csv"),
+            imported_at: at.to_string(),
+            rows_imported: rows,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-27T02:00:00+08:00")
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn share_trips_above_the_limit_from_min_due_only() {
+        // Issue #6 item 4: > 30% VISIT_CENTER, checked from 1,000 due permits.
+        let s = settings();
+        assert!(check_share(&s, 1000, 301).is_some());
+        assert!(
+            check_share(&s, 1000, 300).is_none(),
+            "30% exactly is not above"
+        );
+        assert!(
+            check_share(&s, 999, 999).is_none(),
+            "below min_due never trips"
+        );
+        assert!(check_share(&s, 0, 0).is_none());
+        let why = check_share(&s, 2000, 1000).expect("trips");
+        assert!(
+            why.contains("1000 of 2000") && why.contains("50.0%"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_required_feed_older_than_its_limit_trips_and_others_do_not() {
+        // Issue #6 item 4: a required feed is stale.
+        let s = settings();
+        let fresh = "2026-11-26T23:00:00+08:00";
+        let old = "2026-11-10T23:00:00+08:00";
+        let why = check_feeds(&s, &[import(3, "residence", old, 10)], 0, now()).expect("stale");
+        assert!(
+            why.contains("feed residence is stale") && why.contains("16 days"),
+            "{why}"
+        );
+        assert!(why.contains("brake.max_age_days.residence = 7"), "{why}");
+        assert!(check_feeds(&s, &[import(3, "residence", fresh, 10)], 0, now()).is_none());
+        // civil_status is not required by default; social insurance is monthly.
+        assert!(check_feeds(&s, &[import(3, "civil-status", old, 10)], 0, now()).is_none());
+        assert!(check_feeds(&s, &[import(3, "social-insurance", old, 10)], 0, now()).is_none());
+    }
+
+    #[test]
+    fn a_sharp_row_drop_since_the_last_run_trips_only_above_min_previous_rows() {
+        // Issue #6 item 4: a feed's row count dropped sharply.
+        let s = settings();
+        let at = "2026-11-26T23:00:00+08:00";
+        let drop = [
+            import(5, "residence", at, 400),
+            import(2, "residence", at, 1000),
+        ];
+        let why = check_feeds(&s, &drop, 4, now()).expect("drop");
+        assert!(why.contains("400 rows against 1000"), "{why}");
+        // Already seen by a completed run: not again.
+        assert!(check_feeds(&s, &drop, 5, now()).is_none());
+        // Half exactly is not below half; a small previous import is not checked.
+        let half = [
+            import(5, "residence", at, 500),
+            import(2, "residence", at, 1000),
+        ];
+        assert!(check_feeds(&s, &half, 0, now()).is_none());
+        let small = [
+            import(5, "residence", at, 1),
+            import(2, "residence", at, 999),
+        ];
+        assert!(check_feeds(&s, &small, 0, now()).is_none());
+    }
+}
