@@ -119,6 +119,14 @@ pub async fn check(settings: &Settings, opts: &DaemonOptions) -> Result<String> 
             let _ = writeln!(out, "last completed run: none");
         }
     }
+    if let Some(held) = db.held_run().await? {
+        let _ = writeln!(
+            out,
+            "a start now would run nothing: {}",
+            crate::brake::held_refusal(&held)
+        );
+        return Ok(out);
+    }
     let Some(due) = schedule.due_date(now) else {
         let _ = writeln!(out, "a start now would run nothing: no tick has come yet");
         return Ok(out);

@@ -877,6 +877,11 @@ dbtest!(
         ));
         let o = env.cmd(&["run", "--as-of", "2026-11-01"]);
         assert_eq!(o.code, 4, "held: {}", o.stderr);
+        let check = env.ok(&["daemon", "--check", "--now", "2026-11-02T10:00:00+08:00"]);
+        assert!(
+            check.contains("a start now would run nothing: refusing to run: run 1 for 2026-11-01"),
+            "{check}"
+        );
         let mut d = Daemon::start(&env, "2026-11-02T10:00:00+08:00", &[]);
         let start = Instant::now();
         let alert = loop {
