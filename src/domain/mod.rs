@@ -14,6 +14,8 @@ mod dates;
 mod enums;
 mod id_number;
 mod mask;
+#[cfg(test)]
+mod props;
 mod uscc;
 
 pub use contact::{Email, EmailError, Phone, PhoneError};

@@ -818,4 +818,97 @@ mod tests {
             .expect("reads");
         assert_eq!(out, b"ab");
     }
+
+    mod fuzz {
+        //! The framing layer on arbitrary bytes (issue #6): decoding, line
+        //! counting, quote tracking and header matching never panic, and
+        //! line numbers only grow. Bounded by `PROPTEST_CASES`.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Bytes that look like CSV: mostly delimiters, quotes, line ends,
+        /// digits, some multi-byte and invalid sequences.
+        fn csvish() -> impl Strategy<Value = Vec<u8>> {
+            prop::collection::vec(
+                prop_oneof![
+                    4 => prop::sample::select(&b",\"\r\n0X a"[..]),
+                    1 => any::<u8>(),
+                ],
+                0..400,
+            )
+        }
+
+        fn lines_ends(bytes: &[u8]) -> u64 {
+            let mut n = 0;
+            for (i, b) in bytes.iter().enumerate() {
+                if *b == b'\r' || (*b == b'\n' && (i == 0 || bytes[i - 1] != b'\r')) {
+                    n += 1;
+                }
+            }
+            n
+        }
+
+        proptest! {
+            #[test]
+            fn records_get_growing_lines_and_headers_map_or_refuse(
+                bytes in prop_oneof![csvish(), prop::collection::vec(any::<u8>(), 0..400)],
+                feed in prop::sample::select(&Feed::ALL[..]),
+            ) {
+                let (input, newlines) = LineCounter::new(SkipBom::new(&bytes[..]));
+                let mut csv = csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .flexible(true)
+                    .from_reader(input);
+                let mut rec = csv::ByteRecord::new();
+                let mut last = 0;
+                let mut first = true;
+                let names = HeaderNames::builtin();
+                while csv.read_byte_record(&mut rec).unwrap_or(false) {
+                    let line = newlines
+                        .borrow_mut()
+                        .line_at(rec.position().map_or(0, |p| p.byte()));
+                    prop_assert!(line >= last.max(1) && line <= lines_ends(&bytes) + 1);
+                    last = line;
+                    if first {
+                        first = false;
+                        let header: Vec<String> = rec
+                            .iter()
+                            .map(|f| String::from_utf8_lossy(f).into_owned())
+                            .collect();
+                        if let Ok(m) = map_header(&header, feed.columns(), names.of(feed)) {
+                            let mut used: Vec<usize> = m.positions.iter().flatten().copied().collect();
+                            let n = used.len();
+                            used.sort_unstable();
+                            used.dedup();
+                            prop_assert_eq!(used.len(), n, "one cell per column");
+                            prop_assert!(used.iter().all(|&i| i < m.width));
+                        }
+                    }
+                }
+                let _ = newlines.borrow().quoting_error();
+            }
+
+            #[test]
+            fn gb18030_decoding_gives_text_or_an_undecodable_line(
+                bytes in prop::collection::vec(any::<u8>(), 0..300),
+            ) {
+                let mut out = String::new();
+                match Gb18030Reader::new(&bytes[..]).read_to_string(&mut out) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        let line = e
+                            .get_ref()
+                            .and_then(|i| i.downcast_ref::<UndecodableLine>())
+                            .map(|u| u.0);
+                        prop_assert!(
+                            line.is_some_and(|l| l >= 1 && l <= lines_ends(&bytes) + 1),
+                            "{}", e
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
