@@ -522,3 +522,132 @@ dbtest!(
         );
     }
 );
+
+dbtest!(
+    personal_data_never_reaches_logs_or_errors_in_clear_issue_6_item_5,
+    |mut env| {
+        // Everything logged: JSON lines at trace level, every crate.
+        env.set("AUTOSIGN_LOG__FORMAT", "json");
+        env.set("AUTOSIGN_LOG__LEVEL", "trace");
+        env.set("AUTOSIGN_IMPORT__MAX_REJECT_RATIO", "1");
+        // Both channels configured and failing (nothing listens on port 1),
+        // so delivery logs its retries; no quiet hours, whatever the time.
+        env.set("AUTOSIGN_SMS__URL", "http://127.0.0.1:1/sms");
+        env.set("AUTOSIGN_EMAIL__HOST", "127.0.0.1");
+        env.set("AUTOSIGN_EMAIL__PORT", "1");
+        env.set("AUTOSIGN_EMAIL__TLS", "none");
+        env.set("AUTOSIGN_EMAIL__FROM", "noreply@example.gov.cn");
+        env.set("AUTOSIGN_DELIVERY__QUIET_HOURS_START", "00:00");
+        env.set("AUTOSIGN_DELIVERY__QUIET_HOURS_END", "00:00");
+
+        let (a, b, c) = (id("19850315", 11), id("19900101", 12), id("19751231", 13));
+        let mut bad_id = b.clone();
+        let last = bad_id.pop().expect("char");
+        bad_id.push(if last == '0' { '1' } else { '0' });
+        // Values that occur nowhere else, to grep for.
+        let clear: Vec<String> = vec![
+            a.clone(),
+            b.clone(),
+            c.clone(),
+            bad_id.clone(),
+            "欧阳测试".into(),
+            "司马隐私".into(),
+            "诸葛秘密".into(),
+            "13912345678".into(),
+            "1591234567".into(),
+            "leak.test@example.cn".into(),
+            "no-at-sign.example.cn".into(),
+            "上海市隐私路999号".into(),
+            "上海市秘密路888号".into(),
+            "上海市走访路777号".into(),
+        ];
+        let permits = env.write(
+            "permits.csv",
+            format!(
+                "{PERMITS_HEADER},备注\n\
+                 P1,{a},欧阳测试,13912345678,,310115,310115004,上海市隐私路999号,2026-12-01,,91310000MA1FL0Q58N,paying,single,x\n\
+                 P2,{c},诸葛秘密,,leak.test@example.cn,310115,310115004,上海市秘密路888号,2026-11-30,,,not_paying,married,x\n\
+                 P2,{c},诸葛秘密,,leak.test@example.cn,310115,310115004,上海市秘密路888号,2026-11-30,,,not_paying,married,x\n\
+                 P3,{bad_id},司马隐私,13912345678,,310115,310115004,上海市隐私路999号,2026-12-01,,,paying,single,x\n\
+                 P4,{b},司马隐私,1591234567,,310115,310115004,上海市隐私路999号,2026-12-01,,,paying,single,x\n\
+                 P5,{b},司马隐私,,no-at-sign.example.cn,310115,310115004,上海市隐私路999号,2026-12-01,,,paying,single,x\n"
+            ),
+        );
+        let residence = env.write(
+            "residence.csv",
+            format!(
+                "身份证号,走访日期,走访结果,核查地址\n{a},2026-11-20,不一致,上海市走访路777号\n{bad_id},2026-11-20,一致,上海市走访路777号\n"
+            ),
+        );
+        // A file whose header row is missing, and one in the wrong encoding.
+        let headerless = env.write("headerless.csv", format!("{a},欧阳测试,13912345678\n"));
+        let text = format!(
+            "{PERMITS_HEADER}\nP9,{a},欧阳测试,13912345678,,310115,310115004,上海市隐私路999号,2026-12-01,,,paying,single\n"
+        );
+        let (gbk, _, _) = encoding_rs::GB18030.encode(&text);
+        let gbk = env.write("gbk.csv", &gbk[..]);
+
+        let mut stderr = String::new();
+        let mut run = |args: &[&str], want: i32| {
+            let o = env.cmd(args);
+            assert_eq!(o.code, want, "{args:?}: {o:?}");
+            stderr.push_str(&o.stderr);
+        };
+        let p = |f: &std::path::Path| f.display().to_string();
+        run(
+            &["import", "permits", &p(&permits), "--rejects", "rj.csv"],
+            0,
+        );
+        run(
+            &[
+                "import",
+                "residence",
+                &p(&residence),
+                "--rejects",
+                "rj2.csv",
+            ],
+            0,
+        );
+        run(&["import", "permits", &p(&headerless)], 3);
+        run(&["import", "permits", &p(&gbk)], 3);
+        run(&["import", "residence", &p(&headerless)], 3);
+        run(&["run", "--as-of", "2026-11-27"], 0);
+        run(&["deliver"], 0);
+        run(&["status", "P1"], 0);
+        run(&["status", "P2", "--json"], 0);
+        run(&["status", &a], 2);
+        run(&["daemon", "--check"], 0);
+
+        assert!(
+            stderr.contains("\"level\":\"TRACE\"") || stderr.contains("\"level\":\"DEBUG\""),
+            "debug logging was on: {stderr}"
+        );
+        // Both channels failed and said so (with the recipient masked).
+        assert!(
+            stderr.contains("\"channel\":\"sms\",\"to\":\"139****5678\"")
+                && stderr.contains("\"channel\":\"email\",\"to\":\"l***@example.cn\""),
+            "{stderr}"
+        );
+        // `status <ID number>` echoes what the clerk typed: allowed there
+        // only; strip that one line before looking.
+        let stderr: String = stderr
+            .lines()
+            .filter(|l| !l.contains("no permit \""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for value in &clear {
+            assert!(
+                !stderr.contains(value.as_str()),
+                "{value} appears in clear on stderr:\n{}",
+                stderr
+                    .lines()
+                    .filter(|l| l.contains(value.as_str()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        // The rejects files keep the original fields by contract (0600).
+        let rj = env.read("rj.csv");
+        assert!(rj.contains(&bad_id) && rj.contains("1591234567"), "{rj}");
+    }
+);
