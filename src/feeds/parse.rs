@@ -408,7 +408,9 @@ mod tests {
             "si_status" => one_of(&["paying", "缴费", "not_paying", "未缴费"]),
             "marital_status" => one_of(&["single", "已婚", "离异", "widowed"]),
             "result" => one_of(&["consistent", "一致", "变化", "not_found"]),
-            _ => "\\PC{1,20}".boxed(),
+            _ => "\\PC{1,20}"
+                .prop_filter("not blank", |s| !s.trim().is_empty())
+                .boxed(),
         };
         if required {
             value
