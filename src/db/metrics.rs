@@ -64,9 +64,13 @@ pub struct DbMetrics {
 }
 
 const RUNS: &str = "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status";
-const EVENTS_SQLITE: &str = "SELECT kind, reasons, count(*) FROM events WHERE as_of = ? \
+// The completed run's own events: not those of a discarded run of the
+// same date (void, issue #6).
+const EVENTS_SQLITE: &str = "SELECT kind, reasons, count(*) FROM events WHERE as_of = ?1 \
+     AND run_id IN (SELECT run_id FROM runs WHERE as_of = ?1 AND status = 'completed') \
      GROUP BY kind, reasons ORDER BY kind, reasons";
 const EVENTS_PG: &str = "SELECT kind, reasons, count(*) FROM events WHERE as_of = $1 \
+     AND run_id IN (SELECT run_id FROM runs WHERE as_of = $1 AND status = 'completed') \
      GROUP BY kind, reasons ORDER BY kind, reasons";
 const NOTICES_SQLITE: &str = "SELECT status, channel, count(*) FROM notifications \
      WHERE as_of = ? GROUP BY status, channel ORDER BY status, channel";

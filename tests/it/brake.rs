@@ -428,3 +428,106 @@ dbtest!(
         );
     }
 );
+
+dbtest!(
+    a_held_run_killed_while_writing_ends_held_and_releases_as_an_unheld_run_issue6,
+    |env| {
+        // Three pages of held events; the process dies after the second (on
+        // PostgreSQL two pages and the hold are committed, on SQLite nothing).
+        load_generated(&env, 20000);
+        age(&env, "residence", 10);
+        let crashed = finish(env.spawn(
+            &["run", "--as-of", "2026-11-27"],
+            &[("AUTOSIGN_TEST_FAULT", "run.page_written@2")],
+        ));
+        assert!(
+            crashed
+                .stderr
+                .contains("fault injected at run.page_written"),
+            "{crashed:?}"
+        );
+        assert_eq!(env.query("SELECT count(*) FROM notifications"), ["0"]);
+        let kept = env.query("SELECT count(*) FROM events")[0]
+            .parse::<u32>()
+            .expect("count");
+        if env.backend == Backend::Postgres {
+            // Committed pages of held events, and the run marked held.
+            assert!(kept >= 2000, "{kept} events");
+            assert_eq!(
+                env.query(
+                    "SELECT count(*) FROM runs WHERE status = 'running' AND brake IS NOT NULL"
+                ),
+                ["1"]
+            );
+        } else {
+            assert_eq!(kept, 0, "SQLite rolls the whole run back");
+        }
+        // The rerun resumes (or redoes) the run, held, and exits 4.
+        assert_held(
+            &env.cmd(&["run", "--as-of", "2026-11-27"]),
+            1,
+            "2026-11-27",
+            "feed residence is stale",
+        );
+        env.ok(&["release", "1"]);
+        let mut reference = Env::new(env.backend);
+        reference.set("AUTOSIGN_BRAKE__ENABLED", "false");
+        load_generated(&reference, 20000);
+        reference.ok(&["run", "--as-of", "2026-11-27"]);
+        assert!(
+            normalise_timestamps(&env.audit("2026-11-27", "2026-11-27"), TS)
+                == normalise_timestamps(&reference.audit("2026-11-27", "2026-11-27"), TS),
+            "audit as an unheld, uninterrupted run"
+        );
+        assert!(
+            normalise_timestamps(&env.notifications("2026-11-27", "2026-11-27"), TS)
+                == normalise_timestamps(&reference.notifications("2026-11-27", "2026-11-27"), TS),
+            "notices as an unheld, uninterrupted run"
+        );
+        assert!(register(&env) == register(&reference), "and its permits");
+    }
+);
+
+/// Held, void, applied and not-applied events in one trail.
+fn every_state(env: &Env) {
+    import_day(env, "day1");
+    age(env, "residence", 10);
+    assert_eq!(env.cmd(&["run", "--as-of", "2026-11-01"]).code, 4);
+    env.ok(&["discard", "1"]);
+    import_day(env, "day2");
+    env.ok(&["run", "--as-of", "2026-11-01"]);
+    age(env, "residence", 10);
+    assert_eq!(env.cmd(&["run", "--as-of", "2026-11-13"]).code, 4);
+    // SH0001 (held VISIT_CENTER for its cycle ending 2026-11-20) is
+    // endorsed at a center meanwhile.
+    let f = env.write(
+        "later/permits.csv",
+        format!(
+            "{PERMITS_HEADER}\n{}\n",
+            permit_row("SH0001", "320102198503150019", "2027-11-20")
+        ),
+    );
+    env.import("permits", &f);
+    env.ok(&["release", "3"]);
+    age(env, "residence", 10);
+    assert_eq!(env.cmd(&["run", "--as-of", "2026-12-20"]).code, 4);
+}
+
+#[test]
+fn held_void_and_not_applied_states_export_byte_identical_on_both_backends_issue6() {
+    let Some(pg) = Env::try_new(Backend::Postgres) else {
+        return;
+    };
+    let sqlite = Env::new(Backend::Sqlite);
+    every_state(&sqlite);
+    every_state(&pg);
+    let audit = |env: &Env| normalise_timestamps(&env.audit("2026-11-01", "2026-12-31"), TS);
+    let notices =
+        |env: &Env| normalise_timestamps(&env.notifications("2026-11-01", "2026-12-31"), TS);
+    let a = audit(&sqlite);
+    for state in [",held", ",void", ",applied", ",not_applied"] {
+        assert!(a.contains(state), "{state} in\n{a}");
+    }
+    assert!(a == audit(&pg), "audit differs:\n{a}\n---\n{}", audit(&pg));
+    assert!(notices(&sqlite) == notices(&pg), "notifications differ");
+}
