@@ -366,7 +366,7 @@ fn csv_error_message(e: &csv::Error) -> String {
     if let csv::ErrorKind::Io(io) = e.kind() {
         if let Some(inner) = io
             .get_ref()
-            .and_then(|i| i.downcast_ref::<reader::UndecodableLine>())
+            .and_then(|i| i.downcast_ref::<reader::InputError>())
         {
             return inner.to_string();
         }

@@ -45,8 +45,9 @@ pub struct Gb18030Reader<R> {
     output: Vec<u8>,
     out_start: usize,
     out_end: usize,
-    /// Newlines in the input consumed so far (0x0A is never a trail byte).
+    /// Line ends in the input consumed so far.
     newlines: u64,
+    after_cr: bool,
 }
 
 impl<R: Read> Gb18030Reader<R> {
@@ -63,6 +64,7 @@ impl<R: Read> Gb18030Reader<R> {
             out_start: 0,
             out_end: 0,
             newlines: 0,
+            after_cr: false,
         }
     }
 
@@ -78,7 +80,14 @@ impl<R: Read> Gb18030Reader<R> {
             let (result, read, written) =
                 self.decoder
                     .decode_to_utf8_without_replacement(src, &mut self.output, self.eof);
-            self.newlines += src[..read].iter().filter(|&&b| b == b'\n').count() as u64;
+            // Line ends as LineCounter counts them: LF, CRLF, lone CR (0x0D
+            // and 0x0A are never trail bytes either).
+            for &b in &src[..read] {
+                if b == b'\r' || (b == b'\n' && !self.after_cr) {
+                    self.newlines += 1;
+                }
+                self.after_cr = b == b'\r';
+            }
             self.in_start += read;
             self.out_start = 0;
             self.out_end = written;
@@ -92,7 +101,10 @@ impl<R: Read> Gb18030Reader<R> {
                 DecoderResult::Malformed(_, _) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        UndecodableLine(self.newlines + 1),
+                        InputError {
+                            line: self.newlines + 1,
+                            what: "bytes that are not valid GB18030",
+                        },
                     ));
                 }
             }
@@ -101,17 +113,21 @@ impl<R: Read> Gb18030Reader<R> {
     }
 }
 
-/// The payload of an `InvalidData` error from [`Gb18030Reader`].
+/// The payload of an `InvalidData` error from the readers here: input
+/// that cannot be framed into records, with the line it starts on.
 #[derive(Debug)]
-pub struct UndecodableLine(pub u64);
+pub struct InputError {
+    pub line: u64,
+    pub what: &'static str,
+}
 
-impl std::fmt::Display for UndecodableLine {
+impl std::fmt::Display for InputError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}: bytes that are not valid GB18030", self.0)
+        write!(f, "line {}: {}", self.line, self.what)
     }
 }
 
-impl std::error::Error for UndecodableLine {}
+impl std::error::Error for InputError {}
 
 impl<R: Read> Read for Gb18030Reader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -192,7 +208,15 @@ pub struct LineCounter<R> {
     quote: QuoteState,
     /// The line the currently open quoted field started on.
     quote_line: u64,
+    /// Bytes of the record being read so far, and the line it starts on.
+    record_bytes: u64,
+    record_line: u64,
 }
+
+/// Longest record read, in bytes: far above any real one (13 fields of at
+/// most 1,000 characters), low enough that a file without line ends, or
+/// with a quote never closed, cannot make the import hold gigabytes.
+pub const MAX_RECORD_BYTES: u64 = 16 << 20;
 
 /// Where the reader is in the CSV quoting (RFC 4180 as the csv crate
 /// reads it: a quote opens a quoted field only at the start of a field,
@@ -261,6 +285,8 @@ impl<R: Read> LineCounter<R> {
                 lines: 0,
                 quote: QuoteState::FieldStart,
                 quote_line: 0,
+                record_bytes: 0,
+                record_line: 1,
             },
             newlines,
         )
@@ -287,8 +313,25 @@ impl<R: Read> Read for LineCounter<R> {
                 _ => false,
             };
             self.after_cr = b == b'\r';
+            let record_ends = (b == b'\n' || b == b'\r') && self.quote != QuoteState::Quoted;
             if b == b'\n' || b == b'\r' {
                 nl.pending.push_back((self.offset + i as u64, ends_line));
+            }
+            if record_ends {
+                self.record_bytes = 0;
+                self.record_line = self.lines + 1 + u64::from(ends_line);
+            } else {
+                self.record_bytes += 1;
+            }
+            if self.record_bytes > MAX_RECORD_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    InputError {
+                        line: self.record_line,
+                        what:
+                            "a record longer than 16 MiB (no line ends, or a quote never closed?)",
+                    },
+                ));
             }
             self.quote = match (self.quote, b) {
                 (QuoteState::Quoted, b'"') => QuoteState::QuoteInQuoted,
@@ -788,6 +831,33 @@ mod tests {
     }
 
     #[test]
+    fn a_record_over_16_mib_stops_the_reading_naming_its_line() {
+        let mut text = b"a,b\n1,2\r\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', MAX_RECORD_BYTES as usize + 1));
+        let (mut input, _) = LineCounter::new(&text[..]);
+        let err = input.read_to_end(&mut Vec::new()).unwrap_err();
+        let line = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<InputError>())
+            .map(|e| e.line);
+        assert_eq!(line, Some(3), "{err}");
+        // Inside quotes, line ends do not end the record.
+        let mut text = b"a,b\n\"".to_vec();
+        text.extend((0..MAX_RECORD_BYTES / 2 + 1).flat_map(|_| *b"x\n"));
+        let (mut input, _) = LineCounter::new(&text[..]);
+        let err = input.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("line 2: a record longer"),
+            "{err}"
+        );
+        // Just under the bound is fine.
+        let mut text = b"a\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', MAX_RECORD_BYTES as usize));
+        let (mut input, _) = LineCounter::new(&text[..]);
+        assert!(input.read_to_end(&mut Vec::new()).is_ok());
+    }
+
+    #[test]
     fn gb18030_reader_transcodes_and_reports_the_bad_line() {
         let (bytes, _, _) = GB18030.encode("id,name\n1,张三\n");
         let mut out = String::new();
@@ -803,6 +873,13 @@ mod tests {
             .read_to_string(&mut String::new())
             .unwrap_err();
         assert!(err.to_string().contains("line 3"), "{err}");
+        // Lone CR and CRLF end a line as in LineCounter.
+        let mut bad = b"a\rb\r\nc\n".to_vec();
+        bad.extend_from_slice(&[0x81, 0x20]);
+        let err = Gb18030Reader::new(&bad[..])
+            .read_to_string(&mut String::new())
+            .unwrap_err();
+        assert!(err.to_string().starts_with("line 4: "), "{err}");
     }
 
     #[test]
@@ -900,8 +977,8 @@ mod tests {
                     Err(e) => {
                         let line = e
                             .get_ref()
-                            .and_then(|i| i.downcast_ref::<UndecodableLine>())
-                            .map(|u| u.0);
+                            .and_then(|i| i.downcast_ref::<InputError>())
+                            .map(|u| u.line);
                         prop_assert!(
                             line.is_some_and(|l| l >= 1 && l <= lines_ends(&bytes) + 1),
                             "{}", e

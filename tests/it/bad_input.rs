@@ -425,6 +425,25 @@ dbtest!(
             &o.stderr[..o.stderr.len().min(2000)]
         );
 
+        // A 17 MiB record (a file without line ends): refused when the
+        // bound is passed, not read whole into memory.
+        let long = "x".repeat(17 << 20);
+        let f = env.write(
+            "no_line_ends.csv",
+            format!("id_number,marital_status\n{a},{long}"),
+        );
+        let before = counts(&env);
+        let o = env.cmd(&["import", "civil-status", &f.display().to_string()]);
+        assert_eq!(o.code, 3, "{}", &o.stderr[..o.stderr.len().min(2000)]);
+        assert!(
+            o.stderr
+                .contains("no_line_ends.csv: line 2: a record longer than 16 MiB")
+                && o.stderr.lines().count() == 1,
+            "{}",
+            &o.stderr[..o.stderr.len().min(2000)]
+        );
+        assert_eq!(counts(&env), before, "nothing imported");
+
         // 10,000 columns: the header's extra 9,998 are unknown (a warning
         // naming 20 of them), the rows import; a row with 10,000 fields
         // under a 2-column header is WRONG_FIELD_COUNT.
