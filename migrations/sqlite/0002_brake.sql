@@ -1,3 +1,4 @@
+-- no-transaction
 -- The safety brake and an append-only audit trail (issue #6, items 4 and 6).
 --
 -- - A run the brake stops is recorded with status 'held': its events are
@@ -8,10 +9,17 @@
 -- - events are append-only: triggers refuse any UPDATE or DELETE. Whether
 --   an event is applied, held, void or was not applied at release is the
 --   state of its run and of event_releases, never of the event row.
+--
 -- SQLite cannot drop an inline UNIQUE or CHECK, so runs and events are
--- rebuilt. Foreign keys (notifications and events reference runs) are
--- checked at commit, when the rebuilt runs holds the same run_ids again.
-PRAGMA defer_foreign_keys = ON;
+-- rebuilt (SQLite's "other kinds of table schema changes" procedure).
+-- notifications and events reference runs: with foreign keys on, dropping
+-- the old runs table would count every referencing row as a violation
+-- (deferred or not: the copy is made before, under another name), so
+-- foreign keys are off for this migration, which is why it runs outside
+-- sqlx's transaction and opens its own. The rebuilt tables keep every
+-- run_id and event_id.
+PRAGMA foreign_keys = OFF;
+BEGIN IMMEDIATE;
 
 CREATE TABLE runs_new (
     run_id       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -101,3 +109,6 @@ CREATE TRIGGER event_releases_no_delete BEFORE DELETE ON event_releases
 BEGIN
     SELECT RAISE(ABORT, 'event_releases is append-only');
 END;
+
+COMMIT;
+PRAGMA foreign_keys = ON;

@@ -531,3 +531,96 @@ fn held_void_and_not_applied_states_export_byte_identical_on_both_backends_issue
     assert!(a == audit(&pg), "audit differs:\n{a}\n---\n{}", audit(&pg));
     assert!(notices(&sqlite) == notices(&pg), "notifications differ");
 }
+
+/// A database as the release before the brake left it: migration 1 only,
+/// with a completed run, its events and notices.
+fn database_before_the_brake(env: &Env) {
+    use sha2::Digest;
+    let dir = if env.backend == Backend::Postgres {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let initial = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("migrations/{dir}/0001_initial.sql")),
+    )
+    .expect("migration 1");
+    let checksum = hex::encode(sha2::Sha384::digest(initial.as_bytes()));
+    let (blob, ts, yes) = if env.backend == Backend::Postgres {
+        ("BYTEA", "TIMESTAMPTZ NOT NULL DEFAULT now()", "true")
+    } else {
+        ("BLOB", "TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP", "1")
+    };
+    let checksum = if env.backend == Backend::Postgres {
+        format!("'\\x{checksum}'")
+    } else {
+        format!("X'{checksum}'")
+    };
+    let data = format!(
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+           installed_on {ts}, success BOOLEAN NOT NULL, checksum {blob} NOT NULL,
+           execution_time BIGINT NOT NULL);
+         INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+           VALUES (1, 'initial', {yes}, {checksum}, 0);
+         INSERT INTO runs (run_id, as_of, status, attempts, started_at, finished_at, pending)
+           VALUES (1, '2026-11-01', 'completed', 1, '2026-11-01T02:00:00+08:00', '2026-11-01T02:00:01+08:00', 0);
+         INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until, decided_at)
+           VALUES (1, 1, '2026-11-01', 'SH0006', '32010219850315006X', 'VISIT_CENTER', 'ADDRESS_CHANGED',
+                   '2026-11-25', '2026-11-01T02:00:00+08:00');
+         INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind, channel,
+                                    recipient, message, status, created_at)
+           VALUES (1, 1, '2026-11-01', 'SH0006', '2026-11-25', 'VISIT_CENTER', 'sms', '13800138006', 'm',
+                   'queued', '2026-11-01T02:00:00+08:00');"
+    );
+    if env.backend == Backend::Postgres {
+        env.sql(&initial).expect("migration 1");
+        env.sql(&data).expect("data");
+    } else {
+        let path = env.db_url.trim_start_matches("sqlite://");
+        std::fs::create_dir_all(std::path::Path::new(path).parent().expect("dir")).expect("mkdir");
+        let c = rusqlite::Connection::open(path).expect("open");
+        c.execute_batch(&initial).expect("migration 1");
+        c.execute_batch(&data).expect("data");
+    }
+}
+
+dbtest!(
+    a_database_with_runs_and_events_from_before_migrates_to_the_append_only_schema_issue6,
+    |env| {
+        database_before_the_brake(&env);
+        // The first command applies migration 2 over the existing rows.
+        let audit = audit_rows(&env, "2026-11-01", "2026-11-01");
+        assert_eq!(audit.len(), 2, "{audit:?}");
+        let r = &audit[1];
+        assert_eq!(
+            (
+                r[0].as_str(),
+                r[2].as_str(),
+                r[4].as_str(),
+                r[14].as_str(),
+                r[17].as_str()
+            ),
+            ("1", "SH0006", "VISIT_CENTER", "sms", "applied")
+        );
+        assert_eq!(
+            env.query("SELECT CAST(max(version) AS TEXT) FROM _sqlx_migrations WHERE success"),
+            ["2"]
+        );
+        // The old decision still closes its cycle (C8) and the next run
+        // gets the next ids; the trail is append-only from now on.
+        import_day(&env, "day1");
+        env.ok(&["run", "--as-of", "2026-11-02"]);
+        let audit = audit_rows(&env, "2026-11-01", "2026-11-02");
+        let sh0006: Vec<_> = audit[1..].iter().filter(|r| r[2] == "SH0006").collect();
+        assert_eq!(sh0006.len(), 1, "decided once: {sh0006:?}");
+        assert_eq!(
+            env.query("SELECT CAST(min(run_id) AS TEXT) FROM events WHERE as_of = '2026-11-02'"),
+            ["2"]
+        );
+        assert!(env
+            .sql("DELETE FROM events")
+            .expect_err("append-only")
+            .contains("append-only"));
+    }
+);
