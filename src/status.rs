@@ -65,7 +65,7 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
     let permit = db
         .permit(permit_no)
         .await?
-        .ok_or_else(|| Error::Refused(format!("no permit {permit_no:?} in the register")))?;
+        .ok_or_else(|| Error::Refused(not_found(permit_no)))?;
     // Only applied events decide anything: a held, void or not-applied one
     // (issue #6) changed nothing for the holder.
     let events: Vec<_> = db
@@ -142,6 +142,25 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
             })
             .collect(),
     })
+}
+
+/// The refusal for an unknown permit number. A clerk may type the
+/// holder's ID number or phone instead: that is not echoed in clear (issue
+/// #6), and the message says what `status` takes.
+fn not_found(permit_no: &str) -> String {
+    if let Ok(id) = crate::domain::IdNumber::parse(permit_no) {
+        return format!(
+            "no permit {:?} in the register: that is an ID number; status takes a permit number",
+            id.masked()
+        );
+    }
+    if let Ok(phone) = crate::domain::Phone::parse(permit_no) {
+        return format!(
+            "no permit {:?} in the register: that is a phone number; status takes a permit number",
+            phone.masked()
+        );
+    }
+    format!("no permit {permit_no:?} in the register")
 }
 
 pub fn render(r: &StatusReport) -> String {
