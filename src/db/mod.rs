@@ -71,6 +71,14 @@ impl Db {
         }
     }
 
+    /// Whether an import's memory stays bounded by its batches (SQLite's
+    /// append-only feed tables: repeated keys are found with a Bloom filter
+    /// and confirmed against the database) rather than growing with the
+    /// file (PostgreSQL keeps exact per-key maps; docs/benchmarks.md).
+    pub fn bounded_import_memory(&self) -> bool {
+        matches!(self, Db::Sqlite(_))
+    }
+
     pub async fn find_import(&self, feed: &str, sha256: &str) -> Result<Option<ImportRecord>> {
         match self {
             Db::Sqlite(db) => db.find_import(feed, sha256).await,
@@ -259,7 +267,7 @@ impl ImportTx {
     pub async fn lookup_permits(
         &mut self,
         permit_nos: &[&str],
-    ) -> Result<HashMap<String, PriorPermit>> {
+    ) -> Result<HashMap<String, StoredPermit>> {
         match self {
             ImportTx::Sqlite(tx) => tx.lookup_permits(permit_nos).await,
             ImportTx::Postgres(tx) => tx.lookup_permits(permit_nos).await,
@@ -274,7 +282,7 @@ impl ImportTx {
         }
     }
 
-    pub async fn upsert_permits(&mut self, rows: Vec<PermitRow>) -> Result<()> {
+    pub async fn upsert_permits(&mut self, rows: Vec<(PermitRow, ImportMark)>) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.upsert_permits(rows).await,
             ImportTx::Postgres(tx) => tx.upsert_permits(rows).await,
@@ -307,6 +315,18 @@ impl ImportTx {
         match self {
             ImportTx::Sqlite(tx) => tx.upsert_civil_status(rows).await,
             ImportTx::Postgres(tx) => tx.upsert_civil_status(rows).await,
+        }
+    }
+
+    /// For rows whose key may have come earlier in this file: each one's
+    /// line and the line of the latest earlier row of this import with the
+    /// same key, for those that have one (R2's duplicate-key warning).
+    pub async fn earlier_lines(&mut self, suspects: &[KeySuspect]) -> Result<Vec<(u64, u64)>> {
+        match self {
+            ImportTx::Sqlite(tx) => tx.earlier_lines(suspects).await,
+            ImportTx::Postgres(_) => Err(Error::Runtime(anyhow::anyhow!(
+                "internal: PostgreSQL imports spot repeated keys exactly as they parse"
+            ))),
         }
     }
 
@@ -345,7 +365,7 @@ impl RunTx {
 
     /// The run's candidates, one page at a time in `permit_no` order after
     /// `after`: active or suspended permits with `valid_until <= to` (R3,
-    /// R4), each with whether its cycle already has a final decision (C8).
+    /// R4).
     pub async fn candidates(
         &mut self,
         to: NaiveDate,
@@ -375,16 +395,18 @@ impl RunTx {
         }
     }
 
-    /// R5 evidence candidates for these holders within the given bounds;
-    /// the rules pick the row that counts.
-    pub async fn evidence(
+    /// Feeds `sink` the feed rows of these holders within `bounds` (R5,
+    /// C4). SQLite reads each feed table once, sequentially, keeping the
+    /// rows `sink` wants; PostgreSQL looks the holders up by key.
+    pub async fn feed_evidence(
         &mut self,
         id_numbers: &[&str],
         bounds: &EvidenceBounds,
-    ) -> Result<Evidence> {
+        sink: &mut (dyn EvidenceSink + Send),
+    ) -> Result<()> {
         match self {
-            RunTx::Sqlite(t) => t.evidence(id_numbers, bounds).await,
-            RunTx::Postgres(t) => t.evidence(id_numbers, bounds).await,
+            RunTx::Sqlite(t) => t.feed_evidence(bounds, sink).await,
+            RunTx::Postgres(t) => t.feed_evidence(id_numbers, bounds, sink).await,
         }
     }
 

@@ -954,10 +954,12 @@ struct Routed {
 }
 
 impl PgImportTx {
+    /// The permits' current values only: PostgreSQL's import remembers
+    /// what it wrote itself (C6).
     pub async fn lookup_permits(
         &mut self,
         permit_nos: &[&str],
-    ) -> Result<HashMap<String, PriorPermit>> {
+    ) -> Result<HashMap<String, StoredPermit>> {
         let rows = sqlx::query(
             "SELECT permit_no, valid_until, status FROM permits WHERE permit_no = ANY($1)",
         )
@@ -974,9 +976,12 @@ impl PgImportTx {
             })?;
             out.insert(
                 r.try_get(0)?,
-                PriorPermit {
-                    valid_until: r.try_get(1)?,
-                    status,
+                StoredPermit {
+                    current: PriorPermit {
+                        valid_until: r.try_get(1)?,
+                        status,
+                    },
+                    this_import: None,
                 },
             );
         }
@@ -1094,9 +1099,9 @@ impl PgImportTx {
         Ok(())
     }
 
-    pub async fn upsert_permits(&mut self, rows: Vec<PermitRow>) -> Result<()> {
+    pub async fn upsert_permits(&mut self, rows: Vec<(PermitRow, ImportMark)>) -> Result<()> {
         let mut b = self.batch(Stage::Permits, rows.len(), 200).await?;
-        for p in &rows {
+        for (p, _) in &rows {
             let (c, tail) = self.route(&mut b, &[&p.permit_no]);
             c.text(&p.permit_no)
                 .text(&p.id_number)
@@ -1300,27 +1305,22 @@ async fn fence(tx: &mut PgConnection, run: &RunRecord, owner: &str, now: &str) -
 
 impl PgRunTx {
     /// The run's candidates, a page at a time in `permit_no` order after
-    /// `after`: active or suspended permits with `valid_until <= to`, each
-    /// with whether its cycle has a final decision (C8). The same query and
-    /// order as SQLite's (permit_no is COLLATE "C"), so pages, and so ids,
-    /// come out the same. The decided flag is a `LIMIT 1` probe of the
-    /// events key rather than `EXISTS`: PostgreSQL may plan an `EXISTS`
-    /// in the select list as a hash of the whole events table, rebuilt for
-    /// every page (measured: 0.2 s a page at 250,000 events).
+    /// `after`: active or suspended permits with `valid_until <= to`. The
+    /// same query and order as SQLite's (permit_no is COLLATE "C"), so
+    /// pages, and so ids, come out the same.
     pub async fn candidates(
         &mut self,
         to: NaiveDate,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Candidate>> {
-        let rows = sqlx::query(concat!(
+        let rows = sqlx::query(
             "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
-                    p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status, ",
-            decided_pg!(),
-            " FROM permits p
+                    p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status
+             FROM permits p
              WHERE p.permit_no > $1 AND p.status IN ('active', 'suspended') AND p.valid_until <= $2
              ORDER BY p.permit_no LIMIT $3"
-        ))
+        )
         .bind(after.unwrap_or(""))
         .bind(to)
         .bind(i64::from(limit))
@@ -1330,14 +1330,15 @@ impl PgRunTx {
             .map(|r| {
                 Ok(Candidate {
                     permit: permit_row(r)?,
-                    decided: r.try_get(13)?,
                 })
             })
             .collect()
     }
 
-    /// Same query and order as SQLite's; the decided probe as in
-    /// [`PgRunTx::candidates`].
+    /// Same query and order as SQLite's. The decided probe is a `LIMIT 1`
+    /// look-up of the events key rather than `EXISTS`: PostgreSQL may plan
+    /// an `EXISTS` as a hash of the whole events table, rebuilt for every
+    /// page (measured: 0.2 s a page at 250,000 events).
     pub async fn due_permits(
         &mut self,
         from: NaiveDate,
@@ -1373,58 +1374,53 @@ impl PgRunTx {
             .collect()
     }
 
-    /// One query per feed for the whole page.
-    pub async fn evidence(&mut self, id_numbers: &[&str], b: &EvidenceBounds) -> Result<Evidence> {
-        let mut out = Evidence::default();
-        let rows = sqlx::query(
-            "SELECT id_number, visited_on, result FROM residence
-             WHERE id_number = ANY($1) AND visited_on BETWEEN $2 AND $3 ORDER BY id_number, visited_on",
-        )
-        .bind(id_numbers)
-        .bind(b.visited_from)
-        .bind(b.visited_to)
-        .fetch_all(&mut self.conn)
-        .await?;
-        for r in rows {
-            out.residence
-                .entry(r.try_get(0)?)
-                .or_default()
-                .push(ResidenceEvidence {
-                    visited_on: r.try_get(1)?,
-                    result: r.try_get(2)?,
-                });
+    /// One query per feed for each chunk of holders, by key (PostgreSQL
+    /// keeps one row per key: R2 was applied at import).
+    pub async fn feed_evidence(
+        &mut self,
+        id_numbers: &[&str],
+        b: &EvidenceBounds,
+        sink: &mut (dyn EvidenceSink + Send),
+    ) -> Result<()> {
+        for ids in id_numbers.chunks(10_000) {
+            let rows = sqlx::query(
+                "SELECT id_number, visited_on, result FROM residence
+                 WHERE id_number = ANY($1) AND visited_on BETWEEN $2 AND $3",
+            )
+            .bind(ids)
+            .bind(b.visited_from)
+            .bind(b.visited_to)
+            .fetch_all(&mut self.conn)
+            .await?;
+            for r in rows {
+                let id: &str = r.try_get(0)?;
+                sink.residence(id, r.try_get(1)?, r.try_get(2)?);
+            }
+            let rows = sqlx::query(
+                "SELECT id_number, month, status, employer_uscc FROM social_insurance
+                 WHERE id_number = ANY($1) AND month BETWEEN $2 AND $3",
+            )
+            .bind(ids)
+            .bind(&b.month_from)
+            .bind(&b.month_to)
+            .fetch_all(&mut self.conn)
+            .await?;
+            for r in rows {
+                let id: &str = r.try_get(0)?;
+                sink.payment(id, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            }
+            let rows = sqlx::query(
+                "SELECT id_number, marital_status, as_of FROM civil_status WHERE id_number = ANY($1)",
+            )
+            .bind(ids)
+            .fetch_all(&mut self.conn)
+            .await?;
+            for r in rows {
+                let id: &str = r.try_get(0)?;
+                sink.civil(id, r.try_get(1)?, r.try_get(2)?);
+            }
         }
-        let rows = sqlx::query(
-            "SELECT id_number, month, status, employer_uscc FROM social_insurance
-             WHERE id_number = ANY($1) AND month BETWEEN $2 AND $3 ORDER BY id_number, month",
-        )
-        .bind(id_numbers)
-        .bind(&b.month_from)
-        .bind(&b.month_to)
-        .fetch_all(&mut self.conn)
-        .await?;
-        for r in rows {
-            out.social_insurance
-                .entry(r.try_get(0)?)
-                .or_default()
-                .push(SiEvidence {
-                    month: r.try_get(1)?,
-                    status: r.try_get(2)?,
-                    employer_uscc: r.try_get(3)?,
-                });
-        }
-        let rows = sqlx::query(
-            "SELECT id_number, marital_status FROM civil_status
-             WHERE id_number = ANY($1) AND (as_of IS NULL OR as_of <= $2)",
-        )
-        .bind(id_numbers)
-        .bind(b.civil_as_of_max)
-        .fetch_all(&mut self.conn)
-        .await?;
-        for r in rows {
-            out.civil_status.insert(r.try_get(0)?, r.try_get(1)?);
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Writes a page's events, notices and permit changes and commits them

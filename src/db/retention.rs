@@ -50,6 +50,14 @@ const CIVIL: &str = "DELETE FROM civil_status WHERE import_id IN \
      AND EXISTS (SELECT 1 FROM civil_status later \
        WHERE later.id_number = civil_status.id_number AND later.import_id > civil_status.import_id)";
 
+/// SQLite's civil-status rows are appended (migration 0003, issue #2): a
+/// row is replaced when a later row (higher seq) of the same holder exists.
+/// One grouping pass instead of a correlated look-up per row (the table has
+/// no key index).
+const CIVIL_SQLITE: &str = "DELETE FROM civil_status WHERE import_id IN \
+       (SELECT import_id FROM imports WHERE feed = 'civil-status' AND imported_at < $1) \
+     AND seq NOT IN (SELECT max(seq) FROM civil_status GROUP BY id_number)";
+
 /// Finished notices' texts and recipients (`$1`: created before).
 const NOTICES: &str = "UPDATE notifications SET message = '', recipient = '' \
      WHERE created_at < $1 AND status IN ('sent', 'dead', 'undeliverable') \
@@ -72,7 +80,7 @@ impl Db {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                let civil_status = sqlx::query(CIVIL)
+                let civil_status = sqlx::query(CIVIL_SQLITE)
                     .bind(&cut.imported_before)
                     .execute(&mut *tx)
                     .await?

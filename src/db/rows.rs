@@ -1,8 +1,6 @@
 //! Plain row types exchanged with the database layer. Values here have been
 //! parsed at the edge already; codes are the SPEC's English codes.
 
-use std::collections::HashMap;
-
 use chrono::NaiveDate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,12 +55,32 @@ pub struct PriorPermit {
     pub status: crate::domain::PermitStatus,
 }
 
+/// A stored permit as an import finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredPermit {
+    pub current: PriorPermit,
+    /// Set when this import wrote the permit already (its key came earlier
+    /// in the file, C6): that row's line and the permit as stored before
+    /// the import (`None`: new). SQLite keeps these in the register
+    /// (migration 0003); PostgreSQL's import keeps them in memory instead.
+    pub this_import: Option<(u64, Option<PriorPermit>)>,
+}
+
+/// Where a permit row an import writes comes from: its line, and the
+/// permit as stored before the import (`None`: new), for C6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportMark {
+    pub line: u64,
+    pub prior: Option<PriorPermit>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ContactUpdate {
     pub permit_no: String,
     pub name: String,
     pub phone: Option<String>,
     pub email: Option<String>,
+    pub mark: ImportMark,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +90,8 @@ pub struct ResidenceRow {
     pub result: String,
     pub address: String,
     pub officer_id: String,
+    /// The row's line in its file.
+    pub line: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +102,8 @@ pub struct SocialInsuranceRow {
     pub status: String,
     pub employer_uscc: String,
     pub employer_name: String,
+    /// The row's line in its file.
+    pub line: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +111,18 @@ pub struct CivilStatusRow {
     pub id_number: String,
     pub marital_status: String,
     pub as_of: Option<NaiveDate>,
+    /// The row's line in its file.
+    pub line: u64,
+}
+
+/// A feed row whose key may have come earlier in the same file (a Bloom
+/// filter hit, see src/feeds): its key as (`id_number`, `visited_on` /
+/// `month` as stored, or empty for civil status) and its line.
+#[derive(Debug, Clone)]
+pub struct KeySuspect {
+    pub id_number: String,
+    pub second: String,
+    pub line: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -141,12 +175,11 @@ pub struct ReleaseItem {
     pub notice: Option<NewNotice>,
 }
 
-/// A permit the run looks at, and whether its current cycle (permit_no,
-/// valid_until) already has a final decision (AUTO_SIGNED or VISIT_CENTER).
+/// A permit the run's write pass looks at (R3 lifecycle, or a planned
+/// decision: the plan already left out decided cycles, C8).
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub permit: PermitRow,
-    pub decided: bool,
 }
 
 /// A due permit whose cycle has no final decision yet (R4, C8): its cycle
@@ -182,25 +215,16 @@ pub struct EvidenceBounds {
     pub civil_as_of_max: NaiveDate,
 }
 
-#[derive(Debug, Clone)]
-pub struct ResidenceEvidence {
-    pub visited_on: NaiveDate,
-    pub result: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct SiEvidence {
-    pub month: String,
-    pub status: String,
-    pub employer_uscc: String,
-}
-
-/// Candidate evidence rows by holder.
-#[derive(Debug, Default)]
-pub struct Evidence {
-    pub residence: HashMap<String, Vec<ResidenceEvidence>>,
-    pub social_insurance: HashMap<String, Vec<SiEvidence>>,
-    pub civil_status: HashMap<String, String>,
+/// Receives the feed rows a run may use (within [`EvidenceBounds`]; civil
+/// status unfiltered: C4's `as_of` filter applies to the holder's latest
+/// row, after R2), each feed's rows in arrival order so that a later row
+/// with the same key comes after the earlier one (R2: it wins).
+pub trait EvidenceSink {
+    /// Whether this holder's rows are wanted (the run's due holders).
+    fn wants(&self, id_number: &str) -> bool;
+    fn residence(&mut self, id_number: &str, visited_on: NaiveDate, result: &str);
+    fn payment(&mut self, id_number: &str, month: &str, status: &str, employer_uscc: &str);
+    fn civil(&mut self, id_number: &str, marital_status: &str, as_of: Option<NaiveDate>);
 }
 
 /// An event (decision or lifecycle change) with the evidence it rests on.

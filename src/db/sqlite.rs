@@ -190,7 +190,22 @@ impl SqliteDb {
         .bind(crate::clock::now_rfc3339())
         .fetch_one(&mut *tx)
         .await?;
-        Ok(SqliteImportTx { tx, import_id })
+        let feed_table = match feed {
+            "residence" => Some(FeedTable::Residence),
+            "social-insurance" => Some(FeedTable::SocialInsurance),
+            "civil-status" => Some(FeedTable::CivilStatus),
+            _ => None,
+        };
+        let first_seq = match feed_table {
+            Some(t) => sqlx::query_scalar(t.max_seq()).fetch_one(&mut *tx).await?,
+            None => 0,
+        };
+        Ok(SqliteImportTx {
+            tx,
+            import_id,
+            feed_table,
+            first_seq,
+        })
     }
 
     pub async fn latest_completed_run(&self) -> Result<Option<RunRecord>> {
@@ -589,42 +604,112 @@ macro_rules! decided_sqlite {
     };
 }
 
+/// An append-only feed table (migration 0003).
+#[derive(Debug, Clone, Copy)]
+enum FeedTable {
+    Residence,
+    SocialInsurance,
+    CivilStatus,
+}
+
+impl FeedTable {
+    fn max_seq(self) -> &'static str {
+        match self {
+            FeedTable::Residence => "SELECT coalesce(max(seq), 0) FROM residence",
+            FeedTable::SocialInsurance => "SELECT coalesce(max(seq), 0) FROM social_insurance",
+            FeedTable::CivilStatus => "SELECT coalesce(max(seq), 0) FROM civil_status",
+        }
+    }
+
+    /// The key and line of the rows after seq ?1 (this import's), in order.
+    fn keys_after(self) -> &'static str {
+        match self {
+            FeedTable::Residence => {
+                "SELECT id_number, visited_on, line FROM residence WHERE seq > ?1 ORDER BY seq"
+            }
+            FeedTable::SocialInsurance => {
+                "SELECT id_number, month, line FROM social_insurance WHERE seq > ?1 ORDER BY seq"
+            }
+            FeedTable::CivilStatus => {
+                "SELECT id_number, '', line FROM civil_status WHERE seq > ?1 ORDER BY seq"
+            }
+        }
+    }
+}
+
 /// One import's transaction.
 pub struct SqliteImportTx {
     tx: Transaction<'static, Sqlite>,
     pub import_id: i64,
+    /// The feed table this import appends to, and its highest seq before.
+    feed_table: Option<FeedTable>,
+    first_seq: i64,
 }
 
 impl SqliteImportTx {
     pub async fn lookup_permits(
         &mut self,
         permit_nos: &[&str],
-    ) -> Result<HashMap<String, PriorPermit>> {
-        let found: Vec<(String, NaiveDate, String)> = with_raw(&mut self.tx, |c| {
-            let mut stmt =
-                c.prepare("SELECT valid_until, status FROM permits WHERE permit_no = ?1")?;
+    ) -> Result<HashMap<String, StoredPermit>> {
+        type Found = (
+            String,
+            NaiveDate,
+            String,
+            i64,
+            i64,
+            Option<NaiveDate>,
+            Option<String>,
+        );
+        let found: Vec<Found> = with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(
+                "SELECT valid_until, status, import_id, import_line, prior_valid_until, prior_status
+                 FROM permits WHERE permit_no = ?1",
+            )?;
             let mut out = Vec::new();
             for no in permit_nos {
                 let mut rows = stmt.query([no])?;
                 if let Some(r) = rows.next()? {
-                    out.push((no.to_string(), raw_date(r, 0)?, r.get(1)?));
+                    out.push((
+                        no.to_string(),
+                        raw_date(r, 0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        raw_opt_date(r, 4)?,
+                        r.get(5)?,
+                    ));
                 }
             }
             Ok(out)
         })
         .await?;
+        let status_of = |s: &str| {
+            PermitStatus::parse(s).map_err(|_| {
+                Error::Runtime(anyhow::anyhow!("stored permit has unknown status {s:?}"))
+            })
+        };
         let mut out = HashMap::with_capacity(found.len());
-        for (no, valid_until, status) in found {
-            let status = PermitStatus::parse(&status).map_err(|_| {
-                Error::Runtime(anyhow::anyhow!(
-                    "stored permit has unknown status {status:?}"
-                ))
-            })?;
+        for (no, valid_until, status, import_id, line, prior_vu, prior_status) in found {
+            let this_import = if import_id == self.import_id {
+                let prior = match (prior_vu, prior_status) {
+                    (Some(valid_until), Some(s)) => Some(PriorPermit {
+                        valid_until,
+                        status: status_of(&s)?,
+                    }),
+                    _ => None,
+                };
+                Some((line as u64, prior))
+            } else {
+                None
+            };
             out.insert(
                 no,
-                PriorPermit {
-                    valid_until,
-                    status,
+                StoredPermit {
+                    current: PriorPermit {
+                        valid_until,
+                        status: status_of(&status)?,
+                    },
+                    this_import,
                 },
             );
         }
@@ -640,21 +725,26 @@ impl SqliteImportTx {
         Ok(any.is_none())
     }
 
-    pub async fn upsert_permits(&mut self, rows: Vec<PermitRow>) -> Result<()> {
+    /// Writes the rows with their import mark: the line, and the value
+    /// from before this import (C6, read back by [`Self::lookup_permits`]).
+    pub async fn upsert_permits(&mut self, rows: Vec<(PermitRow, ImportMark)>) -> Result<()> {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
                 "INSERT INTO permits (permit_no, id_number, name, phone, email, district_code, street_code,
-                 address, valid_until, status, employer_uscc, si_status, marital_status, import_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 address, valid_until, status, employer_uscc, si_status, marital_status, import_id,
+                 import_line, prior_valid_until, prior_status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
                  ON CONFLICT (permit_no) DO UPDATE SET id_number = excluded.id_number, name = excluded.name,
                   phone = excluded.phone, email = excluded.email, district_code = excluded.district_code,
                   street_code = excluded.street_code, address = excluded.address,
                   valid_until = excluded.valid_until, status = excluded.status,
                   employer_uscc = excluded.employer_uscc, si_status = excluded.si_status,
-                  marital_status = excluded.marital_status, import_id = excluded.import_id",
+                  marital_status = excluded.marital_status, import_id = excluded.import_id,
+                  import_line = excluded.import_line, prior_valid_until = excluded.prior_valid_until,
+                  prior_status = excluded.prior_status",
             )?;
-            for p in &rows {
+            for (p, mark) in &rows {
                 stmt.execute(rusqlite::params![
                     p.permit_no,
                     p.id_number,
@@ -670,6 +760,9 @@ impl SqliteImportTx {
                     p.si_status,
                     p.marital_status,
                     import_id,
+                    mark.line as i64,
+                    mark.prior.map(|x| x.valid_until.to_string()),
+                    mark.prior.map(|x| x.status.code()),
                 ])?;
             }
             Ok(())
@@ -681,27 +774,34 @@ impl SqliteImportTx {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
-                "UPDATE permits SET name = ?2, phone = ?3, email = ?4, import_id = ?5 WHERE permit_no = ?1",
+                "UPDATE permits SET name = ?2, phone = ?3, email = ?4, import_id = ?5, import_line = ?6,
+                 prior_valid_until = ?7, prior_status = ?8 WHERE permit_no = ?1",
             )?;
             for r in &rows {
-                stmt.execute(rusqlite::params![r.permit_no, r.name, r.phone, r.email, import_id])?;
+                stmt.execute(rusqlite::params![
+                    r.permit_no,
+                    r.name,
+                    r.phone,
+                    r.email,
+                    import_id,
+                    r.mark.line as i64,
+                    r.mark.prior.map(|x| x.valid_until.to_string()),
+                    r.mark.prior.map(|x| x.status.code()),
+                ])?;
             }
             Ok(())
         })
         .await
     }
 
-    pub async fn upsert_residence(&mut self, mut rows: Vec<ResidenceRow>) -> Result<()> {
-        rows.sort_unstable_by(|a, b| {
-            (&a.id_number, a.visited_on).cmp(&(&b.id_number, b.visited_on))
-        });
+    /// Feed rows are appended in the order given (line order: R2's later
+    /// row is the one with the higher seq), with no key to maintain.
+    pub async fn upsert_residence(&mut self, rows: Vec<ResidenceRow>) -> Result<()> {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
-                "INSERT INTO residence (id_number, visited_on, result, address, officer_id, import_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (id_number, visited_on) DO UPDATE SET result = excluded.result,
-                  address = excluded.address, officer_id = excluded.officer_id, import_id = excluded.import_id",
+                "INSERT INTO residence (id_number, visited_on, result, address, officer_id, import_id, line)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for r in &rows {
                 stmt.execute(rusqlite::params![
@@ -710,7 +810,8 @@ impl SqliteImportTx {
                     r.result,
                     r.address,
                     r.officer_id,
-                    import_id
+                    import_id,
+                    r.line as i64,
                 ])?;
             }
             Ok(())
@@ -718,20 +819,12 @@ impl SqliteImportTx {
         .await
     }
 
-    pub async fn upsert_social_insurance(
-        &mut self,
-        mut rows: Vec<SocialInsuranceRow>,
-    ) -> Result<()> {
-        // Key order: neighbouring inserts land on the same B-tree pages.
-        rows.sort_unstable_by(|a, b| (&a.id_number, &a.month).cmp(&(&b.id_number, &b.month)));
+    pub async fn upsert_social_insurance(&mut self, rows: Vec<SocialInsuranceRow>) -> Result<()> {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
-                "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, import_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (id_number, month) DO UPDATE SET status = excluded.status,
-                  employer_uscc = excluded.employer_uscc, employer_name = excluded.employer_name,
-                  import_id = excluded.import_id",
+                "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, import_id, line)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for r in &rows {
                 stmt.execute(rusqlite::params![
@@ -740,7 +833,8 @@ impl SqliteImportTx {
                     r.status,
                     r.employer_uscc,
                     r.employer_name,
-                    import_id
+                    import_id,
+                    r.line as i64,
                 ])?;
             }
             Ok(())
@@ -748,26 +842,68 @@ impl SqliteImportTx {
         .await
     }
 
-    pub async fn upsert_civil_status(&mut self, mut rows: Vec<CivilStatusRow>) -> Result<()> {
-        rows.sort_unstable_by(|a, b| a.id_number.cmp(&b.id_number));
+    pub async fn upsert_civil_status(&mut self, rows: Vec<CivilStatusRow>) -> Result<()> {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
-                "INSERT INTO civil_status (id_number, marital_status, as_of, import_id) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id_number) DO UPDATE SET marital_status = excluded.marital_status,
-                  as_of = excluded.as_of, import_id = excluded.import_id",
+                "INSERT INTO civil_status (id_number, marital_status, as_of, import_id, line)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for r in &rows {
                 stmt.execute(rusqlite::params![
                     r.id_number,
                     r.marital_status,
                     r.as_of.map(|d| d.to_string()),
-                    import_id
+                    import_id,
+                    r.line as i64,
                 ])?;
             }
             Ok(())
         })
         .await
+    }
+
+    /// One sequential pass over this import's rows (those after
+    /// `first_seq`), keeping the lines of the suspects' keys only.
+    pub async fn earlier_lines(&mut self, suspects: &[KeySuspect]) -> Result<Vec<(u64, u64)>> {
+        let Some(table) = self.feed_table else {
+            return Ok(Vec::new());
+        };
+        // Per suspect id_number: its distinct second key parts and the
+        // lines of this import's rows with that key.
+        let mut by_id: HashMap<&str, Vec<(&str, Vec<u64>)>> = HashMap::new();
+        for s in suspects {
+            let keys = by_id.entry(s.id_number.as_str()).or_default();
+            if !keys.iter().any(|(second, _)| *second == s.second) {
+                keys.push((s.second.as_str(), Vec::new()));
+            }
+        }
+        let first_seq = self.first_seq;
+        with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(table.keys_after())?;
+            let mut rows = stmt.query([first_seq])?;
+            while let Some(r) = rows.next()? {
+                if let Some(keys) = by_id.get_mut(r.get_ref(0)?.as_str()?) {
+                    let second = r.get_ref(1)?.as_str()?;
+                    if let Some((_, lines)) = keys.iter_mut().find(|(s, _)| *s == second) {
+                        lines.push(r.get::<_, i64>(2)? as u64);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(suspects
+            .iter()
+            .filter_map(|s| {
+                let (_, lines) = by_id
+                    .get(s.id_number.as_str())?
+                    .iter()
+                    .find(|(second, _)| *second == s.second)?;
+                let earlier = lines.iter().filter(|l| **l < s.line).max()?;
+                Some((s.line, *earlier))
+            })
+            .collect())
     }
 
     pub async fn commit(mut self, counts: ImportCounts) -> Result<()> {
@@ -804,15 +940,14 @@ impl SqliteRunTx {
         let after = after.unwrap_or("");
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
-                concat!("SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
-                        p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status, ",
-                        decided_sqlite!(), "
+                "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
+                        p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status
                  FROM permits p
                  WHERE p.permit_no > ?1 AND p.status IN ('active', 'suspended') AND p.valid_until <= ?2
-                 ORDER BY p.permit_no LIMIT ?3"),
+                 ORDER BY p.permit_no LIMIT ?3",
             )?;
             let rows = stmt.query_map(rusqlite::params![after, to.to_string(), limit], |r| {
-                Ok(Candidate { permit: raw_permit(r)?, decided: r.get(13)? })
+                Ok(Candidate { permit: raw_permit(r)? })
             })?;
             rows.collect()
         })
@@ -854,43 +989,59 @@ impl SqliteRunTx {
         .await
     }
 
-    pub async fn evidence(&mut self, id_numbers: &[&str], b: &EvidenceBounds) -> Result<Evidence> {
+    /// One sequential scan per feed table in seq order (R2: a later row
+    /// follows the earlier one), no random reads; rows outside the bounds
+    /// are skipped by the scan, rows of other holders by `sink.wants`.
+    pub async fn feed_evidence(
+        &mut self,
+        b: &EvidenceBounds,
+        sink: &mut (dyn EvidenceSink + Send),
+    ) -> Result<()> {
+        let (vf, vt, mf, mt) = (
+            b.visited_from.to_string(),
+            b.visited_to.to_string(),
+            b.month_from.as_str(),
+            b.month_to.as_str(),
+        );
         with_raw(&mut self.tx, |c| {
-            let mut out = Evidence::default();
-            let mut res = c.prepare(
-                "SELECT visited_on, result FROM residence WHERE id_number = ?1 AND visited_on BETWEEN ?2 AND ?3",
+            let mut stmt = c.prepare(
+                "SELECT id_number, visited_on, result FROM residence
+                 WHERE visited_on BETWEEN ?1 AND ?2 ORDER BY seq",
             )?;
-            let mut si = c.prepare(
-                "SELECT month, status, employer_uscc FROM social_insurance
-                 WHERE id_number = ?1 AND month BETWEEN ?2 AND ?3",
-            )?;
-            let mut civil = c.prepare(
-                "SELECT marital_status FROM civil_status WHERE id_number = ?1 AND (as_of IS NULL OR as_of <= ?2)",
-            )?;
-            let (vf, vt, civil_max) = (b.visited_from.to_string(), b.visited_to.to_string(), b.civil_as_of_max.to_string());
-            for id in id_numbers {
-                let visits = res
-                    .query_map(rusqlite::params![id, vf, vt], |r| {
-                        Ok(ResidenceEvidence { visited_on: raw_date(r, 0)?, result: r.get(1)? })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                if !visits.is_empty() {
-                    out.residence.insert(id.to_string(), visits);
-                }
-                let pays = si
-                    .query_map(rusqlite::params![id, b.month_from, b.month_to], |r| {
-                        Ok(SiEvidence { month: r.get(0)?, status: r.get(1)?, employer_uscc: r.get(2)? })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                if !pays.is_empty() {
-                    out.social_insurance.insert(id.to_string(), pays);
-                }
-                let mut rows = civil.query(rusqlite::params![id, civil_max])?;
-                if let Some(r) = rows.next()? {
-                    out.civil_status.insert(id.to_string(), r.get(0)?);
+            let mut rows = stmt.query([&vf, &vt])?;
+            while let Some(r) = rows.next()? {
+                let id = r.get_ref(0)?.as_str()?;
+                if sink.wants(id) {
+                    sink.residence(id, raw_date(r, 1)?, r.get_ref(2)?.as_str()?);
                 }
             }
-            Ok(out)
+            let mut stmt = c.prepare(
+                "SELECT id_number, month, status, employer_uscc FROM social_insurance
+                 WHERE month BETWEEN ?1 AND ?2 ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([mf, mt])?;
+            while let Some(r) = rows.next()? {
+                let id = r.get_ref(0)?.as_str()?;
+                if sink.wants(id) {
+                    sink.payment(
+                        id,
+                        r.get_ref(1)?.as_str()?,
+                        r.get_ref(2)?.as_str()?,
+                        r.get_ref(3)?.as_str()?,
+                    );
+                }
+            }
+            let mut stmt = c.prepare(
+                "SELECT id_number, marital_status, as_of FROM civil_status ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let id = r.get_ref(0)?.as_str()?;
+                if sink.wants(id) {
+                    sink.civil(id, r.get_ref(1)?.as_str()?, raw_opt_date(r, 2)?);
+                }
+            }
+            Ok(())
         })
         .await
     }

@@ -18,7 +18,10 @@ use tracing::Instrument;
 pub use parse::Feed;
 pub use reader::{Encoding, HeaderNames};
 
-use crate::db::{ContactUpdate, Db, ImportCounts, ImportRecord, ImportTx, PermitRow, PriorPermit};
+use crate::db::{
+    ContactUpdate, Db, ImportCounts, ImportMark, ImportRecord, ImportTx, KeySuspect, PermitRow,
+    PriorPermit,
+};
 use crate::domain::PermitStatus;
 use crate::error::{Error, Result};
 use parse::{Fields, Parsed};
@@ -86,25 +89,27 @@ pub async fn import_file(
         return Ok(ImportOutcome::AlreadyImported(done));
     }
     let span = tracing::info_span!("import", feed = feed.name(), file = %shown);
+    let bounded = db.bounded_import_memory();
     let report = async {
         match feed {
             Feed::Permits => {
-                let parser = RowParser {
-                    parse: parse::permit,
-                    settle: None,
+                let parser = RowParser::marked(parse::permit, bounded);
+                let writer = PermitsWriter {
+                    bounded,
+                    ..PermitsWriter::default()
                 };
-                run_import(db, feed, path, &sha, opts, parser, PermitsWriter::default()).await
+                run_import(db, feed, path, &sha, opts, parser, writer).await
             }
             Feed::Residence => {
-                let parser = RowParser::keyed(parse::residence);
+                let parser = RowParser::keyed(parse::residence, bounded);
                 run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
             }
             Feed::SocialInsurance => {
-                let parser = RowParser::keyed(parse::social_insurance);
+                let parser = RowParser::keyed(parse::social_insurance, bounded);
                 run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
             }
             Feed::CivilStatus => {
-                let parser = RowParser::keyed(parse::civil_status);
+                let parser = RowParser::keyed(parse::civil_status, bounded);
                 run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
             }
         }
@@ -126,6 +131,9 @@ struct Item<T> {
     line: u64,
     raw: csv::StringRecord,
     parsed: Result<Parsed<T>, String>,
+    /// Its key may have come earlier in the file (a Bloom filter hit; set
+    /// for permit rows on SQLite, which the writer then looks up).
+    repeat: bool,
 }
 
 enum Msg<T> {
@@ -145,18 +153,44 @@ struct ReadyBatch<T> {
     rows: Vec<T>,
     rejects: Vec<(u64, String, csv::StringRecord)>,
     warnings: Vec<(u64, String)>,
+    /// Rows whose key may have come in an earlier batch of the file.
+    suspects: Vec<KeySuspect>,
+}
+
+/// How the parser thread spots a key repeated in the file (R2).
+enum Seen {
+    /// Every key's hash and line so far: memory grows with the file
+    /// (PostgreSQL, whose keyed tables upsert anyway).
+    Exact(HashMap<u64, u64>),
+    /// A fixed-size Bloom filter: a key it may have seen in an earlier
+    /// batch is a suspect, confirmed exactly against the rows this import
+    /// wrote once the file is read (SQLite's append-only feed tables).
+    Bloom(Bloom),
 }
 
 /// The parser thread's share of R2 for keyed feeds: rejects, warnings, the
 /// later line with a key winning. It keeps the writer (the one thread that
 /// talks to the database, the bottleneck) free for writing.
 struct Settle<T> {
-    key_of: fn(&T) -> String,
-    /// Per key hash seen in this file: the line that had it.
-    seen: HashMap<u64, u64>,
+    seen: Seen,
+    /// Permit rows: only mark Bloom hits ([`Item::repeat`]); the writer
+    /// decides the rows against the register.
+    mark_only: bool,
+    _row: std::marker::PhantomData<T>,
 }
 
-impl<T> Settle<T> {
+impl<T: Keyed> Settle<T> {
+    fn mark(&mut self, items: &mut [Item<T>]) {
+        let Seen::Bloom(bloom) = &mut self.seen else {
+            return;
+        };
+        for item in items {
+            if let Ok(p) = &item.parsed {
+                item.repeat = bloom.insert(key_hash(&p.row.key()));
+            }
+        }
+    }
+
     fn settle(&mut self, items: Vec<Item<T>>) -> ReadyBatch<T> {
         let mut out = ReadyBatch {
             read: items.len() as u64,
@@ -164,30 +198,109 @@ impl<T> Settle<T> {
             rows: Vec::new(),
             rejects: Vec::new(),
             warnings: Vec::new(),
+            suspects: Vec::new(),
         };
+        // Exact within the batch (bounded by its size).
+        let mut in_batch: HashMap<String, u64> = HashMap::with_capacity(items.len());
         let mut accepted: Vec<(String, T)> = Vec::with_capacity(items.len());
         for item in items {
             match item.parsed {
                 Err(reason) => out.rejects.push((item.line, reason, item.raw)),
-                Ok(p) => {
+                Ok(mut p) => {
                     out.warnings
                         .extend(p.warnings.into_iter().map(|w| (item.line, w)));
-                    let key = (self.key_of)(&p.row);
-                    if let Some(earlier) = self.seen.insert(key_hash(&key), item.line) {
-                        out.warnings.push((
-                            item.line,
-                            format!("same key as line {earlier}; the later line wins (R2)"),
-                        ));
+                    p.row.set_line(item.line);
+                    let key = p.row.key();
+                    let hash = key_hash(&key);
+                    let earlier = match (&mut self.seen, in_batch.get(&key)) {
+                        (Seen::Exact(map), _) => map.insert(hash, item.line),
+                        (Seen::Bloom(bloom), Some(line)) => {
+                            bloom.insert(hash);
+                            Some(*line)
+                        }
+                        (Seen::Bloom(bloom), None) => {
+                            if bloom.insert(hash) {
+                                let (id_number, second) = p.row.key_parts();
+                                out.suspects.push(KeySuspect {
+                                    id_number: id_number.to_string(),
+                                    second,
+                                    line: item.line,
+                                });
+                            }
+                            None
+                        }
+                    };
+                    if let Some(earlier) = earlier {
+                        out.warnings.push((item.line, same_key_warning(earlier)));
                     }
+                    in_batch.insert(key.clone(), item.line);
                     accepted.push((key, p.row));
                 }
             }
         }
         out.accepted = accepted.len() as u64;
         let mut rows = last_per_key(accepted);
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if matches!(self.seen, Seen::Exact(_)) {
+            // Key order: neighbouring upserts land on the same B-tree pages.
+            // Append-only tables take the rows in line order instead (R2:
+            // the highest seq per key is the later line).
+            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
         out.rows = rows.into_iter().map(|(_, r)| r).collect();
         out
+    }
+}
+
+fn same_key_warning(earlier: u64) -> String {
+    format!("same key as line {earlier}; the later line wins (R2)")
+}
+
+/// A blocked Bloom filter over 64-bit key hashes: each key sets 6 bits
+/// inside one 512-bit block (one cache line), so an insert costs one
+/// memory access however large the filter.
+struct Bloom {
+    blocks: Vec<[u64; 8]>,
+}
+
+impl Bloom {
+    /// About 12 bits a row (a false positive rate near 1 %) for `rows`
+    /// expected rows, between 2^20 and 2^30 bits (128 KB–128 MB).
+    fn for_rows(rows: u64) -> Bloom {
+        let bits = rows
+            .saturating_mul(12)
+            .clamp(1 << 20, 1 << 30)
+            .next_power_of_two();
+        Bloom {
+            blocks: vec![[0; 8]; (bits / 512) as usize],
+        }
+    }
+
+    /// Sized for a file of `file_len` bytes whose first `bytes` held
+    /// `rows` rows.
+    fn for_file(file_len: u64, bytes: u64, rows: u64) -> Bloom {
+        let per_row = (bytes / rows.max(1)).max(16);
+        Bloom::for_rows(file_len / per_row + rows)
+    }
+
+    /// Sets the key's bits; returns whether they were all set already
+    /// (the key may have been inserted before).
+    fn insert(&mut self, hash: u64) -> bool {
+        let n = self.blocks.len() as u64;
+        let Some(block) = self.blocks.get_mut((hash % n.max(1)) as usize) else {
+            return false;
+        };
+        // Six 9-bit positions from the hash's other bits (mixed so they do
+        // not repeat the block index's low bits).
+        let mut h = hash.rotate_left(29).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut all = true;
+        for _ in 0..6 {
+            let bit = (h & 511) as usize;
+            h >>= 9;
+            let (word, b) = (bit / 64, 1u64 << (bit % 64));
+            all &= block[word] & b != 0;
+            block[word] |= b;
+        }
+        all
     }
 }
 
@@ -201,20 +314,40 @@ struct RowParser<T> {
 }
 
 impl<T: Keyed> RowParser<T> {
-    /// A feed whose rows replace by key and are settled on the parser thread.
-    fn keyed(parse: ParseFn<T>) -> Self {
+    /// A feed whose rows replace by key and are settled on the parser
+    /// thread; `bounded`: spot repeated keys with a Bloom filter sized by
+    /// the file (sized in [`parse_file`]) rather than an exact map.
+    fn keyed(parse: ParseFn<T>, bounded: bool) -> Self {
         RowParser {
             parse,
             settle: Some(Settle {
-                key_of: T::key,
-                seen: HashMap::new(),
+                seen: if bounded {
+                    Seen::Bloom(Bloom { blocks: Vec::new() })
+                } else {
+                    Seen::Exact(HashMap::new())
+                },
+                mark_only: false,
+                _row: std::marker::PhantomData,
+            }),
+        }
+    }
+
+    /// Permit rows: on SQLite (`bounded`), Bloom hits are marked for the
+    /// writer; otherwise the writer keeps exact per-key state itself.
+    fn marked(parse: ParseFn<T>, bounded: bool) -> Self {
+        RowParser {
+            parse,
+            settle: bounded.then(|| Settle {
+                seen: Seen::Bloom(Bloom { blocks: Vec::new() }),
+                mark_only: true,
+                _row: std::marker::PhantomData,
             }),
         }
     }
 }
 
 /// Reads `path` on the calling (blocking) thread and sends batches.
-fn parse_file<T: Send + 'static>(
+fn parse_file<T: Keyed + Send + 'static>(
     feed: Feed,
     path: PathBuf,
     opts: ImportOptions,
@@ -224,9 +357,21 @@ fn parse_file<T: Send + 'static>(
     let (encoding, batch_rows, progress) = (opts.encoding, opts.batch_rows, opts.progress);
     let header_names = opts.headers.of(feed);
     let RowParser { parse, mut settle } = parser;
-    let send = |batch: Vec<Item<T>>, settle: &mut Option<Settle<T>>| {
+    let send = |mut batch: Vec<Item<T>>, settle: &mut Option<Settle<T>>, bytes: u64, len: u64| {
         let msg = match settle {
-            Some(s) => Msg::Ready(s.settle(batch)),
+            Some(s) => {
+                if let Seen::Bloom(b) = &mut s.seen {
+                    if b.blocks.is_empty() {
+                        *b = Bloom::for_file(len, bytes, batch.len() as u64);
+                    }
+                }
+                if s.mark_only {
+                    s.mark(&mut batch);
+                    Msg::Batch(batch)
+                } else {
+                    Msg::Ready(s.settle(batch))
+                }
+            }
             None => Msg::Batch(batch),
         };
         tx.blocking_send(msg).is_ok()
@@ -333,10 +478,16 @@ fn parse_file<T: Send + 'static>(
                 .collect();
             parse(&Fields { values })
         };
-        batch.push(Item { line, raw, parsed });
+        batch.push(Item {
+            line,
+            raw,
+            parsed,
+            repeat: false,
+        });
         if batch.len() >= batch_rows {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_rows));
-            if !send(full, &mut settle) {
+            let bytes = record.position().map(|p| p.byte()).unwrap_or(0);
+            if !send(full, &mut settle, bytes, len) {
                 return;
             }
         }
@@ -349,7 +500,7 @@ fn parse_file<T: Send + 'static>(
         return refuse("empty file: no header row".to_string());
     }
     if !batch.is_empty() {
-        let _ = send(batch, &mut settle);
+        let _ = send(batch, &mut settle, len, len);
     }
 }
 
@@ -459,7 +610,7 @@ async fn run_import<T, W>(
     mut writer: W,
 ) -> Result<ImportReport>
 where
-    T: Send + 'static,
+    T: Keyed + Send + 'static,
     W: BatchWriter<T>,
 {
     let shown = path.display().to_string();
@@ -481,6 +632,7 @@ where
         header: Vec::new(),
     };
     let mut refused = None;
+    let mut suspects: Vec<KeySuspect> = Vec::new();
     while let Some(msg) = receiver.recv().await {
         match msg {
             Msg::Header(h) => tally.header = h,
@@ -498,6 +650,7 @@ where
             Msg::Ready(batch) => {
                 tally.counts.rows_read += batch.read;
                 tally.counts.rows_imported += batch.accepted;
+                suspects.extend(batch.suspects);
                 let mut step = || -> Result<()> {
                     for (line, reason, raw) in &batch.rejects {
                         tally.reject(*line, reason, raw)?;
@@ -549,6 +702,15 @@ where
             opts.max_reject_ratio
         )));
     }
+    // R2: a suspect's key came earlier in the file if a row this import
+    // wrote before it has the key (Bloom filter hits are only candidates).
+    if !suspects.is_empty() {
+        let mut repeated = tx.earlier_lines(&suspects).await?;
+        repeated.sort_unstable();
+        for (line, earlier) in repeated {
+            tally.warn(line, &same_key_warning(earlier));
+        }
+    }
     let import_id = tx.import_id();
     tx.commit(c).await?;
     Ok(ImportReport {
@@ -566,11 +728,20 @@ where
 /// The key a row replaces by (R2).
 trait Keyed {
     fn key(&self) -> String;
+    /// The key as (`id_number`, the second part as stored, or empty).
+    fn key_parts(&self) -> (&str, String);
+    fn set_line(&mut self, line: u64);
 }
 
 impl Keyed for crate::db::ResidenceRow {
     fn key(&self) -> String {
         format!("{}|{}", self.id_number, self.visited_on)
+    }
+    fn key_parts(&self) -> (&str, String) {
+        (&self.id_number, self.visited_on.to_string())
+    }
+    fn set_line(&mut self, line: u64) {
+        self.line = line;
     }
 }
 
@@ -578,12 +749,36 @@ impl Keyed for crate::db::SocialInsuranceRow {
     fn key(&self) -> String {
         format!("{}|{}", self.id_number, self.month)
     }
+    fn key_parts(&self) -> (&str, String) {
+        (&self.id_number, self.month.clone())
+    }
+    fn set_line(&mut self, line: u64) {
+        self.line = line;
+    }
 }
 
 impl Keyed for crate::db::CivilStatusRow {
     fn key(&self) -> String {
         self.id_number.clone()
     }
+    fn key_parts(&self) -> (&str, String) {
+        (&self.id_number, String::new())
+    }
+    fn set_line(&mut self, line: u64) {
+        self.line = line;
+    }
+}
+
+/// Permit rows are decided against the register by [`PermitsWriter`], not
+/// settled on the parser thread; the key is for its Bloom filter.
+impl Keyed for (PermitRow, Option<PermitStatus>) {
+    fn key(&self) -> String {
+        self.0.permit_no.clone()
+    }
+    fn key_parts(&self) -> (&str, String) {
+        (&self.0.permit_no, String::new())
+    }
+    fn set_line(&mut self, _: u64) {}
 }
 
 /// Rows that insert or replace by key.
@@ -662,8 +857,13 @@ fn last_per_key<T>(rows: Vec<(String, T)>) -> Vec<(String, T)> {
 /// C5/C6 (compared with the value stored before this file).
 #[derive(Default)]
 struct PermitsWriter {
+    /// SQLite: what this import wrote is read back from the register (its
+    /// line and the value before the file, migration 0003), and only rows
+    /// the parser marked as repeats are looked up during an initial load.
+    /// Otherwise (PostgreSQL) `seen` keeps it for every key of the file.
+    bounded: bool,
     /// Per key seen in this file: its line and the permit as stored before
-    /// the file (`None`: new).
+    /// the file (`None`: new). Unused when `bounded`.
     seen: SeenKeys<Option<PriorPermit>>,
     /// `Some(true)` when the register was empty at the start: the initial
     /// load needs no lookups of stored permits.
@@ -671,7 +871,7 @@ struct PermitsWriter {
 }
 
 enum PermitWrite {
-    Full(PermitRow),
+    Full(PermitRow, ImportMark),
     Contacts(ContactUpdate),
 }
 
@@ -692,21 +892,30 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         items: Vec<Item<(PermitRow, Option<PermitStatus>)>>,
         tally: &mut Tally,
     ) -> Result<()> {
-        let unseen: Vec<&str> = items
-            .iter()
-            .filter_map(|i| i.parsed.as_ref().ok())
-            .map(|p| p.row.0.permit_no.as_str())
-            .filter(|no| !self.seen.lines.contains_key(&key_hash(no)))
-            .collect();
         let empty = match self.empty_register {
             Some(e) => e,
             None => *self.empty_register.insert(tx.register_is_empty().await?),
         };
-        let stored = if unseen.is_empty() || empty {
+        let lookup: Vec<&str> = items
+            .iter()
+            .filter(|i| {
+                if self.bounded {
+                    !empty || i.repeat
+                } else {
+                    !empty
+                }
+            })
+            .filter_map(|i| i.parsed.as_ref().ok())
+            .map(|p| p.row.0.permit_no.as_str())
+            .filter(|no| self.bounded || !self.seen.lines.contains_key(&key_hash(no)))
+            .collect();
+        let stored = if lookup.is_empty() {
             HashMap::new()
         } else {
-            tx.lookup_permits(&unseen).await?
+            tx.lookup_permits(&lookup).await?
         };
+        // Keys accepted earlier in this batch (bounded by its size).
+        let mut in_batch: HashMap<String, (u64, Option<PriorPermit>)> = HashMap::new();
 
         let mut writes: Vec<(String, PermitWrite)> = Vec::with_capacity(items.len());
         for item in items {
@@ -719,12 +928,21 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
             };
             let (mut row, given_status) = p.row;
             let hash = key_hash(&row.permit_no);
-            let (earlier, prior) = match self.seen.lines.get(&hash) {
-                Some((line, prior)) => (Some(*line), *prior),
-                None => (None, stored.get(&row.permit_no).copied()),
+            let remembered = match in_batch.get(&row.permit_no) {
+                Some(seen) => Some(*seen),
+                None if self.bounded => stored.get(&row.permit_no).and_then(|s| s.this_import),
+                None => self.seen.lines.get(&hash).copied(),
+            };
+            let (earlier, prior) = match remembered {
+                Some((line, prior)) => (Some(line), prior),
+                None => (None, stored.get(&row.permit_no).map(|s| s.current)),
+            };
+            let mark = ImportMark {
+                line: item.line,
+                prior,
             };
             let write = match prior {
-                None => PermitWrite::Full(row),
+                None => PermitWrite::Full(row, mark),
                 // C5/C15: a cancelled permit takes contact fields only.
                 Some(prior) if prior.status == PermitStatus::Cancelled => {
                     PermitWrite::Contacts(ContactUpdate {
@@ -732,6 +950,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
                         name: row.name,
                         phone: row.phone,
                         email: row.email,
+                        mark,
                     })
                 }
                 Some(prior) if row.valid_until < prior.valid_until => {
@@ -756,7 +975,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
                         prior.status
                     };
                     row.status = status.code().to_string();
-                    PermitWrite::Full(row)
+                    PermitWrite::Full(row, mark)
                 }
             };
             for w in &p.warnings {
@@ -768,19 +987,20 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
                     &format!("same permit_no as line {earlier}; the later line wins (R2, C6)"),
                 );
             }
-            self.seen.lines.insert(hash, (item.line, prior));
+            if self.bounded {
+                in_batch.insert(row_key(&write).to_string(), (item.line, prior));
+            } else {
+                self.seen.lines.insert(hash, (item.line, prior));
+            }
             tally.counts.rows_imported += 1;
-            let key = match &write {
-                PermitWrite::Full(r) => r.permit_no.clone(),
-                PermitWrite::Contacts(c) => c.permit_no.clone(),
-            };
+            let key = row_key(&write).to_string();
             writes.push((key, write));
         }
         let mut full = Vec::new();
         let mut contacts = Vec::new();
         for (_, w) in last_per_key(writes) {
             match w {
-                PermitWrite::Full(r) => full.push(r),
+                PermitWrite::Full(r, mark) => full.push((r, mark)),
                 PermitWrite::Contacts(c) => contacts.push(c),
             }
         }
@@ -791,6 +1011,13 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
             tx.update_contacts(contacts).await?;
         }
         Ok(())
+    }
+}
+
+fn row_key(w: &PermitWrite) -> &str {
+    match w {
+        PermitWrite::Full(r, _) => &r.permit_no,
+        PermitWrite::Contacts(c) => &c.permit_no,
     }
 }
 
@@ -807,6 +1034,19 @@ pub fn rejects_path_in(dir: &Path, feed: Feed, file: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bloom_filter_says_a_key_may_have_come_before_only_after_it_did() {
+        // R2 duplicate-key warning: a miss is exact, a hit is a candidate.
+        let mut bloom = Bloom::for_rows(0);
+        let keys: Vec<u64> = (0..10_000u64).map(|i| key_hash(&format!("k{i}"))).collect();
+        let hits_first = keys.iter().filter(|h| bloom.insert(**h)).count();
+        assert!(hits_first < 10, "false positives: {hits_first}");
+        assert!(
+            keys.iter().all(|h| bloom.insert(*h)),
+            "every repeat is a hit"
+        );
+    }
 
     #[test]
     fn last_per_key_keeps_the_later_line_in_order() {

@@ -305,6 +305,7 @@ pub fn residence(f: &Fields) -> Result<Parsed<ResidenceRow>, String> {
             result: result.code().to_string(),
             address: f.get(3).to_string(),
             officer_id: f.get(4).to_string(),
+            line: 0,
         },
         warnings: Vec::new(),
     })
@@ -330,6 +331,7 @@ pub fn social_insurance(f: &Fields) -> Result<Parsed<SocialInsuranceRow>, String
             status: status.code().to_string(),
             employer_uscc,
             employer_name: f.get(4).to_string(),
+            line: 0,
         },
         warnings,
     })
@@ -349,6 +351,7 @@ pub fn civil_status(f: &Fields) -> Result<Parsed<CivilStatusRow>, String> {
             id_number,
             marital_status: marital_status.code().to_string(),
             as_of,
+            line: 0,
         },
         warnings: Vec::new(),
     })

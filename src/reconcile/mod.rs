@@ -16,7 +16,7 @@
 
 pub mod rules;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +25,7 @@ use chrono::{Duration, NaiveDate};
 use tracing::Instrument;
 
 use crate::db::{
-    Db, DuePermit, Evidence, EvidenceBounds, NewEvent, PermitRow, RunBatch, RunCount, RunRecord,
-    RunTx,
+    Db, EvidenceBounds, EvidenceSink, NewEvent, PermitRow, RunBatch, RunCount, RunRecord, RunTx,
 };
 use crate::domain::{
     EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
@@ -450,56 +449,197 @@ fn evidence_bounds(rules: &crate::settings::Rules, as_of: NaiveDate) -> Evidence
     }
 }
 
-/// Step 1: reads the due permits with an open cycle (R4, C8) and their
-/// holders' evidence (R5), and decides each in memory (R6). Writes nothing.
+/// A due permit as the plan keeps it until its evidence is in.
+struct DueEntry {
+    permit_no: Box<str>,
+    id_number: Box<str>,
+    valid_until: NaiveDate,
+    si_status: SiStatus,
+    marital_status: MaritalStatus,
+    employer_uscc: Box<str>,
+}
+
+/// A holder's evidence as the feeds are read (R2 applied as rows arrive:
+/// a later row with the same key replaces the earlier one).
+#[derive(Default)]
+struct Slot {
+    /// One per `visited_on`.
+    visits: Vec<Visit>,
+    /// The latest month's row: the only one R5 selects.
+    payment: Option<PlannedPayment>,
+    /// The holder's latest row and its `as_of` (C4 applies after R2).
+    civil: Option<(MaritalStatus, Option<NaiveDate>)>,
+}
+
+/// The due holders' evidence, keyed by [`id_key`].
+struct DueEvidence {
+    slots: HashMap<u64, Slot>,
+    /// The first stored value that did not parse.
+    invalid: Option<Error>,
+}
+
+/// A citizen ID number as a number: the 17 digits times 11 plus the check
+/// character (X = 10), below 2^63. Anything else (never stored: imports
+/// validate) hashes into the upper half.
+fn id_key(id: &str) -> u64 {
+    let b = id.as_bytes();
+    if b.len() == 18 && b[..17].iter().all(u8::is_ascii_digit) {
+        let check = match b[17] {
+            d @ b'0'..=b'9' => Some(u64::from(d - b'0')),
+            b'X' => Some(10),
+            _ => None,
+        };
+        if let Some(check) = check {
+            let digits = b[..17]
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            return digits * 11 + check;
+        }
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(id, &mut h);
+    std::hash::Hasher::finish(&h) | (1 << 63)
+}
+
+impl DueEvidence {
+    fn invalid(&mut self, what: &str, value: &str, e: impl std::fmt::Display) {
+        if self.invalid.is_none() {
+            self.invalid = Some(Error::Runtime(anyhow::anyhow!(
+                "stored {what} {value:?} is invalid: {e}"
+            )));
+        }
+    }
+}
+
+impl EvidenceSink for DueEvidence {
+    fn wants(&self, id_number: &str) -> bool {
+        self.slots.contains_key(&id_key(id_number))
+    }
+
+    fn residence(&mut self, id_number: &str, visited_on: NaiveDate, result: &str) {
+        let result = match ResidenceResult::parse(result) {
+            Ok(r) => r,
+            Err(e) => return self.invalid("residence result", result, e),
+        };
+        if let Some(slot) = self.slots.get_mut(&id_key(id_number)) {
+            match slot.visits.iter_mut().find(|v| v.visited_on == visited_on) {
+                Some(v) => v.result = result,
+                None => slot.visits.push(Visit { visited_on, result }),
+            }
+        }
+    }
+
+    fn payment(&mut self, id_number: &str, month: &str, status: &str, employer_uscc: &str) {
+        let m = match Month::parse(month) {
+            Ok(m) => m,
+            Err(e) => return self.invalid("month", month, e),
+        };
+        let status = match PaymentStatus::parse(status) {
+            Ok(s) => s,
+            Err(e) => return self.invalid("payment status", status, e),
+        };
+        if let Some(slot) = self.slots.get_mut(&id_key(id_number)) {
+            // The same month again is a later row for the key: it wins.
+            if slot.payment.as_ref().is_none_or(|p| m >= p.month) {
+                slot.payment = Some(PlannedPayment {
+                    month: m,
+                    status,
+                    employer_uscc: employer_uscc.into(),
+                });
+            }
+        }
+    }
+
+    fn civil(&mut self, id_number: &str, marital_status: &str, as_of: Option<NaiveDate>) {
+        let m = match MaritalStatus::parse(marital_status) {
+            Ok(m) => m,
+            Err(e) => return self.invalid("marital status", marital_status, e),
+        };
+        if let Some(slot) = self.slots.get_mut(&id_key(id_number)) {
+            slot.civil = Some((m, as_of));
+        }
+    }
+}
+
+/// Step 1: reads the due permits with an open cycle (R4, C8), then their
+/// holders' evidence (R5) in one pass per feed, and decides each in memory
+/// (R6). Writes nothing. Memory: the due permits and their holders'
+/// evidence (about 250 bytes a due permit), not the register or the feeds.
 async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
     let rules = &ctx.settings.rules;
     let as_of = ctx.as_of;
     let to = as_of + Duration::days(i64::from(rules.window_days));
     let bounds = evidence_bounds(rules, as_of);
-    let mut plan = RunPlan::default();
+    let mut due: Vec<DueEntry> = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let page = tx.due_permits(as_of, to, after.as_deref(), PAGE).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.permit_no.clone());
-        let ids: Vec<&str> = page.iter().map(|p| p.id_number.as_str()).collect();
-        let evidence = tx.evidence(&ids, &bounds).await?;
-        for permit in &page {
-            let counts = &mut plan.counts;
-            counts.due += 1;
-            let (outcome, selected) = decide_due(permit, &evidence, as_of, rules)?;
-            let (kind, reasons) = match outcome {
-                Outcome::AutoSigned { .. } => {
-                    counts.auto_signed += 1;
-                    (EventKind::AutoSigned, Vec::new())
-                }
-                Outcome::VisitCenter { reasons } => {
-                    counts.visit_center += 1;
-                    (EventKind::VisitCenter, reasons)
-                }
-                Outcome::Pending { reasons } => {
-                    counts.pending += 1;
-                    for r in reasons {
-                        *counts.pending_reasons.entry(r).or_insert(0) += 1;
-                    }
-                    continue;
-                }
-            };
-            plan.decisions.push(PlannedDecision {
-                permit_no: permit.permit_no.as_str().into(),
-                valid_until: permit.valid_until,
-                kind,
-                reasons: ReasonSet::of(&reasons),
-                visit: selected.visit,
-                payment: selected.payment.map(|p| PlannedPayment {
-                    month: p.month,
-                    status: p.status,
-                    employer_uscc: p.employer_uscc.into(),
-                }),
-                marital_status: selected.marital_status,
+        for p in page {
+            due.push(DueEntry {
+                si_status: stored("si_status", &p.si_status, SiStatus::parse(&p.si_status))?,
+                marital_status: stored(
+                    "marital_status",
+                    &p.marital_status,
+                    MaritalStatus::parse(&p.marital_status),
+                )?,
+                permit_no: p.permit_no.into(),
+                id_number: p.id_number.into(),
+                valid_until: p.valid_until,
+                employer_uscc: p.employer_uscc.into(),
             });
         }
+    }
+    let mut evidence = DueEvidence {
+        slots: due
+            .iter()
+            .map(|d| (id_key(&d.id_number), Slot::default()))
+            .collect(),
+        invalid: None,
+    };
+    let ids: Vec<&str> = due.iter().map(|d| &*d.id_number).collect();
+    tx.feed_evidence(&ids, &bounds, &mut evidence).await?;
+    drop(ids);
+    if let Some(e) = evidence.invalid.take() {
+        return Err(e);
+    }
+    let mut plan = RunPlan::default();
+    for permit in due {
+        let slot = evidence.slots.get(&id_key(&permit.id_number));
+        let (outcome, selected) = decide_due(&permit, slot, as_of, rules);
+        let counts = &mut plan.counts;
+        counts.due += 1;
+        let (kind, reasons) = match outcome {
+            Outcome::AutoSigned { .. } => {
+                counts.auto_signed += 1;
+                (EventKind::AutoSigned, Vec::new())
+            }
+            Outcome::VisitCenter { reasons } => {
+                counts.visit_center += 1;
+                (EventKind::VisitCenter, reasons)
+            }
+            Outcome::Pending { reasons } => {
+                counts.pending += 1;
+                for r in reasons {
+                    *counts.pending_reasons.entry(r).or_insert(0) += 1;
+                }
+                continue;
+            }
+        };
+        plan.decisions.push(PlannedDecision {
+            permit_no: permit.permit_no,
+            valid_until: permit.valid_until,
+            kind,
+            reasons: ReasonSet::of(&reasons),
+            visit: selected.visit,
+            payment: selected.payment.map(|p| PlannedPayment {
+                month: p.month,
+                status: p.status,
+                employer_uscc: p.employer_uscc.into(),
+            }),
+            marital_status: selected.marital_status,
+        });
     }
     // The queries return permit_no in byte order; `decision` relies on it.
     if !plan
@@ -514,79 +654,46 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
 
 /// R5 and R6 for one due permit: the evidence that counts and the outcome.
 fn decide_due(
-    permit: &DuePermit,
-    evidence: &Evidence,
+    permit: &DueEntry,
+    slot: Option<&Slot>,
     as_of: NaiveDate,
     rules: &crate::settings::Rules,
-) -> Result<(Outcome, Selected)> {
-    let visits: Vec<Visit> = evidence
-        .residence
-        .get(&permit.id_number)
-        .map(|rows| {
-            rows.iter()
-                .map(|r| {
-                    Ok(Visit {
-                        visited_on: r.visited_on,
-                        result: stored(
-                            "residence result",
-                            &r.result,
-                            ResidenceResult::parse(&r.result),
-                        )?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()
+) -> (Outcome, Selected) {
+    let payments: Vec<Payment> = slot
+        .and_then(|s| s.payment.as_ref())
+        .map(|p| Payment {
+            month: p.month,
+            status: p.status,
+            employer_uscc: p.employer_uscc.to_string(),
         })
-        .transpose()?
-        .unwrap_or_default();
-    let payments: Vec<Payment> = evidence
-        .social_insurance
-        .get(&permit.id_number)
-        .map(|rows| {
-            rows.iter()
-                .map(|r| {
-                    Ok(Payment {
-                        month: stored("month", &r.month, Month::parse(&r.month))?,
-                        status: stored(
-                            "payment status",
-                            &r.status,
-                            PaymentStatus::parse(&r.status),
-                        )?,
-                        employer_uscc: r.employer_uscc.clone(),
-                    })
-                })
-                .collect::<Result<Vec<_>>>()
-        })
-        .transpose()?
-        .unwrap_or_default();
-    let civil = evidence
-        .civil_status
-        .get(&permit.id_number)
-        .map(|m| stored("marital status", m, MaritalStatus::parse(m)))
-        .transpose()?;
+        .into_iter()
+        .collect();
+    // C4: the holder's latest row counts only if it is not from the future.
+    let civil = slot
+        .and_then(|s| s.civil)
+        .filter(|(_, at)| at.is_none_or(|at| at <= as_of))
+        .map(|(m, _)| m);
     let baseline = Baseline {
         valid_until: permit.valid_until,
-        si_status: stored(
-            "si_status",
-            &permit.si_status,
-            SiStatus::parse(&permit.si_status),
-        )?,
-        marital_status: stored(
-            "marital_status",
-            &permit.marital_status,
-            MaritalStatus::parse(&permit.marital_status),
-        )?,
+        si_status: permit.si_status,
+        marital_status: permit.marital_status,
         employer_uscc: &permit.employer_uscc,
     };
     let selected = Selected {
-        visit: rules::select_visit(&visits, permit.valid_until, as_of, rules),
+        visit: rules::select_visit(
+            slot.map(|s| s.visits.as_slice()).unwrap_or(&[]),
+            permit.valid_until,
+            as_of,
+            rules,
+        ),
         payment: rules::select_payment(&payments, as_of, rules),
         marital_status: civil,
     };
     let reasons = rules::reasons(&baseline, &selected);
-    Ok((
+    (
         rules::decide(permit.valid_until, as_of, reasons, rules),
         selected,
-    ))
+    )
 }
 
 /// Step 2: one pass over the register in `permit_no` order (R3, R7, R8):
@@ -614,9 +721,9 @@ async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: &RunPlan) -> Result<()> {
             )?;
             if let Some(kind) = rules::lifecycle(status, c.permit.valid_until, as_of, rules) {
                 events.push(ctx.event(kind, &c.permit, &[], &Selected::default()));
-            } else if rules::is_due(status, c.permit.valid_until, as_of, rules) && !c.decided {
-                // C8: a cycle with a final decision stays closed; PENDING
-                // permits are not in the plan's decisions.
+            } else if rules::is_due(status, c.permit.valid_until, as_of, rules) {
+                // C8: the plan left out cycles with a final decision, and
+                // holds no decision for PENDING permits.
                 if let Some(d) = plan
                     .decision(&c.permit.permit_no)
                     .filter(|d| d.valid_until == c.permit.valid_until)

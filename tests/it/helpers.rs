@@ -516,3 +516,34 @@ pub fn load_generated(env: &Env, permits: u32) {
         env.import(feed, &env.path(&format!("gen/{file}/{file}.csv")));
     }
 }
+
+/// The migration numbers of a backend's set (`sqlite`, `postgres`), in order.
+fn migrations(backend: &str) -> Vec<u32> {
+    let dir = format!("{}/migrations/{backend}", env!("CARGO_MANIFEST_DIR"));
+    let mut v: Vec<u32> = std::fs::read_dir(dir)
+        .expect("migrations")
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .split('_')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// The applied versions a fresh database should list, comma-separated.
+pub fn migration_versions(backend: &str) -> String {
+    let v: Vec<String> = migrations(backend).iter().map(u32::to_string).collect();
+    v.join(",")
+}
+
+/// The highest migration number embedded in the binary (the same on both
+/// backends: one numbering).
+pub fn latest_migration() -> u32 {
+    migrations("sqlite").into_iter().max().expect("a migration")
+}

@@ -402,3 +402,67 @@ dbtest!(a_nul_byte_rejects_the_row_on_every_backend_r2, |mut env| {
         "{rj:?}"
     );
 });
+
+dbtest!(
+    a_permit_repeated_across_batches_compares_with_the_value_stored_before_the_file_c6,
+    |mut env| {
+        // Two-row batches: every repeat below is in a later batch than the
+        // line it repeats. SQLite reads the earlier line and the value from
+        // before the file back from the register (no per-key map); both
+        // backends must warn, reject and keep the same rows (R2, C6).
+        env.set("AUTOSIGN_IMPORT__BATCH_ROWS", "2");
+        env.set("AUTOSIGN_IMPORT__MAX_REJECT_RATIO", "0.5");
+        let ids: Vec<String> = (1..=4).map(|i| id("19850315", i)).collect();
+        // Initial load: P1 again two batches later, with an earlier date (no
+        // stored value to go backwards from): the later line wins.
+        let f = permits_file(
+            &env,
+            "a.csv",
+            &[
+                permit_row("P1", &ids[0], "2026-12-01"),
+                permit_row("P2", &ids[1], "2026-12-01"),
+                permit_row("P3", &ids[2], "2026-12-01"),
+                permit_row("P1", &ids[0], "2026-11-01"),
+            ],
+        );
+        let out = env.import("permits", &f);
+        assert!(
+            out.contains("4 rows read, 4 imported, 0 rejected") && out.contains("1 warnings"),
+            "{out}"
+        );
+        assert_eq!(permit_state(&env, "P1").1, "2026-11-01", "later line wins");
+        // An update: P2 repeated with a date before its first line's but
+        // after the stored one (accepted: C6 compares with the stored
+        // value); P3 repeated going back before the stored value (rejected).
+        let f = permits_file(
+            &env,
+            "b.csv",
+            &[
+                permit_row("P2", &ids[1], "2027-06-01"),
+                permit_row("P3", &ids[2], "2027-06-01"),
+                permit_row("P4", &ids[3], "2026-12-01"),
+                permit_row("P2", &ids[1], "2027-01-01"),
+                permit_row("P3", &ids[2], "2026-10-01"),
+            ],
+        );
+        let out = env.ok(&[
+            "import",
+            "permits",
+            &f.display().to_string(),
+            "--rejects",
+            "rj.csv",
+        ]);
+        assert!(
+            out.contains("5 rows read, 4 imported, 1 rejected") && out.contains("1 warnings"),
+            "{out}"
+        );
+        assert_eq!(permit_state(&env, "P2").1, "2027-01-01");
+        assert_eq!(permit_state(&env, "P3").1, "2027-06-01");
+        let rj = rows(&env.read("rj.csv"));
+        assert_eq!(rj[1][0], "6", "{rj:?}");
+        assert!(
+            rj[1][1].starts_with("VALID_UNTIL_BACKWARDS: valid_until 2026-10-01 is earlier than the stored 2026-12-01"),
+            "{rj:?}"
+        );
+    }
+);

@@ -451,3 +451,72 @@ dbtest!(
         assert_eq!(reported, Some(pending), "{}", o.stdout);
     }
 );
+
+dbtest!(
+    later_rows_win_across_batches_and_imports_and_c4_filters_the_latest_civil_row_r2,
+    |mut env| {
+        // Two-row batches, so the repeated key below spans batches: SQLite
+        // appends feed rows and finds the repeat with a Bloom filter
+        // confirmed against the rows written; PostgreSQL upserts by key.
+        // Both must warn once and let the later line win (R2).
+        env.set("AUTOSIGN_IMPORT__BATCH_ROWS", "2");
+        let (a, b) = (id("19850315", 1), id("19850315", 2));
+        let permits = env.write(
+            "p.csv",
+            format!(
+                "{PERMITS_HEADER}\n{}\n{}\n",
+                permit_row("P1", &a, "2026-12-01"),
+                permit_row("P2", &b, "2026-12-01")
+            ),
+        );
+        env.import("permits", &permits);
+        let res = env.write(
+            "res.csv",
+            format!(
+                "id_number,visited_on,result\n{a},2026-11-20,changed\n{b},2026-11-20,consistent\n\
+                 {b},2026-11-21,consistent\n{a},2026-11-20,consistent\n"
+            ),
+        );
+        let out = env.import("residence", &res);
+        assert!(
+            out.contains("4 imported") && out.contains("1 warnings"),
+            "{out}"
+        );
+        // A later import replaces the same (id_number, month).
+        let uscc = "91310115MA1H7GPJ49";
+        for (file, row) in [
+            (
+                "si1.csv",
+                format!("{a},2026-11,arrears,\n{b},2026-11,paid,{uscc}"),
+            ),
+            ("si2.csv", format!("{a},2026-11,paid,{uscc}")),
+        ] {
+            let f = env.write(
+                file,
+                format!("id_number,month,status,employer_uscc\n{row}\n"),
+            );
+            env.import("social-insurance", &f);
+        }
+        // The holder's latest civil row is dated after the run: C4 ignores
+        // it, and the earlier row (married) does not come back.
+        for (file, row) in [
+            ("c1.csv", format!("{a},married,2026-11-01")),
+            ("c2.csv", format!("{a},single,2026-12-15")),
+        ] {
+            let f = env.write(file, format!("id_number,marital_status,as_of\n{row}\n"));
+            env.import("civil-status", &f);
+        }
+        env.ok(&["run", "--as-of", "2026-11-27"]);
+        let audit = env.audit("2026-11-27", "2026-11-27");
+        let r = rows(&audit);
+        let p1 = r.iter().find(|r| r[2] == "P1").expect("P1 decided");
+        // decision, reasons, residence_result, si_status, marital_status
+        assert_eq!(
+            (&*p1[4], &*p1[5], &*p1[9], &*p1[11], &*p1[13]),
+            ("AUTO_SIGNED", "", "consistent", "paid", ""),
+            "{audit}"
+        );
+        let p2 = r.iter().find(|r| r[2] == "P2").expect("P2 decided");
+        assert_eq!((&*p2[4], &*p2[8]), ("AUTO_SIGNED", "2026-11-21"), "{audit}");
+    }
+);
