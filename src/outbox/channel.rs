@@ -77,10 +77,39 @@ pub fn scrub(n: &ClaimedNotice, text: &str) -> String {
     if !n.recipient.is_empty() {
         s = s.replace(&n.recipient, &masked_recipient(n));
     }
+    s = mask_echoed_text(&s, &n.message);
     if s.chars().count() > 300 {
         s = s.chars().take(297).collect::<String>() + "...";
     }
     s
+}
+
+/// A gateway or relay that echoes the notice back ("message rejected:
+/// 【上海市居住证】张三您好…") would put the holder's name into
+/// `last_error` and the logs. Every run of two or more non-ASCII
+/// characters of `text` that also occurs in the notice's `message` is
+/// replaced by `…`: the holder's name never comes from anywhere else.
+fn mask_echoed_text(text: &str, message: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.chars().count() >= 2 && message.contains(run.as_str()) {
+            out.push('…');
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii() {
+            flush(&mut run, &mut out);
+            out.push(c);
+        } else {
+            run.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -130,5 +159,14 @@ mod tests {
         let n = sample_notice("sms", "13800138000");
         assert_eq!(scrub(&n, "bad phone 13800138000"), "bad phone 138****8000");
         assert!(scrub(&n, &"x".repeat(1000)).chars().count() <= 300);
+        // An echoed message loses the holder's name (issue #6, privacy);
+        // the gateway's own words stay.
+        let s = scrub(
+            &n,
+            "rejected 内容违规: 【上海市居住证】张三您好：您的居住证已自动签注。",
+        );
+        assert!(!s.contains("张三"), "{s}");
+        assert!(s.contains("内容违规"), "{s}");
+        assert_eq!(s, "rejected 内容违规: …");
     }
 }
