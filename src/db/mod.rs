@@ -395,6 +395,12 @@ impl RunTx {
         }
     }
 
+    /// Whether [`RunTx::feed_evidence`] needs the holders' ID numbers
+    /// (PostgreSQL looks them up by key; SQLite scans and asks the sink).
+    pub fn evidence_by_key(&self) -> bool {
+        matches!(self, RunTx::Postgres(_))
+    }
+
     /// Feeds `sink` the feed rows of these holders within `bounds` (R5,
     /// C4). SQLite reads each feed table once, sequentially, keeping the
     /// rows `sink` wants; PostgreSQL looks the holders up by key.

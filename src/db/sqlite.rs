@@ -111,7 +111,10 @@ impl SqliteDb {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(60))
             .foreign_keys(true)
-            .pragma("cache_size", "-131072")
+            // 64 MiB of page cache per connection: a run uses two (its
+            // transaction and the ledger queries around it), and issue #2
+            // bounds the whole process at 500 MB (docs/benchmarks.md).
+            .pragma("cache_size", "-65536")
             .pragma("temp_store", "memory");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

@@ -452,7 +452,11 @@ fn evidence_bounds(rules: &crate::settings::Rules, as_of: NaiveDate) -> Evidence
 /// A due permit as the plan keeps it until its evidence is in.
 struct DueEntry {
     permit_no: Box<str>,
-    id_number: Box<str>,
+    /// [`id_key`] of the holder's ID number.
+    id: u64,
+    /// The ID number itself, only where evidence is looked up by key
+    /// (PostgreSQL): SQLite's scans match on `id`.
+    id_number: Option<Box<str>>,
     valid_until: NaiveDate,
     si_status: SiStatus,
     marital_status: MaritalStatus,
@@ -460,11 +464,10 @@ struct DueEntry {
 }
 
 /// A holder's evidence as the feeds are read (R2 applied as rows arrive:
-/// a later row with the same key replaces the earlier one).
+/// a later row with the same key replaces the earlier one). Visits, which
+/// few holders have, are kept beside ([`DueEvidence::visits`]).
 #[derive(Default)]
 struct Slot {
-    /// One per `visited_on`.
-    visits: Vec<Visit>,
     /// The latest month's row: the only one R5 selects.
     payment: Option<PlannedPayment>,
     /// The holder's latest row and its `as_of` (C4 applies after R2).
@@ -474,6 +477,8 @@ struct Slot {
 /// The due holders' evidence, keyed by [`id_key`].
 struct DueEvidence {
     slots: HashMap<u64, Slot>,
+    /// One per `visited_on`, for the due holders that have any.
+    visits: HashMap<u64, Vec<Visit>>,
     /// The first stored value that did not parse.
     invalid: Option<Error>,
 }
@@ -521,10 +526,12 @@ impl EvidenceSink for DueEvidence {
             Ok(r) => r,
             Err(e) => return self.invalid("residence result", result, e),
         };
-        if let Some(slot) = self.slots.get_mut(&id_key(id_number)) {
-            match slot.visits.iter_mut().find(|v| v.visited_on == visited_on) {
+        let key = id_key(id_number);
+        if self.slots.contains_key(&key) {
+            let visits = self.visits.entry(key).or_default();
+            match visits.iter_mut().find(|v| v.visited_on == visited_on) {
                 Some(v) => v.result = result,
-                None => slot.visits.push(Visit { visited_on, result }),
+                None => visits.push(Visit { visited_on, result }),
             }
         }
     }
@@ -564,12 +571,14 @@ impl EvidenceSink for DueEvidence {
 /// Step 1: reads the due permits with an open cycle (R4, C8), then their
 /// holders' evidence (R5) in one pass per feed, and decides each in memory
 /// (R6). Writes nothing. Memory: the due permits and their holders'
-/// evidence (about 250 bytes a due permit), not the register or the feeds.
+/// evidence (a few hundred bytes a due permit: ~190 MB at 676,000), not
+/// the register or the feeds.
 async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
     let rules = &ctx.settings.rules;
     let as_of = ctx.as_of;
     let to = as_of + Duration::days(i64::from(rules.window_days));
     let bounds = evidence_bounds(rules, as_of);
+    let by_key = tx.evidence_by_key();
     let mut due: Vec<DueEntry> = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -585,20 +594,19 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
                     MaritalStatus::parse(&p.marital_status),
                 )?,
                 permit_no: p.permit_no.into(),
-                id_number: p.id_number.into(),
+                id: id_key(&p.id_number),
+                id_number: by_key.then(|| p.id_number.into()),
                 valid_until: p.valid_until,
                 employer_uscc: p.employer_uscc.into(),
             });
         }
     }
     let mut evidence = DueEvidence {
-        slots: due
-            .iter()
-            .map(|d| (id_key(&d.id_number), Slot::default()))
-            .collect(),
+        slots: due.iter().map(|d| (d.id, Slot::default())).collect(),
+        visits: HashMap::new(),
         invalid: None,
     };
-    let ids: Vec<&str> = due.iter().map(|d| &*d.id_number).collect();
+    let ids: Vec<&str> = due.iter().filter_map(|d| d.id_number.as_deref()).collect();
     tx.feed_evidence(&ids, &bounds, &mut evidence).await?;
     drop(ids);
     if let Some(e) = evidence.invalid.take() {
@@ -606,8 +614,12 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
     }
     let mut plan = RunPlan::default();
     for permit in due {
-        let slot = evidence.slots.get(&id_key(&permit.id_number));
-        let (outcome, selected) = decide_due(&permit, slot, as_of, rules);
+        let slot = evidence.slots.get(&permit.id);
+        let visits = evidence
+            .visits
+            .get(&permit.id)
+            .map_or(&[][..], Vec::as_slice);
+        let (outcome, selected) = decide_due(&permit, slot, visits, as_of, rules);
         let counts = &mut plan.counts;
         counts.due += 1;
         let (kind, reasons) = match outcome {
@@ -656,6 +668,7 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
 fn decide_due(
     permit: &DueEntry,
     slot: Option<&Slot>,
+    visits: &[Visit],
     as_of: NaiveDate,
     rules: &crate::settings::Rules,
 ) -> (Outcome, Selected) {
@@ -680,12 +693,7 @@ fn decide_due(
         employer_uscc: &permit.employer_uscc,
     };
     let selected = Selected {
-        visit: rules::select_visit(
-            slot.map(|s| s.visits.as_slice()).unwrap_or(&[]),
-            permit.valid_until,
-            as_of,
-            rules,
-        ),
+        visit: rules::select_visit(visits, permit.valid_until, as_of, rules),
         payment: rules::select_payment(&payments, as_of, rules),
         marital_status: civil,
     };
