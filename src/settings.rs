@@ -22,6 +22,7 @@ pub struct Settings {
     pub timezone: String,
     pub rules: Rules,
     pub import: ImportSettings,
+    pub run: RunSettings,
     pub feeds: FeedsSettings,
     pub inbox: InboxSettings,
     pub notices: NoticeSettings,
@@ -56,6 +57,15 @@ pub struct Rules {
 pub struct ImportSettings {
     pub max_reject_ratio: f64,
     pub batch_rows: usize,
+}
+
+/// The nightly run's write pass (issue #2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSettings {
+    /// Permits per page of the write pass (one commit per page on
+    /// PostgreSQL; SQLite's run is one transaction whatever the page).
+    pub page_permits: u32,
 }
 
 /// Per feed: extra header names for its columns (issue #6), on top of the
@@ -312,6 +322,9 @@ impl Settings {
         }
         if self.import.batch_rows == 0 || self.import.batch_rows > 1_000_000 {
             return bad("import.batch_rows", "must be between 1 and 1000000");
+        }
+        if self.run.page_permits == 0 || self.run.page_permits > 100_000 {
+            return bad("run.page_permits", "must be between 1 and 100000");
         }
         if self.rules.decision_deadline_days > self.rules.window_days {
             return bad(

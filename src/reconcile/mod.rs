@@ -36,8 +36,8 @@ use crate::outbox::notice::Notices;
 use crate::settings::Settings;
 use rules::{Baseline, Outcome, Payment, Selected, Visit};
 
-/// Permits per page (one read, one write transaction).
-const PAGE: u32 = 2000;
+/// Due permits read per query by the plan.
+const PAGE: u32 = 10_000;
 
 static PROGRESS: AtomicBool = AtomicBool::new(true);
 
@@ -717,7 +717,9 @@ async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: &RunPlan) -> Result<()> {
     let to = as_of + Duration::days(i64::from(rules.window_days));
     let mut after: Option<String> = None;
     loop {
-        let page = tx.candidates(to, after.as_deref(), PAGE).await?;
+        let page = tx
+            .candidates(to, after.as_deref(), ctx.settings.run.page_permits)
+            .await?;
         let Some(last) = page.last() else { break };
         after = Some(last.permit.permit_no.clone());
         let mut events = Vec::new();

@@ -438,7 +438,10 @@ dbtest!(
         age(&env, "residence", 10);
         let crashed = finish(env.spawn(
             &["run", "--as-of", "2026-11-27"],
-            &[("AUTOSIGN_TEST_FAULT", "run.page_written@2")],
+            &[
+                ("AUTOSIGN_TEST_FAULT", "run.page_written@2"),
+                ("AUTOSIGN_RUN__PAGE_PERMITS", "2000"),
+            ],
         ));
         assert!(
             crashed

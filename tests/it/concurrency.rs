@@ -188,9 +188,13 @@ fn an_import_during_a_run_waits_for_it_and_a_run_during_an_import_sees_all_of_it
 /// Starts a slowed run and waits until one page is committed and the next
 /// is in flight (written, not committed). Returns the process.
 fn run_until_a_page_is_in_flight(env: &Env, delay_ms: &str) -> std::process::Child {
+    // Pages of 2,000 permits: several pages at 20,000 permits.
     let child = env.spawn(
         &["run", "--as-of", AS_OF],
-        &[("AUTOSIGN_TEST_PG_PAGE_DELAY_MS", delay_ms)],
+        &[
+            ("AUTOSIGN_TEST_PG_PAGE_DELAY_MS", delay_ms),
+            ("AUTOSIGN_RUN__PAGE_PERMITS", "2000"),
+        ],
     );
     wait_for(
         env,

@@ -693,6 +693,8 @@ dbtest!(
                 &[
                     ("AUTOSIGN_DAEMON__SHUTDOWN_GRACE_SECS", "0"),
                     ("AUTOSIGN_TEST_PG_PAGE_DELAY_MS", "1500"),
+                    // Several pages at 20,000 permits.
+                    ("AUTOSIGN_RUN__PAGE_PERMITS", "2000"),
                 ],
             );
             d.wait_for("run started", 1);
