@@ -521,3 +521,82 @@ dbtest!(
         assert_eq!((&*p2[4], &*p2[8]), ("AUTO_SIGNED", "2026-11-21"), "{audit}");
     }
 );
+
+/// A SQLite database as the release before issue #2 left it (migrations 1
+/// and 2: keyed feed tables) with feed rows in it.
+fn sqlite_before_append_only_feeds(env: &Env) {
+    use sha2::Digest;
+    let path = env.db_url.trim_start_matches("sqlite://");
+    std::fs::create_dir_all(std::path::Path::new(path).parent().expect("dir")).expect("mkdir");
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.execute_batch(
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+           installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL,
+           checksum BLOB NOT NULL, execution_time BIGINT NOT NULL);",
+    )
+    .expect("ledger");
+    for (version, file) in [(1, "0001_initial.sql"), (2, "0002_brake.sql")] {
+        let sql = std::fs::read_to_string(format!(
+            "{}/migrations/sqlite/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("migration");
+        c.execute_batch(&sql).expect("apply");
+        let (_, name) = file.trim_end_matches(".sql").split_once('_').expect("name");
+        c.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (?1, ?2, 1, ?3, 0)",
+            rusqlite::params![
+                version,
+                name.replace('_', " "),
+                sha2::Sha384::digest(sql.as_bytes()).to_vec()
+            ],
+        )
+        .expect("ledger row");
+    }
+    let (a, b) = (id("19850315", 1), id("19850315", 2));
+    c.execute_batch(&format!(
+        "INSERT INTO imports (import_id, feed, file_name, sha256, imported_at)
+           VALUES (1, 'permits', 'p', 'p', 't'), (2, 'residence', 'r', 'r', 't'),
+                  (3, 'social-insurance', 's', 's', 't'), (4, 'civil-status', 'c', 'c', 't');
+         INSERT INTO permits (permit_no, id_number, name, phone, district_code, street_code, address,
+                              valid_until, status, employer_uscc, si_status, marital_status, import_id)
+           VALUES ('P1', '{a}', '张三', '13800138000', '310115', '310115004', '上海市浦东新区潍坊路1号',
+                   '2026-12-01', 'active', '91310115MA1H7GPJ49', 'paying', 'single', 1),
+                  ('P2', '{b}', '李四', '13800138001', '310115', '310115004', '上海市浦东新区潍坊路2号',
+                   '2026-12-01', 'active', '91310115MA1H7GPJ49', 'paying', 'single', 1);
+         INSERT INTO residence VALUES ('{a}', '2026-11-20', 'consistent', '', '', 2),
+                                      ('{b}', '2026-11-20', 'changed', '', '', 2);
+         INSERT INTO social_insurance VALUES ('{a}', '2026-11', 'paid', '91310115MA1H7GPJ49', '', 3),
+                                             ('{b}', '2026-11', 'paid', '91310115MA1H7GPJ49', '', 3);
+         INSERT INTO civil_status VALUES ('{b}', 'married', '2026-11-01', 4);"
+    ))
+    .expect("rows");
+}
+
+#[test]
+fn feed_rows_stored_before_the_append_only_tables_still_decide_the_run_issue_2() {
+    // Upgrading applies migration 3 over existing keyed feed rows: the run
+    // reads them as it read them before (R5).
+    let env = Env::new(Backend::Sqlite);
+    sqlite_before_append_only_feeds(&env);
+    env.ok(&["run", "--as-of", "2026-11-27"]);
+    let audit = env.audit("2026-11-27", "2026-11-27");
+    let r = rows(&audit);
+    let p1 = r.iter().find(|r| r[2] == "P1").expect("P1");
+    assert_eq!(
+        (&*p1[4], &*p1[9], &*p1[11]),
+        ("AUTO_SIGNED", "consistent", "paid"),
+        "{audit}"
+    );
+    let p2 = r.iter().find(|r| r[2] == "P2").expect("P2");
+    assert_eq!(
+        (&*p2[4], &*p2[5], &*p2[13]),
+        (
+            "VISIT_CENTER",
+            "ADDRESS_CHANGED;MARITAL_STATUS_CHANGED",
+            "married"
+        ),
+        "{audit}"
+    );
+}
