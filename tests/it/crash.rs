@@ -18,8 +18,8 @@ use chrono::Duration as Days;
 use crate::deliver::{at, free_port, t0, Gateway, Smtp};
 use crate::helpers::*;
 
-/// Permits in the generated city: enough for several import batches and
-/// two run pages (2,000 candidates a page).
+/// Permits in the generated city: enough for several import batches and,
+/// with 2,000 permits a run page, two run pages.
 const PERMITS: &str = "12000";
 const RUN: [&str; 3] = ["run", "--as-of", "2026-11-27"];
 
@@ -34,6 +34,7 @@ struct Night {
 fn night(mut env: Env) -> Option<Night> {
     env.set("NO_PROXY", "127.0.0.1,localhost");
     env.set("AUTOSIGN_IMPORT__BATCH_ROWS", "1000");
+    env.set("AUTOSIGN_RUN__PAGE_PERMITS", "2000");
     env.set("AUTOSIGN_INBOX__DIR", "inbox");
     env.set("AUTOSIGN_DELIVERY__SMS_PER_SECOND", "0");
     env.set("AUTOSIGN_DELIVERY__EMAIL_PER_SECOND", "0");
