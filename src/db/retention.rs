@@ -63,80 +63,79 @@ const NOTICES: &str = "UPDATE notifications SET message = '', recipient = '' \
      WHERE created_at < $1 AND status IN ('sent', 'dead', 'undeliverable') \
      AND (message <> '' OR recipient <> '')";
 
+/// The four statements of a purge in one transaction on `$pool`, rolled
+/// back when dry; the backends differ only in SQL text and in how a date
+/// is bound.
+macro_rules! purge_in {
+    ($pool:expr, $dry:expr, [$residence:expr, $visited:expr], [$si:expr, $month:expr], [$civil:expr, $imported:expr], [$notices:expr, $created:expr]) => {{
+        let mut tx = $pool.begin().await?;
+        let residence = sqlx::query($residence)
+            .bind($visited)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let social_insurance = sqlx::query($si)
+            .bind($month)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let civil_status = sqlx::query($civil)
+            .bind($imported)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let notice_texts = sqlx::query($notices)
+            .bind($created)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if $dry {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        PurgeCounts {
+            residence,
+            social_insurance,
+            civil_status,
+            notice_texts,
+        }
+    }};
+}
+
 impl Db {
     /// Deletes (or, with `dry_run`, counts and rolls back) the rows behind
     /// `cut`, in one transaction. The caller holds the job lock.
     pub async fn purge(&self, cut: &PurgeCutoffs, dry_run: bool) -> Result<PurgeCounts> {
-        let counts = match self {
-            Db::Sqlite(db) => {
-                let mut tx = db.pool().begin().await?;
-                let residence = sqlx::query("DELETE FROM residence WHERE visited_on < ?")
-                    .bind(cut.visited_before.to_string())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                let social_insurance = sqlx::query("DELETE FROM social_insurance WHERE month < ?")
-                    .bind(&cut.month_before)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                let civil_status = sqlx::query(CIVIL_SQLITE)
-                    .bind(&cut.imported_before)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                let notice_texts = sqlx::query(NOTICES)
-                    .bind(&cut.notices_before)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if dry_run {
-                    tx.rollback().await?;
-                } else {
-                    tx.commit().await?;
-                }
-                PurgeCounts {
-                    residence,
-                    social_insurance,
-                    civil_status,
-                    notice_texts,
-                }
-            }
-            Db::Postgres(db) => {
-                let mut tx = db.pool().begin().await?;
-                let residence = sqlx::query("DELETE FROM residence WHERE visited_on < $1")
-                    .bind(cut.visited_before)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                let social_insurance = sqlx::query("DELETE FROM social_insurance WHERE month < $1")
-                    .bind(&cut.month_before)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                let civil_status = sqlx::query(CIVIL)
-                    .bind(&cut.imported_before)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                let notice_texts = sqlx::query(NOTICES)
-                    .bind(&cut.notices_before)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if dry_run {
-                    tx.rollback().await?;
-                } else {
-                    tx.commit().await?;
-                }
-                PurgeCounts {
-                    residence,
-                    social_insurance,
-                    civil_status,
-                    notice_texts,
-                }
-            }
-        };
-        Ok(counts)
+        Ok(match self {
+            Db::Sqlite(db) => purge_in!(
+                db.pool(),
+                dry_run,
+                [
+                    "DELETE FROM residence WHERE visited_on < ?",
+                    cut.visited_before.to_string()
+                ],
+                [
+                    "DELETE FROM social_insurance WHERE month < ?",
+                    &cut.month_before
+                ],
+                [CIVIL_SQLITE, &cut.imported_before],
+                [NOTICES, &cut.notices_before]
+            ),
+            Db::Postgres(db) => purge_in!(
+                db.pool(),
+                dry_run,
+                [
+                    "DELETE FROM residence WHERE visited_on < $1",
+                    cut.visited_before
+                ],
+                [
+                    "DELETE FROM social_insurance WHERE month < $1",
+                    &cut.month_before
+                ],
+                [CIVIL, &cut.imported_before],
+                [NOTICES, &cut.notices_before]
+            ),
+        })
     }
 }
