@@ -1844,13 +1844,4 @@ mod tests {
         assert!(summary.social_insurance > 2 * n && summary.social_insurance < 3 * n);
         assert!(summary.civil_status > n / 2 && summary.civil_status < 2 * n / 3);
     }
-
-    /// `cargo test --release --lib generate::tests::generates_a_million_permits_quickly -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn generates_a_million_permits_quickly() {
-        let started = std::time::Instant::now();
-        let (_dir, summary) = run(1_000_000, 42);
-        eprintln!("{summary:?} in {:?}", started.elapsed());
-    }
 }
