@@ -84,6 +84,49 @@ dbtest!(
 );
 
 dbtest!(
+    the_database_still_refuses_a_status_or_channel_outside_its_enumeration,
+    |env| {
+        // SQLite migration 0004 rewrote these CHECKs without IN lists (issue
+        // #2, speed): the same values must pass and every other one fail.
+        multi_day(&env);
+        let permit = "(SELECT min(permit_no) FROM permits)";
+        let notice = "(SELECT min(notification_id) FROM notifications)";
+        for ok in ["active", "suspended", "cancelled"] {
+            env.sql(&format!(
+                "UPDATE permits SET status = '{ok}' WHERE permit_no = {permit}"
+            ))
+            .unwrap_or_else(|e| panic!("status {ok}: {e}"));
+        }
+        for ok in ["sms", "email", "none"] {
+            env.sql(&format!(
+                "UPDATE notifications SET channel = '{ok}' WHERE notification_id = {notice}"
+            ))
+            .unwrap_or_else(|e| panic!("channel {ok}: {e}"));
+        }
+        for ok in ["queued", "sent", "failed", "dead", "undeliverable"] {
+            env.sql(&format!(
+                "UPDATE notifications SET status = '{ok}' WHERE notification_id = {notice}"
+            ))
+            .unwrap_or_else(|e| panic!("status {ok}: {e}"));
+        }
+        for bad in [
+            format!("UPDATE permits SET status = 'expired' WHERE permit_no = {permit}"),
+            format!("UPDATE permits SET status = 'Active' WHERE permit_no = {permit}"),
+            format!("UPDATE permits SET si_status = 'unknown' WHERE permit_no = {permit}"),
+            format!("UPDATE notifications SET channel = 'fax' WHERE notification_id = {notice}"),
+            format!("UPDATE notifications SET status = 'bounced' WHERE notification_id = {notice}"),
+        ] {
+            let err = env.sql(&bad).expect_err(&bad);
+            assert!(err.to_lowercase().contains("check"), "{bad}: {err}");
+        }
+        if env.backend == crate::helpers::Backend::Sqlite {
+            // A new SQLite database has 16 KiB pages (docs/benchmarks.md).
+            assert_eq!(env.query("PRAGMA page_size"), ["16384"]);
+        }
+    }
+);
+
+dbtest!(
     every_event_has_exactly_one_notice_with_the_right_channel_r8_c12,
     |env| {
         let (audit, notices) = multi_day(&env);
