@@ -178,6 +178,7 @@ async fn decide(
         run_id: run.run_id,
         held: run.brake.is_some(),
         bar: &bar,
+        written: Default::default(),
     };
     let result = evaluate(&mut ctx, &mut tx).await;
     bar.finish_and_clear();
@@ -191,7 +192,15 @@ async fn decide(
     crate::faults::point("run.before_complete");
     let pending = planned.pending;
     tx.complete(pending, &crate::clock::now_rfc3339()).await?;
-    let counts = db.run_counts(run.run_id).await?;
+    // The summary counts every event of the run. When this attempt wrote
+    // them all it counted them as it wrote (no second pass over millions of
+    // events and their notices); a resumed PostgreSQL run asks the
+    // database, which also holds its crashed attempt's pages.
+    let counts = if run.attempts == 1 || db.run_is_one_transaction() {
+        ctx.written_counts()
+    } else {
+        db.run_counts(run.run_id).await?
+    };
     let run = db.run_for(as_of).await?.unwrap_or(run);
     let summary = RunSummary {
         run,
@@ -224,6 +233,9 @@ struct Ctx<'a> {
     /// Held by the safety brake: events only (issue #6).
     held: bool,
     bar: &'a indicatif::ProgressBar,
+    /// Events this attempt wrote, by kind, reasons and notice channel (""
+    /// when no notice was queued: a held run).
+    written: std::cell::RefCell<BTreeMap<(&'static str, String, &'static str), i64>>,
 }
 
 impl Ctx<'_> {
@@ -272,6 +284,15 @@ impl Ctx<'_> {
     }
 
     async fn write(&self, tx: &mut RunTx, events: Vec<NewEvent>) -> Result<()> {
+        let mut tally: BTreeMap<(&'static str, &str, &'static str), i64> = BTreeMap::new();
+        for e in &events {
+            let channel = if self.held { "" } else { e.notice.channel };
+            *tally.entry((e.kind, &e.reasons, channel)).or_default() += 1;
+        }
+        let tally: Vec<_> = tally
+            .into_iter()
+            .map(|((kind, reasons, channel), n)| ((kind, reasons.to_string(), channel), n))
+            .collect();
         let batch = RunBatch {
             run_id: self.run_id,
             held: self.held,
@@ -280,8 +301,27 @@ impl Ctx<'_> {
             events,
         };
         tx.write(&batch).await?;
+        let mut written = self.written.borrow_mut();
+        for (key, n) in tally {
+            *written.entry(key).or_default() += n;
+        }
         crate::faults::point("run.page_written");
         Ok(())
+    }
+
+    /// [`Self::written`] as the summary's rows, in the order of
+    /// [`Db::run_counts`]: kind, reasons, channel.
+    fn written_counts(&self) -> Vec<RunCount> {
+        self.written
+            .borrow()
+            .iter()
+            .map(|((kind, reasons, channel), &count)| RunCount {
+                kind: kind.to_string(),
+                reasons: reasons.clone(),
+                channel: channel.to_string(),
+                count,
+            })
+            .collect()
     }
 }
 

@@ -402,6 +402,72 @@ dbtest!(status_tells_the_hotline_what_happened_r10, |env| {
     assert!(o.stderr.contains("NOPE"), "{}", o.stderr);
 });
 
+/// The count a summary line `    LABEL    N …` gives.
+fn summary_count(out: &str, label: &str) -> i64 {
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(label))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {label} line in:\n{out}"))
+}
+
+dbtest!(
+    the_run_summary_counts_what_the_database_holds_r8,
+    |mut env| {
+        // The summary is counted while the events are written (issue #2):
+        // it must agree with the events and notices the run left behind.
+        env.ok(&[
+            "generate",
+            "--permits",
+            "2000",
+            "--seed",
+            "7",
+            "--as-of",
+            "2026-11-27",
+            "--out",
+            "inbox",
+        ]);
+        env.set("AUTOSIGN_INBOX__DIR", "inbox");
+        for as_of in ["2026-11-27", "2026-12-15"] {
+            let out = env.ok(&["run", "--as-of", as_of]);
+            let run = format!("(SELECT run_id FROM runs WHERE as_of = '{as_of}')");
+            for kind in ["AUTO_SIGNED", "VISIT_CENTER", "SUSPENDED", "CANCELLED"] {
+                let db = env.query(&format!(
+                    "SELECT count(*) FROM events WHERE run_id = {run} AND kind = '{kind}'"
+                ));
+                assert_eq!(
+                    summary_count(&out, kind).to_string(),
+                    db[0],
+                    "{kind} {as_of}"
+                );
+            }
+            for (label, channel) in [
+                ("sms", "sms"),
+                ("email", "email"),
+                ("undeliverable", "none"),
+            ] {
+                let db = env.query(&format!(
+                    "SELECT count(*) FROM notifications WHERE run_id = {run} AND channel = '{channel}'"
+                ));
+                assert_eq!(
+                    summary_count(&out, label).to_string(),
+                    db[0],
+                    "{label} {as_of}"
+                );
+            }
+            let reasons = env.query(&format!(
+                "SELECT count(*) FROM events WHERE run_id = {run} AND reasons LIKE '%ADDRESS_NOT_VERIFIED%'"
+            ));
+            assert_eq!(
+                summary_count(&out, "VISIT_CENTER/ADDRESS_NOT_VERIFIED").to_string(),
+                reasons[0],
+                "{out}"
+            );
+            assert!(summary_count(&out, "AUTO_SIGNED") + summary_count(&out, "VISIT_CENTER") > 0);
+        }
+    }
+);
+
 dbtest!(
     generated_sample_data_exercises_every_outcome_and_reason,
     |mut env| {
