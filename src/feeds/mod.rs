@@ -7,7 +7,7 @@ mod parse;
 mod reader;
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
@@ -186,7 +186,7 @@ impl<T: Keyed> Settle<T> {
         };
         for item in items {
             if let Ok(p) = &item.parsed {
-                item.repeat = bloom.insert(key_hash(&p.row.key()));
+                item.repeat = bloom.insert(pair_hash(p.row.key_ref()));
             }
         }
     }
@@ -195,58 +195,73 @@ impl<T: Keyed> Settle<T> {
         let mut out = ReadyBatch {
             read: items.len() as u64,
             accepted: 0,
-            rows: Vec::new(),
+            rows: Vec::with_capacity(items.len()),
             rejects: Vec::new(),
             warnings: Vec::new(),
             suspects: Vec::new(),
         };
-        // Exact within the batch (bounded by its size).
-        let mut in_batch: HashMap<String, u64> = HashMap::with_capacity(items.len());
-        let mut accepted: Vec<(String, T)> = Vec::with_capacity(items.len());
-        for item in items {
+        // First pass, borrowing the rows: the earlier line of each accepted
+        // row's key (exact within the batch, bounded by its size; the Bloom
+        // filter or the exact map across batches) and the last row of each
+        // key, which is the one written (R2: the later line wins).
+        let mut earlier: Vec<Option<u64>> = vec![None; items.len()];
+        let mut keep = vec![false; items.len()];
+        {
+            let mut in_batch: HashMap<(&str, u64), usize, foldhash::fast::FixedState> =
+                HashMap::with_capacity_and_hasher(items.len(), Default::default());
+            for (i, item) in items.iter().enumerate() {
+                let Ok(p) = &item.parsed else { continue };
+                let key = p.row.key_ref();
+                let hash = pair_hash(key);
+                let before = in_batch.insert(key, i);
+                earlier[i] = match (&mut self.seen, before) {
+                    (Seen::Exact(map), _) => map.insert(hash, item.line),
+                    (Seen::Bloom(bloom), Some(j)) => {
+                        bloom.insert(hash);
+                        Some(items[j].line)
+                    }
+                    (Seen::Bloom(bloom), None) => {
+                        if bloom.insert(hash) {
+                            let (id_number, second) = p.row.key_parts();
+                            out.suspects.push(KeySuspect {
+                                id_number: id_number.to_string(),
+                                second,
+                                line: item.line,
+                            });
+                        }
+                        None
+                    }
+                };
+            }
+            for &i in in_batch.values() {
+                keep[i] = true;
+            }
+        }
+        // Second pass, moving each row once: rejects and warnings in line
+        // order, the kept rows in line order.
+        for ((item, earlier), keep) in items.into_iter().zip(earlier).zip(keep) {
             match item.parsed {
                 Err(reason) => out.rejects.push((item.line, reason, item.raw)),
                 Ok(mut p) => {
+                    out.accepted += 1;
                     out.warnings
                         .extend(p.warnings.into_iter().map(|w| (item.line, w)));
-                    p.row.set_line(item.line);
-                    let key = p.row.key();
-                    let hash = key_hash(&key);
-                    let earlier = match (&mut self.seen, in_batch.get(&key)) {
-                        (Seen::Exact(map), _) => map.insert(hash, item.line),
-                        (Seen::Bloom(bloom), Some(line)) => {
-                            bloom.insert(hash);
-                            Some(*line)
-                        }
-                        (Seen::Bloom(bloom), None) => {
-                            if bloom.insert(hash) {
-                                let (id_number, second) = p.row.key_parts();
-                                out.suspects.push(KeySuspect {
-                                    id_number: id_number.to_string(),
-                                    second,
-                                    line: item.line,
-                                });
-                            }
-                            None
-                        }
-                    };
                     if let Some(earlier) = earlier {
                         out.warnings.push((item.line, same_key_warning(earlier)));
                     }
-                    in_batch.insert(key.clone(), item.line);
-                    accepted.push((key, p.row));
+                    if keep {
+                        p.row.set_line(item.line);
+                        out.rows.push(p.row);
+                    }
                 }
             }
         }
-        out.accepted = accepted.len() as u64;
-        let mut rows = last_per_key(accepted);
         if matches!(self.seen, Seen::Exact(_)) {
             // Key order: neighbouring upserts land on the same B-tree pages.
             // Append-only tables take the rows in line order instead (R2:
             // the highest seq per key is the later line).
-            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            out.rows.sort_by_cached_key(|r| r.key());
         }
-        out.rows = rows.into_iter().map(|(_, r)| r).collect();
         out
     }
 }
@@ -581,10 +596,19 @@ fn rejects_error(path: &Path, e: csv::Error) -> Error {
 /// Hash of a row key, for spotting the same key twice in one file without
 /// keeping every key in memory (8 bytes each plus the line).
 fn key_hash(key: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
+    KEY_HASH.hash_one(key)
 }
+
+/// [`key_hash`] of a key as [`Keyed::key_ref`] gives it.
+fn pair_hash(key: (&str, u64)) -> u64 {
+    KEY_HASH.hash_one(key)
+}
+
+/// A fixed seed (the same filter for the same file, run after run), and
+/// foldhash's quality variant: the Bloom filter takes its block and bits
+/// from the hash's bits, so they must all be well mixed.
+const KEY_HASH: foldhash::quality::FixedState =
+    foldhash::quality::FixedState::with_seed(0x6175_746f_7369_676e);
 
 /// What a writer does with one batch inside the import transaction.
 trait BatchWriter<T> {
@@ -728,6 +752,10 @@ where
 /// The key a row replaces by (R2).
 trait Keyed {
     fn key(&self) -> String;
+    /// The key without allocating: `id_number` (or `permit_no`) and the
+    /// second part as a number that equals another row's exactly when the
+    /// parts do (a date's day number, a month's packed bytes, or 0).
+    fn key_ref(&self) -> (&str, u64);
     /// The key as (`id_number`, the second part as stored, or empty).
     fn key_parts(&self) -> (&str, String);
     fn set_line(&mut self, line: u64);
@@ -736,6 +764,12 @@ trait Keyed {
 impl Keyed for crate::db::ResidenceRow {
     fn key(&self) -> String {
         format!("{}|{}", self.id_number, self.visited_on)
+    }
+    fn key_ref(&self) -> (&str, u64) {
+        (
+            &self.id_number,
+            u64::from(chrono::Datelike::num_days_from_ce(&self.visited_on) as u32),
+        )
     }
     fn key_parts(&self) -> (&str, String) {
         (&self.id_number, self.visited_on.to_string())
@@ -749,6 +783,9 @@ impl Keyed for crate::db::SocialInsuranceRow {
     fn key(&self) -> String {
         format!("{}|{}", self.id_number, self.month)
     }
+    fn key_ref(&self) -> (&str, u64) {
+        (&self.id_number, pack_month(&self.month))
+    }
     fn key_parts(&self) -> (&str, String) {
         (&self.id_number, self.month.clone())
     }
@@ -760,6 +797,9 @@ impl Keyed for crate::db::SocialInsuranceRow {
 impl Keyed for crate::db::CivilStatusRow {
     fn key(&self) -> String {
         self.id_number.clone()
+    }
+    fn key_ref(&self) -> (&str, u64) {
+        (&self.id_number, 0)
     }
     fn key_parts(&self) -> (&str, String) {
         (&self.id_number, String::new())
@@ -775,10 +815,26 @@ impl Keyed for (PermitRow, Option<PermitStatus>) {
     fn key(&self) -> String {
         self.0.permit_no.clone()
     }
+    fn key_ref(&self) -> (&str, u64) {
+        (&self.0.permit_no, 0)
+    }
     fn key_parts(&self) -> (&str, String) {
         (&self.0.permit_no, String::new())
     }
     fn set_line(&mut self, _: u64) {}
+}
+
+/// A month as stored (`YYYY-MM`, 7 bytes) packed into a number, byte for
+/// byte: two months pack equal exactly when they are equal. (A longer text
+/// cannot come from the row parser; its bytes past the eighth are folded
+/// in by hash so that it still packs deterministically.)
+fn pack_month(month: &str) -> u64 {
+    let bytes = month.as_bytes();
+    if bytes.len() <= 8 {
+        bytes.iter().fold(0, |acc, &b| acc << 8 | u64::from(b))
+    } else {
+        key_hash(month) | 1 << 63
+    }
 }
 
 /// Rows that insert or replace by key.
@@ -1034,6 +1090,57 @@ pub fn rejects_path_in(dir: &Path, feed: Feed, file: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_ref_is_equal_exactly_when_the_key_is() {
+        // R2 settles repeats by key_ref on the parser thread; it must never
+        // merge two keys nor split one.
+        let si = |id: &str, month: &str| crate::db::SocialInsuranceRow {
+            id_number: id.to_string(),
+            month: month.to_string(),
+            status: "paid".to_string(),
+            employer_uscc: String::new(),
+            employer_name: String::new(),
+            line: 0,
+        };
+        let visit = |id: &str, day: u32| crate::db::ResidenceRow {
+            id_number: id.to_string(),
+            visited_on: chrono::NaiveDate::from_ymd_opt(2026, 1, day).expect("date"),
+            result: "verified".to_string(),
+            address: String::new(),
+            officer_id: String::new(),
+            line: 0,
+        };
+        let si_rows = [
+            si("110101197001011019", "2026-09"),
+            si("110101197001011019", "2026-10"),
+            si("110101197007311020", "2026-09"),
+            si("110101197001011019", "2026-09"),
+            si("110101197001011019", "2025-09"),
+        ];
+        let visits = [
+            visit("110101197001011019", 1),
+            visit("110101197001011019", 2),
+            visit("110101197007311020", 1),
+            visit("110101197001011019", 1),
+        ];
+        fn check<T: Keyed>(rows: &[T]) {
+            for a in rows {
+                for b in rows {
+                    assert_eq!(
+                        a.key_ref() == b.key_ref(),
+                        a.key() == b.key(),
+                        "{}",
+                        a.key()
+                    );
+                }
+            }
+        }
+        check(&si_rows);
+        check(&visits);
+        assert_ne!(pack_month("2026-09"), pack_month("2026-10"));
+        assert_eq!(pack_month("2026-09"), pack_month("2026-09"));
+    }
 
     #[test]
     fn bloom_filter_says_a_key_may_have_come_before_only_after_it_did() {
