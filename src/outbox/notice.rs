@@ -1,6 +1,7 @@
 //! Notice texts (zh-CN) from the configured templates, the service-center
 //! table, and the channel choice of R8.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -83,56 +84,64 @@ impl Notices {
         reasons: &[Reason],
         new_valid_until: Option<NaiveDate>,
     ) -> NewNotice {
-        let center = match self.centers.get(&permit.street_code) {
-            Some(c) => {
-                let mut s = c.name.clone();
-                match (c.address.is_empty(), c.phone.is_empty()) {
-                    (false, false) => s.push_str(&format!("（{}，电话{}）", c.address, c.phone)),
-                    (false, true) => s.push_str(&format!("（{}）", c.address)),
-                    (true, false) => s.push_str(&format!("（电话{}）", c.phone)),
-                    (true, true) => {}
-                }
-                s
-            }
-            None => "所在街道（乡镇）社区事务受理服务中心".to_string(),
-        };
-        let mut materials = self.materials.clone();
-        if reasons
-            .iter()
-            .any(|r| matches!(r, Reason::AddressChanged | Reason::AddressNotVerified))
-        {
-            materials.push_str(&format!("，以及居住证明（{}）", self.materials_address));
-        }
-        let reasons_text = reasons
-            .iter()
-            .map(|r| r.label_zh())
-            .collect::<Vec<_>>()
-            .join("；");
         let template = match kind {
             EventKind::AutoSigned => &self.auto_signed,
             EventKind::VisitCenter => &self.visit_center,
             EventKind::Suspended => &self.suspended,
             EventKind::Cancelled => &self.cancelled,
         };
-        let grace_until = permit.valid_until + Duration::days(i64::from(self.grace_days));
-        let values: [(&str, String); 10] = [
-            ("name", permit.name.clone()),
-            ("permit_no", permit.permit_no.clone()),
-            ("valid_until", permit.valid_until.to_string()),
-            (
-                "new_valid_until",
-                new_valid_until.map(|d| d.to_string()).unwrap_or_default(),
-            ),
-            ("reasons", reasons_text),
-            ("materials", materials),
-            ("center", center),
-            ("deadline", permit.valid_until.to_string()),
-            ("grace_until", grace_until.to_string()),
-            ("signature", self.signature.clone()),
-        ];
-        let mut message = fill(template, &values);
+        // Each placeholder's value is made only if the template uses it.
+        let value = |key: &str| -> Option<Cow<'_, str>> {
+            Some(match key {
+                "name" => Cow::Borrowed(permit.name.as_str()),
+                "permit_no" => Cow::Borrowed(permit.permit_no.as_str()),
+                "valid_until" | "deadline" => Cow::Owned(permit.valid_until.to_string()),
+                "new_valid_until" => {
+                    Cow::Owned(new_valid_until.map(|d| d.to_string()).unwrap_or_default())
+                }
+                "reasons" => Cow::Owned(
+                    reasons
+                        .iter()
+                        .map(|r| r.label_zh())
+                        .collect::<Vec<_>>()
+                        .join("；"),
+                ),
+                "materials" => {
+                    let mut materials = self.materials.clone();
+                    if reasons
+                        .iter()
+                        .any(|r| matches!(r, Reason::AddressChanged | Reason::AddressNotVerified))
+                    {
+                        materials
+                            .push_str(&format!("，以及居住证明（{}）", self.materials_address));
+                    }
+                    Cow::Owned(materials)
+                }
+                "center" => Cow::Owned(match self.centers.get(&permit.street_code) {
+                    Some(c) => {
+                        let mut s = c.name.clone();
+                        match (c.address.is_empty(), c.phone.is_empty()) {
+                            (false, false) => {
+                                s.push_str(&format!("（{}，电话{}）", c.address, c.phone))
+                            }
+                            (false, true) => s.push_str(&format!("（{}）", c.address)),
+                            (true, false) => s.push_str(&format!("（电话{}）", c.phone)),
+                            (true, true) => {}
+                        }
+                        s
+                    }
+                    None => "所在街道（乡镇）社区事务受理服务中心".to_string(),
+                }),
+                "grace_until" => Cow::Owned(
+                    (permit.valid_until + Duration::days(i64::from(self.grace_days))).to_string(),
+                ),
+                "signature" => Cow::Borrowed(self.signature.as_str()),
+                _ => return None,
+            })
+        };
+        let mut message = fill(template, value);
         if !template.contains("{signature}") {
-            message = format!("{}{}", self.signature, message);
+            message.insert_str(0, &self.signature);
         }
         let (channel, recipient, status) = match (&permit.phone, &permit.email) {
             (Some(p), _) => ("sms", p.clone(), "queued"),
@@ -149,11 +158,30 @@ impl Notices {
     }
 }
 
-fn fill(template: &str, values: &[(&str, String)]) -> String {
-    let mut out = template.to_string();
-    for (key, value) in values {
-        out = out.replace(&format!("{{{key}}}"), value);
+/// The template with each `{key}` the value function knows replaced, in
+/// one pass: a value is never scanned again, so a holder's name that looks
+/// like a placeholder stays as written. Unknown `{…}` stay as they are.
+fn fill<'a>(template: &str, value: impl Fn(&str) -> Option<Cow<'a, str>>) -> String {
+    let mut out = String::with_capacity(template.len() + 128);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let known = after
+            .find('}')
+            .and_then(|close| value(&after[..close]).map(|v| (close, v)));
+        match known {
+            Some((close, v)) => {
+                out.push_str(&v);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 
@@ -258,6 +286,29 @@ mod tests {
     fn notices() -> Notices {
         let s = Settings::load_with_env(None, &[]).expect("defaults");
         Notices::from_settings(&s).expect("notices")
+    }
+
+    #[test]
+    fn fill_replaces_each_known_placeholder_once_and_leaves_values_as_written() {
+        let value = |key: &str| match key {
+            "name" => Some(Cow::Borrowed("{permit_no}")),
+            "permit_no" => Some(Cow::Borrowed("SH1")),
+            _ => None,
+        };
+        assert_eq!(
+            fill(
+                "{name}/{permit_no}/{unknown}/{{permit_no}}/{permit_no",
+                value
+            ),
+            "{permit_no}/SH1/{unknown}/{SH1}/{permit_no"
+        );
+        // The same through compose: a holder's name is never filled in.
+        let mut p = permit(Some("13800138000"), None);
+        p.name = "{valid_until}".into();
+        let msg = notices()
+            .compose(EventKind::AutoSigned, &p, &[], None)
+            .message;
+        assert!(msg.contains("{valid_until}"), "{msg}");
     }
 
     #[test]
