@@ -293,6 +293,34 @@ impl<R: Read> LineCounter<R> {
     }
 }
 
+/// The bytes [`LineCounter`] looks at one by one.
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b',' as usize] = true;
+    t[b'\r' as usize] = true;
+    t[b'\n' as usize] = true;
+    t
+};
+
+fn too_long(line: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        InputError {
+            line,
+            what: "a record longer than 16 MiB (no line ends, or a quote never closed?)",
+        },
+    )
+}
+
+fn text_after_quote(line: u64, opened: u64) -> String {
+    format!(
+        "line {line}: text after the closing quote of a field opened on \
+         line {opened} (a stray or unbalanced \"?); quote the whole field \
+         and double quotes inside it (\"\")"
+    )
+}
+
 impl<R: Read> Read for LineCounter<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -306,7 +334,38 @@ impl<R: Read> Read for LineCounter<R> {
                 )
             });
         }
-        for (i, &b) in buf[..n].iter().enumerate() {
+        let bytes = &buf[..n];
+        let mut i = 0;
+        while i < n {
+            // A run of bytes that are none of `"`, `,`, CR, LF: no line or
+            // record ends, no quoting change but leaving the field start
+            // (or a closing quote: text after it). Scanned in a tight loop;
+            // the state machine below sees only the special bytes.
+            let start = i;
+            while i < n && !SPECIAL[usize::from(bytes[i])] {
+                i += 1;
+            }
+            if i > start {
+                self.after_cr = false;
+                self.record_bytes += (i - start) as u64;
+                if self.record_bytes > MAX_RECORD_BYTES {
+                    return Err(too_long(self.record_line));
+                }
+                self.quote = match self.quote {
+                    QuoteState::Quoted => QuoteState::Quoted,
+                    QuoteState::QuoteInQuoted => {
+                        let (opened, line) = (self.quote_line, self.lines + 1);
+                        nl.quoting_error
+                            .get_or_insert_with(|| text_after_quote(line, opened));
+                        QuoteState::Unquoted
+                    }
+                    QuoteState::FieldStart | QuoteState::Unquoted => QuoteState::Unquoted,
+                };
+            }
+            if i == n {
+                break;
+            }
+            let b = bytes[i];
             let ends_line = match b {
                 b'\r' => true,
                 b'\n' => !self.after_cr,
@@ -324,14 +383,7 @@ impl<R: Read> Read for LineCounter<R> {
                 self.record_bytes += 1;
             }
             if self.record_bytes > MAX_RECORD_BYTES {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    InputError {
-                        line: self.record_line,
-                        what:
-                            "a record longer than 16 MiB (no line ends, or a quote never closed?)",
-                    },
-                ));
+                return Err(too_long(self.record_line));
             }
             self.quote = match (self.quote, b) {
                 (QuoteState::Quoted, b'"') => QuoteState::QuoteInQuoted,
@@ -344,18 +396,14 @@ impl<R: Read> Read for LineCounter<R> {
                 (_, b',' | b'\r' | b'\n') => QuoteState::FieldStart,
                 (QuoteState::QuoteInQuoted, _) => {
                     let (opened, line) = (self.quote_line, self.lines + 1);
-                    nl.quoting_error.get_or_insert_with(|| {
-                        format!(
-                            "line {line}: text after the closing quote of a field opened on \
-                             line {opened} (a stray or unbalanced \"?); quote the whole field \
-                             and double quotes inside it (\"\")"
-                        )
-                    });
+                    nl.quoting_error
+                        .get_or_insert_with(|| text_after_quote(line, opened));
                     QuoteState::Unquoted
                 }
                 _ => QuoteState::Unquoted,
             };
             self.lines += u64::from(ends_line);
+            i += 1;
         }
         self.offset += n as u64;
         Ok(n)
