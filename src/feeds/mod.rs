@@ -892,23 +892,6 @@ impl<T: Keyed + Upsert> BatchWriter<T> for KeyedWriter<T> {
     }
 }
 
-/// Keeps the last row for each key, in order (one statement may not touch a
-/// row twice on PostgreSQL, and the later line must win).
-fn last_per_key<T>(rows: Vec<(String, T)>) -> Vec<(String, T)> {
-    let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
-    for (i, (k, _)) in rows.iter().enumerate() {
-        last.insert(k.as_str(), i);
-    }
-    let keep: Vec<bool> = (0..rows.len())
-        .map(|i| last.get(rows[i].0.as_str()) == Some(&i))
-        .collect();
-    rows.into_iter()
-        .zip(keep)
-        .filter(|(_, k)| *k)
-        .map(|(r, _)| r)
-        .collect()
-}
-
 /// Writer for the permit register: R2's `valid_until` never backwards and
 /// C5/C6 (compared with the value stored before this file).
 #[derive(Default)]
@@ -970,11 +953,25 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         } else {
             tx.lookup_permits(&lookup).await?
         };
-        // Keys accepted earlier in this batch (bounded by its size).
-        let mut in_batch: HashMap<String, (u64, Option<PriorPermit>)> = HashMap::new();
-
-        let mut writes: Vec<(String, PermitWrite)> = Vec::with_capacity(items.len());
-        for item in items {
+        // Within the batch (bounded by its size), borrowing the rows: the
+        // previous parsed row with the same permit_no, if any.
+        let previous: Vec<Option<usize>> = {
+            let mut last: HashMap<&str, usize, foldhash::fast::FixedState> =
+                HashMap::with_capacity_and_hasher(items.len(), Default::default());
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match &item.parsed {
+                    Ok(p) => last.insert(p.row.0.permit_no.as_str(), i),
+                    Err(_) => None,
+                })
+                .collect()
+        };
+        // Per row, once decided: its line and the value from before this
+        // file (None: rejected, or not parsed).
+        let mut decided: Vec<Option<(u64, Option<PriorPermit>)>> = vec![None; items.len()];
+        let mut writes: Vec<PermitWrite> = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
             let p = match item.parsed {
                 Err(reason) => {
                     tally.reject(item.line, &reason, &item.raw)?;
@@ -984,8 +981,13 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
             };
             let (mut row, given_status) = p.row;
             let hash = key_hash(&row.permit_no);
-            let remembered = match in_batch.get(&row.permit_no) {
-                Some(seen) => Some(*seen),
+            // The latest earlier row of this batch that was not rejected.
+            let mut before = previous[i];
+            while let Some(j) = before.filter(|&j| decided[j].is_none()) {
+                before = previous[j];
+            }
+            let remembered = match before {
+                Some(j) => decided[j],
                 None if self.bounded => stored.get(&row.permit_no).and_then(|s| s.this_import),
                 None => self.seen.lines.get(&hash).copied(),
             };
@@ -1002,7 +1004,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
                 // C5/C15: a cancelled permit takes contact fields only.
                 Some(prior) if prior.status == PermitStatus::Cancelled => {
                     PermitWrite::Contacts(ContactUpdate {
-                        permit_no: row.permit_no.clone(),
+                        permit_no: row.permit_no,
                         name: row.name,
                         phone: row.phone,
                         email: row.email,
@@ -1043,21 +1045,35 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
                     &format!("same permit_no as line {earlier}; the later line wins (R2, C6)"),
                 );
             }
-            if self.bounded {
-                in_batch.insert(row_key(&write).to_string(), (item.line, prior));
-            } else {
+            decided[i] = Some((item.line, prior));
+            if !self.bounded {
                 self.seen.lines.insert(hash, (item.line, prior));
             }
             tally.counts.rows_imported += 1;
-            let key = row_key(&write).to_string();
-            writes.push((key, write));
+            writes.push(write);
         }
-        let mut full = Vec::new();
+        // R2: of the rows with one permit_no, the batch writes the last.
+        let keep: Vec<bool> = {
+            let mut later: std::collections::HashSet<&str, foldhash::fast::FixedState> =
+                std::collections::HashSet::with_capacity_and_hasher(
+                    writes.len(),
+                    Default::default(),
+                );
+            let mut keep: Vec<bool> = writes
+                .iter()
+                .rev()
+                .map(|w| later.insert(row_key(w)))
+                .collect();
+            keep.reverse();
+            keep
+        };
+        let mut full = Vec::with_capacity(writes.len());
         let mut contacts = Vec::new();
-        for (_, w) in last_per_key(writes) {
+        for (w, keep) in writes.into_iter().zip(keep) {
             match w {
-                PermitWrite::Full(r, mark) => full.push((r, mark)),
-                PermitWrite::Contacts(c) => contacts.push(c),
+                PermitWrite::Full(r, mark) if keep => full.push((r, mark)),
+                PermitWrite::Contacts(c) if keep => contacts.push(c),
+                _ => {}
             }
         }
         if !full.is_empty() {
@@ -1153,16 +1169,5 @@ mod tests {
             keys.iter().all(|h| bloom.insert(*h)),
             "every repeat is a hit"
         );
-    }
-
-    #[test]
-    fn last_per_key_keeps_the_later_line_in_order() {
-        let rows = vec![
-            ("a".to_string(), 1),
-            ("b".to_string(), 2),
-            ("a".to_string(), 3),
-        ];
-        let kept: Vec<i32> = last_per_key(rows).into_iter().map(|(_, v)| v).collect();
-        assert_eq!(kept, vec![2, 3]);
     }
 }
