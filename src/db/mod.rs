@@ -289,7 +289,7 @@ impl ImportTx {
         }
     }
 
-    pub async fn upsert_permits(&mut self, rows: Vec<(PermitRow, ImportMark)>) -> Result<()> {
+    pub async fn upsert_permits(&mut self, rows: &[(PermitRow, ImportMark)]) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.upsert_permits(rows).await,
             ImportTx::Postgres(tx) => tx.upsert_permits(rows).await,
@@ -297,28 +297,28 @@ impl ImportTx {
     }
 
     /// C5: a row for a cancelled permit updates its contact fields only.
-    pub async fn update_contacts(&mut self, rows: Vec<ContactUpdate>) -> Result<()> {
+    pub async fn update_contacts(&mut self, rows: &[ContactUpdate]) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.update_contacts(rows).await,
             ImportTx::Postgres(tx) => tx.update_contacts(rows).await,
         }
     }
 
-    pub async fn upsert_residence(&mut self, rows: Vec<ResidenceRow>) -> Result<()> {
+    pub async fn upsert_residence(&mut self, rows: &[ResidenceRow]) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.upsert_residence(rows).await,
             ImportTx::Postgres(tx) => tx.upsert_residence(rows).await,
         }
     }
 
-    pub async fn upsert_social_insurance(&mut self, rows: Vec<SocialInsuranceRow>) -> Result<()> {
+    pub async fn upsert_social_insurance(&mut self, rows: &[SocialInsuranceRow]) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.upsert_social_insurance(rows).await,
             ImportTx::Postgres(tx) => tx.upsert_social_insurance(rows).await,
         }
     }
 
-    pub async fn upsert_civil_status(&mut self, rows: Vec<CivilStatusRow>) -> Result<()> {
+    pub async fn upsert_civil_status(&mut self, rows: &[CivilStatusRow]) -> Result<()> {
         match self {
             ImportTx::Sqlite(tx) => tx.upsert_civil_status(rows).await,
             ImportTx::Postgres(tx) => tx.upsert_civil_status(rows).await,

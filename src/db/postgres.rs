@@ -1099,9 +1099,9 @@ impl PgImportTx {
         Ok(())
     }
 
-    pub async fn upsert_permits(&mut self, rows: Vec<(PermitRow, ImportMark)>) -> Result<()> {
+    pub async fn upsert_permits(&mut self, rows: &[(PermitRow, ImportMark)]) -> Result<()> {
         let mut b = self.batch(Stage::Permits, rows.len(), 200).await?;
-        for (p, _) in &rows {
+        for (p, _) in rows {
             let (c, tail) = self.route(&mut b, &[&p.permit_no]);
             c.text(&p.permit_no)
                 .text(&p.id_number)
@@ -1124,7 +1124,7 @@ impl PgImportTx {
 
     /// C5: a row for a cancelled permit updates its contact fields only.
     /// Rare (cancelled permits only), so arrays rather than a staging table.
-    pub async fn update_contacts(&mut self, rows: Vec<ContactUpdate>) -> Result<()> {
+    pub async fn update_contacts(&mut self, rows: &[ContactUpdate]) -> Result<()> {
         let nos: Vec<&str> = rows.iter().map(|r| r.permit_no.as_str()).collect();
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         let phones: Vec<Option<&str>> = rows.iter().map(|r| r.phone.as_deref()).collect();
@@ -1144,10 +1144,10 @@ impl PgImportTx {
         Ok(())
     }
 
-    pub async fn upsert_residence(&mut self, rows: Vec<ResidenceRow>) -> Result<()> {
+    pub async fn upsert_residence(&mut self, rows: &[ResidenceRow]) -> Result<()> {
         let mut b = self.batch(Stage::Residence, rows.len(), 80).await?;
         let mut day = String::with_capacity(10);
-        for r in &rows {
+        for r in rows {
             day.clear();
             std::fmt::Write::write_fmt(&mut day, format_args!("{}", r.visited_on))
                 .map_err(|e| Error::Runtime(e.into()))?;
@@ -1163,9 +1163,9 @@ impl PgImportTx {
         self.flush(b).await
     }
 
-    pub async fn upsert_social_insurance(&mut self, rows: Vec<SocialInsuranceRow>) -> Result<()> {
+    pub async fn upsert_social_insurance(&mut self, rows: &[SocialInsuranceRow]) -> Result<()> {
         let mut b = self.batch(Stage::SocialInsurance, rows.len(), 80).await?;
-        for r in &rows {
+        for r in rows {
             let (c, tail) = self.route(&mut b, &[&r.id_number, &r.month]);
             c.text(&r.id_number)
                 .text(&r.month)
@@ -1178,9 +1178,9 @@ impl PgImportTx {
         self.flush(b).await
     }
 
-    pub async fn upsert_civil_status(&mut self, rows: Vec<CivilStatusRow>) -> Result<()> {
+    pub async fn upsert_civil_status(&mut self, rows: &[CivilStatusRow]) -> Result<()> {
         let mut b = self.batch(Stage::CivilStatus, rows.len(), 40).await?;
-        for r in &rows {
+        for r in rows {
             let (c, tail) = self.route(&mut b, &[&r.id_number]);
             c.text(&r.id_number)
                 .text(&r.marital_status)

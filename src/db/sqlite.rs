@@ -731,7 +731,7 @@ impl SqliteImportTx {
 
     /// Writes the rows with their import mark: the line, and the value
     /// from before this import (C6, read back by [`Self::lookup_permits`]).
-    pub async fn upsert_permits(&mut self, rows: Vec<(PermitRow, ImportMark)>) -> Result<()> {
+    pub async fn upsert_permits(&mut self, rows: &[(PermitRow, ImportMark)]) -> Result<()> {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
@@ -748,7 +748,7 @@ impl SqliteImportTx {
                   import_line = excluded.import_line, prior_valid_until = excluded.prior_valid_until,
                   prior_status = excluded.prior_status",
             )?;
-            for (p, mark) in &rows {
+            for (p, mark) in rows {
                 stmt.execute(rusqlite::params![
                     p.permit_no,
                     p.id_number,
@@ -774,14 +774,14 @@ impl SqliteImportTx {
         .await
     }
 
-    pub async fn update_contacts(&mut self, rows: Vec<ContactUpdate>) -> Result<()> {
+    pub async fn update_contacts(&mut self, rows: &[ContactUpdate]) -> Result<()> {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
                 "UPDATE permits SET name = ?2, phone = ?3, email = ?4, import_id = ?5, import_line = ?6,
                  prior_valid_until = ?7, prior_status = ?8 WHERE permit_no = ?1",
             )?;
-            for r in &rows {
+            for r in rows {
                 stmt.execute(rusqlite::params![
                     r.permit_no,
                     r.name,
@@ -800,14 +800,14 @@ impl SqliteImportTx {
 
     /// Feed rows are appended in the order given (line order: R2's later
     /// row is the one with the higher seq), with no key to maintain.
-    pub async fn upsert_residence(&mut self, rows: Vec<ResidenceRow>) -> Result<()> {
+    pub async fn upsert_residence(&mut self, rows: &[ResidenceRow]) -> Result<()> {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
                 "INSERT INTO residence (id_number, visited_on, result, address, officer_id, import_id, line)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for r in &rows {
+            for r in rows {
                 stmt.execute(rusqlite::params![
                     r.id_number,
                     r.visited_on.to_string(),
@@ -823,14 +823,14 @@ impl SqliteImportTx {
         .await
     }
 
-    pub async fn upsert_social_insurance(&mut self, rows: Vec<SocialInsuranceRow>) -> Result<()> {
+    pub async fn upsert_social_insurance(&mut self, rows: &[SocialInsuranceRow]) -> Result<()> {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
                 "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, import_id, line)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for r in &rows {
+            for r in rows {
                 stmt.execute(rusqlite::params![
                     r.id_number,
                     r.month,
@@ -846,14 +846,14 @@ impl SqliteImportTx {
         .await
     }
 
-    pub async fn upsert_civil_status(&mut self, rows: Vec<CivilStatusRow>) -> Result<()> {
+    pub async fn upsert_civil_status(&mut self, rows: &[CivilStatusRow]) -> Result<()> {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
                 "INSERT INTO civil_status (id_number, marital_status, as_of, import_id, line)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            for r in &rows {
+            for r in rows {
                 stmt.execute(rusqlite::params![
                     r.id_number,
                     r.marital_status,

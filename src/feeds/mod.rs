@@ -368,11 +368,16 @@ fn parse_file<T: Keyed + Send + 'static>(
     opts: ImportOptions,
     parser: RowParser<T>,
     tx: mpsc::Sender<Msg<T>>,
+    recycled: std::sync::mpsc::Receiver<Box<dyn Send>>,
 ) {
     let (encoding, batch_rows, progress) = (opts.encoding, opts.batch_rows, opts.progress);
     let header_names = opts.headers.of(feed);
     let RowParser { parse, mut settle } = parser;
     let send = |mut batch: Vec<Item<T>>, settle: &mut Option<Settle<T>>, bytes: u64, len: u64| {
+        // Free what the writer has handed back ([`Recycle`]) on this thread.
+        while let Ok(done) = recycled.try_recv() {
+            drop(done);
+        }
         let msg = match settle {
             Some(s) => {
                 if let Seen::Bloom(b) = &mut s.seen {
@@ -618,10 +623,29 @@ trait BatchWriter<T> {
         tx: &mut ImportTx,
         items: Vec<Item<T>>,
         tally: &mut Tally,
+        recycle: &Recycle,
     ) -> Result<()>;
 
     /// Writes rows already settled on the parser thread.
-    async fn write_ready(&mut self, tx: &mut ImportTx, rows: Vec<T>) -> Result<()>;
+    async fn write_ready(
+        &mut self,
+        tx: &mut ImportTx,
+        rows: Vec<T>,
+        recycle: &Recycle,
+    ) -> Result<()>;
+}
+
+/// Hands what the writer is done with back to the parser thread that
+/// allocated it, to be freed there: with mimalloc a free on the allocating
+/// thread is local and cheap, one on the writer a cross-thread free, and
+/// the writer (the one thread talking to the database) is the import's
+/// bottleneck. If the parser has finished, the value is freed here.
+struct Recycle(std::sync::mpsc::Sender<Box<dyn Send>>);
+
+impl Recycle {
+    fn give<V: Send + 'static>(&self, value: V) {
+        let _ = self.0.send(Box::new(value));
+    }
 }
 
 async fn run_import<T, W>(
@@ -640,7 +664,10 @@ where
     let shown = path.display().to_string();
     let (sender, mut receiver) = mpsc::channel::<Msg<T>>(4);
     let (p, o) = (path.to_path_buf(), opts.clone());
-    let parser = tokio::task::spawn_blocking(move || parse_file(feed, p, o, parser, sender));
+    let (recycle, recycled) = std::sync::mpsc::channel();
+    let recycle = Recycle(recycle);
+    let parser =
+        tokio::task::spawn_blocking(move || parse_file(feed, p, o, parser, sender, recycled));
 
     let mut tx = db.begin_import(feed.name(), &shown, sha).await?;
     let mut tally = Tally {
@@ -662,7 +689,7 @@ where
             Msg::Header(h) => tally.header = h,
             Msg::Batch(items) => {
                 tally.counts.rows_read += items.len() as u64;
-                let result = writer.write(&mut tx, items, &mut tally).await;
+                let result = writer.write(&mut tx, items, &mut tally, &recycle).await;
                 crate::faults::point("import.batch_written");
                 if let Err(e) = result {
                     drop(receiver);
@@ -685,7 +712,7 @@ where
                     Ok(())
                 };
                 let result = match step() {
-                    Ok(()) => writer.write_ready(&mut tx, batch.rows).await,
+                    Ok(()) => writer.write_ready(&mut tx, batch.rows, &recycle).await,
                     Err(e) => Err(e),
                 };
                 crate::faults::point("import.batch_written");
@@ -839,23 +866,23 @@ fn pack_month(month: &str) -> u64 {
 
 /// Rows that insert or replace by key.
 trait Upsert: Sized {
-    async fn upsert(tx: &mut ImportTx, rows: Vec<Self>) -> Result<()>;
+    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()>;
 }
 
 impl Upsert for crate::db::ResidenceRow {
-    async fn upsert(tx: &mut ImportTx, rows: Vec<Self>) -> Result<()> {
+    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()> {
         tx.upsert_residence(rows).await
     }
 }
 
 impl Upsert for crate::db::SocialInsuranceRow {
-    async fn upsert(tx: &mut ImportTx, rows: Vec<Self>) -> Result<()> {
+    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()> {
         tx.upsert_social_insurance(rows).await
     }
 }
 
 impl Upsert for crate::db::CivilStatusRow {
-    async fn upsert(tx: &mut ImportTx, rows: Vec<Self>) -> Result<()> {
+    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()> {
         tx.upsert_civil_status(rows).await
     }
 }
@@ -880,15 +907,28 @@ impl<T> Default for KeyedWriter<T> {
     }
 }
 
-impl<T: Keyed + Upsert> BatchWriter<T> for KeyedWriter<T> {
-    async fn write(&mut self, _: &mut ImportTx, _: Vec<Item<T>>, _: &mut Tally) -> Result<()> {
+impl<T: Keyed + Upsert + Send + 'static> BatchWriter<T> for KeyedWriter<T> {
+    async fn write(
+        &mut self,
+        _: &mut ImportTx,
+        _: Vec<Item<T>>,
+        _: &mut Tally,
+        _: &Recycle,
+    ) -> Result<()> {
         Err(Error::Runtime(anyhow::anyhow!(
             "internal: keyed feed rows arrived unsettled"
         )))
     }
 
-    async fn write_ready(&mut self, tx: &mut ImportTx, rows: Vec<T>) -> Result<()> {
-        T::upsert(tx, rows).await
+    async fn write_ready(
+        &mut self,
+        tx: &mut ImportTx,
+        rows: Vec<T>,
+        recycle: &Recycle,
+    ) -> Result<()> {
+        let written = T::upsert(tx, &rows).await;
+        recycle.give(rows);
+        written
     }
 }
 
@@ -919,6 +959,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         &mut self,
         _: &mut ImportTx,
         _: Vec<(PermitRow, Option<PermitStatus>)>,
+        _: &Recycle,
     ) -> Result<()> {
         Err(Error::Runtime(anyhow::anyhow!(
             "internal: permit rows must be decided against the register"
@@ -930,6 +971,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         tx: &mut ImportTx,
         items: Vec<Item<(PermitRow, Option<PermitStatus>)>>,
         tally: &mut Tally,
+        recycle: &Recycle,
     ) -> Result<()> {
         let empty = match self.empty_register {
             Some(e) => e,
@@ -971,10 +1013,13 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         // file (None: rejected, or not parsed).
         let mut decided: Vec<Option<(u64, Option<PriorPermit>)>> = vec![None; items.len()];
         let mut writes: Vec<PermitWrite> = Vec::with_capacity(items.len());
+        let mut raws = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
+            raws.push(item.raw);
+            let raw = raws.last().expect("just pushed");
             let p = match item.parsed {
                 Err(reason) => {
-                    tally.reject(item.line, &reason, &item.raw)?;
+                    tally.reject(item.line, &reason, raw)?;
                     continue;
                 }
                 Ok(p) => p,
@@ -1016,7 +1061,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
                         "VALID_UNTIL_BACKWARDS: valid_until {} is earlier than the stored {}",
                         row.valid_until, prior.valid_until
                     );
-                    tally.reject(item.line, &reason, &item.raw)?;
+                    tally.reject(item.line, &reason, raw)?;
                     continue;
                 }
                 Some(prior) => {
@@ -1077,11 +1122,12 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
             }
         }
         if !full.is_empty() {
-            tx.upsert_permits(full).await?;
+            tx.upsert_permits(&full).await?;
         }
         if !contacts.is_empty() {
-            tx.update_contacts(contacts).await?;
+            tx.update_contacts(&contacts).await?;
         }
+        recycle.give((raws, full, contacts));
         Ok(())
     }
 }
