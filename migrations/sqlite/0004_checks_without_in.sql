@@ -1,15 +1,30 @@
--- Issue #2: the same CHECK constraints, written without IN lists.
+-- no-transaction
+-- Issue #2: the run's tables, rebuilt for speed; the same rows and ids.
 --
--- SQLite evaluates `x IN ('a', 'b', 'c')` (three values or more) in a CHECK
--- by building a temporary B-tree of the list for every row it writes: the
--- permits import and the nightly run (which updates permits and queues a
--- notice per decision) spent ~5-8 % of their time opening and closing them.
--- A chain of `=` tests accepts exactly the same values and costs a few
--- comparisons. SQLite cannot alter a CHECK, so permits and notifications
--- are rebuilt (SQLite's "other kinds of table schema changes" procedure):
--- every row, column and notification_id is kept. Neither table is
--- referenced by a foreign key; notifications references runs, and its rows
--- are copied with their run_id, so foreign keys stay on.
+-- 1. CHECK constraints written without IN lists. SQLite evaluates
+--    `x IN ('a', 'b', 'c')` (three values or more) in a CHECK by building a
+--    temporary B-tree of the list for every row it writes: the permits
+--    import and the nightly run (which updates permits and queues a notice
+--    per decision) spent ~5-8 % of their time opening and closing them. A
+--    chain of `=` tests accepts exactly the same values and costs a few
+--    comparisons.
+-- 2. events and notifications without AUTOINCREMENT. It made SQLite read
+--    and rewrite sqlite_sequence for every inserted row: ~8 % of a first
+--    night's run. Neither table ever loses a row (events refuse DELETE,
+--    a purge keeps the notice row), so a plain rowid primary key gives the
+--    same ids: one above the largest.
+--
+-- SQLite cannot alter a CHECK or a primary key, so permits, notifications
+-- and events are rebuilt (SQLite's "other kinds of table schema changes"
+-- procedure): every row, column, notification_id and event_id is kept, and
+-- the indexes and append-only triggers are made again. event_releases
+-- references events: with foreign keys on, dropping the old events table
+-- would count every referencing row as a violation, so, as in migration 2,
+-- foreign keys are off for this migration, which runs outside sqlx's
+-- transaction and opens its own. Applying it twice (a crash after its
+-- COMMIT, before sqlx records it) rebuilds the same tables again.
+PRAGMA foreign_keys = OFF;
+BEGIN IMMEDIATE;
 
 CREATE TABLE permits_new (
     permit_no         TEXT PRIMARY KEY,
@@ -40,7 +55,7 @@ DROP TABLE permits;
 ALTER TABLE permits_new RENAME TO permits;
 
 CREATE TABLE notifications_new (
-    notification_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    notification_id   INTEGER PRIMARY KEY,
     run_id            INTEGER NOT NULL REFERENCES runs (run_id),
     as_of             TEXT NOT NULL,
     permit_no         TEXT NOT NULL,
@@ -70,3 +85,50 @@ DROP TABLE notifications;
 ALTER TABLE notifications_new RENAME TO notifications;
 CREATE INDEX notifications_due ON notifications (status, next_attempt_at);
 CREATE INDEX notifications_as_of ON notifications (as_of, permit_no);
+
+CREATE TABLE events_new (
+    event_id             INTEGER PRIMARY KEY,
+    run_id               INTEGER NOT NULL REFERENCES runs (run_id),
+    as_of                TEXT NOT NULL,
+    permit_no            TEXT NOT NULL,
+    id_number            TEXT NOT NULL,
+    kind                 TEXT NOT NULL,
+    reasons              TEXT NOT NULL DEFAULT '',
+    valid_until          TEXT NOT NULL,
+    new_valid_until      TEXT,
+    residence_visited_on TEXT,
+    residence_result     TEXT,
+    si_month             TEXT,
+    si_status            TEXT,
+    si_employer_uscc     TEXT,
+    marital_status       TEXT,
+    decided_at           TEXT NOT NULL,
+    -- 1: written by a run the brake held (not applied when written).
+    held                 INTEGER NOT NULL DEFAULT 0 CHECK (held = 0 OR held = 1)
+);
+INSERT INTO events_new
+    SELECT event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
+           new_valid_until, residence_visited_on, residence_result, si_month, si_status,
+           si_employer_uscc, marital_status, decided_at, held
+    FROM events;
+DROP TABLE events;
+ALTER TABLE events_new RENAME TO events;
+-- As made by migration 2.
+CREATE UNIQUE INDEX events_cycle ON events (permit_no, valid_until, kind) WHERE held = 0;
+CREATE UNIQUE INDEX events_held_cycle ON events (permit_no, valid_until, kind, run_id) WHERE held = 1;
+CREATE INDEX events_as_of ON events (as_of, permit_no);
+CREATE INDEX events_held_run ON events (run_id) WHERE held = 1;
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only: a correction is a new row');
+END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only: a correction is a new row');
+END;
+
+-- The rebuilt tables no longer keep a row in sqlite_sequence.
+DELETE FROM sqlite_sequence WHERE name IN ('events', 'notifications');
+
+COMMIT;
+PRAGMA foreign_keys = ON;

@@ -621,6 +621,15 @@ dbtest!(
             env.query("SELECT CAST(min(run_id) AS TEXT) FROM events WHERE as_of = '2026-11-02'"),
             ["2"]
         );
+        // Event and notice ids go on above the old ones (SQLite rebuilt
+        // both tables without AUTOINCREMENT in migration 4: max + 1).
+        for (table, id) in [("events", "event_id"), ("notifications", "notification_id")] {
+            let first_new = env.query(&format!(
+                "SELECT CAST(min({id}) AS TEXT) FROM {table} WHERE as_of = '2026-11-02'"
+            ));
+            let n: i64 = first_new[0].parse().expect("a new id");
+            assert!(n > 1, "{table}: the next id after 1 is {n}");
+        }
         assert!(env
             .sql("DELETE FROM events")
             .expect_err("append-only")
