@@ -76,10 +76,9 @@ pub struct DueCount {
     pub count: i64,
 }
 
-/// Notices by channel and status (the operator's view of the outbox).
+/// Notices by status (the operator's view of the outbox).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxCount {
-    pub channel: String,
     pub status: String,
     pub count: i64,
 }
@@ -146,7 +145,10 @@ impl Db {
         }
     }
 
-    /// Every notice, counted by channel and status.
+    /// Every notice, counted by status. On SQLite this reads the
+    /// `notifications_due (status, next_attempt_at)` index, not the table
+    /// and its message texts: the count follows every run and grows with
+    /// the outbox's history (3.3 s for 2.5 M notices when it read the table).
     pub async fn outbox_counts(&self) -> Result<Vec<OutboxCount>> {
         match self {
             Db::Sqlite(db) => db.outbox_counts().await,

@@ -66,8 +66,7 @@ SELECT channel, count(*) FROM notifications
  GROUP BY channel ORDER BY channel";
 
 const COUNTS: &str = "
-SELECT channel, status, count(*) FROM notifications
- GROUP BY channel, status ORDER BY channel, status";
+SELECT status, count(*) FROM notifications GROUP BY status ORDER BY status";
 
 impl PgDb {
     pub async fn claim_notices(
@@ -169,9 +168,8 @@ impl PgDb {
         rows.iter()
             .map(|r| {
                 Ok(OutboxCount {
-                    channel: r.try_get(0)?,
-                    status: r.try_get(1)?,
-                    count: r.try_get(2)?,
+                    status: r.try_get(0)?,
+                    count: r.try_get(1)?,
                 })
             })
             .collect()
