@@ -13,7 +13,7 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{ConnectOptions, Row, Sqlite, SqlitePool, Transaction};
 
 use super::rows::*;
 use super::JobLock;
@@ -116,7 +116,15 @@ impl SqliteDb {
             // transaction and the ledger queries around it), and issue #2
             // bounds the whole process at 500 MB (docs/benchmarks.md).
             .pragma("cache_size", "-65536")
-            .pragma("temp_store", "memory");
+            // Temporary storage (statement journals, sorts too big for the
+            // cache) stays in files, SQLite's default: in memory, a migration
+            // that rebuilds the 10M-row register took 2.4 GB
+            // (docs/operations.md, "Upgrades and disk").
+            // As on PostgreSQL: a first night or an import at city scale
+            // legitimately runs statements for seconds (a migration, the
+            // run's commit); sqlx's default would log each at WARN with its
+            // whole SQL text.
+            .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
