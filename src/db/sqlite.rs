@@ -116,10 +116,11 @@ impl SqliteDb {
             // transaction and the ledger queries around it), and issue #2
             // bounds the whole process at 500 MB (docs/benchmarks.md).
             .pragma("cache_size", "-65536")
-            // Temporary storage (statement journals, sorts too big for the
-            // cache) stays in files, SQLite's default: in memory, a migration
-            // that rebuilds the 10M-row register took 2.4 GB
-            // (docs/operations.md, "Upgrades and disk").
+            // No `temp_store` pragma: temporary storage (statement journals,
+            // sorts too big for the cache) stays in files, SQLite's default.
+            // In memory, migration 4 over a 10M-permit database took 1.2 GB
+            // (docs/benchmarks.md).
+            //
             // As on PostgreSQL: a first night or an import at city scale
             // legitimately runs statements for seconds (a migration, the
             // run's commit); sqlx's default would log each at WARN with its
