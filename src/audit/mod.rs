@@ -8,7 +8,7 @@ use std::path::Path;
 
 use chrono::NaiveDate;
 
-use crate::db::{AuditRow, Db, NotificationRow};
+use crate::db::{Db, NotificationRow};
 use crate::domain::mask_id_str;
 use crate::error::{Error, Result};
 use crate::fsutil::AtomicFile;
@@ -73,37 +73,6 @@ pub fn guard_formula(cell: &str) -> std::borrow::Cow<'_, str> {
         Some(c) if STARTS.contains(&c) => format!("'{cell}").into(),
         _ => cell.into(),
     }
-}
-
-fn opt_date(d: Option<NaiveDate>) -> String {
-    d.map(|d| d.to_string()).unwrap_or_default()
-}
-
-fn audit_record(r: AuditRow, unmasked: bool) -> [String; 18] {
-    [
-        r.run_id.to_string(),
-        r.as_of.to_string(),
-        r.permit_no,
-        if unmasked {
-            r.id_number
-        } else {
-            mask_id_str(&r.id_number)
-        },
-        r.decision,
-        r.reasons,
-        r.valid_until.to_string(),
-        opt_date(r.new_valid_until),
-        opt_date(r.residence_visited_on),
-        r.residence_result.unwrap_or_default(),
-        r.si_month.unwrap_or_default(),
-        r.si_status.unwrap_or_default(),
-        r.si_employer_uscc.unwrap_or_default(),
-        r.marital_status.unwrap_or_default(),
-        r.notification_channel.unwrap_or_default(),
-        r.notification_status.unwrap_or_default(),
-        r.decided_at,
-        r.state,
-    ]
 }
 
 fn notification_record(n: NotificationRow) -> [String; 14] {
@@ -186,9 +155,20 @@ pub async fn export_audit(db: &Db, opts: &ExportOptions) -> Result<u64> {
         .map_err(|e| Error::Runtime(e.into()))?;
     let mut n = 0u64;
     let unmasked = opts.unmasked;
-    db.audit_rows(opts.from, opts.to, &mut |row| {
+    db.audit_rows(opts.from, opts.to, &mut |cells| {
         n += 1;
-        write_guarded(&mut w, audit_record(row, unmasked))
+        let id = if unmasked {
+            cells[3].into()
+        } else {
+            std::borrow::Cow::Owned(mask_id_str(cells[3]))
+        };
+        for (i, cell) in cells.iter().enumerate() {
+            let cell: &str = if i == 3 { &id } else { cell };
+            w.write_field(guard_formula(cell).as_bytes())
+                .map_err(|e| Error::Runtime(anyhow::anyhow!("cannot write export: {e}")))?;
+        }
+        w.write_record(None::<&[u8]>)
+            .map_err(|e| Error::Runtime(anyhow::anyhow!("cannot write export: {e}")))
     })
     .await?;
     finish(w, opts.out.as_deref())?;

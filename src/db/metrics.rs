@@ -85,7 +85,7 @@ const IMPORTS: &str = "SELECT feed, count(*), CAST(coalesce(sum(rows_read), 0) A
      FROM imports GROUP BY feed ORDER BY feed";
 const MIGRATIONS: &str =
     "SELECT CAST(coalesce(max(version), 0) AS BIGINT) FROM _sqlx_migrations WHERE success";
-const CANDIDATES_SQLITE: &str = "SELECT count(*) FROM permits \
+const CANDIDATES_SQLITE: &str = "SELECT count(*) FROM permit_state \
      WHERE status IN ('active', 'suspended') AND valid_until <= ?";
 const CANDIDATES_PG: &str = "SELECT count(*) FROM permits \
      WHERE status IN ('active', 'suspended') AND valid_until <= $1";

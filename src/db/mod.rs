@@ -209,12 +209,13 @@ impl Db {
     }
 
     /// Streams audit rows (R9) for runs with `from <= as_of <= to`, oldest
-    /// first, in a deterministic order.
+    /// first, in a deterministic order, as the text the export writes
+    /// (SQLite hands out its stored text without a copy: issue #2).
     pub async fn audit_rows(
         &self,
         from: NaiveDate,
         to: NaiveDate,
-        each: &mut (dyn FnMut(AuditRow) -> Result<()> + Send),
+        each: &mut (dyn FnMut(&AuditCells<'_>) -> Result<()> + Send),
     ) -> Result<()> {
         match self {
             Db::Sqlite(db) => db.audit_rows(from, to, each).await,

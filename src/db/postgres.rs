@@ -501,14 +501,15 @@ impl PgDb {
         &self,
         from: NaiveDate,
         to: NaiveDate,
-        each: &mut (dyn FnMut(AuditRow) -> Result<()> + Send),
+        each: &mut (dyn FnMut(&AuditCells<'_>) -> Result<()> + Send),
     ) -> Result<()> {
         let mut rows = sqlx::query(AUDIT_SELECT_RANGE)
             .bind(from)
             .bind(to)
             .fetch(&self.pool);
         while let Some(r) = rows.try_next().await? {
-            each(audit_row(&r)?)?;
+            let cells = audit_row(&r)?.to_cells();
+            each(&cells.each_ref().map(String::as_str))?;
         }
         Ok(())
     }

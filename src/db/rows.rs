@@ -321,6 +321,39 @@ pub struct AuditRow {
     pub state: String,
 }
 
+/// One audit row as the export writes it (R9), in [`AuditRow`]'s column
+/// order: every cell as text, dates `YYYY-MM-DD`, an absent value empty,
+/// the ID number as stored (the export masks it).
+pub type AuditCells<'a> = [&'a str; 18];
+
+impl AuditRow {
+    /// The row's cells as owned text, for [`AuditCells`].
+    pub fn to_cells(&self) -> [String; 18] {
+        let date = |d: Option<NaiveDate>| d.map(|d| d.to_string()).unwrap_or_default();
+        let text = |s: &Option<String>| s.clone().unwrap_or_default();
+        [
+            self.run_id.to_string(),
+            self.as_of.to_string(),
+            self.permit_no.clone(),
+            self.id_number.clone(),
+            self.decision.clone(),
+            self.reasons.clone(),
+            self.valid_until.to_string(),
+            date(self.new_valid_until),
+            date(self.residence_visited_on),
+            text(&self.residence_result),
+            text(&self.si_month),
+            text(&self.si_status),
+            text(&self.si_employer_uscc),
+            text(&self.marital_status),
+            text(&self.notification_channel),
+            text(&self.notification_status),
+            self.decided_at.clone(),
+            self.state.clone(),
+        ]
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NotificationRow {
     pub notification_id: i64,

@@ -393,8 +393,8 @@ impl SqliteDb {
                  recipient, message, status, next_attempt_at, created_at)
                  SELECT ?1, as_of, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM runs WHERE run_id = ?1",
             )?;
-            let mut extend = c.prepare("UPDATE permits SET valid_until = ?2 WHERE permit_no = ?1")?;
-            let mut status = c.prepare("UPDATE permits SET status = ?2 WHERE permit_no = ?1")?;
+            let mut extend = c.prepare("UPDATE permit_state SET valid_until = ?2 WHERE permit_no = ?1")?;
+            let mut status = c.prepare("UPDATE permit_state SET status = ?2 WHERE permit_no = ?1")?;
             let mut release = c.prepare(
                 "INSERT INTO event_releases (event_id, run_id, applied, released_at) VALUES (?1, ?2, ?3, ?4)",
             )?;
@@ -478,10 +478,57 @@ impl SqliteDb {
         &self,
         from: NaiveDate,
         to: NaiveDate,
-        each: &mut (dyn FnMut(AuditRow) -> Result<()> + Send),
+        each: &mut (dyn FnMut(&AuditCells<'_>) -> Result<()> + Send),
     ) -> Result<()> {
-        self.stream_range(AUDIT_SELECT_RANGE, from, to, raw_audit_row, each)
-            .await
+        let mut conn = self.pool.acquire().await?;
+        let mut failed = None;
+        with_raw(&mut conn, |c| {
+            let mut stmt = c.prepare(AUDIT_SELECT_RANGE)?;
+            let mut rows = stmt.query(rusqlite::params![from.to_string(), to.to_string()])?;
+            let mut run_id = String::new();
+            while let Some(r) = rows.next()? {
+                // Dates are stored as the export writes them (YYYY-MM-DD):
+                // the cells are the stored text, not parsed and formatted
+                // again.
+                let text = |i: usize| -> rusqlite::Result<&str> {
+                    match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => Ok(""),
+                        v => v.as_str().map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), e.into())
+                        }),
+                    }
+                };
+                run_id.clear();
+                run_id.push_str(&r.get::<_, i64>(0)?.to_string());
+                let cells: AuditCells = [
+                    &run_id,
+                    text(1)?,
+                    text(2)?,
+                    text(3)?,
+                    text(4)?,
+                    text(5)?,
+                    text(6)?,
+                    text(7)?,
+                    text(8)?,
+                    text(9)?,
+                    text(10)?,
+                    text(11)?,
+                    text(12)?,
+                    text(13)?,
+                    text(14)?,
+                    text(15)?,
+                    text(16)?,
+                    text(17)?,
+                ];
+                if let Err(e) = each(&cells) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        failed.map_or(Ok(()), Err)
     }
 
     pub async fn events_for(&self, permit_no: &str) -> Result<Vec<AuditRow>> {
@@ -732,7 +779,7 @@ impl SqliteImportTx {
     /// Whether the register was empty when this import began (then no
     /// stored state needs looking up: the initial load's fast path).
     pub async fn register_is_empty(&mut self) -> Result<bool> {
-        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM permits LIMIT 1")
+        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM permit_state LIMIT 1")
             .fetch_optional(&mut *self.tx)
             .await?;
         Ok(any.is_none())
@@ -743,22 +790,28 @@ impl SqliteImportTx {
     pub async fn upsert_permits(&mut self, rows: &[(PermitRow, ImportMark)]) -> Result<()> {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
-            let mut stmt = c.prepare(
-                "INSERT INTO permits (permit_no, id_number, name, phone, email, district_code, street_code,
-                 address, valid_until, status, employer_uscc, si_status, marital_status, import_id,
+            // The register is two tables (migration 0005): the run rewrites
+            // permit_state only.
+            let mut details = c.prepare(
+                "INSERT INTO permit_details (permit_no, id_number, name, phone, email, district_code,
+                 street_code, address, employer_uscc, si_status, marital_status, import_id,
                  import_line, prior_valid_until, prior_status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (permit_no) DO UPDATE SET id_number = excluded.id_number, name = excluded.name,
                   phone = excluded.phone, email = excluded.email, district_code = excluded.district_code,
                   street_code = excluded.street_code, address = excluded.address,
-                  valid_until = excluded.valid_until, status = excluded.status,
                   employer_uscc = excluded.employer_uscc, si_status = excluded.si_status,
                   marital_status = excluded.marital_status, import_id = excluded.import_id,
                   import_line = excluded.import_line, prior_valid_until = excluded.prior_valid_until,
                   prior_status = excluded.prior_status",
             )?;
+            let mut state = c.prepare(
+                "INSERT INTO permit_state (permit_no, valid_until, status) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (permit_no) DO UPDATE SET valid_until = excluded.valid_until,
+                  status = excluded.status",
+            )?;
             for (p, mark) in rows {
-                stmt.execute(rusqlite::params![
+                details.execute(rusqlite::params![
                     p.permit_no,
                     p.id_number,
                     p.name,
@@ -767,8 +820,6 @@ impl SqliteImportTx {
                     p.district_code,
                     p.street_code,
                     p.address,
-                    p.valid_until.to_string(),
-                    p.status,
                     p.employer_uscc,
                     p.si_status,
                     p.marital_status,
@@ -776,6 +827,11 @@ impl SqliteImportTx {
                     mark.line as i64,
                     mark.prior.map(|x| x.valid_until.to_string()),
                     mark.prior.map(|x| x.status.code()),
+                ])?;
+                state.execute(rusqlite::params![
+                    p.permit_no,
+                    p.valid_until.to_string(),
+                    p.status
                 ])?;
             }
             Ok(())
@@ -787,7 +843,7 @@ impl SqliteImportTx {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
-                "UPDATE permits SET name = ?2, phone = ?3, email = ?4, import_id = ?5, import_line = ?6,
+                "UPDATE permit_details SET name = ?2, phone = ?3, email = ?4, import_id = ?5, import_line = ?6,
                  prior_valid_until = ?7, prior_status = ?8 WHERE permit_no = ?1",
             )?;
             for r in rows {
@@ -953,9 +1009,11 @@ impl SqliteRunTx {
         let after = after.unwrap_or("");
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
-                "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
-                        p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status
-                 FROM permits p
+                // The narrow permit_state table drives (CROSS JOIN keeps it
+                // outer): a candidate's details are looked up by key.
+                "SELECT p.permit_no, d.id_number, d.name, d.phone, d.email, d.district_code, d.street_code,
+                        d.address, p.valid_until, p.status, d.employer_uscc, d.si_status, d.marital_status
+                 FROM permit_state p CROSS JOIN permit_details d ON d.permit_no = p.permit_no
                  WHERE p.permit_no > ?1 AND p.status IN ('active', 'suspended') AND p.valid_until <= ?2
                  ORDER BY p.permit_no LIMIT ?3",
             )?;
@@ -977,8 +1035,8 @@ impl SqliteRunTx {
         let after = after.unwrap_or("");
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(concat!(
-                "SELECT p.permit_no, p.id_number, p.valid_until, p.employer_uscc, p.si_status, p.marital_status
-                 FROM permits p
+                "SELECT p.permit_no, d.id_number, p.valid_until, d.employer_uscc, d.si_status, d.marital_status
+                 FROM permit_state p CROSS JOIN permit_details d ON d.permit_no = p.permit_no
                  WHERE p.permit_no > ?1 AND p.status = 'active' AND p.valid_until BETWEEN ?2 AND ?3
                    AND NOT ",
                 decided_sqlite!(),
@@ -1083,8 +1141,8 @@ impl SqliteRunTx {
                  recipient, message, status, next_attempt_at, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
-            let mut extend = c.prepare("UPDATE permits SET valid_until = ?2 WHERE permit_no = ?1")?;
-            let mut status = c.prepare("UPDATE permits SET status = ?2 WHERE permit_no = ?1")?;
+            let mut extend = c.prepare("UPDATE permit_state SET valid_until = ?2 WHERE permit_no = ?1")?;
+            let mut status = c.prepare("UPDATE permit_state SET status = ?2 WHERE permit_no = ?1")?;
             let as_of = batch.as_of.to_string();
             let at = batch.decided_at.as_str();
             for e in &batch.events {
@@ -1268,29 +1326,6 @@ fn restrict_permissions(path: &Path) {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
-}
-
-fn raw_audit_row(r: &rusqlite::Row) -> rusqlite::Result<AuditRow> {
-    Ok(AuditRow {
-        run_id: r.get(0)?,
-        as_of: raw_date(r, 1)?,
-        permit_no: r.get(2)?,
-        id_number: r.get(3)?,
-        decision: r.get(4)?,
-        reasons: r.get(5)?,
-        valid_until: raw_date(r, 6)?,
-        new_valid_until: raw_opt_date(r, 7)?,
-        residence_visited_on: raw_opt_date(r, 8)?,
-        residence_result: r.get(9)?,
-        si_month: r.get(10)?,
-        si_status: r.get(11)?,
-        si_employer_uscc: r.get(12)?,
-        marital_status: r.get(13)?,
-        notification_channel: r.get(14)?,
-        notification_status: r.get(15)?,
-        decided_at: r.get(16)?,
-        state: r.get(17)?,
-    })
 }
 
 fn raw_notification_row(r: &rusqlite::Row) -> rusqlite::Result<NotificationRow> {

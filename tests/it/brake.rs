@@ -574,7 +574,11 @@ fn database_before_the_brake(env: &Env) {
          INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind, channel,
                                     recipient, message, status, created_at)
            VALUES (1, 1, '2026-11-01', 'SH0006', '2026-11-25', 'VISIT_CENTER', 'sms', '13800138006', 'm',
-                   'queued', '2026-11-01T02:00:00+08:00');"
+                   'queued', '2026-11-01T02:00:00+08:00');
+         INSERT INTO permits (permit_no, id_number, name, phone, email, district_code, street_code, address,
+                              valid_until, status, employer_uscc, si_status, marital_status, import_id)
+           VALUES ('SH9001', '32010219850315006X', '王五', '13800138009', NULL, '310115', '310115004',
+                   '上海市浦东新区潍坊路9号', '2027-06-30', 'suspended', '', 'not_paying', 'married', 1);"
     );
     if env.backend == Backend::Postgres {
         env.sql(&initial).expect("migration 1");
@@ -609,6 +613,15 @@ dbtest!(
         assert_eq!(
             env.query("SELECT CAST(max(version) AS TEXT) FROM _sqlx_migrations WHERE success"),
             [latest_migration().to_string()]
+        );
+        // The register reads as it did (on SQLite through the view over
+        // permit_details and permit_state, migration 5).
+        let sh9001 = "SELECT permit_no || ' ' || CAST(valid_until AS TEXT) || ' ' || status || ' ' || name \
+                      || ' ' || coalesce(phone, '-') || ' ' || coalesce(email, '-') || ' ' || address \
+                      || ' ' || si_status || ' ' || marital_status FROM permits";
+        assert_eq!(
+            env.query(sh9001),
+            ["SH9001 2027-06-30 suspended 王五 13800138009 - 上海市浦东新区潍坊路9号 not_paying married"]
         );
         // The old decision still closes its cycle (C8) and the next run
         // gets the next ids; the trail is append-only from now on.

@@ -122,6 +122,36 @@ dbtest!(
         if env.backend == crate::helpers::Backend::Sqlite {
             // A new SQLite database has 16 KiB pages (docs/benchmarks.md).
             assert_eq!(env.query("PRAGMA page_size"), ["16384"]);
+            // The register is two tables behind the view `permits`
+            // (migration 5): a write through the view reaches both.
+            env.sql(
+                "INSERT INTO permits (permit_no, id_number, name, district_code, street_code, address,
+                                      valid_until, status, si_status, marital_status, import_id)
+                 VALUES ('ZZ1', '11010519491231002X', '赵六', '310115', '310115004', '潍坊路1号',
+                         '2030-01-01', 'active', 'paying', 'single', 1)",
+            )
+            .expect("insert through the view");
+            let both = "SELECT (SELECT valid_until || ' ' || status FROM permit_state WHERE permit_no = 'ZZ1')
+                               || ' ' || (SELECT name FROM permit_details WHERE permit_no = 'ZZ1')";
+            assert_eq!(env.query(both), ["2030-01-01 active 赵六"]);
+            env.sql(
+                "UPDATE permits SET status = 'suspended', name = '赵七' WHERE permit_no = 'ZZ1'",
+            )
+            .expect("update through the view");
+            assert_eq!(env.query(both), ["2030-01-01 suspended 赵七"]);
+            let err = env
+                .sql("UPDATE permits SET permit_no = 'ZZ2' WHERE permit_no = 'ZZ1'")
+                .expect_err("a permit_no is the key");
+            assert!(err.contains("permit_no cannot be changed"), "{err}");
+            env.sql("DELETE FROM permits WHERE permit_no = 'ZZ1'")
+                .expect("delete through the view");
+            assert_eq!(
+                env.query(
+                    "SELECT (SELECT count(*) FROM permit_state WHERE permit_no = 'ZZ1')
+                            + (SELECT count(*) FROM permit_details WHERE permit_no = 'ZZ1')"
+                ),
+                ["0"]
+            );
         }
     }
 );
