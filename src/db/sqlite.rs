@@ -664,6 +664,54 @@ macro_rules! decided_sqlite {
     };
 }
 
+/// Rows per multi-row INSERT of the run's writer (15 parameters an event:
+/// far below SQLite's limit of 32,766).
+const ROWS_PER_INSERT: usize = 64;
+
+const EVENT_INSERT: &str = "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons,
+    valid_until, new_valid_until, residence_visited_on, residence_result, si_month, si_status,
+    si_employer_uscc, marital_status, decided_at) VALUES ";
+const EVENT_INSERT_HELD: &str =
+    "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons,
+    valid_until, new_valid_until, residence_visited_on, residence_result, si_month, si_status,
+    si_employer_uscc, marital_status, decided_at, held) VALUES ";
+const NOTICE_INSERT: &str =
+    "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until,
+    kind, channel, recipient, message, status, next_attempt_at, created_at) VALUES ";
+
+/// `head` followed by `rows` groups of `columns` anonymous parameters; a
+/// head ending in `held) VALUES ` gets a literal 1 for that last column.
+fn multi_row_insert(head: &str, columns: usize, rows: usize) -> String {
+    let held = head.ends_with("held) VALUES ");
+    let mut group = String::from("(");
+    for k in 0..columns {
+        group.push_str(if k == 0 { "?" } else { ", ?" });
+    }
+    group.push_str(if held { ", 1)" } else { ")" });
+    let mut sql = String::from(head);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&group);
+    }
+    sql
+}
+
+/// Binds one row's values at parameters `*next + 1 ..` of a multi-row
+/// statement and moves `*next` past them.
+fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    next: &mut usize,
+    values: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<()> {
+    for v in values {
+        *next += 1;
+        stmt.raw_bind_parameter(*next, v)?;
+    }
+    Ok(())
+}
+
 /// An append-only feed table (migration 0003).
 #[derive(Debug, Clone, Copy)]
 enum FeedTable {
@@ -1123,71 +1171,113 @@ impl SqliteRunTx {
         }
         let held = batch.held;
         with_raw(&mut self.tx, |c| {
-            // A held run writes its events only (issue #6): no notice, no
-            // permit change until `autosign release`.
-            let mut event = c.prepare(if held {
-                "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
-                 new_valid_until, residence_visited_on, residence_result, si_month, si_status,
-                 si_employer_uscc, marital_status, decided_at, held)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 1)"
-            } else {
-                "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
-                 new_valid_until, residence_visited_on, residence_result, si_month, si_status,
-                 si_employer_uscc, marital_status, decided_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-            })?;
-            let mut notice = c.prepare(
-                "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until, kind, channel,
-                 recipient, message, status, next_attempt_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            let mut extend = c.prepare("UPDATE permit_state SET valid_until = ?2 WHERE permit_no = ?1")?;
-            let mut status = c.prepare("UPDATE permit_state SET status = ?2 WHERE permit_no = ?1")?;
             let as_of = batch.as_of.to_string();
             let at = batch.decided_at.as_str();
-            for e in &batch.events {
-                let vu = e.valid_until.to_string();
-                event.execute(rusqlite::params![
-                    batch.run_id,
-                    as_of,
-                    e.permit_no,
-                    e.id_number,
-                    e.kind,
-                    e.reasons,
-                    vu,
-                    e.new_valid_until.map(|d| d.to_string()),
-                    e.residence_visited_on.map(|d| d.to_string()),
-                    e.residence_result,
-                    e.si_month,
-                    e.si_status,
-                    e.si_employer_uscc,
-                    e.marital_status,
-                    at,
-                ])?;
+            // Events and notices go in as multi-row INSERTs of up to
+            // ROWS_PER_INSERT rows: one statement execution (and its
+            // per-statement work) per chunk rather than per row.
+            let event_head = if held {
+                EVENT_INSERT_HELD
+            } else {
+                EVENT_INSERT
+            };
+            let mut full_events = None;
+            let mut full_notices = None;
+            let mut extend =
+                c.prepare("UPDATE permit_state SET valid_until = ?2 WHERE permit_no = ?1")?;
+            let mut status =
+                c.prepare("UPDATE permit_state SET status = ?2 WHERE permit_no = ?1")?;
+            for chunk in batch.events.chunks(ROWS_PER_INSERT) {
+                let mut partial;
+                let event = if chunk.len() == ROWS_PER_INSERT {
+                    match &mut full_events {
+                        Some(s) => s,
+                        None => full_events.insert(c.prepare(&multi_row_insert(
+                            event_head,
+                            15,
+                            ROWS_PER_INSERT,
+                        ))?),
+                    }
+                } else {
+                    partial = c.prepare(&multi_row_insert(event_head, 15, chunk.len()))?;
+                    &mut partial
+                };
+                let mut i = 0;
+                for e in chunk {
+                    let vu = e.valid_until.to_string();
+                    bind_row(
+                        event,
+                        &mut i,
+                        rusqlite::params![
+                            batch.run_id,
+                            as_of,
+                            e.permit_no,
+                            e.id_number,
+                            e.kind,
+                            e.reasons,
+                            vu,
+                            e.new_valid_until.map(|d| d.to_string()),
+                            e.residence_visited_on.map(|d| d.to_string()),
+                            e.residence_result,
+                            e.si_month,
+                            e.si_status,
+                            e.si_employer_uscc,
+                            e.marital_status,
+                            at,
+                        ],
+                    )?;
+                }
+                event.raw_execute()?;
+                // A held run writes its events only (issue #6): no notice, no
+                // permit change until `autosign release`.
                 if held {
                     continue;
                 }
-                notice.execute(rusqlite::params![
-                    batch.run_id,
-                    as_of,
-                    e.permit_no,
-                    vu,
-                    e.kind,
-                    e.notice.channel,
-                    e.notice.recipient,
-                    e.notice.message,
-                    e.notice.status,
-                    (e.notice.status == "queued").then_some(at),
-                    at,
-                ])?;
-                match e.effect {
-                    Effect::Extend(to) => {
-                        extend.execute(rusqlite::params![e.permit_no, to.to_string()])?;
+                let mut partial;
+                let notice = if chunk.len() == ROWS_PER_INSERT {
+                    match &mut full_notices {
+                        Some(s) => s,
+                        None => full_notices.insert(c.prepare(&multi_row_insert(
+                            NOTICE_INSERT,
+                            11,
+                            ROWS_PER_INSERT,
+                        ))?),
                     }
-                    Effect::SetStatus(s) => {
-                        status.execute(rusqlite::params![e.permit_no, s])?;
+                } else {
+                    partial = c.prepare(&multi_row_insert(NOTICE_INSERT, 11, chunk.len()))?;
+                    &mut partial
+                };
+                let mut i = 0;
+                for e in chunk {
+                    bind_row(
+                        notice,
+                        &mut i,
+                        rusqlite::params![
+                            batch.run_id,
+                            as_of,
+                            e.permit_no,
+                            e.valid_until.to_string(),
+                            e.kind,
+                            e.notice.channel,
+                            e.notice.recipient,
+                            e.notice.message,
+                            e.notice.status,
+                            (e.notice.status == "queued").then_some(at),
+                            at,
+                        ],
+                    )?;
+                }
+                notice.raw_execute()?;
+                for e in chunk {
+                    match e.effect {
+                        Effect::Extend(to) => {
+                            extend.execute(rusqlite::params![e.permit_no, to.to_string()])?;
+                        }
+                        Effect::SetStatus(s) => {
+                            status.execute(rusqlite::params![e.permit_no, s])?;
+                        }
+                        Effect::None => {}
                     }
-                    Effect::None => {}
                 }
             }
             Ok(())
