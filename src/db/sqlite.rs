@@ -667,27 +667,24 @@ macro_rules! decided_sqlite {
 /// Rows per multi-row INSERT of the run's writer (15 parameters an event:
 /// far below SQLite's limit of 32,766).
 const ROWS_PER_INSERT: usize = 64;
+const _: () = assert!(ROWS_PER_INSERT * 15 <= 32_766);
 
 const EVENT_INSERT: &str = "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons,
-    valid_until, new_valid_until, residence_visited_on, residence_result, si_month, si_status,
-    si_employer_uscc, marital_status, decided_at) VALUES ";
-const EVENT_INSERT_HELD: &str =
-    "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons,
     valid_until, new_valid_until, residence_visited_on, residence_result, si_month, si_status,
     si_employer_uscc, marital_status, decided_at, held) VALUES ";
 const NOTICE_INSERT: &str =
     "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until,
     kind, channel, recipient, message, status, next_attempt_at, created_at) VALUES ";
 
-/// `head` followed by `rows` groups of `columns` anonymous parameters; a
-/// head ending in `held) VALUES ` gets a literal 1 for that last column.
-fn multi_row_insert(head: &str, columns: usize, rows: usize) -> String {
-    let held = head.ends_with("held) VALUES ");
-    let mut group = String::from("(");
-    for k in 0..columns {
-        group.push_str(if k == 0 { "?" } else { ", ?" });
+/// `head` followed by `rows` groups of `columns` anonymous parameters, each
+/// group ending in the literal `tail` (e.g. `, 1` for a constant column).
+fn multi_row_insert(head: &str, columns: usize, tail: &str, rows: usize) -> String {
+    let mut group = String::from("(?");
+    for _ in 1..columns {
+        group.push_str(", ?");
     }
-    group.push_str(if held { ", 1)" } else { ")" });
+    group.push_str(tail);
+    group.push(')');
     let mut sql = String::from(head);
     for r in 0..rows {
         if r > 0 {
@@ -1176,11 +1173,8 @@ impl SqliteRunTx {
             // Events and notices go in as multi-row INSERTs of up to
             // ROWS_PER_INSERT rows: one statement execution (and its
             // per-statement work) per chunk rather than per row.
-            let event_head = if held {
-                EVENT_INSERT_HELD
-            } else {
-                EVENT_INSERT
-            };
+            // `held` is the events' last column (issue #6).
+            let held_tail = if held { ", 1" } else { ", 0" };
             let mut full_events = None;
             let mut full_notices = None;
             let mut extend =
@@ -1193,13 +1187,15 @@ impl SqliteRunTx {
                     match &mut full_events {
                         Some(s) => s,
                         None => full_events.insert(c.prepare(&multi_row_insert(
-                            event_head,
+                            EVENT_INSERT,
                             15,
+                            held_tail,
                             ROWS_PER_INSERT,
                         ))?),
                     }
                 } else {
-                    partial = c.prepare(&multi_row_insert(event_head, 15, chunk.len()))?;
+                    partial =
+                        c.prepare(&multi_row_insert(EVENT_INSERT, 15, held_tail, chunk.len()))?;
                     &mut partial
                 };
                 let mut i = 0;
@@ -1240,11 +1236,12 @@ impl SqliteRunTx {
                         None => full_notices.insert(c.prepare(&multi_row_insert(
                             NOTICE_INSERT,
                             11,
+                            "",
                             ROWS_PER_INSERT,
                         ))?),
                     }
                 } else {
-                    partial = c.prepare(&multi_row_insert(NOTICE_INSERT, 11, chunk.len()))?;
+                    partial = c.prepare(&multi_row_insert(NOTICE_INSERT, 11, "", chunk.len()))?;
                     &mut partial
                 };
                 let mut i = 0;
@@ -1437,4 +1434,21 @@ fn raw_notification_row(r: &rusqlite::Row) -> rusqlite::Result<NotificationRow> 
         sent_at: r.get(14)?,
         message: r.get(15)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_row_insert_has_one_group_of_parameters_per_row() {
+        assert_eq!(
+            multi_row_insert("INSERT INTO t (a, b, held) VALUES ", 2, ", 1", 3),
+            "INSERT INTO t (a, b, held) VALUES (?, ?, 1), (?, ?, 1), (?, ?, 1)"
+        );
+        assert_eq!(
+            multi_row_insert("INSERT INTO t (a) VALUES ", 1, "", 1),
+            "INSERT INTO t (a) VALUES (?)"
+        );
+    }
 }
