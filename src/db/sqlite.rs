@@ -393,8 +393,7 @@ impl SqliteDb {
                  recipient, message, status, next_attempt_at, created_at)
                  SELECT ?1, as_of, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM runs WHERE run_id = ?1",
             )?;
-            let mut extend = c.prepare("UPDATE permit_state SET valid_until = ?2 WHERE permit_no = ?1")?;
-            let mut status = c.prepare("UPDATE permit_state SET status = ?2 WHERE permit_no = ?1")?;
+            let mut effects = EffectWriter::new(c)?;
             let mut release = c.prepare(
                 "INSERT INTO event_releases (event_id, run_id, applied, released_at) VALUES (?1, ?2, ?3, ?4)",
             )?;
@@ -412,15 +411,7 @@ impl SqliteDb {
                         (n.status == "queued").then_some(now),
                         now,
                     ])?;
-                    match item.effect {
-                        Effect::Extend(to) => {
-                            extend.execute(rusqlite::params![item.permit_no, to.to_string()])?;
-                        }
-                        Effect::SetStatus(s) => {
-                            status.execute(rusqlite::params![item.permit_no, s])?;
-                        }
-                        Effect::None => {}
-                    }
+                    effects.apply(&item.permit_no, item.effect)?;
                 }
                 release.execute(rusqlite::params![
                     item.event_id,
@@ -693,6 +684,36 @@ fn multi_row_insert(head: &str, columns: usize, tail: &str, rows: usize) -> Stri
         sql.push_str(&group);
     }
     sql
+}
+
+/// A run's permit changes (R3, R7), applied to the narrow `permit_state`
+/// table (migration 5) by a run and by `release`.
+struct EffectWriter<'c> {
+    extend: rusqlite::Statement<'c>,
+    status: rusqlite::Statement<'c>,
+}
+
+impl<'c> EffectWriter<'c> {
+    fn new(c: &'c rusqlite::Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            extend: c.prepare("UPDATE permit_state SET valid_until = ?2 WHERE permit_no = ?1")?,
+            status: c.prepare("UPDATE permit_state SET status = ?2 WHERE permit_no = ?1")?,
+        })
+    }
+
+    fn apply(&mut self, permit_no: &str, effect: Effect) -> rusqlite::Result<()> {
+        match effect {
+            Effect::Extend(to) => {
+                self.extend
+                    .execute(rusqlite::params![permit_no, to.to_string()])?;
+            }
+            Effect::SetStatus(s) => {
+                self.status.execute(rusqlite::params![permit_no, s])?;
+            }
+            Effect::None => {}
+        }
+        Ok(())
+    }
 }
 
 /// Binds one row's values at parameters `*next + 1 ..` of a multi-row
@@ -1177,10 +1198,7 @@ impl SqliteRunTx {
             let held_tail = if held { ", 1" } else { ", 0" };
             let mut full_events = None;
             let mut full_notices = None;
-            let mut extend =
-                c.prepare("UPDATE permit_state SET valid_until = ?2 WHERE permit_no = ?1")?;
-            let mut status =
-                c.prepare("UPDATE permit_state SET status = ?2 WHERE permit_no = ?1")?;
+            let mut effects = EffectWriter::new(c)?;
             for chunk in batch.events.chunks(ROWS_PER_INSERT) {
                 let mut partial;
                 let event = if chunk.len() == ROWS_PER_INSERT {
@@ -1266,15 +1284,7 @@ impl SqliteRunTx {
                 }
                 notice.raw_execute()?;
                 for e in chunk {
-                    match e.effect {
-                        Effect::Extend(to) => {
-                            extend.execute(rusqlite::params![e.permit_no, to.to_string()])?;
-                        }
-                        Effect::SetStatus(s) => {
-                            status.execute(rusqlite::params![e.permit_no, s])?;
-                        }
-                        Effect::None => {}
-                    }
+                    effects.apply(&e.permit_no, e.effect)?;
                 }
             }
             Ok(())
