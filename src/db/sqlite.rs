@@ -716,6 +716,26 @@ impl<'c> EffectWriter<'c> {
     }
 }
 
+/// The multi-row INSERT (`head`, `columns`, `tail` as for
+/// [`multi_row_insert`]) for a chunk of `rows` rows: a full chunk's
+/// statement is prepared once and kept in `full`, a shorter last chunk's
+/// in `partial`.
+fn chunk_insert<'s, 'c>(
+    c: &'c rusqlite::Connection,
+    full: &'s mut Option<rusqlite::Statement<'c>>,
+    partial: &'s mut Option<rusqlite::Statement<'c>>,
+    (head, columns, tail): (&str, usize, &str),
+    rows: usize,
+) -> rusqlite::Result<&'s mut rusqlite::Statement<'c>> {
+    if rows == ROWS_PER_INSERT {
+        if let Some(s) = full {
+            return Ok(s);
+        }
+        return Ok(full.insert(c.prepare(&multi_row_insert(head, columns, tail, rows))?));
+    }
+    Ok(partial.insert(c.prepare(&multi_row_insert(head, columns, tail, rows))?))
+}
+
 /// Binds one row's values at parameters `*next + 1 ..` of a multi-row
 /// statement and moves `*next` past them.
 fn bind_row(
@@ -1200,22 +1220,14 @@ impl SqliteRunTx {
             let mut full_notices = None;
             let mut effects = EffectWriter::new(c)?;
             for chunk in batch.events.chunks(ROWS_PER_INSERT) {
-                let mut partial;
-                let event = if chunk.len() == ROWS_PER_INSERT {
-                    match &mut full_events {
-                        Some(s) => s,
-                        None => full_events.insert(c.prepare(&multi_row_insert(
-                            EVENT_INSERT,
-                            15,
-                            held_tail,
-                            ROWS_PER_INSERT,
-                        ))?),
-                    }
-                } else {
-                    partial =
-                        c.prepare(&multi_row_insert(EVENT_INSERT, 15, held_tail, chunk.len()))?;
-                    &mut partial
-                };
+                let mut partial = None;
+                let event = chunk_insert(
+                    c,
+                    &mut full_events,
+                    &mut partial,
+                    (EVENT_INSERT, 15, held_tail),
+                    chunk.len(),
+                )?;
                 let mut i = 0;
                 for e in chunk {
                     let vu = e.valid_until.to_string();
@@ -1247,21 +1259,14 @@ impl SqliteRunTx {
                 if held {
                     continue;
                 }
-                let mut partial;
-                let notice = if chunk.len() == ROWS_PER_INSERT {
-                    match &mut full_notices {
-                        Some(s) => s,
-                        None => full_notices.insert(c.prepare(&multi_row_insert(
-                            NOTICE_INSERT,
-                            11,
-                            "",
-                            ROWS_PER_INSERT,
-                        ))?),
-                    }
-                } else {
-                    partial = c.prepare(&multi_row_insert(NOTICE_INSERT, 11, "", chunk.len()))?;
-                    &mut partial
-                };
+                let mut partial = None;
+                let notice = chunk_insert(
+                    c,
+                    &mut full_notices,
+                    &mut partial,
+                    (NOTICE_INSERT, 11, ""),
+                    chunk.len(),
+                )?;
                 let mut i = 0;
                 for e in chunk {
                     bind_row(
