@@ -353,6 +353,24 @@ impl ImportTx {
     }
 }
 
+/// What a run makes of a page of candidates: its events, in `permit_no`
+/// order ([`RunTx::event_pages`]).
+pub type MakeEvents = Box<dyn FnMut(Vec<Candidate>) -> Result<Vec<NewEvent>> + Send>;
+
+/// A run's pages of events in the making ([`RunTx::event_pages`]).
+pub enum EventPages {
+    /// Read and made on a thread of their own (SQLite).
+    Thread(sqlite::EventPageReader),
+    /// Read in the run's transaction and made when asked for (PostgreSQL).
+    InTurn {
+        to: NaiveDate,
+        limit: u32,
+        after: Option<String>,
+        make: MakeEvents,
+        done: bool,
+    },
+}
+
 /// A run's transaction. On SQLite the whole run is one write transaction:
 /// it sees its own writes, nobody else's, and commits with the run marked
 /// completed — or not at all. On PostgreSQL each page commits on its own,
@@ -383,6 +401,59 @@ impl RunTx {
         match self {
             RunTx::Sqlite(t) => t.candidates(to, after, limit).await,
             RunTx::Postgres(t) => t.candidates(to, after, limit).await,
+        }
+    }
+
+    /// Step 2's pages: the [`RunTx::candidates`] up to `to`, `limit` at a
+    /// time in `permit_no` order, each turned into its events by `make`,
+    /// taken one page at a time with [`RunTx::next_events`].
+    ///
+    /// On SQLite a thread of its own reads the pages over a second
+    /// connection and makes their events while this transaction writes the
+    /// page before (the read and the writes overlap on two cores). Its
+    /// snapshot is the register as this transaction found it: the run holds
+    /// the database's one write lock from its start, and a page's writes
+    /// change only the page's own permits, which come before the rest in
+    /// key order. PostgreSQL reads each page in the transaction, in turn.
+    pub fn event_pages(&self, to: NaiveDate, limit: u32, make: MakeEvents) -> EventPages {
+        match self {
+            RunTx::Sqlite(t) => EventPages::Thread(t.event_pages(to, limit, make)),
+            RunTx::Postgres(_) => EventPages::InTurn {
+                to,
+                limit,
+                after: None,
+                make,
+                done: false,
+            },
+        }
+    }
+
+    /// The next page's candidate count and events; `None` after the last.
+    pub async fn next_events(
+        &mut self,
+        pages: &mut EventPages,
+    ) -> Result<Option<(usize, Vec<NewEvent>)>> {
+        match pages {
+            EventPages::Thread(reader) => reader.next().await,
+            EventPages::InTurn {
+                to,
+                limit,
+                after,
+                make,
+                done,
+            } => {
+                if *done {
+                    return Ok(None);
+                }
+                let page = self.candidates(*to, after.as_deref(), *limit).await?;
+                let Some(last) = page.last() else {
+                    *done = true;
+                    return Ok(None);
+                };
+                *after = Some(last.permit.permit_no.clone());
+                let read = page.len();
+                Ok(Some((read, make(page)?)))
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row, Sqlite, SqlitePool, Transaction};
 
 use super::rows::*;
-use super::JobLock;
+use super::{JobLock, MakeEvents};
 use crate::domain::PermitStatus;
 use crate::error::{Error, Result};
 
@@ -82,6 +82,13 @@ fn raw_permit(r: &rusqlite::Row) -> rusqlite::Result<PermitRow> {
     })
 }
 
+/// Page cache of a pooled connection, KiB (negative: `PRAGMA cache_size`).
+macro_rules! pool_cache {
+    () => {
+        "-65536"
+    };
+}
+
 macro_rules! run_columns {
     () => {
         "run_id, as_of, status, attempts, started_at, finished_at, pending, brake, import_mark"
@@ -112,10 +119,10 @@ impl SqliteDb {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(60))
             .foreign_keys(true)
-            // 64 MiB of page cache per connection: a run uses two (its
-            // transaction and the ledger queries around it), and issue #2
-            // bounds the whole process at 500 MB (docs/benchmarks.md).
-            .pragma("cache_size", "-65536")
+            // 64 MiB of page cache per connection (a run's transaction
+            // takes less: RUN_CACHE): issue #2 bounds the whole process at
+            // 500 MB (docs/benchmarks.md).
+            .pragma("cache_size", pool_cache!())
             // No `temp_store` pragma: temporary storage (statement journals,
             // sorts too big for the cache) stays in files, SQLite's default.
             // In memory, migration 4 over a 10M-permit database took 1.2 GB
@@ -303,6 +310,7 @@ impl SqliteDb {
         import_mark: i64,
     ) -> Result<SqliteRunTx> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(RUN_CACHE).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO runs (as_of, status, started_at, import_mark) VALUES (?1, 'running', ?2, ?3)
              ON CONFLICT (as_of) WHERE status <> 'discarded' DO UPDATE SET attempts = attempts + 1,
@@ -323,7 +331,11 @@ impl SqliteDb {
         .fetch_one(&mut *tx)
         .await?;
         let run = run_record(&row)?;
-        Ok(SqliteRunTx { tx, run })
+        Ok(SqliteRunTx {
+            tx,
+            run,
+            path: self.path.clone(),
+        })
     }
 
     /// A held run's events in the order they were written.
@@ -1079,10 +1091,103 @@ impl SqliteImportTx {
     }
 }
 
+/// Step 2's candidates (R3, R4): the narrow permit_state table drives
+/// (CROSS JOIN keeps it outer) and a candidate's details are looked up by
+/// key.
+const CANDIDATES: &str =
+    "SELECT p.permit_no, d.id_number, d.name, d.phone, d.email, d.district_code,
+        d.street_code, d.address, p.valid_until, p.status, d.employer_uscc, d.si_status,
+        d.marital_status
+ FROM permit_state p CROSS JOIN permit_details d ON d.permit_no = p.permit_no
+ WHERE p.permit_no > ?1 AND p.status IN ('active', 'suspended') AND p.valid_until <= ?2
+ ORDER BY p.permit_no LIMIT ?3";
+
+type EventPage = Result<(usize, Vec<NewEvent>)>;
+
+/// A run's pages of events, read and made on a thread of their own
+/// ([`SqliteRunTx::event_pages`]).
+pub struct EventPageReader {
+    pages: tokio::sync::mpsc::Receiver<EventPage>,
+    thread: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EventPageReader {
+    pub async fn next(&mut self) -> Result<Option<(usize, Vec<NewEvent>)>> {
+        match self.pages.recv().await {
+            Some(page) => page.map(Some),
+            None => {
+                // The thread is done and its connection closed, so its
+                // snapshot does not hold back the checkpoint after the
+                // run's commit.
+                if let Some(thread) = self.thread.take() {
+                    thread.await.map_err(|e| {
+                        Error::Runtime(anyhow::anyhow!("the run's page reader failed: {e}"))
+                    })?;
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The body of [`SqliteRunTx::event_pages`]'s thread.
+fn read_event_pages(
+    path: &Path,
+    to: NaiveDate,
+    limit: u32,
+    mut make: MakeEvents,
+    send: &tokio::sync::mpsc::Sender<EventPage>,
+) -> Result<()> {
+    use rusqlite::OpenFlags;
+    let c = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(raw_err)?;
+    // A sequential pass: a small cache is enough (the process's memory
+    // bound counts every connection's).
+    c.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -1024; BEGIN")
+        .map_err(raw_err)?;
+    c.busy_timeout(Duration::from_secs(60)).map_err(raw_err)?;
+    let mut stmt = c.prepare(CANDIDATES).map_err(raw_err)?;
+    let to = to.to_string();
+    let mut after = String::new();
+    loop {
+        let page: Vec<Candidate> = stmt
+            .query_map(rusqlite::params![after, to, limit], |r| {
+                Ok(Candidate {
+                    permit: raw_permit(r)?,
+                })
+            })
+            .map_err(raw_err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(raw_err)?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = last.permit.permit_no.clone();
+        let read = page.len();
+        let events = make(page)?;
+        if send.blocking_send(Ok((read, events))).is_err() {
+            // The run stopped (an error on the writer's side).
+            return Ok(());
+        }
+    }
+}
+
+/// Page cache of a run's transaction while it lasts, KiB: its reads are
+/// sequential passes and its writes append in key order, so a larger cache
+/// buys it nothing, but the connection's memory grew to about twice its
+/// cache while another connection read the pages (measured at 1M: 248 MB
+/// at 64 MiB, 118–137 MB at 16 MiB; docs/benchmarks.md).
+const RUN_CACHE: &str = "PRAGMA cache_size = -16384";
+
 /// The run's one write transaction (BEGIN IMMEDIATE).
 pub struct SqliteRunTx {
     tx: Transaction<'static, Sqlite>,
     pub run: RunRecord,
+    /// The database file, for [`SqliteRunTx::event_pages`]'s reader.
+    path: PathBuf,
 }
 
 impl SqliteRunTx {
@@ -1094,21 +1199,32 @@ impl SqliteRunTx {
     ) -> Result<Vec<Candidate>> {
         let after = after.unwrap_or("");
         with_raw(&mut self.tx, |c| {
-            let mut stmt = c.prepare(
-                // The narrow permit_state table drives (CROSS JOIN keeps it
-                // outer): a candidate's details are looked up by key.
-                "SELECT p.permit_no, d.id_number, d.name, d.phone, d.email, d.district_code, d.street_code,
-                        d.address, p.valid_until, p.status, d.employer_uscc, d.si_status, d.marital_status
-                 FROM permit_state p CROSS JOIN permit_details d ON d.permit_no = p.permit_no
-                 WHERE p.permit_no > ?1 AND p.status IN ('active', 'suspended') AND p.valid_until <= ?2
-                 ORDER BY p.permit_no LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(rusqlite::params![after, to.to_string(), limit], |r| {
-                Ok(Candidate { permit: raw_permit(r)? })
-            })?;
-            rows.collect()
+            c.prepare(CANDIDATES)?
+                .query_map(rusqlite::params![after, to.to_string(), limit], |r| {
+                    Ok(Candidate {
+                        permit: raw_permit(r)?,
+                    })
+                })?
+                .collect()
         })
         .await
+    }
+
+    /// [`crate::db::RunTx::event_pages`]: a blocking thread reads the pages
+    /// over its own connection, in one read transaction, and makes their
+    /// events, at most one page ahead of the writer.
+    pub fn event_pages(&self, to: NaiveDate, limit: u32, make: MakeEvents) -> EventPageReader {
+        let (send, pages) = tokio::sync::mpsc::channel(1);
+        let path = self.path.clone();
+        let thread = tokio::task::spawn_blocking(move || {
+            if let Err(e) = read_event_pages(&path, to, limit, make, &send) {
+                let _ = send.blocking_send(Err(e));
+            }
+        });
+        EventPageReader {
+            pages,
+            thread: Some(thread),
+        }
     }
 
     pub async fn due_permits(
@@ -1321,12 +1437,22 @@ impl SqliteRunTx {
             .bind(self.run.run_id)
             .execute(&mut *self.tx)
             .await?;
+        self.restore_cache().await?;
         self.tx.commit().await?;
         Ok(())
     }
 
-    pub async fn rollback(self) -> Result<()> {
+    pub async fn rollback(mut self) -> Result<()> {
+        self.restore_cache().await?;
         self.tx.rollback().await?;
+        Ok(())
+    }
+
+    /// The pooled connection's page cache again (not transactional).
+    async fn restore_cache(&mut self) -> Result<()> {
+        sqlx::query(concat!("PRAGMA cache_size = ", pool_cache!()))
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 }

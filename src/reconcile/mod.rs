@@ -25,7 +25,8 @@ use chrono::{Duration, NaiveDate};
 use tracing::Instrument;
 
 use crate::db::{
-    Db, EvidenceBounds, EvidenceSink, NewEvent, PermitRow, RunBatch, RunCount, RunRecord, RunTx,
+    Candidate, Db, EvidenceBounds, EvidenceSink, NewEvent, PermitRow, RunBatch, RunCount,
+    RunRecord, RunTx,
 };
 use crate::domain::{
     EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
@@ -183,7 +184,7 @@ async fn decide(
     let result = evaluate(&mut ctx, &mut tx).await;
     bar.finish_and_clear();
     let planned = match result {
-        Ok(plan) => plan.counts,
+        Ok(counts) => counts,
         Err(e) => {
             let _ = tx.rollback().await;
             return Err(e);
@@ -238,51 +239,53 @@ struct Ctx<'a> {
     written: std::cell::RefCell<BTreeMap<(&'static str, String, &'static str), i64>>,
 }
 
-impl Ctx<'_> {
-    fn event(
-        &self,
-        kind: EventKind,
-        permit: &PermitRow,
-        reasons: &[Reason],
-        selected: &Selected,
-    ) -> NewEvent {
-        let new_valid_until = match kind {
-            EventKind::AutoSigned => Some(crate::domain::add_one_year(permit.valid_until)),
-            _ => None,
-        };
-        let effect = match kind {
-            EventKind::AutoSigned => {
-                crate::db::Effect::Extend(new_valid_until.unwrap_or(permit.valid_until))
-            }
-            EventKind::VisitCenter => crate::db::Effect::None,
-            EventKind::Suspended => crate::db::Effect::SetStatus(PermitStatus::Suspended.code()),
-            EventKind::Cancelled => crate::db::Effect::SetStatus(PermitStatus::Cancelled.code()),
-        };
-        NewEvent {
-            permit_no: permit.permit_no.clone(),
-            id_number: permit.id_number.clone(),
-            kind: kind.code(),
-            reasons: reasons
-                .iter()
-                .map(|r| r.code())
-                .collect::<Vec<_>>()
-                .join(";"),
-            valid_until: permit.valid_until,
-            new_valid_until,
-            residence_visited_on: selected.visit.as_ref().map(|v| v.visited_on),
-            residence_result: selected.visit.as_ref().map(|v| v.result.code().to_string()),
-            si_month: selected.payment.as_ref().map(|p| p.month.to_string()),
-            si_status: selected
-                .payment
-                .as_ref()
-                .map(|p| p.status.code().to_string()),
-            si_employer_uscc: selected.payment.as_ref().map(|p| p.employer_uscc.clone()),
-            marital_status: selected.marital_status.map(|m| m.code().to_string()),
-            effect,
-            notice: self.notices.compose(kind, permit, reasons, new_valid_until),
+/// The event for `permit` with its notice (R7, R8).
+fn event(
+    notices: &Notices,
+    kind: EventKind,
+    permit: PermitRow,
+    reasons: &[Reason],
+    selected: &Selected,
+) -> NewEvent {
+    let new_valid_until = match kind {
+        EventKind::AutoSigned => Some(crate::domain::add_one_year(permit.valid_until)),
+        _ => None,
+    };
+    let effect = match kind {
+        EventKind::AutoSigned => {
+            crate::db::Effect::Extend(new_valid_until.unwrap_or(permit.valid_until))
         }
+        EventKind::VisitCenter => crate::db::Effect::None,
+        EventKind::Suspended => crate::db::Effect::SetStatus(PermitStatus::Suspended.code()),
+        EventKind::Cancelled => crate::db::Effect::SetStatus(PermitStatus::Cancelled.code()),
+    };
+    let notice = notices.compose(kind, &permit, reasons, new_valid_until);
+    NewEvent {
+        permit_no: permit.permit_no,
+        id_number: permit.id_number,
+        kind: kind.code(),
+        reasons: reasons
+            .iter()
+            .map(|r| r.code())
+            .collect::<Vec<_>>()
+            .join(";"),
+        valid_until: permit.valid_until,
+        new_valid_until,
+        residence_visited_on: selected.visit.as_ref().map(|v| v.visited_on),
+        residence_result: selected.visit.as_ref().map(|v| v.result.code().to_string()),
+        si_month: selected.payment.as_ref().map(|p| p.month.to_string()),
+        si_status: selected
+            .payment
+            .as_ref()
+            .map(|p| p.status.code().to_string()),
+        si_employer_uscc: selected.payment.as_ref().map(|p| p.employer_uscc.clone()),
+        marital_status: selected.marital_status.map(|m| m.code().to_string()),
+        effect,
+        notice,
     }
+}
 
+impl Ctx<'_> {
     async fn write(&self, tx: &mut RunTx, events: Vec<NewEvent>) -> Result<()> {
         let mut tally: BTreeMap<(&'static str, &str, &'static str), i64> = BTreeMap::new();
         for e in &events {
@@ -453,7 +456,7 @@ impl RunPlan {
 
 /// Plans the run, then carries it out. Returns the plan (its PENDING
 /// count and reasons go into the summary).
-async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
+async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<PlanCounts> {
     let plan = plan(ctx, tx).await?;
     tracing::info!(
         due = plan.counts.due,
@@ -472,8 +475,9 @@ async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
             ctx.held = true;
         }
     }
-    apply(ctx, tx, &plan).await?;
-    Ok(plan)
+    let counts = plan.counts.clone();
+    apply(ctx, tx, plan).await?;
+    Ok(counts)
 }
 
 /// The evidence horizon of a run (R5, C4): what any due permit may use.
@@ -751,42 +755,50 @@ fn decide_due(
 /// One ordered pass rather than an index walk per rule: the first night
 /// after go-live touches a quarter of the register, and in key order every
 /// read and write lands next to the previous one (docs/benchmarks.md).
-async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: &RunPlan) -> Result<()> {
-    let rules = &ctx.settings.rules;
+/// A page's events are made where the page is read
+/// ([`RunTx::event_pages`]: on SQLite a thread of its own, while this one
+/// writes the page before).
+async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: RunPlan) -> Result<()> {
+    let rules = ctx.settings.rules.clone();
+    let notices = ctx.notices.clone();
     let as_of = ctx.as_of;
     let to = as_of + Duration::days(i64::from(rules.window_days));
-    let mut after: Option<String> = None;
-    loop {
-        let page = tx
-            .candidates(to, after.as_deref(), ctx.settings.run.page_permits)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.permit.permit_no.clone());
+    let make = move |page: Vec<Candidate>| -> Result<Vec<NewEvent>> {
         let mut events = Vec::new();
-        for c in &page {
+        for c in page {
             let status = stored(
                 "status",
                 &c.permit.status,
                 PermitStatus::parse(&c.permit.status),
             )?;
-            if let Some(kind) = rules::lifecycle(status, c.permit.valid_until, as_of, rules) {
-                events.push(ctx.event(kind, &c.permit, &[], &Selected::default()));
-            } else if rules::is_due(status, c.permit.valid_until, as_of, rules) {
+            if let Some(kind) = rules::lifecycle(status, c.permit.valid_until, as_of, &rules) {
+                events.push(event(&notices, kind, c.permit, &[], &Selected::default()));
+            } else if rules::is_due(status, c.permit.valid_until, as_of, &rules) {
                 // C8: the plan left out cycles with a final decision, and
                 // holds no decision for PENDING permits.
                 if let Some(d) = plan
                     .decision(&c.permit.permit_no)
                     .filter(|d| d.valid_until == c.permit.valid_until)
                 {
-                    events.push(ctx.event(d.kind, &c.permit, &d.reasons(), &d.selected()));
+                    events.push(event(
+                        &notices,
+                        d.kind,
+                        c.permit,
+                        &d.reasons(),
+                        &d.selected(),
+                    ));
                 }
             }
         }
         // Events in permit_no order: the audit trail's insertion order is its
         // export order.
         events.sort_by(|a, b| a.permit_no.cmp(&b.permit_no));
+        Ok(events)
+    };
+    let mut pages = tx.event_pages(to, ctx.settings.run.page_permits, Box::new(make));
+    while let Some((read, events)) = tx.next_events(&mut pages).await? {
         ctx.write(tx, events).await?;
-        ctx.bar.inc(page.len() as u64);
+        ctx.bar.inc(read as u64);
     }
     Ok(())
 }
