@@ -672,6 +672,21 @@ macro_rules! decided_sqlite {
 const ROWS_PER_INSERT: usize = 64;
 const _: () = assert!(ROWS_PER_INSERT * 15 <= 32_766);
 
+const PERMIT_DETAILS_UPSERT: &str = "INSERT INTO permit_details (permit_no, id_number, name, phone,
+    email, district_code, street_code, address, employer_uscc, si_status, marital_status, import_id,
+    import_line, prior_valid_until, prior_status) VALUES ";
+const PERMIT_DETAILS_ON_CONFLICT: &str = " ON CONFLICT (permit_no) DO UPDATE SET
+    id_number = excluded.id_number, name = excluded.name, phone = excluded.phone,
+    email = excluded.email, district_code = excluded.district_code,
+    street_code = excluded.street_code, address = excluded.address,
+    employer_uscc = excluded.employer_uscc, si_status = excluded.si_status,
+    marital_status = excluded.marital_status, import_id = excluded.import_id,
+    import_line = excluded.import_line, prior_valid_until = excluded.prior_valid_until,
+    prior_status = excluded.prior_status";
+const PERMIT_STATE_UPSERT: &str =
+    "INSERT INTO permit_state (permit_no, valid_until, status) VALUES ";
+const PERMIT_STATE_ON_CONFLICT: &str = " ON CONFLICT (permit_no) DO UPDATE SET
+    valid_until = excluded.valid_until, status = excluded.status";
 const EVENT_INSERT: &str = "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons,
     valid_until, new_valid_until, residence_visited_on, residence_result, si_month, si_status,
     si_employer_uscc, marital_status, decided_at, held) VALUES ";
@@ -729,23 +744,24 @@ impl<'c> EffectWriter<'c> {
 }
 
 /// The multi-row INSERT (`head`, `columns`, `tail` as for
-/// [`multi_row_insert`]) for a chunk of `rows` rows: a full chunk's
-/// statement is prepared once and kept in `full`, a shorter last chunk's
-/// in `partial`.
+/// [`multi_row_insert`], then `end`, e.g. an upsert's ON CONFLICT clause)
+/// for a chunk of `rows` rows: a full chunk's statement is prepared once and
+/// kept in `full`, a shorter last chunk's in `partial`.
 fn chunk_insert<'s, 'c>(
     c: &'c rusqlite::Connection,
     full: &'s mut Option<rusqlite::Statement<'c>>,
     partial: &'s mut Option<rusqlite::Statement<'c>>,
-    (head, columns, tail): (&str, usize, &str),
+    (head, columns, tail, end): (&str, usize, &str, &str),
     rows: usize,
 ) -> rusqlite::Result<&'s mut rusqlite::Statement<'c>> {
+    let sql = || multi_row_insert(head, columns, tail, rows) + end;
     if rows == ROWS_PER_INSERT {
         if let Some(s) = full {
             return Ok(s);
         }
-        return Ok(full.insert(c.prepare(&multi_row_insert(head, columns, tail, rows))?));
+        return Ok(full.insert(c.prepare(&sql())?));
     }
-    Ok(partial.insert(c.prepare(&multi_row_insert(head, columns, tail, rows))?))
+    Ok(partial.insert(c.prepare(&sql())?))
 }
 
 /// Binds one row's values at parameters `*next + 1 ..` of a multi-row
@@ -889,48 +905,61 @@ impl SqliteImportTx {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             // The register is two tables (migration 0005): the run rewrites
-            // permit_state only.
-            let mut details = c.prepare(
-                "INSERT INTO permit_details (permit_no, id_number, name, phone, email, district_code,
-                 street_code, address, employer_uscc, si_status, marital_status, import_id,
-                 import_line, prior_valid_until, prior_status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                 ON CONFLICT (permit_no) DO UPDATE SET id_number = excluded.id_number, name = excluded.name,
-                  phone = excluded.phone, email = excluded.email, district_code = excluded.district_code,
-                  street_code = excluded.street_code, address = excluded.address,
-                  employer_uscc = excluded.employer_uscc, si_status = excluded.si_status,
-                  marital_status = excluded.marital_status, import_id = excluded.import_id,
-                  import_line = excluded.import_line, prior_valid_until = excluded.prior_valid_until,
-                  prior_status = excluded.prior_status",
-            )?;
-            let mut state = c.prepare(
-                "INSERT INTO permit_state (permit_no, valid_until, status) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (permit_no) DO UPDATE SET valid_until = excluded.valid_until,
-                  status = excluded.status",
-            )?;
-            for (p, mark) in rows {
-                details.execute(rusqlite::params![
-                    p.permit_no,
-                    p.id_number,
-                    p.name,
-                    p.phone,
-                    p.email,
-                    p.district_code,
-                    p.street_code,
-                    p.address,
-                    p.employer_uscc,
-                    p.si_status,
-                    p.marital_status,
-                    import_id,
-                    mark.line as i64,
-                    mark.prior.map(|x| x.valid_until.to_string()),
-                    mark.prior.map(|x| x.status.code()),
-                ])?;
-                state.execute(rusqlite::params![
-                    p.permit_no,
-                    p.valid_until.to_string(),
-                    p.status
-                ])?;
+            // permit_state only. Multi-row upserts of up to ROWS_PER_INSERT
+            // rows (a batch holds one row per permit_no: R2 is settled
+            // before).
+            let (mut full_details, mut full_state) = (None, None);
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                let mut partial = None;
+                let details = chunk_insert(
+                    c,
+                    &mut full_details,
+                    &mut partial,
+                    (PERMIT_DETAILS_UPSERT, 15, "", PERMIT_DETAILS_ON_CONFLICT),
+                    chunk.len(),
+                )?;
+                let mut i = 0;
+                for (p, mark) in chunk {
+                    bind_row(
+                        details,
+                        &mut i,
+                        rusqlite::params![
+                            p.permit_no,
+                            p.id_number,
+                            p.name,
+                            p.phone,
+                            p.email,
+                            p.district_code,
+                            p.street_code,
+                            p.address,
+                            p.employer_uscc,
+                            p.si_status,
+                            p.marital_status,
+                            import_id,
+                            mark.line as i64,
+                            mark.prior.map(|x| x.valid_until.to_string()),
+                            mark.prior.map(|x| x.status.code()),
+                        ],
+                    )?;
+                }
+                details.raw_execute()?;
+                let mut partial = None;
+                let state = chunk_insert(
+                    c,
+                    &mut full_state,
+                    &mut partial,
+                    (PERMIT_STATE_UPSERT, 3, "", PERMIT_STATE_ON_CONFLICT),
+                    chunk.len(),
+                )?;
+                let mut i = 0;
+                for (p, _) in chunk {
+                    bind_row(
+                        state,
+                        &mut i,
+                        rusqlite::params![p.permit_no, p.valid_until.to_string(), p.status],
+                    )?;
+                }
+                state.raw_execute()?;
             }
             Ok(())
         })
@@ -1341,7 +1370,7 @@ impl SqliteRunTx {
                     c,
                     &mut full_events,
                     &mut partial,
-                    (EVENT_INSERT, 15, held_tail),
+                    (EVENT_INSERT, 15, held_tail, ""),
                     chunk.len(),
                 )?;
                 let mut i = 0;
@@ -1380,7 +1409,7 @@ impl SqliteRunTx {
                     c,
                     &mut full_notices,
                     &mut partial,
-                    (NOTICE_INSERT, 11, ""),
+                    (NOTICE_INSERT, 11, "", ""),
                     chunk.len(),
                 )?;
                 let mut i = 0;
