@@ -1530,7 +1530,9 @@ impl SqliteRunTx {
     }
 
     pub async fn rollback(mut self) -> Result<()> {
-        self.restore_cache().await?;
+        // The rollback matters, the cache size does not: its failure is no
+        // reason to skip the rollback.
+        let _ = self.restore_cache().await;
         self.tx.rollback().await?;
         Ok(())
     }
