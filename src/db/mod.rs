@@ -389,24 +389,10 @@ impl RunTx {
         }
     }
 
-    /// The run's candidates, one page at a time in `permit_no` order after
-    /// `after`: active or suspended permits with `valid_until <= to` (R3,
-    /// R4).
-    pub async fn candidates(
-        &mut self,
-        to: NaiveDate,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<Candidate>> {
-        match self {
-            RunTx::Sqlite(t) => t.candidates(to, after, limit).await,
-            RunTx::Postgres(t) => t.candidates(to, after, limit).await,
-        }
-    }
-
-    /// Step 2's pages: the [`RunTx::candidates`] up to `to`, `limit` at a
-    /// time in `permit_no` order, each turned into its events by `make`,
-    /// taken one page at a time with [`RunTx::next_events`].
+    /// Step 2's pages: the run's candidates (active or suspended permits
+    /// with `valid_until <= to`, R3, R4), `limit` at a time in `permit_no`
+    /// order, each turned into its events by `make`, taken one page at a
+    /// time with [`RunTx::next_events`].
     ///
     /// On SQLite a thread of its own reads the pages over a second
     /// connection and makes their events while this transaction writes the
@@ -433,19 +419,25 @@ impl RunTx {
         &mut self,
         pages: &mut EventPages,
     ) -> Result<Option<(usize, Vec<NewEvent>)>> {
-        match pages {
-            EventPages::Thread(reader) => reader.next().await,
-            EventPages::InTurn {
-                to,
-                limit,
-                after,
-                make,
-                done,
-            } => {
+        match (self, pages) {
+            (_, EventPages::Thread(reader)) => reader.next().await,
+            (RunTx::Sqlite(_), EventPages::InTurn { .. }) => Err(Error::Runtime(anyhow::anyhow!(
+                "internal: a SQLite run reads its pages on a thread of their own"
+            ))),
+            (
+                RunTx::Postgres(t),
+                EventPages::InTurn {
+                    to,
+                    limit,
+                    after,
+                    make,
+                    done,
+                },
+            ) => {
                 if *done {
                     return Ok(None);
                 }
-                let page = self.candidates(*to, after.as_deref(), *limit).await?;
+                let page = t.candidates(*to, after.as_deref(), *limit).await?;
                 let Some(last) = page.last() else {
                     *done = true;
                     return Ok(None);

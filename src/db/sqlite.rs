@@ -1278,25 +1278,6 @@ pub struct SqliteRunTx {
 }
 
 impl SqliteRunTx {
-    pub async fn candidates(
-        &mut self,
-        to: NaiveDate,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<Candidate>> {
-        let after = after.unwrap_or("");
-        with_raw(&mut self.tx, |c| {
-            c.prepare(CANDIDATES)?
-                .query_map(rusqlite::params![after, to.to_string(), limit], |r| {
-                    Ok(Candidate {
-                        permit: raw_permit(r)?,
-                    })
-                })?
-                .collect()
-        })
-        .await
-    }
-
     /// [`crate::db::RunTx::event_pages`]: a blocking thread reads the pages
     /// over its own connection, in one read transaction, and makes their
     /// events, at most one page ahead of the writer.

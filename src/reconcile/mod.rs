@@ -454,8 +454,8 @@ impl RunPlan {
     }
 }
 
-/// Plans the run, then carries it out. Returns the plan (its PENDING
-/// count and reasons go into the summary).
+/// Plans the run, then carries it out. Returns the plan's counts (its
+/// PENDING count and reasons go into the summary).
 async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<PlanCounts> {
     let plan = plan(ctx, tx).await?;
     tracing::info!(
