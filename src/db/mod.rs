@@ -474,15 +474,19 @@ impl RunTx {
 
     /// Feeds `sink` the feed rows of these holders within `bounds` (R5,
     /// C4). SQLite reads each feed table once, sequentially, keeping the
-    /// rows `sink` wants; PostgreSQL looks the holders up by key.
+    /// rows `sink` wants, and gives the later part of the social-insurance
+    /// rows to `later` (read at the same time on another thread; the caller
+    /// merges it into `sink` as rows that came after). PostgreSQL looks the
+    /// holders up by key and leaves `later` empty.
     pub async fn feed_evidence(
         &mut self,
         id_numbers: &[&str],
         bounds: &EvidenceBounds,
         sink: &mut (dyn EvidenceSink + Send),
+        later: &mut (dyn EvidenceSink + Send),
     ) -> Result<()> {
         match self {
-            RunTx::Sqlite(t) => t.feed_evidence(bounds, sink).await,
+            RunTx::Sqlite(t) => t.feed_evidence(bounds, sink, later).await,
             RunTx::Postgres(t) => t.feed_evidence(id_numbers, bounds, sink).await,
         }
     }

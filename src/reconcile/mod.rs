@@ -560,6 +560,35 @@ impl DueEvidence {
     }
 }
 
+impl DueEvidence {
+    /// Evidence to be gathered for these holders ([`id_key`]s).
+    fn for_holders(ids: impl Iterator<Item = u64>) -> Self {
+        DueEvidence {
+            slots: ids.map(|id| (id, Slot::default())).collect(),
+            visits: HashMap::new(),
+            invalid: None,
+        }
+    }
+
+    /// Takes in `later`'s payments, read from rows that came after all of
+    /// this one's (R2: of two rows for the same month, the later wins;
+    /// R5: the latest month counts). Its first unparsable value counts
+    /// only if this one had none.
+    fn merge_later(&mut self, later: DueEvidence) {
+        for (id, slot) in later.slots {
+            let (Some(p), Some(mine)) = (slot.payment, self.slots.get_mut(&id)) else {
+                continue;
+            };
+            if mine.payment.as_ref().is_none_or(|q| p.month >= q.month) {
+                mine.payment = Some(p);
+            }
+        }
+        if self.invalid.is_none() {
+            self.invalid = later.invalid;
+        }
+    }
+}
+
 impl EvidenceSink for DueEvidence {
     fn wants(&self, id_number: &str) -> bool {
         self.slots.contains_key(&id_key(id_number))
@@ -645,14 +674,13 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
             });
         }
     }
-    let mut evidence = DueEvidence {
-        slots: due.iter().map(|d| (d.id, Slot::default())).collect(),
-        visits: HashMap::new(),
-        invalid: None,
-    };
+    let mut evidence = DueEvidence::for_holders(due.iter().map(|d| d.id));
+    let mut later = DueEvidence::for_holders(due.iter().map(|d| d.id));
     let ids: Vec<&str> = due.iter().filter_map(|d| d.id_number.as_deref()).collect();
-    tx.feed_evidence(&ids, &bounds, &mut evidence).await?;
+    tx.feed_evidence(&ids, &bounds, &mut evidence, &mut later)
+        .await?;
     drop(ids);
+    evidence.merge_later(later);
     if let Some(e) = evidence.invalid.take() {
         return Err(e);
     }
@@ -913,5 +941,73 @@ mod tests {
         assert_eq!(plan.decision("P10").map(|d| d.permit_no()), Some("P10"));
         assert_eq!(plan.decision("P2").map(|d| d.permit_no()), Some("P2"));
         assert!(plan.decision("P3").is_none());
+    }
+
+    /// The latest month's payment of a holder, or `None`.
+    fn paid(e: &DueEvidence, id: &str) -> Option<(String, PaymentStatus, String)> {
+        e.slots[&id_key(id)]
+            .payment
+            .as_ref()
+            .map(|p| (p.month.to_string(), p.status, p.employer_uscc.to_string()))
+    }
+
+    #[test]
+    fn payments_read_in_two_parts_merge_as_if_read_in_one_pass() {
+        // R2 and R5 across SQLite's split social-insurance scan: `later`
+        // holds rows that came after all of `first`'s.
+        const A: &str = "11010519491231002X";
+        const B: &str = "110105194912310029";
+        const C: &str = "110105194912310037";
+        const USCC: &str = "91310000MA1FL0000X";
+        let ids = [A, B, C, "110105194912310045"].map(id_key);
+        let mut first = DueEvidence::for_holders(ids.into_iter());
+        let mut later = DueEvidence::for_holders(ids.into_iter());
+        let mut one_pass = DueEvidence::for_holders(ids.into_iter());
+        let rows_first = [
+            (A, "2026-11", "paid", "E1"),
+            (B, "2026-11", "paid", "E1"),
+            (C, "2026-10", "paid", "E1"),
+        ];
+        let rows_later = [
+            // The same month again: the later row wins.
+            (A, "2026-11", "stopped", "E2"),
+            // An earlier month: the latest month still counts.
+            (B, "2026-09", "stopped", "E2"),
+            // A later month: it counts.
+            (C, "2026-11", "stopped", USCC),
+            // Not a due holder: ignored.
+            ("110105194912310053", "2026-11", "paid", "E1"),
+        ];
+        for (id, m, st, e) in rows_first {
+            first.payment(id, m, st, e);
+            one_pass.payment(id, m, st, e);
+        }
+        for (id, m, st, e) in rows_later {
+            later.payment(id, m, st, e);
+            one_pass.payment(id, m, st, e);
+        }
+        first.merge_later(later);
+        for id in [A, B, C] {
+            assert_eq!(paid(&first, id), paid(&one_pass, id), "{id}");
+        }
+        let stopped = PaymentStatus::parse("stopped").ok();
+        assert_eq!(
+            paid(&first, A).map(|p| (p.1, p.2)),
+            stopped.map(|s| (s, "E2".into()))
+        );
+        assert_eq!(paid(&first, B).map(|p| p.0), Some("2026-11".to_string()));
+        assert_eq!(paid(&first, C).map(|p| p.2), Some(USCC.to_string()));
+        assert_eq!(paid(&first, "110105194912310045"), None);
+        assert!(first.invalid.is_none());
+    }
+
+    #[test]
+    fn an_unparsable_value_in_the_later_part_is_not_lost() {
+        let ids = ["11010519491231002X"].map(id_key);
+        let mut first = DueEvidence::for_holders(ids.into_iter());
+        let mut later = DueEvidence::for_holders(ids.into_iter());
+        later.payment("11010519491231002X", "2026-13", "paid", "");
+        first.merge_later(later);
+        assert!(first.invalid.is_some());
     }
 }
