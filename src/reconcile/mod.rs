@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate};
 use tracing::Instrument;
@@ -520,7 +521,11 @@ struct Slot {
 
 /// The due holders' evidence, keyed by [`id_key`].
 struct DueEvidence {
-    slots: HashMap<u64, Slot>,
+    /// Each due holder's position in `slots`, by [`id_key`]; shared with
+    /// [`DueEvidence::part`]s (at 10M permits ~680,000 holders: the index
+    /// is 13 MB, a part's slots 27 MB).
+    index: Arc<HashMap<u64, u32>>,
+    slots: Vec<Slot>,
     /// One per `visited_on`, for the due holders that have any.
     visits: HashMap<u64, Vec<Visit>>,
     /// The first stored value that did not parse.
@@ -563,22 +568,47 @@ impl DueEvidence {
 impl DueEvidence {
     /// Evidence to be gathered for these holders ([`id_key`]s).
     fn for_holders(ids: impl Iterator<Item = u64>) -> Self {
+        let mut index = HashMap::new();
+        for id in ids {
+            let next = index.len() as u32;
+            index.entry(id).or_insert(next);
+        }
         DueEvidence {
-            slots: ids.map(|id| (id, Slot::default())).collect(),
+            slots: (0..index.len()).map(|_| Slot::default()).collect(),
+            index: Arc::new(index),
             visits: HashMap::new(),
             invalid: None,
         }
     }
 
-    /// Takes in `later`'s payments, read from rows that came after all of
-    /// this one's (R2: of two rows for the same month, the later wins;
-    /// R5: the latest month counts). Its first unparsable value counts
-    /// only if this one had none.
+    /// Empty evidence for the same holders: what a part of a split scan
+    /// fills on another thread, for [`DueEvidence::merge_later`].
+    fn part(&self) -> Self {
+        DueEvidence {
+            index: Arc::clone(&self.index),
+            slots: (0..self.slots.len()).map(|_| Slot::default()).collect(),
+            visits: HashMap::new(),
+            invalid: None,
+        }
+    }
+
+    fn slot(&self, id: u64) -> Option<&Slot> {
+        let i = *self.index.get(&id)?;
+        self.slots.get(i as usize)
+    }
+
+    fn slot_mut(&mut self, id: u64) -> Option<&mut Slot> {
+        let i = *self.index.get(&id)?;
+        self.slots.get_mut(i as usize)
+    }
+
+    /// Takes in the payments of `later`, a [`DueEvidence::part`] of this
+    /// one read from rows that came after all of this one's (R2: of two
+    /// rows for the same month, the later wins; R5: the latest month
+    /// counts). Its first unparsable value counts only if this one had none.
     fn merge_later(&mut self, later: DueEvidence) {
-        for (id, slot) in later.slots {
-            let (Some(p), Some(mine)) = (slot.payment, self.slots.get_mut(&id)) else {
-                continue;
-            };
+        for (mine, theirs) in self.slots.iter_mut().zip(later.slots) {
+            let Some(p) = theirs.payment else { continue };
             if mine.payment.as_ref().is_none_or(|q| p.month >= q.month) {
                 mine.payment = Some(p);
             }
@@ -591,7 +621,7 @@ impl DueEvidence {
 
 impl EvidenceSink for DueEvidence {
     fn wants(&self, id_number: &str) -> bool {
-        self.slots.contains_key(&id_key(id_number))
+        self.index.contains_key(&id_key(id_number))
     }
 
     fn residence(&mut self, id_number: &str, visited_on: NaiveDate, result: &str) {
@@ -600,7 +630,7 @@ impl EvidenceSink for DueEvidence {
             Err(e) => return self.invalid("residence result", result, e),
         };
         let key = id_key(id_number);
-        if self.slots.contains_key(&key) {
+        if self.index.contains_key(&key) {
             let visits = self.visits.entry(key).or_default();
             match visits.iter_mut().find(|v| v.visited_on == visited_on) {
                 Some(v) => v.result = result,
@@ -618,7 +648,7 @@ impl EvidenceSink for DueEvidence {
             Ok(s) => s,
             Err(e) => return self.invalid("payment status", status, e),
         };
-        if let Some(slot) = self.slots.get_mut(&id_key(id_number)) {
+        if let Some(slot) = self.slot_mut(id_key(id_number)) {
             // The same month again is a later row for the key: it wins.
             if slot.payment.as_ref().is_none_or(|p| m >= p.month) {
                 slot.payment = Some(PlannedPayment {
@@ -635,7 +665,7 @@ impl EvidenceSink for DueEvidence {
             Ok(m) => m,
             Err(e) => return self.invalid("marital status", marital_status, e),
         };
-        if let Some(slot) = self.slots.get_mut(&id_key(id_number)) {
+        if let Some(slot) = self.slot_mut(id_key(id_number)) {
             slot.civil = Some((m, as_of));
         }
     }
@@ -675,7 +705,7 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
         }
     }
     let mut evidence = DueEvidence::for_holders(due.iter().map(|d| d.id));
-    let mut later = DueEvidence::for_holders(due.iter().map(|d| d.id));
+    let mut later = evidence.part();
     let ids: Vec<&str> = due.iter().filter_map(|d| d.id_number.as_deref()).collect();
     tx.feed_evidence(&ids, &bounds, &mut evidence, &mut later)
         .await?;
@@ -685,8 +715,11 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
         return Err(e);
     }
     let mut plan = RunPlan::default();
+    // At most one decision per due permit: sized once, the list does not
+    // double (and briefly take three times its size) as it grows.
+    plan.decisions.reserve_exact(due.len());
     for permit in due {
-        let slot = evidence.slots.get(&permit.id);
+        let slot = evidence.slot(permit.id);
         let visits = evidence
             .visits
             .get(&permit.id)
@@ -945,9 +978,8 @@ mod tests {
 
     /// The latest month's payment of a holder, or `None`.
     fn paid(e: &DueEvidence, id: &str) -> Option<(String, PaymentStatus, String)> {
-        e.slots[&id_key(id)]
-            .payment
-            .as_ref()
+        e.slot(id_key(id))
+            .and_then(|s| s.payment.as_ref())
             .map(|p| (p.month.to_string(), p.status, p.employer_uscc.to_string()))
     }
 
@@ -961,7 +993,7 @@ mod tests {
         const USCC: &str = "91310000MA1FL0000X";
         let ids = [A, B, C, "110105194912310045"].map(id_key);
         let mut first = DueEvidence::for_holders(ids.into_iter());
-        let mut later = DueEvidence::for_holders(ids.into_iter());
+        let mut later = first.part();
         let mut one_pass = DueEvidence::for_holders(ids.into_iter());
         let rows_first = [
             (A, "2026-11", "paid", "E1"),
@@ -1005,7 +1037,7 @@ mod tests {
     fn an_unparsable_value_in_the_later_part_is_not_lost() {
         let ids = ["11010519491231002X"].map(id_key);
         let mut first = DueEvidence::for_holders(ids.into_iter());
-        let mut later = DueEvidence::for_holders(ids.into_iter());
+        let mut later = first.part();
         later.payment("11010519491231002X", "2026-13", "paid", "");
         first.merge_later(later);
         assert!(first.invalid.is_some());
