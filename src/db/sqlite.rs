@@ -42,6 +42,16 @@ async fn with_raw<T>(
     out.map_err(raw_err)
 }
 
+/// The error a scoped helper thread ended with, if any (its panic is one).
+fn thread_error(joined: std::thread::Result<Result<()>>, thread: &str) -> Option<Error> {
+    match joined {
+        Ok(r) => r.err(),
+        Err(_) => Some(Error::Runtime(anyhow::anyhow!(
+            "internal: {thread} panicked"
+        ))),
+    }
+}
+
 fn raw_err(e: rusqlite::Error) -> Error {
     Error::Runtime(anyhow::anyhow!("database error: {e}"))
 }
@@ -538,15 +548,7 @@ impl SqliteDb {
                     Ok(())
                 })();
                 drop(full);
-                match writer.join() {
-                    Ok(Err(e)) => failed = Some(e),
-                    Ok(Ok(())) => {}
-                    Err(_) => {
-                        failed = Some(Error::Runtime(anyhow::anyhow!(
-                            "internal: the export's writer thread panicked"
-                        )))
-                    }
-                }
+                failed = thread_error(writer.join(), "the export's writer thread");
                 read
             })
         })
@@ -1430,15 +1432,7 @@ impl SqliteRunTx {
                     }
                     scan_payments(c, (mf, mt), (i64::MIN, split), sink)
                 })();
-                match part.join() {
-                    Ok(Err(e)) => failed = Some(e),
-                    Ok(Ok(())) => {}
-                    Err(_) => {
-                        failed = Some(Error::Runtime(anyhow::anyhow!(
-                            "internal: the run's social-insurance reader thread panicked"
-                        )))
-                    }
-                }
+                failed = thread_error(part.join(), "the run's social-insurance reader thread");
                 here
             })
         })
