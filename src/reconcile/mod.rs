@@ -706,7 +706,13 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
         }
     }
     let mut evidence = DueEvidence::for_holders(due.iter().map(|d| d.id));
-    let mut later = evidence.part();
+    // PostgreSQL looks the holders up by key in one part: its `later` stays
+    // empty and needs no slots.
+    let mut later = if by_key {
+        DueEvidence::for_holders(std::iter::empty())
+    } else {
+        evidence.part()
+    };
     let ids: Vec<&str> = due.iter().filter_map(|d| d.id_number.as_deref()).collect();
     tx.feed_evidence(&ids, &bounds, &mut evidence, &mut later)
         .await?;
