@@ -803,25 +803,34 @@ impl<'c> EffectWriter<'c> {
     }
 }
 
-/// The multi-row INSERT (`head`, `columns`, `tail` as for
+/// Executes the multi-row INSERT (`head`, `columns`, `tail` as for
 /// [`multi_row_insert`], then `end`, e.g. an upsert's ON CONFLICT clause)
-/// for a chunk of `rows` rows: a full chunk's statement is prepared once and
-/// kept in `full`, a shorter last chunk's in `partial`.
-fn chunk_insert<'s, 'c>(
+/// for a chunk of `rows`, each bound by `bind` (with [`bind_row`]): a full
+/// chunk's statement is prepared once and kept in `full`, a shorter last
+/// chunk's for that chunk only.
+fn insert_chunk<'c, T>(
     c: &'c rusqlite::Connection,
-    full: &'s mut Option<rusqlite::Statement<'c>>,
-    partial: &'s mut Option<rusqlite::Statement<'c>>,
+    full: &mut Option<rusqlite::Statement<'c>>,
     (head, columns, tail, end): (&str, usize, &str, &str),
-    rows: usize,
-) -> rusqlite::Result<&'s mut rusqlite::Statement<'c>> {
-    let sql = || multi_row_insert(head, columns, tail, rows) + end;
-    if rows == ROWS_PER_INSERT {
-        if let Some(s) = full {
-            return Ok(s);
+    rows: &[T],
+    mut bind: impl FnMut(&mut rusqlite::Statement<'c>, &mut usize, &T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let sql = || multi_row_insert(head, columns, tail, rows.len()) + end;
+    let mut partial = None;
+    let stmt = if rows.len() == ROWS_PER_INSERT {
+        match full {
+            Some(s) => s,
+            None => full.insert(c.prepare(&sql())?),
         }
-        return Ok(full.insert(c.prepare(&sql())?));
+    } else {
+        partial.insert(c.prepare(&sql())?)
+    };
+    let mut next = 0;
+    for row in rows {
+        bind(stmt, &mut next, row)?;
     }
-    Ok(partial.insert(c.prepare(&sql())?))
+    stmt.raw_execute()?;
+    Ok(())
 }
 
 /// Binds one row's values at parameters `*next + 1 ..` of a multi-row
@@ -970,56 +979,48 @@ impl SqliteImportTx {
             // before).
             let (mut full_details, mut full_state) = (None, None);
             for chunk in rows.chunks(ROWS_PER_INSERT) {
-                let mut partial = None;
-                let details = chunk_insert(
+                insert_chunk(
                     c,
                     &mut full_details,
-                    &mut partial,
                     (PERMIT_DETAILS_UPSERT, 15, "", PERMIT_DETAILS_ON_CONFLICT),
-                    chunk.len(),
+                    chunk,
+                    |stmt, next, (p, mark)| {
+                        bind_row(
+                            stmt,
+                            next,
+                            rusqlite::params![
+                                p.permit_no,
+                                p.id_number,
+                                p.name,
+                                p.phone,
+                                p.email,
+                                p.district_code,
+                                p.street_code,
+                                p.address,
+                                p.employer_uscc,
+                                p.si_status,
+                                p.marital_status,
+                                import_id,
+                                mark.line as i64,
+                                mark.prior.map(|x| x.valid_until.to_string()),
+                                mark.prior.map(|x| x.status.code()),
+                            ],
+                        )
+                    },
                 )?;
-                let mut i = 0;
-                for (p, mark) in chunk {
-                    bind_row(
-                        details,
-                        &mut i,
-                        rusqlite::params![
-                            p.permit_no,
-                            p.id_number,
-                            p.name,
-                            p.phone,
-                            p.email,
-                            p.district_code,
-                            p.street_code,
-                            p.address,
-                            p.employer_uscc,
-                            p.si_status,
-                            p.marital_status,
-                            import_id,
-                            mark.line as i64,
-                            mark.prior.map(|x| x.valid_until.to_string()),
-                            mark.prior.map(|x| x.status.code()),
-                        ],
-                    )?;
-                }
-                details.raw_execute()?;
-                let mut partial = None;
-                let state = chunk_insert(
+                insert_chunk(
                     c,
                     &mut full_state,
-                    &mut partial,
                     (PERMIT_STATE_UPSERT, 3, "", PERMIT_STATE_ON_CONFLICT),
-                    chunk.len(),
+                    chunk,
+                    |stmt, next, (p, _)| {
+                        bind_row(
+                            stmt,
+                            next,
+                            rusqlite::params![p.permit_no, p.valid_until.to_string(), p.status],
+                        )
+                    },
                 )?;
-                let mut i = 0;
-                for (p, _) in chunk {
-                    bind_row(
-                        state,
-                        &mut i,
-                        rusqlite::params![p.permit_no, p.valid_until.to_string(), p.status],
-                    )?;
-                }
-                state.raw_execute()?;
             }
             Ok(())
         })
@@ -1457,74 +1458,65 @@ impl SqliteRunTx {
             let mut full_notices = None;
             let mut effects = EffectWriter::new(c)?;
             for chunk in batch.events.chunks(ROWS_PER_INSERT) {
-                let mut partial = None;
-                let event = chunk_insert(
+                insert_chunk(
                     c,
                     &mut full_events,
-                    &mut partial,
                     (EVENT_INSERT, 15, held_tail, ""),
-                    chunk.len(),
+                    chunk,
+                    |stmt, next, e| {
+                        bind_row(
+                            stmt,
+                            next,
+                            rusqlite::params![
+                                batch.run_id,
+                                as_of,
+                                e.permit_no,
+                                e.id_number,
+                                e.kind,
+                                e.reasons,
+                                e.valid_until.to_string(),
+                                e.new_valid_until.map(|d| d.to_string()),
+                                e.residence_visited_on.map(|d| d.to_string()),
+                                e.residence_result,
+                                e.si_month,
+                                e.si_status,
+                                e.si_employer_uscc,
+                                e.marital_status,
+                                at,
+                            ],
+                        )
+                    },
                 )?;
-                let mut i = 0;
-                for e in chunk {
-                    let vu = e.valid_until.to_string();
-                    bind_row(
-                        event,
-                        &mut i,
-                        rusqlite::params![
-                            batch.run_id,
-                            as_of,
-                            e.permit_no,
-                            e.id_number,
-                            e.kind,
-                            e.reasons,
-                            vu,
-                            e.new_valid_until.map(|d| d.to_string()),
-                            e.residence_visited_on.map(|d| d.to_string()),
-                            e.residence_result,
-                            e.si_month,
-                            e.si_status,
-                            e.si_employer_uscc,
-                            e.marital_status,
-                            at,
-                        ],
-                    )?;
-                }
-                event.raw_execute()?;
                 // A held run writes its events only (issue #6): no notice, no
                 // permit change until `autosign release`.
                 if held {
                     continue;
                 }
-                let mut partial = None;
-                let notice = chunk_insert(
+                insert_chunk(
                     c,
                     &mut full_notices,
-                    &mut partial,
                     (NOTICE_INSERT, 11, "", ""),
-                    chunk.len(),
+                    chunk,
+                    |stmt, next, e| {
+                        bind_row(
+                            stmt,
+                            next,
+                            rusqlite::params![
+                                batch.run_id,
+                                as_of,
+                                e.permit_no,
+                                e.valid_until.to_string(),
+                                e.kind,
+                                e.notice.channel,
+                                e.notice.recipient,
+                                e.notice.message,
+                                e.notice.status,
+                                (e.notice.status == "queued").then_some(at),
+                                at,
+                            ],
+                        )
+                    },
                 )?;
-                let mut i = 0;
-                for e in chunk {
-                    bind_row(
-                        notice,
-                        &mut i,
-                        rusqlite::params![
-                            batch.run_id,
-                            as_of,
-                            e.permit_no,
-                            e.valid_until.to_string(),
-                            e.kind,
-                            e.notice.channel,
-                            e.notice.recipient,
-                            e.notice.message,
-                            e.notice.status,
-                            (e.notice.status == "queued").then_some(at),
-                            at,
-                        ],
-                    )?;
-                }
-                notice.raw_execute()?;
                 for e in chunk {
                     effects.apply(&e.permit_no, e.effect)?;
                 }

@@ -564,9 +564,7 @@ impl DueEvidence {
             )));
         }
     }
-}
 
-impl DueEvidence {
     /// Evidence to be gathered for these holders ([`id_key`]s).
     fn for_holders(ids: impl Iterator<Item = u64>) -> Self {
         let mut index = HashMap::new();
@@ -574,20 +572,19 @@ impl DueEvidence {
             let next = index.len() as u32;
             index.entry(id).or_insert(next);
         }
-        DueEvidence {
-            slots: (0..index.len()).map(|_| Slot::default()).collect(),
-            index: Arc::new(index),
-            visits: HashMap::new(),
-            invalid: None,
-        }
+        Self::empty(Arc::new(index))
     }
 
     /// Empty evidence for the same holders: what a part of a split scan
     /// fills on another thread, for [`DueEvidence::merge_later`].
     fn part(&self) -> Self {
+        Self::empty(Arc::clone(&self.index))
+    }
+
+    fn empty(index: Arc<HashMap<u64, u32>>) -> Self {
         DueEvidence {
-            index: Arc::clone(&self.index),
-            slots: (0..self.slots.len()).map(|_| Slot::default()).collect(),
+            slots: (0..index.len()).map(|_| Slot::default()).collect(),
+            index,
             visits: HashMap::new(),
             invalid: None,
         }
