@@ -75,8 +75,26 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
         Command::Run {
             as_of,
             audit: audit_out,
+            allow_future,
         } => {
             let as_of = parse_date_arg(&as_of, "--as-of", tz)?;
+            let today = crate::clock::today(tz);
+            if let Some(latest) = reconcile::rules::beyond_future_allowance(
+                as_of,
+                today,
+                settings.run.future_allowance_days,
+            ) {
+                if !allow_future {
+                    return Err(Error::Refused(format!(
+                        "--as-of {as_of} is after today, {today} ({}), by more than \
+                         run.future_allowance_days ({}; latest date allowed {latest}): \
+                         refused so that a mistyped date cannot lapse the register (C17); \
+                         give --allow-future for a rehearsal that replays a later date",
+                        settings.timezone, settings.run.future_allowance_days
+                    )));
+                }
+                tracing::warn!(%as_of, %today, "running a date from the future (--allow-future)");
+            }
             let notices = Notices::from_settings(&settings)?;
             let db = Db::connect(&settings.effective_database_url()).await?;
             let outcome = reconcile::run(&db, &settings, &notices, as_of).await?;

@@ -66,7 +66,9 @@ pub enum Command {
     /// then lifecycle, window, evidence, decision and notices. Running a
     /// completed date again does nothing; a date earlier than the last
     /// completed run is refused (exit 2), and so is any run while another
-    /// is held. If the safety brake trips ([brake]: a stale feed, a sharp
+    /// is held. A date more than run.future_allowance_days after today is
+    /// refused (exit 2, C17) unless --allow-future is given. If the safety
+    /// brake trips ([brake]: a stale feed, a sharp
     /// drop in a feed's rows, too many VISIT_CENTER), the run is recorded
     /// as held — nothing applied, no notice queued — and exits 4 with an
     /// alert.
@@ -78,6 +80,12 @@ pub enum Command {
         /// Also write this date's audit CSV (as `export audit`) here.
         #[arg(long, value_name = "PATH")]
         audit: Option<PathBuf>,
+        /// Accept an --as-of later than today plus
+        /// run.future_allowance_days (C17): for rehearsals and tests that
+        /// replay later dates on a copy of the register, never for the
+        /// production database.
+        #[arg(long)]
+        allow_future: bool,
     },
     /// Send queued notices (R8): SMS through the HTTP gateway ([sms]),
     /// e-mail through the SMTP relay ([email]). Claims due notices in

@@ -66,6 +66,9 @@ pub struct RunSettings {
     /// Permits per page of the write pass (one commit per page on
     /// PostgreSQL; SQLite's run is one transaction whatever the page).
     pub page_permits: u32,
+    /// C17: days after today (in `timezone`) that `run --as-of` may name
+    /// without `--allow-future`.
+    pub future_allowance_days: u32,
 }
 
 /// Per feed: extra header names for its columns (issue #6), on top of the
@@ -325,6 +328,9 @@ impl Settings {
         }
         if self.run.page_permits == 0 || self.run.page_permits > 100_000 {
             return bad("run.page_permits", "must be between 1 and 100000");
+        }
+        if self.run.future_allowance_days > 7 {
+            return bad("run.future_allowance_days", "must be between 0 and 7");
         }
         if self.rules.decision_deadline_days > self.rules.window_days {
             return bad(

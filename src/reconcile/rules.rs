@@ -10,6 +10,23 @@ use crate::domain::{
 };
 use crate::settings::{LapsePolicy, Rules};
 
+/// C17: an `as_of` more than `allowance_days` after `today` (both in the
+/// configured zone) is refused, since one mistyped year would otherwise
+/// suspend or cancel the whole register (R3) in a single run. Returns the
+/// latest date allowed when `as_of` lies beyond it.
+pub fn beyond_future_allowance(
+    as_of: NaiveDate,
+    today: NaiveDate,
+    allowance_days: u32,
+) -> Option<NaiveDate> {
+    // `today` is a real calendar date and the allowance is bounded by the
+    // settings, but a date at the end of chrono's range must not panic.
+    let latest = today
+        .checked_add_days(chrono::Days::new(u64::from(allowance_days)))
+        .unwrap_or(NaiveDate::MAX);
+    (as_of > latest).then_some(latest)
+}
+
 /// R3: the one lifecycle step a permit takes at this run, if any.
 pub fn lifecycle(
     status: PermitStatus,
@@ -190,6 +207,32 @@ mod tests {
     }
 
     const AS_OF: &str = "2026-11-27";
+
+    #[test]
+    fn c17_future_as_of_beyond_the_allowance_is_refused() {
+        let today = d("2026-12-05");
+        // (as_of, allowance, latest allowed date if refused)
+        let table: &[(&str, u32, Option<&str>)] = &[
+            ("2026-12-05", 0, None),
+            ("2026-11-27", 0, None),
+            ("2026-12-06", 0, Some("2026-12-05")),
+            ("2026-12-06", 1, None),
+            ("2026-12-07", 1, Some("2026-12-06")),
+            ("2062-11-27", 1, Some("2026-12-06")),
+            ("2036-12-05", 7, Some("2026-12-12")),
+        ];
+        for &(as_of, allowance, latest) in table {
+            assert_eq!(
+                beyond_future_allowance(d(as_of), today, allowance),
+                latest.map(d),
+                "C17 as_of {as_of}, allowance {allowance}"
+            );
+        }
+        assert_eq!(
+            beyond_future_allowance(NaiveDate::MAX, NaiveDate::MAX, 3),
+            None
+        );
+    }
 
     #[test]
     fn r3_lifecycle_table() {

@@ -111,7 +111,7 @@ fn the_multi_day_scenario_exports_byte_identical_on_both_backends() {
         import_day(env, "day2");
         env.ok(&["run", "--as-of", "2026-11-13"]);
         import_day(env, "day3");
-        env.ok(&["run", "--as-of", "2026-12-20"]);
+        env.ok(&["run", "--as-of", "2026-12-20", "--allow-future"]);
     }
     let (sa, sn) = exports(&sqlite);
     let (pa, pn) = exports(&pg);

@@ -14,7 +14,7 @@ fn multi_day(env: &Env) -> (String, String) {
     import_day(env, "day2");
     env.ok(&["run", "--as-of", "2026-11-13"]);
     import_day(env, "day3");
-    env.ok(&["run", "--as-of", "2026-12-20"]);
+    env.ok(&["run", "--as-of", "2026-12-20", "--allow-future"]);
     (
         normalise_timestamps(&env.audit("2026-11-01", "2026-12-31"), TS),
         normalise_timestamps(&env.notifications("2026-11-01", "2026-12-31"), TS),
@@ -739,3 +739,73 @@ fn feed_rows_stored_before_the_append_only_tables_still_decide_the_run_issue_2()
         "{audit}"
     );
 }
+
+/// Today in Asia/Shanghai, the configured zone, as the binary reckons it.
+fn shanghai_today() -> chrono::NaiveDate {
+    chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .date_naive()
+}
+
+dbtest!(
+    a_future_as_of_is_refused_naming_both_dates_and_leaves_the_register_alone_c17,
+    |env| {
+        import_day(&env, "day1");
+        env.ok(&["run", "--as-of", "2026-11-01"]);
+        let audit = env.audit("2000-01-01", "2099-12-31");
+        let notices = env.notifications("2000-01-01", "2099-12-31");
+        let today = shanghai_today();
+        // The mistyped year of the incident: 2026 became 2062.
+        let typo = today + chrono::Duration::days(36 * 365);
+        let o = env.cmd(&["run", "--as-of", &typo.to_string()]);
+        assert_eq!(o.code, 2, "{o:?}");
+        assert!(o.stderr.contains(&typo.to_string()), "{}", o.stderr);
+        assert!(o.stderr.contains(&today.to_string()), "{}", o.stderr);
+        assert!(o.stderr.contains("--allow-future"), "{}", o.stderr);
+        assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.stderr);
+        assert_eq!(env.audit("2000-01-01", "2099-12-31"), audit);
+        assert_eq!(env.notifications("2000-01-01", "2099-12-31"), notices);
+        // Nothing was recorded for the refused date: the real next night
+        // still runs (C16 would refuse it after a completed later date).
+        let out = env.ok(&["run", "--as-of", "2026-11-13"]);
+        assert!(out.contains("for as_of 2026-11-13: completed"), "{out}");
+    }
+);
+
+dbtest!(
+    the_future_allowance_is_configured_and_allow_future_overrides_it_c17,
+    |mut env| {
+        import_day(&env, "day1");
+        let tomorrow = (shanghai_today() + chrono::Duration::days(1)).to_string();
+        env.set("AUTOSIGN_RUN__FUTURE_ALLOWANCE_DAYS", "0");
+        let o = env.cmd(&["run", "--as-of", &tomorrow]);
+        assert_eq!(o.code, 2, "{o:?}");
+        assert!(
+            o.stderr.contains("run.future_allowance_days"),
+            "{}",
+            o.stderr
+        );
+        // The default allowance of one day admits tomorrow (a run started
+        // just before midnight for the coming night).
+        env.set("AUTOSIGN_RUN__FUTURE_ALLOWANCE_DAYS", "1");
+        let out = env.ok(&["run", "--as-of", &tomorrow]);
+        assert!(
+            out.contains(&format!("for as_of {tomorrow}: completed")),
+            "{out}"
+        );
+        let later = (shanghai_today() + chrono::Duration::days(400)).to_string();
+        let out = env.ok(&["run", "--as-of", &later, "--allow-future"]);
+        assert!(
+            out.contains(&format!("for as_of {later}: completed")),
+            "{out}"
+        );
+        env.set("AUTOSIGN_RUN__FUTURE_ALLOWANCE_DAYS", "8");
+        let o = env.cmd(&["run", "--as-of", "2026-11-01"]);
+        assert_eq!(o.code, 2, "{o:?}");
+        assert!(
+            o.stderr.contains("run.future_allowance_days"),
+            "{}",
+            o.stderr
+        );
+    }
+);
