@@ -27,12 +27,18 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             seed,
             as_of,
             out,
+            sorted,
         } => {
             let as_of = parse_date_arg(&as_of, "--as-of", tz)?;
             let opts = crate::generate::GenerateOptions {
                 permits,
                 seed,
                 as_of,
+                layout: if sorted {
+                    crate::generate::Layout::Sorted
+                } else {
+                    crate::generate::Layout::Shuffled
+                },
             };
             let s = crate::generate::generate(&opts, &out)?;
             println!(

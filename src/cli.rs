@@ -176,6 +176,8 @@ pub enum Command {
     },
     /// Write a consistent synthetic data set (four feeds, real Shanghai
     /// streets), deterministic by seed: the sample data and benchmarks.
+    /// Laid out as real exports arrive: permit numbers in no order, every
+    /// feed's rows shuffled (--sorted for sequential numbers in order).
     Generate {
         /// Number of permits.
         #[arg(long, default_value_t = 300)]
@@ -189,6 +191,11 @@ pub enum Command {
         /// civil_status/ — an inbox).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Number permits SH0000000001, SH0000000002, … and write each
+        /// holder's rows together in that order, instead of the realistic
+        /// shuffled layout. The same rows either way, permit numbers aside.
+        #[arg(long)]
+        sorted: bool,
     },
 }
 

@@ -1,12 +1,17 @@
 //! Deterministic sample data: the four input feeds of SPEC §2.1 for a
 //! chosen number of permits, laid out as a run's inbox.
 //!
-//! The output depends only on ([`GenerateOptions::permits`],
-//! [`GenerateOptions::seed`], [`GenerateOptions::as_of`]) and is stable under
-//! a growing `permits`: the first N permits of a larger data set are the data
-//! set of N permits (with their feed rows). Rows are streamed: every permit
-//! and its feed rows are generated together and written at once, so memory
-//! does not grow with the number of permits (10 million is fine).
+//! The output depends only on the [`GenerateOptions`]. By default it is laid
+//! out as another agency's export arrives ([`Layout::Shuffled`]): permit
+//! numbers with no order (`SH` and ten digits from a keyed permutation) and
+//! every feed's rows in random order, so that benchmarks and tests do not
+//! depend on keys arriving sorted. [`Layout::Sorted`] numbers permits
+//! `SH0000000001…` and writes each holder's rows together in that order; it
+//! is stable under a growing `permits`: the first N permits of a larger data
+//! set are the data set of N permits (with their feed rows). Both layouts
+//! hold the same rows for the same seed, permit numbers aside. Rows are
+//! streamed (the shuffle goes through bucket files on disk), so memory does
+//! not grow with the number of permits (10 million is fine).
 //!
 //! The first [`SCENARIO_COUNT`] permits are fixed scenarios whose outcome
 //! for a run at `as_of` with the default settings (window 30 days, decision
@@ -47,6 +52,20 @@ pub struct GenerateOptions {
     /// The run date the data is made for: `valid_until` dates, visits and
     /// contribution months are placed relative to it.
     pub as_of: NaiveDate,
+    /// Permit numbers and row order.
+    pub layout: Layout,
+}
+
+/// How permits are numbered and rows ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Permit numbers in no order, every feed's rows shuffled: the shape of
+    /// real exports.
+    #[default]
+    Shuffled,
+    /// `SH` and the 1-based index, each holder's rows together in index
+    /// order.
+    Sorted,
 }
 
 /// Data rows written to each feed (headers not counted).
@@ -211,7 +230,18 @@ pub fn generate(opts: &GenerateOptions, out_dir: &Path) -> anyhow::Result<Genera
         bail!("at most {} permits can be generated", ids.capacity);
     }
     let employers = employer_pool(&mut rng, &streets)?;
-    let mut out = Writers::create(out_dir)?;
+    // The layout draws from a generator of its own, so that both layouts
+    // hold the same rows for a seed.
+    let mut layout_rng = ChaCha8Rng::seed_from_u64(opts.seed ^ LAYOUT_SEED);
+    let numbers = PermitNumbers::new(opts.layout, &mut layout_rng);
+    let shuffle = (opts.layout == Layout::Shuffled).then(|| Shuffle {
+        buckets: opts
+            .permits
+            .div_ceil(PERMITS_PER_BUCKET)
+            .clamp(1, MAX_BUCKETS),
+        rng: layout_rng,
+    });
+    let mut out = Writers::create(out_dir, shuffle)?;
     let mut scratch = Scratch::default();
     let ctx = Inputs {
         as_of: opts.as_of,
@@ -228,7 +258,7 @@ pub fn generate(opts: &GenerateOptions, out_dir: &Path) -> anyhow::Result<Genera
                 random_holder(index, id, &ctx, &mut rng, &mut scratch)?
             }
         };
-        out.write(&holder, &ctx, &mut rng, &mut scratch)
+        out.write(&holder, &numbers, &ctx, &mut rng, &mut scratch)
             .with_context(|| format!("failed to write the rows of permit {}", index + 1))?;
     }
     out.finish()
@@ -263,13 +293,17 @@ pub const SCENARIO_COUNT: usize = SCENARIOS.len();
 
 /// The scenario permits among the first `permits`, with the outcome a run at
 /// `as_of` should produce under the default settings.
-pub fn scenarios(permits: usize) -> Vec<ScenarioInfo> {
+pub fn scenarios(opts: &GenerateOptions) -> Vec<ScenarioInfo> {
+    let numbers = PermitNumbers::new(
+        opts.layout,
+        &mut ChaCha8Rng::seed_from_u64(opts.seed ^ LAYOUT_SEED),
+    );
     SCENARIOS
         .iter()
-        .take(permits)
+        .take(opts.permits)
         .enumerate()
         .map(|(index, s)| ScenarioInfo {
-            permit_no: permit_no(index),
+            permit_no: numbers.of(index),
             description: s.description,
             outcome: s.outcome,
             channel: match s.contact {
@@ -719,16 +753,45 @@ struct Inputs<'a> {
     employers: &'a [Employer],
 }
 
-fn permit_no(index: usize) -> String {
-    let mut s = String::with_capacity(12);
-    push_permit_no(&mut s, index);
-    s
+/// Mixed into the seed for the layout's own generator.
+const LAYOUT_SEED: u64 = 0x5045_524D_4954_4E4F;
+
+/// Permit numbers are `SH` and ten digits.
+const PERMIT_DIGITS: u64 = 10_000_000_000;
+/// The smallest even bit width whose space holds every ten-digit number.
+const PERMIT_BITS: u32 = 34;
+
+/// Permit index → permit number.
+enum PermitNumbers {
+    /// `SH` and the 1-based index.
+    Sequential,
+    /// `SH` and a keyed permutation of the ten-digit numbers: unique, in no
+    /// order, like numbers issued over years by district offices.
+    Permuted(Feistel),
 }
 
-/// `SH` and the 1-based index in 10 digits.
-fn push_permit_no(buf: &mut String, index: usize) {
-    buf.push_str("SH");
-    push_padded(buf, index as u64 + 1, 10);
+impl PermitNumbers {
+    fn new(layout: Layout, rng: &mut ChaCha8Rng) -> PermitNumbers {
+        match layout {
+            Layout::Sorted => PermitNumbers::Sequential,
+            Layout::Shuffled => PermitNumbers::Permuted(Feistel::new(PERMIT_BITS, rng)),
+        }
+    }
+
+    fn of(&self, index: usize) -> String {
+        let mut s = String::with_capacity(12);
+        self.push(&mut s, index);
+        s
+    }
+
+    fn push(&self, buf: &mut String, index: usize) {
+        let n = match self {
+            PermitNumbers::Sequential => index as u64 + 1,
+            PermitNumbers::Permuted(f) => f.permute_below(index as u64, PERMIT_DIGITS),
+        };
+        buf.push_str("SH");
+        push_padded(buf, n, 10);
+    }
 }
 
 fn add_days(d: NaiveDate, days: i64) -> NaiveDate {
@@ -978,9 +1041,51 @@ struct IdParts {
     seq: u64,
 }
 
+/// A keyed pseudo-random permutation of the numbers below `2^bits` (`bits`
+/// even): a four-round Feistel network.
+struct Feistel {
+    keys: [u64; 4],
+    half: u32,
+}
+
+impl Feistel {
+    fn new(bits: u32, rng: &mut ChaCha8Rng) -> Feistel {
+        debug_assert!(bits.is_multiple_of(2) && bits <= 62);
+        Feistel {
+            keys: [
+                rng.next_u64(),
+                rng.next_u64(),
+                rng.next_u64(),
+                rng.next_u64(),
+            ],
+            half: bits / 2,
+        }
+    }
+
+    fn permute(&self, x: u64) -> u64 {
+        let mask = (1u64 << self.half) - 1;
+        let (mut left, mut right) = (x >> self.half, x & mask);
+        for key in self.keys {
+            let f = splitmix64(right ^ key) & mask;
+            (left, right) = (right, left ^ f);
+        }
+        (left << self.half) | right
+    }
+
+    /// The permutation restricted to `0..capacity` (`x < capacity`): cycle
+    /// walking, so distinct `x` give distinct results.
+    fn permute_below(&self, x: u64, capacity: u64) -> u64 {
+        let mut y = self.permute(x);
+        while y >= capacity {
+            y = self.permute(y);
+        }
+        y
+    }
+}
+
 /// A keyed pseudo-random permutation of `REGIONS × birth days × 999`.
 struct IdSpace {
-    keys: [u64; 4],
+    permutation: Feistel,
     birth_first: NaiveDate,
     days: u64,
     capacity: u64,
@@ -994,40 +1099,20 @@ impl IdSpace {
         let capacity = REGIONS.len() as u64 * days * 999;
         debug_assert!(capacity <= 1 << PERMUTATION_BITS);
         Ok(IdSpace {
-            keys: [
-                rng.next_u64(),
-                rng.next_u64(),
-                rng.next_u64(),
-                rng.next_u64(),
-            ],
+            permutation: Feistel::new(PERMUTATION_BITS, rng),
             birth_first,
             days,
             capacity,
         })
     }
 
-    /// Four-round Feistel network on `PERMUTATION_BITS` bits.
-    fn feistel(&self, x: u64) -> u64 {
-        const HALF: u32 = PERMUTATION_BITS / 2;
-        const MASK: u64 = (1 << HALF) - 1;
-        let (mut left, mut right) = (x >> HALF, x & MASK);
-        for key in self.keys {
-            let f = splitmix64(right ^ key) & MASK;
-            (left, right) = (right, left ^ f);
-        }
-        (left << HALF) | right
-    }
-
     /// The ID parts of permit `index` (< capacity); distinct indexes give
-    /// distinct IDs. Cycle walking keeps the permutation inside the space.
+    /// distinct IDs.
     fn id_of(&self, index: u64) -> anyhow::Result<IdParts> {
         if index >= self.capacity {
             bail!("permit index {index} exceeds the ID space");
         }
-        let mut x = self.feistel(index);
-        while x >= self.capacity {
-            x = self.feistel(x);
-        }
+        let x = self.permutation.permute_below(index, self.capacity);
         let regions = REGIONS.len() as u64;
         let region = REGIONS[(x % regions) as usize];
         let rest = x / regions;
@@ -1167,28 +1252,112 @@ fn employer_pool(rng: &mut ChaCha8Rng, streets: &[Street]) -> anyhow::Result<Vec
 // ---------------------------------------------------------------------------
 // Output
 
-type CsvOut = csv::Writer<BufWriter<File>>;
+type CsvWriter = csv::Writer<BufWriter<File>>;
+
+/// Permits per shuffle bucket: a bucket's rows are shuffled in memory
+/// (about 200 bytes a permit row, with its feed rows a few times that).
+const PERMITS_PER_BUCKET: usize = 100_000;
+/// Bucket files open at once, per feed.
+const MAX_BUCKETS: usize = 64;
+
+/// How the rows of a shuffled layout are put in random order.
+struct Shuffle {
+    buckets: usize,
+    rng: ChaCha8Rng,
+}
+
+/// One feed's output file: rows written straight through, or dealt at
+/// random into bucket files that [`CsvOut::finish`] shuffles one at a time
+/// and appends (a uniform random order in bounded memory).
+struct CsvOut {
+    path: std::path::PathBuf,
+    out: CsvWriter,
+    buckets: Vec<(std::path::PathBuf, CsvWriter)>,
+}
+
+impl CsvOut {
+    fn create(
+        out_dir: &Path,
+        rel: &str,
+        header: &[&str],
+        buckets: usize,
+    ) -> anyhow::Result<CsvOut> {
+        let path = out_dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("failed to create {}", parent.display()))?;
+        }
+        let mut out = csv_writer(&path)?;
+        out.write_record(header)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        let buckets = (0..buckets)
+            .map(|i| {
+                let bucket = path.with_extension(format!("csv.bucket-{i}"));
+                csv_writer(&bucket).map(|w| (bucket, w))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(CsvOut { path, out, buckets })
+    }
+
+    fn write_record<I, T>(&mut self, record: I, shuffle: Option<&mut Shuffle>) -> anyhow::Result<()>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let w = match shuffle {
+            Some(s) if !self.buckets.is_empty() => {
+                let i = s.rng.random_range(0..self.buckets.len());
+                &mut self.buckets[i].1
+            }
+            _ => &mut self.out,
+        };
+        Ok(w.write_record(record)?)
+    }
+
+    fn finish(mut self, mut shuffle: Option<&mut Shuffle>) -> anyhow::Result<()> {
+        let mut rows = Vec::new();
+        for (bucket, mut w) in std::mem::take(&mut self.buckets) {
+            w.flush()
+                .with_context(|| format!("failed to write {}", bucket.display()))?;
+            drop(w);
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_path(&bucket)
+                .with_context(|| format!("failed to read {}", bucket.display()))?;
+            rows.clear();
+            for row in r.byte_records() {
+                rows.push(row.with_context(|| format!("failed to read {}", bucket.display()))?);
+            }
+            if let Some(s) = shuffle.as_deref_mut() {
+                rand::seq::SliceRandom::shuffle(rows.as_mut_slice(), &mut s.rng);
+            }
+            for row in &rows {
+                self.out.write_byte_record(row)?;
+            }
+            std::fs::remove_file(&bucket)
+                .with_context(|| format!("failed to remove {}", bucket.display()))?;
+        }
+        self.out
+            .flush()
+            .with_context(|| format!("failed to write {}", self.path.display()))
+    }
+}
+
+fn csv_writer(path: &Path) -> anyhow::Result<CsvWriter> {
+    let file =
+        File::create(path).with_context(|| format!("failed to create {}", path.display()))?;
+    Ok(csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(BufWriter::with_capacity(1 << 18, file)))
+}
 
 struct Writers {
     permits: CsvOut,
     residence: CsvOut,
     social_insurance: CsvOut,
     civil_status: CsvOut,
+    shuffle: Option<Shuffle>,
     summary: GenerateSummary,
-}
-
-fn create_csv(out_dir: &Path, rel: &str, header: &[&str]) -> anyhow::Result<CsvOut> {
-    let path = out_dir.join(rel);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("failed to create {}", parent.display()))?;
-    }
-    let file =
-        File::create(&path).with_context(|| format!("failed to create {}", path.display()))?;
-    let mut w = csv::WriterBuilder::new().from_writer(BufWriter::with_capacity(1 << 20, file));
-    w.write_record(header)
-        .with_context(|| format!("failed to write {}", path.display()))?;
-    Ok(w)
 }
 
 /// How a date is written: mostly ISO, sometimes another form SPEC §2.1 allows.
@@ -1280,12 +1449,19 @@ fn push_address(buf: &mut String, rng: &mut ChaCha8Rng, street: &Street) {
 }
 
 impl Writers {
-    fn create(out_dir: &Path) -> anyhow::Result<Writers> {
+    fn create(out_dir: &Path, shuffle: Option<Shuffle>) -> anyhow::Result<Writers> {
+        let n = shuffle.as_ref().map_or(0, |s| s.buckets);
         Ok(Writers {
-            permits: create_csv(out_dir, PERMITS_FILE, &PERMITS_HEADER)?,
-            residence: create_csv(out_dir, RESIDENCE_FILE, &RESIDENCE_HEADER)?,
-            social_insurance: create_csv(out_dir, SOCIAL_INSURANCE_FILE, &SOCIAL_INSURANCE_HEADER)?,
-            civil_status: create_csv(out_dir, CIVIL_STATUS_FILE, &CIVIL_STATUS_HEADER)?,
+            permits: CsvOut::create(out_dir, PERMITS_FILE, &PERMITS_HEADER, n)?,
+            residence: CsvOut::create(out_dir, RESIDENCE_FILE, &RESIDENCE_HEADER, n)?,
+            social_insurance: CsvOut::create(
+                out_dir,
+                SOCIAL_INSURANCE_FILE,
+                &SOCIAL_INSURANCE_HEADER,
+                n,
+            )?,
+            civil_status: CsvOut::create(out_dir, CIVIL_STATUS_FILE, &CIVIL_STATUS_HEADER, n)?,
+            shuffle,
             summary: GenerateSummary::default(),
         })
     }
@@ -1293,6 +1469,7 @@ impl Writers {
     fn write(
         &mut self,
         h: &Holder,
+        numbers: &PermitNumbers,
         ctx: &Inputs,
         rng: &mut ChaCha8Rng,
         s: &mut Scratch,
@@ -1302,7 +1479,7 @@ impl Writers {
 
         // permits
         s.permit_no.clear();
-        push_permit_no(&mut s.permit_no, h.index);
+        numbers.push(&mut s.permit_no, h.index);
         s.id_field.clear();
         s.id_field.push_str(id);
         if h.lowercase_x {
@@ -1354,21 +1531,24 @@ impl Writers {
         let employer = h.employer.map_or("", |e| ctx.employers[e].uscc.as_str());
         let si_status = label(rng, h.si_status.code(), h.si_status.labels_zh());
         let marital = label(rng, h.marital.code(), h.marital.labels_zh());
-        self.permits.write_record([
-            s.permit_no.as_str(),
-            s.id_field.as_str(),
-            s.name.as_str(),
-            s.phone.as_str(),
-            s.email.as_str(),
-            street.district_code,
-            street.code,
-            s.address.as_str(),
-            s.date.as_str(),
-            status,
-            employer,
-            si_status,
-            marital,
-        ])?;
+        self.permits.write_record(
+            [
+                s.permit_no.as_str(),
+                s.id_field.as_str(),
+                s.name.as_str(),
+                s.phone.as_str(),
+                s.email.as_str(),
+                street.district_code,
+                street.code,
+                s.address.as_str(),
+                s.date.as_str(),
+                status,
+                employer,
+                si_status,
+                marital,
+            ],
+            self.shuffle.as_mut(),
+        )?;
         self.summary.permits += 1;
 
         // residence
@@ -1386,13 +1566,16 @@ impl Writers {
             s.officer.clear();
             s.officer.push('P');
             push_padded(&mut s.officer, rng.random_range(0..1_000_000u64), 6);
-            self.residence.write_record([
-                id,
-                s.date.as_str(),
-                label(rng, result.code(), result.labels_zh()),
-                address,
-                s.officer.as_str(),
-            ])?;
+            self.residence.write_record(
+                [
+                    id,
+                    s.date.as_str(),
+                    label(rng, result.code(), result.labels_zh()),
+                    address,
+                    s.officer.as_str(),
+                ],
+                self.shuffle.as_mut(),
+            )?;
             self.summary.residence += 1;
         }
 
@@ -1408,13 +1591,16 @@ impl Writers {
                 let e = &ctx.employers[e];
                 (e.uscc.as_str(), e.name.as_str())
             });
-            self.social_insurance.write_record([
-                id,
-                s.date.as_str(),
-                label(rng, status.code(), status.labels_zh()),
-                uscc,
-                name,
-            ])?;
+            self.social_insurance.write_record(
+                [
+                    id,
+                    s.date.as_str(),
+                    label(rng, status.code(), status.labels_zh()),
+                    uscc,
+                    name,
+                ],
+                self.shuffle.as_mut(),
+            )?;
             self.summary.social_insurance += 1;
         }
 
@@ -1424,25 +1610,27 @@ impl Writers {
             if let Some(d) = row_as_of {
                 push_date(&mut s.date, d, DateForm::Iso);
             }
-            self.civil_status.write_record([
-                id,
-                label(rng, marital.code(), marital.labels_zh()),
-                s.date.as_str(),
-            ])?;
+            self.civil_status.write_record(
+                [
+                    id,
+                    label(rng, marital.code(), marital.labels_zh()),
+                    s.date.as_str(),
+                ],
+                self.shuffle.as_mut(),
+            )?;
             self.summary.civil_status += 1;
         }
         Ok(())
     }
 
     fn finish(mut self) -> anyhow::Result<GenerateSummary> {
-        for (w, rel) in [
-            (&mut self.permits, PERMITS_FILE),
-            (&mut self.residence, RESIDENCE_FILE),
-            (&mut self.social_insurance, SOCIAL_INSURANCE_FILE),
-            (&mut self.civil_status, CIVIL_STATUS_FILE),
+        for out in [
+            self.permits,
+            self.residence,
+            self.social_insurance,
+            self.civil_status,
         ] {
-            w.flush()
-                .with_context(|| format!("failed to write {rel}"))?;
+            out.finish(self.shuffle.as_mut())?;
         }
         Ok(self.summary)
     }
@@ -1458,15 +1646,24 @@ mod tests {
         NaiveDate::from_ymd_opt(2026, 11, 27).unwrap()
     }
 
-    fn run(permits: usize, seed: u64) -> (tempfile::TempDir, GenerateSummary) {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = GenerateOptions {
+    fn opts(permits: usize, seed: u64, layout: Layout) -> GenerateOptions {
+        GenerateOptions {
             permits,
             seed,
             as_of: as_of(),
-        };
-        let summary = generate(&opts, dir.path()).unwrap();
+            layout,
+        }
+    }
+
+    fn run_in(layout: Layout, permits: usize, seed: u64) -> (tempfile::TempDir, GenerateSummary) {
+        let dir = tempfile::tempdir().unwrap();
+        let summary = generate(&opts(permits, seed, layout), dir.path()).unwrap();
         (dir, summary)
+    }
+
+    /// The default layout, shuffled.
+    fn run(permits: usize, seed: u64) -> (tempfile::TempDir, GenerateSummary) {
+        run_in(Layout::Shuffled, permits, seed)
     }
 
     fn read(dir: &Path, rel: &str) -> Vec<u8> {
@@ -1524,14 +1721,56 @@ mod tests {
     }
 
     #[test]
-    fn a_smaller_data_set_is_a_prefix_of_a_larger_one() {
-        let (small, _) = run(120, 7);
-        let (large, _) = run(400, 7);
+    fn a_smaller_sorted_data_set_is_a_prefix_of_a_larger_one() {
+        let (small, _) = run_in(Layout::Sorted, 120, 7);
+        let (large, _) = run_in(Layout::Sorted, 400, 7);
         for rel in FILES {
             let s = read(small.path(), rel);
             let l = read(large.path(), rel);
             assert!(l.starts_with(&s), "{rel}");
         }
+    }
+
+    #[test]
+    fn the_shuffled_layout_holds_the_sorted_rows_in_another_order_with_unordered_numbers() {
+        // More than one bucket, so the shuffle's merge is exercised.
+        let n = PERMITS_PER_BUCKET + 500;
+        let (sorted, ss) = run_in(Layout::Sorted, n, 11);
+        let (shuffled, sh) = run_in(Layout::Shuffled, n, 11);
+        assert_eq!(ss, sh);
+        for rel in FILES {
+            let mut a: Vec<Vec<String>> = rows(sorted.path(), rel)
+                .iter()
+                .map(|r| r.iter().map(str::to_owned).collect())
+                .collect();
+            let mut b: Vec<Vec<String>> = rows(shuffled.path(), rel)
+                .iter()
+                .map(|r| r.iter().map(str::to_owned).collect())
+                .collect();
+            assert_ne!(a, b, "{rel}: rows not shuffled");
+            if rel == PERMITS_FILE {
+                // The permit numbers differ; the rest of each row is the same.
+                let numbers: HashSet<String> = b.iter().map(|r| r[0].clone()).collect();
+                assert_eq!(numbers.len(), n, "permit numbers are unique");
+                let ascending = b.windows(2).filter(|w| w[0][0] < w[1][0]).count();
+                assert!(
+                    (n * 2 / 5..n * 3 / 5).contains(&ascending),
+                    "{ascending} of {n} neighbours ascend: not random"
+                );
+                for r in a.iter_mut().chain(b.iter_mut()) {
+                    assert!(r[0].starts_with("SH") && r[0].len() == 12, "{}", r[0]);
+                    r[0].clear();
+                }
+            }
+            a.sort();
+            b.sort();
+            assert!(a == b, "{rel}: the layouts hold different rows");
+        }
+        let left: Vec<_> = std::fs::read_dir(shuffled.path().join("permits"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["permits.csv"], "bucket files removed");
     }
 
     #[test]
@@ -1554,7 +1793,7 @@ mod tests {
         let mut permit_nos = HashSet::new();
         let mut ids = HashSet::new();
         let mut lowercase_x = 0;
-        let c3: HashSet<String> = scenarios(SCENARIO_COUNT)
+        let c3: HashSet<String> = scenarios(&opts(SCENARIO_COUNT, 9, Layout::Shuffled))
             .into_iter()
             .filter(|s| s.description.contains("(C3)"))
             .map(|s| s.permit_no)
@@ -1776,7 +2015,7 @@ mod tests {
     fn scenario_permits_get_their_documented_outcome() {
         let (dir, _) = run(300, 42);
         let outcomes = evaluate(dir.path(), as_of());
-        let scenarios = scenarios(300);
+        let scenarios = scenarios(&opts(300, 42, Layout::Shuffled));
         assert_eq!(scenarios.len(), SCENARIO_COUNT);
         for s in &scenarios {
             let (outcome, channel) = &outcomes[&s.permit_no];
@@ -1789,7 +2028,7 @@ mod tests {
             );
             assert_eq!(*channel, s.channel, "{} {}", s.permit_no, s.description);
         }
-        assert_eq!(super::scenarios(5).len(), 5);
+        assert_eq!(super::scenarios(&opts(5, 1, Layout::Sorted)).len(), 5);
     }
 
     #[test]

@@ -71,10 +71,12 @@ impl Db {
         }
     }
 
-    /// Whether an import's memory stays bounded by its batches (SQLite's
-    /// append-only feed tables: repeated keys are found with a Bloom filter
-    /// and confirmed against the database) rather than growing with the
-    /// file (PostgreSQL keeps exact per-key maps; docs/benchmarks.md).
+    /// Whether a keyed feed's import (residence, social insurance, civil
+    /// status) keeps its memory bounded by its batches (SQLite's append-only
+    /// feed tables: repeated keys are found with a Bloom filter and
+    /// confirmed against the database) rather than growing with the file
+    /// (PostgreSQL keeps an exact per-key map). The permits import is the
+    /// same on both: an external sort.
     pub fn bounded_import_memory(&self) -> bool {
         matches!(self, Db::Sqlite(_))
     }
@@ -275,7 +277,7 @@ impl ImportTx {
     pub async fn lookup_permits(
         &mut self,
         permit_nos: &[&str],
-    ) -> Result<HashMap<String, StoredPermit>> {
+    ) -> Result<HashMap<String, PriorPermit>> {
         match self {
             ImportTx::Sqlite(tx) => tx.lookup_permits(permit_nos).await,
             ImportTx::Postgres(tx) => tx.lookup_permits(permit_nos).await,

@@ -960,7 +960,7 @@ impl PgImportTx {
     pub async fn lookup_permits(
         &mut self,
         permit_nos: &[&str],
-    ) -> Result<HashMap<String, StoredPermit>> {
+    ) -> Result<HashMap<String, PriorPermit>> {
         let rows = sqlx::query(
             "SELECT permit_no, valid_until, status FROM permits WHERE permit_no = ANY($1)",
         )
@@ -977,12 +977,9 @@ impl PgImportTx {
             })?;
             out.insert(
                 r.try_get(0)?,
-                StoredPermit {
-                    current: PriorPermit {
-                        valid_until: r.try_get(1)?,
-                        status,
-                    },
-                    this_import: None,
+                PriorPermit {
+                    valid_until: r.try_get(1)?,
+                    status,
                 },
             );
         }

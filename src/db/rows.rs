@@ -55,17 +55,6 @@ pub struct PriorPermit {
     pub status: crate::domain::PermitStatus,
 }
 
-/// A stored permit as an import finds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredPermit {
-    pub current: PriorPermit,
-    /// Set when this import wrote the permit already (its key came earlier
-    /// in the file, C6): that row's line and the permit as stored before
-    /// the import (`None`: new). SQLite keeps these in the register
-    /// (migration 0003); PostgreSQL's import keeps them in memory instead.
-    pub this_import: Option<(u64, Option<PriorPermit>)>,
-}
-
 /// Where a permit row an import writes comes from: its line, and the
 /// permit as stored before the import (`None`: new), for C6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -893,70 +893,38 @@ impl SqliteImportTx {
     pub async fn lookup_permits(
         &mut self,
         permit_nos: &[&str],
-    ) -> Result<HashMap<String, StoredPermit>> {
-        type Found = (
-            String,
-            NaiveDate,
-            String,
-            i64,
-            i64,
-            Option<NaiveDate>,
-            Option<String>,
-        );
-        let found: Vec<Found> = with_raw(&mut self.tx, |c| {
-            let mut stmt = c.prepare(
-                "SELECT valid_until, status, import_id, import_line, prior_valid_until, prior_status
-                 FROM permits WHERE permit_no = ?1",
-            )?;
-            let mut out = Vec::new();
+    ) -> Result<HashMap<String, PriorPermit>> {
+        // The narrow half of the register holds all an import compares.
+        let found: Vec<(String, NaiveDate, String)> = with_raw(&mut self.tx, |c| {
+            let mut stmt =
+                c.prepare("SELECT valid_until, status FROM permit_state WHERE permit_no = ?1")?;
+            let mut out = Vec::with_capacity(permit_nos.len());
             for no in permit_nos {
                 let mut rows = stmt.query([no])?;
                 if let Some(r) = rows.next()? {
-                    out.push((
-                        no.to_string(),
-                        raw_date(r, 0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        raw_opt_date(r, 4)?,
-                        r.get(5)?,
-                    ));
+                    out.push((no.to_string(), raw_date(r, 0)?, r.get(1)?));
                 }
             }
             Ok(out)
         })
         .await?;
-        let status_of = |s: &str| {
-            PermitStatus::parse(s).map_err(|_| {
-                Error::Runtime(anyhow::anyhow!("stored permit has unknown status {s:?}"))
-            })
-        };
-        let mut out = HashMap::with_capacity(found.len());
-        for (no, valid_until, status, import_id, line, prior_vu, prior_status) in found {
-            let this_import = if import_id == self.import_id {
-                let prior = match (prior_vu, prior_status) {
-                    (Some(valid_until), Some(s)) => Some(PriorPermit {
+        found
+            .into_iter()
+            .map(|(no, valid_until, status)| {
+                let status = PermitStatus::parse(&status).map_err(|_| {
+                    Error::Runtime(anyhow::anyhow!(
+                        "stored permit has unknown status {status:?}"
+                    ))
+                })?;
+                Ok((
+                    no,
+                    PriorPermit {
                         valid_until,
-                        status: status_of(&s)?,
-                    }),
-                    _ => None,
-                };
-                Some((line as u64, prior))
-            } else {
-                None
-            };
-            out.insert(
-                no,
-                StoredPermit {
-                    current: PriorPermit {
-                        valid_until,
-                        status: status_of(&status)?,
+                        status,
                     },
-                    this_import,
-                },
-            );
-        }
-        Ok(out)
+                ))
+            })
+            .collect()
     }
 
     /// Whether the register was empty when this import began (then no

@@ -5,6 +5,7 @@
 
 mod parse;
 mod reader;
+mod sort;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -93,12 +94,8 @@ pub async fn import_file(
     let report = async {
         match feed {
             Feed::Permits => {
-                let parser = RowParser::marked(parse::permit, bounded);
-                let writer = PermitsWriter {
-                    bounded,
-                    ..PermitsWriter::default()
-                };
-                run_import(db, feed, path, &sha, opts, parser, writer).await
+                let parser = RowParser::unsettled(parse::permit);
+                run_import(db, feed, path, &sha, opts, parser, PermitsWriter::default()).await
             }
             Feed::Residence => {
                 let parser = RowParser::keyed(parse::residence, bounded);
@@ -131,9 +128,6 @@ struct Item<T> {
     line: u64,
     raw: csv::StringRecord,
     parsed: Result<Parsed<T>, String>,
-    /// Its key may have come earlier in the file (a Bloom filter hit; set
-    /// for permit rows on SQLite, which the writer then looks up).
-    repeat: bool,
 }
 
 enum Msg<T> {
@@ -173,24 +167,10 @@ enum Seen {
 /// talks to the database, the bottleneck) free for writing.
 struct Settle<T> {
     seen: Seen,
-    /// Permit rows: only mark Bloom hits ([`Item::repeat`]); the writer
-    /// decides the rows against the register.
-    mark_only: bool,
     _row: std::marker::PhantomData<T>,
 }
 
 impl<T: Keyed> Settle<T> {
-    fn mark(&mut self, items: &mut [Item<T>]) {
-        let Seen::Bloom(bloom) = &mut self.seen else {
-            return;
-        };
-        for item in items {
-            if let Ok(p) = &item.parsed {
-                item.repeat = bloom.insert(pair_hash(p.row.key_ref()));
-            }
-        }
-    }
-
     fn settle(&mut self, items: Vec<Item<T>>) -> ReadyBatch<T> {
         let mut out = ReadyBatch {
             read: items.len() as u64,
@@ -341,22 +321,16 @@ impl<T: Keyed> RowParser<T> {
                 } else {
                     Seen::Exact(HashMap::new())
                 },
-                mark_only: false,
                 _row: std::marker::PhantomData,
             }),
         }
     }
 
-    /// Permit rows: on SQLite (`bounded`), Bloom hits are marked for the
-    /// writer; otherwise the writer keeps exact per-key state itself.
-    fn marked(parse: ParseFn<T>, bounded: bool) -> Self {
+    /// Permit rows: the writer settles R2 against the register itself.
+    fn unsettled(parse: ParseFn<T>) -> Self {
         RowParser {
             parse,
-            settle: bounded.then(|| Settle {
-                seen: Seen::Bloom(Bloom { blocks: Vec::new() }),
-                mark_only: true,
-                _row: std::marker::PhantomData,
-            }),
+            settle: None,
         }
     }
 }
@@ -373,7 +347,7 @@ fn parse_file<T: Keyed + Send + 'static>(
     let (encoding, batch_rows, progress) = (opts.encoding, opts.batch_rows, opts.progress);
     let header_names = opts.headers.of(feed);
     let RowParser { parse, mut settle } = parser;
-    let send = |mut batch: Vec<Item<T>>, settle: &mut Option<Settle<T>>, bytes: u64, len: u64| {
+    let send = |batch: Vec<Item<T>>, settle: &mut Option<Settle<T>>, bytes: u64, len: u64| {
         // Free what the writer has handed back ([`Recycle`]) on this thread.
         while let Ok(done) = recycled.try_recv() {
             drop(done);
@@ -385,12 +359,7 @@ fn parse_file<T: Keyed + Send + 'static>(
                         *b = Bloom::for_file(len, bytes, batch.len() as u64);
                     }
                 }
-                if s.mark_only {
-                    s.mark(&mut batch);
-                    Msg::Batch(batch)
-                } else {
-                    Msg::Ready(s.settle(batch))
-                }
+                Msg::Ready(s.settle(batch))
             }
             None => Msg::Batch(batch),
         };
@@ -498,12 +467,7 @@ fn parse_file<T: Keyed + Send + 'static>(
                 .collect();
             parse(&Fields { values })
         };
-        batch.push(Item {
-            line,
-            raw,
-            parsed,
-            repeat: false,
-        });
+        batch.push(Item { line, raw, parsed });
         if batch.len() >= batch_rows {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_rows));
             let bytes = record.position().map(|p| p.byte()).unwrap_or(0);
@@ -633,6 +597,12 @@ trait BatchWriter<T> {
         rows: Vec<T>,
         recycle: &Recycle,
     ) -> Result<()>;
+
+    /// Completes the file once every batch is in (a staging writer decides
+    /// and writes here), before the reject ratio is checked.
+    async fn finish(&mut self, _tx: &mut ImportTx, _tally: &mut Tally) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Hands what the writer is done with back to the parser thread that
@@ -729,6 +699,14 @@ where
     parser
         .await
         .map_err(|e| Error::Runtime(anyhow::anyhow!("parser thread failed for {shown}: {e}")))?;
+    if refused.is_none() {
+        let result = writer.finish(&mut tx, &mut tally).await;
+        crate::faults::point("import.batch_written");
+        if let Err(e) = result {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+    }
     if let Some(w) = tally.rejects.as_mut() {
         w.flush()
             .map_err(|e| Error::io(format!("cannot write rejects file for {shown}"), e))?;
@@ -887,12 +865,6 @@ impl Upsert for crate::db::CivilStatusRow {
     }
 }
 
-/// Remembers the line of each key accepted so far in this file.
-#[derive(Default)]
-struct SeenKeys<V> {
-    lines: HashMap<u64, (u64, V)>,
-}
-
 /// Writer for residence, social-insurance and civil-status rows, which are
 /// settled on the parser thread ([`Settle`]): it only writes.
 struct KeyedWriter<T> {
@@ -932,29 +904,366 @@ impl<T: Keyed + Upsert + Send + 'static> BatchWriter<T> for KeyedWriter<T> {
     }
 }
 
-/// Writer for the permit register: R2's `valid_until` never backwards and
-/// C5/C6 (compared with the value stored before this file).
-#[derive(Default)]
-struct PermitsWriter {
-    /// SQLite: what this import wrote is read back from the register (its
-    /// line and the value before the file, migration 0003), and only rows
-    /// the parser marked as repeats are looked up during an initial load.
-    /// Otherwise (PostgreSQL) `seen` keeps it for every key of the file.
-    bounded: bool,
-    /// Per key seen in this file: its line and the permit as stored before
-    /// the file (`None`: new). Unused when `bounded`.
-    seen: SeenKeys<Option<PriorPermit>>,
-    /// `Some(true)` when the register was empty at the start: the initial
-    /// load needs no lookups of stored permits.
-    empty_register: Option<bool>,
+/// A permit row parsed and held for sorting: its line, the parsed row, the
+/// file's `status` column if given (C5), the parser's warnings (logged if
+/// the row is accepted) and the original fields (for the rejects file).
+struct HeldPermit {
+    line: u64,
+    row: PermitRow,
+    given_status: Option<PermitStatus>,
+    warnings: Vec<String>,
+    raw: Vec<String>,
 }
 
+impl HeldPermit {
+    /// (permit_no, line): the rows of one permit together, in line order.
+    fn sort_key(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.row.permit_no.len() + 8);
+        key.extend_from_slice(self.row.permit_no.as_bytes());
+        key.extend_from_slice(&self.line.to_be_bytes());
+        key
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let p = &self.row;
+        let mut e = sort::Encoder::default();
+        e.u64(self.line)
+            .str(&p.permit_no)
+            .str(&p.id_number)
+            .str(&p.name)
+            .opt(p.phone.as_deref())
+            .opt(p.email.as_deref())
+            .str(&p.district_code)
+            .str(&p.street_code)
+            .str(&p.address)
+            .str(&p.valid_until.format("%Y-%m-%d").to_string())
+            .str(&p.status)
+            .str(&p.employer_uscc)
+            .str(&p.si_status)
+            .str(&p.marital_status)
+            .opt(self.given_status.map(|s| s.code()))
+            .u64(self.warnings.len() as u64);
+        for w in &self.warnings {
+            e.str(w);
+        }
+        for f in &self.raw {
+            e.str(f);
+        }
+        e.into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> std::io::Result<HeldPermit> {
+        let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let mut d = sort::Decoder::new(bytes);
+        let line = d.u64()?;
+        let row = PermitRow {
+            permit_no: d.str()?,
+            id_number: d.str()?,
+            name: d.str()?,
+            phone: d.opt()?,
+            email: d.opt()?,
+            district_code: d.str()?,
+            street_code: d.str()?,
+            address: d.str()?,
+            valid_until: crate::domain::parse_date(&d.str()?).map_err(|e| bad(e.to_string()))?,
+            status: d.str()?,
+            employer_uscc: d.str()?,
+            si_status: d.str()?,
+            marital_status: d.str()?,
+        };
+        let given_status = d
+            .opt()?
+            .map(|s| PermitStatus::parse(&s).map_err(|e| bad(e.to_string())))
+            .transpose()?;
+        let warnings = (0..d.u64()?)
+            .map(|_| d.str())
+            .collect::<std::io::Result<_>>()?;
+        let mut raw = Vec::new();
+        while !d.is_empty() {
+            raw.push(d.str()?);
+        }
+        Ok(HeldPermit {
+            line,
+            row,
+            given_status,
+            warnings,
+            raw,
+        })
+    }
+}
+
+/// A rejected row or a warning, held until the file is decided so that
+/// the rejects file and the log read in line order.
+struct Note {
+    line: u64,
+    /// The original fields of a rejected row; `None` for a warning.
+    rejected: Option<Vec<String>>,
+    text: String,
+}
+
+/// What a permit row does to the register.
 enum PermitWrite {
     Full(PermitRow, ImportMark),
     Contacts(ContactUpdate),
 }
 
+/// What a permit row does to the register, given the permit as stored
+/// before this file (`mark.prior`; `None`: new), or the reason it is
+/// rejected.
+fn permit_write(
+    mut row: PermitRow,
+    given_status: Option<PermitStatus>,
+    mark: ImportMark,
+) -> Result<PermitWrite, String> {
+    Ok(match mark.prior {
+        None => PermitWrite::Full(row, mark),
+        // C5/C15: a cancelled permit takes contact fields only.
+        Some(prior) if prior.status == PermitStatus::Cancelled => {
+            PermitWrite::Contacts(ContactUpdate {
+                permit_no: row.permit_no,
+                name: row.name,
+                phone: row.phone,
+                email: row.email,
+                mark,
+            })
+        }
+        // R2, C6: compared with the stored value only.
+        Some(prior) if row.valid_until < prior.valid_until => {
+            return Err(format!(
+                "VALID_UNTIL_BACKWARDS: valid_until {} is earlier than the stored {}",
+                row.valid_until, prior.valid_until
+            ))
+        }
+        Some(prior) => {
+            // C5: the status column applies only when it says cancelled; a
+            // later valid_until restores a suspended permit (endorsed at a
+            // center).
+            let status = if given_status == Some(PermitStatus::Cancelled) {
+                PermitStatus::Cancelled
+            } else if prior.status == PermitStatus::Suspended && row.valid_until > prior.valid_until
+            {
+                PermitStatus::Active
+            } else {
+                prior.status
+            };
+            row.status = status.code().to_string();
+            PermitWrite::Full(row, mark)
+        }
+    })
+}
+
+/// Sorted rows decided and written per round trip.
+const DECIDE_ROWS: usize = 10_000;
+
+/// Writer for the permit register (R2, C5, C6). Parsed rows are held in an
+/// external sort by (permit_no, line) while the file is read; once it is
+/// read, they come back in key order and are decided against the permit
+/// as stored before the file and written, a page at a time. The register's
+/// lookups and writes then walk its pages in key order, once, whatever
+/// order the file's keys come in (a file in random key order would
+/// otherwise touch a random page of the register per row), a permit's rows
+/// are decided together (no per-key state across the file), and memory is
+/// bounded by the sort's budget and the page, not the file.
+struct PermitsWriter {
+    rows: sort::ExternalSort,
+    notes: sort::ExternalSort,
+    /// Notes so far: their order among notes of the same line.
+    noted: u64,
+    /// The permit being decided (its rows may span pages).
+    current: Option<Deciding>,
+    /// The register was empty when this file began: nothing to look up.
+    empty_register: Option<bool>,
+}
+
+/// A permit whose rows are being decided.
+struct Deciding {
+    permit_no: String,
+    /// As stored before the file (`None`: new).
+    stored: Option<PriorPermit>,
+    /// The line of its latest accepted row so far.
+    earlier: Option<u64>,
+    /// That row's write (R2: the later line wins).
+    write: Option<PermitWrite>,
+}
+
+impl Default for PermitsWriter {
+    fn default() -> Self {
+        PermitsWriter {
+            rows: sort::ExternalSort::new(sort::RUN_BYTES),
+            notes: sort::ExternalSort::new(sort::RUN_BYTES / 8),
+            noted: 0,
+            current: None,
+            empty_register: None,
+        }
+    }
+}
+
+fn sort_error(e: std::io::Error) -> Error {
+    Error::io("cannot sort the permit rows in temporary files (TMPDIR)", e)
+}
+
+impl PermitsWriter {
+    fn note(&mut self, note: Note) -> Result<()> {
+        let mut key = note.line.to_be_bytes().to_vec();
+        key.extend_from_slice(&self.noted.to_be_bytes());
+        self.noted += 1;
+        let mut e = sort::Encoder::default();
+        e.u64(note.line).str(&note.text);
+        for f in note.rejected.iter().flatten() {
+            e.str(f);
+        }
+        let record = if note.rejected.is_some() {
+            e.into_bytes()
+        } else {
+            // A warning: no fields, marked by a leading empty record.
+            let mut w = vec![0u8];
+            w.extend(e.into_bytes());
+            w
+        };
+        self.notes.push(key, record).map_err(sort_error)
+    }
+
+    /// Decides one row (rows come in (permit_no, line) order); the write
+    /// of a permit whose rows are all seen goes to `done`. Returns 1 if the
+    /// row is accepted.
+    fn decide(
+        &mut self,
+        held: HeldPermit,
+        stored: Option<PriorPermit>,
+        done: &mut Vec<PermitWrite>,
+    ) -> Result<u64> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|d| d.permit_no != held.row.permit_no)
+        {
+            done.extend(self.current.take().and_then(|d| d.write));
+        }
+        let d = self.current.get_or_insert_with(|| Deciding {
+            permit_no: held.row.permit_no.clone(),
+            stored,
+            earlier: None,
+            write: None,
+        });
+        let mark = ImportMark {
+            line: held.line,
+            prior: d.stored,
+        };
+        match permit_write(held.row, held.given_status, mark) {
+            Err(text) => {
+                self.note(Note {
+                    line: held.line,
+                    rejected: Some(held.raw),
+                    text,
+                })?;
+                Ok(0)
+            }
+            Ok(w) => {
+                d.write = Some(w);
+                let earlier = d.earlier.replace(held.line);
+                for text in held.warnings {
+                    self.note(Note {
+                        line: held.line,
+                        rejected: None,
+                        text,
+                    })?;
+                }
+                if let Some(earlier) = earlier {
+                    self.note(Note {
+                        line: held.line,
+                        rejected: None,
+                        text: format!(
+                            "same permit_no as line {earlier}; the later line wins (R2, C6)"
+                        ),
+                    })?;
+                }
+                Ok(1)
+            }
+        }
+    }
+
+    /// Looks up, decides and writes one page of sorted rows.
+    async fn decide_page(
+        &mut self,
+        tx: &mut ImportTx,
+        page: Vec<HeldPermit>,
+        last: bool,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let empty = match self.empty_register {
+            Some(e) => e,
+            None => *self.empty_register.insert(tx.register_is_empty().await?),
+        };
+        let stored = if empty || page.is_empty() {
+            HashMap::new()
+        } else {
+            let mut keys: Vec<&str> = page.iter().map(|h| h.row.permit_no.as_str()).collect();
+            keys.dedup();
+            tx.lookup_permits(&keys).await?
+        };
+        let mut done = Vec::with_capacity(page.len());
+        for held in page {
+            // A permit whose rows span pages keeps what the first page
+            // found: this import has not written it yet.
+            let prior = stored.get(&held.row.permit_no).copied();
+            tally.counts.rows_imported += self.decide(held, prior, &mut done)?;
+        }
+        if last {
+            done.extend(self.current.take().and_then(|d| d.write));
+        }
+        let (mut full, mut contacts) = (Vec::new(), Vec::new());
+        for w in done {
+            match w {
+                PermitWrite::Full(r, mark) => full.push((r, mark)),
+                PermitWrite::Contacts(c) => contacts.push(c),
+            }
+        }
+        if !full.is_empty() {
+            tx.upsert_permits(&full).await?;
+        }
+        if !contacts.is_empty() {
+            tx.update_contacts(&contacts).await?;
+        }
+        Ok(())
+    }
+}
+
 impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
+    async fn write(
+        &mut self,
+        _: &mut ImportTx,
+        items: Vec<Item<(PermitRow, Option<PermitStatus>)>>,
+        _: &mut Tally,
+        recycle: &Recycle,
+    ) -> Result<()> {
+        let mut raws = Vec::with_capacity(items.len());
+        for item in items {
+            let raw = item.raw.iter().map(str::to_string).collect();
+            raws.push(item.raw);
+            match item.parsed {
+                Err(text) => self.note(Note {
+                    line: item.line,
+                    rejected: Some(raw),
+                    text,
+                })?,
+                Ok(p) => {
+                    let held = HeldPermit {
+                        line: item.line,
+                        row: p.row.0,
+                        given_status: p.row.1,
+                        warnings: p.warnings,
+                        raw,
+                    };
+                    self.rows
+                        .push(held.sort_key(), held.encode())
+                        .map_err(sort_error)?;
+                }
+            }
+        }
+        recycle.give(raws);
+        Ok(())
+    }
+
     async fn write_ready(
         &mut self,
         _: &mut ImportTx,
@@ -966,176 +1275,47 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         )))
     }
 
-    async fn write(
-        &mut self,
-        tx: &mut ImportTx,
-        items: Vec<Item<(PermitRow, Option<PermitStatus>)>>,
-        tally: &mut Tally,
-        recycle: &Recycle,
-    ) -> Result<()> {
-        let empty = match self.empty_register {
-            Some(e) => e,
-            None => *self.empty_register.insert(tx.register_is_empty().await?),
-        };
-        let lookup: Vec<&str> = items
-            .iter()
-            .filter(|i| {
-                if self.bounded {
-                    !empty || i.repeat
-                } else {
-                    !empty
+    async fn finish(&mut self, tx: &mut ImportTx, tally: &mut Tally) -> Result<()> {
+        let rows = std::mem::replace(&mut self.rows, sort::ExternalSort::new(0));
+        let mut sorted = rows.finish().map_err(sort_error)?;
+        loop {
+            let mut page = Vec::with_capacity(DECIDE_ROWS);
+            while page.len() < DECIDE_ROWS {
+                match sorted.next_record().map_err(sort_error)? {
+                    Some((_, record)) => {
+                        page.push(HeldPermit::decode(&record).map_err(sort_error)?)
+                    }
+                    None => break,
                 }
-            })
-            .filter_map(|i| i.parsed.as_ref().ok())
-            .map(|p| p.row.0.permit_no.as_str())
-            .filter(|no| self.bounded || !self.seen.lines.contains_key(&key_hash(no)))
-            .collect();
-        let stored = if lookup.is_empty() {
-            HashMap::new()
-        } else {
-            tx.lookup_permits(&lookup).await?
-        };
-        // Within the batch (bounded by its size), borrowing the rows: the
-        // previous parsed row with the same permit_no, if any.
-        let previous: Vec<Option<usize>> = {
-            let mut last: HashMap<&str, usize, foldhash::fast::FixedState> =
-                HashMap::with_capacity_and_hasher(items.len(), Default::default());
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| match &item.parsed {
-                    Ok(p) => last.insert(p.row.0.permit_no.as_str(), i),
-                    Err(_) => None,
-                })
-                .collect()
-        };
-        // Per row, once decided: its line and the value from before this
-        // file (None: rejected, or not parsed).
-        let mut decided: Vec<Option<(u64, Option<PriorPermit>)>> = vec![None; items.len()];
-        let mut writes: Vec<PermitWrite> = Vec::with_capacity(items.len());
-        let mut raws = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            raws.push(item.raw);
-            let raw = raws.last().expect("just pushed");
-            let p = match item.parsed {
-                Err(reason) => {
-                    tally.reject(item.line, &reason, raw)?;
-                    continue;
-                }
-                Ok(p) => p,
-            };
-            let (mut row, given_status) = p.row;
-            let hash = key_hash(&row.permit_no);
-            // The latest earlier row of this batch that was not rejected.
-            let mut before = previous[i];
-            while let Some(j) = before.filter(|&j| decided[j].is_none()) {
-                before = previous[j];
             }
-            let remembered = match before {
-                Some(j) => decided[j],
-                None if self.bounded => stored.get(&row.permit_no).and_then(|s| s.this_import),
-                None => self.seen.lines.get(&hash).copied(),
-            };
-            let (earlier, prior) = match remembered {
-                Some((line, prior)) => (Some(line), prior),
-                None => (None, stored.get(&row.permit_no).map(|s| s.current)),
-            };
-            let mark = ImportMark {
-                line: item.line,
-                prior,
-            };
-            let write = match prior {
-                None => PermitWrite::Full(row, mark),
-                // C5/C15: a cancelled permit takes contact fields only.
-                Some(prior) if prior.status == PermitStatus::Cancelled => {
-                    PermitWrite::Contacts(ContactUpdate {
-                        permit_no: row.permit_no,
-                        name: row.name,
-                        phone: row.phone,
-                        email: row.email,
-                        mark,
-                    })
-                }
-                Some(prior) if row.valid_until < prior.valid_until => {
-                    let reason = format!(
-                        "VALID_UNTIL_BACKWARDS: valid_until {} is earlier than the stored {}",
-                        row.valid_until, prior.valid_until
-                    );
-                    tally.reject(item.line, &reason, raw)?;
-                    continue;
-                }
-                Some(prior) => {
-                    // C5: the status column applies only when it says
-                    // cancelled; a later valid_until restores a suspended
-                    // permit (endorsed at a center).
-                    let status = if given_status == Some(PermitStatus::Cancelled) {
-                        PermitStatus::Cancelled
-                    } else if prior.status == PermitStatus::Suspended
-                        && row.valid_until > prior.valid_until
-                    {
-                        PermitStatus::Active
-                    } else {
-                        prior.status
-                    };
-                    row.status = status.code().to_string();
-                    PermitWrite::Full(row, mark)
-                }
-            };
-            for w in &p.warnings {
-                tally.warn(item.line, w);
-            }
-            if let Some(earlier) = earlier {
-                tally.warn(
-                    item.line,
-                    &format!("same permit_no as line {earlier}; the later line wins (R2, C6)"),
-                );
-            }
-            decided[i] = Some((item.line, prior));
-            if !self.bounded {
-                self.seen.lines.insert(hash, (item.line, prior));
-            }
-            tally.counts.rows_imported += 1;
-            writes.push(write);
-        }
-        // R2: of the rows with one permit_no, the batch writes the last.
-        let keep: Vec<bool> = {
-            let mut later: std::collections::HashSet<&str, foldhash::fast::FixedState> =
-                std::collections::HashSet::with_capacity_and_hasher(
-                    writes.len(),
-                    Default::default(),
-                );
-            let mut keep: Vec<bool> = writes
-                .iter()
-                .rev()
-                .map(|w| later.insert(row_key(w)))
-                .collect();
-            keep.reverse();
-            keep
-        };
-        let mut full = Vec::with_capacity(writes.len());
-        let mut contacts = Vec::new();
-        for (w, keep) in writes.into_iter().zip(keep) {
-            match w {
-                PermitWrite::Full(r, mark) if keep => full.push((r, mark)),
-                PermitWrite::Contacts(c) if keep => contacts.push(c),
-                _ => {}
+            let last = page.len() < DECIDE_ROWS;
+            self.decide_page(tx, page, last, tally).await?;
+            if last {
+                break;
             }
         }
-        if !full.is_empty() {
-            tx.upsert_permits(&full).await?;
+        // Rejects and warnings in line order, as the file reads.
+        let notes = std::mem::replace(&mut self.notes, sort::ExternalSort::new(0));
+        let mut sorted = notes.finish().map_err(sort_error)?;
+        while let Some((_, record)) = sorted.next_record().map_err(sort_error)? {
+            let (warning, body) = match record.split_first() {
+                Some((0, body)) => (true, body),
+                _ => (false, record.as_slice()),
+            };
+            let mut d = sort::Decoder::new(body);
+            let line = d.u64().map_err(sort_error)?;
+            let text = d.str().map_err(sort_error)?;
+            if warning {
+                tally.warn(line, &text);
+            } else {
+                let mut raw = csv::StringRecord::new();
+                while !d.is_empty() {
+                    raw.push_field(&d.str().map_err(sort_error)?);
+                }
+                tally.reject(line, &text, &raw)?;
+            }
         }
-        if !contacts.is_empty() {
-            tx.update_contacts(&contacts).await?;
-        }
-        recycle.give((raws, full, contacts));
         Ok(())
-    }
-}
-
-fn row_key(w: &PermitWrite) -> &str {
-    match w {
-        PermitWrite::Full(r, _) => &r.permit_no,
-        PermitWrite::Contacts(c) => &c.permit_no,
     }
 }
 
@@ -1152,6 +1332,120 @@ pub fn rejects_path_in(dir: &Path, feed: Feed, file: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn held(no: &str, line: u64, valid_until: &str) -> HeldPermit {
+        HeldPermit {
+            line,
+            row: PermitRow {
+                permit_no: no.into(),
+                id_number: "110101198503150019".into(),
+                name: "测试".into(),
+                phone: Some("13800138000".into()),
+                email: None,
+                district_code: "310115".into(),
+                street_code: "310115004".into(),
+                address: "上海市浦东新区".into(),
+                valid_until: crate::domain::parse_date(valid_until).unwrap(),
+                status: "active".into(),
+                employer_uscc: String::new(),
+                si_status: "not_paying".into(),
+                marital_status: "single".into(),
+            },
+            given_status: None,
+            warnings: vec!["USCC check".into()],
+            raw: vec![no.into(), "a,b".into(), String::new()],
+        }
+    }
+
+    #[test]
+    fn a_held_permit_row_decodes_to_what_was_encoded() {
+        let mut h = held("SH1", 7, "2027-02-28");
+        h.given_status = Some(PermitStatus::Cancelled);
+        h.row.email = Some("a@example.com".into());
+        let back = HeldPermit::decode(&h.encode()).unwrap();
+        assert_eq!(back.line, 7);
+        assert_eq!(format!("{:?}", back.row), format!("{:?}", h.row));
+        assert_eq!(back.row.email, h.row.email);
+        assert_eq!(back.row.phone, h.row.phone);
+        assert_eq!(back.given_status, h.given_status);
+        assert_eq!(back.warnings, h.warnings);
+        assert_eq!(back.raw, h.raw);
+        // Sort keys order by permit_no, then line.
+        assert!(held("SH1", 9, "2027-01-01").sort_key() < held("SH1", 10, "2027-01-01").sort_key());
+        assert!(held("SH1", 10, "2027-01-01").sort_key() < held("SH2", 2, "2027-01-01").sort_key());
+    }
+
+    #[test]
+    fn a_permits_rows_are_decided_together_against_the_value_before_the_file_c6() {
+        let mut w = PermitsWriter::default();
+        let stored = Some(PriorPermit {
+            valid_until: crate::domain::parse_date("2027-01-01").unwrap(),
+            status: PermitStatus::Suspended,
+        });
+        let mut done = Vec::new();
+        // SH1's rows span two pages: the second page's lookup (here: none)
+        // does not replace what the first found.
+        assert_eq!(
+            w.decide(held("SH1", 2, "2027-06-01"), stored, &mut done)
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            w.decide(held("SH1", 5, "2026-06-01"), None, &mut done)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            w.decide(held("SH1", 8, "2027-03-01"), None, &mut done)
+                .unwrap(),
+            1
+        );
+        assert!(done.is_empty(), "SH1 is written once all its rows are seen");
+        assert_eq!(
+            w.decide(held("SH2", 3, "2027-01-01"), None, &mut done)
+                .unwrap(),
+            1
+        );
+        let [PermitWrite::Full(row, mark)] = done.as_slice() else {
+            panic!("one full write for SH1");
+        };
+        // R2: the later accepted line wins; C5: it restores the suspended
+        // permit; C6: line 5 went backwards from the stored value.
+        assert_eq!((row.permit_no.as_str(), mark.line), ("SH1", 8));
+        assert_eq!(row.valid_until.to_string(), "2027-03-01");
+        assert_eq!(row.status, "active");
+        assert_eq!(mark.prior, stored);
+        // Notes: line 2's warning; line 5 rejected; line 8's warning and
+        // its repeat of line 2; SH2's warning.
+        let mut notes = std::mem::replace(&mut w.notes, sort::ExternalSort::new(0))
+            .finish()
+            .unwrap();
+        let mut got = Vec::new();
+        while let Some((_, record)) = notes.next_record().unwrap() {
+            let warning = record.first() == Some(&0);
+            let body = if warning { &record[1..] } else { &record[..] };
+            let mut d = sort::Decoder::new(body);
+            got.push((d.u64().unwrap(), warning, d.str().unwrap()));
+        }
+        let got: Vec<(u64, bool, &str)> = got
+            .iter()
+            .map(|(l, w, t)| (*l, *w, t.split(':').next().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (2, true, "USCC check"),
+                (3, true, "USCC check"),
+                (5, false, "VALID_UNTIL_BACKWARDS"),
+                (8, true, "USCC check"),
+                (
+                    8,
+                    true,
+                    "same permit_no as line 2; the later line wins (R2, C6)"
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn key_ref_is_equal_exactly_when_the_key_is() {

@@ -407,9 +407,9 @@ dbtest!(
     a_permit_repeated_across_batches_compares_with_the_value_stored_before_the_file_c6,
     |mut env| {
         // Two-row batches: every repeat below is in a later batch than the
-        // line it repeats. SQLite reads the earlier line and the value from
-        // before the file back from the register (no per-key map); both
-        // backends must warn, reject and keep the same rows (R2, C6).
+        // line it repeats. The rows are sorted by key across batches before
+        // they are decided; both backends must warn, reject and keep the
+        // same rows (R2, C6).
         env.set("AUTOSIGN_IMPORT__BATCH_ROWS", "2");
         env.set("AUTOSIGN_IMPORT__MAX_REJECT_RATIO", "0.5");
         let ids: Vec<String> = (1..=4).map(|i| id("19850315", i)).collect();
@@ -464,5 +464,65 @@ dbtest!(
             rj[1][1].starts_with("VALID_UNTIL_BACKWARDS: valid_until 2026-10-01 is earlier than the stored 2026-12-01"),
             "{rj:?}"
         );
+    }
+);
+
+dbtest!(
+    rejects_are_written_in_line_order_whatever_order_the_keys_come_in_r2,
+    |mut env| {
+        env.set("AUTOSIGN_IMPORT__MAX_REJECT_RATIO", "0.9");
+        let ids: Vec<String> = (1..=3).map(|i| id("19850315", i)).collect();
+        let f = permits_file(
+            &env,
+            "a.csv",
+            &[
+                permit_row("P1", &ids[0], "2027-01-01"),
+                permit_row("P2", &ids[1], "2027-01-01"),
+            ],
+        );
+        env.import("permits", &f);
+        // Keys in descending order; rejects of the row parser (bad ID
+        // numbers) and of the register (VALID_UNTIL_BACKWARDS) alternate.
+        let f = permits_file(
+            &env,
+            "b.csv",
+            &[
+                permit_row("Z9", "110101198503150011", "2027-01-01"),
+                permit_row("P2", &ids[1], "2026-01-01"),
+                permit_row("M5", "110101198503150012", "2027-01-01"),
+                permit_row("P1", &ids[0], "2026-01-01"),
+                permit_row("A0", &ids[2], "2027-03-01"),
+            ],
+        );
+        let out = env.ok(&[
+            "import",
+            "permits",
+            &f.display().to_string(),
+            "--rejects",
+            "rj.csv",
+        ]);
+        assert!(out.contains("5 rows read, 1 imported, 4 rejected"), "{out}");
+        let rj = rows(&env.read("rj.csv"));
+        let got: Vec<(&str, &str, &str)> = rj[1..]
+            .iter()
+            .map(|r| {
+                (
+                    r[0].as_str(),
+                    r[1].split(':').next().unwrap_or(""),
+                    r[2].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("2", "INVALID_ID_NUMBER", "Z9"),
+                ("3", "VALID_UNTIL_BACKWARDS", "P2"),
+                ("4", "INVALID_ID_NUMBER", "M5"),
+                ("5", "VALID_UNTIL_BACKWARDS", "P1"),
+            ],
+            "{rj:?}"
+        );
+        assert_eq!(permit_state(&env, "A0").1, "2027-03-01");
     }
 );
