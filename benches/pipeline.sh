@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Whole-pipeline benchmark at city scale (issue 2): generate a data set with
-# the project's own generator, then time each phase of a fresh nightly cycle
-# — load the permit register, import the three feeds, run, export audit —
-# and report wall time and peak memory (max RSS) per phase.
+# Whole-pipeline benchmark at city scale: generate a data set with the
+# project's own generator, then time each phase of a fresh nightly cycle —
+# load the permit register, import the three feeds, run, export audit — and
+# report wall time, user and system CPU and peak memory (max RSS) per phase.
 #
 #   benches/pipeline.sh [PERMITS] [DATABASE_URL]
 #   benches/pipeline.sh 1000000                       # SQLite, the default
 #   benches/pipeline.sh 1000000 postgres://postgres@127.0.0.1/autosign_bench
+#   LAYOUT=sorted benches/pipeline.sh 1000000         # the generator's sorted layout
+#
+# The data is laid out as real exports arrive (LAYOUT=shuffled, the default:
+# permit numbers in no order, every feed's rows shuffled); LAYOUT=sorted is
+# `generate --sorted`, sequential numbers in order, for comparison only.
 #
 # With a postgres:// URL the database is dropped and created afresh first
 # (psql, through the server's `postgres` database), the server's settings
@@ -20,15 +25,21 @@ cd "$(dirname "$0")/.."
 N=${1:-1000000}
 SEED=${SEED:-1}
 AS_OF=${AS_OF:-2026-11-27}
+LAYOUT=${LAYOUT:-shuffled}
+case "$LAYOUT" in
+  shuffled) GEN_FLAGS=() ;;
+  sorted) GEN_FLAGS=(--sorted) ;;
+  *) echo "LAYOUT must be shuffled or sorted, not $LAYOUT" >&2; exit 2 ;;
+esac
 DIR=${BENCH_DIR:-target/bench}
-DATA="$DIR/data-$N-$SEED"
-WORK="$DIR/work-$N"
+DATA="$DIR/data-$N-$SEED-$LAYOUT"
+WORK="$DIR/work-$N-$LAYOUT"
 
 cargo build --release --quiet
 BIN=target/release/autosign
 if [ ! -f "$DATA/.done" ]; then
   rm -rf "$DATA"
-  "$BIN" generate --permits "$N" --seed "$SEED" --as-of "$AS_OF" --out "$DATA" >/dev/null
+  "$BIN" generate --permits "$N" --seed "$SEED" --as-of "$AS_OF" --out "$DATA" "${GEN_FLAGS[@]}" >/dev/null
   touch "$DATA/.done"
 fi
 rm -rf "$WORK"; mkdir -p "$WORK"
@@ -52,16 +63,17 @@ esac
 total=0
 phase() { # name, command...
   local name=$1; shift
-  local t0 t1 rss
+  local t0 t1 rss user sys
   t0=$(date +%s.%N)
-  /usr/bin/time -f "%M" -o "$WORK/.rss" "$@" >"$WORK/.out" 2>"$WORK/.err" || { cat "$WORK/.err"; exit 1; }
+  /usr/bin/time -f "%M %U %S" -o "$WORK/.rss" "$@" >"$WORK/.out" 2>"$WORK/.err" || { cat "$WORK/.err"; exit 1; }
   t1=$(date +%s.%N)
-  rss=$(tail -1 "$WORK/.rss")
+  read -r rss user sys < <(tail -1 "$WORK/.rss")
   local secs; secs=$(echo "$t1 - $t0" | bc)
   total=$(echo "$total + $secs" | bc)
-  printf "%-22s %8.2f s  %7.0f MB peak\n" "$name" "$secs" "$(echo "$rss / 1024" | bc)"
+  printf "%-22s %8.2f s  (user %6.2f s, system %6.2f s)  %7.0f MB peak\n" \
+    "$name" "$secs" "$user" "$sys" "$(echo "$rss / 1024" | bc)"
 }
-echo "autosign pipeline, $N permits (seed $SEED, as_of $AS_OF), $(nproc) cores"
+echo "autosign pipeline, $N permits (seed $SEED, as_of $AS_OF, $LAYOUT layout), $(nproc) cores, commit $(git rev-parse --short HEAD)"
 for f in permits residence social_insurance civil_status; do
   rows=$(($(wc -l < "$DATA/$f/$f.csv") - 1))
   echo "  $f.csv: $rows rows, $(du -m "$DATA/$f/$f.csv" | cut -f1) MB"

@@ -1194,6 +1194,7 @@ impl PermitsWriter {
             Some(e) => e,
             None => *self.empty_register.insert(tx.register_is_empty().await?),
         };
+        // Into an empty register no row has a stored value to look up.
         let stored = if empty || page.is_empty() {
             HashMap::new()
         } else {
@@ -1231,19 +1232,22 @@ impl PermitsWriter {
 impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
     async fn write(
         &mut self,
-        _: &mut ImportTx,
+        tx: &mut ImportTx,
         items: Vec<Item<(PermitRow, Option<PermitStatus>)>>,
         _: &mut Tally,
         recycle: &Recycle,
     ) -> Result<()> {
+        let empty = match self.empty_register {
+            Some(e) => e,
+            None => *self.empty_register.insert(tx.register_is_empty().await?),
+        };
         let mut raws = Vec::with_capacity(items.len());
         for item in items {
-            let raw = item.raw.iter().map(str::to_string).collect();
-            raws.push(item.raw);
+            let raw = || item.raw.iter().map(str::to_string).collect();
             match item.parsed {
                 Err(text) => self.note(Note {
                     line: item.line,
-                    rejected: Some(raw),
+                    rejected: Some(raw()),
                     text,
                 })?,
                 Ok(p) => {
@@ -1252,13 +1256,18 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
                         row: p.row.0,
                         given_status: p.row.1,
                         warnings: p.warnings,
-                        raw,
+                        // Only a stored permit can reject a parsed row
+                        // (VALID_UNTIL_BACKWARDS): into an empty register
+                        // the original fields are not kept, halving what
+                        // an initial load sorts.
+                        raw: if empty { Vec::new() } else { raw() },
                     };
                     self.rows
                         .push(held.sort_key(), held.encode())
                         .map_err(sort_error)?;
                 }
             }
+            raws.push(item.raw);
         }
         recycle.give(raws);
         Ok(())
