@@ -144,6 +144,8 @@ pub struct SmsSettings {
     pub timeout_secs: u64,
     pub concurrency: u32,
     pub ca_file: String,
+    /// Whether an `http://` URL to a host that is not loopback is allowed.
+    pub allow_insecure: bool,
 }
 
 impl std::fmt::Debug for SmsSettings {
@@ -163,6 +165,7 @@ impl std::fmt::Debug for SmsSettings {
             .field("timeout_secs", &self.timeout_secs)
             .field("concurrency", &self.concurrency)
             .field("ca_file", &self.ca_file)
+            .field("allow_insecure", &self.allow_insecure)
             .finish()
     }
 }
@@ -175,6 +178,8 @@ pub struct EmailSettings {
     pub host: String,
     pub port: u16,
     pub tls: String,
+    /// Whether `tls = "none"` to a host that is not loopback is allowed.
+    pub allow_insecure: bool,
     pub username: String,
     pub password: String,
     pub from: String,
@@ -195,6 +200,7 @@ impl std::fmt::Debug for EmailSettings {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls)
+            .field("allow_insecure", &self.allow_insecure)
             .field("username", &self.username)
             .field(
                 "password",
@@ -290,9 +296,8 @@ impl Settings {
             .parse()
             .map_err(|e| Error::Config(format!("bundled configuration is invalid: {e}")))?;
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::Config(format!("cannot read configuration {}: {e}", path.display()))
-            })?;
+            let text = crate::fsutil::read_regular_text(path, MAX_CONFIG_BYTES)
+                .map_err(|why| Error::Config(format!("configuration {}: {why}", path.display())))?;
             let user: toml::Table = text.parse().map_err(|e: toml::de::Error| {
                 Error::Config(format!("{}: {}", path.display(), one_line(&e.to_string())))
             })?;
@@ -331,6 +336,38 @@ impl Settings {
         }
         if self.run.future_allowance_days > 7 {
             return bad("run.future_allowance_days", "must be between 0 and 7");
+        }
+        // Ranges keep every date computed from a setting (valid_until +
+        // grace_days, as_of - window_days, now - retention.feed_days…)
+        // far inside chrono's range: no setting may panic a run or purge.
+        for (key, value, max) in [
+            ("rules.window_days", self.rules.window_days, 366),
+            ("rules.si_max_lag_months", self.rules.si_max_lag_months, 120),
+            ("rules.grace_days", self.rules.grace_days, 3660),
+            (
+                "brake.max_age_days.permits",
+                self.brake.max_age_days.permits,
+                3660,
+            ),
+            (
+                "brake.max_age_days.residence",
+                self.brake.max_age_days.residence,
+                3660,
+            ),
+            (
+                "brake.max_age_days.social_insurance",
+                self.brake.max_age_days.social_insurance,
+                3660,
+            ),
+            (
+                "brake.max_age_days.civil_status",
+                self.brake.max_age_days.civil_status,
+                3660,
+            ),
+        ] {
+            if value > max {
+                return bad(key, &format!("must be between 0 and {max}"));
+            }
         }
         if self.rules.decision_deadline_days > self.rules.window_days {
             return bad(
@@ -376,6 +413,17 @@ impl Settings {
     /// `window_days` before a due `valid_until`, months back to
     /// `si_max_lag_months` before the run's month (counted as 31 days).
     fn validate_retention(&self) -> Result<(), Error> {
+        for (key, value) in [
+            ("retention.feed_days", self.retention.feed_days),
+            ("retention.notice_days", self.retention.notice_days),
+        ] {
+            if value > MAX_RETENTION_DAYS {
+                return Err(Error::Config(format!(
+                    "configuration key {key}: must be at most {MAX_RETENTION_DAYS} days"
+                )));
+            }
+        }
+        // In range by `validate`: no overflow.
         let horizon = self
             .rules
             .window_days
@@ -452,8 +500,18 @@ impl Settings {
                 return bad(key, "must be 0 (no limit) or a positive number");
             }
         }
-        if d.poll_secs == 0 {
-            return bad("delivery.poll_secs", "must be at least 1");
+        // Upper bounds: a timestamp computed from these must stay in range.
+        if d.backoff_max_secs > 7 * 86_400 {
+            return bad(
+                "delivery.backoff_max_secs",
+                "must be at most 604800 (a week)",
+            );
+        }
+        if d.poll_secs == 0 || d.poll_secs > 3600 {
+            return bad("delivery.poll_secs", "must be between 1 and 3600");
+        }
+        if d.lease_secs > 86_400 {
+            return bad("delivery.lease_secs", "must be at most 86400 (a day)");
         }
         // A claim must outlive the slowest send, or a second worker could
         // take the notice over while the first is still sending it.
@@ -473,6 +531,14 @@ impl Settings {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                 Ok(_) => return bad("sms.url", "must be an http:// or https:// URL with a host"),
                 Err(e) => return bad("sms.url", &format!("not a URL: {e}")),
+            }
+            if let Some(why) = self.insecure_sms() {
+                if !sms.allow_insecure {
+                    return bad(
+                        "sms.url",
+                        &format!("{why}; use https://, or set sms.allow_insecure = true"),
+                    );
+                }
             }
             if !sms.auth_token.is_empty() {
                 if reqwest::header::HeaderName::from_bytes(sms.auth_header.trim().as_bytes())
@@ -502,6 +568,16 @@ impl Settings {
             if let Err(e) = email.from.trim().parse::<lettre::message::Mailbox>() {
                 return bad("email.from", &format!("not an e-mail address ({e})"));
             }
+            if let Some(why) = self.insecure_email() {
+                if !email.allow_insecure {
+                    return bad(
+                        "email.tls",
+                        &format!(
+                            "{why}; use \"tls\" or \"starttls\", or set email.allow_insecure = true"
+                        ),
+                    );
+                }
+            }
             if email.port == 0 {
                 return bad(
                     "email.port",
@@ -515,10 +591,47 @@ impl Settings {
         if email.concurrency == 0 || email.concurrency > 32 {
             return bad("email.concurrency", "must be between 1 and 32");
         }
-        if email.pool_idle_secs == 0 {
-            return bad("email.pool_idle_secs", "must be at least 1");
+        if email.pool_idle_secs == 0 || email.pool_idle_secs > 3600 {
+            return bad("email.pool_idle_secs", "must be between 1 and 3600");
         }
         Ok(())
+    }
+
+    /// Why the SMS gateway's transport is insecure, if it is: `http://` to
+    /// a host that is not loopback carries the token, phone numbers and
+    /// names in clear (allowed only with `sms.allow_insecure`).
+    pub fn insecure_sms(&self) -> Option<String> {
+        let url = reqwest::Url::parse(self.sms.url.trim()).ok()?;
+        let host = url.host_str()?;
+        (url.scheme() == "http" && !is_loopback_host(host))
+            .then(|| format!("http:// to {host}, not a loopback host, sends the token, phone numbers and names in clear"))
+    }
+
+    /// Why the SMTP relay's transport is insecure, if it is: `tls =
+    /// "none"` to a host that is not loopback carries the AUTH credentials
+    /// and every message in clear (allowed only with
+    /// `email.allow_insecure`).
+    pub fn insecure_email(&self) -> Option<String> {
+        let host = self.email.host.trim();
+        (!host.is_empty() && self.email.tls == "none" && !is_loopback_host(host)).then(|| {
+            format!("tls = \"none\" to {host}, not a loopback host, sends the credentials and messages in clear")
+        })
+    }
+
+    /// The insecure transports in force (each allowed by its
+    /// `allow_insecure`, or validation would have refused it), with the
+    /// key that allows it.
+    pub fn insecure_transports(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if !self.sms.url.trim().is_empty() {
+            if let Some(why) = self.insecure_sms() {
+                v.push(format!("sms.allow_insecure = true: {why}"));
+            }
+        }
+        if let Some(why) = self.insecure_email() {
+            v.push(format!("email.allow_insecure = true: {why}"));
+        }
+        v
     }
 
     /// The header names each feed accepts: column names, built-in aliases
@@ -551,6 +664,24 @@ impl Settings {
             self.database_url.trim().to_string()
         }
     }
+}
+
+/// A century: far beyond any retention rule, far inside chrono's range.
+const MAX_RETENTION_DAYS: u32 = 36_600;
+
+/// Largest configuration file read: a configuration is a few KiB; a path
+/// to a device or a huge file must fail at once, not exhaust memory.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Whether `host` (a URL's or relay's host) is this machine: traffic to it
+/// never crosses a network, so plain text is no exposure.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn one_line(s: &str) -> String {

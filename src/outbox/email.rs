@@ -30,7 +30,7 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::channel::{idempotency_key, scrub, Accepted, DeliveryError};
+use super::channel::{idempotency_key, scrub, Accepted, DeliveryError, Secrets};
 use crate::db::outbox::ClaimedNotice;
 use crate::error::{Error, Result};
 use crate::settings::EmailSettings;
@@ -45,6 +45,8 @@ pub struct Mailer {
     subjects: Subjects,
     timeout: Duration,
     describe: String,
+    /// The password, cut out of whatever the relay answers.
+    secrets: Secrets,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -127,6 +129,7 @@ impl Mailer {
             },
             timeout,
             describe: format!("{host}:{} ({})", s.port, s.tls),
+            secrets: Secrets::new(&[&s.password]),
         }))
     }
 
@@ -180,7 +183,7 @@ impl Mailer {
                     provider_ref: scrub(n, &format!("{} {text}", resp.code())),
                 })
             }
-            Ok(Err(e)) => Err(classify(n, &e)),
+            Ok(Err(e)) => Err(classify(n, &e).redacted(&self.secrets)),
             Err(_) => {
                 self.replace(&transport);
                 Err(DeliveryError::Transient(format!(

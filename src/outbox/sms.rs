@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::Serialize;
 
-use super::channel::{idempotency_key, scrub, Accepted, DeliveryError};
+use super::channel::{idempotency_key, scrub, Accepted, DeliveryError, Secrets};
 use crate::db::outbox::ClaimedNotice;
 use crate::error::{Error, Result};
 use crate::settings::SmsSettings;
@@ -23,6 +23,8 @@ pub struct SmsGateway {
     client: reqwest::Client,
     url: reqwest::Url,
     auth: Option<(HeaderName, HeaderValue)>,
+    /// The token, cut out of whatever the gateway answers.
+    secrets: Secrets,
     timeout: Duration,
 }
 
@@ -84,6 +86,7 @@ impl SmsGateway {
             client,
             url,
             auth,
+            secrets: Secrets::new(&[&s.auth_token]),
             timeout,
         }))
     }
@@ -102,7 +105,16 @@ impl SmsGateway {
         self.timeout
     }
 
+    /// Sends one notice. Whatever the gateway answers reaches
+    /// `last_error`, the logs, the notification export and `status`: it is
+    /// scrubbed of personal data ([`scrub`]) and of the token.
     pub async fn send(&self, n: &ClaimedNotice) -> Result<Accepted, DeliveryError> {
+        self.send_unredacted(n)
+            .await
+            .map_err(|e| e.redacted(&self.secrets))
+    }
+
+    async fn send_unredacted(&self, n: &ClaimedNotice) -> Result<Accepted, DeliveryError> {
         let key = idempotency_key(n);
         let body = SmsRequest {
             phone: &n.recipient,

@@ -37,7 +37,11 @@ pub fn lifecycle(
     if status == PermitStatus::Cancelled {
         return None;
     }
-    let past_grace = as_of > valid_until + Duration::days(i64::from(rules.grace_days));
+    // Checked: a grace end beyond the calendar's range is never passed
+    // (settings are range-checked; this keeps the rule total).
+    let past_grace = valid_until
+        .checked_add_signed(Duration::days(i64::from(rules.grace_days)))
+        .is_some_and(|end| as_of > end);
     if past_grace && rules.lapse_policy == LapsePolicy::Cancel {
         return Some(EventKind::Cancelled);
     }
@@ -96,7 +100,9 @@ pub fn select_visit(
     as_of: NaiveDate,
     rules: &Rules,
 ) -> Option<Visit> {
-    let from = valid_until - Duration::days(i64::from(rules.window_days));
+    let from = valid_until
+        .checked_sub_signed(Duration::days(i64::from(rules.window_days)))
+        .unwrap_or(NaiveDate::MIN);
     visits
         .iter()
         .filter(|v| v.visited_on >= from && v.visited_on <= as_of)
