@@ -127,10 +127,11 @@ pub fn masked_recipient(n: &ClaimedNotice) -> String {
 /// ([`DeliveryError::redacted`]).
 pub fn scrub(n: &ClaimedNotice, text: &str) -> String {
     let mut s = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Numbers first: the recipient inside a longer form (`86…`) goes whole.
+    s = mask_numbers_in_text(&s);
     if !n.recipient.is_empty() {
         s = s.replace(&n.recipient, &masked_recipient(n));
     }
-    s = mask_numbers_in_text(&s);
     s = escape_controls(&s).into_owned();
     s = mask_echoed_text(&s, &n.message);
     if s.chars().count() > 300 {
