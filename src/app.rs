@@ -53,8 +53,9 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             rejects,
         } => {
             // A device or a pipe (`/dev/zero`) would be read forever: a feed
-            // is a regular file (exit 3, like any refused input).
-            if let Some(why) = crate::fsutil::not_regular(&file) {
+            // is a regular file (exit 3, like any refused input). A missing
+            // file stays an I/O error (exit 1).
+            if let Some(why) = crate::fsutil::special_file(&file) {
                 return Err(Error::InputRefused(format!("{}: {why}", file.display())));
             }
             if let Some(r) = &rejects {

@@ -50,11 +50,20 @@ pub fn create_private(path: &Path) -> Result<File> {
 pub fn not_regular(path: &Path) -> Option<String> {
     match std::fs::metadata(path) {
         Err(e) => Some(format!("cannot read: {e}")),
-        Ok(m) if m.is_file() => None,
-        Ok(m) => Some(format!(
+        Ok(_) => special_file(path),
+    }
+}
+
+/// `not a regular file (a device)` when `path` exists (through links) and
+/// is something other than a regular file; `None` for a regular file or
+/// one that cannot be looked at (the caller's read reports that).
+pub fn special_file(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => Some(format!(
             "not a regular file ({})",
             file_kind(&m.file_type())
         )),
+        _ => None,
     }
 }
 
@@ -279,6 +288,35 @@ impl Drop for AtomicFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_file_is_narrowed_to_owner_only_when_rewritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("rejects.csv");
+        std::fs::write(&p, "old").expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        drop(create_private(&p).expect("create"));
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(&p).expect("read"), b"");
+    }
+
+    #[test]
+    fn a_small_regular_file_is_read_and_a_directory_or_big_file_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "a = 1\n").expect("write");
+        assert_eq!(read_regular_text(&p, 100).expect("read"), "a = 1\n");
+        let err = read_regular_text(&p, 3).unwrap_err();
+        assert!(err.contains("larger than 3 bytes"), "{err}");
+        let err = read_regular_text(dir.path(), 100).unwrap_err();
+        assert_eq!(err, "not a regular file (a directory)");
+        assert!(read_regular_text(&dir.path().join("missing"), 100)
+            .unwrap_err()
+            .starts_with("cannot read"));
+    }
 
     #[test]
     fn the_sidecar_holds_the_sha256_of_the_committed_content_in_sha256sum_format() {

@@ -851,6 +851,101 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_numbers_are_refused_naming_the_key_before_any_arithmetic() {
+        for (var, value, key) in [
+            (
+                "AUTOSIGN_RULES__GRACE_DAYS",
+                "4294967295",
+                "rules.grace_days",
+            ),
+            ("AUTOSIGN_RULES__GRACE_DAYS", "3661", "rules.grace_days"),
+            (
+                "AUTOSIGN_RULES__SI_MAX_LAG_MONTHS",
+                "4294967295",
+                "rules.si_max_lag_months",
+            ),
+            (
+                "AUTOSIGN_RULES__SI_MAX_LAG_MONTHS",
+                "100000",
+                "rules.si_max_lag_months",
+            ),
+            ("AUTOSIGN_RULES__WINDOW_DAYS", "367", "rules.window_days"),
+            (
+                "AUTOSIGN_RETENTION__FEED_DAYS",
+                "4294967295",
+                "retention.feed_days",
+            ),
+            (
+                "AUTOSIGN_RETENTION__NOTICE_DAYS",
+                "4294967295",
+                "retention.notice_days",
+            ),
+            (
+                "AUTOSIGN_BRAKE__MAX_AGE_DAYS__RESIDENCE",
+                "4294967295",
+                "brake.max_age_days.residence",
+            ),
+            (
+                "AUTOSIGN_DELIVERY__BACKOFF_MAX_SECS",
+                "9223372036854775807",
+                "delivery.backoff_max_secs",
+            ),
+        ] {
+            let err = Settings::load_with_env(None, &env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+            assert_eq!(err.exit_code(), 2);
+        }
+        let s = Settings::load_with_env(
+            None,
+            &env(&[
+                ("AUTOSIGN_RULES__GRACE_DAYS", "3660"),
+                ("AUTOSIGN_RULES__SI_MAX_LAG_MONTHS", "12"),
+                ("AUTOSIGN_RETENTION__FEED_DAYS", "36600"),
+            ]),
+        );
+        assert!(s.is_ok(), "{:?}", s.err());
+    }
+
+    #[test]
+    fn plain_transports_to_remote_hosts_need_allow_insecure_and_loopback_does_not() {
+        let remote_sms = [
+            ("AUTOSIGN_SMS__URL", "http://sms.example.com/send"),
+            ("AUTOSIGN_SMS__AUTH_TOKEN", "t"),
+        ];
+        let err = Settings::load_with_env(None, &env(&remote_sms)).unwrap_err();
+        assert!(
+            err.to_string().contains("sms.url") && err.to_string().contains("allow_insecure"),
+            "{err}"
+        );
+        let mut allowed = remote_sms.to_vec();
+        allowed.push(("AUTOSIGN_SMS__ALLOW_INSECURE", "true"));
+        let s = Settings::load_with_env(None, &env(&allowed)).expect("allowed");
+        assert_eq!(s.insecure_transports().len(), 1);
+        for host in ["localhost", "127.0.0.1", "127.8.9.10", "[::1]"] {
+            let url = format!("http://{host}:8080/send");
+            let s = Settings::load_with_env(None, &env(&[("AUTOSIGN_SMS__URL", &url)]))
+                .unwrap_or_else(|e| panic!("{host}: {e}"));
+            assert!(s.insecure_transports().is_empty(), "{host}");
+        }
+        let remote_mail = [
+            ("AUTOSIGN_EMAIL__HOST", "smtp.example.com"),
+            ("AUTOSIGN_EMAIL__TLS", "none"),
+            ("AUTOSIGN_EMAIL__FROM", "a@example.com"),
+        ];
+        let err = Settings::load_with_env(None, &env(&remote_mail)).unwrap_err();
+        assert!(err.to_string().contains("email.tls"), "{err}");
+        let ok = Settings::load_with_env(
+            None,
+            &env(&[
+                ("AUTOSIGN_EMAIL__HOST", "smtp.example.com"),
+                ("AUTOSIGN_EMAIL__TLS", "starttls"),
+                ("AUTOSIGN_EMAIL__FROM", "a@example.com"),
+            ]),
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+
+    #[test]
     fn environment_overrides_with_the_bundled_type() {
         let s = Settings::load_with_env(
             None,

@@ -215,6 +215,33 @@ mod tests {
     const AS_OF: &str = "2026-11-27";
 
     #[test]
+    fn r3_a_grace_beyond_the_calendar_never_panics_and_never_cancels() {
+        let mut rules = crate::settings::Settings::load_with_env(None, &[])
+            .expect("defaults")
+            .rules;
+        rules.grace_days = u32::MAX;
+        rules.window_days = u32::MAX;
+        let d = |y, m, dd| NaiveDate::from_ymd_opt(y, m, dd).expect("date");
+        assert_eq!(
+            lifecycle(PermitStatus::Active, d(2026, 1, 1), d(2026, 11, 27), &rules),
+            Some(EventKind::Suspended)
+        );
+        assert_eq!(
+            lifecycle(
+                PermitStatus::Suspended,
+                NaiveDate::MAX,
+                d(2026, 11, 27),
+                &rules
+            ),
+            None
+        );
+        assert_eq!(
+            select_visit(&[], NaiveDate::MIN, d(2026, 11, 27), &rules),
+            None
+        );
+    }
+
+    #[test]
     fn c17_future_as_of_beyond_the_allowance_is_refused() {
         let today = d("2026-12-05");
         // (as_of, allowance, latest allowed date if refused)
