@@ -648,7 +648,16 @@ dbtest!(
             &env,
             &[("SH1", "欧阳娜娜", "13800138000"), ("SH2", "李四", "")],
         );
-        let masked = env.notifications("2026-11-27", "2026-11-27");
+        let masked = env.ok(&[
+            "export",
+            "notifications",
+            "--from",
+            "2026-11-27",
+            "--to",
+            "2026-11-27",
+            "--out",
+            "-",
+        ]);
         let unmasked = env.ok(&[
             "export",
             "notifications",
