@@ -93,6 +93,13 @@ fn file_kind(t: &std::fs::FileType) -> &'static str {
 /// Reads a regular file of at most `max` bytes as UTF-8 text. The error is
 /// the reason alone; the caller names the file and the setting.
 pub fn read_regular_text(path: &Path, max: u64) -> std::result::Result<String, String> {
+    let bytes = read_regular(path, max)?;
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
+}
+
+/// Reads a regular file of at most `max` bytes (a CA certificate, a
+/// configuration). The error is the reason alone.
+pub fn read_regular(path: &Path, max: u64) -> std::result::Result<Vec<u8>, String> {
     use std::io::Read;
     if let Some(why) = not_regular(path) {
         return Err(why);
@@ -105,7 +112,7 @@ pub fn read_regular_text(path: &Path, max: u64) -> std::result::Result<String, S
     if bytes.len() as u64 > max {
         return Err(format!("larger than {max} bytes; is it the right file?"));
     }
-    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
+    Ok(bytes)
 }
 
 /// A file written under a temporary name and renamed into place on

@@ -20,6 +20,7 @@
 //! transient, as are refusals on our side that are about the relay (no
 //! AUTH mechanism in common, no STARTTLS offered).
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,12 +86,10 @@ impl Mailer {
         } else {
             let mut params = TlsParameters::builder(host.to_string());
             if !s.ca_file.trim().is_empty() {
-                let pem = std::fs::read(s.ca_file.trim()).map_err(|e| {
-                    bad(
-                        "email.ca_file",
-                        format!("cannot read {}: {e}", s.ca_file.trim()),
-                    )
-                })?;
+                // A CA bundle is kilobytes: a device or a huge file is a
+                // mistake, refused rather than read without end.
+                let pem = crate::fsutil::read_regular(Path::new(s.ca_file.trim()), 4 << 20)
+                    .map_err(|why| bad("email.ca_file", format!("{}: {why}", s.ca_file.trim())))?;
                 let cert = Certificate::from_pem(&pem)
                     .map_err(|e| bad("email.ca_file", format!("not a PEM certificate: {e}")))?;
                 params = params.add_root_certificate(cert);

@@ -7,6 +7,7 @@
 //! the notice, are wrong — fixing them must not require resurrecting dead
 //! notices); any other status (400, 404, 422, …) permanent.
 
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
@@ -69,12 +70,10 @@ impl SmsGateway {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("autosign/", env!("CARGO_PKG_VERSION")));
         if !s.ca_file.trim().is_empty() {
-            let pem = std::fs::read(s.ca_file.trim()).map_err(|e| {
-                bad(
-                    "sms.ca_file",
-                    format!("cannot read {}: {e}", s.ca_file.trim()),
-                )
-            })?;
+            // A CA bundle is kilobytes: a device or a huge file is a
+            // mistake, refused rather than read without end.
+            let pem = crate::fsutil::read_regular(Path::new(s.ca_file.trim()), 4 << 20)
+                .map_err(|why| bad("sms.ca_file", format!("{}: {why}", s.ca_file.trim())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| bad("sms.ca_file", format!("not PEM certificates: {e}")))?;
             builder = builder.tls_certs_merge(certs);

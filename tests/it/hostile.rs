@@ -422,6 +422,33 @@ fn a_device_is_refused_as_a_feed_a_configuration_or_a_center_table() {
         stderr.contains("notices.service_centers") && stderr.contains("not a regular file"),
         "{stderr}"
     );
+    for (url, ca) in [
+        ("AUTOSIGN_SMS__URL", "AUTOSIGN_SMS__CA_FILE"),
+        ("AUTOSIGN_EMAIL__HOST", "AUTOSIGN_EMAIL__CA_FILE"),
+    ] {
+        let host = if url.contains("SMS") {
+            "https://127.0.0.1:1/sms"
+        } else {
+            "127.0.0.1"
+        };
+        let o = env
+            .command(&["deliver"])
+            .env(url, host)
+            .env("AUTOSIGN_EMAIL__FROM", "noreply@example.gov.cn")
+            .env(ca, "/dev/zero")
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{ca}: {stderr}");
+        let key = ca
+            .trim_start_matches("AUTOSIGN_")
+            .replace("__", ".")
+            .to_lowercase();
+        assert!(
+            stderr.contains(&key) && stderr.contains("/dev/zero: not a regular file"),
+            "{stderr}"
+        );
+    }
     // Each was refused at once, not after reading gigabytes.
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     // A huge configuration file is refused by its size.
