@@ -181,16 +181,7 @@ impl SqliteDb {
         let mut lock_path = self.path.clone().into_os_string();
         lock_path.push(".lock");
         let lock_path = PathBuf::from(lock_path);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.create(true).truncate(false).write(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let file = opts
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("cannot open lock file {}", lock_path.display()), e))?;
+        let file = open_lock_file(&lock_path)?;
         match file.try_lock() {
             Ok(()) => Ok(JobLock::File(file)),
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -1720,9 +1711,8 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Opens (creating it owner-only) and locks `lock_path`, waiting for the
-/// lock on a blocking thread.
-async fn lock_file(lock_path: &Path) -> Result<std::fs::File> {
+/// Opens `lock_path`, creating it owner-only.
+fn open_lock_file(lock_path: &Path) -> Result<std::fs::File> {
     let mut opts = std::fs::OpenOptions::new();
     opts.create(true).truncate(false).write(true);
     #[cfg(unix)]
@@ -1730,9 +1720,13 @@ async fn lock_file(lock_path: &Path) -> Result<std::fs::File> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let file = opts
-        .open(lock_path)
-        .map_err(|e| Error::io(format!("cannot open lock file {}", lock_path.display()), e))?;
+    opts.open(lock_path)
+        .map_err(|e| Error::io(format!("cannot open lock file {}", lock_path.display()), e))
+}
+
+/// Opens and locks `lock_path`, waiting for the lock on a blocking thread.
+async fn lock_file(lock_path: &Path) -> Result<std::fs::File> {
+    let file = open_lock_file(lock_path)?;
     let shown = lock_path.display().to_string();
     tokio::task::spawn_blocking(move || file.lock().map(|()| file))
         .await
