@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use crate::audit::{self, ExportOptions};
 use crate::cli::{parse_date_arg, Cli, Command, ExportKind};
 use crate::db::Db;
+use crate::domain::escape_controls_in_lines;
 use crate::error::{Error, Result};
 use crate::feeds::{self, ImportOptions, ImportOutcome};
 use crate::outbox::notice::Notices;
@@ -57,6 +58,20 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             encoding,
             rejects,
         } => {
+            // A device or a pipe (`/dev/zero`) would be read forever: a feed
+            // is a regular file (exit 3, like any refused input). A missing
+            // file stays an I/O error (exit 1).
+            if let Some(why) = crate::fsutil::special_file(&file) {
+                return Err(Error::InputRefused(format!("{}: {why}", file.display())));
+            }
+            if let Some(r) = &rejects {
+                if same_file(r, &file) {
+                    return Err(Error::Usage(format!(
+                        "--rejects {} is the input file itself: the import would overwrite it",
+                        r.display()
+                    )));
+                }
+            }
             let db = Db::connect(&settings.effective_database_url()).await?;
             let _lock = db
                 .lock_jobs(|| {
@@ -75,7 +90,10 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                 headers: settings.header_names()?,
             };
             let outcome = feeds::import_file(&db, feed, &file, &opts).await?;
-            print!("{}", import_line(feed.name(), &file, &outcome));
+            print!(
+                "{}",
+                escape_controls_in_lines(&import_line(feed.name(), &file, &outcome))
+            );
             Ok(())
         }
         Command::Run {
@@ -111,7 +129,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                     r.finished_at.as_deref().unwrap_or("?")
                 ),
                 RunOutcome::Completed(summary) | RunOutcome::Held(summary) => {
-                    print!("{}", run_report(summary))
+                    print!("{}", escape_controls_in_lines(&run_report(summary)))
                 }
             }
             // The outbox by status (sent, failed, dead… from earlier
@@ -125,6 +143,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                     to: as_of,
                     out: Some(path.clone()),
                     unmasked: false,
+                    notices: None,
                 };
                 let n = audit::export_audit(&db, &opts).await?;
                 println!(
@@ -206,11 +225,16 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             }
             let out = (out != "-").then(|| PathBuf::from(&out));
             let db = Db::connect(&settings.effective_database_url()).await?;
+            let notices = match what {
+                ExportKind::Notifications if !unmasked => Some(Notices::from_settings(&settings)?),
+                _ => None,
+            };
             let opts = ExportOptions {
                 from,
                 to,
                 out: out.clone(),
                 unmasked,
+                notices,
             };
             let n = match what {
                 ExportKind::Audit => audit::export_audit(&db, &opts).await?,
@@ -247,6 +271,22 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Whether `a` and `b` name the same existing file (through links or
+/// relative paths alike).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
     }
 }
 

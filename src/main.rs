@@ -44,6 +44,10 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: &autosign::Error) -> ExitCode {
-    eprintln!("autosign: error: {e}");
+    // One line, whatever a file name or a feed value in it holds.
+    eprintln!(
+        "autosign: error: {}",
+        autosign::domain::escape_controls(&e.to_string())
+    );
     ExitCode::from(e.exit_code())
 }

@@ -26,15 +26,23 @@ pub struct PurgeReport {
 /// The cutoffs for `now` under the settings' retention.
 pub fn cutoffs(settings: &Settings, now: DateTime<Utc>) -> PurgeCutoffs {
     let r = &settings.retention;
-    let feed_edge = now - Duration::days(i64::from(r.feed_days));
+    let feed_edge = days_before(now, r.feed_days);
     let visited_before = feed_edge.with_timezone(&settings.tz()).date_naive();
     PurgeCutoffs {
         visited_before,
         // Whole months only: the month holding the cutoff date stays.
         month_before: Month::of(visited_before).to_string(),
         imported_before: crate::clock::to_rfc3339(feed_edge),
-        notices_before: crate::clock::to_rfc3339(now - Duration::days(i64::from(r.notice_days))),
+        notices_before: crate::clock::to_rfc3339(days_before(now, r.notice_days)),
     }
+}
+
+/// `now` less `days`, or the earliest instant there is: retention is
+/// range-checked (at most a century), so this only keeps purge total; an
+/// edge at the start of time purges nothing.
+fn days_before(now: DateTime<Utc>, days: u32) -> DateTime<Utc> {
+    now.checked_sub_signed(Duration::days(i64::from(days)))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// Purges, under the job lock, as of `now`.
@@ -49,7 +57,7 @@ pub async fn purge(
         .await?;
     let cut = cutoffs(settings, now);
     let rows = db.purge(&cut, dry_run).await?;
-    let edge = SystemTime::from(now - Duration::days(i64::from(settings.retention.feed_days)));
+    let edge = SystemTime::from(days_before(now, settings.retention.feed_days));
     let mut rejects_files = 0;
     for dir in rejects_dirs(settings) {
         rejects_files += purge_rejects(&dir, edge, dry_run)?;

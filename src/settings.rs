@@ -144,6 +144,8 @@ pub struct SmsSettings {
     pub timeout_secs: u64,
     pub concurrency: u32,
     pub ca_file: String,
+    /// Whether an `http://` URL to a host that is not loopback is allowed.
+    pub allow_insecure: bool,
 }
 
 impl std::fmt::Debug for SmsSettings {
@@ -163,6 +165,7 @@ impl std::fmt::Debug for SmsSettings {
             .field("timeout_secs", &self.timeout_secs)
             .field("concurrency", &self.concurrency)
             .field("ca_file", &self.ca_file)
+            .field("allow_insecure", &self.allow_insecure)
             .finish()
     }
 }
@@ -175,6 +178,8 @@ pub struct EmailSettings {
     pub host: String,
     pub port: u16,
     pub tls: String,
+    /// Whether `tls = "none"` to a host that is not loopback is allowed.
+    pub allow_insecure: bool,
     pub username: String,
     pub password: String,
     pub from: String,
@@ -195,6 +200,7 @@ impl std::fmt::Debug for EmailSettings {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls)
+            .field("allow_insecure", &self.allow_insecure)
             .field("username", &self.username)
             .field(
                 "password",
@@ -290,9 +296,8 @@ impl Settings {
             .parse()
             .map_err(|e| Error::Config(format!("bundled configuration is invalid: {e}")))?;
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::Config(format!("cannot read configuration {}: {e}", path.display()))
-            })?;
+            let text = crate::fsutil::read_regular_text(path, MAX_CONFIG_BYTES)
+                .map_err(|why| Error::Config(format!("configuration {}: {why}", path.display())))?;
             let user: toml::Table = text.parse().map_err(|e: toml::de::Error| {
                 Error::Config(format!("{}: {}", path.display(), one_line(&e.to_string())))
             })?;
@@ -331,6 +336,38 @@ impl Settings {
         }
         if self.run.future_allowance_days > 7 {
             return bad("run.future_allowance_days", "must be between 0 and 7");
+        }
+        // Ranges keep every date computed from a setting (valid_until +
+        // grace_days, as_of - window_days, now - retention.feed_days…)
+        // far inside chrono's range: no setting may panic a run or purge.
+        for (key, value, max) in [
+            ("rules.window_days", self.rules.window_days, 366),
+            ("rules.si_max_lag_months", self.rules.si_max_lag_months, 120),
+            ("rules.grace_days", self.rules.grace_days, 3660),
+            (
+                "brake.max_age_days.permits",
+                self.brake.max_age_days.permits,
+                3660,
+            ),
+            (
+                "brake.max_age_days.residence",
+                self.brake.max_age_days.residence,
+                3660,
+            ),
+            (
+                "brake.max_age_days.social_insurance",
+                self.brake.max_age_days.social_insurance,
+                3660,
+            ),
+            (
+                "brake.max_age_days.civil_status",
+                self.brake.max_age_days.civil_status,
+                3660,
+            ),
+        ] {
+            if value > max {
+                return bad(key, &format!("must be between 0 and {max}"));
+            }
         }
         if self.rules.decision_deadline_days > self.rules.window_days {
             return bad(
@@ -376,6 +413,17 @@ impl Settings {
     /// `window_days` before a due `valid_until`, months back to
     /// `si_max_lag_months` before the run's month (counted as 31 days).
     fn validate_retention(&self) -> Result<(), Error> {
+        for (key, value) in [
+            ("retention.feed_days", self.retention.feed_days),
+            ("retention.notice_days", self.retention.notice_days),
+        ] {
+            if value > MAX_RETENTION_DAYS {
+                return Err(Error::Config(format!(
+                    "configuration key {key}: must be at most {MAX_RETENTION_DAYS} days"
+                )));
+            }
+        }
+        // In range by `validate`: no overflow.
         let horizon = self
             .rules
             .window_days
@@ -452,8 +500,18 @@ impl Settings {
                 return bad(key, "must be 0 (no limit) or a positive number");
             }
         }
-        if d.poll_secs == 0 {
-            return bad("delivery.poll_secs", "must be at least 1");
+        // Upper bounds: a timestamp computed from these must stay in range.
+        if d.backoff_max_secs > 7 * 86_400 {
+            return bad(
+                "delivery.backoff_max_secs",
+                "must be at most 604800 (a week)",
+            );
+        }
+        if d.poll_secs == 0 || d.poll_secs > 3600 {
+            return bad("delivery.poll_secs", "must be between 1 and 3600");
+        }
+        if d.lease_secs > 86_400 {
+            return bad("delivery.lease_secs", "must be at most 86400 (a day)");
         }
         // A claim must outlive the slowest send, or a second worker could
         // take the notice over while the first is still sending it.
@@ -473,6 +531,14 @@ impl Settings {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                 Ok(_) => return bad("sms.url", "must be an http:// or https:// URL with a host"),
                 Err(e) => return bad("sms.url", &format!("not a URL: {e}")),
+            }
+            if let Some(why) = self.insecure_sms() {
+                if !sms.allow_insecure {
+                    return bad(
+                        "sms.url",
+                        &format!("{why}; use https://, or set sms.allow_insecure = true"),
+                    );
+                }
             }
             if !sms.auth_token.is_empty() {
                 if reqwest::header::HeaderName::from_bytes(sms.auth_header.trim().as_bytes())
@@ -502,6 +568,16 @@ impl Settings {
             if let Err(e) = email.from.trim().parse::<lettre::message::Mailbox>() {
                 return bad("email.from", &format!("not an e-mail address ({e})"));
             }
+            if let Some(why) = self.insecure_email() {
+                if !email.allow_insecure {
+                    return bad(
+                        "email.tls",
+                        &format!(
+                            "{why}; use \"tls\" or \"starttls\", or set email.allow_insecure = true"
+                        ),
+                    );
+                }
+            }
             if email.port == 0 {
                 return bad(
                     "email.port",
@@ -515,10 +591,47 @@ impl Settings {
         if email.concurrency == 0 || email.concurrency > 32 {
             return bad("email.concurrency", "must be between 1 and 32");
         }
-        if email.pool_idle_secs == 0 {
-            return bad("email.pool_idle_secs", "must be at least 1");
+        if email.pool_idle_secs == 0 || email.pool_idle_secs > 3600 {
+            return bad("email.pool_idle_secs", "must be between 1 and 3600");
         }
         Ok(())
+    }
+
+    /// Why the SMS gateway's transport is insecure, if it is: `http://` to
+    /// a host that is not loopback carries the token, phone numbers and
+    /// names in clear (allowed only with `sms.allow_insecure`).
+    pub fn insecure_sms(&self) -> Option<String> {
+        let url = reqwest::Url::parse(self.sms.url.trim()).ok()?;
+        let host = url.host_str()?;
+        (url.scheme() == "http" && !is_loopback_host(host))
+            .then(|| format!("http:// to {host}, not a loopback host, sends the token, phone numbers and names in clear"))
+    }
+
+    /// Why the SMTP relay's transport is insecure, if it is: `tls =
+    /// "none"` to a host that is not loopback carries the AUTH credentials
+    /// and every message in clear (allowed only with
+    /// `email.allow_insecure`).
+    pub fn insecure_email(&self) -> Option<String> {
+        let host = self.email.host.trim();
+        (!host.is_empty() && self.email.tls == "none" && !is_loopback_host(host)).then(|| {
+            format!("tls = \"none\" to {host}, not a loopback host, sends the credentials and messages in clear")
+        })
+    }
+
+    /// The insecure transports in force (each allowed by its
+    /// `allow_insecure`, or validation would have refused it), with the
+    /// key that allows it.
+    pub fn insecure_transports(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if !self.sms.url.trim().is_empty() {
+            if let Some(why) = self.insecure_sms() {
+                v.push(format!("sms.allow_insecure = true: {why}"));
+            }
+        }
+        if let Some(why) = self.insecure_email() {
+            v.push(format!("email.allow_insecure = true: {why}"));
+        }
+        v
     }
 
     /// The header names each feed accepts: column names, built-in aliases
@@ -551,6 +664,24 @@ impl Settings {
             self.database_url.trim().to_string()
         }
     }
+}
+
+/// A century: far beyond any retention rule, far inside chrono's range.
+const MAX_RETENTION_DAYS: u32 = 36_600;
+
+/// Largest configuration file read: a configuration is a few KiB; a path
+/// to a device or a huge file must fail at once, not exhaust memory.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Whether `host` (a URL's or relay's host) is this machine: traffic to it
+/// never crosses a network, so plain text is no exposure.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn one_line(s: &str) -> String {
@@ -717,6 +848,101 @@ mod tests {
             err.to_string().contains("brake.max_visit_center_share"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_naming_the_key_before_any_arithmetic() {
+        for (var, value, key) in [
+            (
+                "AUTOSIGN_RULES__GRACE_DAYS",
+                "4294967295",
+                "rules.grace_days",
+            ),
+            ("AUTOSIGN_RULES__GRACE_DAYS", "3661", "rules.grace_days"),
+            (
+                "AUTOSIGN_RULES__SI_MAX_LAG_MONTHS",
+                "4294967295",
+                "rules.si_max_lag_months",
+            ),
+            (
+                "AUTOSIGN_RULES__SI_MAX_LAG_MONTHS",
+                "100000",
+                "rules.si_max_lag_months",
+            ),
+            ("AUTOSIGN_RULES__WINDOW_DAYS", "367", "rules.window_days"),
+            (
+                "AUTOSIGN_RETENTION__FEED_DAYS",
+                "4294967295",
+                "retention.feed_days",
+            ),
+            (
+                "AUTOSIGN_RETENTION__NOTICE_DAYS",
+                "4294967295",
+                "retention.notice_days",
+            ),
+            (
+                "AUTOSIGN_BRAKE__MAX_AGE_DAYS__RESIDENCE",
+                "4294967295",
+                "brake.max_age_days.residence",
+            ),
+            (
+                "AUTOSIGN_DELIVERY__BACKOFF_MAX_SECS",
+                "9223372036854775807",
+                "delivery.backoff_max_secs",
+            ),
+        ] {
+            let err = Settings::load_with_env(None, &env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+            assert_eq!(err.exit_code(), 2);
+        }
+        let s = Settings::load_with_env(
+            None,
+            &env(&[
+                ("AUTOSIGN_RULES__GRACE_DAYS", "3660"),
+                ("AUTOSIGN_RULES__SI_MAX_LAG_MONTHS", "12"),
+                ("AUTOSIGN_RETENTION__FEED_DAYS", "36600"),
+            ]),
+        );
+        assert!(s.is_ok(), "{:?}", s.err());
+    }
+
+    #[test]
+    fn plain_transports_to_remote_hosts_need_allow_insecure_and_loopback_does_not() {
+        let remote_sms = [
+            ("AUTOSIGN_SMS__URL", "http://sms.example.com/send"),
+            ("AUTOSIGN_SMS__AUTH_TOKEN", "t"),
+        ];
+        let err = Settings::load_with_env(None, &env(&remote_sms)).unwrap_err();
+        assert!(
+            err.to_string().contains("sms.url") && err.to_string().contains("allow_insecure"),
+            "{err}"
+        );
+        let mut allowed = remote_sms.to_vec();
+        allowed.push(("AUTOSIGN_SMS__ALLOW_INSECURE", "true"));
+        let s = Settings::load_with_env(None, &env(&allowed)).expect("allowed");
+        assert_eq!(s.insecure_transports().len(), 1);
+        for host in ["localhost", "127.0.0.1", "127.8.9.10", "[::1]"] {
+            let url = format!("http://{host}:8080/send");
+            let s = Settings::load_with_env(None, &env(&[("AUTOSIGN_SMS__URL", &url)]))
+                .unwrap_or_else(|e| panic!("{host}: {e}"));
+            assert!(s.insecure_transports().is_empty(), "{host}");
+        }
+        let remote_mail = [
+            ("AUTOSIGN_EMAIL__HOST", "smtp.example.com"),
+            ("AUTOSIGN_EMAIL__TLS", "none"),
+            ("AUTOSIGN_EMAIL__FROM", "a@example.com"),
+        ];
+        let err = Settings::load_with_env(None, &env(&remote_mail)).unwrap_err();
+        assert!(err.to_string().contains("email.tls"), "{err}");
+        let ok = Settings::load_with_env(
+            None,
+            &env(&[
+                ("AUTOSIGN_EMAIL__HOST", "smtp.example.com"),
+                ("AUTOSIGN_EMAIL__TLS", "starttls"),
+                ("AUTOSIGN_EMAIL__FROM", "a@example.com"),
+            ]),
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
     }
 
     #[test]

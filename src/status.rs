@@ -110,6 +110,11 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
             decided_at: e.decided_at.clone(),
         });
     let notices_center = crate::outbox::notice::Notices::from_settings(settings)?;
+    // A gateway's answer stored before it was scrubbed at the source may
+    // still hold a number or a credential: never shown here.
+    let secrets =
+        crate::outbox::channel::Secrets::new(&[&settings.sms.auth_token, &settings.email.password]);
+    let clean_error = |e: String| secrets.redact(&crate::domain::mask_numbers_in_text(&e));
     Ok(StatusReport {
         permit_no: permit.permit_no.clone(),
         id_number: mask_id_str(&permit.id_number),
@@ -122,9 +127,16 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
             .map(|c| c.name.clone()),
         cycle: Cycle {
             valid_until: permit.valid_until,
-            window_opens: permit.valid_until - Duration::days(i64::from(rules.window_days)),
-            decision_deadline: permit.valid_until
-                - Duration::days(i64::from(rules.decision_deadline_days)),
+            // Settings are range-checked; a stored date near chrono's limit
+            // shows as the cycle's own date rather than panicking.
+            window_opens: permit
+                .valid_until
+                .checked_sub_signed(Duration::days(i64::from(rules.window_days)))
+                .unwrap_or(permit.valid_until),
+            decision_deadline: permit
+                .valid_until
+                .checked_sub_signed(Duration::days(i64::from(rules.decision_deadline_days)))
+                .unwrap_or(permit.valid_until),
             state: state.to_string(),
         },
         latest_event: latest,
@@ -138,7 +150,7 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
                 attempts: n.attempts,
                 created_at: n.created_at,
                 sent_at: n.sent_at,
-                last_error: n.last_error,
+                last_error: n.last_error.map(clean_error),
             })
             .collect(),
     })
@@ -163,7 +175,13 @@ fn not_found(permit_no: &str) -> String {
     format!("no permit {permit_no:?} in the register")
 }
 
+/// The report for a terminal. Every value from the database or a feed (a
+/// permit number, a gateway's answer) has its control characters escaped.
 pub fn render(r: &StatusReport) -> String {
+    crate::domain::escape_controls_in_lines(&render_raw(r)).into_owned()
+}
+
+fn render_raw(r: &StatusReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(

@@ -9,9 +9,10 @@ use std::path::Path;
 use chrono::NaiveDate;
 
 use crate::db::{Db, NotificationRow};
-use crate::domain::mask_id_str;
+use crate::domain::{escape_controls, mask_id_str, mask_numbers_in_text, mask_text};
 use crate::error::{Error, Result};
 use crate::fsutil::AtomicFile;
+use crate::outbox::notice::Notices;
 
 /// R9's leading columns, in order, then `state` (issue #6): `applied`;
 /// `held` (its run is held by the safety brake: not applied, not notified);
@@ -63,6 +64,10 @@ pub struct ExportOptions {
     /// `None`: standard output.
     pub out: Option<std::path::PathBuf>,
     pub unmasked: bool,
+    /// The notice templates, by which a masked notification export finds
+    /// the holder's name in each message; `None`: masked messages are
+    /// masked whole after two characters.
+    pub notices: Option<Notices>,
 }
 
 /// R9: prefixes `'` to a cell a spreadsheet would evaluate (also the
@@ -176,13 +181,27 @@ pub async fn export_audit(db: &Db, opts: &ExportOptions) -> Result<u64> {
 }
 
 /// `export notifications`: one row per notice of runs in the range.
+/// Unless `--unmasked`, the message shows the holder's family name only
+/// (like `status`). `last_error` holds what a gateway or relay answered:
+/// any mobile or ID number left in it (an error stored before such numbers
+/// were masked at the source) is masked whether or not `--unmasked`.
 pub async fn export_notifications(db: &Db, opts: &ExportOptions) -> Result<u64> {
     let mut w = open(opts.out.as_deref())?;
     w.write_record(NOTIFICATION_COLUMNS)
         .map_err(|e| Error::Runtime(e.into()))?;
     let mut n = 0u64;
-    db.notification_rows(opts.from, opts.to, &mut |row| {
+    let (unmasked, notices) = (opts.unmasked, opts.notices.as_ref());
+    db.notification_rows(opts.from, opts.to, &mut |mut row| {
         n += 1;
+        if !unmasked {
+            row.message = match notices {
+                Some(t) => t.mask_name_in(&row.kind, &row.message),
+                None => mask_text(&row.message),
+            };
+        }
+        row.last_error = row
+            .last_error
+            .map(|e| escape_controls(&mask_numbers_in_text(&e)).into_owned());
         write_guarded(&mut w, notification_record(row))
     })
     .await?;

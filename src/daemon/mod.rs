@@ -86,7 +86,18 @@ pub async fn check(settings: &Settings, opts: &DaemonOptions) -> Result<String> 
     let last = db.latest_completed_run().await?;
     let now = clock.now();
     let mut out = String::new();
-    let _ = writeln!(out, "configuration: ok ({channel_state})");
+    let insecure = settings.insecure_transports();
+    if insecure.is_empty() {
+        let _ = writeln!(out, "configuration: ok ({channel_state})");
+    } else {
+        let _ = writeln!(
+            out,
+            "configuration: WARNING: insecure transport allowed ({channel_state})"
+        );
+        for why in &insecure {
+            let _ = writeln!(out, "warning: {why}");
+        }
+    }
     let _ = writeln!(
         out,
         "database: ok, migrations at version {} of {}",

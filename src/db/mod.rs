@@ -50,6 +50,19 @@ impl Db {
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
         {
+            // `sqlite://` with no path would open a throw-away database and
+            // report an import of rows that went nowhere.
+            if path.trim().is_empty() {
+                return Err(Error::Config(
+                    "database URL sqlite:// names no file: give sqlite://PATH".into(),
+                ));
+            }
+            if path.starts_with(':') {
+                return Err(Error::Config(format!(
+                    "database URL sqlite://{path}: give the path of a database file \
+                     (an in-memory database keeps nothing)"
+                )));
+            }
             return Ok(Db::Sqlite(SqliteDb::open(PathBuf::from(path)).await?));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -121,6 +121,10 @@ impl SqliteDb {
                 )
             })?;
         }
+        // Created owner-only before SQLite opens it: SQLite gives its `-wal`
+        // and `-shm` files the database file's mode, and the first import
+        // writes ID numbers into the WAL before any chmod could run.
+        create_database_file(&path)?;
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(&path)
             .create_if_missing(true)
@@ -153,7 +157,14 @@ impl SqliteDb {
                     path.display()
                 ))
             })?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        // sqlx takes no lock around SQLite migrations (it does on
+        // PostgreSQL): processes started together on a new file would each
+        // apply migration 1. A file lock makes the later ones wait and then
+        // find the migrations applied.
+        let migrate_lock = lock_file(&sibling(&path, ".migrate.lock")).await?;
+        let migrated = sqlx::migrate!("migrations/sqlite").run(&pool).await;
+        drop(migrate_lock);
+        migrated?;
         restrict_permissions(&path);
         Ok(SqliteDb { pool, path })
     }
@@ -170,12 +181,7 @@ impl SqliteDb {
         let mut lock_path = self.path.clone().into_os_string();
         lock_path.push(".lock");
         let lock_path = PathBuf::from(lock_path);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("cannot open lock file {}", lock_path.display()), e))?;
+        let file = open_lock_file(&lock_path)?;
         match file.try_lock() {
             Ok(()) => Ok(JobLock::File(file)),
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -1630,13 +1636,70 @@ fn notification_row(r: &SqliteRow) -> Result<NotificationRow> {
 }
 
 /// The database holds personal data: owner-only, like every file autosign
-/// creates.
+/// creates, and so are its WAL and shared-memory files.
 fn restrict_permissions(path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        for p in [
+            path.to_path_buf(),
+            sibling(path, "-wal"),
+            sibling(path, "-shm"),
+        ] {
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+            }
+        }
     }
+}
+
+/// Creates the database file, empty and owner-only, if it does not exist.
+fn create_database_file(path: &Path) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("cannot create SQLite database {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// `PATH` with `suffix` appended to its file name (`x.sqlite-wal`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_os_string();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Opens `lock_path`, creating it owner-only.
+fn open_lock_file(lock_path: &Path) -> Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(lock_path)
+        .map_err(|e| Error::io(format!("cannot open lock file {}", lock_path.display()), e))
+}
+
+/// Opens and locks `lock_path`, waiting for the lock on a blocking thread.
+async fn lock_file(lock_path: &Path) -> Result<std::fs::File> {
+    let file = open_lock_file(lock_path)?;
+    let shown = lock_path.display().to_string();
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|e| Error::Runtime(anyhow::anyhow!("lock task failed: {e}")))?
+        .map_err(|e| Error::io(format!("cannot lock {shown}"), e))
 }
 
 fn raw_notification_row(r: &rusqlite::Row) -> rusqlite::Result<NotificationRow> {

@@ -25,5 +25,8 @@ pub use enums::{
     Reason, ResidenceResult, SiStatus,
 };
 pub use id_number::{id_check_char, IdNumber, IdNumberError};
-pub use mask::{mask_id_str, mask_name, mask_text};
+pub use mask::{
+    escape_controls, escape_controls_in_lines, mask_id_str, mask_name, mask_numbers_in_text,
+    mask_text,
+};
 pub use uscc::{uscc_check_char, Uscc, UsccError, USCC_ALPHABET};

@@ -542,13 +542,22 @@ impl Tally {
             let file = crate::fsutil::create_private(&path)?;
             let mut w = csv::WriterBuilder::new().flexible(true).from_writer(file);
             let mut head = vec!["line".to_string(), "reason".to_string()];
-            head.extend(self.header.iter().cloned());
+            head.extend(
+                self.header
+                    .iter()
+                    .map(|h| crate::audit::guard_formula(h).into_owned()),
+            );
             w.write_record(&head).map_err(|e| rejects_error(&path, e))?;
             self.rejects = Some(w);
         }
         if let Some(w) = self.rejects.as_mut() {
+            // Operators open rejects in a spreadsheet: a field that would run
+            // as a formula gets R9's `'` prefix, as in the exports.
             let mut rec = vec![line.to_string(), reason.to_string()];
-            rec.extend(raw.iter().map(str::to_string));
+            rec.extend(
+                raw.iter()
+                    .map(|f| crate::audit::guard_formula(f).into_owned()),
+            );
             w.write_record(&rec).map_err(|e| rejects_error(&path, e))?;
         }
         Ok(())

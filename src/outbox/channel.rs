@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::db::outbox::ClaimedNotice;
-use crate::domain::{Email, Phone};
+use crate::domain::{escape_controls, mask_numbers_in_text, Email, Phone};
 
 /// Why a send failed; the variant decides what happens to the notice.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +31,56 @@ impl DeliveryError {
         match self {
             DeliveryError::Transient(m) | DeliveryError::Permanent(m) => m,
         }
+    }
+
+    /// The same error with each of `secrets` cut out of its text.
+    pub fn redacted(self, secrets: &Secrets) -> Self {
+        match self {
+            DeliveryError::Transient(m) => DeliveryError::Transient(secrets.redact(&m)),
+            DeliveryError::Permanent(m) => DeliveryError::Permanent(secrets.redact(&m)),
+        }
+    }
+}
+
+/// A channel's credentials (the gateway's token, the relay's password), as
+/// they could come back in an answer: whole, and each word of a token such
+/// as `Bearer abc…` that is long enough to be the secret part.
+#[derive(Default)]
+pub struct Secrets(Vec<String>);
+
+impl Secrets {
+    pub fn new(values: &[&str]) -> Self {
+        let mut v: Vec<String> = Vec::new();
+        for value in values.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            v.push(value.to_string());
+            v.extend(
+                value
+                    .split_whitespace()
+                    .filter(|w| w.chars().count() >= 6)
+                    .map(str::to_string),
+            );
+        }
+        // Longest first, so a word never leaves the rest of its token.
+        v.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        v.dedup();
+        Secrets(v)
+    }
+
+    /// `text` with every secret replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut s = text.to_string();
+        for secret in &self.0 {
+            if s.contains(secret.as_str()) {
+                s = s.replace(secret.as_str(), "***");
+            }
+        }
+        s
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({} values)", self.0.len())
     }
 }
 
@@ -71,12 +121,18 @@ pub fn masked_recipient(n: &ClaimedNotice) -> String {
 
 /// Error text from a gateway or relay, made fit for logs and `last_error`:
 /// the recipient masked wherever it is echoed back (`550 <zhang@…>: no
-/// such user`), one line, at most 300 characters.
+/// such user`), so is any mobile or ID number in any form (`+86-155-…`,
+/// `155 4937 8348`), one line, no control characters, at most 300
+/// characters. The channel cuts its credentials out too
+/// ([`DeliveryError::redacted`]).
 pub fn scrub(n: &ClaimedNotice, text: &str) -> String {
     let mut s = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Numbers first: the recipient inside a longer form (`86…`) goes whole.
+    s = mask_numbers_in_text(&s);
     if !n.recipient.is_empty() {
         s = s.replace(&n.recipient, &masked_recipient(n));
     }
+    s = escape_controls(&s).into_owned();
     s = mask_echoed_text(&s, &n.message);
     if s.chars().count() > 300 {
         s = s.chars().take(297).collect::<String>() + "...";
@@ -168,5 +224,18 @@ mod tests {
         assert!(!s.contains("张三"), "{s}");
         assert!(s.contains("内容违规"), "{s}");
         assert_eq!(s, "rejected 内容违规: …");
+    }
+
+    #[test]
+    fn scrub_masks_the_recipient_in_other_forms_and_secrets_are_cut_out() {
+        let n = sample_notice("sms", "15549378348");
+        let s = scrub(&n, "blocked +86-155-4937-8348 and 155 4937 8348\x1b[2J");
+        assert_eq!(s, "blocked 155****8348 and 155****8348\\u{1b}[2J");
+        let secrets = Secrets::new(&["Bearer s3cr3t-token-42"]);
+        let e =
+            DeliveryError::Transient("bad token s3cr3t-token-42 (Bearer s3cr3t-token-42)".into())
+                .redacted(&secrets);
+        assert_eq!(e.message(), "bad token *** (***)");
+        assert_eq!(Secrets::new(&[""]).redact("x"), "x");
     }
 }

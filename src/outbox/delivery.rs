@@ -48,6 +48,11 @@ impl Channels {
     /// configuration error (exit 2), found before any database work.
     /// Needs a tokio runtime (the SMTP pool runs a task).
     pub fn from_settings(settings: &Settings) -> Result<Self> {
+        // Validation refused these unless allowed; allowed, they are still
+        // worth a warning at every start.
+        for why in settings.insecure_transports() {
+            tracing::warn!("insecure transport allowed: {why}");
+        }
         Ok(Channels {
             sms: SmsGateway::from_settings(&settings.sms)?,
             email: Mailer::from_settings(&settings.email)?,

@@ -20,6 +20,7 @@
 //! transient, as are refusals on our side that are about the relay (no
 //! AUTH mechanism in common, no STARTTLS offered).
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::channel::{idempotency_key, scrub, Accepted, DeliveryError};
+use super::channel::{idempotency_key, scrub, Accepted, DeliveryError, Secrets};
 use crate::db::outbox::ClaimedNotice;
 use crate::error::{Error, Result};
 use crate::settings::EmailSettings;
@@ -45,6 +46,8 @@ pub struct Mailer {
     subjects: Subjects,
     timeout: Duration,
     describe: String,
+    /// The password, cut out of whatever the relay answers.
+    secrets: Secrets,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -83,12 +86,10 @@ impl Mailer {
         } else {
             let mut params = TlsParameters::builder(host.to_string());
             if !s.ca_file.trim().is_empty() {
-                let pem = std::fs::read(s.ca_file.trim()).map_err(|e| {
-                    bad(
-                        "email.ca_file",
-                        format!("cannot read {}: {e}", s.ca_file.trim()),
-                    )
-                })?;
+                // A CA bundle is kilobytes: a device or a huge file is a
+                // mistake, refused rather than read without end.
+                let pem = crate::fsutil::read_regular(Path::new(s.ca_file.trim()), 4 << 20)
+                    .map_err(|why| bad("email.ca_file", format!("{}: {why}", s.ca_file.trim())))?;
                 let cert = Certificate::from_pem(&pem)
                     .map_err(|e| bad("email.ca_file", format!("not a PEM certificate: {e}")))?;
                 params = params.add_root_certificate(cert);
@@ -127,6 +128,7 @@ impl Mailer {
             },
             timeout,
             describe: format!("{host}:{} ({})", s.port, s.tls),
+            secrets: Secrets::new(&[&s.password]),
         }))
     }
 
@@ -180,7 +182,7 @@ impl Mailer {
                     provider_ref: scrub(n, &format!("{} {text}", resp.code())),
                 })
             }
-            Ok(Err(e)) => Err(classify(n, &e)),
+            Ok(Err(e)) => Err(classify(n, &e).redacted(&self.secrets)),
             Err(_) => {
                 self.replace(&transport);
                 Err(DeliveryError::Transient(format!(

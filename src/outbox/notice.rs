@@ -76,6 +76,42 @@ impl Notices {
         self.centers.get(street_code)
     }
 
+    /// A stored notice text with the holder's name masked (`张**`), for a
+    /// masked export. The name is found where the kind's template puts
+    /// `{name}`: after the template's literal beginning (the signature) and
+    /// before the literal text that follows it. A text that does not fit
+    /// its template (the template changed since it was written) is masked
+    /// whole after its first two characters: a masked export must not
+    /// show a name it could not find.
+    pub fn mask_name_in(&self, kind: &str, message: &str) -> String {
+        let template = match kind {
+            "AUTO_SIGNED" => &self.auto_signed,
+            "VISIT_CENTER" => &self.visit_center,
+            "SUSPENDED" => &self.suspended,
+            "CANCELLED" => &self.cancelled,
+            _ => return crate::domain::mask_text(message),
+        };
+        let mut full = template.clone();
+        if !full.contains("{signature}") {
+            full.insert_str(0, &self.signature);
+        }
+        let full = full.replace("{signature}", &self.signature);
+        let Some(at) = full.find("{name}") else {
+            return message.to_string();
+        };
+        let (prefix, after) = (&full[..at], &full[at + "{name}".len()..]);
+        let literal_after = &after[..after.find('{').unwrap_or(after.len())];
+        let name = (!prefix.contains('{') && !literal_after.is_empty())
+            .then(|| message.strip_prefix(prefix))
+            .flatten()
+            .and_then(|rest| rest.find(literal_after).map(|end| &rest[..end]));
+        match name {
+            Some("") => message.to_string(),
+            Some(name) => message.replace(name, &crate::domain::mask_name(name)),
+            None => crate::domain::mask_text(message),
+        }
+    }
+
     /// The notice for an event on `permit` (R7, R8).
     pub fn compose(
         &self,
@@ -208,7 +244,13 @@ fn check_template(key: &str, template: &str) -> Result<()> {
     Ok(())
 }
 
+/// Largest service-center table read: the bundled one of all Shanghai
+/// streets is about 30 KiB.
+const MAX_CENTERS_BYTES: u64 = 16 << 20;
+
 /// Reads the service-center table: `street_code,center_name,address,phone`.
+/// A path to something other than a regular file, or a huge file, is a
+/// configuration error, not an endless read.
 fn load_centers(path: &Path) -> Result<HashMap<String, Center>> {
     if path.as_os_str().is_empty() {
         return parse_centers(
@@ -216,13 +258,16 @@ fn load_centers(path: &Path) -> Result<HashMap<String, Center>> {
             "bundled service_centers.csv",
         );
     }
-    let reader = csv::Reader::from_path(path).map_err(|e| {
+    let text = crate::fsutil::read_regular_text(path, MAX_CENTERS_BYTES).map_err(|why| {
         Error::Config(format!(
-            "notices.service_centers: cannot read {}: {e}",
+            "configuration key notices.service_centers: {}: {why}",
             path.display()
         ))
     })?;
-    parse_centers(reader, &path.display().to_string())
+    parse_centers(
+        csv::Reader::from_reader(text.as_bytes()),
+        &path.display().to_string(),
+    )
 }
 
 /// The bundled table, built from the NBS 2023 street list (see README).
@@ -309,6 +354,26 @@ mod tests {
             .compose(EventKind::AutoSigned, &p, &[], None)
             .message;
         assert!(msg.contains("{valid_until}"), "{msg}");
+    }
+
+    #[test]
+    fn a_masked_text_shows_the_family_name_only_and_an_unmatched_text_is_masked_whole() {
+        let n = notices();
+        let mut p = permit(Some("13800138000"), None);
+        p.name = "欧阳娜娜".into();
+        for kind in [
+            EventKind::AutoSigned,
+            EventKind::VisitCenter,
+            EventKind::Suspended,
+            EventKind::Cancelled,
+        ] {
+            let msg = n.compose(kind, &p, &[Reason::AddressChanged], None).message;
+            let masked = n.mask_name_in(kind.code(), &msg);
+            assert!(!masked.contains("欧阳娜娜"), "{masked}");
+            assert_eq!(masked, msg.replace("欧阳娜娜", "欧***"));
+        }
+        let masked = n.mask_name_in("AUTO_SIGNED", "王五你好，另一个模板");
+        assert_eq!(masked, "王五********");
     }
 
     #[test]

@@ -7,12 +7,13 @@
 //! the notice, are wrong — fixing them must not require resurrecting dead
 //! notices); any other status (400, 404, 422, …) permanent.
 
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::Serialize;
 
-use super::channel::{idempotency_key, scrub, Accepted, DeliveryError};
+use super::channel::{idempotency_key, scrub, Accepted, DeliveryError, Secrets};
 use crate::db::outbox::ClaimedNotice;
 use crate::error::{Error, Result};
 use crate::settings::SmsSettings;
@@ -23,6 +24,8 @@ pub struct SmsGateway {
     client: reqwest::Client,
     url: reqwest::Url,
     auth: Option<(HeaderName, HeaderValue)>,
+    /// The token, cut out of whatever the gateway answers.
+    secrets: Secrets,
     timeout: Duration,
 }
 
@@ -67,12 +70,10 @@ impl SmsGateway {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("autosign/", env!("CARGO_PKG_VERSION")));
         if !s.ca_file.trim().is_empty() {
-            let pem = std::fs::read(s.ca_file.trim()).map_err(|e| {
-                bad(
-                    "sms.ca_file",
-                    format!("cannot read {}: {e}", s.ca_file.trim()),
-                )
-            })?;
+            // A CA bundle is kilobytes: a device or a huge file is a
+            // mistake, refused rather than read without end.
+            let pem = crate::fsutil::read_regular(Path::new(s.ca_file.trim()), 4 << 20)
+                .map_err(|why| bad("sms.ca_file", format!("{}: {why}", s.ca_file.trim())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| bad("sms.ca_file", format!("not PEM certificates: {e}")))?;
             builder = builder.tls_certs_merge(certs);
@@ -84,6 +85,7 @@ impl SmsGateway {
             client,
             url,
             auth,
+            secrets: Secrets::new(&[&s.auth_token]),
             timeout,
         }))
     }
@@ -102,7 +104,16 @@ impl SmsGateway {
         self.timeout
     }
 
+    /// Sends one notice. Whatever the gateway answers reaches
+    /// `last_error`, the logs, the notification export and `status`: it is
+    /// scrubbed of personal data ([`scrub`]) and of the token.
     pub async fn send(&self, n: &ClaimedNotice) -> Result<Accepted, DeliveryError> {
+        self.send_unredacted(n)
+            .await
+            .map_err(|e| e.redacted(&self.secrets))
+    }
+
+    async fn send_unredacted(&self, n: &ClaimedNotice) -> Result<Accepted, DeliveryError> {
         let key = idempotency_key(n);
         let body = SmsRequest {
             phone: &n.recipient,

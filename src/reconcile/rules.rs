@@ -37,7 +37,11 @@ pub fn lifecycle(
     if status == PermitStatus::Cancelled {
         return None;
     }
-    let past_grace = as_of > valid_until + Duration::days(i64::from(rules.grace_days));
+    // Checked: a grace end beyond the calendar's range is never passed
+    // (settings are range-checked; this keeps the rule total).
+    let past_grace = valid_until
+        .checked_add_signed(Duration::days(i64::from(rules.grace_days)))
+        .is_some_and(|end| as_of > end);
     if past_grace && rules.lapse_policy == LapsePolicy::Cancel {
         return Some(EventKind::Cancelled);
     }
@@ -96,7 +100,9 @@ pub fn select_visit(
     as_of: NaiveDate,
     rules: &Rules,
 ) -> Option<Visit> {
-    let from = valid_until - Duration::days(i64::from(rules.window_days));
+    let from = valid_until
+        .checked_sub_signed(Duration::days(i64::from(rules.window_days)))
+        .unwrap_or(NaiveDate::MIN);
     visits
         .iter()
         .filter(|v| v.visited_on >= from && v.visited_on <= as_of)
@@ -207,6 +213,33 @@ mod tests {
     }
 
     const AS_OF: &str = "2026-11-27";
+
+    #[test]
+    fn r3_a_grace_beyond_the_calendar_never_panics_and_never_cancels() {
+        let mut rules = crate::settings::Settings::load_with_env(None, &[])
+            .expect("defaults")
+            .rules;
+        rules.grace_days = u32::MAX;
+        rules.window_days = u32::MAX;
+        let d = |y, m, dd| NaiveDate::from_ymd_opt(y, m, dd).expect("date");
+        assert_eq!(
+            lifecycle(PermitStatus::Active, d(2026, 1, 1), d(2026, 11, 27), &rules),
+            Some(EventKind::Suspended)
+        );
+        assert_eq!(
+            lifecycle(
+                PermitStatus::Suspended,
+                NaiveDate::MAX,
+                d(2026, 11, 27),
+                &rules
+            ),
+            None
+        );
+        assert_eq!(
+            select_visit(&[], NaiveDate::MIN, d(2026, 11, 27), &rules),
+            None
+        );
+    }
 
     #[test]
     fn c17_future_as_of_beyond_the_allowance_is_refused() {

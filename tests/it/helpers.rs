@@ -197,6 +197,9 @@ impl Env {
         self.ok(&["export", "audit", "--from", from, "--to", to, "--out", "-"])
     }
 
+    /// The notification export for a range, with the messages as sent
+    /// (`--unmasked`): tests compare them with what the gateway and relay
+    /// received. The masked default is tested in hostile.rs.
     pub fn notifications(&self, from: &str, to: &str) -> String {
         self.ok(&[
             "export",
@@ -207,6 +210,7 @@ impl Env {
             to,
             "--out",
             "-",
+            "--unmasked",
         ])
     }
 }

@@ -11,6 +11,7 @@ mod concurrency;
 mod crash;
 mod daemon;
 mod deliver;
+mod hostile;
 mod import;
 mod ops;
 mod postgres;

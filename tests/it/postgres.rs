@@ -169,6 +169,7 @@ fn a_generated_city_sample_over_several_nights_is_identical_on_both_backends() {
     for env in [&sqlite, &pg] {
         let mut out = String::new();
         for as_of in ["2026-11-27", "2026-11-28", "2026-12-05", "2027-01-30"] {
+            // Replays dates that may lie in the future (C17).
             out.push_str(&env.ok(&["run", "--as-of", as_of, "--allow-future"]));
         }
         let out: Vec<String> = out.lines().map(scrub_timestamps).collect();

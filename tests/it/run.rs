@@ -459,7 +459,7 @@ dbtest!(
         ]);
         env.set("AUTOSIGN_INBOX__DIR", "inbox");
         for as_of in ["2026-11-27", "2026-12-15"] {
-            // A replay of later dates (C17).
+            // Replays dates that may lie in the future (C17).
             let out = env.ok(&["run", "--as-of", as_of, "--allow-future"]);
             let run = format!("(SELECT run_id FROM runs WHERE as_of = '{as_of}')");
             for kind in ["AUTO_SIGNED", "VISIT_CENTER", "SUSPENDED", "CANCELLED"] {
