@@ -176,6 +176,15 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             );
             Ok(())
         }
+        Command::Revert { run_id } => {
+            let db = Db::connect(&settings.effective_database_url()).await?;
+            let outcome = crate::brake::revert(&db, run_id).await?;
+            print!(
+                "{}",
+                escape_controls_in_lines(&crate::brake::revert_report(&outcome))
+            );
+            Ok(())
+        }
         Command::Deliver { now } => {
             let clock = match now {
                 None => crate::outbox::Clock::system(),

@@ -19,7 +19,10 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use crate::db::{Db, Effect, FeedImport, ReleaseItem, RunRecord};
+use crate::db::{
+    Db, Effect, FeedImport, LifecycleCounts, ReleaseItem, Restore, RevertDone, RevertItem,
+    RunRecord,
+};
 use crate::domain::{EventKind, PermitStatus, Reason};
 use crate::error::{Error, Result};
 use crate::outbox::notice::Notices;
@@ -111,6 +114,47 @@ pub fn check_share(settings: &Settings, due: u64, visit_center: u64) -> Option<S
             b.max_visit_center_share
         )
     })
+}
+
+/// Check 4, on the register before the run writes anything: the share of
+/// the live register (active and suspended permits) that R3 would suspend
+/// or cancel tonight, from `brake.min_lifecycle_count` such steps up. A
+/// wrong `as_of` (a mistyped year, C17 overridden) lapses the whole
+/// register in one night; an honest night lapses a few in a thousand.
+pub fn check_lifecycle(settings: &Settings, counts: &LifecycleCounts) -> Option<String> {
+    let b = &settings.brake;
+    let steps = counts.suspend + counts.cancel;
+    if !b.enabled || counts.register == 0 || steps < b.min_lifecycle_count {
+        return None;
+    }
+    let share = steps as f64 / counts.register as f64;
+    (share > b.max_lifecycle_share).then(|| {
+        format!(
+            "SUSPENDED or CANCELLED for {steps} of {} permits in the register ({:.1}%: {} \
+             suspended, {} cancelled), more than brake.max_lifecycle_share = {}; is the date \
+             right?",
+            counts.register,
+            share * 100.0,
+            counts.suspend,
+            counts.cancel,
+            b.max_lifecycle_share
+        )
+    })
+}
+
+/// What R3 needs of the register for [`check_lifecycle`] at `as_of`: the
+/// date before which a permit is past grace (`None` under lapse_policy
+/// suspend, when nothing is cancelled).
+pub fn cancel_before(settings: &Settings, as_of: chrono::NaiveDate) -> Option<chrono::NaiveDate> {
+    (settings.rules.lapse_policy == crate::settings::LapsePolicy::Cancel)
+        .then(|| as_of.checked_sub_days(chrono::Days::new(u64::from(settings.rules.grace_days))))
+        .flatten()
+}
+
+/// Whether [`check_lifecycle`] can trip at all (its count costs a pass
+/// over the register).
+pub fn lifecycle_checked(settings: &Settings) -> bool {
+    settings.brake.enabled && settings.brake.max_lifecycle_share < 1.0
 }
 
 /// The alert of a held run: what tripped, and the two ways on.
@@ -310,6 +354,209 @@ pub async fn discard(db: &Db, run_id: i64) -> Result<RunRecord> {
     Ok(db.run_by_id(run_id).await?.unwrap_or(run))
 }
 
+/// What [`revert`] did.
+#[derive(Debug)]
+pub struct RevertOutcome {
+    pub run: RunRecord,
+    /// Events undone, by kind: their permit set back (AUTO_SIGNED,
+    /// SUSPENDED, CANCELLED) or their cycle open again (VISIT_CENTER).
+    pub undone: BTreeMap<String, u64>,
+    /// The run's notices withdrawn (none had been sent).
+    pub withdrawn: u64,
+    /// Events not undone: (permit_no, kind), the permit having changed
+    /// since the run.
+    pub not_undone: Vec<(String, String)>,
+}
+
+/// The permit change that undoes `e`, or `None` when it changed no permit
+/// (VISIT_CENTER, R7).
+fn restore_of(e: &crate::db::RevertEvent) -> Result<Option<Restore>> {
+    let stored = |what: &str| {
+        Error::Runtime(anyhow::anyhow!(
+            "stored event {} has {what} {:?}",
+            e.event_id,
+            e.kind
+        ))
+    };
+    let kind = EventKind::parse(&e.kind).map_err(|_| stored("kind"))?;
+    let (active, suspended, cancelled) = (
+        PermitStatus::Active.code(),
+        PermitStatus::Suspended.code(),
+        PermitStatus::Cancelled.code(),
+    );
+    Ok(match kind {
+        // R7: valid_until moved forward one year; it goes back to the
+        // cycle's, which opens that cycle again.
+        EventKind::AutoSigned => Some(Restore {
+            left_valid_until: e
+                .new_valid_until
+                .ok_or_else(|| stored("no new_valid_until for kind"))?,
+            left_status: active,
+            valid_until: e.valid_until,
+            status: active,
+        }),
+        EventKind::VisitCenter => None,
+        // R3: only an active permit is suspended.
+        EventKind::Suspended => Some(Restore {
+            left_valid_until: e.valid_until,
+            left_status: suspended,
+            valid_until: e.valid_until,
+            status: active,
+        }),
+        // R3/C1: an active or a suspended permit is cancelled; the event
+        // says which (C13: a permit imported suspended has no SUSPENDED
+        // event to tell).
+        EventKind::Cancelled => Some(Restore {
+            left_valid_until: e.valid_until,
+            left_status: cancelled,
+            valid_until: e.valid_until,
+            status: match e.prior_status.as_deref().map(PermitStatus::parse) {
+                Some(Ok(PermitStatus::Suspended)) => suspended,
+                _ => active,
+            },
+        }),
+    })
+}
+
+/// `autosign revert RUN_ID`: undoes a completed run whose notices have not
+/// gone out (after a run for a wrong date), in one transaction under the
+/// job lock. Its permit changes are set back (a permit changed since the
+/// run is left as it is, and listed), its notices withdrawn (kept, status
+/// `withdrawn`), the run marked `reverted` and each event's fate recorded:
+/// its events stay in the audit trail (state `reverted`), their cycles are
+/// open again, and its date may run again. Refused (exit 2) for an unknown
+/// run, a run that is not completed, a run with a later run that still
+/// counts (only the latest can be undone: the permits are as it left them
+/// only then), and a run any of whose notices was sent (a notice cannot be
+/// called back).
+pub async fn revert(db: &Db, run_id: i64) -> Result<RevertOutcome> {
+    let _lock = db
+        .lock_jobs(|| {
+            tracing::info!("another autosign import or run holds the job lock; waiting for it")
+        })
+        .await?;
+    let run = db
+        .run_by_id(run_id)
+        .await?
+        .ok_or_else(|| Error::Refused(format!("there is no run {run_id}: nothing to revert")))?;
+    if run.status != "completed" {
+        let hint = if run.status == "held" {
+            format!(" (a held run applied nothing: `autosign discard {run_id}` voids it instead)")
+        } else {
+            String::new()
+        };
+        return Err(Error::Refused(format!(
+            "run {run_id} for {} is {}, not completed: nothing to revert{hint}",
+            run.as_of, run.status
+        )));
+    }
+    if let Some(later) = db.later_live_run(run_id).await? {
+        return Err(Error::Refused(format!(
+            "refusing to revert run {run_id} for {}: run {} for {} ({}) came after it, and only \
+             the latest run can be reverted (the permits are as a run left them only until the \
+             next one); nothing was changed",
+            run.as_of, later.run_id, later.as_of, later.status
+        )));
+    }
+    let events = db.revert_events(&run).await?;
+    let mut items = Vec::with_capacity(events.len());
+    for e in &events {
+        items.push(RevertItem {
+            event_id: e.event_id,
+            permit_no: e.permit_no.clone(),
+            restore: restore_of(e)?,
+        });
+    }
+    let done = db
+        .revert_run(&run, &items, &crate::clock::now_rfc3339())
+        .await?;
+    let (withdrawn, not_undone) = match done {
+        RevertDone::Reverted {
+            withdrawn,
+            not_undone,
+        } => (withdrawn, not_undone),
+        RevertDone::NotCompleted => {
+            return Err(Error::Refused(format!(
+                "run {run_id} is no longer completed: nothing reverted"
+            )))
+        }
+        RevertDone::Sent(n) => {
+            return Err(Error::Refused(format!(
+                "refusing to revert run {run_id} for {as_of}: {n} of its notices were sent \
+                 already (`autosign export notifications --from {as_of} --to {as_of}` lists \
+                 them) and a notice cannot be called back; nothing was changed",
+                as_of = run.as_of
+            )))
+        }
+    };
+    let skipped: std::collections::HashSet<&str> = not_undone.iter().map(String::as_str).collect();
+    let mut out = RevertOutcome {
+        run: run.clone(),
+        undone: BTreeMap::new(),
+        withdrawn,
+        not_undone: Vec::new(),
+    };
+    for e in &events {
+        if skipped.contains(e.permit_no.as_str()) {
+            out.not_undone.push((e.permit_no.clone(), e.kind.clone()));
+        } else {
+            *out.undone.entry(e.kind.clone()).or_default() += 1;
+        }
+    }
+    out.run = db.run_by_id(run_id).await?.unwrap_or(run);
+    tracing::warn!(
+        run_id,
+        as_of = %out.run.as_of,
+        undone = out.undone.values().sum::<u64>(),
+        not_undone = out.not_undone.len(),
+        withdrawn,
+        "completed run reverted by an operator"
+    );
+    Ok(out)
+}
+
+/// The report of `autosign revert`.
+pub fn revert_report(o: &RevertOutcome) -> String {
+    let mut s = String::new();
+    let undone: u64 = o.undone.values().sum();
+    let _ = writeln!(
+        s,
+        "run {} for {} reverted: {undone} events undone, {} not undone, {} notices withdrawn",
+        o.run.run_id,
+        o.run.as_of,
+        o.not_undone.len(),
+        o.withdrawn
+    );
+    for kind in ["AUTO_SIGNED", "VISIT_CENTER", "SUSPENDED", "CANCELLED"] {
+        let _ = writeln!(
+            s,
+            "    {kind:<14} {:>9}",
+            o.undone.get(kind).copied().unwrap_or(0)
+        );
+    }
+    if !o.not_undone.is_empty() {
+        let _ = writeln!(
+            s,
+            "  not undone, the permit having changed since the run (another valid_until or \
+             status): left as they are"
+        );
+        const SHOWN: usize = 20;
+        for (no, kind) in o.not_undone.iter().take(SHOWN) {
+            let _ = writeln!(s, "    {no} {kind}");
+        }
+        if o.not_undone.len() > SHOWN {
+            let _ = writeln!(s, "    … and {} more", o.not_undone.len() - SHOWN);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "  its events stay in the audit trail (state reverted); {} is no longer a completed \
+         date. Run the intended date: `autosign run --as-of DATE`.",
+        o.run.as_of
+    );
+    s
+}
+
 /// The report of `autosign release`.
 pub fn release_report(o: &ReleaseOutcome) -> String {
     let mut s = String::new();
@@ -404,6 +651,92 @@ mod tests {
             why.contains("1000 of 2000") && why.contains("50.0%"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn lifecycle_trips_above_a_quarter_of_the_register_from_min_lifecycle_count_only() {
+        // A wrong date lapses the register; a first night (~19 %) does not trip.
+        let s = settings();
+        let counts = |register, suspend, cancel| LifecycleCounts {
+            register,
+            suspend,
+            cancel,
+        };
+        assert!(check_lifecycle(&s, &counts(10_000, 1_900, 0)).is_none());
+        assert!(
+            check_lifecycle(&s, &counts(10_000, 2_000, 500)).is_none(),
+            "25% is not above"
+        );
+        let why = check_lifecycle(&s, &counts(10_000, 1_000, 9_000)).expect("trips");
+        assert!(
+            why.contains(
+                "10000 of 10000 permits in the register (100.0%: 1000 suspended, 9000 cancelled)"
+            ) && why.contains("brake.max_lifecycle_share = 0.25"),
+            "{why}"
+        );
+        assert!(
+            check_lifecycle(&s, &counts(1_200, 999, 0)).is_none(),
+            "below min_lifecycle_count never trips"
+        );
+        assert!(check_lifecycle(&s, &counts(0, 0, 0)).is_none());
+        let mut off = settings();
+        off.brake.enabled = false;
+        assert!(check_lifecycle(&off, &counts(10_000, 0, 10_000)).is_none());
+        assert!(!lifecycle_checked(&off));
+    }
+
+    #[test]
+    fn cancel_before_is_as_of_minus_grace_under_the_cancel_policy_only() {
+        // R3: cancelled when as_of > valid_until + grace_days.
+        let mut s = settings();
+        let d = |t: &str| chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").expect("date");
+        assert_eq!(cancel_before(&s, d("2026-12-20")), Some(d("2026-10-21")));
+        s.rules.lapse_policy = crate::settings::LapsePolicy::Suspend;
+        assert_eq!(cancel_before(&s, d("2026-12-20")), None);
+    }
+
+    #[test]
+    fn a_revert_sets_each_kind_back_as_r3_and_r7_changed_it() {
+        let d = |t: &str| chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").expect("date");
+        let event = |kind: &str, new: Option<&str>, prior: Option<&str>| crate::db::RevertEvent {
+            event_id: 1,
+            permit_no: "SH1".into(),
+            kind: kind.into(),
+            valid_until: d("2026-11-10"),
+            new_valid_until: new.map(d),
+            prior_status: prior.map(String::from),
+        };
+        let r = |lv: &str, ls, v: &str, st| {
+            Some(Restore {
+                left_valid_until: d(lv),
+                left_status: ls,
+                valid_until: d(v),
+                status: st,
+            })
+        };
+        assert_eq!(
+            restore_of(&event("AUTO_SIGNED", Some("2027-11-10"), None)).expect("ok"),
+            r("2027-11-10", "active", "2026-11-10", "active")
+        );
+        assert_eq!(
+            restore_of(&event("VISIT_CENTER", None, None)).expect("ok"),
+            None
+        );
+        assert_eq!(
+            restore_of(&event("SUSPENDED", None, None)).expect("ok"),
+            r("2026-11-10", "suspended", "2026-11-10", "active")
+        );
+        // C1: cancelled from active or suspended, as the event recorded.
+        assert_eq!(
+            restore_of(&event("CANCELLED", None, Some("suspended"))).expect("ok"),
+            r("2026-11-10", "cancelled", "2026-11-10", "suspended")
+        );
+        assert_eq!(
+            restore_of(&event("CANCELLED", None, Some("active"))).expect("ok"),
+            r("2026-11-10", "cancelled", "2026-11-10", "active")
+        );
+        assert!(restore_of(&event("AUTO_SIGNED", None, None)).is_err());
+        assert!(restore_of(&event("EXPIRED", None, None)).is_err());
     }
 
     #[test]

@@ -133,6 +133,22 @@ pub enum Command {
         /// The held run's id.
         run_id: i64,
     },
+    /// Undo a completed run whose notices have not gone out, e.g. a run
+    /// for a wrong date given --allow-future (docs/operations.md, "After a
+    /// wrong date"). Its permit changes are set back (a permit changed
+    /// since the run is left as it is, and listed), its queued notices are
+    /// withdrawn (kept, status withdrawn), and the run is marked reverted:
+    /// its events stay in the audit trail with state reverted and its date
+    /// may run again. One transaction; takes the job lock. Stop the
+    /// delivery worker first. Exit 2, nothing changed, for an unknown run,
+    /// a run that is not completed, a run that is not the latest (revert
+    /// later runs first), or a run with any notice already sent (naming how
+    /// many).
+    Revert {
+        /// The completed run's id (in the run's summary and `export
+        /// audit`).
+        run_id: i64,
+    },
     /// A permit's state, current cycle, latest decision and notices (R10).
     Status {
         permit_no: String,

@@ -240,6 +240,8 @@ pub struct BrakeSettings {
     pub enabled: bool,
     pub max_visit_center_share: f64,
     pub min_due: u64,
+    pub max_lifecycle_share: f64,
+    pub min_lifecycle_count: u64,
     pub max_age_days: FeedAges,
     pub row_drop: RowDrop,
 }
@@ -402,6 +404,9 @@ impl Settings {
         let b = &self.brake;
         if !(0.0..=1.0).contains(&b.max_visit_center_share) {
             return bad("brake.max_visit_center_share", "must be between 0 and 1");
+        }
+        if !(0.0..=1.0).contains(&b.max_lifecycle_share) {
+            return bad("brake.max_lifecycle_share", "must be between 0 and 1");
         }
         if !(0.0..=1.0).contains(&b.row_drop.min_ratio) {
             return bad("brake.row_drop.min_ratio", "must be between 0 and 1");
@@ -821,6 +826,10 @@ mod tests {
         assert!(s.brake.enabled);
         assert_eq!(s.brake.max_visit_center_share, 0.30);
         assert_eq!(s.brake.min_due, 1000);
+        // A quarter of the live register lapsing at once, from 1,000 steps:
+        // above a first night's ~19 % (generate's data).
+        assert_eq!(s.brake.max_lifecycle_share, 0.25);
+        assert_eq!(s.brake.min_lifecycle_count, 1000);
         assert_eq!(s.brake.max_age_days.for_feed("residence"), 7);
         assert_eq!(s.brake.max_age_days.for_feed("civil-status"), 0);
         assert_eq!(s.brake.row_drop.min_ratio, 0.5);
@@ -848,6 +857,19 @@ mod tests {
             err.to_string().contains("brake.max_visit_center_share"),
             "{err}"
         );
+        let err = Settings::load_with_env(
+            None,
+            &env(&[("AUTOSIGN_BRAKE__MAX_LIFECYCLE_SHARE", "-0.1")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("brake.max_lifecycle_share"),
+            "{err}"
+        );
+        let s =
+            Settings::load_with_env(None, &env(&[("AUTOSIGN_BRAKE__MIN_LIFECYCLE_COUNT", "5")]))
+                .expect("loads");
+        assert_eq!(s.brake.min_lifecycle_count, 5);
     }
 
     #[test]

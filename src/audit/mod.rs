@@ -17,8 +17,10 @@ use crate::outbox::notice::Notices;
 /// R9's leading columns, in order, then `state` (issue #6): `applied`;
 /// `held` (its run is held by the safety brake: not applied, not notified);
 /// `void` (its run was discarded); `not_applied` (its run was released but
-/// the permit had changed since). The trail is append-only: a correction is
-/// a new row, so a permit may show a void event and a later applied one.
+/// the permit had changed since); `reverted` (its run was reverted and its
+/// permit change undone; its notice shows `withdrawn`). The trail is
+/// append-only: a correction is a new row, so a permit may show a void or
+/// reverted event and a later applied one.
 pub const AUDIT_COLUMNS: [&str; 18] = [
     "run_id",
     "as_of",

@@ -216,6 +216,55 @@ impl Db {
         }
     }
 
+    /// The live register (active and suspended permits) and how many R3
+    /// would suspend and cancel at `as_of` (`cancel_before`: `as_of` minus
+    /// the grace days, `None` when nothing is cancelled): the safety
+    /// brake's lifecycle check, before the run writes anything.
+    pub async fn lifecycle_counts(
+        &self,
+        as_of: NaiveDate,
+        cancel_before: Option<NaiveDate>,
+    ) -> Result<LifecycleCounts> {
+        match self {
+            Db::Sqlite(db) => db.lifecycle_counts(as_of, cancel_before).await,
+            Db::Postgres(db) => db.lifecycle_counts(as_of, cancel_before).await,
+        }
+    }
+
+    /// The first run after `run_id` that still counts (neither discarded
+    /// nor reverted): `autosign revert` undoes the latest run only.
+    pub async fn later_live_run(&self, run_id: i64) -> Result<Option<RunRecord>> {
+        match self {
+            Db::Sqlite(db) => db.later_live_run(run_id).await,
+            Db::Postgres(db) => db.later_live_run(run_id).await,
+        }
+    }
+
+    /// The events of a completed run that took effect, in the order they
+    /// were written.
+    pub async fn revert_events(&self, run: &RunRecord) -> Result<Vec<RevertEvent>> {
+        match self {
+            Db::Sqlite(db) => db.revert_events(run).await,
+            Db::Postgres(db) => db.revert_events(run).await,
+        }
+    }
+
+    /// `autosign revert`, in one transaction: the run becomes reverted,
+    /// its notices withdrawn, each item's permit set back where it is still
+    /// as the run left it, and what was done with each event recorded.
+    /// Nothing is done if the run is not completed or a notice was sent.
+    pub async fn revert_run(
+        &self,
+        run: &RunRecord,
+        items: &[RevertItem],
+        now: &str,
+    ) -> Result<RevertDone> {
+        match self {
+            Db::Sqlite(db) => db.revert_run(run, items, now).await,
+            Db::Postgres(db) => db.revert_run(run, items, now).await,
+        }
+    }
+
     pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
         match self {
             Db::Sqlite(db) => db.run_counts(run_id).await,

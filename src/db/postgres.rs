@@ -197,7 +197,7 @@ impl PgDb {
         let row = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
-            " FROM runs WHERE as_of = $1 AND status <> 'discarded'"
+            " FROM runs WHERE as_of = $1 AND status <> 'discarded' AND status <> 'reverted'"
         ))
         .bind(as_of)
         .fetch_optional(&self.pool)
@@ -449,7 +449,8 @@ impl PgDb {
                 let created = sqlx::query(concat!(
                     "INSERT INTO runs (run_id, as_of, status, started_at, owner, import_mark)
                      SELECT coalesce(max(run_id), 0) + 1, $1, 'running', $2, $3, $4 FROM runs
-                     ON CONFLICT (as_of) WHERE status <> 'discarded' DO NOTHING RETURNING ",
+                     ON CONFLICT (as_of) WHERE status <> 'discarded' AND status <> 'reverted'
+                     DO NOTHING RETURNING ",
                     run_columns!()
                 ))
                 .bind(as_of)
@@ -472,6 +473,179 @@ impl PgDb {
         };
         let run = run_record(&row)?;
         Ok(PgRunTx { conn, run, owner })
+    }
+
+    /// The live register and R3's lifecycle steps at `as_of` (see the
+    /// SQLite twin).
+    pub async fn lifecycle_counts(
+        &self,
+        as_of: NaiveDate,
+        cancel_before: Option<NaiveDate>,
+    ) -> Result<LifecycleCounts> {
+        let row = sqlx::query(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE NOT coalesce(valid_until < $2, false)
+                                       AND status = 'active' AND valid_until < $1),
+                    count(*) FILTER (WHERE coalesce(valid_until < $2, false))
+             FROM permits WHERE status <> 'cancelled'",
+        )
+        .bind(as_of)
+        .bind(cancel_before)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(LifecycleCounts {
+            register: row.try_get::<i64, _>(0)?.max(0) as u64,
+            suspend: row.try_get::<i64, _>(1)?.max(0) as u64,
+            cancel: row.try_get::<i64, _>(2)?.max(0) as u64,
+        })
+    }
+
+    /// The first run after `run_id` that is neither discarded nor reverted.
+    pub async fn later_live_run(&self, run_id: i64) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE run_id > $1 AND status <> 'discarded' AND status <> 'reverted'
+              ORDER BY run_id LIMIT 1"
+        ))
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| run_record(&r)).transpose()
+    }
+
+    /// The events of a completed run that took effect (see the SQLite
+    /// twin for the CANCELLED event's prior status).
+    pub async fn revert_events(&self, run: &RunRecord) -> Result<Vec<RevertEvent>> {
+        let rows = sqlx::query(
+            "SELECT e.event_id, e.permit_no, e.kind, e.valid_until, e.new_valid_until,
+                    CASE WHEN e.kind <> 'CANCELLED' THEN NULL
+                         WHEN e.prior_status IS NOT NULL THEN e.prior_status
+                         WHEN EXISTS (SELECT 1 FROM events s WHERE s.permit_no = e.permit_no
+                                        AND s.valid_until = e.valid_until AND s.kind = 'SUSPENDED'
+                                        AND NOT s.held AND s.run_id <> e.run_id) THEN 'suspended'
+                         ELSE 'active' END
+             FROM events e LEFT JOIN event_releases x ON x.event_id = e.event_id
+             WHERE e.run_id = $1 AND (NOT e.held OR coalesce(x.applied, false))
+             ORDER BY e.event_id",
+        )
+        .bind(run.run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RevertEvent {
+                    event_id: r.try_get(0)?,
+                    permit_no: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    valid_until: r.try_get(3)?,
+                    new_valid_until: r.try_get(4)?,
+                    prior_status: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// `autosign revert` in one transaction (see the SQLite twin). The
+    /// permits are set back a chunk at a time, each chunk one statement; a
+    /// run takes at most one step per permit (R3), so a permit is in one
+    /// item at most.
+    pub async fn revert_run(
+        &self,
+        run: &RunRecord,
+        items: &[RevertItem],
+        now: &str,
+    ) -> Result<RevertDone> {
+        let run_id = run.run_id;
+        let mut conn = self.detached().await?;
+        let mut tx = conn.begin().await?;
+        let marked = sqlx::query(
+            "UPDATE runs SET status = 'reverted', reverted_at = $2 WHERE run_id = $1 AND status = 'completed'",
+        )
+        .bind(run_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked != 1 {
+            tx.rollback().await?;
+            return Ok(RevertDone::NotCompleted);
+        }
+        let sent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE as_of = $1 AND run_id = $2 AND status = 'sent'",
+        )
+        .bind(run.as_of)
+        .bind(run_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if sent > 0 {
+            tx.rollback().await?;
+            return Ok(RevertDone::Sent(sent as u64));
+        }
+        let withdrawn = sqlx::query(
+            "UPDATE notifications SET status = 'withdrawn', live = NULL, next_attempt_at = NULL
+             WHERE as_of = $1 AND run_id = $2",
+        )
+        .bind(run.as_of)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let mut not_undone = Vec::new();
+        for chunk in items.chunks(10_000) {
+            let restores: Vec<(&str, Restore)> = chunk
+                .iter()
+                .filter_map(|i| i.restore.map(|r| (i.permit_no.as_str(), r)))
+                .collect();
+            let nos: Vec<&str> = restores.iter().map(|(n, _)| *n).collect();
+            let left_vu: Vec<NaiveDate> =
+                restores.iter().map(|(_, r)| r.left_valid_until).collect();
+            let left_st: Vec<&str> = restores.iter().map(|(_, r)| r.left_status).collect();
+            let vu: Vec<NaiveDate> = restores.iter().map(|(_, r)| r.valid_until).collect();
+            let st: Vec<&str> = restores.iter().map(|(_, r)| r.status).collect();
+            let set_back: Vec<String> = sqlx::query_scalar(
+                "UPDATE permits p SET valid_until = u.valid_until, status = u.status
+                 FROM UNNEST($1::text[], $2::date[], $3::text[], $4::date[], $5::text[])
+                      AS u (permit_no, left_valid_until, left_status, valid_until, status)
+                 WHERE p.permit_no = u.permit_no AND p.valid_until = u.left_valid_until
+                   AND p.status = u.left_status
+                 RETURNING p.permit_no",
+            )
+            .bind(&nos)
+            .bind(&left_vu)
+            .bind(&left_st)
+            .bind(&vu)
+            .bind(&st)
+            .fetch_all(&mut *tx)
+            .await?;
+            let set_back: std::collections::HashSet<&str> =
+                set_back.iter().map(String::as_str).collect();
+            let ids: Vec<i64> = chunk.iter().map(|i| i.event_id).collect();
+            let undone: Vec<bool> = chunk
+                .iter()
+                .map(|i| i.restore.is_none() || set_back.contains(i.permit_no.as_str()))
+                .collect();
+            for (i, done) in chunk.iter().zip(&undone) {
+                if !done {
+                    not_undone.push(i.permit_no.clone());
+                }
+            }
+            sqlx::query(
+                "INSERT INTO event_reverts (event_id, run_id, undone, reverted_at)
+                 SELECT u.event_id, $3, u.undone, $4 FROM UNNEST($1::bigint[], $2::bool[]) AS u (event_id, undone)",
+            )
+            .bind(&ids)
+            .bind(&undone)
+            .bind(run_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(RevertDone::Reverted {
+            withdrawn,
+            not_undone,
+        })
     }
 
     pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
@@ -603,8 +777,11 @@ macro_rules! audit_select {
             "SELECT e.run_id, e.as_of, e.permit_no, e.id_number, e.kind, e.reasons, e.valid_until,
                     e.new_valid_until, e.residence_visited_on, e.residence_result, e.si_month, e.si_status,
                     e.si_employer_uscc, e.marital_status, n.channel, n.status, e.decided_at,
-                    CASE WHEN NOT e.held THEN 'applied' WHEN r.status = 'discarded' THEN 'void'
-                         WHEN x.applied THEN 'applied' WHEN r.status = 'completed' THEN 'not_applied'
+                    CASE WHEN r.status = 'reverted' AND EXISTS (SELECT 1 FROM event_reverts v
+                              WHERE v.event_id = e.event_id AND v.undone) THEN 'reverted'
+                         WHEN NOT e.held THEN 'applied' WHEN r.status = 'discarded' THEN 'void'
+                         WHEN x.applied THEN 'applied'
+                         WHEN r.status = 'completed' OR r.status = 'reverted' THEN 'not_applied'
                          ELSE 'held' END
              FROM events e JOIN runs r ON r.run_id = e.run_id
              LEFT JOIN event_releases x ON x.event_id = e.event_id
@@ -1263,10 +1440,12 @@ macro_rules! decided_pg {
         "((SELECT true FROM events e WHERE e.permit_no = p.permit_no
                   AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER')
                   AND NOT e.held
+                  AND NOT EXISTS (SELECT 1 FROM event_reverts v WHERE v.event_id = e.event_id AND v.undone)
            LIMIT 1) IS NOT NULL
           OR (SELECT true FROM events e JOIN event_releases x ON x.event_id = e.event_id
               WHERE e.permit_no = p.permit_no AND e.valid_until = p.valid_until
                 AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held AND x.applied
+                AND NOT EXISTS (SELECT 1 FROM event_reverts v WHERE v.event_id = e.event_id AND v.undone)
               LIMIT 1) IS NOT NULL)"
     };
 }
@@ -1444,6 +1623,7 @@ impl PgRunTx {
         let si_employer: Vec<Option<&str>> =
             ev.iter().map(|e| e.si_employer_uscc.as_deref()).collect();
         let marital: Vec<Option<&str>> = ev.iter().map(|e| e.marital_status.as_deref()).collect();
+        let prior: Vec<Option<&str>> = ev.iter().map(|e| e.prior_status).collect();
         let channels: Vec<&str> = ev.iter().map(|e| e.notice.channel).collect();
         let recipients: Vec<&str> = ev.iter().map(|e| e.notice.recipient.as_str()).collect();
         let messages: Vec<&str> = ev.iter().map(|e| e.notice.message.as_str()).collect();
@@ -1480,26 +1660,30 @@ impl PgRunTx {
         sqlx::query(if batch.held {
             "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
                new_valid_until, residence_visited_on, residence_result, si_month, si_status,
-               si_employer_uscc, marital_status, decided_at, held)
+               si_employer_uscc, marital_status, decided_at, prior_status, held)
              SELECT (SELECT coalesce(max(event_id), 0) FROM events) + u.ord, $1, $2, u.permit_no,
                u.id_number, u.kind, u.reasons, u.valid_until, u.new_valid_until, u.visited_on,
-               u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3, true
+               u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3, u.prior, true
              FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::date[], $9::date[],
-                         $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
+                         $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                         $16::text[])
                   WITH ORDINALITY AS u (permit_no, id_number, kind, reasons, valid_until, new_valid_until,
-                         visited_on, residence_result, si_month, si_status, si_employer, marital, ord)
+                         visited_on, residence_result, si_month, si_status, si_employer, marital, prior,
+                         ord)
              ON CONFLICT DO NOTHING"
         } else {
             "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
                new_valid_until, residence_visited_on, residence_result, si_month, si_status,
-               si_employer_uscc, marital_status, decided_at)
+               si_employer_uscc, marital_status, decided_at, prior_status)
              SELECT (SELECT coalesce(max(event_id), 0) FROM events) + u.ord, $1, $2, u.permit_no,
                u.id_number, u.kind, u.reasons, u.valid_until, u.new_valid_until, u.visited_on,
-               u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3
+               u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3, u.prior
              FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::date[], $9::date[],
-                         $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
+                         $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                         $16::text[])
                   WITH ORDINALITY AS u (permit_no, id_number, kind, reasons, valid_until, new_valid_until,
-                         visited_on, residence_result, si_month, si_status, si_employer, marital, ord)"
+                         visited_on, residence_result, si_month, si_status, si_employer, marital, prior,
+                         ord)"
         })
         .bind(batch.run_id)
         .bind(batch.as_of)
@@ -1516,6 +1700,7 @@ impl PgRunTx {
         .bind(&si_status)
         .bind(&si_employer)
         .bind(&marital)
+        .bind(&prior)
         .execute(&mut *tx)
         .await?;
         if batch.held {

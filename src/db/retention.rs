@@ -58,9 +58,10 @@ const CIVIL_SQLITE: &str = "DELETE FROM civil_status WHERE import_id IN \
        (SELECT import_id FROM imports WHERE feed = 'civil-status' AND imported_at < $1) \
      AND seq NOT IN (SELECT max(seq) FROM civil_status GROUP BY id_number)";
 
-/// Finished notices' texts and recipients (`$1`: created before).
+/// Finished notices' texts and recipients (`$1`: created before); a
+/// notice withdrawn by `autosign revert` is finished too.
 const NOTICES: &str = "UPDATE notifications SET message = '', recipient = '' \
-     WHERE created_at < $1 AND status IN ('sent', 'dead', 'undeliverable') \
+     WHERE created_at < $1 AND status IN ('sent', 'dead', 'undeliverable', 'withdrawn') \
      AND (message <> '' OR recipient <> '')";
 
 /// The four statements of a purge in one transaction on `$pool`, rolled

@@ -164,6 +164,71 @@ pub struct ReleaseItem {
     pub notice: Option<NewNotice>,
 }
 
+/// The live register and the lifecycle steps R3 would take at a date
+/// (the safety brake's lifecycle check).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LifecycleCounts {
+    /// Active and suspended permits.
+    pub register: u64,
+    /// Active permits past `valid_until`, within grace.
+    pub suspend: u64,
+    /// Active or suspended permits past grace (lapse_policy cancel).
+    pub cancel: u64,
+}
+
+/// An event in effect of a completed run (applied by the run, or by a
+/// release), as `autosign revert` reads it back.
+#[derive(Debug, Clone)]
+pub struct RevertEvent {
+    pub event_id: i64,
+    pub permit_no: String,
+    pub kind: String,
+    pub valid_until: NaiveDate,
+    pub new_valid_until: Option<NaiveDate>,
+    /// CANCELLED: the permit's status before the run (R3, C1), as the run
+    /// recorded it; for an event written before it was recorded,
+    /// `suspended` when a SUSPENDED event of another run is in the trail
+    /// for the same cycle, else `active`. `None` for other kinds.
+    pub prior_status: Option<String>,
+}
+
+/// What `autosign revert` does with one event.
+#[derive(Debug, Clone)]
+pub struct RevertItem {
+    pub event_id: i64,
+    pub permit_no: String,
+    /// The permit change to undo; `None` when the event changed no permit
+    /// (VISIT_CENTER: only its cycle opens again).
+    pub restore: Option<Restore>,
+}
+
+/// A permit set back to its state before a run, only if it is still as
+/// the run left it (a permit changed since is not clobbered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restore {
+    /// As the run left it.
+    pub left_valid_until: NaiveDate,
+    pub left_status: &'static str,
+    /// As it was before the run.
+    pub valid_until: NaiveDate,
+    pub status: &'static str,
+}
+
+/// What [`crate::db::Db::revert_run`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevertDone {
+    /// The run is reverted: this many notices withdrawn; these permits were
+    /// not set back (changed since the run).
+    Reverted {
+        withdrawn: u64,
+        not_undone: Vec<String>,
+    },
+    /// Nothing done: the run is not (or no longer) completed.
+    NotCompleted,
+    /// Nothing done: this many of the run's notices were sent already.
+    Sent(u64),
+}
+
 /// A permit the run's write pass looks at (R3 lifecycle, or a planned
 /// decision: the plan already left out decided cycles, C8).
 #[derive(Debug, Clone)]
@@ -231,6 +296,9 @@ pub struct NewEvent {
     pub si_status: Option<String>,
     pub si_employer_uscc: Option<String>,
     pub marital_status: Option<String>,
+    /// CANCELLED: the permit's status before this step (active or
+    /// suspended, R3/C1), kept so that `autosign revert` can restore it.
+    pub prior_status: Option<&'static str>,
     /// The permit change this event carries out (R3, R7).
     pub effect: Effect,
     pub notice: NewNotice,
@@ -305,8 +373,9 @@ pub struct AuditRow {
     pub notification_status: Option<String>,
     pub decided_at: String,
     /// `applied`, `held` (its run is held by the safety brake), `void` (its
-    /// run was discarded) or `not_applied` (released, but the permit's
-    /// cycle had changed since the run).
+    /// run was discarded), `not_applied` (released, but the permit's
+    /// cycle had changed since the run) or `reverted` (its run was
+    /// reverted and its permit change undone).
     pub state: String,
 }
 

@@ -255,12 +255,12 @@ impl SqliteDb {
         row.map(|r| run_record(&r)).transpose()
     }
 
-    /// The live (not discarded) run for `as_of`.
+    /// The live (not discarded or reverted) run for `as_of`.
     pub async fn run_for(&self, as_of: NaiveDate) -> Result<Option<RunRecord>> {
         let row = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
-            " FROM runs WHERE as_of = ? AND status <> 'discarded'"
+            " FROM runs WHERE as_of = ? AND status <> 'discarded' AND status <> 'reverted'"
         ))
         .bind(as_of)
         .fetch_optional(&self.pool)
@@ -329,7 +329,8 @@ impl SqliteDb {
         sqlx::query(RUN_CACHE).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO runs (as_of, status, started_at, import_mark) VALUES (?1, 'running', ?2, ?3)
-             ON CONFLICT (as_of) WHERE status <> 'discarded' DO UPDATE SET attempts = attempts + 1,
+             ON CONFLICT (as_of) WHERE status <> 'discarded' AND status <> 'reverted'
+             DO UPDATE SET attempts = attempts + 1,
                started_at = excluded.started_at, import_mark = excluded.import_mark
              WHERE runs.status = 'running'",
         )
@@ -341,7 +342,7 @@ impl SqliteDb {
         let row = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
-            " FROM runs WHERE as_of = ? AND status <> 'discarded'"
+            " FROM runs WHERE as_of = ? AND status <> 'discarded' AND status <> 'reverted'"
         ))
         .bind(as_of)
         .fetch_one(&mut *tx)
@@ -467,6 +468,152 @@ impl SqliteDb {
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    /// The live register (active and suspended permits) and how many of
+    /// them R3 would suspend and cancel at `as_of`: active with
+    /// `valid_until < as_of`; active or suspended with `valid_until <
+    /// cancel_before` (`None`: lapse_policy suspend, nothing cancelled).
+    pub async fn lifecycle_counts(
+        &self,
+        as_of: NaiveDate,
+        cancel_before: Option<NaiveDate>,
+    ) -> Result<LifecycleCounts> {
+        let row = sqlx::query(
+            "SELECT count(*),
+                    coalesce(sum(CASE WHEN ?2 IS NOT NULL AND valid_until < ?2 THEN 0
+                                      WHEN status = 'active' AND valid_until < ?1 THEN 1 ELSE 0 END), 0),
+                    coalesce(sum(CASE WHEN ?2 IS NOT NULL AND valid_until < ?2 THEN 1 ELSE 0 END), 0)
+             FROM permit_state WHERE status <> 'cancelled'",
+        )
+        .bind(as_of.to_string())
+        .bind(cancel_before.map(|d| d.to_string()))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(LifecycleCounts {
+            register: row.try_get::<i64, _>(0)?.max(0) as u64,
+            suspend: row.try_get::<i64, _>(1)?.max(0) as u64,
+            cancel: row.try_get::<i64, _>(2)?.max(0) as u64,
+        })
+    }
+
+    /// The first run after `run_id` that is neither discarded nor reverted.
+    pub async fn later_live_run(&self, run_id: i64) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE run_id > ? AND status <> 'discarded' AND status <> 'reverted'
+              ORDER BY run_id LIMIT 1"
+        ))
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| run_record(&r)).transpose()
+    }
+
+    /// The events of a completed run that took effect (applied by the run,
+    /// or by its release), in the order they were written.
+    pub async fn revert_events(&self, run: &RunRecord) -> Result<Vec<RevertEvent>> {
+        let mut conn = self.pool.acquire().await?;
+        let (as_of, run_id) = (run.as_of.to_string(), run.run_id);
+        with_raw(&mut conn, |c| {
+            let mut stmt = c.prepare(REVERT_EVENTS_SQLITE)?;
+            let rows = stmt.query_map(rusqlite::params![as_of, run_id], |r| {
+                Ok(RevertEvent {
+                    event_id: r.get(0)?,
+                    permit_no: r.get(1)?,
+                    kind: r.get(2)?,
+                    valid_until: raw_date(r, 3)?,
+                    new_valid_until: raw_opt_date(r, 4)?,
+                    prior_status: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// `autosign revert` in one transaction: marks the completed run
+    /// reverted, withdraws its notices, sets back each item's permit if it
+    /// is still as the run left it, and records what was done with each
+    /// event. Nothing is done if the run is not completed or one of its
+    /// notices was sent.
+    pub async fn revert_run(
+        &self,
+        run: &RunRecord,
+        items: &[RevertItem],
+        now: &str,
+    ) -> Result<RevertDone> {
+        let (as_of, run_id) = (run.as_of.to_string(), run.run_id);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let marked = sqlx::query(
+            "UPDATE runs SET status = 'reverted', reverted_at = ?2 WHERE run_id = ?1 AND status = 'completed'",
+        )
+        .bind(run_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked != 1 {
+            tx.rollback().await?;
+            return Ok(RevertDone::NotCompleted);
+        }
+        // The run's notices share its as_of: the as_of index finds them.
+        let sent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE as_of = ?1 AND run_id = ?2 AND status = 'sent'",
+        )
+        .bind(as_of.as_str())
+        .bind(run_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if sent > 0 {
+            tx.rollback().await?;
+            return Ok(RevertDone::Sent(sent as u64));
+        }
+        let withdrawn = sqlx::query(
+            "UPDATE notifications SET status = 'withdrawn', live = NULL, next_attempt_at = NULL
+             WHERE as_of = ?1 AND run_id = ?2",
+        )
+        .bind(as_of.as_str())
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let not_undone = with_raw(&mut tx, |c| {
+            let mut restore = c.prepare(
+                "UPDATE permit_state SET valid_until = ?2, status = ?3
+                 WHERE permit_no = ?1 AND valid_until = ?4 AND status = ?5",
+            )?;
+            let mut record = c.prepare(
+                "INSERT INTO event_reverts (event_id, run_id, undone, reverted_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut not_undone = Vec::new();
+            for item in items {
+                let undone = match &item.restore {
+                    None => true,
+                    Some(r) => {
+                        restore.execute(rusqlite::params![
+                            item.permit_no,
+                            r.valid_until.to_string(),
+                            r.status,
+                            r.left_valid_until.to_string(),
+                            r.left_status,
+                        ])? == 1
+                    }
+                };
+                if !undone {
+                    not_undone.push(item.permit_no.clone());
+                }
+                record.execute(rusqlite::params![item.event_id, run_id, undone, now])?;
+            }
+            Ok(not_undone)
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(RevertDone::Reverted {
+            withdrawn,
+            not_undone,
+        })
     }
 
     pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
@@ -686,8 +833,11 @@ macro_rules! audit_select {
             "SELECT e.run_id, e.as_of, e.permit_no, e.id_number, e.kind, e.reasons, e.valid_until,
                     e.new_valid_until, e.residence_visited_on, e.residence_result, e.si_month, e.si_status,
                     e.si_employer_uscc, e.marital_status, n.channel, n.status, e.decided_at,
-                    CASE WHEN e.held = 0 THEN 'applied' WHEN r.status = 'discarded' THEN 'void'
-                         WHEN x.applied = 1 THEN 'applied' WHEN r.status = 'completed' THEN 'not_applied'
+                    CASE WHEN r.status = 'reverted' AND EXISTS (SELECT 1 FROM event_reverts v
+                              WHERE v.event_id = e.event_id AND v.undone = 1) THEN 'reverted'
+                         WHEN e.held = 0 THEN 'applied' WHEN r.status = 'discarded' THEN 'void'
+                         WHEN x.applied = 1 THEN 'applied'
+                         WHEN r.status = 'completed' OR r.status = 'reverted' THEN 'not_applied'
                          ELSE 'held' END
              FROM events e JOIN runs r ON r.run_id = e.run_id
              LEFT JOIN event_releases x ON x.event_id = e.event_id
@@ -720,23 +870,43 @@ macro_rules! notification_select {
 const NOTIFICATION_SELECT_RANGE: &str = notification_select!("as_of BETWEEN ?1 AND ?2");
 const NOTIFICATION_SELECT_PERMIT: &str = notification_select!("permit_no = ?");
 
+/// A completed run's events in effect (applied, or applied by a release),
+/// with the status a CANCELLED one found: recorded since migration 6, else
+/// `suspended` when another run's SUSPENDED event of the cycle is in the
+/// trail (C1), else `active`.
+const REVERT_EVENTS_SQLITE: &str =
+    "SELECT e.event_id, e.permit_no, e.kind, e.valid_until, e.new_valid_until,
+       CASE WHEN e.kind <> 'CANCELLED' THEN NULL
+            WHEN e.prior_status IS NOT NULL THEN e.prior_status
+            WHEN EXISTS (SELECT 1 FROM events s WHERE s.permit_no = e.permit_no
+                           AND s.valid_until = e.valid_until AND s.kind = 'SUSPENDED'
+                           AND s.held = 0 AND s.run_id <> e.run_id) THEN 'suspended'
+            ELSE 'active' END
+     FROM events e LEFT JOIN event_releases x ON x.event_id = e.event_id
+     WHERE e.as_of = ?1 AND e.run_id = ?2 AND (e.held = 0 OR x.applied = 1)
+     ORDER BY e.event_id";
+
 /// Whether the permit's current cycle has a final decision (C8) that
 /// counts: an applied one, or one a release applied. A held or void event
-/// does not close the cycle (issue #6).
+/// does not close the cycle (issue #6), nor one a revert undid (the probe
+/// of event_reverts runs only for a cycle that has a decision).
 macro_rules! decided_sqlite {
     () => {
         "(EXISTS (SELECT 1 FROM events e WHERE e.permit_no = p.permit_no AND e.valid_until = p.valid_until
-                  AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held = 0)
+                  AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held = 0
+                  AND NOT EXISTS (SELECT 1 FROM event_reverts v WHERE v.event_id = e.event_id AND v.undone = 1))
           OR EXISTS (SELECT 1 FROM events e JOIN event_releases x ON x.event_id = e.event_id
                      WHERE e.permit_no = p.permit_no AND e.valid_until = p.valid_until
-                       AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held = 1 AND x.applied = 1))"
+                       AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held = 1 AND x.applied = 1
+                       AND NOT EXISTS (SELECT 1 FROM event_reverts v
+                                       WHERE v.event_id = e.event_id AND v.undone = 1)))"
     };
 }
 
-/// Rows per multi-row INSERT of the run's writer (15 parameters an event:
+/// Rows per multi-row INSERT of the run's writer (16 parameters an event:
 /// far below SQLite's limit of 32,766).
 const ROWS_PER_INSERT: usize = 64;
-const _: () = assert!(ROWS_PER_INSERT * 15 <= 32_766);
+const _: () = assert!(ROWS_PER_INSERT * 16 <= 32_766);
 
 const PERMIT_DETAILS_UPSERT: &str = "INSERT INTO permit_details (permit_no, id_number, name, phone,
     email, district_code, street_code, address, employer_uscc, si_status, marital_status, import_id,
@@ -755,7 +925,7 @@ const PERMIT_STATE_ON_CONFLICT: &str = " ON CONFLICT (permit_no) DO UPDATE SET
     valid_until = excluded.valid_until, status = excluded.status";
 const EVENT_INSERT: &str = "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons,
     valid_until, new_valid_until, residence_visited_on, residence_result, si_month, si_status,
-    si_employer_uscc, marital_status, decided_at, held) VALUES ";
+    si_employer_uscc, marital_status, decided_at, prior_status, held) VALUES ";
 const NOTICE_INSERT: &str =
     "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until,
     kind, channel, recipient, message, status, next_attempt_at, created_at) VALUES ";
@@ -1435,7 +1605,7 @@ impl SqliteRunTx {
                 insert_chunk(
                     c,
                     &mut full_events,
-                    (EVENT_INSERT, 15, held_tail, ""),
+                    (EVENT_INSERT, 16, held_tail, ""),
                     chunk,
                     |stmt, next, e| {
                         bind_row(
@@ -1457,6 +1627,7 @@ impl SqliteRunTx {
                                 e.si_employer_uscc,
                                 e.marital_status,
                                 at,
+                                e.prior_status,
                             ],
                         )
                     },

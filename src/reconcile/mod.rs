@@ -26,8 +26,8 @@ use chrono::{Duration, NaiveDate};
 use tracing::Instrument;
 
 use crate::db::{
-    Candidate, Db, EvidenceBounds, EvidenceSink, NewEvent, PermitRow, RunBatch, RunCount,
-    RunRecord, RunTx,
+    Candidate, Db, EvidenceBounds, EvidenceSink, LifecycleCounts, NewEvent, PermitRow, RunBatch,
+    RunCount, RunRecord, RunTx,
 };
 use crate::domain::{
     EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
@@ -135,6 +135,16 @@ pub async fn run(
         db.completed_import_mark().await?,
         crate::clock::now(),
     );
+    // The brake's lifecycle check counts on the register as the run will
+    // find it (after its inbox), before the run writes anything.
+    let lifecycle = if crate::brake::lifecycle_checked(settings) {
+        Some(
+            db.lifecycle_counts(as_of, crate::brake::cancel_before(settings, as_of))
+                .await?,
+        )
+    } else {
+        None
+    };
     let bar = progress_bar(db, settings, as_of).await;
     let mut tx = db
         .begin_run(as_of, &crate::clock::now_rfc3339(), mark)
@@ -148,7 +158,7 @@ pub async fn run(
     }
     let run = tx.run().clone();
     let span = tracing::info_span!("run", run_id = run.run_id, %as_of);
-    decide(db, settings, notices, as_of, tx, run, inbox, bar)
+    decide(db, settings, notices, as_of, tx, run, inbox, bar, lifecycle)
         .instrument(span)
         .await
 }
@@ -165,6 +175,7 @@ async fn decide(
     run: RunRecord,
     inbox: Vec<(PathBuf, ImportOutcome)>,
     bar: indicatif::ProgressBar,
+    lifecycle: Option<LifecycleCounts>,
 ) -> Result<RunOutcome> {
     if run.attempts > 1 {
         tracing::warn!(
@@ -179,6 +190,7 @@ async fn decide(
         as_of,
         run_id: run.run_id,
         held: run.brake.is_some(),
+        lifecycle,
         bar: &bar,
         written: Default::default(),
     };
@@ -234,6 +246,9 @@ struct Ctx<'a> {
     run_id: i64,
     /// Held by the safety brake: events only (issue #6).
     held: bool,
+    /// The register's lifecycle steps tonight, for the brake (`None`: the
+    /// check is off).
+    lifecycle: Option<LifecycleCounts>,
     bar: &'a indicatif::ProgressBar,
     /// Events this attempt wrote, by kind, reasons and notice channel (""
     /// when no notice was queued: a held run).
@@ -261,6 +276,13 @@ fn event(
         EventKind::Cancelled => crate::db::Effect::SetStatus(PermitStatus::Cancelled.code()),
     };
     let notice = notices.compose(kind, &permit, reasons, new_valid_until);
+    // What `autosign revert` restores: R3 cancels an active or a suspended
+    // permit (C1), and only the event can say which it was (C13: a permit
+    // imported suspended has no SUSPENDED event).
+    let prior_status = match kind {
+        EventKind::Cancelled => PermitStatus::parse(&permit.status).ok().map(|s| s.code()),
+        _ => None,
+    };
     NewEvent {
         permit_no: permit.permit_no,
         id_number: permit.id_number,
@@ -281,6 +303,7 @@ fn event(
             .map(|p| p.status.code().to_string()),
         si_employer_uscc: selected.payment.as_ref().map(|p| p.employer_uscc.clone()),
         marital_status: selected.marital_status.map(|m| m.code().to_string()),
+        prior_status,
         effect,
         notice,
     }
@@ -471,8 +494,21 @@ async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<PlanCounts> {
     // feed checks, or resumed held, stays so).
     if !ctx.held {
         let c = &plan.counts;
-        if let Some(why) = crate::brake::check_share(ctx.settings, c.due, c.visit_center) {
-            tx.hold(&why).await?;
+        // A mass of lifecycle steps is checked beside the share: a wrong
+        // date lapses the register whatever the evidence says. A PostgreSQL
+        // run resumed after a crash passed both before its first page, and
+        // its remaining steps are a smaller share, so it never trips here.
+        let trips: Vec<String> = [
+            crate::brake::check_share(ctx.settings, c.due, c.visit_center),
+            ctx.lifecycle
+                .as_ref()
+                .and_then(|l| crate::brake::check_lifecycle(ctx.settings, l)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !trips.is_empty() {
+            tx.hold(&trips.join("; ")).await?;
             ctx.held = true;
         }
     }

@@ -16,3 +16,4 @@ mod import;
 mod ops;
 mod postgres;
 mod run;
+mod wrong_date;
