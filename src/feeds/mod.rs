@@ -1529,3 +1529,93 @@ mod tests {
         );
     }
 }
+
+/// Entry points for `cargo fuzz` (fuzz/): the import's reading side, from
+/// bytes to rows, rejects and refusals, without a database.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+
+    /// Reads `path` as a file of `feed` the way an import does (decoding,
+    /// CSV framing, line numbers, header mapping, row parsing, R2 settling
+    /// with the Bloom filter or the exact map), in batches of `batch_rows`,
+    /// and checks what comes out: lines only grow, every record read is
+    /// one accepted row, one reject or part of a refusal.
+    pub fn read_file(
+        feed: Feed,
+        encoding: Encoding,
+        bounded: bool,
+        batch_rows: usize,
+        path: &Path,
+    ) {
+        let opts = ImportOptions {
+            encoding,
+            rejects: None,
+            max_reject_ratio: 1.0,
+            batch_rows: batch_rows.max(1),
+            progress: false,
+            headers: HeaderNames::builtin(),
+        };
+        match feed {
+            Feed::Permits => run(feed, path, opts, RowParser::unsettled(parse::permit)),
+            Feed::Residence => run(
+                feed,
+                path,
+                opts,
+                RowParser::keyed(parse::residence, bounded),
+            ),
+            Feed::SocialInsurance => run(
+                feed,
+                path,
+                opts,
+                RowParser::keyed(parse::social_insurance, bounded),
+            ),
+            Feed::CivilStatus => run(
+                feed,
+                path,
+                opts,
+                RowParser::keyed(parse::civil_status, bounded),
+            ),
+        }
+    }
+
+    fn run<T: Keyed + Send + 'static>(
+        feed: Feed,
+        path: &Path,
+        opts: ImportOptions,
+        parser: RowParser<T>,
+    ) {
+        let (tx, mut rx) = mpsc::channel(1 << 16);
+        let (_recycle, recycled) = std::sync::mpsc::channel();
+        parse_file(feed, path.to_path_buf(), opts, parser, tx, recycled);
+        let mut last_line = 0;
+        let mut refused = false;
+        while let Ok(msg) = rx.try_recv() {
+            assert!(!refused, "nothing follows a refusal");
+            match msg {
+                Msg::Header(_) => assert_eq!(last_line, 0, "the header comes first"),
+                Msg::Batch(items) => {
+                    for item in items {
+                        assert!(
+                            item.line > last_line,
+                            "lines grow: {} after {last_line}",
+                            item.line
+                        );
+                        last_line = item.line;
+                    }
+                }
+                Msg::Ready(batch) => {
+                    assert!(batch.accepted + batch.rejects.len() as u64 == batch.read);
+                    assert!(batch.rows.len() as u64 <= batch.accepted);
+                    for (line, reason, _) in &batch.rejects {
+                        assert!(*line > 0 && reason.contains(':'), "{line} {reason}");
+                    }
+                }
+                Msg::Refused(why) => {
+                    assert!(!why.is_empty());
+                    refused = true;
+                }
+            }
+        }
+    }
+}
