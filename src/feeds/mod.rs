@@ -1010,6 +1010,31 @@ struct Note {
     text: String,
 }
 
+impl Note {
+    /// What [`PermitsWriter::note`] encoded: whether it is a reject, the
+    /// line, the text, then a reject's fields.
+    fn decode(bytes: &[u8]) -> std::io::Result<Note> {
+        let mut d = sort::Decoder::new(bytes);
+        let rejected = d.u64()? == 1;
+        let line = d.u64()?;
+        let text = d.str()?;
+        let fields = if rejected {
+            let mut fields = Vec::new();
+            while !d.is_empty() {
+                fields.push(d.str()?);
+            }
+            Some(fields)
+        } else {
+            None
+        };
+        Ok(Note {
+            line,
+            rejected: fields,
+            text,
+        })
+    }
+}
+
 /// What a permit row does to the register.
 enum PermitWrite {
     Full(PermitRow, ImportMark),
@@ -1117,19 +1142,13 @@ impl PermitsWriter {
         key.extend_from_slice(&self.noted.to_be_bytes());
         self.noted += 1;
         let mut e = sort::Encoder::default();
-        e.u64(note.line).str(&note.text);
+        e.u64(u64::from(note.rejected.is_some()))
+            .u64(note.line)
+            .str(&note.text);
         for f in note.rejected.iter().flatten() {
             e.str(f);
         }
-        let record = if note.rejected.is_some() {
-            e.into_bytes()
-        } else {
-            // A warning: no fields, marked by a leading empty record.
-            let mut w = vec![0u8];
-            w.extend(e.into_bytes());
-            w
-        };
-        self.notes.push(key, record).map_err(sort_error)
+        self.notes.push(key, e.into_bytes()).map_err(sort_error)
     }
 
     /// Decides one row (rows come in (permit_no, line) order); the write
@@ -1316,21 +1335,13 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         let notes = std::mem::replace(&mut self.notes, sort::ExternalSort::new(0));
         let mut sorted = notes.finish().map_err(sort_error)?;
         while let Some((_, record)) = sorted.next_record().map_err(sort_error)? {
-            let (warning, body) = match record.split_first() {
-                Some((0, body)) => (true, body),
-                _ => (false, record.as_slice()),
-            };
-            let mut d = sort::Decoder::new(body);
-            let line = d.u64().map_err(sort_error)?;
-            let text = d.str().map_err(sort_error)?;
-            if warning {
-                tally.warn(line, &text);
-            } else {
-                let mut raw = csv::StringRecord::new();
-                while !d.is_empty() {
-                    raw.push_field(&d.str().map_err(sort_error)?);
+            let note = Note::decode(&record).map_err(sort_error)?;
+            match note.rejected {
+                None => tally.warn(note.line, &note.text),
+                Some(fields) => {
+                    let raw = csv::StringRecord::from(fields);
+                    tally.reject(note.line, &note.text, &raw)?;
                 }
-                tally.reject(line, &text, &raw)?;
             }
         }
         Ok(())
@@ -1394,6 +1405,43 @@ mod tests {
     }
 
     #[test]
+    fn notes_come_back_in_line_order_as_noted_whatever_their_line() {
+        // Lines whose low byte is zero (256, 512) once read as warnings.
+        let mut w = PermitsWriter::default();
+        for (line, rejected) in [
+            (512, None),
+            (256, Some(vec!["SH1".to_string(), String::new()])),
+            (1, None),
+            (256, None),
+        ] {
+            w.note(Note {
+                line,
+                rejected,
+                text: format!("note {line}"),
+            })
+            .unwrap();
+        }
+        let mut notes = std::mem::replace(&mut w.notes, sort::ExternalSort::new(0))
+            .finish()
+            .unwrap();
+        let mut got = Vec::new();
+        while let Some((_, record)) = notes.next_record().unwrap() {
+            let n = Note::decode(&record).unwrap();
+            got.push((n.line, n.rejected, n.text));
+        }
+        let fields = Some(vec!["SH1".to_string(), String::new()]);
+        assert_eq!(
+            got,
+            [
+                (1, None, "note 1".to_string()),
+                (256, fields, "note 256".to_string()),
+                (256, None, "note 256".to_string()),
+                (512, None, "note 512".to_string()),
+            ]
+        );
+    }
+
+    #[test]
     fn a_permits_rows_are_decided_together_against_the_value_before_the_file_c6() {
         let mut w = PermitsWriter::default();
         let stored = Some(PriorPermit {
@@ -1440,10 +1488,8 @@ mod tests {
             .unwrap();
         let mut got = Vec::new();
         while let Some((_, record)) = notes.next_record().unwrap() {
-            let warning = record.first() == Some(&0);
-            let body = if warning { &record[1..] } else { &record[..] };
-            let mut d = sort::Decoder::new(body);
-            got.push((d.u64().unwrap(), warning, d.str().unwrap()));
+            let n = Note::decode(&record).unwrap();
+            got.push((n.line, n.rejected.is_none(), n.text));
         }
         let got: Vec<(u64, bool, &str)> = got
             .iter()
