@@ -60,19 +60,9 @@ case "${2:-}" in
     ;;
 esac
 
-total=0
-phase() { # name, command...
-  local name=$1; shift
-  local t0 t1 rss user sys
-  t0=$(date +%s.%N)
-  /usr/bin/time -f "%M %U %S" -o "$WORK/.rss" "$@" >"$WORK/.out" 2>"$WORK/.err" || { cat "$WORK/.err"; exit 1; }
-  t1=$(date +%s.%N)
-  read -r rss user sys < <(tail -1 "$WORK/.rss")
-  local secs; secs=$(echo "$t1 - $t0" | bc)
-  total=$(echo "$total + $secs" | bc)
-  printf "%-22s %8.2f s  (user %6.2f s, system %6.2f s)  %7.0f MB peak\n" \
-    "$name" "$secs" "$user" "$sys" "$(echo "$rss / 1024" | bc)"
-}
+OUT_DIR="$WORK"
+# shellcheck source=benches/phase.sh
+. benches/phase.sh
 echo "autosign pipeline, $N permits (seed $SEED, as_of $AS_OF, $LAYOUT layout), $(nproc) cores, commit $(git rev-parse --short HEAD)"
 for f in permits residence social_insurance civil_status; do
   rows=$(($(wc -l < "$DATA/$f/$f.csv") - 1))
@@ -83,7 +73,7 @@ phase "import residence" "$BIN" import residence "$DATA/residence/residence.csv"
 phase "import social-insur." "$BIN" import social-insurance "$DATA/social_insurance/social_insurance.csv"
 phase "import civil-status" "$BIN" import civil-status "$DATA/civil_status/civil_status.csv"
 phase "run" "$BIN" run --as-of "$AS_OF"
-grep -E "AUTO_SIGNED|VISIT_CENTER|SUSPENDED|CANCELLED|PENDING" "$WORK/.out" | head -5 | sed 's/^/   /'
+grep -E "AUTO_SIGNED|VISIT_CENTER|SUSPENDED|CANCELLED|PENDING" "$OUT_DIR/.out" | head -5 | sed 's/^/   /'
 phase "export audit" "$BIN" export audit --from "$AS_OF" --to "$AS_OF" --out "$WORK/audit.csv"
 printf "%-22s %8.2f s\n" "total" "$total"
 # The next night: no new files, the window moves a day.

@@ -102,23 +102,13 @@ export AUTOSIGN_BRAKE__ROW_DROP__MIN_RATIO=0
 # The pipeline's first night was AS_OF and it timed AS_OF + 1; this night
 # is the one after (a completed date would be a no-op).
 "$BIN" run --as-of "$(date -d "$AS_OF + 1 day" +%F)" --allow-future >/dev/null
-total=0
-phase() { # name, command...
-  local name=$1; shift
-  local t0 t1 rss user sys
-  t0=$(date +%s.%N)
-  /usr/bin/time -f "%M %U %S" -o "$STEADY/.rss" "$@" >"$STEADY/.out" 2>"$STEADY/.err" || { cat "$STEADY/.err"; exit 1; }
-  t1=$(date +%s.%N)
-  read -r rss user sys < <(tail -1 "$STEADY/.rss")
-  local secs; secs=$(echo "$t1 - $t0" | bc)
-  total=$(echo "$total + $secs" | bc)
-  printf "%-22s %8.2f s  (user %6.2f s, system %6.2f s)  %7.0f MB peak\n" \
-    "$name" "$secs" "$user" "$sys" "$(echo "$rss / 1024" | bc)"
-}
+OUT_DIR="$STEADY"
+# shellcheck source=benches/phase.sh
+. benches/phase.sh
 echo "autosign steady night $NIGHT on $N permits ($LAYOUT), commit $(git rev-parse --short HEAD):" \
   "$(($(wc -l < "$DELTA/permits.csv") - 1)) permit rows, $(($(wc -l < "$DELTA/residence.csv") - 1)) visits"
 phase "import permits" "$BIN" import permits "$DELTA/permits.csv"
 phase "import residence" "$BIN" import residence "$DELTA/residence.csv"
 phase "run" "$BIN" run --as-of "$NIGHT" --allow-future
-grep -E "AUTO_SIGNED|VISIT_CENTER|SUSPENDED|CANCELLED|PENDING" "$STEADY/.out" | head -5 | sed 's/^/   /'
+grep -E "AUTO_SIGNED|VISIT_CENTER|SUSPENDED|CANCELLED|PENDING" "$OUT_DIR/.out" | head -5 | sed 's/^/   /'
 printf "%-22s %8.2f s\n" "night total" "$total"
