@@ -403,19 +403,16 @@ impl SqliteDb {
     /// done with each event, and marks the run completed — one transaction.
     /// `false` (nothing done) if the run is no longer held.
     pub async fn release_run(&self, run_id: i64, items: &[ReleaseItem], now: &str) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let marked = sqlx::query(
-            "UPDATE runs SET status = 'completed', released_at = ?2 WHERE run_id = ?1 AND status = 'held'",
-        )
-        .bind(run_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if marked != 1 {
-            tx.rollback().await?;
+        let Some(mut tx) = self
+            .begin_run_transition(
+                "UPDATE runs SET status = 'completed', released_at = ?2 WHERE run_id = ?1 AND status = 'held'",
+                run_id,
+                now,
+            )
+            .await?
+        else {
             return Ok(false);
-        }
+        };
         with_raw(&mut tx, |c| {
             let mut notice = c.prepare(
                 "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until, kind, channel,
@@ -458,6 +455,29 @@ impl SqliteDb {
 
     /// Marks a held run discarded (its events void). `false` if it is not
     /// held.
+    /// Opens a write transaction and moves run `run_id` on with `update`
+    /// (`?1` the run, `?2` now, guarded by the status it must have): `None`,
+    /// nothing done, when the run is not in that status.
+    async fn begin_run_transition(
+        &self,
+        update: &'static str,
+        run_id: i64,
+        now: &str,
+    ) -> Result<Option<Transaction<'static, Sqlite>>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let marked = sqlx::query(update)
+            .bind(run_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if marked != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        Ok(Some(tx))
+    }
+
     pub async fn discard_run(&self, run_id: i64, now: &str) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE runs SET status = 'discarded', discarded_at = ?2 WHERE run_id = ?1 AND status = 'held'",
@@ -545,19 +565,16 @@ impl SqliteDb {
         now: &str,
     ) -> Result<RevertDone> {
         let (as_of, run_id) = (run.as_of.to_string(), run.run_id);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let marked = sqlx::query(
-            "UPDATE runs SET status = 'reverted', reverted_at = ?2 WHERE run_id = ?1 AND status = 'completed'",
-        )
-        .bind(run_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if marked != 1 {
-            tx.rollback().await?;
+        let Some(mut tx) = self
+            .begin_run_transition(
+                "UPDATE runs SET status = 'reverted', reverted_at = ?2 WHERE run_id = ?1 AND status = 'completed'",
+                run_id,
+                now,
+            )
+            .await?
+        else {
             return Ok(RevertDone::NotCompleted);
-        }
+        };
         // The run's notices share its as_of: the as_of index finds them.
         let sent: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM notifications WHERE as_of = ?1 AND run_id = ?2 AND status = 'sent'",
