@@ -1137,6 +1137,14 @@ fn sort_error(e: std::io::Error) -> Error {
 }
 
 impl PermitsWriter {
+    /// Whether the register was empty when this file began (asked once).
+    async fn register_was_empty(&mut self, tx: &mut ImportTx) -> Result<bool> {
+        match self.empty_register {
+            Some(e) => Ok(e),
+            None => Ok(*self.empty_register.insert(tx.register_is_empty().await?)),
+        }
+    }
+
     fn note(&mut self, note: Note) -> Result<()> {
         let mut key = note.line.to_be_bytes().to_vec();
         key.extend_from_slice(&self.noted.to_be_bytes());
@@ -1218,10 +1226,7 @@ impl PermitsWriter {
         last: bool,
         tally: &mut Tally,
     ) -> Result<()> {
-        let empty = match self.empty_register {
-            Some(e) => e,
-            None => *self.empty_register.insert(tx.register_is_empty().await?),
-        };
+        let empty = self.register_was_empty(tx).await?;
         // Into an empty register no row has a stored value to look up.
         let stored = if empty || page.is_empty() {
             HashMap::new()
@@ -1265,10 +1270,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         _: &mut Tally,
         recycle: &Recycle,
     ) -> Result<()> {
-        let empty = match self.empty_register {
-            Some(e) => e,
-            None => *self.empty_register.insert(tx.register_is_empty().await?),
-        };
+        let empty = self.register_was_empty(tx).await?;
         let mut raws = Vec::with_capacity(items.len());
         for item in items {
             let raw = || item.raw.iter().map(str::to_string).collect();

@@ -172,17 +172,7 @@ dbtest!(
             .to_rfc3339();
         let deliver = env.cmd(&["deliver", "--now", &tomorrow_10h]);
         assert_eq!(deliver.code, 0, "{deliver:?}");
-        let export = env.ok(&[
-            "export",
-            "notifications",
-            "--from",
-            "2026-11-27",
-            "--to",
-            "2026-11-27",
-            "--out",
-            "-",
-            "--unmasked",
-        ]);
+        let export = env.notifications("2026-11-27", "2026-11-27");
         let status = env.ok(&["status", "SH1"]);
         let status_json = env.ok(&["status", "SH1", "--json"]);
         assert!(
@@ -704,17 +694,7 @@ dbtest!(
             "--out",
             "-",
         ]);
-        let unmasked = env.ok(&[
-            "export",
-            "notifications",
-            "--from",
-            "2026-11-27",
-            "--to",
-            "2026-11-27",
-            "--out",
-            "-",
-            "--unmasked",
-        ]);
+        let unmasked = env.notifications("2026-11-27", "2026-11-27");
         assert_ne!(masked, unmasked);
         for name in ["欧阳娜娜", "李四"] {
             assert!(!masked.contains(name), "{masked}");
