@@ -3,8 +3,9 @@
 //!
 //! Before a run applies or notifies anything it checks its inputs and its
 //! outcome: a required feed whose newest import is older than
-//! `brake.max_age_days` (by the wall clock), a feed whose newest import
-//! brought far fewer rows than the one before (`brake.row_drop`), and — once
+//! `brake.max_age_days` (by the wall clock), a snapshot feed whose newest
+//! import brought far fewer rows than its snapshot before
+//! (`brake.row_drop`; deltas are never compared), and — once
 //! its plan is known — a VISIT_CENTER share above
 //! `brake.max_visit_center_share` among at least `brake.min_due` due permits.
 //! If one trips, the run is **held**: its events are written (the audit
@@ -25,6 +26,7 @@ use crate::db::{
 };
 use crate::domain::{EventKind, PermitStatus, Reason};
 use crate::error::{Error, Result};
+use crate::feeds::Delivery;
 use crate::outbox::notice::Notices;
 use crate::settings::Settings;
 
@@ -34,10 +36,17 @@ fn feed_key(feed: &str) -> String {
     feed.replace('-', "_")
 }
 
-/// Checks 2 and 3 on the imports table: the newest two imports of each
-/// feed (`imports`, newest first within a feed), the import mark of the
-/// last completed run (imports up to it were accepted by a run already) and
-/// the clock. Returns why the run must be held, one line, or `None`.
+/// Checks 2 and 3 on the imports table: each feed's newest import and its
+/// two newest snapshot imports (`imports`, newest first within a feed),
+/// the import mark of the last completed run (imports up to it were
+/// accepted by a run already) and the clock. Returns why the run must be
+/// held, one line, or `None`.
+///
+/// The row-drop check compares a snapshot import made since the last
+/// completed run with the snapshot import before it. A delta import
+/// (`[feeds.<feed>] delivery = "delta"`) holds what changed since the last
+/// file, so its size says nothing: it is never compared, and never the
+/// baseline of a later snapshot.
 pub fn check_feeds(
     settings: &Settings,
     imports: &[FeedImport],
@@ -72,7 +81,8 @@ pub fn check_feeds(
                 }
             }
         }
-        let Some(previous) = list.get(1) else {
+        let mut snapshots = list.iter().filter(|i| i.delivery == Delivery::Snapshot);
+        let (Some(newest), Some(previous)) = (snapshots.next(), snapshots.next()) else {
             continue;
         };
         let r = &b.row_drop;
@@ -623,6 +633,14 @@ mod tests {
             file_name: format!("{feed}-{id}.csv"),
             imported_at: at.to_string(),
             rows_imported: rows,
+            delivery: Delivery::Snapshot,
+        }
+    }
+
+    fn delta(id: i64, feed: &str, at: &str, rows: i64) -> FeedImport {
+        FeedImport {
+            delivery: Delivery::Delta,
+            ..import(id, feed, at, rows)
         }
     }
 
@@ -781,5 +799,49 @@ mod tests {
             import(2, "residence", at, 999),
         ];
         assert!(check_feeds(&s, &small, 0, now()).is_none());
+    }
+
+    #[test]
+    fn a_delta_import_is_never_compared_nor_the_baseline_of_a_later_snapshot() {
+        let s = settings();
+        let at = "2026-11-26T23:00:00+08:00";
+        // A night's delta after a full load.
+        let night = [
+            delta(5, "permits", at, 30),
+            import(2, "permits", at, 100_000),
+        ];
+        assert!(check_feeds(&s, &night, 4, now()).is_none());
+        // A snapshot after deltas is compared with the snapshot before
+        // them, not with the last (small) delta.
+        let grown = [
+            import(9, "permits", at, 99_000),
+            delta(8, "permits", at, 30),
+            import(2, "permits", at, 100_000),
+        ];
+        assert!(check_feeds(&s, &grown, 8, now()).is_none());
+        let shrunk = [
+            import(9, "permits", at, 400),
+            delta(8, "permits", at, 30),
+            import(2, "permits", at, 100_000),
+        ];
+        let why = check_feeds(&s, &shrunk, 8, now()).expect("drop");
+        assert!(
+            why.contains("import 9 (permits-9.csv) has 400 rows against 100000 in import 2"),
+            "{why}"
+        );
+        // A truncated snapshot followed by a delta the same night is still
+        // seen: the newest snapshot, not the newest import, is compared.
+        let hidden = [
+            delta(10, "permits", at, 30),
+            import(9, "permits", at, 400),
+            import(2, "permits", at, 100_000),
+        ];
+        assert!(check_feeds(&s, &hidden, 8, now()).is_some());
+        // Freshness still reads the newest import, whatever its delivery.
+        let old = "2026-11-10T23:00:00+08:00";
+        let stale = [delta(5, "residence", old, 3)];
+        assert!(check_feeds(&s, &stale, 0, now())
+            .expect("stale")
+            .contains("feed residence is stale"));
     }
 }

@@ -72,7 +72,8 @@ pub struct RunSettings {
 }
 
 /// Per feed: extra header names for its columns (issue #6), on top of the
-/// built-in Chinese ones ([`crate::feeds::Feed::builtin_aliases`]).
+/// built-in Chinese ones ([`crate::feeds::Feed::builtin_aliases`]), and
+/// whether its files are snapshots or deltas.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedsSettings {
@@ -85,6 +86,9 @@ pub struct FeedsSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedHeaderSettings {
+    /// Recorded with each import: the brake's row-drop check compares
+    /// snapshot imports only ([`crate::feeds::Delivery`]).
+    pub delivery: crate::feeds::Delivery,
     /// Column name → further header names accepted for it.
     pub aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
@@ -652,6 +656,18 @@ impl Settings {
             (Feed::CivilStatus, &f.civil_status.aliases),
         ])
         .map_err(|why| Error::Config(format!("configuration key {why}")))
+    }
+
+    /// The delivery of `feed` (`[feeds.<feed>] delivery`).
+    pub fn delivery(&self, feed: crate::feeds::Feed) -> crate::feeds::Delivery {
+        use crate::feeds::Feed;
+        let f = &self.feeds;
+        match feed {
+            Feed::Permits => f.permits.delivery,
+            Feed::Residence => f.residence.delivery,
+            Feed::SocialInsurance => f.social_insurance.delivery,
+            Feed::CivilStatus => f.civil_status.delivery,
+        }
     }
 
     pub fn tz(&self) -> chrono_tz::Tz {

@@ -110,16 +110,19 @@ impl Db {
 
     pub async fn begin_import(
         &self,
+    /// Opens a feed file's import and records it, with the delivery its
+    /// feed has (the brake's row-drop check compares snapshots only).
         feed: &str,
         file_name: &str,
         sha256: &str,
     ) -> Result<ImportTx> {
         match self {
+        delivery: crate::feeds::Delivery,
             Db::Sqlite(db) => Ok(ImportTx::Sqlite(
-                db.begin_import(feed, file_name, sha256).await?,
+                db.begin_import(feed, file_name, sha256, delivery).await?,
             )),
             Db::Postgres(db) => Ok(ImportTx::Postgres(
-                db.begin_import(feed, file_name, sha256).await?,
+                db.begin_import(feed, file_name, sha256, delivery).await?,
             )),
         }
     }
@@ -174,7 +177,8 @@ impl Db {
         }
     }
 
-    /// The two newest imports of each feed, by feed, newest first.
+    /// Each feed's newest import and its two newest snapshot imports (one
+    /// row where they are the same import), by feed, newest first.
     pub async fn latest_imports(&self) -> Result<Vec<FeedImport>> {
         match self {
             Db::Sqlite(db) => db.latest_imports().await,

@@ -157,18 +157,20 @@ impl PgDb {
         &self,
         feed: &str,
         file_name: &str,
+        delivery: crate::feeds::Delivery,
         sha256: &str,
     ) -> Result<PgImportTx> {
         let mut conn = self.detached().await?;
         sqlx::query("BEGIN").execute(&mut conn).await?;
         let import_id: i64 = sqlx::query_scalar(
-            "INSERT INTO imports (import_id, feed, file_name, sha256, imported_at)
-             SELECT coalesce(max(import_id), 0) + 1, $1, $2, $3, $4 FROM imports
+            "INSERT INTO imports (import_id, feed, file_name, sha256, imported_at, delivery)
+             SELECT coalesce(max(import_id), 0) + 1, $1, $2, $3, $4, $5 FROM imports
              RETURNING import_id",
         )
         .bind(feed)
         .bind(file_name)
         .bind(sha256)
+        .bind(delivery.as_str())
         .bind(crate::clock::now_rfc3339())
         .fetch_one(&mut conn)
         .await?;
@@ -240,27 +242,13 @@ impl PgDb {
         Ok(mark.unwrap_or(0))
     }
 
-    /// The two newest imports of each feed, newest first within a feed.
+    /// Each feed's newest import and its two newest snapshot imports,
+    /// newest first within a feed (the SQLite statement).
     pub async fn latest_imports(&self) -> Result<Vec<FeedImport>> {
-        let rows = sqlx::query(
-            "SELECT import_id, feed, file_name, imported_at, rows_imported FROM (
-               SELECT import_id, feed, file_name, imported_at, rows_imported,
-                      row_number() OVER (PARTITION BY feed ORDER BY import_id DESC) AS k
-               FROM imports) AS i WHERE k <= 2 ORDER BY feed, import_id DESC",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(FeedImport {
-                    import_id: r.try_get(0)?,
-                    feed: r.try_get(1)?,
-                    file_name: r.try_get(2)?,
-                    imported_at: r.try_get(3)?,
-                    rows_imported: r.try_get(4)?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(super::sqlite::LATEST_IMPORTS)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(super::rows::feed_import).collect()
     }
 
     /// A held run's events in the order they were written.

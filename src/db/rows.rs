@@ -138,6 +138,29 @@ pub struct FeedImport {
     pub file_name: String,
     pub imported_at: String,
     pub rows_imported: i64,
+    /// What its feed's delivery was when it was imported.
+    pub delivery: crate::feeds::Delivery,
+}
+
+/// A [`FeedImport`] from `import_id, feed, file_name, imported_at,
+/// rows_imported, delivery`, on either backend.
+pub(super) fn feed_import<R: sqlx::Row>(r: &R) -> crate::error::Result<FeedImport>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let delivery: String = r.try_get(5)?;
+    Ok(FeedImport {
+        import_id: r.try_get(0)?,
+        feed: r.try_get(1)?,
+        file_name: r.try_get(2)?,
+        imported_at: r.try_get(3)?,
+        rows_imported: r.try_get(4)?,
+        delivery: crate::feeds::Delivery::parse(&delivery).ok_or_else(|| {
+            crate::error::Error::Runtime(anyhow::anyhow!("stored import has delivery {delivery:?}"))
+        })?,
+    })
 }
 
 /// An event of a held run, as `autosign release` reads it back.

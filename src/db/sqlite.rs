@@ -215,15 +215,17 @@ impl SqliteDb {
         feed: &str,
         file_name: &str,
         sha256: &str,
+        delivery: crate::feeds::Delivery,
     ) -> Result<SqliteImportTx> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let import_id: i64 = sqlx::query_scalar(
-            "INSERT INTO imports (feed, file_name, sha256, imported_at) VALUES (?, ?, ?, ?) RETURNING import_id",
+            "INSERT INTO imports (feed, file_name, sha256, imported_at, delivery) VALUES (?, ?, ?, ?, ?) RETURNING import_id",
         )
         .bind(feed)
         .bind(file_name)
         .bind(sha256)
         .bind(crate::clock::now_rfc3339())
+        .bind(delivery.as_str())
         .fetch_one(&mut *tx)
         .await?;
         let feed_table = match feed {
@@ -303,20 +305,11 @@ impl SqliteDb {
         Ok(mark.unwrap_or(0))
     }
 
-    /// The two newest imports of each feed, newest first within a feed.
+    /// Each feed's newest import and its two newest snapshot imports,
+    /// newest first within a feed.
     pub async fn latest_imports(&self) -> Result<Vec<FeedImport>> {
         let rows = sqlx::query(LATEST_IMPORTS).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(FeedImport {
-                    import_id: r.try_get(0)?,
-                    feed: r.try_get(1)?,
-                    file_name: r.try_get(2)?,
-                    imported_at: r.try_get(3)?,
-                    rows_imported: r.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(feed_import).collect()
     }
 
     pub async fn begin_run(
@@ -835,11 +828,16 @@ impl CellPage {
     }
 }
 
-/// The two newest imports of each feed.
-const LATEST_IMPORTS: &str = "SELECT import_id, feed, file_name, imported_at, rows_imported FROM (
-       SELECT import_id, feed, file_name, imported_at, rows_imported,
-              row_number() OVER (PARTITION BY feed ORDER BY import_id DESC) AS k
-       FROM imports) WHERE k <= 2 ORDER BY feed, import_id DESC";
+/// Each feed's newest import (the brake's freshness check) and its two
+/// newest snapshot imports (the row-drop check); the same text on both
+/// backends.
+pub(super) const LATEST_IMPORTS: &str =
+    "SELECT import_id, feed, file_name, imported_at, rows_imported, delivery FROM (
+       SELECT import_id, feed, file_name, imported_at, rows_imported, delivery,
+              row_number() OVER (PARTITION BY feed ORDER BY import_id DESC) AS k,
+              row_number() OVER (PARTITION BY feed, delivery ORDER BY import_id DESC) AS kd
+       FROM imports) AS i WHERE k = 1 OR (delivery = 'snapshot' AND kd <= 2)
+     ORDER BY feed, import_id DESC";
 
 // The event's state (issue #6) comes from its run and, for a released run,
 // from event_releases; the notice is the one its own run queued (a void

@@ -3,6 +3,7 @@
 //! all of its accepted rows or nothing. Rejected rows go to a rejects CSV;
 //! too many of them refuse the whole file.
 
+mod delivery;
 mod parse;
 mod reader;
 mod sort;
@@ -16,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+pub use delivery::Delivery;
 pub use parse::Feed;
 pub use reader::{Encoding, HeaderNames};
 
@@ -41,6 +43,9 @@ pub struct ImportOptions {
     pub progress: bool,
     /// Accepted header names per column: built-in and configured aliases.
     pub headers: HeaderNames,
+    /// Recorded with the import: whether the brake's row-drop check may
+    /// compare it (`[feeds.<feed>] delivery`).
+    pub delivery: Delivery,
 }
 
 #[derive(Debug, Clone)]
@@ -648,7 +653,9 @@ where
     let parser =
         tokio::task::spawn_blocking(move || parse_file(feed, p, o, parser, sender, recycled));
 
-    let mut tx = db.begin_import(feed.name(), &shown, sha).await?;
+    let mut tx = db
+        .begin_import(feed.name(), &shown, sha, opts.delivery)
+        .await?;
     let mut tally = Tally {
         file: shown.clone(),
         counts: ImportCounts {
@@ -1603,6 +1610,7 @@ pub mod fuzzing {
             batch_rows: batch_rows.max(1),
             progress: false,
             headers: HeaderNames::builtin(),
+            delivery: Delivery::Snapshot,
         };
         match feed {
             Feed::Permits => run(feed, path, opts, RowParser::unsettled(parse::permit)),

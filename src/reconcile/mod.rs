@@ -961,6 +961,7 @@ async fn import_inbox(db: &Db, settings: &Settings) -> Result<Vec<(PathBuf, Impo
                 batch_rows: settings.import.batch_rows,
                 progress: PROGRESS.load(Ordering::Relaxed),
                 headers: settings.header_names()?,
+                delivery: settings.delivery(feed),
             };
             let outcome =
                 feeds::import_file(db, feed, &file, &opts)

@@ -232,6 +232,8 @@ dbtest!(
     a_sharp_row_drop_since_the_last_run_holds_the_run_once_issue6,
     |mut env| {
         env.set("AUTOSIGN_BRAKE__ROW_DROP__MIN_PREVIOUS_ROWS", "3");
+        // Residence comes as deltas by default, which are never compared.
+        env.set("AUTOSIGN_FEEDS__RESIDENCE__DELIVERY", "snapshot");
         import_day(&env, "day1"); // residence: 3 rows (import 2)
         env.ok(&["run", "--as-of", "2026-11-01"]);
         import_day(&env, "day2"); // residence: 1 row (import 5)

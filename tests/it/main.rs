@@ -6,6 +6,7 @@ mod helpers;
 
 mod bad_input;
 mod brake;
+mod brake_delta;
 mod cli;
 mod concurrency;
 mod crash;
