@@ -4,7 +4,7 @@
 Issue #2 sets its speed targets against "the same whole pipeline written as
 plain SQL in DuckDB": load the permits, import the three feeds with their
 keys, the run's rules, the audit export. This script is that pipeline, on a
-data set written by `autosign generate`, so that both can be timed on the
+data set written by `autosign-generate`, so that both can be timed on the
 same machine at the same hour (the machine's speed varies by 2x between
 sessions: docs/benchmarks.md).
 
@@ -18,7 +18,7 @@ event and export the audit CSV in autosign's order. It prints its decision
 counts so they can be compared with autosign's (they must be equal).
 
     python3 -m pip install duckdb
-    benches/duckdb_reference.py DATA_DIR [AS_OF]   # DATA_DIR from `autosign generate`
+    benches/duckdb_reference.py DATA_DIR [AS_OF]   # DATA_DIR from `autosign-generate`
 
 Run on demand, never in CI.
 """

@@ -11,7 +11,7 @@
 #
 # The data is laid out as real exports arrive (LAYOUT=shuffled, the default:
 # permit numbers in no order, every feed's rows shuffled); LAYOUT=sorted is
-# `generate --sorted`, sequential numbers in order, for comparison only.
+# `autosign-generate --sorted`, sequential numbers in order, for comparison only.
 #
 # With a postgres:// URL the database is dropped and created afresh first
 # (psql, through the server's `postgres` database), the server's settings
@@ -37,9 +37,10 @@ WORK="$DIR/work-$N-$LAYOUT"
 
 cargo build --release --quiet
 BIN=target/release/autosign
+GEN=target/release/autosign-generate
 if [ ! -f "$DATA/.done" ]; then
   rm -rf "$DATA"
-  "$BIN" generate --permits "$N" --seed "$SEED" --as-of "$AS_OF" --out "$DATA" "${GEN_FLAGS[@]}" >/dev/null
+  "$GEN" --permits "$N" --seed "$SEED" --as-of "$AS_OF" --out "$DATA" "${GEN_FLAGS[@]}" >/dev/null
   touch "$DATA/.done"
 fi
 rm -rf "$WORK"; mkdir -p "$WORK"

@@ -10,7 +10,7 @@
 #   - DELTA_PERMITS rows of the register (default 30,000, in random order):
 #     two thirds existing permits endorsed at a center (valid_until one
 #     year later, a new phone number), one third new permits (from
-#     `autosign generate` with another seed);
+#     `autosign-generate` with another seed);
 #   - a day of residence visits (DELTA_VISITS, default 1/300 of the
 #     register), dated the night's as_of;
 #   - no social-insurance or civil-status file.
@@ -33,11 +33,12 @@ NIGHT=$(date -d "$AS_OF + 2 days" +%F)
 DELTA_PERMITS=${DELTA_PERMITS:-30000}
 DELTA_VISITS=${DELTA_VISITS:-$((N / 300))}
 BIN=target/release/autosign
+GEN=target/release/autosign-generate
 [ -f "$WORK/autosign.sqlite" ] || { echo "run benches/pipeline.sh $N first (LAYOUT=$LAYOUT)" >&2; exit 2; }
 DELTA="$DIR/delta-$N-$SEED-$LAYOUT"
 if [ ! -f "$DELTA/.done" ]; then
   rm -rf "$DELTA"; mkdir -p "$DELTA"
-  "$BIN" generate --permits $((DELTA_PERMITS / 3)) --seed 99 --as-of "$NIGHT" --out "$DELTA/new" >/dev/null
+  "$GEN" --permits $((DELTA_PERMITS / 3)) --seed 99 --as-of "$NIGHT" --out "$DELTA/new" >/dev/null
   python3 - "$DATA" "$DELTA" "$DELTA_PERMITS" "$DELTA_VISITS" "$NIGHT" <<'EOF'
 import csv, datetime, random, sys
 data, delta, n_permits, n_visits, night = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]

@@ -23,35 +23,6 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
     }
     let tz = settings.tz();
     match cli.command {
-        Command::Generate {
-            permits,
-            seed,
-            as_of,
-            out,
-            sorted,
-        } => {
-            let as_of = parse_date_arg(&as_of, "--as-of", tz)?;
-            let opts = crate::generate::GenerateOptions {
-                permits,
-                seed,
-                as_of,
-                layout: if sorted {
-                    crate::generate::Layout::Sorted
-                } else {
-                    crate::generate::Layout::Shuffled
-                },
-            };
-            let s = crate::generate::generate(&opts, &out)?;
-            println!(
-                "wrote {} permits, {} residence visits, {} social-insurance rows, {} civil-status rows to {}",
-                s.permits,
-                s.residence,
-                s.social_insurance,
-                s.civil_status,
-                out.display()
-            );
-            Ok(())
-        }
         Command::Import {
             feed,
             file,

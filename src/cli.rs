@@ -190,29 +190,6 @@ pub enum Command {
         #[arg(long, value_name = "RFC3339", hide = true)]
         now: Option<String>,
     },
-    /// Write a consistent synthetic data set (four feeds, real Shanghai
-    /// streets), deterministic by seed: the sample data and benchmarks.
-    /// Laid out as real exports arrive: permit numbers in no order, every
-    /// feed's rows shuffled (--sorted for sequential numbers in order).
-    Generate {
-        /// Number of permits.
-        #[arg(long, default_value_t = 300)]
-        permits: usize,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// The date the data set is built around.
-        #[arg(long, value_name = "DATE")]
-        as_of: String,
-        /// Output folder (gets permits/, residence/, social_insurance/,
-        /// civil_status/ — an inbox).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Number permits SH0000000001, SH0000000002, … and write each
-        /// holder's rows together in that order, instead of the realistic
-        /// shuffled layout. The same rows either way, permit numbers aside.
-        #[arg(long)]
-        sorted: bool,
-    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -22,7 +22,6 @@ pub mod error;
 pub mod faults;
 pub mod feeds;
 pub mod fsutil;
-pub mod generate;
 pub mod outbox;
 pub mod purge;
 pub mod reconcile;

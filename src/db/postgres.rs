@@ -28,7 +28,6 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use chrono::NaiveDate;
@@ -1383,7 +1382,7 @@ impl PgImportTx {
                 tracing::debug!(table = stage.table(), rows = n, "statistics refreshed");
             }
         }
-        if let Some(d) = test_delay("import") {
+        if let Some(d) = crate::faults::delay(crate::faults::Delay::PgImport) {
             tokio::time::sleep(d).await;
         }
         sqlx::query("COMMIT").execute(&mut self.conn).await?;
@@ -1396,27 +1395,6 @@ impl PgImportTx {
         let _ = self.conn.close().await;
         Ok(())
     }
-}
-
-/// Test hooks, read once: `AUTOSIGN_TEST_PG_PAGE_DELAY_MS` holds each run
-/// page's transaction open that long after its writes and before its
-/// commit, `AUTOSIGN_TEST_PG_IMPORT_DELAY_MS` an import's before its commit,
-/// so the concurrency tests can cut a connection while a page is in flight
-/// or start a run while an import holds the job lock. Unset, a hook costs
-/// one load.
-fn test_delay(which: &'static str) -> Option<Duration> {
-    static PAGE: OnceLock<Option<Duration>> = OnceLock::new();
-    static IMPORT: OnceLock<Option<Duration>> = OnceLock::new();
-    let (cell, var) = match which {
-        "page" => (&PAGE, "AUTOSIGN_TEST_PG_PAGE_DELAY_MS"),
-        _ => (&IMPORT, "AUTOSIGN_TEST_PG_IMPORT_DELAY_MS"),
-    };
-    *cell.get_or_init(|| {
-        std::env::var(var)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
-    })
 }
 
 /// Whether the permit's current cycle has a final decision (C8) that
@@ -1732,7 +1710,7 @@ impl PgRunTx {
             .execute(&mut *tx)
             .await?;
         }
-        if let Some(d) = test_delay("page") {
+        if let Some(d) = crate::faults::delay(crate::faults::Delay::PgPage) {
             tokio::time::sleep(d).await;
         }
         tx.commit().await?;

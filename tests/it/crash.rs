@@ -20,7 +20,7 @@ use crate::helpers::*;
 
 /// Permits in the generated city: enough for several import batches and,
 /// with 2,000 permits a run page, two run pages.
-const PERMITS: &str = "12000";
+const PERMITS: u32 = 12000;
 const RUN: [&str; 3] = ["run", "--as-of", "2026-11-27"];
 
 /// A world whose inbox holds a generated city, with both channels
@@ -41,17 +41,7 @@ fn night(mut env: Env) -> Option<Night> {
     env.set("AUTOSIGN_DELIVERY__BATCH_SIZE", "20");
     env.set("AUTOSIGN_SMS__CONCURRENCY", "1");
     env.set("AUTOSIGN_EMAIL__CONCURRENCY", "1");
-    env.ok(&[
-        "generate",
-        "--permits",
-        PERMITS,
-        "--seed",
-        "7",
-        "--as-of",
-        "2026-11-27",
-        "--out",
-        "inbox",
-    ]);
+    env.generate(PERMITS, 7, "2026-11-27", "inbox");
     let gw = Gateway::start();
     gw.configure(&mut env);
     let port = free_port();

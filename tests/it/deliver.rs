@@ -392,9 +392,9 @@ fn missing(why: &str) -> Option<Smtp> {
     if in_ci() {
         panic!("the SMTP test server cannot run in CI: {why} (.ci/run must install aiosmtpd)");
     }
-    eprintln!(
-        "SKIPPED: SMTP delivery test needs aiosmtpd: {why} (python3 -m pip install aiosmtpd)"
-    );
+    skipped(&format!(
+        "needs aiosmtpd for its SMTP server: {why} (python3 -m pip install aiosmtpd)"
+    ));
     None
 }
 
@@ -1001,7 +1001,7 @@ fn make_certs(env: &Env) -> Option<(String, String, String)> {
                 if in_ci() {
                     panic!("openssl is needed for the TLS test in CI: {e}");
                 }
-                eprintln!("SKIPPED: TLS delivery test needs openssl: {e}");
+                skipped(&format!("needs openssl for its TLS certificates: {e}"));
                 return None;
             }
         }

@@ -188,6 +188,28 @@ impl Env {
         o.stdout
     }
 
+    /// Writes a synthetic data set with `autosign-generate` (its own
+    /// binary: the production one carries no generator) into `out` under
+    /// the test folder; the data set is built around `as_of`.
+    pub fn generate(&self, permits: u32, seed: u64, as_of: &str, out: &str) {
+        let o = Command::new(env!("CARGO_BIN_EXE_autosign-generate"))
+            .args([
+                "--permits",
+                &permits.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .args(["--as-of", as_of, "--out", out])
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run autosign-generate");
+        assert!(
+            o.status.success(),
+            "autosign-generate failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
     pub fn import(&self, feed: &str, file: &Path) -> String {
         self.ok(&["import", feed, &file.display().to_string()])
     }
@@ -213,6 +235,19 @@ impl Env {
             "--unmasked",
         ])
     }
+}
+
+/// Says that a test skipped, where the test run shows it: libtest captures
+/// `eprintln!` of a passing test, so the notice is written to the process's
+/// stderr directly, with the test's name (CI never skips: its callers panic
+/// there instead).
+pub fn skipped(what: &str) {
+    use std::io::Write as _;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {what}");
 }
 
 /// Waits for a process from [`Env::spawn`].
@@ -289,7 +324,7 @@ fn pg_admin_url() -> Option<&'static str> {
             )
         }
         Err(why) => {
-            eprintln!("notice: skipping a PostgreSQL test, no server reachable ({why})");
+            skipped(&format!("a PostgreSQL test: no server reachable ({why})"));
             None
         }
     }
@@ -500,17 +535,7 @@ pub fn import_day(env: &Env, day: &str) {
 /// Generates a city sample of `permits` (seed 5, as_of 2026-11-27) and imports its four feeds, as
 /// separate commands (so a reference world gets the same import order).
 pub fn load_generated(env: &Env, permits: u32) {
-    env.ok(&[
-        "generate",
-        "--permits",
-        &permits.to_string(),
-        "--seed",
-        "5",
-        "--as-of",
-        "2026-11-27",
-        "--out",
-        "gen",
-    ]);
+    env.generate(permits, 5, "2026-11-27", "gen");
     for (feed, file) in [
         ("permits", "permits"),
         ("residence", "residence"),

@@ -50,17 +50,7 @@ fn two_due_permits(env: &Env, holders: &[(&str, &str, &str)]) {
 #[test]
 fn a_new_sqlite_database_and_its_wal_and_shm_are_owner_only_after_the_first_import() {
     let env = Env::new(Backend::Sqlite);
-    env.ok(&[
-        "generate",
-        "--permits",
-        "20000",
-        "--seed",
-        "3",
-        "--as-of",
-        "2026-11-27",
-        "--out",
-        "gen",
-    ]);
+    env.generate(20000, 3, "2026-11-27", "gen");
     let file = env.path("gen/permits/permits.csv").display().to_string();
     // The first import leaves its ID numbers in the WAL while it runs;
     // whether the file outlives the process depends on the last close's

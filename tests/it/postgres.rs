@@ -152,17 +152,7 @@ fn a_generated_city_sample_over_several_nights_is_identical_on_both_backends() {
     let mut sqlite = Env::new(Backend::Sqlite);
     // 5000 permits: more than two run pages, every outcome and reason.
     for env in [&mut sqlite, &mut pg] {
-        env.ok(&[
-            "generate",
-            "--permits",
-            "5000",
-            "--seed",
-            "11",
-            "--as-of",
-            "2026-11-27",
-            "--out",
-            "inbox",
-        ]);
+        env.generate(5000, 11, "2026-11-27", "inbox");
         env.set("AUTOSIGN_INBOX__DIR", "inbox");
     }
     let mut reports = Vec::new();

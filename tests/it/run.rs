@@ -296,17 +296,7 @@ dbtest!(
         let mut reference = Env::new(crate::helpers::Backend::Sqlite);
         reference.set("AUTOSIGN_IMPORT__BATCH_ROWS", "1000");
         for e in [&mut env, &mut reference] {
-            e.ok(&[
-                "generate",
-                "--permits",
-                "12000",
-                "--seed",
-                "7",
-                "--as-of",
-                "2026-11-27",
-                "--out",
-                "inbox",
-            ]);
+            e.generate(12000, 7, "2026-11-27", "inbox");
             e.set("AUTOSIGN_INBOX__DIR", "inbox");
         }
         reference.ok(&["run", "--as-of", "2026-11-27"]);
@@ -446,17 +436,7 @@ dbtest!(
     |mut env| {
         // The summary is counted while the events are written (issue #2):
         // it must agree with the events and notices the run left behind.
-        env.ok(&[
-            "generate",
-            "--permits",
-            "2000",
-            "--seed",
-            "7",
-            "--as-of",
-            "2026-11-27",
-            "--out",
-            "inbox",
-        ]);
+        env.generate(2000, 7, "2026-11-27", "inbox");
         env.set("AUTOSIGN_INBOX__DIR", "inbox");
         for as_of in ["2026-11-27", "2026-12-15"] {
             // Replays dates that may lie in the future (C17).
@@ -502,17 +482,7 @@ dbtest!(
 dbtest!(
     generated_sample_data_exercises_every_outcome_and_reason,
     |mut env| {
-        env.ok(&[
-            "generate",
-            "--permits",
-            "300",
-            "--seed",
-            "42",
-            "--as-of",
-            "2026-11-27",
-            "--out",
-            "inbox",
-        ]);
+        env.generate(300, 42, "2026-11-27", "inbox");
         env.set("AUTOSIGN_INBOX__DIR", "inbox");
         let out = env.ok(&["run", "--as-of", "2026-11-27"]);
         for kind in [

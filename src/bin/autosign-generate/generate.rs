@@ -37,7 +37,7 @@ use chrono::{Datelike, NaiveDate, TimeDelta};
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::domain::{
+use autosign::domain::{
     id_check_char, uscc_check_char, Channel, EventKind, MaritalStatus, Month, PaymentStatus,
     PermitStatus, Reason, ResidenceResult, SiStatus, USCC_ALPHABET,
 };
@@ -111,7 +111,7 @@ pub const SOCIAL_INSURANCE_HEADER: [&str; 5] = [
 pub const CIVIL_STATUS_HEADER: [&str; 3] = ["id_number", "marital_status", "as_of"];
 
 /// Shanghai's streets and towns (`street_code,street_name,district_code,district_name`).
-const STREETS_CSV: &str = include_str!("../config/shanghai_streets.csv");
+const STREETS_CSV: &str = include_str!("../../../config/shanghai_streets.csv");
 
 /// Address codes (GB/T 2260) of places outside Shanghai where holders'
 /// ID numbers were issued.
@@ -1639,7 +1639,7 @@ impl Writers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{parse_date, Email, IdNumber, Phone, Uscc};
+    use autosign::domain::{parse_date, Email, IdNumber, Phone, Uscc};
     use std::collections::{BTreeMap, HashMap, HashSet};
 
     fn as_of() -> NaiveDate {
