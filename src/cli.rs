@@ -24,6 +24,9 @@ use crate::feeds::{Encoding, Feed};
 /// refused (missing column, undecodable, too many rejected rows); 4 run held
 /// by the safety brake (decisions recorded, nothing applied or notified:
 /// `autosign release RUN_ID` or `autosign discard RUN_ID`).
+///
+/// The rules: docs/rules.md (R1–R11, C1–C17, and the project's choices);
+/// how the code is laid out: docs/architecture.md.
 #[derive(Debug, Parser)]
 #[command(name = "autosign", version, max_term_width = 100)]
 pub struct Cli {
@@ -198,7 +201,8 @@ pub enum ExportKind {
     Notifications,
 }
 
-/// A date argument: a SPEC date, or `today` / `yesterday` in `tz`.
+/// A date argument: a date in one of R1's forms, or `today` /
+/// `yesterday` in `tz`.
 pub fn parse_date_arg(arg: &str, what: &str, tz: chrono_tz::Tz) -> Result<NaiveDate, Error> {
     let today = crate::clock::today(tz);
     match arg.trim() {

@@ -1,6 +1,7 @@
 //! The one error type that reaches `main`, and the exit status it maps to
-//! (SPEC §5): 1 runtime failure, 2 usage/configuration/refused operation,
-//! 3 input file refused; and 4, a run held by the safety brake (issue #6).
+//! (R11): 1 runtime failure, 2 usage/configuration/refused operation,
+//! 3 input file refused; and 4, a run held by the safety brake
+//! (docs/rules.md, "Exit status 4").
 
 /// An error that ends a command. The message is one line, already naming
 /// the file, line and field where there is one.

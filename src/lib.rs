@@ -1,6 +1,8 @@
 //! autosign — the nightly automatic endorsement (自动签注) of Shanghai
-//! residence permits. The contract is SPEC.md (rules R1–R11); modules are
-//! cut by capability:
+//! residence permits. The contract is docs/rules.md (rules R1–R11,
+//! clarifications C1–C17 and the choices made where they are silent); how
+//! the modules below fit together, and how a night flows through them, is
+//! docs/architecture.md. Modules are cut by capability:
 //!
 //! - [`domain`]: value types parsed once at the edge (ID numbers, USCC, …)
 //! - [`feeds`]: CSV import of the register and the three feeds (R1, R2)

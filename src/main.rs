@@ -1,5 +1,5 @@
 //! The `autosign` binary: parse the command line, load settings, start
-//! logging, run the command, map its error to the exit status of SPEC §5.
+//! logging, run the command, map its error to its exit status (R11).
 
 use std::process::ExitCode;
 

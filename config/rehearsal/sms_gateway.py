@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A stand-in SMS gateway for rehearsals on one machine: accepts autosign's
-POSTs (SPEC R8, docs/delivery.md "The gateway contract"), prints each
+POSTs (R8, docs/delivery.md "The gateway contract"), prints each
 message, answers 200 with a message_id, and drops repeats by idempotency
 key as a real gateway should. Not for production.
 

@@ -1,8 +1,9 @@
 //! The schedule as the daemon reads it, and the catch-up policy.
 //!
 //! tokio-cron-scheduler only wakes the daemon up; what is due is worked out
-//! here from the cron expression and the run ledger (PITFALLS.md: "the
-//! scheduler is an alarm clock, not the source of truth"). The business
+//! here from the cron expression and the run ledger: the scheduler is an
+//! alarm clock, not the source of truth (it never fires a missed tick
+//! later, and forgets everything at a restart). The business
 //! date due at an instant is the date, in the configured zone, of the
 //! latest scheduled tick at or before it: with "0 0 2 * * *", 01:30 on
 //! 27 November is still 26 November's turn.

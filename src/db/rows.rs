@@ -1,5 +1,5 @@
 //! Plain row types exchanged with the database layer. Values here have been
-//! parsed at the edge already; codes are the SPEC's English codes.
+//! parsed at the edge already; codes are the English codes of R1 and R5–R8.
 
 use chrono::NaiveDate;
 
@@ -375,7 +375,7 @@ pub struct RunCount {
     pub count: i64,
 }
 
-/// One row of the audit export, in the SPEC's column order (R9).
+/// One row of the audit export, in R9's column order.
 #[derive(Debug, Clone)]
 pub struct AuditRow {
     pub run_id: i64,

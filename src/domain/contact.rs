@@ -1,5 +1,5 @@
 //! Contact details of a holder: mobile phone number and e-mail address
-//! (SPEC §2.1 `phone`, `email`; C10).
+//! (R1 `phone`, `email`; C10).
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,7 +7,7 @@ use std::str::FromStr;
 /// A mainland China mobile number: 11 digits, `1`, then `3`–`9`, then 9
 /// digits (the numbering plan of the Ministry of Industry and Information
 /// Technology). A `+86`/`86` country prefix, spaces and hyphens are accepted
-/// and stripped (SPEC §2.1), so `+86 138-0013-8000` is stored `13800138000`.
+/// and stripped (R1), so `+86 138-0013-8000` is stored `13800138000`.
 /// `Debug` is masked (`138****8000`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Phone(String);
@@ -124,7 +124,7 @@ impl From<Phone> for String {
     }
 }
 
-/// An e-mail address as SPEC C10 accepts it: exactly one `@`, a non-empty
+/// An e-mail address as C10 accepts it: exactly one `@`, a non-empty
 /// local part, a domain containing a dot with no empty label, and no
 /// whitespace. This is deliberately looser than RFC 5322: the address only
 /// has to be worth handing to the SMTP relay. `Debug` is masked

@@ -1,5 +1,5 @@
 //! Calendar dates and contribution months as the feeds write them
-//! (SPEC §2.1, C10, C15), and the one-year extension of R7.
+//! (R1, C10, C15), and the one-year extension of R7.
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,7 +17,7 @@ pub enum DateError {
     Impossible { year: i32, month: u32, day: u32 },
 }
 
-/// Parses a date (trimmed first) in one of the forms SPEC §2.1 allows:
+/// Parses a date (trimmed first) in one of the forms R1 allows:
 /// `YYYY-MM-DD`, `YYYY/MM/DD` (month and day may have one digit, C10:
 /// `2026/2/3`) or `YYYYMMDD`. The year always has 4 digits. An impossible
 /// date such as `2026-02-30` is rejected.
@@ -64,7 +64,7 @@ fn digits(s: Option<&str>, len: std::ops::RangeInclusive<usize>) -> Option<u32> 
 }
 
 /// The same month and day one year later; 29 February becomes 28 February
-/// (SPEC R7: the extension is one year, 有效期限自动延长一年).
+/// (R7: the extension is one year, 有效期限自动延长一年).
 pub fn add_one_year(d: NaiveDate) -> NaiveDate {
     let next = d.year() + 1;
     d.with_year(next)

@@ -1,4 +1,4 @@
-//! The enumerations of the feeds (SPEC §2.1) and of the run's results
+//! The enumerations of the feeds (R1) and of the run's results
 //! (R5–R8).
 //!
 //! Every enumeration parses its English code case-insensitively or any of
@@ -138,7 +138,7 @@ macro_rules! domain_enum {
 }
 
 domain_enum! {
-    /// A permit's status in the register (SPEC §2.1 `status`, R3).
+    /// A permit's status in the register (R1 `status`, R3).
     pub enum PermitStatus("permit status") {
         Active => "active", ["有效"],
         /// 使用功能中止: not endorsed by its end date.
@@ -149,7 +149,7 @@ domain_enum! {
 }
 
 domain_enum! {
-    /// Social insurance at registration (SPEC §2.1 `si_status`).
+    /// Social insurance at registration (R1 `si_status`).
     pub enum SiStatus("social insurance status") {
         Paying => "paying", ["缴费"],
         NotPaying => "not_paying", ["未缴费"],
@@ -167,7 +167,7 @@ domain_enum! {
 }
 
 domain_enum! {
-    /// Outcome of a residence verification visit (上门走访, SPEC §2.1
+    /// Outcome of a residence verification visit (上门走访, R1
     /// `residence.result`).
     pub enum ResidenceResult("residence result") {
         Consistent => "consistent", ["一致"],
@@ -177,7 +177,7 @@ domain_enum! {
 }
 
 domain_enum! {
-    /// Status of a monthly social-insurance contribution (SPEC §2.1
+    /// Status of a monthly social-insurance contribution (R1
     /// `social_insurance.status`).
     pub enum PaymentStatus("payment status") {
         Paid => "paid", ["正常", "正常缴费"],
@@ -187,7 +187,7 @@ domain_enum! {
 }
 
 domain_enum! {
-    /// Why a due permit is not endorsed automatically (SPEC R5). The derived
+    /// Why a due permit is not endorsed automatically (R5). The derived
     /// order is the order R5 lists reasons in.
     pub enum Reason("reason") {
         AddressNotVerified => "ADDRESS_NOT_VERIFIED", ["社区民警未能核实您的居住地址"],
@@ -213,7 +213,7 @@ impl Reason {
 
 domain_enum! {
     /// A decision or lifecycle change, and the kind of notice it queues
-    /// (SPEC R8). The derived order is the order listed here.
+    /// (R8). The derived order is the order listed here.
     pub enum EventKind("event kind") {
         AutoSigned => "AUTO_SIGNED", ["自动签注已通过"],
         VisitCenter => "VISIT_CENTER", ["请到社区事务受理服务中心办理"],
@@ -223,7 +223,7 @@ domain_enum! {
 }
 
 domain_enum! {
-    /// How a notice reaches the holder (SPEC R8, C12).
+    /// How a notice reaches the holder (R8, C12).
     pub enum Channel("channel") {
         Sms => "sms", ["短信"],
         Email => "email", ["电子邮件"],
@@ -233,7 +233,7 @@ domain_enum! {
 }
 
 domain_enum! {
-    /// Delivery state of a notice in the outbox (SPEC R8).
+    /// Delivery state of a notice in the outbox (R8).
     pub enum NoticeStatus("notice status") {
         Queued => "queued", ["待发送"],
         Sent => "sent", ["已发送"],

@@ -20,7 +20,7 @@ const MIN_BIRTH_YEAR: i32 = 1900;
 /// (`YYYYMMDD`, characters 7–14), a 3-digit sequence code and a check
 /// character (`0`–`9` or `X`) computed by ISO 7064 MOD 11-2.
 ///
-/// A lowercase `x` is accepted and stored as `X` (SPEC §2.1). `Display`
+/// A lowercase `x` is accepted and stored as `X` (R1). `Display`
 /// prints the full number (for storage); `Debug` prints it masked.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdNumber(String);
@@ -101,7 +101,7 @@ impl IdNumber {
     }
 
     /// The first 6 and last 4 characters with 8 `*` between
-    /// (`110105********002X`), as exports show it (SPEC R9).
+    /// (`110105********002X`), as exports show it (R9).
     pub fn masked(&self) -> String {
         super::mask_id_str(&self.0)
     }

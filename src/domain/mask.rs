@@ -15,7 +15,7 @@ pub fn mask_name(name: &str) -> String {
     out
 }
 
-/// Masks an ID number as SPEC R9 prescribes for exports: the first 6 and last
+/// Masks an ID number as R9 prescribes for exports: the first 6 and last
 /// 4 characters with 8 `*` between (`110105********002X`). Text that is not
 /// 18 characters long is masked completely, one `*` per character, so a
 /// malformed value never leaks.

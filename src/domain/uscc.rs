@@ -18,7 +18,7 @@ const WEIGHTS: [u32; 17] = [
 /// character (MOD 31).
 ///
 /// Lowercase letters are accepted and stored uppercase. A wrong check
-/// character is accepted (SPEC C11: some early pilot-area codes are legal yet
+/// character is accepted (C11: some early pilot-area codes are legal yet
 /// fail it); callers warn when [`Uscc::check_ok`] is false. A USCC identifies
 /// an organisation, not a person, so `Debug` shows it in full.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,7 +62,7 @@ pub fn uscc_check_char(first17: &str) -> Option<char> {
 
 impl Uscc {
     /// Parses a code (trimmed first): 18 characters from the alphabet; the
-    /// check character is *not* enforced (SPEC C11).
+    /// check character is *not* enforced (C11).
     pub fn parse(s: &str) -> Result<Self, UsccError> {
         let s = s.trim();
         if s.is_empty() {

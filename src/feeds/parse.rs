@@ -11,7 +11,7 @@ use crate::domain::{
     ResidenceResult, SiStatus, Uscc,
 };
 
-/// The feeds (R1, SPEC §2.1).
+/// The feeds and their columns (R1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Feed {
     Permits,
@@ -501,7 +501,7 @@ mod tests {
         ) {
             let values: Vec<&str> = raw.iter().map(|v| v.trim()).collect();
             let result = parse_as(feed, &Fields { values });
-            // A paid month needs its employer (SPEC §2.1): an empty optional
+            // A paid month needs its employer (R1): an empty optional
             // employer_uscc may be drawn with status paid.
             let paid_without_employer = feed == Feed::SocialInsurance
                 && matches!(raw[2].as_str(), "paid" | "正常")

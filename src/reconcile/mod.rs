@@ -984,7 +984,7 @@ mod tests {
 
     #[test]
     fn reason_set_lists_reasons_back_in_r5_order() {
-        // R5: reasons are listed in the SPEC's order whatever order they came in.
+        // R5: reasons are listed in R5's order whatever order they came in.
         let set = ReasonSet::of(&[Reason::MaritalStatusChanged, Reason::AddressNotVerified]);
         assert_eq!(
             set.to_vec(),

@@ -122,7 +122,7 @@ pub fn select_payment(payments: &[Payment], as_of: NaiveDate, rules: &Rules) -> 
         .cloned()
 }
 
-/// R5: the reasons against automatic endorsement, in the SPEC's order.
+/// R5: the reasons against automatic endorsement, in the order R5 lists them.
 pub fn reasons(baseline: &Baseline, selected: &Selected) -> Vec<Reason> {
     let mut out = Vec::new();
     match &selected.visit {
@@ -533,7 +533,7 @@ mod tests {
                 vec![],
             ),
             (
-                "R5 marital status differs; all reasons in SPEC order",
+                "R5 marital status differs; all reasons in R5 order",
                 base(Paying, Single, emp),
                 Selected {
                     visit: visit(Changed),

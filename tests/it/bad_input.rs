@@ -1,4 +1,4 @@
-//! Hostile input (issue #6 items 1 and 2, SPEC §5): the corpus in
+//! Hostile input (R1, R2, R11; docs/rules.md, "What refuses a whole file"): the corpus in
 //! `tests/fixtures/bad/` (its README says what an operator sees for each
 //! file) run through the real binary, plus the huge cases generated here,
 //! and header names in Chinese and from the configuration.

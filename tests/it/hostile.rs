@@ -1,4 +1,4 @@
-//! Hostile surroundings (SPEC §5, docs/operations.md "Threat model"): what
+//! Hostile surroundings (R11, docs/operations.md "Threat model"): what
 //! autosign does with the files, devices, settings, servers and names
 //! around it when they are wrong or malicious. For every case: a clear
 //! one-line error with the documented exit status, files owner-only from

@@ -1,6 +1,6 @@
 //! Integration tests: one binary, driving the real `autosign` executable
-//! against a real database per test. Test names cite the SPEC rule they
-//! check.
+//! against a real database per test. Test names cite the rule they check
+//! (docs/rules.md: R1–R11, C1–C17).
 
 mod helpers;
 
