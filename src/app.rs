@@ -125,7 +125,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                 );
             }
             match &outcome {
-                // Exit 4 with the alert (issue #6).
+                // Exit 4 with the alert (docs/rules.md, "Exit status 4").
                 RunOutcome::Held(summary) => Err(Error::Held(crate::brake::alert(&summary.run))),
                 _ => Ok(()),
             }

@@ -1,12 +1,14 @@
-//! The safety brake (issue #6, item 4): a run that looks wrong against the
-//! recent past is recorded but not carried out.
+//! The safety brake (docs/rules.md, "Safety brake"): a run that looks
+//! wrong against the recent past is recorded but not carried out, since a
+//! notice cannot be called back.
 //!
 //! Before a run applies or notifies anything it checks its inputs and its
 //! outcome: a required feed whose newest import is older than
 //! `brake.max_age_days` (by the wall clock), a snapshot feed whose newest
 //! import brought far fewer rows than its snapshot before
-//! (`brake.row_drop`; deltas are never compared), and — once
-//! its plan is known — a VISIT_CENTER share above
+//! (`brake.row_drop`; deltas are never compared), more than
+//! `brake.max_lifecycle_share` of the live register lapsing at once (R3; a
+//! wrong date), and — once its plan is known — a VISIT_CENTER share above
 //! `brake.max_visit_center_share` among at least `brake.min_due` due permits.
 //! If one trips, the run is **held**: its events are written (the audit
 //! trail shows them, state `held`), no permit changes, no notice is queued,
@@ -652,7 +654,7 @@ mod tests {
 
     #[test]
     fn share_trips_above_the_limit_from_min_due_only() {
-        // Issue #6 item 4: > 30% VISIT_CENTER, checked from 1,000 due permits.
+        // The defaults: > 30% VISIT_CENTER, checked from 1,000 due permits.
         let s = settings();
         assert!(check_share(&s, 1000, 301).is_some());
         assert!(
@@ -759,7 +761,7 @@ mod tests {
 
     #[test]
     fn a_required_feed_older_than_its_limit_trips_and_others_do_not() {
-        // Issue #6 item 4: a required feed is stale.
+        // A required feed is stale.
         let s = settings();
         let fresh = "2026-11-26T23:00:00+08:00";
         let old = "2026-11-10T23:00:00+08:00";
@@ -777,7 +779,7 @@ mod tests {
 
     #[test]
     fn a_sharp_row_drop_since_the_last_run_trips_only_above_min_previous_rows() {
-        // Issue #6 item 4: a feed's row count dropped sharply.
+        // A feed's row count dropped sharply.
         let s = settings();
         let at = "2026-11-26T23:00:00+08:00";
         let drop = [

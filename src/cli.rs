@@ -72,7 +72,8 @@ pub enum Command {
     /// is held. A date more than run.future_allowance_days after today is
     /// refused (exit 2, C17) unless --allow-future is given. If the safety
     /// brake trips ([brake]: a stale feed, a sharp
-    /// drop in a feed's rows, too many VISIT_CENTER), the run is recorded
+    /// drop in a snapshot feed's rows, too many VISIT_CENTER, more than a
+    /// quarter of the register lapsing at once), the run is recorded
     /// as held — nothing applied, no notice queued — and exits 4 with an
     /// alert.
     Run {
@@ -178,7 +179,7 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Remove personal data past [retention] (issue #6, privacy): residence
+    /// Remove personal data past [retention] (docs/rules.md#retention): residence
     /// visits and social-insurance months older than retention.feed_days,
     /// civil-status rows replaced by a later row, rejects files of that
     /// age, and the text and recipient of finished notices older than

@@ -1,5 +1,5 @@
-//! `autosign purge` (issue #6, privacy): removes what the service no longer
-//! needs after `[retention]` — old feed rows, finished notices' texts and
+//! `autosign purge` (docs/rules.md, "Retention and purge"): removes what
+//! the service no longer needs after `[retention]` — old feed rows, finished notices' texts and
 //! old rejects files — and keeps the decisions' audit trail. See
 //! `db::retention` for exactly which rows go, and docs/operations.md.
 

@@ -59,7 +59,7 @@ pub struct ImportSettings {
     pub batch_rows: usize,
 }
 
-/// The nightly run's write pass (issue #2).
+/// The nightly run: its write pass and the C17 date guard.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSettings {
@@ -71,7 +71,8 @@ pub struct RunSettings {
     pub future_allowance_days: u32,
 }
 
-/// Per feed: extra header names for its columns (issue #6), on top of the
+/// Per feed: extra header names for its columns (docs/rules.md, "Header
+/// aliases"), on top of the
 /// built-in Chinese ones ([`crate::feeds::Feed::builtin_aliases`]), and
 /// whether its files are snapshots or deltas.
 #[derive(Debug, Clone, Deserialize)]
@@ -237,7 +238,8 @@ pub struct RetentionSettings {
     pub notice_days: u32,
 }
 
-/// The safety brake (issue #6): when a run is held instead of applied.
+/// The safety brake (docs/rules.md, "Safety brake"): when a run is held
+/// instead of applied.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrakeSettings {
@@ -838,7 +840,7 @@ mod tests {
         assert_eq!(s.import.max_reject_ratio, 0.05);
         assert_eq!(s.timezone, "Asia/Shanghai");
         assert_eq!(s.daemon.schedule, "0 0 2 * * *");
-        // Issue #6 item 4: 30% VISIT_CENTER, checked from 1,000 due permits.
+        // The brake: 30% VISIT_CENTER, checked from 1,000 due permits.
         assert!(s.brake.enabled);
         assert_eq!(s.brake.max_visit_center_share, 0.30);
         assert_eq!(s.brake.min_due, 1000);
@@ -853,7 +855,7 @@ mod tests {
 
     #[test]
     fn brake_keys_nest_in_the_environment_and_are_checked() {
-        // Issue #6: each check is tuned or turned off per key.
+        // Each brake check is tuned or turned off per key.
         let s = Settings::load_with_env(
             None,
             &env(&[

@@ -67,7 +67,7 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
         .await?
         .ok_or_else(|| Error::Refused(not_found(permit_no)))?;
     // Only applied events decide anything: a held, void or not-applied one
-    // (issue #6) changed nothing for the holder.
+    // (docs/rules.md, "The audit trail") changed nothing for the holder.
     let events: Vec<_> = db
         .events_for(permit_no)
         .await?
@@ -157,8 +157,9 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
 }
 
 /// The refusal for an unknown permit number. A clerk may type the
-/// holder's ID number or phone instead: that is not echoed in clear (issue
-/// #6), and the message says what `status` takes.
+/// holder's ID number or phone instead: that is not echoed in clear
+/// (docs/rules.md, "Personal data"), and the message says what `status`
+/// takes.
 fn not_found(permit_no: &str) -> String {
     if let Ok(id) = crate::domain::IdNumber::parse(permit_no) {
         return format!(

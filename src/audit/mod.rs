@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::fsutil::AtomicFile;
 use crate::outbox::notice::Notices;
 
-/// R9's leading columns, in order, then `state` (issue #6): `applied`;
+/// R9's leading columns, in order, then `state` (docs/rules.md, "The
+/// audit trail"): `applied`;
 /// `held` (its run is held by the safety brake: not applied, not notified);
 /// `void` (its run was discarded); `not_applied` (its run was released but
 /// the permit had changed since); `reverted` (its run was reverted and its
@@ -141,8 +142,8 @@ fn finish(w: csv::Writer<std::io::BufWriter<Sink>>, out: Option<&Path>) -> Resul
         .into_inner()
         .map_err(|e| Error::Runtime(anyhow::anyhow!("cannot write {shown}: {}", e.error())))?;
     match sink {
-        // Integrity of the audit trail (#6): every export file gets a
-        // SHA-256 sidecar.
+        // Every export file gets a SHA-256 sidecar, so a copy handed to an
+        // auditor can be checked (docs/rules.md, "Export files").
         Sink::File(f) => f.commit_with_sidecar().map(drop),
         Sink::Stdout(mut s) => s
             .flush()

@@ -40,7 +40,7 @@ pub enum RunResult {
     /// Catch-up refused: more than `max_catch_up_days` dates due.
     Refused,
     /// Held by the safety brake, or not started because a run is held
-    /// (issue #6): an operator releases or discards it.
+    /// (docs/rules.md, "Safety brake"): an operator releases or discards it.
     Held,
 }
 

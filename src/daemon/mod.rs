@@ -428,7 +428,8 @@ impl Runner<'_> {
             if *stop.borrow() {
                 break;
             }
-            // Issue #6: a held run waits for an operator; nothing runs.
+            // A held run waits for an operator; nothing runs (docs/rules.md,
+            // "Safety brake").
             match self.db.held_run().await {
                 Ok(Some(held)) => {
                     self.metrics.record(RunResult::Held, None);

@@ -1,4 +1,4 @@
-//! Property tests of the domain parsers (issue #6, item 2's fuzzing): no
+//! Property tests of the domain parsers: no
 //! text makes a parser panic or echo personal data in its error; every
 //! generated valid value parses and comes back normalised; a value one
 //! change away from valid is rejected. Bounded by `PROPTEST_CASES` (default

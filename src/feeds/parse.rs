@@ -91,7 +91,8 @@ impl Feed {
 
     /// Chinese header names accepted for each column, parallel to
     /// [`Feed::columns`], so that agency exports import without editing
-    /// (issue #6). More come from `[feeds.<feed>.aliases]`.
+    /// (docs/rules.md, "Header aliases"). More come from
+    /// `[feeds.<feed>.aliases]`.
     pub fn builtin_aliases(self) -> &'static [&'static [&'static str]] {
         const ID: &[&str] = &["公民身份号码", "身份证号码", "身份证号"];
         const USCC: &[&str] = &["统一社会信用代码", "单位统一社会信用代码"];
@@ -359,7 +360,7 @@ pub fn civil_status(f: &Fields) -> Result<Parsed<CivilStatusRow>, String> {
 
 #[cfg(test)]
 mod tests {
-    //! Fuzzing of the row parsers (issue #6): any record gives a row or a
+    //! Fuzzing of the row parsers: any record gives a row or a
     //! coded reason, never a panic; generated valid rows parse. Bounded by
     //! `PROPTEST_CASES` (`.ci/run` sets the CI bound).
 
@@ -478,7 +479,8 @@ mod tests {
                 }
                 Err(reason) => {
                     prop_assert!(well_formed(&reason), "{}", reason);
-                    // The detail never echoes a full ID number (C9, issue #6).
+                    // The detail never echoes a full ID number (R1; docs/rules.md,
+                    // "Personal data").
                     for v in &raw {
                         if crate::domain::IdNumber::parse(v).is_ok() {
                             prop_assert!(!reason.contains(v.trim()), "{}", reason);

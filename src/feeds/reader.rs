@@ -945,7 +945,7 @@ mod tests {
     }
 
     mod fuzz {
-        //! The framing layer on arbitrary bytes (issue #6): decoding, line
+        //! The framing layer on arbitrary bytes: decoding, line
         //! counting, quote tracking and header matching never panic, and
         //! line numbers only grow. Bounded by `PROPTEST_CASES`.
 

@@ -215,7 +215,7 @@ mod tests {
         let n = sample_notice("sms", "13800138000");
         assert_eq!(scrub(&n, "bad phone 13800138000"), "bad phone 138****8000");
         assert!(scrub(&n, &"x".repeat(1000)).chars().count() <= 300);
-        // An echoed message loses the holder's name (issue #6, privacy);
+        // An echoed message loses the holder's name (personal data);
         // the gateway's own words stay.
         let s = scrub(
             &n,

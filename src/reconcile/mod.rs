@@ -80,7 +80,7 @@ async fn progress_bar(db: &Db, settings: &Settings, as_of: NaiveDate) -> indicat
 #[derive(Debug)]
 pub enum RunOutcome {
     Completed(RunSummary),
-    /// The safety brake held the run (issue #6): its events are recorded,
+    /// The safety brake held the run: its events are recorded,
     /// nothing applied or notified; `run.brake` says why.
     Held(RunSummary),
     /// C8: this `as_of` was completed before; nothing was done.
@@ -111,7 +111,8 @@ pub async fn run(
             tracing::info!("another autosign import or run holds the job lock; waiting for it")
         })
         .await?;
-    // Issue #6: nothing runs, for any date, while a run is held.
+    // Nothing runs, for any date, while a run is held (docs/rules.md,
+    // "Safety brake"): not even the no-op of a completed date (C8).
     crate::brake::refuse_if_held(db).await?;
     if let Some(done) = db.run_for(as_of).await?.filter(|r| r.status == "completed") {
         return Ok(RunOutcome::AlreadyCompleted(done));
@@ -125,7 +126,7 @@ pub async fn run(
         }
     }
     let inbox = import_inbox(db, settings).await?;
-    // The brake's feed checks (issue #6), on the imports as the run will
+    // The brake's feed checks, on the imports as the run will
     // see them: after its inbox.
     let imports = db.latest_imports().await?;
     let mark = imports.iter().map(|i| i.import_id).max().unwrap_or(0);
@@ -244,7 +245,7 @@ struct Ctx<'a> {
     notices: &'a Notices,
     as_of: NaiveDate,
     run_id: i64,
-    /// Held by the safety brake: events only (issue #6).
+    /// Held by the safety brake: events only.
     held: bool,
     /// The register's lifecycle steps tonight, for the brake (`None`: the
     /// check is off).
@@ -489,7 +490,7 @@ async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<PlanCounts> {
         pending = plan.counts.pending,
         "run planned"
     );
-    // The safety brake (#6) checks the plan here, before anything is written:
+    // The safety brake checks the plan here, before anything is written:
     // too many VISIT_CENTER holds the whole run (a run already held by its
     // feed checks, or resumed held, stays so).
     if !ctx.held {
