@@ -65,7 +65,7 @@ pub struct DbMetrics {
 
 const RUNS: &str = "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status";
 // The completed run's own events: not those of a discarded run of the
-// same date (void, issue #6).
+// same date (void: docs/rules.md, "The audit trail").
 const EVENTS_SQLITE: &str = "SELECT kind, reasons, count(*) FROM events WHERE as_of = ?1 \
      AND run_id IN (SELECT run_id FROM runs WHERE as_of = ?1 AND status = 'completed') \
      GROUP BY kind, reasons ORDER BY kind, reasons";

@@ -161,7 +161,7 @@ impl Db {
         }
     }
 
-    /// The oldest run held by the safety brake, if any (issue #6).
+    /// The oldest run held by the safety brake, if any.
     pub async fn held_run(&self) -> Result<Option<RunRecord>> {
         match self {
             Db::Sqlite(db) => db.held_run().await,
@@ -278,7 +278,8 @@ impl Db {
 
     /// Streams audit rows (R9) for runs with `from <= as_of <= to`, oldest
     /// first, in a deterministic order, as the text the export writes
-    /// (SQLite hands out its stored text without a copy: issue #2).
+    /// (SQLite hands out its stored text without a copy: an export at city
+    /// scale is millions of cells).
     pub async fn audit_rows(
         &self,
         from: NaiveDate,
@@ -568,7 +569,7 @@ impl RunTx {
         }
     }
 
-    /// Marks the run held by the safety brake (issue #6) before it writes
+    /// Marks the run held by the safety brake before it writes
     /// anything: its batches then carry events only, and `complete` marks
     /// it `held`.
     pub async fn hold(&mut self, why: &str) -> Result<()> {

@@ -293,7 +293,7 @@ impl PgDb {
         Ok(out)
     }
 
-    /// Applies a held run (issue #6): queues the notices and makes the
+    /// Applies a held run (docs/rules.md, "Release and discard"): queues the notices and makes the
     /// permit changes of the items that have a notice, records what was
     /// done with each event, and marks the run completed — one
     /// transaction. `false` (nothing done) if the run is no longer held.
@@ -757,7 +757,8 @@ macro_rules! permit_columns {
 use permit_columns;
 
 // The same ORDER BY as SQLite's: permit_no is COLLATE "C" in the schema,
-// so it sorts bytewise there too. The state (issue #6) as on SQLite.
+// so it sorts bytewise there too. The state (docs/rules.md, "The audit
+// trail") as on SQLite.
 macro_rules! audit_select {
     ($where:literal) => {
         concat!(
@@ -1399,7 +1400,7 @@ impl PgImportTx {
 
 /// Whether the permit's current cycle has a final decision (C8) that
 /// counts: an applied one, or one a release applied; a held or void event
-/// does not close the cycle (issue #6). `LIMIT 1` probes of the events keys
+/// does not close the cycle (it took no effect). `LIMIT 1` probes of the events keys
 /// rather than `EXISTS` (see [`PgRunTx::candidates`]).
 macro_rules! decided_pg {
     () => {
@@ -1621,7 +1622,7 @@ impl PgRunTx {
         fence(&mut tx, &self.run, &self.owner, at).await?;
         // Ids are max + 1 in page order (the job lock makes this the only
         // writer): the same ids as SQLite for the same inputs. A held run
-        // (issue #6) writes its events only; resumed after a crash, it skips
+        // (the brake) writes its events only; resumed after a crash, it skips
         // those a committed page already holds.
         sqlx::query(if batch.held {
             "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,

@@ -1,5 +1,5 @@
-//! Retention (issue #6, privacy): `autosign purge` removes personal data the
-//! service no longer needs, in one transaction, and keeps the decisions'
+//! Retention (docs/rules.md, "Retention and purge"): `autosign purge`
+//! removes personal data the service no longer needs, in one transaction, and keeps the decisions'
 //! audit trail (events are append-only and never purged).
 //!
 //! - Residence visits older than the feed cutoff date and social-insurance
@@ -12,7 +12,8 @@
 //!   current record and is kept however old it is: removing it would turn
 //!   "married" back into "no record".
 //! - Notice texts and recipients of notices created before the notice
-//!   cutoff whose delivery is over (`sent`, `dead`, `undeliverable`): the
+//!   cutoff whose delivery is over (`sent`, `dead`, `undeliverable`,
+//!   `withdrawn`): the
 //!   row, its status and timestamps stay for the notification export.
 
 use chrono::NaiveDate;
@@ -50,7 +51,7 @@ const CIVIL: &str = "DELETE FROM civil_status WHERE import_id IN \
      AND EXISTS (SELECT 1 FROM civil_status later \
        WHERE later.id_number = civil_status.id_number AND later.import_id > civil_status.import_id)";
 
-/// SQLite's civil-status rows are appended (migration 0003, issue #2): a
+/// SQLite's civil-status rows are appended (migration 0003): a
 /// row is replaced when a later row (higher seq) of the same holder exists.
 /// One grouping pass instead of a correlated look-up per row (the table has
 /// no key index).

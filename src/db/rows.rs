@@ -123,7 +123,7 @@ pub struct RunRecord {
     pub started_at: String,
     pub finished_at: Option<String>,
     pub pending: i64,
-    /// Why the safety brake held this run (issue #6); `None` for a run it
+    /// Why the safety brake held this run; `None` for a run it
     /// let through.
     pub brake: Option<String>,
     /// The newest import the run saw when it began (after its inbox).
@@ -360,7 +360,7 @@ impl std::fmt::Debug for NewNotice {
 pub struct RunBatch {
     pub run_id: i64,
     /// The run is held by the safety brake: events only, no permit change,
-    /// no notice (issue #6).
+    /// no notice (docs/rules.md, "Safety brake").
     pub held: bool,
     pub as_of: NaiveDate,
     pub decided_at: String,

@@ -134,13 +134,13 @@ impl SqliteDb {
             .busy_timeout(Duration::from_secs(60))
             .foreign_keys(true)
             // 64 MiB of page cache per connection (a run's transaction
-            // takes less: RUN_CACHE): issue #2 bounds the whole process at
-            // 500 MB (docs/benchmarks.md).
+            // takes less: RUN_CACHE), which keeps the whole process under
+            // 500 MB at city scale (docs/benchmarks.md).
             .pragma("cache_size", pool_cache!())
             // No `temp_store` pragma: temporary storage (statement journals,
             // sorts too big for the cache) stays in files, SQLite's default.
-            // In memory, migration 4 over a 10M-permit database took 1.2 GB
-            // (docs/benchmarks.md).
+            // In memory, migration 4 over a 10M-permit database would take
+            // 1.2 GB (docs/benchmarks.md).
             //
             // As on PostgreSQL: a first night or an import at city scale
             // legitimately runs statements for seconds (a migration, the
@@ -391,9 +391,10 @@ impl SqliteDb {
         .await
     }
 
-    /// Applies a held run (issue #6): queues the notices and makes the
-    /// permit changes of the items that have a notice, records what was
-    /// done with each event, and marks the run completed — one transaction.
+    /// Applies a held run (docs/rules.md, "Release and discard"): queues
+    /// the notices and makes the permit changes of the items that have a
+    /// notice, records what was done with each event, and marks the run
+    /// completed — one transaction.
     /// `false` (nothing done) if the run is no longer held.
     pub async fn release_run(&self, run_id: i64, items: &[ReleaseItem], now: &str) -> Result<bool> {
         let Some(mut tx) = self
@@ -839,7 +840,8 @@ pub(super) const LATEST_IMPORTS: &str =
        FROM imports) AS i WHERE k = 1 OR (delivery = 'snapshot' AND kd <= 2)
      ORDER BY feed, import_id DESC";
 
-// The event's state (issue #6) comes from its run and, for a released run,
+// The event's state (docs/rules.md, "The audit trail") comes from its run
+// and, for a released run,
 // from event_releases; the notice is the one its own run queued (a void
 // event has none, though a later run may have queued one for the cycle).
 macro_rules! audit_select {
@@ -903,7 +905,7 @@ const REVERT_EVENTS_SQLITE: &str =
 
 /// Whether the permit's current cycle has a final decision (C8) that
 /// counts: an applied one, or one a release applied. A held or void event
-/// does not close the cycle (issue #6), nor one a revert undid (the probe
+/// does not close the cycle (it took no effect), nor one a revert undid (the probe
 /// of event_reverts runs only for a cycle that has a decision).
 macro_rules! decided_sqlite {
     () => {
@@ -1460,9 +1462,9 @@ fn scan_payments(
 
 /// Page cache of a run's transaction while it lasts, KiB: its reads are
 /// sequential passes and its writes append in key order, so a larger cache
-/// buys it nothing, but the connection's memory grew to about twice its
-/// cache while another connection read the pages (measured at 1M: 248 MB
-/// at 64 MiB, 118–137 MB at 16 MiB; docs/benchmarks.md).
+/// buys it nothing, but the connection's memory grows to about twice its
+/// cache while another connection reads the pages (at 1M permits: 248 MB
+/// with 64 MiB, 118–137 MB with 16 MiB; docs/benchmarks.md).
 const RUN_CACHE: &str = "PRAGMA cache_size = -16384";
 
 /// The run's one write transaction (BEGIN IMMEDIATE).
@@ -1611,7 +1613,7 @@ impl SqliteRunTx {
             // Events and notices go in as multi-row INSERTs of up to
             // ROWS_PER_INSERT rows: one statement execution (and its
             // per-statement work) per chunk rather than per row.
-            // `held` is the events' last column (issue #6).
+            // `held` is the events' last column.
             let held_tail = if held { ", 1" } else { ", 0" };
             let mut full_events = None;
             let mut full_notices = None;
@@ -1647,7 +1649,7 @@ impl SqliteRunTx {
                         )
                     },
                 )?;
-                // A held run writes its events only (issue #6): no notice, no
+                // A held run writes its events only (the brake): no notice, no
                 // permit change until `autosign release`.
                 if held {
                     continue;

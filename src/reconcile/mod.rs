@@ -560,8 +560,8 @@ struct Slot {
 struct DueEvidence {
     /// Each due holder's position in `slots`, by [`id_key`]; shared with
     /// [`DueEvidence::part`]s, which then cost a `Vec` of slots each (at
-    /// 10M permits the run's peak was 30–40 MB lower than with a map per
-    /// part: docs/benchmarks.md).
+    /// 10M permits a map per part would add 30–40 MB to the run's peak:
+    /// docs/benchmarks.md).
     index: Arc<HashMap<u64, u32>>,
     slots: Vec<Slot>,
     /// One per `visited_on`, for the due holders that have any.
