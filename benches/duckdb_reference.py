@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""The yardstick of issue #2, rebuilt so it can be run beside autosign.
+"""The yardstick: autosign's nightly cycle written as plain SQL in DuckDB,
+to be run beside autosign.
 
-Issue #2 sets its speed targets against "the same whole pipeline written as
-plain SQL in DuckDB": load the permits, import the three feeds with their
+autosign's speed is measured against the same whole pipeline written as
+plain SQL in DuckDB: load the permits, import the three feeds with their
 keys, the run's rules, the audit export. This script is that pipeline, on a
 data set written by `autosign-generate`, so that both can be timed on the
-same machine at the same hour (the machine's speed varies by 2x between
-sessions: docs/benchmarks.md).
+same machine at the same hour (the machine's speed varies by 2x from one
+hour to the next: docs/benchmarks.md).
 
 It does *less* than autosign, so its time is a lower bound for DuckDB:
 no ID-number or USCC check characters, no phone or e-mail validation, no

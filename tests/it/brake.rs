@@ -1,5 +1,6 @@
-//! The safety brake and the append-only audit trail (issue #6, items 4 and
-//! 6): a stale feed, a sharp row drop or too many VISIT_CENTER hold the run
+//! The safety brake and the append-only audit trail (docs/rules.md,
+//! "Safety brake", "The audit trail"): a stale feed, a sharp row drop or
+//! too many VISIT_CENTER hold the run
 //! (exit 4, nothing applied or queued); runs are refused while it is held,
 //! imports are not; `release` applies exactly what an unheld run would;
 //! `discard` voids the events and lets the date run afresh; events can be

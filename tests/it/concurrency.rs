@@ -1,4 +1,4 @@
-//! Several processes on one database (issue 3), with real processes and,
+//! Several processes on one database (docs/scale-out.md), with real processes and,
 //! for PostgreSQL, the real server: runs started together, an import
 //! during a run, a process killed or cut off mid-run, a process that lost
 //! its lock session. The PostgreSQL tests slow the run down with

@@ -1,5 +1,5 @@
-//! Issue #6, crash safety proven: a night (inbox import, run, delivery)
-//! killed again and again — at every named fault point, and by SIGKILL
+//! Crash safety (docs/rules.md, "One job at a time; crash safety"): a
+//! night (inbox import, run, delivery) killed again and again — at every named fault point, and by SIGKILL
 //! after a growing delay — then finished by reruns, ends with the audit and
 //! notification exports of the same night run without interruption: no
 //! decision lost or doubled, one notice per decision, each notice sent,

@@ -1,4 +1,5 @@
-//! `autosign daemon` (issue 5): one run per as_of under a per-second
+//! `autosign daemon` (docs/rules.md, "The daemon's schedule and
+//! catch-up"): one run per as_of under a per-second
 //! schedule, catch-up of missed dates in order, the catch-up limit, a
 //! failing run retried at the next tick, SIGTERM during a run, /readyz and
 //! /metrics, start-up configuration errors; and `run --as-of today` in the

@@ -1,4 +1,4 @@
-//! Delivery (R8, issue #4): `autosign deliver` against real servers — an
+//! Delivery (R8; docs/rules.md, "Delivery"): `autosign deliver` against real servers — an
 //! SMTP server process (aiosmtpd, tests/support/smtp_server.py) and an HTTP
 //! SMS gateway in this test process that can be told to fail — with the
 //! clock injected through `deliver --now`, so quiet hours and backoff are

@@ -1,4 +1,5 @@
-//! Issue #6, privacy and the integrity of the audit trail: the SHA-256
+//! Privacy and the integrity of the audit trail (docs/rules.md, "Export
+//! files", "Retention and purge"): the SHA-256
 //! sidecar of every export file, owner-only files, and `autosign purge`
 //! with its retention.
 

@@ -1,4 +1,4 @@
-//! PostgreSQL as a backend (issue 3): its migrations apply by themselves,
+//! PostgreSQL as a backend: its migrations apply by themselves,
 //! and the same inputs give byte-identical exports on both backends —
 //! timestamps aside (they are the wall clock of each run), ids included.
 

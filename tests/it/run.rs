@@ -86,8 +86,9 @@ dbtest!(
 dbtest!(
     the_database_still_refuses_a_status_or_channel_outside_its_enumeration,
     |env| {
-        // SQLite migration 0004 rewrote these CHECKs without IN lists (issue
-        // #2, speed): the same values must pass and every other one fail.
+        // SQLite's CHECKs are written without IN lists (migration 0004: an
+        // IN list costs a temporary B-tree per written row): the same values
+        // must pass and every other one fail.
         multi_day(&env);
         let permit = "(SELECT min(permit_no) FROM permits)";
         let notice = "(SELECT min(notification_id) FROM notifications)";
@@ -340,7 +341,8 @@ dbtest!(
         env.ok(&["run", "--as-of", "2026-11-01"]);
         let audit = env.audit("2026-11-01", "2026-11-01");
         let r = rows(&audit);
-        // R9's columns first, in order; then issue #6's trailing `state`.
+        // R9's columns first, in order; then the trailing `state`
+        // (docs/rules.md, "The audit trail").
         assert_eq!(
         r[0].join(","),
         "run_id,as_of,permit_no,id_number,decision,reasons,valid_until,new_valid_until,residence_visited_on,residence_result,si_month,si_status,si_employer_uscc,marital_status,notification_channel,notification_status,decided_at,state"
@@ -434,8 +436,9 @@ fn summary_count(out: &str, label: &str) -> i64 {
 dbtest!(
     the_run_summary_counts_what_the_database_holds_r8,
     |mut env| {
-        // The summary is counted while the events are written (issue #2):
-        // it must agree with the events and notices the run left behind.
+        // The summary is counted while the events are written (no second
+        // pass over a night's events): it must agree with the events and
+        // notices the run left behind.
         env.generate(2000, 7, "2026-11-27", "inbox");
         env.set("AUTOSIGN_INBOX__DIR", "inbox");
         for as_of in ["2026-11-27", "2026-12-15"] {
@@ -529,7 +532,7 @@ dbtest!(
 dbtest!(
     the_run_plans_every_decision_before_writing_and_writes_what_it_planned_issue_6,
     |mut env| {
-        // Plan before write (issue #6's brake needs the outcome counts before
+        // Plan before write (the safety brake needs the outcome counts before
         // anything is written): the plan's counts, logged as "run planned",
         // are what the write pass then writes.
         load_generated(&env, 3000);
@@ -632,8 +635,8 @@ dbtest!(
     }
 );
 
-/// A SQLite database as the release before issue #2 left it (migrations 1
-/// and 2: keyed feed tables) with feed rows in it.
+/// A SQLite database as migrations 1 and 2 left it (keyed feed tables),
+/// with feed rows in it: what the append-only migration starts from.
 fn sqlite_before_append_only_feeds(env: &Env) {
     use sha2::Digest;
     let path = env.db_url.trim_start_matches("sqlite://");
