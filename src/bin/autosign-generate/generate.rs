@@ -1,4 +1,4 @@
-//! Deterministic sample data: the four input feeds of SPEC §2.1 for a
+//! Deterministic sample data: the four input feeds of R1 for a
 //! chosen number of permits, laid out as a run's inbox.
 //!
 //! The output depends only on the [`GenerateOptions`]. By default it is laid
@@ -83,7 +83,7 @@ pub const RESIDENCE_FILE: &str = "residence/residence.csv";
 pub const SOCIAL_INSURANCE_FILE: &str = "social_insurance/social_insurance.csv";
 pub const CIVIL_STATUS_FILE: &str = "civil_status/civil_status.csv";
 
-/// Headers exactly as SPEC §2.1 lists the columns.
+/// Headers exactly as R1 lists the columns (docs/rules.md).
 pub const PERMITS_HEADER: [&str; 13] = [
     "permit_no",
     "id_number",
@@ -1360,7 +1360,7 @@ struct Writers {
     summary: GenerateSummary,
 }
 
-/// How a date is written: mostly ISO, sometimes another form SPEC §2.1 allows.
+/// How a date is written: mostly ISO, sometimes another form R1 allows.
 #[derive(Clone, Copy)]
 enum DateForm {
     Iso,
@@ -1881,7 +1881,7 @@ mod tests {
     }
 
     /// What a run at `as_of` decides for a permit, computed straight from
-    /// SPEC R3–R6 with the default settings.
+    /// R3–R6 with the default settings.
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Outcome {
         Event(EventKind, Vec<Reason>),
