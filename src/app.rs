@@ -72,6 +72,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             as_of,
             audit: audit_out,
             allow_future,
+            dry_run,
         } => {
             let as_of = parse_date_arg(&as_of, "--as-of", tz)?;
             let today = crate::clock::today(tz);
@@ -93,6 +94,21 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             }
             let notices = Notices::from_settings(&settings)?;
             let db = Db::connect(&settings.effective_database_url()).await?;
+            if dry_run {
+                let outcome = reconcile::dry_run::dry_run(
+                    &db,
+                    &settings,
+                    &notices,
+                    as_of,
+                    audit_out.as_deref(),
+                )
+                .await?;
+                print!(
+                    "{}",
+                    escape_controls_in_lines(&reconcile::dry_run::report(&outcome))
+                );
+                return Ok(());
+            }
             let outcome = reconcile::run(&db, &settings, &notices, as_of).await?;
             match &outcome {
                 RunOutcome::AlreadyCompleted(r) => println!(
@@ -249,6 +265,28 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                 println!("{text}");
             } else {
                 print!("{}", crate::status::render(&report));
+            }
+            Ok(())
+        }
+        Command::Explain {
+            permit_no,
+            as_of,
+            json,
+        } => {
+            let permit_no = crate::explain::parse_permit_no(&permit_no)?;
+            let as_of = match as_of {
+                Some(a) => parse_date_arg(&a, "--as-of", tz)?,
+                None => crate::clock::today(tz),
+            };
+            let notices = Notices::from_settings(&settings)?;
+            let db = Db::connect(&settings.effective_database_url()).await?;
+            let x = crate::explain::explain(&db, &settings, &notices, &permit_no, as_of).await?;
+            if json {
+                let text =
+                    serde_json::to_string_pretty(&x).map_err(|e| Error::Runtime(e.into()))?;
+                println!("{text}");
+            } else {
+                print!("{}", crate::explain::render(&x));
             }
             Ok(())
         }

@@ -90,6 +90,16 @@ pub enum Command {
         /// production database.
         #[arg(long)]
         allow_future: bool,
+        /// Show what the run would do, writing nothing: the summary (as a
+        /// real run prints it), what the safety brake would say, and with
+        /// --audit the audit rows it would write. No run row, event,
+        /// notice or permit change; inbox files are not imported (they are
+        /// listed, and the plan is on what is already imported). The same
+        /// refusals as a run (C17, an earlier date than the last completed
+        /// run, a held run: exit 2; a completed date: nothing to do). Takes
+        /// the job lock while it reads, like a run.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Send queued notices (R8): SMS through the HTTP gateway ([sms]),
     /// e-mail through the SMTP relay ([email]). Claims due notices in
@@ -157,6 +167,26 @@ pub enum Command {
     Status {
         permit_no: String,
         /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a permit got what it got, rule by rule: lifecycle (R3) and
+    /// window (R4) with the dates that decided them, each piece of
+    /// evidence (R5) with the file, line and import it came from, the
+    /// decision and its deadline (R6), the new valid_until (R7), the
+    /// notice and its delivery (R8). For a date whose run recorded an event
+    /// for the permit, from what that run recorded; otherwise a what-if
+    /// computed now with the same rules on the data as stored, labelled as
+    /// such, that writes nothing and takes no lock. Masked like status.
+    /// Exit 2 for an unknown or malformed permit number or a bad date.
+    Explain {
+        /// The permit number (permit_no in the register).
+        permit_no: String,
+        /// Business date: YYYY-MM-DD, "today" or "yesterday" (in the
+        /// configured time zone). Default: today.
+        #[arg(long, value_name = "DATE")]
+        as_of: Option<String>,
+        /// Machine-readable output (stable field names).
         #[arg(long)]
         json: bool,
     },

@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod explain;
 pub mod faults;
 pub mod feeds;
 pub mod fsutil;

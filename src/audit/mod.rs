@@ -8,7 +8,7 @@ use std::path::Path;
 
 use chrono::NaiveDate;
 
-use crate::db::{Db, NotificationRow};
+use crate::db::{AuditCells, Db, NotificationRow};
 use crate::domain::{escape_controls, mask_id_str, mask_numbers_in_text, mask_text};
 use crate::error::{Error, Result};
 use crate::fsutil::AtomicFile;
@@ -158,29 +158,61 @@ fn write_guarded<const N: usize, W: Write>(w: &mut csv::Writer<W>, rec: [String;
 
 /// R9: `export audit`. Returns the number of rows written.
 pub async fn export_audit(db: &Db, opts: &ExportOptions) -> Result<u64> {
-    let mut w = open(opts.out.as_deref())?;
-    w.write_record(AUDIT_COLUMNS)
-        .map_err(|e| Error::Runtime(e.into()))?;
-    let mut n = 0u64;
-    let unmasked = opts.unmasked;
-    db.audit_rows(opts.from, opts.to, &mut |cells| {
-        n += 1;
-        let id = if unmasked {
+    let mut w = AuditWriter::create(opts.out.as_deref(), opts.unmasked)?;
+    db.audit_rows(opts.from, opts.to, &mut |cells| w.write(cells))
+        .await?;
+    w.finish()
+}
+
+/// R9 rows as `export audit` writes them, one at a time: the header, the
+/// ID number masked unless `unmasked`, every cell formula-guarded; to a
+/// file (atomically, with its SHA-256 sidecar) or to standard output.
+/// `run --dry-run --audit` writes the rows a run would record with it, so
+/// the two are the same bytes for the same rows.
+pub struct AuditWriter {
+    w: csv::Writer<std::io::BufWriter<Sink>>,
+    out: Option<std::path::PathBuf>,
+    unmasked: bool,
+    rows: u64,
+}
+
+impl AuditWriter {
+    /// Starts the CSV (`out` `None`: standard output) with its header.
+    pub fn create(out: Option<&Path>, unmasked: bool) -> Result<Self> {
+        let mut w = open(out)?;
+        w.write_record(AUDIT_COLUMNS)
+            .map_err(|e| Error::Runtime(e.into()))?;
+        Ok(AuditWriter {
+            w,
+            out: out.map(Path::to_path_buf),
+            unmasked,
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, cells: &AuditCells<'_>) -> Result<()> {
+        self.rows += 1;
+        let id = if self.unmasked {
             cells[3].into()
         } else {
             std::borrow::Cow::Owned(mask_id_str(cells[3]))
         };
         for (i, cell) in cells.iter().enumerate() {
             let cell: &str = if i == 3 { &id } else { cell };
-            w.write_field(guard_formula(cell).as_bytes())
+            self.w
+                .write_field(guard_formula(cell).as_bytes())
                 .map_err(|e| Error::Runtime(anyhow::anyhow!("cannot write export: {e}")))?;
         }
-        w.write_record(None::<&[u8]>)
+        self.w
+            .write_record(None::<&[u8]>)
             .map_err(|e| Error::Runtime(anyhow::anyhow!("cannot write export: {e}")))
-    })
-    .await?;
-    finish(w, opts.out.as_deref())?;
-    Ok(n)
+    }
+
+    /// Completes the file (and its sidecar); the number of rows written.
+    pub fn finish(self) -> Result<u64> {
+        finish(self.w, self.out.as_deref())?;
+        Ok(self.rows)
+    }
 }
 
 /// `export notifications`: one row per notice of runs in the range.

@@ -6,6 +6,8 @@
 //! beside it with the same methods and its own migration set of the same
 //! numbering. Callers never see a backend type.
 
+pub mod dry_run;
+pub mod explain;
 pub mod metrics;
 pub mod outbox;
 mod outbox_sqlite;

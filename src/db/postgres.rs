@@ -462,6 +462,22 @@ impl PgDb {
         Ok(PgRunTx { conn, run, owner })
     }
 
+    /// `run --dry-run`: the run's reads without the run, in one read-only
+    /// snapshot (a write would fail). No runs row; with no fencing token a
+    /// page could not be committed either. Dropped, the session ends and
+    /// the server rolls back. `run` is what the run would be, never stored.
+    pub async fn begin_dry_run(&self, run: RunRecord) -> Result<PgRunTx> {
+        let mut conn = self.detached().await?;
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut conn)
+            .await?;
+        Ok(PgRunTx {
+            conn,
+            run,
+            owner: String::new(),
+        })
+    }
+
     /// The live register and R3's lifecycle steps at `as_of` (see the
     /// SQLite twin).
     pub async fn lifecycle_counts(
@@ -901,14 +917,14 @@ impl Stage {
             Stage::Permits => concat!(
                 "CREATE TEMP TABLE stage_permits ON COMMIT DROP AS SELECT ",
                 permit_columns!(),
-                ", 0::bigint AS seq FROM permits WITH NO DATA"
+                ", import_line, 0::bigint AS seq FROM permits WITH NO DATA"
             ),
             Stage::Residence => "CREATE TEMP TABLE stage_residence ON COMMIT DROP AS
-                SELECT id_number, visited_on, result, address, officer_id, 0::bigint AS seq FROM residence WITH NO DATA",
+                SELECT id_number, visited_on, result, address, officer_id, line, 0::bigint AS seq FROM residence WITH NO DATA",
             Stage::SocialInsurance => "CREATE TEMP TABLE stage_social_insurance ON COMMIT DROP AS
-                SELECT id_number, month, status, employer_uscc, employer_name, 0::bigint AS seq FROM social_insurance WITH NO DATA",
+                SELECT id_number, month, status, employer_uscc, employer_name, line, 0::bigint AS seq FROM social_insurance WITH NO DATA",
             Stage::CivilStatus => "CREATE TEMP TABLE stage_civil_status ON COMMIT DROP AS
-                SELECT id_number, marital_status, as_of, 0::bigint AS seq FROM civil_status WITH NO DATA",
+                SELECT id_number, marital_status, as_of, line, 0::bigint AS seq FROM civil_status WITH NO DATA",
         }
     }
 
@@ -927,16 +943,16 @@ impl Stage {
             Stage::Permits => concat!(
                 "COPY permits (",
                 permit_columns!(),
-                ", import_id) FROM STDIN"
+                ", import_line, import_id) FROM STDIN"
             ),
             Stage::Residence => {
-                "COPY residence (id_number, visited_on, result, address, officer_id, import_id) FROM STDIN"
+                "COPY residence (id_number, visited_on, result, address, officer_id, line, import_id) FROM STDIN"
             }
             Stage::SocialInsurance => {
-                "COPY social_insurance (id_number, month, status, employer_uscc, employer_name, import_id) FROM STDIN"
+                "COPY social_insurance (id_number, month, status, employer_uscc, employer_name, line, import_id) FROM STDIN"
             }
             Stage::CivilStatus => {
-                "COPY civil_status (id_number, marital_status, as_of, import_id) FROM STDIN"
+                "COPY civil_status (id_number, marital_status, as_of, line, import_id) FROM STDIN"
             }
         }
     }
@@ -981,37 +997,39 @@ impl Stage {
             Stage::Permits => concat!(
                 "INSERT INTO permits (",
                 permit_columns!(),
-                ", import_id) SELECT DISTINCT ON (permit_no) ",
+                ", import_line, import_id) SELECT DISTINCT ON (permit_no) ",
                 permit_columns!(),
-                ", $1 FROM stage_permits ORDER BY permit_no, seq DESC
+                ", import_line, $1 FROM stage_permits ORDER BY permit_no, seq DESC
                  ON CONFLICT (permit_no) DO UPDATE SET id_number = excluded.id_number, name = excluded.name,
                   phone = excluded.phone, email = excluded.email, district_code = excluded.district_code,
                   street_code = excluded.street_code, address = excluded.address,
                   valid_until = excluded.valid_until, status = excluded.status,
                   employer_uscc = excluded.employer_uscc, si_status = excluded.si_status,
-                  marital_status = excluded.marital_status, import_id = excluded.import_id"
+                  marital_status = excluded.marital_status, import_id = excluded.import_id,
+                  import_line = excluded.import_line"
             ),
             Stage::Residence => {
-                "INSERT INTO residence (id_number, visited_on, result, address, officer_id, import_id)
-                 SELECT DISTINCT ON (id_number, visited_on) id_number, visited_on, result, address, officer_id, $1
+                "INSERT INTO residence (id_number, visited_on, result, address, officer_id, line, import_id)
+                 SELECT DISTINCT ON (id_number, visited_on) id_number, visited_on, result, address, officer_id, line, $1
                  FROM stage_residence ORDER BY id_number, visited_on, seq DESC
                  ON CONFLICT (id_number, visited_on) DO UPDATE SET result = excluded.result,
-                  address = excluded.address, officer_id = excluded.officer_id, import_id = excluded.import_id"
+                  address = excluded.address, officer_id = excluded.officer_id, import_id = excluded.import_id,
+                  line = excluded.line"
             }
             Stage::SocialInsurance => {
-                "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, import_id)
-                 SELECT DISTINCT ON (id_number, month) id_number, month, status, employer_uscc, employer_name, $1
+                "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, line, import_id)
+                 SELECT DISTINCT ON (id_number, month) id_number, month, status, employer_uscc, employer_name, line, $1
                  FROM stage_social_insurance ORDER BY id_number, month, seq DESC
                  ON CONFLICT (id_number, month) DO UPDATE SET status = excluded.status,
                   employer_uscc = excluded.employer_uscc, employer_name = excluded.employer_name,
-                  import_id = excluded.import_id"
+                  import_id = excluded.import_id, line = excluded.line"
             }
             Stage::CivilStatus => {
-                "INSERT INTO civil_status (id_number, marital_status, as_of, import_id)
-                 SELECT DISTINCT ON (id_number) id_number, marital_status, as_of, $1
+                "INSERT INTO civil_status (id_number, marital_status, as_of, line, import_id)
+                 SELECT DISTINCT ON (id_number) id_number, marital_status, as_of, line, $1
                  FROM stage_civil_status ORDER BY id_number, seq DESC
                  ON CONFLICT (id_number) DO UPDATE SET marital_status = excluded.marital_status,
-                  as_of = excluded.as_of, import_id = excluded.import_id"
+                  as_of = excluded.as_of, import_id = excluded.import_id, line = excluded.line"
             }
         }
     }
@@ -1030,16 +1048,16 @@ impl Stage {
             Stage::Permits => concat!(
                 "COPY stage_permits (",
                 permit_columns!(),
-                ", seq) FROM STDIN"
+                ", import_line, seq) FROM STDIN"
             ),
             Stage::Residence => {
-                "COPY stage_residence (id_number, visited_on, result, address, officer_id, seq) FROM STDIN"
+                "COPY stage_residence (id_number, visited_on, result, address, officer_id, line, seq) FROM STDIN"
             }
             Stage::SocialInsurance => {
-                "COPY stage_social_insurance (id_number, month, status, employer_uscc, employer_name, seq) FROM STDIN"
+                "COPY stage_social_insurance (id_number, month, status, employer_uscc, employer_name, line, seq) FROM STDIN"
             }
             Stage::CivilStatus => {
-                "COPY stage_civil_status (id_number, marital_status, as_of, seq) FROM STDIN"
+                "COPY stage_civil_status (id_number, marital_status, as_of, line, seq) FROM STDIN"
             }
         }
     }
@@ -1053,34 +1071,36 @@ impl Stage {
             Stage::Permits => concat!(
                 "INSERT INTO permits (",
                 permit_columns!(),
-                ", import_id) SELECT ",
+                ", import_line, import_id) SELECT ",
                 permit_columns!(),
-                ", $1 FROM stage_permits
+                ", import_line, $1 FROM stage_permits
                  ON CONFLICT (permit_no) DO UPDATE SET id_number = excluded.id_number, name = excluded.name,
                   phone = excluded.phone, email = excluded.email, district_code = excluded.district_code,
                   street_code = excluded.street_code, address = excluded.address,
                   valid_until = excluded.valid_until, status = excluded.status,
                   employer_uscc = excluded.employer_uscc, si_status = excluded.si_status,
-                  marital_status = excluded.marital_status, import_id = excluded.import_id"
+                  marital_status = excluded.marital_status, import_id = excluded.import_id,
+                  import_line = excluded.import_line"
             ),
             Stage::Residence => {
-                "INSERT INTO residence (id_number, visited_on, result, address, officer_id, import_id)
-                 SELECT id_number, visited_on, result, address, officer_id, $1 FROM stage_residence
+                "INSERT INTO residence (id_number, visited_on, result, address, officer_id, line, import_id)
+                 SELECT id_number, visited_on, result, address, officer_id, line, $1 FROM stage_residence
                  ON CONFLICT (id_number, visited_on) DO UPDATE SET result = excluded.result,
-                  address = excluded.address, officer_id = excluded.officer_id, import_id = excluded.import_id"
+                  address = excluded.address, officer_id = excluded.officer_id, import_id = excluded.import_id,
+                  line = excluded.line"
             }
             Stage::SocialInsurance => {
-                "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, import_id)
-                 SELECT id_number, month, status, employer_uscc, employer_name, $1 FROM stage_social_insurance
+                "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, line, import_id)
+                 SELECT id_number, month, status, employer_uscc, employer_name, line, $1 FROM stage_social_insurance
                  ON CONFLICT (id_number, month) DO UPDATE SET status = excluded.status,
                   employer_uscc = excluded.employer_uscc, employer_name = excluded.employer_name,
-                  import_id = excluded.import_id"
+                  import_id = excluded.import_id, line = excluded.line"
             }
             Stage::CivilStatus => {
-                "INSERT INTO civil_status (id_number, marital_status, as_of, import_id)
-                 SELECT id_number, marital_status, as_of, $1 FROM stage_civil_status
+                "INSERT INTO civil_status (id_number, marital_status, as_of, line, import_id)
+                 SELECT id_number, marital_status, as_of, line, $1 FROM stage_civil_status
                  ON CONFLICT (id_number) DO UPDATE SET marital_status = excluded.marital_status,
-                  as_of = excluded.as_of, import_id = excluded.import_id"
+                  as_of = excluded.as_of, import_id = excluded.import_id, line = excluded.line"
             }
         }
     }
@@ -1264,7 +1284,7 @@ impl PgImportTx {
 
     pub async fn upsert_permits(&mut self, rows: &[(PermitRow, ImportMark)]) -> Result<()> {
         let mut b = self.batch(Stage::Permits, rows.len(), 200).await?;
-        for (p, _) in rows {
+        for (p, mark) in rows {
             let (c, tail) = self.route(&mut b, &[&p.permit_no]);
             c.text(&p.permit_no)
                 .text(&p.id_number)
@@ -1279,6 +1299,7 @@ impl PgImportTx {
                 .text(&p.employer_uscc)
                 .text(&p.si_status)
                 .text(&p.marital_status)
+                .int(mark.line as i64)
                 .int(tail)
                 .end_row();
         }
@@ -1292,9 +1313,12 @@ impl PgImportTx {
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         let phones: Vec<Option<&str>> = rows.iter().map(|r| r.phone.as_deref()).collect();
         let emails: Vec<Option<&str>> = rows.iter().map(|r| r.email.as_deref()).collect();
+        let lines: Vec<i64> = rows.iter().map(|r| r.mark.line as i64).collect();
         sqlx::query(
-            "UPDATE permits p SET name = u.name, phone = u.phone, email = u.email, import_id = $5
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u (permit_no, name, phone, email)
+            "UPDATE permits p SET name = u.name, phone = u.phone, email = u.email, import_id = $5,
+               import_line = u.line
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $6::bigint[])
+                  AS u (permit_no, name, phone, email, line)
              WHERE p.permit_no = u.permit_no",
         )
         .bind(&nos)
@@ -1302,6 +1326,7 @@ impl PgImportTx {
         .bind(&phones)
         .bind(&emails)
         .bind(self.import_id)
+        .bind(&lines)
         .execute(&mut self.conn)
         .await?;
         Ok(())
@@ -1320,6 +1345,7 @@ impl PgImportTx {
                 .text(&r.result)
                 .text(&r.address)
                 .text(&r.officer_id)
+                .int(r.line as i64)
                 .int(tail)
                 .end_row();
         }
@@ -1335,6 +1361,7 @@ impl PgImportTx {
                 .text(&r.status)
                 .text(&r.employer_uscc)
                 .text(&r.employer_name)
+                .int(r.line as i64)
                 .int(tail)
                 .end_row();
         }
@@ -1348,6 +1375,7 @@ impl PgImportTx {
             c.text(&r.id_number)
                 .text(&r.marital_status)
                 .opt_date(r.as_of)
+                .int(r.line as i64)
                 .int(tail)
                 .end_row();
         }

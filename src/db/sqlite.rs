@@ -348,6 +348,19 @@ impl SqliteDb {
         })
     }
 
+    /// `run --dry-run`: the run's reads without the run. A deferred
+    /// transaction that only ever reads (it takes no write lock and creates
+    /// no runs row); the caller rolls it back. `run` is what the run would
+    /// be, never stored.
+    pub async fn begin_dry_run(&self, run: RunRecord) -> Result<SqliteRunTx> {
+        let tx = self.pool.begin().await?;
+        Ok(SqliteRunTx {
+            tx,
+            run,
+            path: self.path.clone(),
+        })
+    }
+
     /// A held run's events in the order they were written.
     pub async fn held_events(&self, run_id: i64) -> Result<Vec<HeldEvent>> {
         let mut conn = self.pool.acquire().await?;

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 pub use delivery::Delivery;
-pub use parse::Feed;
+pub use parse::{Feed, MAX_FIELD_CHARS};
 pub use reader::{Encoding, HeaderNames};
 
 use crate::db::{

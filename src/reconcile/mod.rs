@@ -14,6 +14,7 @@
 //! cycle) and unique keys on events and notices make a double write
 //! impossible, so a backend that commits page by page resumes correctly.
 
+pub mod dry_run;
 pub mod rules;
 
 use std::collections::{BTreeMap, HashMap};
@@ -494,20 +495,7 @@ async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<PlanCounts> {
     // too many VISIT_CENTER holds the whole run (a run already held by its
     // feed checks, or resumed held, stays so).
     if !ctx.held {
-        let c = &plan.counts;
-        // A mass of lifecycle steps is checked beside the share: a wrong
-        // date lapses the register whatever the evidence says. A PostgreSQL
-        // run resumed after a crash passed both before its first page, and
-        // its remaining steps are a smaller share, so it never trips here.
-        let trips: Vec<String> = [
-            crate::brake::check_share(ctx.settings, c.due, c.visit_center),
-            ctx.lifecycle
-                .as_ref()
-                .and_then(|l| crate::brake::check_lifecycle(ctx.settings, l)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let trips = plan_trips(ctx, &plan.counts);
         if !trips.is_empty() {
             tx.hold(&trips.join("; ")).await?;
             ctx.held = true;
@@ -516,6 +504,24 @@ async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<PlanCounts> {
     let counts = plan.counts.clone();
     apply(ctx, tx, plan).await?;
     Ok(counts)
+}
+
+/// The safety brake's checks of a plan (issue #6), before anything is
+/// written: what trips, if anything (the dry run reports the same).
+fn plan_trips(ctx: &Ctx<'_>, c: &PlanCounts) -> Vec<String> {
+    // A mass of lifecycle steps is checked beside the share: a wrong
+    // date lapses the register whatever the evidence says. A PostgreSQL
+    // run resumed after a crash passed both before its first page, and
+    // its remaining steps are a smaller share, so it never trips here.
+    [
+        crate::brake::check_share(ctx.settings, c.due, c.visit_center),
+        ctx.lifecycle
+            .as_ref()
+            .and_then(|l| crate::brake::check_lifecycle(ctx.settings, l)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The evidence horizon of a run (R5, C4): what any due permit may use.
@@ -861,10 +867,22 @@ fn decide_due(
 /// ([`RunTx::event_pages`]: on SQLite a thread of its own, while this one
 /// writes the page before).
 async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: RunPlan) -> Result<()> {
+    let to = ctx.as_of + Duration::days(i64::from(ctx.settings.rules.window_days));
+    let mut pages = tx.event_pages(to, ctx.settings.run.page_permits, event_maker(ctx, plan));
+    while let Some((read, events)) = tx.next_events(&mut pages).await? {
+        ctx.write(tx, events).await?;
+        ctx.bar.inc(read as u64);
+    }
+    Ok(())
+}
+
+/// What step 2 makes of a page of candidates: each permit's lifecycle step
+/// (R3), or its planned decision (R6), as an event with its notice (R7,
+/// R8), in `permit_no` order.
+fn event_maker(ctx: &Ctx<'_>, plan: RunPlan) -> crate::db::MakeEvents {
     let rules = ctx.settings.rules.clone();
     let notices = ctx.notices.clone();
     let as_of = ctx.as_of;
-    let to = as_of + Duration::days(i64::from(rules.window_days));
     let make = move |page: Vec<Candidate>| -> Result<Vec<NewEvent>> {
         let mut events = Vec::new();
         for c in page {
@@ -897,12 +915,7 @@ async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: RunPlan) -> Result<()> {
         events.sort_by(|a, b| a.permit_no.cmp(&b.permit_no));
         Ok(events)
     };
-    let mut pages = tx.event_pages(to, ctx.settings.run.page_permits, Box::new(make));
-    while let Some((read, events)) = tx.next_events(&mut pages).await? {
-        ctx.write(tx, events).await?;
-        ctx.bar.inc(read as u64);
-    }
-    Ok(())
+    Box::new(make)
 }
 
 /// R2a: imports every new file of the inbox, feed by feed in a fixed order
@@ -910,16 +923,9 @@ async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: RunPlan) -> Result<()> {
 /// before R3 (exit 3, naming the file).
 async fn import_inbox(db: &Db, settings: &Settings) -> Result<Vec<(PathBuf, ImportOutcome)>> {
     let inbox = &settings.inbox;
-    if inbox.dir.trim().is_empty() {
+    let Some(root) = inbox_root(settings)? else {
         return Ok(Vec::new());
-    }
-    let root = Path::new(inbox.dir.trim());
-    if !root.is_dir() {
-        return Err(Error::Config(format!(
-            "inbox.dir {} is not a directory",
-            root.display()
-        )));
-    }
+    };
     let rejects_dir = if inbox.rejects_dir.trim().is_empty() {
         settings.data_dir.join("rejects")
     } else {
@@ -933,28 +939,7 @@ async fn import_inbox(db: &Db, settings: &Settings) -> Result<Vec<(PathBuf, Impo
     })?;
     let mut out = Vec::new();
     for feed in Feed::ALL {
-        let sub = match feed {
-            Feed::Permits => &inbox.permits,
-            Feed::Residence => &inbox.residence,
-            Feed::SocialInsurance => &inbox.social_insurance,
-            Feed::CivilStatus => &inbox.civil_status,
-        };
-        let dir = root.join(sub);
-        if !dir.is_dir() {
-            continue;
-        }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| Error::io(format!("cannot list inbox folder {}", dir.display()), e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
-            })
-            .collect();
-        files.sort();
-        for file in files {
+        for file in inbox_feed_files(settings, root, feed)? {
             let opts = ImportOptions {
                 encoding,
                 rejects: Some(feeds::rejects_path_in(&rejects_dir, feed, &file)),
@@ -977,6 +962,50 @@ async fn import_inbox(db: &Db, settings: &Settings) -> Result<Vec<(PathBuf, Impo
         }
     }
     Ok(out)
+}
+
+/// The inbox folder (R2a), `None` when none is configured.
+fn inbox_root(settings: &Settings) -> Result<Option<&Path>> {
+    let dir = settings.inbox.dir.trim();
+    if dir.is_empty() {
+        return Ok(None);
+    }
+    let root = Path::new(dir);
+    if !root.is_dir() {
+        return Err(Error::Config(format!(
+            "inbox.dir {} is not a directory",
+            root.display()
+        )));
+    }
+    Ok(Some(root))
+}
+
+/// The `*.csv` files in `feed`'s folder of the inbox, in name order (none
+/// when the folder does not exist).
+fn inbox_feed_files(settings: &Settings, root: &Path, feed: Feed) -> Result<Vec<PathBuf>> {
+    let inbox = &settings.inbox;
+    let sub = match feed {
+        Feed::Permits => &inbox.permits,
+        Feed::Residence => &inbox.residence,
+        Feed::SocialInsurance => &inbox.social_insurance,
+        Feed::CivilStatus => &inbox.civil_status,
+    };
+    let dir = root.join(sub);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(format!("cannot list inbox folder {}", dir.display()), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ mod concurrency;
 mod crash;
 mod daemon;
 mod deliver;
+mod dry_run;
+mod explain;
 mod hostile;
 mod import;
 mod ops;
