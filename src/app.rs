@@ -30,7 +30,6 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             rejects,
         } => {
             // A device or a pipe (`/dev/zero`) would be read forever: a feed
-                delivery: settings.delivery(feed),
             // is a regular file (exit 3, like any refused input). A missing
             // file stays an I/O error (exit 1).
             if let Some(why) = crate::fsutil::special_file(&file) {
@@ -60,6 +59,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                 batch_rows: settings.import.batch_rows,
                 progress: true,
                 headers: settings.header_names()?,
+                delivery: settings.delivery(feed),
             };
             let outcome = feeds::import_file(&db, feed, &file, &opts).await?;
             print!(

@@ -110,16 +110,16 @@ impl Db {
         }
     }
 
-    pub async fn begin_import(
-        &self,
     /// Opens a feed file's import and records it, with the delivery its
     /// feed has (the brake's row-drop check compares snapshots only).
+    pub async fn begin_import(
+        &self,
         feed: &str,
         file_name: &str,
         sha256: &str,
+        delivery: crate::feeds::Delivery,
     ) -> Result<ImportTx> {
         match self {
-        delivery: crate::feeds::Delivery,
             Db::Sqlite(db) => Ok(ImportTx::Sqlite(
                 db.begin_import(feed, file_name, sha256, delivery).await?,
             )),

@@ -156,8 +156,8 @@ impl PgDb {
         &self,
         feed: &str,
         file_name: &str,
-        delivery: crate::feeds::Delivery,
         sha256: &str,
+        delivery: crate::feeds::Delivery,
     ) -> Result<PgImportTx> {
         let mut conn = self.detached().await?;
         sqlx::query("BEGIN").execute(&mut conn).await?;
@@ -169,8 +169,8 @@ impl PgDb {
         .bind(feed)
         .bind(file_name)
         .bind(sha256)
-        .bind(delivery.as_str())
         .bind(crate::clock::now_rfc3339())
+        .bind(delivery.as_str())
         .fetch_one(&mut conn)
         .await?;
         Ok(PgImportTx {
