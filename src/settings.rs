@@ -236,6 +236,8 @@ pub struct DaemonSettings {
 pub struct RetentionSettings {
     pub feed_days: u32,
     pub notice_days: u32,
+    /// When the daemon purges (cron, as `daemon.schedule`); empty: never.
+    pub schedule: String,
 }
 
 /// The safety brake (docs/rules.md, "Safety brake"): when a run is held
@@ -449,6 +451,14 @@ impl Settings {
             return Err(Error::Config(
                 "configuration key retention.notice_days: must be at least 1".into(),
             ));
+        }
+        let schedule = self.retention.schedule.trim();
+        if !schedule.is_empty() {
+            if let Err(why) = crate::daemon::Schedule::parse(schedule, self.tz()) {
+                return Err(Error::Config(format!(
+                    "configuration key retention.schedule: {why}"
+                )));
+            }
         }
         Ok(())
     }

@@ -84,6 +84,11 @@ struct Counters {
     buckets: [u64; DURATION_BUCKETS.len()],
     duration_sum: f64,
     duration_count: u64,
+    /// Scheduled purges (`[retention] schedule`) by outcome, and when the
+    /// last one completed.
+    purges_completed: u64,
+    purges_failed: u64,
+    last_purge: Option<DateTime<Utc>>,
 }
 
 impl Default for Metrics {
@@ -115,6 +120,18 @@ impl Metrics {
                 }
                 c.duration_sum += secs;
                 c.duration_count += 1;
+            }
+        });
+    }
+
+    /// A scheduled purge ended: completed (`ok`) or failed.
+    pub fn purge_finished(&self, ok: bool) {
+        self.with(|c| {
+            if ok {
+                c.purges_completed += 1;
+                c.last_purge = Some(Utc::now());
+            } else {
+                c.purges_failed += 1;
             }
         });
     }
@@ -374,6 +391,31 @@ pub fn render(m: &Metrics, tz: Tz, last: Option<&RunRecord>, db: Option<&DbMetri
     );
     let _ = writeln!(o, "autosign_run_duration_seconds_sum {sum}");
     let _ = writeln!(o, "autosign_run_duration_seconds_count {count}");
+    let (purged, purge_failed, last_purge) =
+        m.with(|c| (c.purges_completed, c.purges_failed, c.last_purge));
+    head(
+        &mut o,
+        "autosign_daemon_purges_total",
+        "counter",
+        "Scheduled purges (retention.schedule) run by this process, by outcome.",
+    );
+    let _ = writeln!(
+        o,
+        "autosign_daemon_purges_total{{outcome=\"completed\"}} {purged}"
+    );
+    let _ = writeln!(
+        o,
+        "autosign_daemon_purges_total{{outcome=\"failed\"}} {purge_failed}"
+    );
+    if let Some(t) = last_purge {
+        head(
+            &mut o,
+            "autosign_last_purge_timestamp_seconds",
+            "gauge",
+            "When this process's last scheduled purge completed (Unix time).",
+        );
+        let _ = writeln!(o, "autosign_last_purge_timestamp_seconds {}", t.timestamp());
+    }
 
     head(
         &mut o,

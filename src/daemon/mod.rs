@@ -23,6 +23,7 @@
 //!   consistent and the next start redoes what is left.
 
 mod health;
+mod purge;
 mod schedule;
 
 use std::sync::Arc;
@@ -111,6 +112,19 @@ pub async fn check(settings: &Settings, opts: &DaemonOptions) -> Result<String> 
     );
     let _ = writeln!(
         out,
+        "{}",
+        match purge::schedule(settings)? {
+            Some(p) => format!(
+                "purge: {:?} in {tz}; next purge {}",
+                p.as_str(),
+                rfc3339(p.next(now))
+            ),
+            None => "purge: not scheduled (retention.schedule is empty: `autosign purge` by hand)"
+                .to_string(),
+        }
+    );
+    let _ = writeln!(
+        out,
         "health endpoint: {}",
         if d.health_addr.trim().is_empty() {
             "none"
@@ -168,6 +182,7 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
     let d = settings.daemon.clone();
     let schedule = Schedule::parse(&d.schedule, tz)
         .map_err(|why| Error::Config(format!("configuration key daemon.schedule: {why}")))?;
+    let purge_schedule = purge::schedule(&settings)?;
     let clock = opts.now.map_or_else(Clock::system, Clock::starting_at);
     let notices = Notices::from_settings(&settings)?;
     let channels = Channels::from_settings(&settings)?;
@@ -217,6 +232,28 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
     // The alarm clock. Capacity 1: a tick waiting is as good as several.
     let (tick_tx, ticks) = mpsc::channel::<()>(1);
     let mut scheduler = start_scheduler(&schedule, tick_tx, metrics.clone()).await?;
+    // The scheduled purge, on a task of its own (none without a
+    // schedule). Capacity 1, as for the runs.
+    let purger = match purge_schedule {
+        Some(p) => {
+            let (purge_tx, purge_ticks) = mpsc::channel::<()>(1);
+            purge::add_job(&scheduler, &p, purge_tx).await?;
+            tracing::info!(
+                schedule = p.as_str(),
+                next_purge = %rfc3339(p.next(clock.now())),
+                "scheduled purge on retention.schedule"
+            );
+            let runner = purge::PurgeRunner {
+                db: db.clone(),
+                settings: settings.clone(),
+                schedule: p,
+                clock,
+                metrics: metrics.clone(),
+            };
+            Some(tokio::spawn(runner.run(purge_ticks, stop.clone())))
+        }
+        None => None,
+    };
     tracing::info!(
         schedule = schedule.as_str(),
         timezone = %tz,
@@ -256,6 +293,9 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
     let drain = async {
         (&mut running).await;
         let _ = worker.await;
+        if let Some(p) = purger {
+            let _ = p.await;
+        }
     };
     let abandoned = tokio::select! {
         biased;

@@ -20,7 +20,7 @@ use crate::helpers::*;
 
 /// A daemon started in the background, its stderr (JSON log lines)
 /// collected as it comes.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -28,15 +28,15 @@ struct Daemon {
 
 /// How a daemon ended.
 #[derive(Debug)]
-struct Ended {
-    code: i32,
-    stderr: String,
+pub(crate) struct Ended {
+    pub(crate) code: i32,
+    pub(crate) stderr: String,
 }
 
 impl Daemon {
     /// `autosign daemon --now NOW` with JSON logs at info, the health
     /// endpoint on a free port, and `extra` environment.
-    fn start(env: &Env, now: &str, extra: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start(env: &Env, now: &str, extra: &[(&str, &str)]) -> Daemon {
         let mut vars = vec![
             ("AUTOSIGN_LOG__FORMAT", "json"),
             ("AUTOSIGN_LOG__LEVEL", "info"),
@@ -82,7 +82,7 @@ impl Daemon {
 
     /// Waits (up to 60 s; the daemon is usually much faster) until `n`
     /// records with message `msg` have been logged; returns them.
-    fn wait_for(&mut self, msg: &str, n: usize) -> Vec<serde_json::Value> {
+    pub(crate) fn wait_for(&mut self, msg: &str, n: usize) -> Vec<serde_json::Value> {
         let start = Instant::now();
         loop {
             let got = self.said(msg);
@@ -117,7 +117,7 @@ impl Daemon {
             .to_string()
     }
 
-    fn get(&mut self, path: &str) -> (u16, String) {
+    pub(crate) fn get(&mut self, path: &str) -> (u16, String) {
         http_get(&self.addr(), path)
     }
 
@@ -132,7 +132,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then wait for the exit (it must come within `within`).
-    fn stop(mut self, within: Duration) -> Ended {
+    pub(crate) fn stop(mut self, within: Duration) -> Ended {
         self.signal("TERM");
         self.wait(within)
     }

@@ -11,6 +11,7 @@ mod cli;
 mod concurrency;
 mod crash;
 mod daemon;
+mod daemon_purge;
 mod deliver;
 mod dry_run;
 mod explain;
