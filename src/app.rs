@@ -246,6 +246,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             }
             Ok(())
         }
+        Command::Requeue(args) => crate::requeue::command(&settings, &args).await,
         Command::Purge { dry_run, now } => {
             let now = match now {
                 Some(t) => parse_now(&t)?,

@@ -224,6 +224,22 @@ pub enum Command {
         #[arg(long, value_name = "RFC3339", hide = true)]
         now: Option<String>,
     },
+    /// Queue dead or failed notices again, e.g. after an SMS gateway or
+    /// SMTP relay outage (docs/operations.md, "After a gateway outage").
+    /// Select by --run, --from/--to (the run's as_of, as `export
+    /// notifications`), --channel, --notice (repeatable), or --all; at
+    /// least one is required. Prints how many notices, by channel and
+    /// status, before it changes anything; --dry-run stops there, otherwise
+    /// --reason is required and is kept, with the time and the OS user, in
+    /// the notice_requeues trail (`status` shows it). Requeued notices keep
+    /// their idempotency keys, get their attempts reset and are due at
+    /// once: `autosign deliver` (or the daemon's worker) sends them. A
+    /// sent, withdrawn, undeliverable or purged notice, or one of a run
+    /// that is not completed, is never requeued. One transaction; takes
+    /// the job lock. Exit 2, nothing changed, for no selector, no reason,
+    /// an unknown run or notice id, a run that is not completed, or a
+    /// named notice that cannot be requeued.
+    Requeue(crate::requeue::RequeueArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -59,6 +59,19 @@ pub struct NoticeView {
     pub created_at: String,
     pub sent_at: Option<String>,
     pub last_error: Option<String>,
+    /// Each time an operator queued it again (`autosign requeue`), oldest
+    /// first; left out of the JSON when there is none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub requeues: Vec<RequeueView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequeueView {
+    pub requeued_at: String,
+    pub os_user: String,
+    pub reason: String,
+    pub previous_status: String,
+    pub previous_attempts: i64,
 }
 
 pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<StatusReport> {
@@ -75,6 +88,7 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
         .filter(|e| e.state == "applied")
         .collect();
     let notices = db.notifications_for(permit_no).await?;
+    let requeues = db.requeues_for(permit_no).await?;
     let rules = &settings.rules;
     let closed = events
         .iter()
@@ -151,6 +165,17 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
                 created_at: n.created_at,
                 sent_at: n.sent_at,
                 last_error: n.last_error.map(clean_error),
+                requeues: requeues
+                    .iter()
+                    .filter(|q| q.notification_id == n.notification_id)
+                    .map(|q| RequeueView {
+                        requeued_at: q.requeued_at.clone(),
+                        os_user: q.os_user.clone(),
+                        reason: q.reason.clone(),
+                        previous_status: q.previous_status.clone(),
+                        previous_attempts: q.previous_attempts,
+                    })
+                    .collect(),
             })
             .collect(),
     })
@@ -241,6 +266,13 @@ fn render_raw(r: &StatusReport) -> String {
                     .map(|e| format!(", last error: {e}"))
                     .unwrap_or_default(),
             );
+            for q in &n.requeues {
+                let _ = writeln!(
+                    s,
+                    "      requeued {} by {} (was {}, attempts {}): {}",
+                    q.requeued_at, q.os_user, q.previous_status, q.previous_attempts, q.reason
+                );
+            }
         }
     }
     s

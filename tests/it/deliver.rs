@@ -215,6 +215,11 @@ impl Gateway {
     fn with(&self, f: impl FnOnce(&mut GwState)) {
         f(&mut self.state.lock().expect("lock"));
     }
+
+    /// Answers the next `n` requests with HTTP 500 (an outage; 0 ends it).
+    pub(crate) fn fail_next(&self, n: usize) {
+        self.with(|s| s.fail_500 = n);
+    }
 }
 
 impl Drop for Gateway {

@@ -19,5 +19,6 @@ mod hostile;
 mod import;
 mod ops;
 mod postgres;
+mod requeue;
 mod run;
 mod wrong_date;
