@@ -74,7 +74,7 @@ pub async fn dry_run(
             tracing::info!("another autosign import or run holds the job lock; waiting for it")
         })
         .await?;
-    // The run's refusals, in its order (issue #6, C8, C16).
+    // The run's refusals, in its order: a held run, C8, C16.
     crate::brake::refuse_if_held(db).await?;
     let existing = db.run_for(as_of).await?;
     if let Some(done) = existing.clone().filter(|r| r.status == "completed") {

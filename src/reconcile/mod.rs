@@ -506,8 +506,8 @@ async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<PlanCounts> {
     Ok(counts)
 }
 
-/// The safety brake's checks of a plan (issue #6), before anything is
-/// written: what trips, if anything (the dry run reports the same).
+/// The safety brake's checks of a plan, before anything is written: what
+/// trips, if anything (the dry run reports the same).
 fn plan_trips(ctx: &Ctx<'_>, c: &PlanCounts) -> Vec<String> {
     // A mass of lifecycle steps is checked beside the share: a wrong
     // date lapses the register whatever the evidence says. A PostgreSQL

@@ -167,7 +167,7 @@ dbtest!(
 );
 
 dbtest!(
-    a_dry_run_reports_what_the_brake_would_say_and_holds_nothing_issue6,
+    a_dry_run_reports_what_the_safety_brake_would_say_and_holds_nothing,
     |mut env| {
         import_day(&env, "day1");
         // Two VISIT_CENTER of four due permits trips a 10 % share.
