@@ -300,14 +300,8 @@ pub async fn release(db: &Db, notices: &Notices, run_id: i64) -> Result<ReleaseO
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let effect = match kind {
-                    EventKind::AutoSigned => {
-                        Effect::Extend(e.new_valid_until.unwrap_or(e.valid_until))
-                    }
-                    EventKind::VisitCenter => Effect::None,
-                    EventKind::Suspended => Effect::SetStatus(PermitStatus::Suspended.code()),
-                    EventKind::Cancelled => Effect::SetStatus(PermitStatus::Cancelled.code()),
-                };
+                let effect =
+                    crate::reconcile::rules::effect(kind, e.new_valid_until, e.valid_until);
                 let notice = notices.compose(kind, p, &reasons, e.new_valid_until);
                 *out.applied.entry(e.kind.clone()).or_default() += 1;
                 *out.channels.entry(notice.channel.to_string()).or_default() += 1;

@@ -359,7 +359,7 @@ impl PgDb {
                 Effect::SetStatus(st) => {
                     eff_nos.push(i.permit_no.as_str());
                     eff_vu.push(None);
-                    eff_status.push(Some(st));
+                    eff_status.push(Some(st.code()));
                 }
                 Effect::None => {}
             }
@@ -1640,7 +1640,7 @@ impl PgRunTx {
                 Effect::SetStatus(s) => {
                     eff_nos.push(e.permit_no.as_str());
                     eff_vu.push(None);
-                    eff_status.push(Some(s));
+                    eff_status.push(Some(s.code()));
                 }
                 Effect::None => {}
             }

@@ -327,15 +327,7 @@ pub struct NewEvent {
     pub notice: NewNotice,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effect {
-    /// AUTO_SIGNED: valid_until moves to the given date.
-    Extend(NaiveDate),
-    /// SUSPENDED / CANCELLED: the permit's status becomes this code.
-    SetStatus(&'static str),
-    /// VISIT_CENTER: the permit is unchanged.
-    None,
-}
+pub use crate::domain::Effect;
 
 #[derive(Clone)]
 pub struct NewNotice {

@@ -1001,7 +1001,7 @@ impl<'c> EffectWriter<'c> {
                     .execute(rusqlite::params![permit_no, to.to_string()])?;
             }
             Effect::SetStatus(s) => {
-                self.status.execute(rusqlite::params![permit_no, s])?;
+                self.status.execute(rusqlite::params![permit_no, s.code()])?;
             }
             Effect::None => {}
         }

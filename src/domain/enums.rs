@@ -245,6 +245,18 @@ domain_enum! {
     }
 }
 
+/// What an event does to its permit (R3, R7); `reconcile::rules::effect`
+/// says which for an event kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// AUTO_SIGNED: valid_until moves to the given date (R7).
+    Extend(chrono::NaiveDate),
+    /// SUSPENDED / CANCELLED: the permit's status becomes this (R3).
+    SetStatus(PermitStatus),
+    /// VISIT_CENTER: the permit is unchanged.
+    None,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

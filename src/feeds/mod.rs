@@ -6,6 +6,7 @@
 mod delivery;
 mod parse;
 mod reader;
+pub mod rules;
 mod sort;
 
 use std::collections::HashMap;
@@ -22,12 +23,12 @@ pub use parse::{Feed, MAX_FIELD_CHARS};
 pub use reader::{Encoding, HeaderNames};
 
 use crate::db::{
-    ContactUpdate, Db, ImportCounts, ImportMark, ImportRecord, ImportTx, KeySuspect, PermitRow,
-    PriorPermit,
+    Db, ImportCounts, ImportMark, ImportRecord, ImportTx, KeySuspect, PermitRow, PriorPermit,
 };
 use crate::domain::PermitStatus;
 use crate::error::{Error, Result};
 use parse::{Fields, Parsed};
+use rules::{permit_write, same_key_warning, same_permit_warning, PermitWrite, Rejection};
 
 /// Warnings logged one by one per file before they are only counted.
 const WARNINGS_LOGGED: u64 = 20;
@@ -132,7 +133,7 @@ pub async fn import_file(
 struct Item<T> {
     line: u64,
     raw: csv::StringRecord,
-    parsed: Result<Parsed<T>, String>,
+    parsed: Result<Parsed<T>, Rejection>,
 }
 
 enum Msg<T> {
@@ -150,7 +151,7 @@ struct ReadyBatch<T> {
     /// Accepted rows, counting those a later line with the same key replaced.
     accepted: u64,
     rows: Vec<T>,
-    rejects: Vec<(u64, String, csv::StringRecord)>,
+    rejects: Vec<(u64, Rejection, csv::StringRecord)>,
     warnings: Vec<(u64, String)>,
     /// Rows whose key may have come in an earlier batch of the file.
     suspects: Vec<KeySuspect>,
@@ -251,10 +252,6 @@ impl<T: Keyed> Settle<T> {
     }
 }
 
-fn same_key_warning(earlier: u64) -> String {
-    format!("same key as line {earlier}; the later line wins (R2)")
-}
-
 /// A blocked Bloom filter over 64-bit key hashes: each key sets 6 bits
 /// inside one 512-bit block (one cache line), so an insert costs one
 /// memory access however large the filter.
@@ -304,7 +301,7 @@ impl Bloom {
     }
 }
 
-type ParseFn<T> = fn(&Fields) -> Result<Parsed<T>, String>;
+type ParseFn<T> = fn(&Fields) -> Result<Parsed<T>, Rejection>;
 
 /// How a feed's records become rows on the parser thread: the row parser,
 /// and for keyed feeds the settling of R2 there too.
@@ -454,16 +451,9 @@ fn parse_file<T: Keyed + Send + 'static>(
             continue;
         };
         let parsed = if raw.len() != map.width {
-            Err(format!(
-                "WRONG_FIELD_COUNT: {} fields, the header has {}",
-                raw.len(),
-                map.width
-            ))
+            Err(Rejection::wrong_field_count(raw.len(), map.width))
         } else if let Some(i) = raw.iter().position(|f| f.contains('\0')) {
-            // A NUL is never data (PostgreSQL cannot even store it): a
-            // truncated or binary-corrupted record.
-            let name = header_name(map, columns, i);
-            Err(format!("NUL_CHARACTER: field {name} contains a NUL byte"))
+            Err(Rejection::nul_character(&header_name(map, columns, i)))
         } else {
             let values = map
                 .positions
@@ -690,7 +680,7 @@ where
                 suspects.extend(batch.suspects);
                 let mut step = || -> Result<()> {
                     for (line, reason, raw) in &batch.rejects {
-                        tally.reject(*line, reason, raw)?;
+                        tally.reject(*line, &reason.to_string(), raw)?;
                     }
                     for (line, w) in &batch.warnings {
                         tally.warn(*line, w);
@@ -1042,57 +1032,6 @@ impl Note {
     }
 }
 
-/// What a permit row does to the register.
-enum PermitWrite {
-    Full(PermitRow, ImportMark),
-    Contacts(ContactUpdate),
-}
-
-/// What a permit row does to the register, given the permit as stored
-/// before this file (`mark.prior`; `None`: new), or the reason it is
-/// rejected.
-fn permit_write(
-    mut row: PermitRow,
-    given_status: Option<PermitStatus>,
-    mark: ImportMark,
-) -> Result<PermitWrite, String> {
-    Ok(match mark.prior {
-        None => PermitWrite::Full(row, mark),
-        // C5/C15: a cancelled permit takes contact fields only.
-        Some(prior) if prior.status == PermitStatus::Cancelled => {
-            PermitWrite::Contacts(ContactUpdate {
-                permit_no: row.permit_no,
-                name: row.name,
-                phone: row.phone,
-                email: row.email,
-                mark,
-            })
-        }
-        // R2, C6: compared with the stored value only.
-        Some(prior) if row.valid_until < prior.valid_until => {
-            return Err(format!(
-                "VALID_UNTIL_BACKWARDS: valid_until {} is earlier than the stored {}",
-                row.valid_until, prior.valid_until
-            ))
-        }
-        Some(prior) => {
-            // C5: the status column applies only when it says cancelled; a
-            // later valid_until restores a suspended permit (endorsed at a
-            // center).
-            let status = if given_status == Some(PermitStatus::Cancelled) {
-                PermitStatus::Cancelled
-            } else if prior.status == PermitStatus::Suspended && row.valid_until > prior.valid_until
-            {
-                PermitStatus::Active
-            } else {
-                prior.status
-            };
-            row.status = status.code().to_string();
-            PermitWrite::Full(row, mark)
-        }
-    })
-}
-
 /// Sorted rows decided and written per round trip.
 const DECIDE_ROWS: usize = 10_000;
 
@@ -1193,7 +1132,8 @@ impl PermitsWriter {
             prior: d.stored,
         };
         match permit_write(held.row, held.given_status, mark) {
-            Err(text) => {
+            Err(rejection) => {
+                let text = rejection.to_string();
                 self.note(Note {
                     line: held.line,
                     rejected: Some(held.raw),
@@ -1215,9 +1155,7 @@ impl PermitsWriter {
                     self.note(Note {
                         line: held.line,
                         rejected: None,
-                        text: format!(
-                            "same permit_no as line {earlier}; the later line wins (R2, C6)"
-                        ),
+                        text: same_permit_warning(earlier),
                     })?;
                 }
                 Ok(1)
@@ -1282,10 +1220,10 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         for item in items {
             let raw = || item.raw.iter().map(str::to_string).collect();
             match item.parsed {
-                Err(text) => self.note(Note {
+                Err(rejection) => self.note(Note {
                     line: item.line,
                     rejected: Some(raw()),
-                    text,
+                    text: rejection.to_string(),
                 })?,
                 Ok(p) => {
                     let held = HeldPermit {
@@ -1664,7 +1602,7 @@ pub mod fuzzing {
                     assert!(batch.accepted + batch.rejects.len() as u64 == batch.read);
                     assert!(batch.rows.len() as u64 <= batch.accepted);
                     for (line, reason, _) in &batch.rejects {
-                        assert!(*line > 0 && reason.contains(':'), "{line} {reason}");
+                        assert!(*line > 0 && !reason.code.is_empty(), "{line} {reason}");
                     }
                 }
                 Msg::Refused(why) => {

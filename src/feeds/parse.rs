@@ -5,6 +5,7 @@
 
 use chrono::NaiveDate;
 
+use super::rules::Rejection;
 use crate::db::{CivilStatusRow, PermitRow, ResidenceRow, SocialInsuranceRow};
 use crate::domain::{
     parse_date, Email, IdNumber, MaritalStatus, Month, PaymentStatus, PermitStatus, Phone,
@@ -156,45 +157,39 @@ pub struct Parsed<T> {
 pub const MAX_FIELD_CHARS: usize = 1000;
 
 /// Rejects a record any of whose values is longer than [`MAX_FIELD_CHARS`].
-fn lengths_ok(f: &Fields, feed: Feed) -> Result<(), String> {
+fn lengths_ok(f: &Fields, feed: Feed) -> Result<(), Rejection> {
     for (i, v) in f.values.iter().enumerate() {
         // Bytes bound characters from above: count only when it matters.
         if v.len() > MAX_FIELD_CHARS {
             let n = v.chars().count();
             if n > MAX_FIELD_CHARS {
-                let column = feed.columns().get(i).map_or("?", |c| c.0);
-                return Err(format!(
-                    "FIELD_TOO_LONG: {column} has {n} characters, at most {MAX_FIELD_CHARS}"
-                ));
+                let column = feed.columns().get(i).map(|c| c.0);
+                return Err(Rejection::too_long(column, i + 1, n, MAX_FIELD_CHARS));
             }
         }
     }
     Ok(())
 }
 
-fn code(column: &str) -> String {
-    column.to_ascii_uppercase()
-}
-
-fn required<'a>(f: &Fields<'a>, i: usize, column: &str) -> Result<&'a str, String> {
+fn required<'a>(f: &Fields<'a>, i: usize, column: &str) -> Result<&'a str, Rejection> {
     let v = f.get(i);
     if v.is_empty() {
-        Err(format!("MISSING_{}: {column} is empty", code(column)))
+        Err(Rejection::missing(column))
     } else {
         Ok(v)
     }
 }
 
-fn invalid(column: &str, err: impl std::fmt::Display) -> String {
-    format!("INVALID_{}: {column}: {err}", code(column))
+fn invalid(column: &str, err: impl std::fmt::Display) -> Rejection {
+    Rejection::invalid(column, err)
 }
 
-fn date(f: &Fields, i: usize, column: &str) -> Result<NaiveDate, String> {
+fn date(f: &Fields, i: usize, column: &str) -> Result<NaiveDate, Rejection> {
     let v = required(f, i, column)?;
     parse_date(v).map_err(|e| invalid(column, e))
 }
 
-fn id_number(f: &Fields, i: usize) -> Result<String, String> {
+fn id_number(f: &Fields, i: usize) -> Result<String, Rejection> {
     let v = required(f, i, "id_number")?;
     IdNumber::parse(v)
         .map(|id| id.as_str().to_string())
@@ -205,7 +200,7 @@ fn digits(v: &str, n: usize) -> bool {
     v.len() == n && v.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn uscc(f: &Fields, i: usize, warnings: &mut Vec<String>) -> Result<String, String> {
+fn uscc(f: &Fields, i: usize, warnings: &mut Vec<String>) -> Result<String, Rejection> {
     let v = f.get(i);
     if v.is_empty() {
         return Ok(String::new());
@@ -223,7 +218,7 @@ fn uscc(f: &Fields, i: usize, warnings: &mut Vec<String>) -> Result<String, Stri
 
 /// A permits row, and the status column if the file gave one (C5 decides
 /// whether it applies).
-pub fn permit(f: &Fields) -> Result<Parsed<(PermitRow, Option<PermitStatus>)>, String> {
+pub fn permit(f: &Fields) -> Result<Parsed<(PermitRow, Option<PermitStatus>)>, Rejection> {
     lengths_ok(f, Feed::Permits)?;
     let mut warnings = Vec::new();
     let permit_no = required(f, 0, "permit_no")?.to_string();
@@ -293,7 +288,7 @@ pub fn permit(f: &Fields) -> Result<Parsed<(PermitRow, Option<PermitStatus>)>, S
     })
 }
 
-pub fn residence(f: &Fields) -> Result<Parsed<ResidenceRow>, String> {
+pub fn residence(f: &Fields) -> Result<Parsed<ResidenceRow>, Rejection> {
     lengths_ok(f, Feed::Residence)?;
     let id_number = id_number(f, 0)?;
     let visited_on = date(f, 1, "visited_on")?;
@@ -312,7 +307,7 @@ pub fn residence(f: &Fields) -> Result<Parsed<ResidenceRow>, String> {
     })
 }
 
-pub fn social_insurance(f: &Fields) -> Result<Parsed<SocialInsuranceRow>, String> {
+pub fn social_insurance(f: &Fields) -> Result<Parsed<SocialInsuranceRow>, Rejection> {
     lengths_ok(f, Feed::SocialInsurance)?;
     let mut warnings = Vec::new();
     let id_number = id_number(f, 0)?;
@@ -321,9 +316,7 @@ pub fn social_insurance(f: &Fields) -> Result<Parsed<SocialInsuranceRow>, String
         PaymentStatus::parse(required(f, 2, "status")?).map_err(|e| invalid("status", e))?;
     let employer_uscc = uscc(f, 3, &mut warnings)?;
     if status == PaymentStatus::Paid && employer_uscc.is_empty() {
-        return Err(
-            "MISSING_EMPLOYER_USCC: employer_uscc is required when status is paid".to_string(),
-        );
+        return Err(Rejection::missing_paying_employer());
     }
     Ok(Parsed {
         row: SocialInsuranceRow {
@@ -338,7 +331,7 @@ pub fn social_insurance(f: &Fields) -> Result<Parsed<SocialInsuranceRow>, String
     })
 }
 
-pub fn civil_status(f: &Fields) -> Result<Parsed<CivilStatusRow>, String> {
+pub fn civil_status(f: &Fields) -> Result<Parsed<CivilStatusRow>, Rejection> {
     lengths_ok(f, Feed::CivilStatus)?;
     let id_number = id_number(f, 0)?;
     let marital_status = MaritalStatus::parse(required(f, 1, "marital_status")?)
@@ -439,7 +432,7 @@ mod tests {
         .boxed()
     }
 
-    fn parse_as(feed: Feed, f: &Fields) -> Result<Vec<String>, String> {
+    fn parse_as(feed: Feed, f: &Fields) -> Result<Vec<String>, Rejection> {
         match feed {
             Feed::Permits => permit(f).map(|p| p.warnings),
             Feed::Residence => residence(f).map(|p| p.warnings),
@@ -448,16 +441,25 @@ mod tests {
         }
     }
 
-    /// A reason is `CODE: detail` with a code from the documented set.
-    fn well_formed(reason: &str) -> bool {
-        let Some((code, detail)) = reason.split_once(": ") else {
-            return false;
+    /// A row parser's rejection names one of the feed's columns (or the
+    /// position of a value past them), has a
+    /// code from the documented set and a detail, and renders as
+    /// `CODE: detail`.
+    fn well_formed(feed: Feed, r: &Rejection) -> bool {
+        let code = r.code.as_str();
+        // Only a value past the feed's columns (which the reader never
+        // passes) has no column to name.
+        let named = match r.field.as_deref() {
+            Some(f) => feed.columns().iter().any(|c| c.0 == f),
+            None => code == "FIELD_TOO_LONG" && r.detail.starts_with("value "),
         };
-        !detail.is_empty()
+        named
+            && !r.detail.is_empty()
             && (code.starts_with("INVALID_")
                 || code.starts_with("MISSING_")
                 || code == "FIELD_TOO_LONG")
             && code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+            && r.to_string() == format!("{code}: {}", r.detail)
     }
 
     fn feed() -> impl Strategy<Value = Feed> {
@@ -477,8 +479,9 @@ mod tests {
                         prop_assert!(w.ends_with("(C11)"), "{}", w);
                     }
                 }
-                Err(reason) => {
-                    prop_assert!(well_formed(&reason), "{}", reason);
+                Err(rejection) => {
+                    prop_assert!(well_formed(feed, &rejection), "{}", rejection);
+                    let reason = rejection.to_string();
                     // The detail never echoes a full ID number (R1; docs/rules.md,
                     // "Personal data").
                     for v in &raw {

@@ -265,18 +265,8 @@ fn event(
     reasons: &[Reason],
     selected: &Selected,
 ) -> NewEvent {
-    let new_valid_until = match kind {
-        EventKind::AutoSigned => Some(crate::domain::add_one_year(permit.valid_until)),
-        _ => None,
-    };
-    let effect = match kind {
-        EventKind::AutoSigned => {
-            crate::db::Effect::Extend(new_valid_until.unwrap_or(permit.valid_until))
-        }
-        EventKind::VisitCenter => crate::db::Effect::None,
-        EventKind::Suspended => crate::db::Effect::SetStatus(PermitStatus::Suspended.code()),
-        EventKind::Cancelled => crate::db::Effect::SetStatus(PermitStatus::Cancelled.code()),
-    };
+    let new_valid_until = rules::new_valid_until(kind, permit.valid_until);
+    let effect = rules::effect(kind, new_valid_until, permit.valid_until);
     let notice = notices.compose(kind, &permit, reasons, new_valid_until);
     // What `autosign revert` restores: R3 cancels an active or a suspended
     // permit (C1), and only the event can say which it was (C13: a permit

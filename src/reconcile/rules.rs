@@ -1,11 +1,11 @@
-//! The nightly rules R3–R6 as pure functions of (permit, evidence, as_of).
+//! The nightly rules R3–R7 as pure functions of (permit, evidence, as_of).
 //! No clock, no database: everything a decision depends on is an argument,
 //! so the tables in the tests below are the rules' specification.
 
 use chrono::{Duration, NaiveDate};
 
 use crate::domain::{
-    add_one_year, EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason,
+    add_one_year, Effect, EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason,
     ResidenceResult, SiStatus,
 };
 use crate::settings::{LapsePolicy, Rules};
@@ -191,6 +191,30 @@ pub fn decide(
         Outcome::Pending { reasons }
     } else {
         Outcome::VisitCenter { reasons }
+    }
+}
+
+/// R7: the new valid_until an event of `kind` gives a permit valid until
+/// `valid_until` (AUTO_SIGNED only: one year on).
+pub fn new_valid_until(kind: EventKind, valid_until: NaiveDate) -> Option<NaiveDate> {
+    match kind {
+        EventKind::AutoSigned => Some(add_one_year(valid_until)),
+        EventKind::VisitCenter | EventKind::Suspended | EventKind::Cancelled => None,
+    }
+}
+
+/// R3, R7: what an event of `kind` does to its permit. `new_valid_until`
+/// is R7's date for AUTO_SIGNED, as the run computed and recorded it.
+pub fn effect(
+    kind: EventKind,
+    new_valid_until: Option<NaiveDate>,
+    valid_until: NaiveDate,
+) -> Effect {
+    match kind {
+        EventKind::AutoSigned => Effect::Extend(new_valid_until.unwrap_or(valid_until)),
+        EventKind::VisitCenter => Effect::None,
+        EventKind::Suspended => Effect::SetStatus(PermitStatus::Suspended),
+        EventKind::Cancelled => Effect::SetStatus(PermitStatus::Cancelled),
     }
 }
 
@@ -608,5 +632,32 @@ mod tests {
                 new_valid_until: d("2029-02-28")
             }
         );
+    }
+
+    #[test]
+    fn r3_r7_each_event_kind_has_one_effect() {
+        let vu = d("2027-01-31");
+        let table = [
+            (
+                EventKind::AutoSigned,
+                Some(d("2028-01-31")),
+                Effect::Extend(d("2028-01-31")),
+            ),
+            (EventKind::VisitCenter, None, Effect::None),
+            (
+                EventKind::Suspended,
+                None,
+                Effect::SetStatus(PermitStatus::Suspended),
+            ),
+            (
+                EventKind::Cancelled,
+                None,
+                Effect::SetStatus(PermitStatus::Cancelled),
+            ),
+        ];
+        for (kind, new, effect_wanted) in table {
+            assert_eq!(new_valid_until(kind, vu), new, "{kind:?}");
+            assert_eq!(effect(kind, new, vu), effect_wanted, "{kind:?}");
+        }
     }
 }

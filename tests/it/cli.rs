@@ -11,7 +11,10 @@ fn no_panic(o: &Out) {
     );
 }
 
-dbtest!(help_explains_commands_and_exit_statuses, |env| {
+#[test]
+fn help_explains_commands_and_exit_statuses() {
+    // Refused or answered before any database is opened: one backend.
+    let env = Env::new(Backend::Sqlite);
     let out = env.ok(&["--help"]);
     for part in [
         "import",
@@ -25,9 +28,12 @@ dbtest!(help_explains_commands_and_exit_statuses, |env| {
         assert!(out.contains(part), "{part} missing from --help:\n{out}");
     }
     assert!(env.ok(&["run", "--help"]).contains("--as-of"));
-});
+}
 
-dbtest!(usage_errors_exit_2_r11, |env| {
+#[test]
+fn usage_errors_exit_2_r11() {
+    // Refused or answered before any database is opened: one backend.
+    let env = Env::new(Backend::Sqlite);
     for args in [
         vec!["frobnicate"],
         vec!["import", "passports", "x.csv"],
@@ -51,9 +57,12 @@ dbtest!(usage_errors_exit_2_r11, |env| {
         assert!(!o.stderr.trim().is_empty(), "{args:?}: no message");
         no_panic(&o);
     }
-});
+}
 
-dbtest!(configuration_errors_exit_2_naming_the_key, |mut env| {
+#[test]
+fn configuration_errors_exit_2_naming_the_key() {
+    // Refused or answered before any database is opened: one backend.
+    let mut env = Env::new(Backend::Sqlite);
     let cfg = env.write("bad.toml", "[rules]\nwindow_dayz = 30\n");
     let o = env.cmd(&[
         "--config",
@@ -83,7 +92,7 @@ dbtest!(configuration_errors_exit_2_naming_the_key, |mut env| {
         "{}",
         o.stderr
     );
-});
+}
 
 dbtest!(a_missing_input_file_is_a_runtime_error_exit_1, |env| {
     let o = env.cmd(&["import", "permits", "does-not-exist.csv"]);
@@ -92,7 +101,10 @@ dbtest!(a_missing_input_file_is_a_runtime_error_exit_1, |env| {
     no_panic(&o);
 });
 
-dbtest!(an_unusable_database_url_is_refused, |env| {
+#[test]
+fn an_unusable_database_url_is_refused() {
+    // Refused or answered before any database is opened: one backend.
+    let env = Env::new(Backend::Sqlite);
     let o = env.cmd(&["--database-url", "mysql://x", "status", "X"]);
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.contains("sqlite://"), "{}", o.stderr);
@@ -104,7 +116,7 @@ dbtest!(an_unusable_database_url_is_refused, |env| {
     ]);
     assert_eq!(o.code, 1, "{o:?}");
     no_panic(&o);
-});
+}
 
 dbtest!(
     the_default_database_is_an_sqlite_file_under_the_data_dir,

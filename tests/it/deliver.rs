@@ -4,7 +4,7 @@
 //! clock injected through `deliver --now`, so quiet hours and backoff are
 //! tested without sleeping.
 //!
-//! Each body runs on SQLite and on PostgreSQL (`both!`), except the tests
+//! Each body runs on SQLite and on PostgreSQL (`dbtest!`), except the tests
 //! of channel configuration and TLS, which do not depend on the database.
 //!
 //! Outside CI a missing aiosmtpd skips the SMTP tests with a notice on
@@ -27,38 +27,21 @@ use crate::helpers::*;
 
 const AS_OF: &str = "2026-11-27";
 
-/// Runs a body on SQLite and on PostgreSQL, each on a fresh database (the
-/// PostgreSQL run skips outside CI when no server is reachable and fails
-/// in CI, as `dbtest!` does).
-macro_rules! both {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[test]
-            fn sqlite() {
-                let body: fn(Backend) = $body;
-                body(Backend::Sqlite);
-            }
-
-            #[test]
-            fn postgres() {
-                let body: fn(Backend) = $body;
-                body(Backend::Postgres);
-            }
-        }
-    };
-}
-
 /// A fresh world with fast, deterministic delivery settings; `None` when
 /// PostgreSQL is unreachable outside CI.
 pub(crate) fn world(backend: Backend) -> Option<Env> {
     let mut env = Env::try_new(backend)?;
+    fast_delivery(&mut env);
+    Some(env)
+}
+
+/// Delivery without pacing (the tests count sends, not time), straight to
+/// the local servers whatever proxy the machine has.
+pub(crate) fn fast_delivery(env: &mut Env) {
     env.set("NO_PROXY", "127.0.0.1,localhost");
     env.set("AUTOSIGN_DELIVERY__SMS_PER_SECOND", "0");
     env.set("AUTOSIGN_DELIVERY__EMAIL_PER_SECOND", "0");
     env.set("AUTOSIGN_LOG__LEVEL", "warn");
-    Some(env)
 }
 
 fn sqlite_world() -> Env {
@@ -405,12 +388,10 @@ fn missing(why: &str) -> Option<Smtp> {
 
 // ---------------------------------------------------------------- tests
 
-both!(
+dbtest!(
     the_sample_run_is_delivered_exactly_once_over_sms_and_email,
-    |backend| {
-        let Some(mut env) = world(backend) else {
-            return;
-        };
+    |mut env| {
+        fast_delivery(&mut env);
         let port = free_port();
         let Some(smtp) = Smtp::start(&env, port, &["--auth", "autosign:s3cret"]) else {
             return;
@@ -559,12 +540,10 @@ both!(
     }
 );
 
-both!(
+dbtest!(
     transient_gateway_failures_are_retried_with_backoff_then_sent_once,
-    |backend| {
-        let Some(mut env) = world(backend) else {
-            return;
-        };
+    |mut env| {
+        fast_delivery(&mut env);
         let gw = Gateway::start();
         gw.configure(&mut env);
         permits(&env, &[("SH1", "13900000001", "")]);
@@ -624,12 +603,10 @@ both!(
     }
 );
 
-both!(
+dbtest!(
     a_notice_is_dead_after_max_attempts_of_transient_failure,
-    |backend| {
-        let Some(mut env) = world(backend) else {
-            return;
-        };
+    |mut env| {
+        fast_delivery(&mut env);
         let gw = Gateway::start();
         gw.configure(&mut env);
         env.set("AUTOSIGN_DELIVERY__MAX_ATTEMPTS", "2");
@@ -653,12 +630,10 @@ both!(
     }
 );
 
-both!(
+dbtest!(
     a_permanent_gateway_refusal_is_dead_after_one_attempt_and_masks_the_phone,
-    |backend| {
-        let Some(mut env) = world(backend) else {
-            return;
-        };
+    |mut env| {
+        fast_delivery(&mut env);
         let gw = Gateway::start();
         gw.configure(&mut env);
         permits(
@@ -698,12 +673,10 @@ both!(
     }
 );
 
-both!(
+dbtest!(
     a_gateway_that_hangs_past_the_timeout_is_retried_with_the_same_key,
-    |backend| {
-        let Some(mut env) = world(backend) else {
-            return;
-        };
+    |mut env| {
+        fast_delivery(&mut env);
         let gw = Gateway::start();
         gw.configure(&mut env);
         env.set("AUTOSIGN_SMS__TIMEOUT_SECS", "1");
@@ -737,109 +710,109 @@ both!(
     }
 );
 
-both!(quiet_hours_defer_sms_until_eight_but_not_email, |backend| {
-    let Some(mut env) = world(backend) else {
-        return;
-    };
-    let port = free_port();
-    let Some(smtp) = Smtp::start(&env, port, &[]) else {
-        return;
-    };
-    let gw = Gateway::start();
-    gw.configure(&mut env);
-    Smtp::configure(port, &mut env);
-    permits(
-        &env,
-        &[("SH1", "13900000001", ""), ("SH2", "", "li.si@example.com")],
-    );
-    let evening = t0() + Days::hours(12); // 22:00 Shanghai
-    let s = deliver_ok(&env, evening);
-    assert_eq!(counts(&s, "sms"), [0, 0, 0, 0, 1], "{s}");
-    assert_eq!(counts(&s, "email"), [1, 0, 0, 0, 0], "{s}");
-    assert!(
-        s.contains("sms: quiet hours (21:00-08:00 Asia/Shanghai): 1 due notices deferred"),
-        "{s}"
-    );
-    let s = deliver_ok(&env, t0() + Days::minutes(21 * 60 + 59)); // 07:59
-    assert_eq!(counts(&s, "sms"), [0, 0, 0, 0, 1], "{s}");
-    assert!(gw.requests().is_empty());
-    let n = notices(&env);
-    assert_eq!(
-        (
-            notice(&n, "SH1")["status"].as_str(),
-            notice(&n, "SH1")["attempts"].as_str()
-        ),
-        ("queued", "0"),
-        "deferral spends no attempt"
-    );
-    let s = deliver_ok(&env, t0() + Days::hours(22)); // 08:00
-    assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
-    assert_eq!(gw.requests().len(), 1);
-    assert_eq!(smtp.messages().len(), 1);
-
-    // Configurable: quiet hours off.
-    let mut env2 = world(backend).expect("the server answered a moment ago");
-    gw.configure(&mut env2);
-    env2.set("AUTOSIGN_DELIVERY__QUIET_HOURS_START", "00:00");
-    env2.set("AUTOSIGN_DELIVERY__QUIET_HOURS_END", "00:00");
-    permits(&env2, &[("SH9", "13900000009", "")]);
-    let s = deliver_ok(&env2, evening);
-    assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
-});
-
-both!(an_smtp_server_down_then_up_gets_each_mail_once, |backend| {
-    let Some(mut env) = world(backend) else {
-        return;
-    };
-    let port = free_port();
-    Smtp::configure(port, &mut env);
-    permits(
-        &env,
-        &[
-            ("SH1", "", "zhang.san@example.com"),
-            ("SH2", "", "li.si@example.org"),
-        ],
-    );
-    // Nobody listens on the port yet.
-    let s = deliver_ok(&env, t0());
-    assert_eq!(counts(&s, "email"), [0, 2, 0, 0, 0], "{s}");
-    let n = notices(&env);
-    assert!(
-        notice(&n, "SH1")["last_error"].contains("SMTP relay unreachable"),
-        "{:?}",
-        notice(&n, "SH1")
-    );
-    assert_eq!(notice(&n, "SH1")["status"], "failed");
-
-    let Some(smtp) = Smtp::start(&env, port, &[]) else {
-        return;
-    };
-    let s = deliver_ok(&env, t0() + Days::hours(1));
-    assert_eq!(counts(&s, "email"), [2, 0, 0, 0, 0], "{s}");
-    let rcpts: Vec<String> = smtp
-        .messages()
-        .iter()
-        .map(|m| m["rcpt_tos"][0].as_str().expect("rcpt").to_string())
-        .collect();
-    assert_eq!(rcpts.len(), 2);
-    assert_eq!(
-        rcpts.iter().cloned().collect::<BTreeSet<_>>(),
-        ["li.si@example.org", "zhang.san@example.com"]
-            .map(String::from)
-            .into(),
-    );
-    let n = notices(&env);
-    assert_eq!(notice(&n, "SH1")["attempts"], "2");
-    deliver_ok(&env, t0() + Days::days(1));
-    assert_eq!(smtp.messages().len(), 2);
-});
-
-both!(
-    smtp_4xx_is_retried_and_5xx_is_dead_with_the_address_masked,
-    |backend| {
-        let Some(mut env) = world(backend) else {
+dbtest!(
+    quiet_hours_defer_sms_until_eight_but_not_email,
+    |mut env| {
+        fast_delivery(&mut env);
+        let port = free_port();
+        let Some(smtp) = Smtp::start(&env, port, &[]) else {
             return;
         };
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        Smtp::configure(port, &mut env);
+        permits(
+            &env,
+            &[("SH1", "13900000001", ""), ("SH2", "", "li.si@example.com")],
+        );
+        let evening = t0() + Days::hours(12); // 22:00 Shanghai
+        let s = deliver_ok(&env, evening);
+        assert_eq!(counts(&s, "sms"), [0, 0, 0, 0, 1], "{s}");
+        assert_eq!(counts(&s, "email"), [1, 0, 0, 0, 0], "{s}");
+        assert!(
+            s.contains("sms: quiet hours (21:00-08:00 Asia/Shanghai): 1 due notices deferred"),
+            "{s}"
+        );
+        let s = deliver_ok(&env, t0() + Days::minutes(21 * 60 + 59)); // 07:59
+        assert_eq!(counts(&s, "sms"), [0, 0, 0, 0, 1], "{s}");
+        assert!(gw.requests().is_empty());
+        let n = notices(&env);
+        assert_eq!(
+            (
+                notice(&n, "SH1")["status"].as_str(),
+                notice(&n, "SH1")["attempts"].as_str()
+            ),
+            ("queued", "0"),
+            "deferral spends no attempt"
+        );
+        let s = deliver_ok(&env, t0() + Days::hours(22)); // 08:00
+        assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
+        assert_eq!(gw.requests().len(), 1);
+        assert_eq!(smtp.messages().len(), 1);
+
+        // Configurable: quiet hours off.
+        let mut env2 = world(env.backend).expect("the server answered a moment ago");
+        gw.configure(&mut env2);
+        env2.set("AUTOSIGN_DELIVERY__QUIET_HOURS_START", "00:00");
+        env2.set("AUTOSIGN_DELIVERY__QUIET_HOURS_END", "00:00");
+        permits(&env2, &[("SH9", "13900000009", "")]);
+        let s = deliver_ok(&env2, evening);
+        assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
+    }
+);
+
+dbtest!(
+    an_smtp_server_down_then_up_gets_each_mail_once,
+    |mut env| {
+        fast_delivery(&mut env);
+        let port = free_port();
+        Smtp::configure(port, &mut env);
+        permits(
+            &env,
+            &[
+                ("SH1", "", "zhang.san@example.com"),
+                ("SH2", "", "li.si@example.org"),
+            ],
+        );
+        // Nobody listens on the port yet.
+        let s = deliver_ok(&env, t0());
+        assert_eq!(counts(&s, "email"), [0, 2, 0, 0, 0], "{s}");
+        let n = notices(&env);
+        assert!(
+            notice(&n, "SH1")["last_error"].contains("SMTP relay unreachable"),
+            "{:?}",
+            notice(&n, "SH1")
+        );
+        assert_eq!(notice(&n, "SH1")["status"], "failed");
+
+        let Some(smtp) = Smtp::start(&env, port, &[]) else {
+            return;
+        };
+        let s = deliver_ok(&env, t0() + Days::hours(1));
+        assert_eq!(counts(&s, "email"), [2, 0, 0, 0, 0], "{s}");
+        let rcpts: Vec<String> = smtp
+            .messages()
+            .iter()
+            .map(|m| m["rcpt_tos"][0].as_str().expect("rcpt").to_string())
+            .collect();
+        assert_eq!(rcpts.len(), 2);
+        assert_eq!(
+            rcpts.iter().cloned().collect::<BTreeSet<_>>(),
+            ["li.si@example.org", "zhang.san@example.com"]
+                .map(String::from)
+                .into(),
+        );
+        let n = notices(&env);
+        assert_eq!(notice(&n, "SH1")["attempts"], "2");
+        deliver_ok(&env, t0() + Days::days(1));
+        assert_eq!(smtp.messages().len(), 2);
+    }
+);
+
+dbtest!(
+    smtp_4xx_is_retried_and_5xx_is_dead_with_the_address_masked,
+    |mut env| {
+        fast_delivery(&mut env);
         let port = free_port();
         let Some(smtp) = Smtp::start(&env, port, &["--busy-times", "2"]) else {
             return;
@@ -1014,12 +987,10 @@ fn make_certs(env: &Env) -> Option<(String, String, String)> {
     Some((p("srv.pem"), p("srv.key"), p("ca.pem")))
 }
 
-both!(
+dbtest!(
     a_killed_deliver_rerun_sends_nothing_twice_but_the_one_documented_window,
-    |backend| {
-        let Some(mut env) = world(backend) else {
-            return;
-        };
+    |mut env| {
+        fast_delivery(&mut env);
         let gw = Gateway::start();
         gw.configure(&mut env);
         env.set("AUTOSIGN_DELIVERY__BATCH_SIZE", "1");
@@ -1093,12 +1064,10 @@ both!(
     }
 );
 
-both!(
+dbtest!(
     a_deliver_killed_after_claiming_sends_each_notice_once_when_the_lease_expires,
-    |backend| {
-        let Some(mut env) = world(backend) else {
-            return;
-        };
+    |mut env| {
+        fast_delivery(&mut env);
         let gw = Gateway::start();
         gw.configure(&mut env);
         permits(
@@ -1125,12 +1094,10 @@ both!(
     }
 );
 
-both!(
+dbtest!(
     an_interrupted_last_attempt_is_dead_with_an_unknown_outcome,
-    |backend| {
-        let Some(mut env) = world(backend) else {
-            return;
-        };
+    |mut env| {
+        fast_delivery(&mut env);
         let gw = Gateway::start();
         gw.configure(&mut env);
         env.set("AUTOSIGN_DELIVERY__MAX_ATTEMPTS", "1");
@@ -1154,12 +1121,10 @@ both!(
     }
 );
 
-both!(
+dbtest!(
     a_failing_gateway_stops_the_channel_without_spending_every_attempt,
-    |backend| {
-        let Some(mut env) = world(backend) else {
-            return;
-        };
+    |mut env| {
+        fast_delivery(&mut env);
         let gw = Gateway::start();
         gw.configure(&mut env);
         env.set("AUTOSIGN_DELIVERY__BREAKER_FAILURES", "3");
@@ -1195,12 +1160,10 @@ both!(
     }
 );
 
-both!(
+dbtest!(
     unconfigured_channels_leave_notices_queued_and_say_so,
-    |backend| {
-        let Some(env) = world(backend) else {
-            return;
-        };
+    |mut env| {
+        fast_delivery(&mut env);
         permits(
             &env,
             &[("SH1", "13900000001", ""), ("SH2", "", "li.si@example.com")],
@@ -1247,12 +1210,10 @@ fn bad_channel_configuration_exits_2_naming_the_key() {
     assert_eq!(o.code, 2, "{o:?}");
 }
 
-both!(
+dbtest!(
     the_daemon_worker_delivers_what_is_due_and_stops_on_request,
-    |backend| {
-        let Some(mut env) = world(backend) else {
-            return;
-        };
+    |mut env| {
+        fast_delivery(&mut env);
         let gw = Gateway::start();
         gw.configure(&mut env);
         permits(
