@@ -18,7 +18,9 @@ use chrono_tz::Tz;
 
 use crate::db::metrics::DbMetrics;
 use crate::db::{Db, RunRecord};
+use crate::feeds::Feed;
 use crate::outbox::Clock;
+use crate::settings::Settings;
 
 /// Upper bounds of the run-duration histogram, in seconds.
 const DURATION_BUCKETS: [f64; 10] = [
@@ -160,6 +162,27 @@ pub struct HealthState {
     pub clock: Clock,
     pub ready_max_lag_days: u32,
     pub metrics: Arc<Metrics>,
+    /// What `autosign_feed_max_age_seconds` shows: [`feed_max_age_days`].
+    pub feed_max_age_days: Vec<(&'static str, u32)>,
+}
+
+/// The safety brake's freshness limit of each feed, in days, by the name
+/// the `imports` table stores (0: not checked, also when the brake is
+/// off). Exported beside each feed's newest import so that an alert can
+/// warn before a stale feed holds the night's run.
+pub fn feed_max_age_days(settings: &Settings) -> Vec<(&'static str, u32)> {
+    let b = &settings.brake;
+    Feed::ALL
+        .iter()
+        .map(|f| {
+            let days = if b.enabled {
+                b.max_age_days.for_feed(f.name())
+            } else {
+                0
+            };
+            (f.name(), days)
+        })
+        .collect()
 }
 
 /// Serves until the task is aborted.
@@ -285,7 +308,13 @@ async fn metrics(State(s): State<Arc<HealthState>>) -> Reply {
         }
     };
     let last = last.ok().flatten();
-    let body = render(&s.metrics, s.tz, last.as_ref(), db.as_ref());
+    let body = render(
+        &s.metrics,
+        s.tz,
+        &s.feed_max_age_days,
+        last.as_ref(),
+        db.as_ref(),
+    );
     (
         StatusCode::OK,
         [(
@@ -320,7 +349,14 @@ fn midnight(d: NaiveDate, tz: Tz) -> Option<i64> {
 
 /// The whole `/metrics` page. `db` is `None` when the database did not
 /// answer (`autosign_database_up 0`; the process counters still show).
-pub fn render(m: &Metrics, tz: Tz, last: Option<&RunRecord>, db: Option<&DbMetrics>) -> String {
+/// `feed_max_age_days` comes from [`feed_max_age_days`].
+pub fn render(
+    m: &Metrics,
+    tz: Tz,
+    feed_max_age_days: &[(&str, u32)],
+    last: Option<&RunRecord>,
+    db: Option<&DbMetrics>,
+) -> String {
     let mut o = String::new();
     let c = m.with(|c| {
         (
@@ -424,12 +460,21 @@ pub fn render(m: &Metrics, tz: Tz, last: Option<&RunRecord>, db: Option<&DbMetri
         "1 when the database answered this scrape.",
     );
     let _ = writeln!(o, "autosign_database_up {}", u8::from(db.is_some()));
+    head(&mut o, "autosign_feed_max_age_seconds", "gauge", "The safety brake's freshness limit of each feed (brake.max_age_days): a run that starts when the feed's newest import is older is held (0: not checked).");
+    for (feed, days) in feed_max_age_days {
+        let _ = writeln!(
+            o,
+            "autosign_feed_max_age_seconds{{feed=\"{}\"}} {}",
+            esc(feed),
+            u64::from(*days) * 86_400
+        );
+    }
     let Some(db) = db else {
         return o;
     };
 
-    head(&mut o, "autosign_runs", "gauge", "Runs in the ledger, by status (running: in progress or interrupted, resumed at the next run).");
-    for status in ["completed", "running"] {
+    head(&mut o, "autosign_runs", "gauge", "Runs in the ledger, by status (running: in progress or interrupted, resumed at the next run; held: stopped by the safety brake until released or discarded).");
+    for status in ["completed", "running", "held", "discarded", "reverted"] {
         let n: i64 = db
             .runs
             .iter()
@@ -534,12 +579,41 @@ pub fn render(m: &Metrics, tz: Tz, last: Option<&RunRecord>, db: Option<&DbMetri
             let n: i64 = db
                 .backlog
                 .iter()
-                .filter(|b| b.a == status && b.b == channel)
+                .filter(|b| b.status == status && b.channel == channel)
                 .map(|b| b.count)
                 .sum();
             let _ = writeln!(
                 o,
                 "autosign_notices_backlog{{status=\"{status}\",channel=\"{channel}\"}} {n}"
+            );
+        }
+    }
+    head(&mut o, "autosign_notices_backlog_oldest_created_timestamp_seconds", "gauge", "When the oldest notice still to be sent was queued (Unix time), by status (queued, failed: retry scheduled) and channel; no sample when there is none.");
+    for b in &db.backlog {
+        if b.status == "dead" {
+            continue;
+        }
+        if let Some(t) = unix(&b.oldest_created_at) {
+            let _ = writeln!(
+                o,
+                "autosign_notices_backlog_oldest_created_timestamp_seconds{{status=\"{}\",channel=\"{}\"}} {t}",
+                esc(&b.status),
+                esc(&b.channel)
+            );
+        }
+    }
+    head(
+        &mut o,
+        "autosign_feed_last_import_timestamp_seconds",
+        "gauge",
+        "When each feed's newest file was imported (Unix time).",
+    );
+    for f in &db.imports {
+        if let Some(t) = unix(&f.last_imported_at) {
+            let _ = writeln!(
+                o,
+                "autosign_feed_last_import_timestamp_seconds{{feed=\"{}\"}} {t}",
+                esc(&f.feed)
             );
         }
     }
@@ -577,7 +651,7 @@ pub fn render(m: &Metrics, tz: Tz, last: Option<&RunRecord>, db: Option<&DbMetri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::metrics::{FeedImports, LabelledCount};
+    use crate::db::metrics::{BacklogGroup, FeedImports, LabelledCount};
 
     fn lc(a: &str, b: &str, count: i64) -> LabelledCount {
         LabelledCount {
@@ -611,16 +685,37 @@ mod tests {
                 lc("VISIT_CENTER", "ADDRESS_CHANGED", 1),
             ],
             last_run_notices: vec![lc("queued", "sms", 12), lc("undeliverable", "none", 1)],
-            backlog: vec![lc("queued", "sms", 12)],
+            backlog: vec![
+                BacklogGroup {
+                    status: "dead".into(),
+                    channel: "email".into(),
+                    count: 1,
+                    oldest_created_at: "2026-11-20T02:00:00+08:00".into(),
+                },
+                BacklogGroup {
+                    status: "queued".into(),
+                    channel: "sms".into(),
+                    count: 12,
+                    oldest_created_at: "2026-11-27T02:00:01+08:00".into(),
+                },
+            ],
             imports: vec![FeedImports {
                 feed: "permits".into(),
                 files: 2,
                 rows_read: 110,
                 rows_imported: 100,
                 rows_rejected: 10,
+                last_imported_at: "2026-11-26T18:30:00+08:00".into(),
             }],
         };
-        let page = render(&m, chrono_tz::Asia::Shanghai, Some(&last), Some(&db));
+        let limits = [("permits", 7), ("civil-status", 0)];
+        let page = render(
+            &m,
+            chrono_tz::Asia::Shanghai,
+            &limits,
+            Some(&last),
+            Some(&db),
+        );
         for line in [
             "autosign_daemon_runs_total{outcome=\"completed\"} 1",
             "autosign_daemon_runs_total{outcome=\"failed\"} 1",
@@ -641,11 +736,26 @@ mod tests {
             "autosign_last_run_decision_reasons{kind=\"VISIT_CENTER\",reason=\"EMPLOYER_CHANGED\"} 2",
             "autosign_last_run_notices{status=\"undeliverable\",channel=\"none\"} 1",
             "autosign_notices_backlog{status=\"queued\",channel=\"sms\"} 12",
-            "autosign_notices_backlog{status=\"dead\",channel=\"email\"} 0",
+            "autosign_notices_backlog{status=\"dead\",channel=\"email\"} 1",
+            "autosign_notices_backlog{status=\"dead\",channel=\"sms\"} 0",
+            "autosign_runs{status=\"held\"} 0",
+            // 2026-11-27T02:00:01+08:00
+            "autosign_notices_backlog_oldest_created_timestamp_seconds{status=\"queued\",channel=\"sms\"} 1795716001",
+            // 2026-11-26T18:30:00+08:00
+            "autosign_feed_last_import_timestamp_seconds{feed=\"permits\"} 1795689000",
+            "autosign_feed_max_age_seconds{feed=\"permits\"} 604800",
+            "autosign_feed_max_age_seconds{feed=\"civil-status\"} 0",
             "autosign_import_rows_total{feed=\"permits\",result=\"rejected\"} 10",
         ] {
             assert!(page.lines().any(|l| l == line), "missing {line}:\n{page}");
         }
+        // A dead notice is no longer waiting: its age is not the backlog's.
+        assert!(
+            !page.contains(
+                "autosign_notices_backlog_oldest_created_timestamp_seconds{status=\"dead\""
+            ),
+            "{page}"
+        );
         // Every sample belongs to a declared metric family.
         let declared: Vec<&str> = page
             .lines()
@@ -666,9 +776,20 @@ mod tests {
 
     #[test]
     fn without_a_database_the_process_counters_still_show() {
-        let page = render(&Metrics::default(), chrono_tz::Asia::Shanghai, None, None);
+        let page = render(
+            &Metrics::default(),
+            chrono_tz::Asia::Shanghai,
+            &[("residence", 7)],
+            None,
+            None,
+        );
         assert!(page.contains("autosign_database_up 0"), "{page}");
         assert!(page.contains("autosign_daemon_ticks_total 0"), "{page}");
         assert!(!page.contains("autosign_runs{"), "{page}");
+        // The configured limits are no database figure.
+        assert!(
+            page.contains("autosign_feed_max_age_seconds{feed=\"residence\"} 604800"),
+            "{page}"
+        );
     }
 }

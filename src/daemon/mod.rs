@@ -216,6 +216,7 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
                 clock,
                 ready_max_lag_days: d.ready_max_lag_days,
                 metrics: metrics.clone(),
+                feed_max_age_days: health::feed_max_age_days(&settings),
             });
             Some(tokio::spawn(health::serve(listener, state)))
         }

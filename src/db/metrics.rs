@@ -44,6 +44,19 @@ pub struct FeedImports {
     pub rows_read: i64,
     pub rows_imported: i64,
     pub rows_rejected: i64,
+    /// `imported_at` of the feed's newest import (RFC 3339): the safety
+    /// brake's freshness check reads the same column.
+    pub last_imported_at: String,
+}
+
+/// Undelivered notices of one status and channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BacklogGroup {
+    pub status: String,
+    pub channel: String,
+    pub count: i64,
+    /// `created_at` of the oldest of them (RFC 3339).
+    pub oldest_created_at: String,
 }
 
 /// What `/metrics` reads from the database.
@@ -58,8 +71,8 @@ pub struct DbMetrics {
     /// (`a`) and channel (`b`).
     pub last_run_notices: Vec<LabelledCount>,
     /// The outbox's backlog — queued, failed and dead notices — by status
-    /// (`a`) and channel (`b`).
-    pub backlog: Vec<LabelledCount>,
+    /// and channel.
+    pub backlog: Vec<BacklogGroup>,
     pub imports: Vec<FeedImports>,
 }
 
@@ -77,12 +90,16 @@ const NOTICES_SQLITE: &str = "SELECT status, channel, count(*) FROM notification
 const NOTICES_PG: &str = "SELECT status, channel, count(*) FROM notifications \
      WHERE as_of = $1 GROUP BY status, channel ORDER BY status, channel";
 // The status index (status, next_attempt_at) bounds this to the backlog.
-const BACKLOG: &str = "SELECT status, channel, count(*) FROM notifications \
+// Timestamps are RFC 3339 text at one fixed offset (crate::clock), so the
+// smallest string is the oldest instant; the oldest comes in the same pass
+// as the count.
+const BACKLOG: &str = "SELECT status, channel, count(*), min(created_at) FROM notifications \
      WHERE status IN ('queued', 'failed', 'dead') GROUP BY status, channel ORDER BY status, channel";
 // PostgreSQL's sum(bigint) is numeric: cast back.
+// max(imported_at): RFC 3339 text at one fixed offset, as for BACKLOG.
 const IMPORTS: &str = "SELECT feed, count(*), CAST(coalesce(sum(rows_read), 0) AS BIGINT), \
-     CAST(coalesce(sum(rows_imported), 0) AS BIGINT), CAST(coalesce(sum(rows_rejected), 0) AS BIGINT) \
-     FROM imports GROUP BY feed ORDER BY feed";
+     CAST(coalesce(sum(rows_imported), 0) AS BIGINT), CAST(coalesce(sum(rows_rejected), 0) AS BIGINT), \
+     max(imported_at) FROM imports GROUP BY feed ORDER BY feed";
 const MIGRATIONS: &str =
     "SELECT CAST(coalesce(max(version), 0) AS BIGINT) FROM _sqlx_migrations WHERE success";
 const CANDIDATES_SQLITE: &str = "SELECT count(*) FROM permit_state \
@@ -121,6 +138,25 @@ where
                 rows_read: r.try_get(2)?,
                 rows_imported: r.try_get(3)?,
                 rows_rejected: r.try_get(4)?,
+                last_imported_at: r.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
+fn backlog<R: Row>(rows: &[R]) -> Result<Vec<BacklogGroup>>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|r| {
+            Ok(BacklogGroup {
+                status: r.try_get(0)?,
+                channel: r.try_get(1)?,
+                count: r.try_get(2)?,
+                oldest_created_at: r.try_get(3)?,
             })
         })
         .collect()
@@ -168,7 +204,7 @@ impl Db {
             Db::Sqlite(db) => {
                 let pool = db.pool();
                 m.runs = labelled_runs(&sqlx::query(RUNS).fetch_all(pool).await?)?;
-                m.backlog = labelled(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
+                m.backlog = backlog(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
                 m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
                 if let Some(as_of) = last_as_of {
                     m.last_run_events = labelled(
@@ -188,7 +224,7 @@ impl Db {
             Db::Postgres(db) => {
                 let pool = db.pool();
                 m.runs = labelled_runs(&sqlx::query(RUNS).fetch_all(pool).await?)?;
-                m.backlog = labelled(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
+                m.backlog = backlog(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
                 m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
                 if let Some(as_of) = last_as_of {
                     m.last_run_events =
