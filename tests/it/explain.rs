@@ -347,3 +347,24 @@ dbtest!(
         );
     }
 );
+
+dbtest!(
+    a_row_imported_before_lines_were_kept_shows_its_import_and_no_line,
+    |env| {
+        scenario(&env);
+        env.ok(&["run", "--as-of", AS_OF]);
+        // As a PostgreSQL row imported before migration 8 (and a SQLite one
+        // before migration 3) is stored: line 0.
+        env.sql("UPDATE residence SET line = 0")
+            .expect("age the rows");
+        let v = explain(&env, "P2", AS_OF);
+        let src = &v["evidence"]["residence"]["visit"]["source"];
+        assert_eq!(src["line"], serde_json::Value::Null, "{src}");
+        assert_eq!(src["import_id"], 2, "{src}");
+        let text = env.ok(&["explain", "P2", "--as-of", AS_OF]);
+        assert!(
+            text.contains("in/residence.csv line not recorded (import 2"),
+            "{text}"
+        );
+    }
+);
