@@ -257,6 +257,35 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             print!("{}", crate::purge::render(&report));
             Ok(())
         }
+        Command::Report { from, to, out } => {
+            let from = parse_date_arg(&from, "--from", tz)?;
+            let to = parse_date_arg(&to, "--to", tz)?;
+            if from > to {
+                return Err(Error::Usage(format!("--from {from} is after --to {to}")));
+            }
+            let language = crate::report::Language::parse(&settings.report.language)
+                .unwrap_or(crate::report::Language::ZhCn);
+            let dest = if out == "-" {
+                crate::report::Destination::Stdout
+            } else {
+                crate::report::Destination::File(PathBuf::from(&out))
+            };
+            let notices = Notices::from_settings(&settings)?;
+            let db = Db::connect(&settings.effective_database_url()).await?;
+            let req = crate::report::ReportRequest { from, to, language };
+            let report = crate::report::write(&db, &settings, &notices, req, &dest).await?;
+            if let crate::report::Destination::File(path) = &dest {
+                eprintln!(
+                    "autosign: report for {} ({} nights with a run, {} to {}) written to {}",
+                    report.last.run.as_of,
+                    report.nights.len(),
+                    from,
+                    to,
+                    path.display()
+                );
+            }
+            Ok(())
+        }
         Command::Status { permit_no, json } => {
             let db = Db::connect(&settings.effective_database_url()).await?;
             let report = crate::status::status(&db, &settings, &permit_no).await?;

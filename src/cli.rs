@@ -163,6 +163,33 @@ pub enum Command {
         /// audit`).
         run_id: i64,
     },
+    /// Write the nightly report: one self-contained HTML page (inline CSS
+    /// and SVG charts, no script, nothing fetched; prints on A4) for the
+    /// last night of the range that has a run — the --to date's, or the
+    /// latest before it — against the other nights of the range: outcome
+    /// counts (AUTO_SIGNED, VISIT_CENTER, PENDING, SUSPENDED, CANCELLED),
+    /// VISIT_CENTER by reason, district and street, PENDING by days left,
+    /// delivery by channel and status with the time from queued to sent,
+    /// the night's imports with rejects by reason and feed ages, and the
+    /// safety brake. Counts only: no personal data. Language:
+    /// report.language (zh-CN or en). The daemon writes one after each run
+    /// under <data_dir>/reports/. Exit 2 for a bad date, --from after
+    /// --to, or a range with no completed or held run; 1 if --out cannot
+    /// be written.
+    Report {
+        /// First night of the range (as_of), YYYY-MM-DD, today or
+        /// yesterday.
+        #[arg(long, value_name = "DATE")]
+        from: String,
+        /// Last night of the range (as_of): the night reported, if it has
+        /// a run.
+        #[arg(long, value_name = "DATE")]
+        to: String,
+        /// The HTML file to write (replaced atomically), or - for standard
+        /// output.
+        #[arg(long, value_name = "PATH")]
+        out: String,
+    },
     /// A permit's state, current cycle, latest decision and notices (R10).
     Status {
         permit_no: String,

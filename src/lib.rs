@@ -28,6 +28,7 @@ pub mod fsutil;
 pub mod outbox;
 pub mod purge;
 pub mod reconcile;
+pub mod report;
 pub mod requeue;
 pub mod settings;
 pub mod status;

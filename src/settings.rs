@@ -32,6 +32,7 @@ pub struct Settings {
     pub daemon: DaemonSettings,
     pub retention: RetentionSettings,
     pub brake: BrakeSettings,
+    pub report: ReportSettings,
     pub log: LogSettings,
 }
 
@@ -284,6 +285,15 @@ pub struct RowDrop {
     pub min_previous_rows: u64,
 }
 
+/// The nightly report (src/report/): its language, and how many nights
+/// before the one reported the daemon's report compares it with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSettings {
+    pub language: String,
+    pub nights: u32,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -409,6 +419,12 @@ impl Settings {
         self.validate_delivery()?;
         self.validate_daemon()?;
         self.validate_retention()?;
+        if crate::report::Language::parse(&self.report.language).is_none() {
+            return bad("report.language", "must be \"zh-CN\" or \"en\"");
+        }
+        if self.report.nights == 0 || self.report.nights > 366 {
+            return bad("report.nights", "must be between 1 and 366");
+        }
         let b = &self.brake;
         if !(0.0..=1.0).contains(&b.max_visit_center_share) {
             return bad("brake.max_visit_center_share", "must be between 0 and 1");

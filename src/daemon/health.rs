@@ -81,6 +81,10 @@ struct Counters {
     runs: BTreeMap<RunResult, u64>,
     ticks: u64,
     ticks_skipped: u64,
+    /// Nightly reports written after a run, and those that failed (a
+    /// failure is logged and never fails the run).
+    reports_written: u64,
+    reports_failed: u64,
     busy: bool,
     /// Cumulative histogram counts, one per bucket of DURATION_BUCKETS.
     buckets: [u64; DURATION_BUCKETS.len()],
@@ -144,6 +148,17 @@ impl Metrics {
 
     pub fn tick_skipped(&self) {
         self.with(|c| c.ticks_skipped += 1);
+    }
+
+    /// The report after a run was written (`ok`) or not.
+    pub fn report_written(&self, ok: bool) {
+        self.with(|c| {
+            if ok {
+                c.reports_written += 1;
+            } else {
+                c.reports_failed += 1;
+            }
+        });
     }
 
     pub fn set_busy(&self, busy: bool) {
@@ -405,6 +420,21 @@ pub fn render(
         "Ticks dropped because a run was in progress.",
     );
     let _ = writeln!(o, "autosign_daemon_ticks_skipped_total {skipped}");
+    let (reports, reports_failed) = m.with(|c| (c.reports_written, c.reports_failed));
+    head(
+        &mut o,
+        "autosign_daemon_reports_total",
+        "counter",
+        "Nightly reports written after a run, by outcome (failed: logged, the run unaffected).",
+    );
+    let _ = writeln!(
+        o,
+        "autosign_daemon_reports_total{{outcome=\"written\"}} {reports}"
+    );
+    let _ = writeln!(
+        o,
+        "autosign_daemon_reports_total{{outcome=\"failed\"}} {reports_failed}"
+    );
     head(
         &mut o,
         "autosign_daemon_run_in_progress",

@@ -553,6 +553,26 @@ impl Runner<'_> {
         rfc3339(self.schedule.next(self.clock.now()))
     }
 
+    /// The nightly report of the run just made (src/report/). A failure
+    /// is logged and counted; the run stands either way.
+    async fn report(&self, as_of: NaiveDate) {
+        match crate::report::write_nightly(self.db, self.settings, self.notices, as_of).await {
+            Ok(path) => {
+                self.metrics.report_written(true);
+                tracing::info!(%as_of, path = %path.display(), "nightly report written");
+            }
+            Err(e) => {
+                self.metrics.report_written(false);
+                tracing::error!(
+                    alert = "report_failed",
+                    %as_of,
+                    error = %e,
+                    "cannot write the nightly report; the run is not affected"
+                );
+            }
+        }
+    }
+
     /// One nightly run; false if it failed (the rest waits for the next
     /// tick).
     async fn run_one(&self, as_of: NaiveDate) -> bool {
@@ -572,6 +592,7 @@ impl Runner<'_> {
                     duration_secs = elapsed.as_secs_f64(),
                     "nightly run completed"
                 );
+                self.report(as_of).await;
                 true
             }
             Ok(RunOutcome::Held(s)) => {
@@ -583,6 +604,7 @@ impl Runner<'_> {
                     "{}",
                     crate::brake::alert(&s.run)
                 );
+                self.report(as_of).await;
                 false
             }
             Ok(RunOutcome::AlreadyCompleted(r)) => {

@@ -13,6 +13,7 @@ pub mod outbox;
 mod outbox_sqlite;
 mod postgres;
 mod postgres_outbox;
+pub mod report;
 pub mod requeue;
 pub mod retention;
 mod rows;

@@ -21,6 +21,7 @@ mod monitoring;
 mod ops;
 mod packaging;
 mod postgres;
+mod report;
 mod requeue;
 mod run;
 mod wrong_date;
