@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::audit::{self, ExportOptions};
 use crate::cli::{parse_date_arg, Cli, Command, ExportKind};
+use crate::clock::Clock;
 use crate::db::Db;
 use crate::domain::escape_controls_in_lines;
 use crate::error::{Error, Result};
@@ -21,7 +22,14 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
     if let Some(url) = &cli.database_url {
         settings.database_url = url.clone();
     }
-    let tz = settings.tz();
+    // The command's one clock (src/clock.rs), in the configured zone: the
+    // system clock, or where the command has the hidden `--now`, a clock
+    // starting there. Every job below takes it; none reads the time
+    // itself.
+    let clock = match cli.command.now() {
+        Some(t) => Clock::starting_at(parse_now(t)?, settings.tz()),
+        None => Clock::system(settings.tz()),
+    };
     match cli.command {
         Command::Import {
             feed,
@@ -60,6 +68,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                 progress: true,
                 headers: settings.header_names()?,
                 delivery: settings.delivery(feed),
+                clock,
             };
             let outcome = feeds::import_file(&db, feed, &file, &opts).await?;
             print!(
@@ -73,9 +82,10 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             audit: audit_out,
             allow_future,
             dry_run,
+            now: _,
         } => {
-            let as_of = parse_date_arg(&as_of, "--as-of", tz)?;
-            let today = crate::clock::today(tz);
+            let as_of = parse_date_arg(&as_of, "--as-of", clock)?;
+            let today = clock.today();
             if let Some(latest) = reconcile::rules::beyond_future_allowance(
                 as_of,
                 today,
@@ -99,6 +109,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                     &db,
                     &settings,
                     &notices,
+                    clock,
                     as_of,
                     audit_out.as_deref(),
                 )
@@ -109,7 +120,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                 );
                 return Ok(());
             }
-            let outcome = reconcile::run(&db, &settings, &notices, as_of).await?;
+            let outcome = reconcile::run(&db, &settings, &notices, clock, as_of).await?;
             match &outcome {
                 RunOutcome::AlreadyCompleted(r) => println!(
                     "as_of {as_of} was already completed by run {} at {}; nothing to do (C8)",
@@ -149,13 +160,13 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
         Command::Release { run_id } => {
             let notices = Notices::from_settings(&settings)?;
             let db = Db::connect(&settings.effective_database_url()).await?;
-            let outcome = crate::brake::release(&db, &notices, run_id).await?;
+            let outcome = crate::brake::release(&db, &notices, clock, run_id).await?;
             print!("{}", crate::brake::release_report(&outcome));
             Ok(())
         }
         Command::Discard { run_id } => {
             let db = Db::connect(&settings.effective_database_url()).await?;
-            let run = crate::brake::discard(&db, run_id).await?;
+            let run = crate::brake::discard(&db, clock, run_id).await?;
             println!(
                 "run {} for {} discarded: its events stay in the audit trail marked void; nothing \
                  was applied or notified. Once the feed is fixed, `autosign run --as-of {}` \
@@ -166,23 +177,14 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
         }
         Command::Revert { run_id } => {
             let db = Db::connect(&settings.effective_database_url()).await?;
-            let outcome = crate::brake::revert(&db, run_id).await?;
+            let outcome = crate::brake::revert(&db, clock, run_id).await?;
             print!(
                 "{}",
                 escape_controls_in_lines(&crate::brake::revert_report(&outcome))
             );
             Ok(())
         }
-        Command::Deliver { now } => {
-            let clock = match now {
-                None => crate::outbox::Clock::system(),
-                Some(t) => {
-                    let t = chrono::DateTime::parse_from_rfc3339(t.trim()).map_err(|e| {
-                        Error::Usage(format!("--now {t:?}: not an RFC 3339 timestamp ({e})"))
-                    })?;
-                    crate::outbox::Clock::starting_at(t.with_timezone(&chrono::Utc))
-                }
-            };
+        Command::Deliver { now: _ } => {
             // Bad channel configuration fails here, before any database work.
             let channels = crate::outbox::Channels::from_settings(&settings)?;
             let db = Db::connect(&settings.effective_database_url()).await?;
@@ -199,9 +201,8 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             print!("{}", crate::outbox::delivery::report(&outcome?));
             Ok(())
         }
-        Command::Daemon { now, check } => {
-            let now = now.as_deref().map(parse_now).transpose()?;
-            let opts = crate::daemon::DaemonOptions { now, check };
+        Command::Daemon { now: _, check } => {
+            let opts = crate::daemon::DaemonOptions { clock, check };
             if check {
                 print!("{}", crate::daemon::check(&settings, &opts).await?);
                 return Ok(());
@@ -215,8 +216,8 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             out,
             unmasked,
         } => {
-            let from = parse_date_arg(&from, "--from", tz)?;
-            let to = parse_date_arg(&to, "--to", tz)?;
+            let from = parse_date_arg(&from, "--from", clock)?;
+            let to = parse_date_arg(&to, "--to", clock)?;
             if from > to {
                 return Err(Error::Usage(format!("--from {from} is after --to {to}")));
             }
@@ -246,20 +247,16 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             }
             Ok(())
         }
-        Command::Requeue(args) => crate::requeue::command(&settings, &args).await,
-        Command::Purge { dry_run, now } => {
-            let now = match now {
-                Some(t) => parse_now(&t)?,
-                None => chrono::Utc::now(),
-            };
+        Command::Requeue(args) => crate::requeue::command(&settings, clock, &args).await,
+        Command::Purge { dry_run, now: _ } => {
             let db = Db::connect(&settings.effective_database_url()).await?;
-            let report = crate::purge::purge(&db, &settings, now, dry_run).await?;
+            let report = crate::purge::purge(&db, &settings, clock, dry_run).await?;
             print!("{}", crate::purge::render(&report));
             Ok(())
         }
         Command::Report { from, to, out } => {
-            let from = parse_date_arg(&from, "--from", tz)?;
-            let to = parse_date_arg(&to, "--to", tz)?;
+            let from = parse_date_arg(&from, "--from", clock)?;
+            let to = parse_date_arg(&to, "--to", clock)?;
             if from > to {
                 return Err(Error::Usage(format!("--from {from} is after --to {to}")));
             }
@@ -273,7 +270,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             let notices = Notices::from_settings(&settings)?;
             let db = Db::connect(&settings.effective_database_url()).await?;
             let req = crate::report::ReportRequest { from, to, language };
-            let report = crate::report::write(&db, &settings, &notices, req, &dest).await?;
+            let report = crate::report::write(&db, &settings, &notices, clock, req, &dest).await?;
             if let crate::report::Destination::File(path) = &dest {
                 eprintln!(
                     "autosign: report for {} ({} nights with a run, {} to {}) written to {}",
@@ -305,12 +302,13 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
         } => {
             let permit_no = crate::explain::parse_permit_no(&permit_no)?;
             let as_of = match as_of {
-                Some(a) => parse_date_arg(&a, "--as-of", tz)?,
-                None => crate::clock::today(tz),
+                Some(a) => parse_date_arg(&a, "--as-of", clock)?,
+                None => clock.today(),
             };
             let notices = Notices::from_settings(&settings)?;
             let db = Db::connect(&settings.effective_database_url()).await?;
-            let x = crate::explain::explain(&db, &settings, &notices, &permit_no, as_of).await?;
+            let x =
+                crate::explain::explain(&db, &settings, &notices, clock, &permit_no, as_of).await?;
             if json {
                 let text =
                     serde_json::to_string_pretty(&x).map_err(|e| Error::Runtime(e.into()))?;

@@ -4,7 +4,7 @@
 //!
 //! Before a run applies or notifies anything it checks its inputs and its
 //! outcome: a required feed whose newest import is older than
-//! `brake.max_age_days` (by the wall clock), a snapshot feed whose newest
+//! `brake.max_age_days` (by the run's clock), a snapshot feed whose newest
 //! import brought far fewer rows than its snapshot before
 //! (`brake.row_drop`; deltas are never compared), more than
 //! `brake.max_lifecycle_share` of the live register lapsing at once (R3; a
@@ -22,6 +22,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
+use crate::clock::Clock;
 use crate::db::{
     Db, Effect, FeedImport, LifecycleCounts, ReleaseItem, Restore, RevertDone, RevertItem,
     RunRecord,
@@ -257,7 +258,12 @@ fn still_current(
 /// it completed, in one transaction under the job lock. An event whose
 /// permit changed since (another `valid_until` or status) is recorded as
 /// not applied. Refused (exit 2) for a run that is not held.
-pub async fn release(db: &Db, notices: &Notices, run_id: i64) -> Result<ReleaseOutcome> {
+pub async fn release(
+    db: &Db,
+    notices: &Notices,
+    clock: Clock,
+    run_id: i64,
+) -> Result<ReleaseOutcome> {
     let _lock = db
         .lock_jobs(|| {
             tracing::info!("another autosign import or run holds the job lock; waiting for it")
@@ -321,10 +327,7 @@ pub async fn release(db: &Db, notices: &Notices, run_id: i64) -> Result<ReleaseO
             notice,
         });
     }
-    if !db
-        .release_run(run_id, &items, &crate::clock::now_rfc3339())
-        .await?
-    {
+    if !db.release_run(run_id, &items, &clock.now_rfc3339()).await? {
         return Err(Error::Refused(format!(
             "run {run_id} is no longer held: nothing released"
         )));
@@ -344,14 +347,14 @@ pub async fn release(db: &Db, notices: &Notices, run_id: i64) -> Result<ReleaseO
 /// in the audit trail, state `void`), nothing is applied or notified, and
 /// the same `as_of` may be run again. Refused (exit 2) for a run that is not
 /// held.
-pub async fn discard(db: &Db, run_id: i64) -> Result<RunRecord> {
+pub async fn discard(db: &Db, clock: Clock, run_id: i64) -> Result<RunRecord> {
     let _lock = db
         .lock_jobs(|| {
             tracing::info!("another autosign import or run holds the job lock; waiting for it")
         })
         .await?;
     let run = held_run(db, run_id, "discard").await?;
-    if !db.discard_run(run_id, &crate::clock::now_rfc3339()).await? {
+    if !db.discard_run(run_id, &clock.now_rfc3339()).await? {
         return Err(Error::Refused(format!(
             "run {run_id} is no longer held: nothing discarded"
         )));
@@ -435,7 +438,7 @@ fn restore_of(e: &crate::db::RevertEvent) -> Result<Option<Restore>> {
 /// counts (only the latest can be undone: the permits are as it left them
 /// only then), and a run any of whose notices was sent (a notice cannot be
 /// called back).
-pub async fn revert(db: &Db, run_id: i64) -> Result<RevertOutcome> {
+pub async fn revert(db: &Db, clock: Clock, run_id: i64) -> Result<RevertOutcome> {
     let _lock = db
         .lock_jobs(|| {
             tracing::info!("another autosign import or run holds the job lock; waiting for it")
@@ -473,9 +476,7 @@ pub async fn revert(db: &Db, run_id: i64) -> Result<RevertOutcome> {
             restore: restore_of(e)?,
         });
     }
-    let done = db
-        .revert_run(&run, &items, &crate::clock::now_rfc3339())
-        .await?;
+    let done = db.revert_run(&run, &items, &clock.now_rfc3339()).await?;
     let (withdrawn, not_undone) = match done {
         RevertDone::Reverted {
             withdrawn,

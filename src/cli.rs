@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::clock::Clock;
 use crate::error::Error;
 use crate::feeds::{Encoding, Feed};
 
@@ -100,6 +101,13 @@ pub enum Command {
         /// the job lock while it reads, like a run.
         #[arg(long)]
         dry_run: bool,
+        /// Run as if the clock read this instant (RFC 3339), advancing in
+        /// real time from there: "today", the brake's feed ages and every
+        /// timestamp the run writes (its events, its notices, its inbox
+        /// imports) follow it. For tests and rehearsals of whole nights,
+        /// with `deliver --now`.
+        #[arg(long, value_name = "RFC3339", hide = true)]
+        now: Option<String>,
     },
     /// Send queued notices (R8): SMS through the HTTP gateway ([sms]),
     /// e-mail through the SMTP relay ([email]). Claims due notices in
@@ -275,10 +283,24 @@ pub enum ExportKind {
     Notifications,
 }
 
+impl Command {
+    /// The hidden `--now` of the commands that have one: the instant the
+    /// command's clock starts from.
+    pub fn now(&self) -> Option<&str> {
+        match self {
+            Command::Run { now, .. }
+            | Command::Deliver { now }
+            | Command::Daemon { now, .. }
+            | Command::Purge { now, .. } => now.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 /// A date argument: a date in one of R1's forms, or `today` /
-/// `yesterday` in `tz`.
-pub fn parse_date_arg(arg: &str, what: &str, tz: chrono_tz::Tz) -> Result<NaiveDate, Error> {
-    let today = crate::clock::today(tz);
+/// `yesterday` by `clock` (in its zone).
+pub fn parse_date_arg(arg: &str, what: &str, clock: Clock) -> Result<NaiveDate, Error> {
+    let today = clock.today();
     match arg.trim() {
         "today" => Ok(today),
         "yesterday" => today

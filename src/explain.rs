@@ -27,6 +27,7 @@ use std::fmt::Write as _;
 use chrono::{Duration, NaiveDate};
 use serde::Serialize;
 
+use crate::clock::Clock;
 use crate::db::explain::{HolderRows, RowOrigin, StoredCivil, StoredPayment, StoredVisit};
 use crate::db::{AuditRow, Db, NotificationRow, PermitRow, RunRecord};
 use crate::domain::{
@@ -331,6 +332,7 @@ pub async fn explain(
     db: &Db,
     settings: &Settings,
     notices: &Notices,
+    clock: Clock,
     permit_no: &str,
     as_of: NaiveDate,
 ) -> Result<Explanation> {
@@ -346,6 +348,7 @@ pub async fn explain(
         settings,
         rules: &settings.rules,
         notices,
+        clock,
         permit: &permit,
         as_of,
     };
@@ -381,6 +384,8 @@ struct Ctx<'a> {
     settings: &'a Settings,
     rules: &'a Rules,
     notices: &'a Notices,
+    /// Today, for a what-if's note on C17.
+    clock: Clock,
     permit: &'a PermitRow,
     as_of: NaiveDate,
 }
@@ -971,7 +976,7 @@ impl Ctx<'_> {
             "WHAT-IF for as_of {as_of}: computed now with the run's rules from the register and \
              feeds as stored; nothing was written (no run, no event, no notice, no import)"
         );
-        let today = crate::clock::today(self.settings.tz());
+        let today = self.clock.today();
         match db.run_for(as_of).await? {
             Some(r) if r.status == "completed" => out.notes.push(format!(
                 "run {} for {as_of} completed without an event for this permit (not due, \

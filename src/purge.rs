@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::clock::Clock;
 use crate::db::retention::{PurgeCounts, PurgeCutoffs};
 use crate::db::Db;
 use crate::domain::Month;
@@ -23,17 +24,19 @@ pub struct PurgeReport {
     pub dry_run: bool,
 }
 
-/// The cutoffs for `now` under the settings' retention.
-pub fn cutoffs(settings: &Settings, now: DateTime<Utc>) -> PurgeCutoffs {
+/// The cutoffs for `now` under the settings' retention: dates in the
+/// clock's zone, timestamps as the database stores them (compared as
+/// text).
+pub fn cutoffs(settings: &Settings, clock: Clock, now: DateTime<Utc>) -> PurgeCutoffs {
     let r = &settings.retention;
     let feed_edge = days_before(now, r.feed_days);
-    let visited_before = feed_edge.with_timezone(&settings.tz()).date_naive();
+    let visited_before = clock.local(feed_edge).date_naive();
     PurgeCutoffs {
         visited_before,
         // Whole months only: the month holding the cutoff date stays.
         month_before: Month::of(visited_before).to_string(),
-        imported_before: crate::clock::to_rfc3339(feed_edge),
-        notices_before: crate::clock::to_rfc3339(days_before(now, r.notice_days)),
+        imported_before: clock.stamp(feed_edge),
+        notices_before: clock.stamp(days_before(now, r.notice_days)),
     }
 }
 
@@ -45,17 +48,20 @@ fn days_before(now: DateTime<Utc>, days: u32) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// Purges, under the job lock, as of `now`.
+/// Purges, under the job lock, as of `clock`'s now.
 pub async fn purge(
     db: &Db,
     settings: &Settings,
-    now: DateTime<Utc>,
+    clock: Clock,
     dry_run: bool,
 ) -> Result<PurgeReport> {
     let _lock = db
         .lock_jobs(|| tracing::info!("an import or run holds the job lock; waiting for it"))
         .await?;
-    let cut = cutoffs(settings, now);
+    // Once the lock is held: a purge that waited for a run cuts at the
+    // time it starts.
+    let now = clock.now();
+    let cut = cutoffs(settings, clock, now);
     let rows = db.purge(&cut, dry_run).await?;
     let edge = SystemTime::from(days_before(now, settings.retention.feed_days));
     let mut rejects_files = 0;

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::cli::parse_date_arg;
+use crate::clock::Clock;
 use crate::db::requeue::{NoticeSelection, RequeueBy, RequeueDone, SelectedNotices};
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -90,16 +91,16 @@ pub struct RequeueRequest {
 
 /// Checks the arguments (exit 2 for each way they can be wrong) before
 /// the database is touched.
-pub fn request(args: &RequeueArgs, tz: chrono_tz::Tz) -> Result<RequeueRequest> {
+pub fn request(args: &RequeueArgs, clock: Clock) -> Result<RequeueRequest> {
     let from = args
         .from
         .as_deref()
-        .map(|d| parse_date_arg(d, "--from", tz))
+        .map(|d| parse_date_arg(d, "--from", clock))
         .transpose()?;
     let to = args
         .to
         .as_deref()
-        .map(|d| parse_date_arg(d, "--to", tz))
+        .map(|d| parse_date_arg(d, "--to", clock))
         .transpose()?;
     if let (Some(f), Some(t)) = (from, to) {
         if f > t {
@@ -179,6 +180,7 @@ pub struct RequeueOutcome {
 /// a named notice that cannot be requeued.
 pub async fn requeue(
     db: &Db,
+    clock: Clock,
     req: &RequeueRequest,
     show: impl FnOnce(&RequeueOutcome),
 ) -> Result<RequeueOutcome> {
@@ -240,7 +242,7 @@ pub async fn requeue(
     }
     let selected = db.select_notices(sel).await?;
     let os_user = os_user();
-    let at = crate::clock::now_rfc3339();
+    let at = clock.now_rfc3339();
     let mut out = RequeueOutcome {
         described: describe(sel),
         selected,
@@ -389,10 +391,10 @@ pub fn done_report(o: &RequeueOutcome, dry_run: bool) -> String {
 }
 
 /// Runs the command for the CLI: checks, requeues, prints.
-pub async fn command(settings: &Settings, args: &RequeueArgs) -> Result<()> {
-    let req = request(args, settings.tz())?;
+pub async fn command(settings: &Settings, clock: Clock, args: &RequeueArgs) -> Result<()> {
+    let req = request(args, clock)?;
     let db = Db::connect(&settings.effective_database_url()).await?;
-    let outcome = requeue(&db, &req, |o| {
+    let outcome = requeue(&db, clock, &req, |o| {
         print!(
             "{}",
             crate::domain::escape_controls_in_lines(&selection_report(o))
@@ -494,8 +496,8 @@ mod tests {
         }
     }
 
-    fn tz() -> chrono_tz::Tz {
-        chrono_tz::Asia::Shanghai
+    fn clock() -> Clock {
+        Clock::system(chrono_tz::Asia::Shanghai)
     }
 
     fn usage(r: Result<RequeueRequest>) -> String {
@@ -507,19 +509,19 @@ mod tests {
 
     #[test]
     fn a_selector_is_required_and_all_counts_as_one() {
-        assert!(usage(request(&args(), tz())).contains("requeue needs a selector"));
+        assert!(usage(request(&args(), clock())).contains("requeue needs a selector"));
         let all = RequeueArgs {
             all: true,
             ..args()
         };
-        let r = request(&all, tz()).expect("--all");
+        let r = request(&all, clock()).expect("--all");
         assert_eq!(r.selection, NoticeSelection::default());
         let by_channel = RequeueArgs {
             channel: Some(RequeueChannel::Email),
             ..args()
         };
         assert_eq!(
-            request(&by_channel, tz())
+            request(&by_channel, clock())
                 .expect("channel")
                 .selection
                 .channel
@@ -536,14 +538,17 @@ mod tests {
             dry_run,
             ..args()
         };
-        assert!(usage(request(&run(None, false), tz())).contains("needs --reason"));
-        assert_eq!(request(&run(None, true), tz()).expect("dry").reason, None);
-        assert!(usage(request(&run(Some("  "), false), tz())).contains("--reason is empty"));
-        assert!(usage(request(&run(Some("a\nb"), false), tz())).contains("one line"));
-        let long = "字".repeat(MAX_REASON_CHARS + 1);
-        assert!(usage(request(&run(Some(&long), false), tz())).contains("longer than 500"));
+        assert!(usage(request(&run(None, false), clock())).contains("needs --reason"));
         assert_eq!(
-            request(&run(Some(" outage "), false), tz())
+            request(&run(None, true), clock()).expect("dry").reason,
+            None
+        );
+        assert!(usage(request(&run(Some("  "), false), clock())).contains("--reason is empty"));
+        assert!(usage(request(&run(Some("a\nb"), false), clock())).contains("one line"));
+        let long = "字".repeat(MAX_REASON_CHARS + 1);
+        assert!(usage(request(&run(Some(&long), false), clock())).contains("longer than 500"));
+        assert_eq!(
+            request(&run(Some(" outage "), false), clock())
                 .expect("ok")
                 .reason
                 .as_deref(),
@@ -558,10 +563,10 @@ mod tests {
             to: Some(to.into()),
             ..args()
         };
-        assert!(usage(request(&range("2026-02-30", "2026-03-01"), tz())).contains("--from"));
-        assert!(usage(request(&range("2026-12-02", "2026-12-01"), tz()))
+        assert!(usage(request(&range("2026-02-30", "2026-03-01"), clock())).contains("--from"));
+        assert!(usage(request(&range("2026-12-02", "2026-12-01"), clock()))
             .contains("--from 2026-12-02 is after --to 2026-12-01"));
-        let r = request(&range("2026/11/1", "20261130"), tz()).expect("range");
+        let r = request(&range("2026/11/1", "20261130"), clock()).expect("range");
         assert_eq!(
             r.selection.from.map(|d| d.to_string()).as_deref(),
             Some("2026-11-01")
@@ -579,7 +584,7 @@ mod tests {
             ..args()
         };
         assert_eq!(
-            request(&ids, tz()).expect("ids").selection.notice_ids,
+            request(&ids, clock()).expect("ids").selection.notice_ids,
             [3, 9]
         );
     }

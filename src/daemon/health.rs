@@ -16,10 +16,10 @@ use axum::Router;
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 
+use crate::clock::Clock;
 use crate::db::metrics::DbMetrics;
 use crate::db::{Db, RunRecord};
 use crate::feeds::Feed;
-use crate::outbox::Clock;
 use crate::settings::Settings;
 
 /// Upper bounds of the run-duration histogram, in seconds.
@@ -97,16 +97,16 @@ struct Counters {
     last_purge: Option<DateTime<Utc>>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// Counters of a process that started at `started_at` (by the daemon's
+    /// clock).
+    pub fn new(started_at: DateTime<Utc>) -> Self {
         Metrics {
-            started_at: Utc::now(),
+            started_at,
             inner: Mutex::new(Counters::default()),
         }
     }
-}
 
-impl Metrics {
     fn with<T>(&self, f: impl FnOnce(&mut Counters) -> T) -> T {
         // A panic while holding the lock cannot leave counters inconsistent
         // in a way that matters: keep counting.
@@ -130,16 +130,17 @@ impl Metrics {
         });
     }
 
-    /// A scheduled purge ended: completed (`ok`) or failed.
-    pub fn purge_finished(&self, ok: bool) {
+    /// A scheduled purge completed at `at` (by the daemon's clock).
+    pub fn purge_completed(&self, at: DateTime<Utc>) {
         self.with(|c| {
-            if ok {
-                c.purges_completed += 1;
-                c.last_purge = Some(Utc::now());
-            } else {
-                c.purges_failed += 1;
-            }
+            c.purges_completed += 1;
+            c.last_purge = Some(at);
         });
+    }
+
+    /// A scheduled purge failed.
+    pub fn purge_failed(&self) {
+        self.with(|c| c.purges_failed += 1);
     }
 
     pub fn tick(&self) {
@@ -236,7 +237,7 @@ async fn quick<T>(f: impl std::future::Future<Output = crate::Result<T>>) -> Res
 }
 
 async fn readyz(State(s): State<Arc<HealthState>>) -> Reply {
-    let today = s.clock.now().with_timezone(&s.tz).date_naive();
+    let today = s.clock.today();
     let mut lines = Vec::new();
     let mut ready = true;
     match quick(s.db.ping()).await {
@@ -545,14 +546,16 @@ pub fn render(
             &mut o,
             "autosign_last_successful_run_duration_seconds",
             "gauge",
-            "Duration of the last completed run's last attempt.",
+            "Duration of the last completed run's last attempt, as the process that ran it measured it.",
         );
-        if let (Some(a), Some(b)) = (unix(&r.started_at), r.finished_at.as_deref().and_then(unix)) {
-            let _ = writeln!(
-                o,
-                "autosign_last_successful_run_duration_seconds {}",
-                (b - a).max(0)
-            );
+        // Measured with a monotonic clock and kept with the run; a run
+        // recorded before that has only its whole-second timestamps.
+        let measured = r.duration_secs.or_else(|| {
+            let (a, b) = (unix(&r.started_at)?, unix(r.finished_at.as_deref()?)?);
+            Some((b - a).max(0) as f64)
+        });
+        if let Some(secs) = measured {
+            let _ = writeln!(o, "autosign_last_successful_run_duration_seconds {secs}");
         }
         head(&mut o, "autosign_last_run_pending", "gauge", "Due permits left PENDING by the last completed run (evidence missing, deadline not reached).");
         let _ = writeln!(o, "autosign_last_run_pending {}", r.pending);
@@ -683,6 +686,11 @@ mod tests {
     use super::*;
     use crate::db::metrics::{BacklogGroup, FeedImports, LabelledCount};
 
+    /// When the process of these tests started (Unix time 1795700000).
+    fn started() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_795_700_000, 0).expect("instant")
+    }
+
     fn lc(a: &str, b: &str, count: i64) -> LabelledCount {
         LabelledCount {
             a: a.into(),
@@ -693,7 +701,7 @@ mod tests {
 
     #[test]
     fn metrics_page_has_runs_decisions_notices_and_imports() {
-        let m = Metrics::default();
+        let m = Metrics::new(started());
         m.record(RunResult::Completed, Some(Duration::from_secs(3)));
         m.record(RunResult::Failed, None);
         let last = RunRecord {
@@ -706,6 +714,8 @@ mod tests {
             pending: 2,
             brake: None,
             import_mark: None,
+            // Measured: not the timestamps' whole three seconds.
+            duration_secs: Some(2.75),
         };
         let db = DbMetrics {
             runs: vec![lc("completed", "", 4)],
@@ -757,7 +767,8 @@ mod tests {
             "autosign_last_successful_run_info{as_of=\"2026-11-27\",run_id=\"4\"} 1",
             // 2026-11-27T00:00:00+08:00
             "autosign_last_successful_run_as_of_timestamp_seconds 1795708800",
-            "autosign_last_successful_run_duration_seconds 3",
+            "autosign_last_successful_run_duration_seconds 2.75",
+            "autosign_daemon_start_time_seconds 1795700000",
             "autosign_last_run_pending 2",
             "autosign_last_run_decisions{kind=\"AUTO_SIGNED\"} 10",
             "autosign_last_run_decisions{kind=\"VISIT_CENTER\"} 3",
@@ -802,12 +813,29 @@ mod tests {
                 "undeclared {name}"
             );
         }
+        // A run recorded before durations were measured: its timestamps.
+        let older = RunRecord {
+            duration_secs: None,
+            ..last
+        };
+        let page = render(
+            &m,
+            chrono_tz::Asia::Shanghai,
+            &limits,
+            Some(&older),
+            Some(&db),
+        );
+        assert!(
+            page.lines()
+                .any(|l| l == "autosign_last_successful_run_duration_seconds 3"),
+            "{page}"
+        );
     }
 
     #[test]
     fn without_a_database_the_process_counters_still_show() {
         let page = render(
-            &Metrics::default(),
+            &Metrics::new(started()),
             chrono_tz::Asia::Shanghai,
             &[("residence", 7)],
             None,

@@ -29,27 +29,30 @@ mod schedule;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate};
 use tokio::sync::{mpsc, watch};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 pub use health::{Metrics, RunResult};
 pub use schedule::{plan, Plan, Schedule};
 
+use crate::clock::Clock;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::outbox::notice::Notices;
-use crate::outbox::{Channels, Clock};
+use crate::outbox::Channels;
 use crate::reconcile::{self, RunOutcome};
 use crate::settings::Settings;
 
 /// Options of `autosign daemon` that are not settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DaemonOptions {
-    /// Run as if the clock read this instant at start-up (advancing in real
-    /// time): business dates, readiness and quiet hours follow it. For
-    /// tests and rehearsals; the schedule's ticks still come in real time.
-    pub now: Option<DateTime<Utc>>,
+    /// The daemon's clock: the system clock, or (`--now`, for tests and
+    /// rehearsals) one that read a given instant at start-up and advances
+    /// in real time. Business dates, the runs (their timestamps, the
+    /// brake's feed ages), delivery, readiness, the purge and the metrics'
+    /// times follow it; the schedule's ticks still come in real time.
+    pub clock: Clock,
     /// Check the configuration and the database, say what a start would
     /// run, and exit ([`check`]).
     pub check: bool,
@@ -65,7 +68,7 @@ pub async fn check(settings: &Settings, opts: &DaemonOptions) -> Result<String> 
     let d = &settings.daemon;
     let schedule = Schedule::parse(&d.schedule, tz)
         .map_err(|why| Error::Config(format!("configuration key daemon.schedule: {why}")))?;
-    let clock = opts.now.map_or_else(Clock::system, Clock::starting_at);
+    let clock = opts.clock;
     Notices::from_settings(settings)?;
     let channels = Channels::from_settings(settings)?;
     let channel_state = format!(
@@ -183,7 +186,7 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
     let schedule = Schedule::parse(&d.schedule, tz)
         .map_err(|why| Error::Config(format!("configuration key daemon.schedule: {why}")))?;
     let purge_schedule = purge::schedule(&settings)?;
-    let clock = opts.now.map_or_else(Clock::system, Clock::starting_at);
+    let clock = opts.clock;
     let notices = Notices::from_settings(&settings)?;
     let channels = Channels::from_settings(&settings)?;
     let listener = match d.health_addr.trim() {
@@ -201,7 +204,7 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
     // Bars would interleave with the daemon's log lines.
     reconcile::show_progress(false);
 
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(clock.now()));
     let health = match listener {
         None => None,
         Some(listener) => {
@@ -556,7 +559,9 @@ impl Runner<'_> {
     /// The nightly report of the run just made (src/report/). A failure
     /// is logged and counted; the run stands either way.
     async fn report(&self, as_of: NaiveDate) {
-        match crate::report::write_nightly(self.db, self.settings, self.notices, as_of).await {
+        match crate::report::write_nightly(self.db, self.settings, self.notices, self.clock, as_of)
+            .await
+        {
             Ok(path) => {
                 self.metrics.report_written(true);
                 tracing::info!(%as_of, path = %path.display(), "nightly report written");
@@ -578,7 +583,7 @@ impl Runner<'_> {
     async fn run_one(&self, as_of: NaiveDate) -> bool {
         let started = Instant::now();
         tracing::info!(%as_of, "nightly run starting");
-        match reconcile::run(self.db, self.settings, self.notices, as_of).await {
+        match reconcile::run(self.db, self.settings, self.notices, self.clock, as_of).await {
             Ok(RunOutcome::Completed(s)) => {
                 let elapsed = started.elapsed();
                 self.metrics.record(RunResult::Completed, Some(elapsed));

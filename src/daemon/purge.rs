@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use super::{rfc3339, Metrics, Schedule};
+use crate::clock::Clock;
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::outbox::Clock;
 use crate::settings::Settings;
 
 /// `[retention] schedule`, parsed; `None` when it is empty.
@@ -96,9 +96,9 @@ impl PurgeRunner {
         let now = self.clock.now();
         let next_purge = rfc3339(self.schedule.next(now));
         tracing::info!("scheduled purge starting");
-        match crate::purge::purge(&self.db, &self.settings, now, false).await {
+        match crate::purge::purge(&self.db, &self.settings, self.clock, false).await {
             Ok(r) => {
-                self.metrics.purge_finished(true);
+                self.metrics.purge_completed(self.clock.now());
                 tracing::info!(
                     residence = r.rows.residence,
                     social_insurance = r.rows.social_insurance,
@@ -112,7 +112,7 @@ impl PurgeRunner {
                 );
             }
             Err(e) => {
-                self.metrics.purge_finished(false);
+                self.metrics.purge_failed();
                 tracing::error!(
                     alert = "purge_failed",
                     exit_status = e.exit_code(),

@@ -113,20 +113,24 @@ impl Db {
     }
 
     /// Opens a feed file's import and records it, with the delivery its
-    /// feed has (the brake's row-drop check compares snapshots only).
+    /// feed has (the brake's row-drop check compares snapshots only) and
+    /// the time it was made (the brake's feed age).
     pub async fn begin_import(
         &self,
         feed: &str,
         file_name: &str,
         sha256: &str,
         delivery: crate::feeds::Delivery,
+        imported_at: &str,
     ) -> Result<ImportTx> {
         match self {
             Db::Sqlite(db) => Ok(ImportTx::Sqlite(
-                db.begin_import(feed, file_name, sha256, delivery).await?,
+                db.begin_import(feed, file_name, sha256, delivery, imported_at)
+                    .await?,
             )),
             Db::Postgres(db) => Ok(ImportTx::Postgres(
-                db.begin_import(feed, file_name, sha256, delivery).await?,
+                db.begin_import(feed, file_name, sha256, delivery, imported_at)
+                    .await?,
             )),
         }
     }
@@ -575,19 +579,26 @@ impl RunTx {
 
     /// Marks the run held by the safety brake before it writes
     /// anything: its batches then carry events only, and `complete` marks
-    /// it `held`.
-    pub async fn hold(&mut self, why: &str) -> Result<()> {
+    /// it `held`. `now` is the run's heartbeat on PostgreSQL, whose run
+    /// checks that it still owns the run (SQLite's run is one transaction).
+    pub async fn hold(&mut self, why: &str, now: &str) -> Result<()> {
         match self {
-            RunTx::Sqlite(t) => t.hold(why).await,
-            RunTx::Postgres(t) => t.hold(why).await,
+            RunTx::Sqlite(t) => t.hold(why, now).await,
+            RunTx::Postgres(t) => t.hold(why, now).await,
         }
     }
 
-    /// Marks the run completed (or held) and commits.
-    pub async fn complete(self, pending: u64, now: &str) -> Result<()> {
+    /// Marks the run completed (or held) at `now`, with the attempt's
+    /// measured `duration`, and commits.
+    pub async fn complete(
+        self,
+        pending: u64,
+        now: &str,
+        duration: std::time::Duration,
+    ) -> Result<()> {
         match self {
-            RunTx::Sqlite(t) => t.complete(pending, now).await,
-            RunTx::Postgres(t) => t.complete(pending, now).await,
+            RunTx::Sqlite(t) => t.complete(pending, now, duration).await,
+            RunTx::Postgres(t) => t.complete(pending, now, duration).await,
         }
     }
 

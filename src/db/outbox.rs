@@ -12,8 +12,8 @@
 //! once the lease expires — the one window in which a notice can be sent
 //! twice, covered by the idempotency key (docs/delivery.md).
 //!
-//! Timestamps are RFC 3339 text with the +08:00 offset and whole seconds
-//! (`clock::to_rfc3339`), the format every writer of `next_attempt_at`
+//! Timestamps are RFC 3339 text in one offset with whole seconds
+//! (`Clock::stamp`), the format every writer of `next_attempt_at`
 //! uses, so text order is time order (on PostgreSQL too: the columns are
 //! TEXT COLLATE "C"). The SQLite statements are in `outbox_sqlite.rs`, the
 //! PostgreSQL ones (the claim with `FOR UPDATE SKIP LOCKED`) in

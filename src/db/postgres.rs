@@ -158,6 +158,7 @@ impl PgDb {
         file_name: &str,
         sha256: &str,
         delivery: crate::feeds::Delivery,
+        imported_at: &str,
     ) -> Result<PgImportTx> {
         let mut conn = self.detached().await?;
         sqlx::query("BEGIN").execute(&mut conn).await?;
@@ -169,7 +170,7 @@ impl PgDb {
         .bind(feed)
         .bind(file_name)
         .bind(sha256)
-        .bind(crate::clock::now_rfc3339())
+        .bind(imported_at)
         .bind(delivery.as_str())
         .fetch_one(&mut conn)
         .await?;
@@ -759,7 +760,8 @@ fn hostname() -> String {
 
 macro_rules! run_columns {
     () => {
-        "run_id, as_of, status, attempts, started_at, finished_at, pending, brake, import_mark"
+        "run_id, as_of, status, attempts, started_at, finished_at, pending, brake, import_mark, \
+         duration_secs"
     };
 }
 use run_columns;
@@ -1748,10 +1750,9 @@ impl PgRunTx {
 
     /// Marks the run held by the safety brake (if this process still owns
     /// it), before it writes any event.
-    pub async fn hold(&mut self, why: &str) -> Result<()> {
-        let now = crate::clock::now_rfc3339();
+    pub async fn hold(&mut self, why: &str, now: &str) -> Result<()> {
         let mut tx = self.conn.begin().await?;
-        fence(&mut tx, &self.run, &self.owner, &now).await?;
+        fence(&mut tx, &self.run, &self.owner, now).await?;
         sqlx::query("UPDATE runs SET brake = $1 WHERE run_id = $2")
             .bind(why)
             .bind(self.run.run_id)
@@ -1764,11 +1765,17 @@ impl PgRunTx {
 
     /// Marks the run completed, or held if the brake held it (if this
     /// process still owns it).
-    pub async fn complete(mut self, pending: u64, now: &str) -> Result<()> {
+    pub async fn complete(
+        mut self,
+        pending: u64,
+        now: &str,
+        duration: std::time::Duration,
+    ) -> Result<()> {
         let mut tx = self.conn.begin().await?;
         fence(&mut tx, &self.run, &self.owner, now).await?;
         sqlx::query(
-            "UPDATE runs SET status = $4, finished_at = $1, pending = $2 WHERE run_id = $3",
+            "UPDATE runs SET status = $4, finished_at = $1, pending = $2, duration_secs = $5 \
+             WHERE run_id = $3",
         )
         .bind(now)
         .bind(pending as i64)
@@ -1778,6 +1785,7 @@ impl PgRunTx {
         } else {
             "completed"
         })
+        .bind(duration.as_secs_f64())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -1835,6 +1843,7 @@ fn run_record(r: &PgRow) -> Result<RunRecord> {
         pending: r.try_get(6)?,
         brake: r.try_get(7)?,
         import_mark: r.try_get(8)?,
+        duration_secs: r.try_get(9)?,
     })
 }
 

@@ -128,6 +128,10 @@ pub struct RunRecord {
     pub brake: Option<String>,
     /// The newest import the run saw when it began (after its inbox).
     pub import_mark: Option<i64>,
+    /// How long the last attempt took, from `started_at` to its end,
+    /// measured by the process that ran it; `None` while it runs, and for
+    /// runs made before it was recorded.
+    pub duration_secs: Option<f64>,
 }
 
 /// A feed's import, as the safety brake looks at it.

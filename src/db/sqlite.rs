@@ -101,7 +101,8 @@ macro_rules! pool_cache {
 
 macro_rules! run_columns {
     () => {
-        "run_id, as_of, status, attempts, started_at, finished_at, pending, brake, import_mark"
+        "run_id, as_of, status, attempts, started_at, finished_at, pending, brake, import_mark, \
+         duration_secs"
     };
 }
 
@@ -216,6 +217,7 @@ impl SqliteDb {
         file_name: &str,
         sha256: &str,
         delivery: crate::feeds::Delivery,
+        imported_at: &str,
     ) -> Result<SqliteImportTx> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let import_id: i64 = sqlx::query_scalar(
@@ -224,7 +226,7 @@ impl SqliteDb {
         .bind(feed)
         .bind(file_name)
         .bind(sha256)
-        .bind(crate::clock::now_rfc3339())
+        .bind(imported_at)
         .bind(delivery.as_str())
         .fetch_one(&mut *tx)
         .await?;
@@ -1702,7 +1704,8 @@ impl SqliteRunTx {
     }
 
     /// Marks the run held by the safety brake, before it writes any event.
-    pub async fn hold(&mut self, why: &str) -> Result<()> {
+    /// `_now`: the run is one transaction, with no heartbeat to keep.
+    pub async fn hold(&mut self, why: &str, _now: &str) -> Result<()> {
         sqlx::query("UPDATE runs SET brake = ? WHERE run_id = ?")
             .bind(why)
             .bind(self.run.run_id)
@@ -1713,16 +1716,24 @@ impl SqliteRunTx {
     }
 
     /// Marks the run completed (or held, if the brake held it) and commits.
-    pub async fn complete(mut self, pending: u64, now: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET status = ?, finished_at = ?, pending = ? WHERE run_id = ?")
-            .bind(if self.run.brake.is_some() {
-                "held"
-            } else {
-                "completed"
-            })
-            .bind(now)
-            .bind(pending as i64)
-            .bind(self.run.run_id)
+    pub async fn complete(
+        mut self,
+        pending: u64,
+        now: &str,
+        duration: std::time::Duration,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET status = ?, finished_at = ?, pending = ?, duration_secs = ? WHERE run_id = ?",
+        )
+        .bind(if self.run.brake.is_some() {
+            "held"
+        } else {
+            "completed"
+        })
+        .bind(now)
+        .bind(pending as i64)
+        .bind(duration.as_secs_f64())
+        .bind(self.run.run_id)
             .execute(&mut *self.tx)
             .await?;
         self.restore_cache().await?;
@@ -1789,6 +1800,7 @@ fn run_record(r: &SqliteRow) -> Result<RunRecord> {
         pending: r.try_get(6)?,
         brake: r.try_get(7)?,
         import_mark: r.try_get(8)?,
+        duration_secs: r.try_get(9)?,
     })
 }
 

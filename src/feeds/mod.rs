@@ -47,6 +47,9 @@ pub struct ImportOptions {
     /// Recorded with the import: whether the brake's row-drop check may
     /// compare it (`[feeds.<feed>] delivery`).
     pub delivery: Delivery,
+    /// Stamps the import's `imported_at`, from which the brake reckons the
+    /// feed's age: a run's inbox imports get the run's clock.
+    pub clock: crate::clock::Clock,
 }
 
 #[derive(Debug, Clone)]
@@ -644,7 +647,13 @@ where
         tokio::task::spawn_blocking(move || parse_file(feed, p, o, parser, sender, recycled));
 
     let mut tx = db
-        .begin_import(feed.name(), &shown, sha, opts.delivery)
+        .begin_import(
+            feed.name(),
+            &shown,
+            sha,
+            opts.delivery,
+            &opts.clock.now_rfc3339(),
+        )
         .await?;
     let mut tally = Tally {
         file: shown.clone(),
@@ -1549,6 +1558,7 @@ pub mod fuzzing {
             progress: false,
             headers: HeaderNames::builtin(),
             delivery: Delivery::Snapshot,
+            clock: crate::clock::Clock::system(chrono_tz::UTC),
         };
         match feed {
             Feed::Permits => run(feed, path, opts, RowParser::unsettled(parse::permit)),

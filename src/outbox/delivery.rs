@@ -27,9 +27,9 @@ use tokio::time::Instant;
 
 use super::channel::{masked_recipient, Accepted, DeliveryError};
 use super::email::Mailer;
-use super::policy::{backoff, Clock, Pacer, QuietHours};
+use super::policy::{backoff, Pacer, QuietHours};
 use super::sms::SmsGateway;
-use crate::clock::to_rfc3339;
+use crate::clock::Clock;
 use crate::db::outbox::{ClaimedNotice, NoticeMark, OutboxCount};
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -170,7 +170,9 @@ pub async fn deliver(
     let d = &settings.delivery;
     let started_at = clock.now();
     let max = i64::from(d.max_attempts);
-    let buried = db.bury_expired_claims(&to_rfc3339(started_at), max).await?;
+    let buried = db
+        .bury_expired_claims(&clock.stamp(started_at), max)
+        .await?;
     if buried > 0 {
         tracing::warn!(
             count = buried,
@@ -181,7 +183,7 @@ pub async fn deliver(
         db,
         settings,
         clock,
-        quiet: QuietHours::from_settings(d, settings.tz()),
+        quiet: QuietHours::from_settings(d, clock.tz()),
         stop,
     };
     let sms = async {
@@ -222,7 +224,7 @@ pub async fn deliver(
     };
     let (sms, email) = tokio::join!(sms, email);
     let (mut sms, mut email) = (sms?, email?);
-    let now = to_rfc3339(clock.now());
+    let now = clock.now_rfc3339();
     for due in db.due_notices(&now, max).await? {
         match due.channel.as_str() {
             "sms" => sms.waiting = due.count,
@@ -274,8 +276,8 @@ async fn run_channel(
             .db
             .claim_notices(
                 channel,
-                &to_rfc3339(now),
-                &to_rfc3339(lease_until),
+                &step.clock.stamp(now),
+                &step.clock.stamp(lease_until),
                 max,
                 i64::from(d.batch_size),
             )
@@ -328,7 +330,7 @@ async fn one(
             "claim released"
         );
         let mark = NoticeMark::Release {
-            next_attempt_at: to_rfc3339(step.clock.now()),
+            next_attempt_at: step.clock.now_rfc3339(),
         };
         record(step, n, &mark, latest_start).await?;
         Ok::<_, Error>(Done::Released)
@@ -364,7 +366,7 @@ async fn one(
             );
             (
                 NoticeMark::Sent {
-                    at: to_rfc3339(now),
+                    at: step.clock.stamp(now),
                     provider_ref: accepted.provider_ref,
                 },
                 Done::Sent,
@@ -393,13 +395,13 @@ async fn one(
                     channel,
                     to = %to,
                     attempt = n.attempt,
-                    retry_at = %to_rfc3339(next),
+                    retry_at = %step.clock.stamp(next),
                     error = %error,
                     "send failed; retry scheduled"
                 );
                 (
                     NoticeMark::Retry {
-                        next_attempt_at: to_rfc3339(next),
+                        next_attempt_at: step.clock.stamp(next),
                         error,
                     },
                     Done::Retry,
@@ -562,7 +564,13 @@ pub async fn run_worker(
 pub fn report(o: &DeliveryOutcome) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "deliver at {}:", to_rfc3339(o.started_at));
+    // Local time in the configured zone, the quiet hours' zone.
+    let started = o.started_at.with_timezone(&o.quiet_hours.tz);
+    let _ = writeln!(
+        s,
+        "deliver at {}:",
+        started.to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+    );
     let _ = writeln!(
         s,
         "  {:<7} {:>8} {:>8} {:>8} {:>9} {:>9}",

@@ -13,7 +13,6 @@ pub mod sms;
 
 pub use channel::DeliveryError;
 pub use delivery::{deliver, run_worker, Channels, DeliveryOutcome};
-pub use policy::Clock;
 
 /// rustls needs one process-wide crypto provider; both HTTP and SMTP use
 /// *ring* (no C toolchain beyond what *ring* needs, no aws-lc build).

@@ -1,6 +1,6 @@
-//! The delivery policy as pure functions of an injected clock: quiet hours,
-//! exponential backoff with jitter, and a rate limiter. No `Utc::now()`
-//! here except in [`Clock::system`].
+//! The delivery policy as pure functions of the injected clock
+//! ([`crate::clock::Clock`]): quiet hours, exponential backoff with jitter,
+//! and a rate limiter.
 
 use std::time::Duration;
 
@@ -10,33 +10,6 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::settings::DeliverySettings;
-
-/// The delivery step's clock: the system clock, or (for tests and
-/// rehearsals) a clock that starts at a given instant and runs at real
-/// speed from there.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    offset: chrono::Duration,
-}
-
-impl Clock {
-    pub fn system() -> Self {
-        Clock {
-            offset: chrono::Duration::zero(),
-        }
-    }
-
-    /// A clock reading `start` now.
-    pub fn starting_at(start: DateTime<Utc>) -> Self {
-        Clock {
-            offset: start - Utc::now(),
-        }
-    }
-
-    pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + self.offset
-    }
-}
 
 /// No SMS between `start` and `end` local time (a window that may span
 /// midnight); `start == end` means no quiet hours.

@@ -30,6 +30,7 @@ use chrono::{Duration, NaiveDate};
 
 use super::{Ctx, PlanCounts, RunSummary};
 use crate::audit::AuditWriter;
+use crate::clock::Clock;
 use crate::db::{AuditRow, Db, NewEvent, RunRecord, RunTx};
 use crate::error::{Error, Result};
 use crate::feeds::{self, Feed};
@@ -66,6 +67,7 @@ pub async fn dry_run(
     db: &Db,
     settings: &Settings,
     notices: &Notices,
+    clock: Clock,
     as_of: NaiveDate,
     audit: Option<&Path>,
 ) -> Result<DryRunOutcome> {
@@ -96,7 +98,7 @@ pub async fn dry_run(
         settings,
         &imports,
         db.completed_import_mark().await?,
-        crate::clock::now(),
+        clock.now(),
     );
     let lifecycle = if crate::brake::lifecycle_checked(settings) {
         Some(
@@ -112,7 +114,7 @@ pub async fn dry_run(
         as_of,
         status: "running".into(),
         attempts: resumes.as_ref().map_or(1, |r| r.attempts + 1),
-        started_at: crate::clock::now_rfc3339(),
+        started_at: clock.now_rfc3339(),
         finished_at: None,
         pending: 0,
         // A resumed run stays held if it was.
@@ -121,12 +123,14 @@ pub async fn dry_run(
             .and_then(|r| r.brake.clone())
             .or(feeds_trip),
         import_mark: Some(mark),
+        duration_secs: None,
     };
     let bar = super::progress_bar(db, settings, as_of).await;
     let mut tx = db.begin_dry_run(run.clone()).await?;
     let mut ctx = Ctx {
         settings,
         notices,
+        clock,
         as_of,
         run_id: run.run_id,
         held: run.brake.is_some(),
@@ -184,7 +188,7 @@ async fn plan_and_make(
     while let Some((read, events)) = tx.next_events(&mut pages).await? {
         // What `Ctx::write` would count, and the rows the audit export
         // would show for them right after the run.
-        let decided_at = crate::clock::now_rfc3339();
+        let decided_at = ctx.clock.now_rfc3339();
         let mut written = ctx.written.borrow_mut();
         for e in &events {
             let channel = if ctx.held { "" } else { e.notice.channel };

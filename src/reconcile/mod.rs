@@ -26,6 +26,7 @@ use std::sync::Arc;
 use chrono::{Duration, NaiveDate};
 use tracing::Instrument;
 
+use crate::clock::Clock;
 use crate::db::{
     Candidate, Db, EvidenceBounds, EvidenceSink, LifecycleCounts, NewEvent, PermitRow, RunBatch,
     RunCount, RunRecord, RunTx,
@@ -100,11 +101,14 @@ pub struct RunSummary {
     pub planned: PlanCounts,
 }
 
-/// Runs the nightly reconciliation for `as_of`.
+/// Runs the nightly reconciliation for `as_of`. `clock` stamps the run,
+/// its events and notices and its inbox imports, and is the "now" of the
+/// brake's feed ages.
 pub async fn run(
     db: &Db,
     settings: &Settings,
     notices: &Notices,
+    clock: Clock,
     as_of: NaiveDate,
 ) -> Result<RunOutcome> {
     let _lock = db
@@ -126,7 +130,7 @@ pub async fn run(
             )));
         }
     }
-    let inbox = import_inbox(db, settings).await?;
+    let inbox = import_inbox(db, settings, clock).await?;
     // The brake's feed checks, on the imports as the run will
     // see them: after its inbox.
     let imports = db.latest_imports().await?;
@@ -135,7 +139,7 @@ pub async fn run(
         settings,
         &imports,
         db.completed_import_mark().await?,
-        crate::clock::now(),
+        clock.now(),
     );
     // The brake's lifecycle check counts on the register as the run will
     // find it (after its inbox), before the run writes anything.
@@ -148,36 +152,45 @@ pub async fn run(
         None
     };
     let bar = progress_bar(db, settings, as_of).await;
-    let mut tx = db
-        .begin_run(as_of, &crate::clock::now_rfc3339(), mark)
-        .await?;
+    // The attempt's duration, from the moment its `started_at` is taken
+    // (the runs table keeps it: whole-second timestamps cannot measure a
+    // short run).
+    let started = std::time::Instant::now();
+    let mut tx = db.begin_run(as_of, &clock.now_rfc3339(), mark).await?;
     // A run resumed after a crash stays held if it was.
     if let (None, Some(why)) = (&tx.run().brake, &feeds_trip) {
-        if let Err(e) = tx.hold(why).await {
+        if let Err(e) = tx.hold(why, &clock.now_rfc3339()).await {
             let _ = tx.rollback().await;
             return Err(e);
         }
     }
     let run = tx.run().clone();
     let span = tracing::info_span!("run", run_id = run.run_id, %as_of);
-    decide(db, settings, notices, as_of, tx, run, inbox, bar, lifecycle)
+    let ctx = Ctx {
+        settings,
+        notices,
+        clock,
+        as_of,
+        run_id: run.run_id,
+        held: run.brake.is_some(),
+        lifecycle,
+        bar: &bar,
+        written: Default::default(),
+    };
+    decide(db, ctx, tx, run, inbox, started)
         .instrument(span)
         .await
 }
 
 /// The run proper, inside its span (`.instrument`, not a guard held across
 /// awaits, so the future stays `Send` and the span is exact).
-#[allow(clippy::too_many_arguments)]
 async fn decide(
     db: &Db,
-    settings: &Settings,
-    notices: &Notices,
-    as_of: NaiveDate,
+    mut ctx: Ctx<'_>,
     mut tx: RunTx,
     run: RunRecord,
     inbox: Vec<(PathBuf, ImportOutcome)>,
-    bar: indicatif::ProgressBar,
-    lifecycle: Option<LifecycleCounts>,
+    started: std::time::Instant,
 ) -> Result<RunOutcome> {
     if run.attempts > 1 {
         tracing::warn!(
@@ -186,18 +199,9 @@ async fn decide(
         );
     }
     tracing::info!("run started");
-    let mut ctx = Ctx {
-        settings,
-        notices,
-        as_of,
-        run_id: run.run_id,
-        held: run.brake.is_some(),
-        lifecycle,
-        bar: &bar,
-        written: Default::default(),
-    };
+    let as_of = ctx.as_of;
     let result = evaluate(&mut ctx, &mut tx).await;
-    bar.finish_and_clear();
+    ctx.bar.finish_and_clear();
     let planned = match result {
         Ok(counts) => counts,
         Err(e) => {
@@ -207,7 +211,8 @@ async fn decide(
     };
     crate::faults::point("run.before_complete");
     let pending = planned.pending;
-    tx.complete(pending, &crate::clock::now_rfc3339()).await?;
+    tx.complete(pending, &ctx.clock.now_rfc3339(), started.elapsed())
+        .await?;
     // The summary counts every event of the run. When this attempt wrote
     // them all it counted them as it wrote (no second pass over millions of
     // events and their notices); a resumed PostgreSQL run asks the
@@ -244,6 +249,8 @@ async fn decide(
 struct Ctx<'a> {
     settings: &'a Settings,
     notices: &'a Notices,
+    /// Stamps `decided_at` and the notices' `created_at`.
+    clock: Clock,
     as_of: NaiveDate,
     run_id: i64,
     /// Held by the safety brake: events only.
@@ -316,7 +323,7 @@ impl Ctx<'_> {
             run_id: self.run_id,
             held: self.held,
             as_of: self.as_of,
-            decided_at: crate::clock::now_rfc3339(),
+            decided_at: self.clock.now_rfc3339(),
             events,
         };
         tx.write(&batch).await?;
@@ -487,7 +494,7 @@ async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<PlanCounts> {
     if !ctx.held {
         let trips = plan_trips(ctx, &plan.counts);
         if !trips.is_empty() {
-            tx.hold(&trips.join("; ")).await?;
+            tx.hold(&trips.join("; "), &ctx.clock.now_rfc3339()).await?;
             ctx.held = true;
         }
     }
@@ -911,7 +918,11 @@ fn event_maker(ctx: &Ctx<'_>, plan: RunPlan) -> crate::db::MakeEvents {
 /// R2a: imports every new file of the inbox, feed by feed in a fixed order
 /// (the register first), files in name order. Any refusal stops the run
 /// before R3 (exit 3, naming the file).
-async fn import_inbox(db: &Db, settings: &Settings) -> Result<Vec<(PathBuf, ImportOutcome)>> {
+async fn import_inbox(
+    db: &Db,
+    settings: &Settings,
+    clock: Clock,
+) -> Result<Vec<(PathBuf, ImportOutcome)>> {
     let inbox = &settings.inbox;
     let Some(root) = inbox_root(settings)? else {
         return Ok(Vec::new());
@@ -938,6 +949,7 @@ async fn import_inbox(db: &Db, settings: &Settings) -> Result<Vec<(PathBuf, Impo
                 progress: PROGRESS.load(Ordering::Relaxed),
                 headers: settings.header_names()?,
                 delivery: settings.delivery(feed),
+                clock,
             };
             let outcome =
                 feeds::import_file(db, feed, &file, &opts)

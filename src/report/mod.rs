@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, NaiveDate};
 
+use crate::clock::Clock;
 use crate::db::report::{DelayStats, ReportImport, ReportRun};
 use crate::db::Db;
 use crate::domain::Reason;
@@ -225,6 +226,7 @@ pub async fn gather(
     db: &Db,
     settings: &Settings,
     notices: &Notices,
+    clock: Clock,
     req: ReportRequest,
 ) -> Result<Report> {
     let runs = db.report_runs(req.from, req.to).await?;
@@ -337,7 +339,7 @@ pub async fn gather(
         language: req.language,
         from: req.from,
         to: req.to,
-        generated_at: crate::clock::now_rfc3339(),
+        generated_at: clock.now_rfc3339(),
         nights,
         last: LastNight {
             run,
@@ -557,6 +559,7 @@ pub async fn write(
     db: &Db,
     settings: &Settings,
     notices: &Notices,
+    clock: Clock,
     req: ReportRequest,
     out: &Destination,
 ) -> Result<Report> {
@@ -566,7 +569,7 @@ pub async fn write(
         Destination::File(path) => Some((AtomicFile::create(path)?, path)),
         Destination::Stdout => None,
     };
-    let report = gather(db, settings, notices, req).await?;
+    let report = gather(db, settings, notices, clock, req).await?;
     let page = render(&report)?;
     match file {
         // Through a temp file and a rename: a reader (or a browser
@@ -602,6 +605,7 @@ pub async fn write_nightly(
     db: &Db,
     settings: &Settings,
     notices: &Notices,
+    clock: Clock,
     as_of: NaiveDate,
 ) -> Result<PathBuf> {
     let req = ReportRequest {
@@ -610,7 +614,15 @@ pub async fn write_nightly(
         language: Language::parse(&settings.report.language).unwrap_or(Language::ZhCn),
     };
     let path = nightly_path(settings, as_of);
-    write(db, settings, notices, req, &Destination::File(path.clone())).await?;
+    write(
+        db,
+        settings,
+        notices,
+        clock,
+        req,
+        &Destination::File(path.clone()),
+    )
+    .await?;
     Ok(path)
 }
 

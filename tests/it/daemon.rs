@@ -875,7 +875,8 @@ dbtest!(
     while_a_run_is_held_the_daemon_alerts_runs_nothing_and_is_not_ready_issue6,
     |env| {
         import_day1(&env);
-        let old = autosign::clock::to_rfc3339(chrono::Utc::now() - chrono::Duration::days(10));
+        let clock = autosign::clock::Clock::system(chrono_tz::Asia::Shanghai);
+        let old = clock.stamp(clock.now() - chrono::Duration::days(10));
         env.query(&format!(
             "UPDATE imports SET imported_at = '{old}' WHERE feed = 'residence'"
         ));

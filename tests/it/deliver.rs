@@ -1236,7 +1236,7 @@ dbtest!(
             let db = autosign::db::Db::connect(&env.db_url).await.expect("db");
             let channels = autosign::outbox::Channels::from_settings(&settings).expect("channels");
             let (stop_tx, stop) = tokio::sync::watch::channel(false);
-            let clock = autosign::outbox::Clock::starting_at(t0());
+            let clock = autosign::clock::Clock::starting_at(t0(), settings.tz());
             let worker = autosign::outbox::run_worker(&db, &settings, &channels, clock, stop);
             let watcher = async {
                 let deadline = Instant::now() + Duration::from_secs(10);

@@ -8,6 +8,7 @@ mod bad_input;
 mod brake;
 mod brake_delta;
 mod cli;
+mod clock;
 mod concurrency;
 mod crash;
 mod daemon;
