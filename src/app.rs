@@ -260,8 +260,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             if from > to {
                 return Err(Error::Usage(format!("--from {from} is after --to {to}")));
             }
-            let language = crate::report::Language::parse(&settings.report.language)
-                .unwrap_or(crate::report::Language::ZhCn);
+            let language = settings.report.language;
             let dest = if out == "-" {
                 crate::report::Destination::Stdout
             } else {

@@ -30,6 +30,7 @@ pub mod purge;
 pub mod reconcile;
 pub mod report;
 pub mod requeue;
+pub mod schedule;
 pub mod settings;
 pub mod status;
 pub mod telemetry;

@@ -29,7 +29,9 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    telemetry::init(&settings.log);
+    if let Err(e) = telemetry::init(&settings.log) {
+        return fail(&e);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

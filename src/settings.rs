@@ -4,12 +4,20 @@
 //! Every key exists in the bundled file, so an environment value is parsed
 //! with the type the bundled file gives that key, and an unknown key — in a
 //! file or in the environment — fails at start-up naming the key (exit 2).
+//!
+//! Each value is converted once, when the settings load, into the type the
+//! code uses (a time zone, a cron expression, a time of day, a URL, a
+//! mailbox, a log filter); a value that does not convert is an error naming
+//! its key. Nothing downstream parses a setting again or falls back to a
+//! default on its own.
 
 use std::path::{Path, PathBuf};
 
+use chrono::NaiveTime;
 use serde::Deserialize;
 
 use crate::error::Error;
+use crate::schedule::{CronExpr, Schedule};
 
 /// The documented default configuration, compiled into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/autosign.toml");
@@ -19,7 +27,8 @@ pub const DEFAULT_TOML: &str = include_str!("../config/autosign.toml");
 pub struct Settings {
     pub database_url: String,
     pub data_dir: PathBuf,
-    pub timezone: String,
+    #[serde(deserialize_with = "de::tz")]
+    pub timezone: chrono_tz::Tz,
     pub rules: Rules,
     pub import: ImportSettings,
     pub run: RunSettings,
@@ -103,7 +112,7 @@ pub struct InboxSettings {
     pub residence: String,
     pub social_insurance: String,
     pub civil_status: String,
-    pub encoding: String,
+    pub encoding: crate::feeds::Encoding,
     pub rejects_dir: String,
 }
 
@@ -129,8 +138,10 @@ pub struct DeliverySettings {
     pub backoff_base_secs: u64,
     pub backoff_max_secs: u64,
     pub backoff_jitter: f64,
-    pub quiet_hours_start: String,
-    pub quiet_hours_end: String,
+    #[serde(deserialize_with = "de::time_of_day")]
+    pub quiet_hours_start: NaiveTime,
+    #[serde(deserialize_with = "de::time_of_day")]
+    pub quiet_hours_end: NaiveTime,
     pub batch_size: u32,
     pub lease_secs: u64,
     pub sms_per_second: f64,
@@ -144,7 +155,9 @@ pub struct DeliverySettings {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmsSettings {
-    pub url: String,
+    /// The gateway; `None` (an empty `url`): the channel is not configured.
+    #[serde(deserialize_with = "de::opt_url")]
+    pub url: Option<reqwest::Url>,
     pub auth_header: String,
     pub auth_token: String,
     pub timeout_secs: u64,
@@ -183,12 +196,14 @@ impl std::fmt::Debug for SmsSettings {
 pub struct EmailSettings {
     pub host: String,
     pub port: u16,
-    pub tls: String,
+    pub tls: EmailTls,
     /// Whether `tls = "none"` to a host that is not loopback is allowed.
     pub allow_insecure: bool,
     pub username: String,
     pub password: String,
-    pub from: String,
+    /// The sender; `None` (empty) is refused when `host` is set.
+    #[serde(deserialize_with = "de::opt_mailbox")]
+    pub from: Option<lettre::message::Mailbox>,
     pub timeout_secs: u64,
     pub concurrency: u32,
     pub pool_idle_secs: u64,
@@ -224,9 +239,11 @@ impl std::fmt::Debug for EmailSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonSettings {
-    pub schedule: String,
+    pub schedule: CronExpr,
     pub max_catch_up_days: u32,
-    pub health_addr: String,
+    /// The health endpoint; `None` (empty): no endpoint.
+    #[serde(deserialize_with = "de::opt_socket_addr")]
+    pub health_addr: Option<std::net::SocketAddr>,
     pub shutdown_grace_secs: u64,
     pub ready_max_lag_days: u32,
 }
@@ -237,8 +254,10 @@ pub struct DaemonSettings {
 pub struct RetentionSettings {
     pub feed_days: u32,
     pub notice_days: u32,
-    /// When the daemon purges (cron, as `daemon.schedule`); empty: never.
-    pub schedule: String,
+    /// When the daemon purges (cron, as `daemon.schedule`); `None`
+    /// (empty): never.
+    #[serde(deserialize_with = "de::opt_cron")]
+    pub schedule: Option<CronExpr>,
 }
 
 /// The safety brake (docs/rules.md, "Safety brake"): when a run is held
@@ -290,15 +309,96 @@ pub struct RowDrop {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportSettings {
-    pub language: String,
+    pub language: Language,
     pub nights: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
-    pub format: String,
-    pub level: String,
+    pub format: LogFormat,
+    pub level: LogFilter,
+}
+
+/// `log.format`: JSON lines, or the human format; `auto`: human on a
+/// terminal, JSON otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Human,
+    Json,
+}
+
+/// `log.level`: a tracing filter (`info`, `autosign=debug,sqlx=warn`),
+/// checked when the settings load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter(String);
+
+impl LogFilter {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        tracing_subscriber::EnvFilter::try_new(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a log filter ({e}); e.g. \"info\" or \"autosign=debug,sqlx=warn\""
+            ))
+        })?;
+        Ok(LogFilter(text))
+    }
+}
+
+/// `report.language`: the nightly report's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Language {
+    /// Simplified Chinese, the default.
+    #[serde(rename = "zh-CN")]
+    ZhCn,
+    #[serde(rename = "en")]
+    En,
+}
+
+impl Language {
+    /// The page's `lang` attribute, as the setting spells it.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Language::ZhCn => "zh-CN",
+            Language::En => "en",
+        }
+    }
+}
+
+/// `email.tls`: how the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailTls {
+    /// Plain text (loopback relays, or with `email.allow_insecure`).
+    None,
+    /// STARTTLS on a plain connection, required.
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+}
+
+impl EmailTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailTls::None => "none",
+            EmailTls::Starttls => "starttls",
+            EmailTls::Tls => "tls",
+        }
+    }
+}
+
+impl std::fmt::Display for EmailTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Settings {
@@ -326,12 +426,17 @@ impl Settings {
         for (key, value) in env {
             apply_env(&mut base, key, value)?;
         }
-        let settings: Settings =
-            toml::Value::Table(base)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    Error::Config(format!("configuration: {}", one_line(&e.to_string())))
-                })?;
+        // The path of a value that does not convert names its key.
+        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(base))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = one_line(&e.inner().to_string());
+                // toml names the key at the end of some messages too.
+                let inner = inner
+                    .strip_suffix(&format!(" in `{path}`"))
+                    .unwrap_or(&inner);
+                Error::Config(format!("configuration key {path}: {inner}"))
+            })?;
         settings.validate()?;
         Ok(settings)
     }
@@ -339,12 +444,6 @@ impl Settings {
     fn validate(&self) -> Result<(), Error> {
         let bad =
             |key: &str, why: &str| Err(Error::Config(format!("configuration key {key}: {why}")));
-        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
-            return bad(
-                "timezone",
-                "not an IANA time zone name (e.g. Asia/Shanghai)",
-            );
-        }
         if !(0.0..=1.0).contains(&self.import.max_reject_ratio) {
             return bad("import.max_reject_ratio", "must be between 0 and 1");
         }
@@ -396,32 +495,12 @@ impl Settings {
             );
         }
         self.header_names()?;
-        if !["utf-8", "gb18030"].contains(&self.inbox.encoding.as_str()) {
-            return bad("inbox.encoding", "must be \"utf-8\" or \"gb18030\"");
-        }
-        if !["auto", "human", "json"].contains(&self.log.format.as_str()) {
-            return bad("log.format", "must be \"auto\", \"human\" or \"json\"");
-        }
-        for (key, value) in [
-            (
-                "delivery.quiet_hours_start",
-                &self.delivery.quiet_hours_start,
-            ),
-            ("delivery.quiet_hours_end", &self.delivery.quiet_hours_end),
-        ] {
-            if chrono::NaiveTime::parse_from_str(value, "%H:%M").is_err() {
-                return bad(key, "must be a time of day HH:MM");
-            }
-        }
         if self.delivery.max_attempts == 0 {
             return bad("delivery.max_attempts", "must be at least 1");
         }
         self.validate_delivery()?;
         self.validate_daemon()?;
         self.validate_retention()?;
-        if crate::report::Language::parse(&self.report.language).is_none() {
-            return bad("report.language", "must be \"zh-CN\" or \"en\"");
-        }
         if self.report.nights == 0 || self.report.nights > 366 {
             return bad("report.nights", "must be between 1 and 366");
         }
@@ -468,14 +547,6 @@ impl Settings {
                 "configuration key retention.notice_days: must be at least 1".into(),
             ));
         }
-        let schedule = self.retention.schedule.trim();
-        if !schedule.is_empty() {
-            if let Err(why) = crate::daemon::Schedule::parse(schedule, self.tz()) {
-                return Err(Error::Config(format!(
-                    "configuration key retention.schedule: {why}"
-                )));
-            }
-        }
         Ok(())
     }
 
@@ -485,22 +556,8 @@ impl Settings {
         let bad =
             |key: &str, why: &str| Err(Error::Config(format!("configuration key {key}: {why}")));
         let d = &self.daemon;
-        if let Err(why) = crate::daemon::Schedule::parse(&d.schedule, self.tz()) {
-            return bad("daemon.schedule", &why);
-        }
         if d.max_catch_up_days == 0 || d.max_catch_up_days > 366 {
             return bad("daemon.max_catch_up_days", "must be between 1 and 366");
-        }
-        if !d.health_addr.trim().is_empty()
-            && d.health_addr
-                .trim()
-                .parse::<std::net::SocketAddr>()
-                .is_err()
-        {
-            return bad(
-                "daemon.health_addr",
-                "must be IP:PORT (e.g. 127.0.0.1:9187), or empty for no endpoint",
-            );
         }
         if d.shutdown_grace_secs > 3600 {
             return bad("daemon.shutdown_grace_secs", "must be at most 3600");
@@ -563,12 +620,7 @@ impl Settings {
             );
         }
         let sms = &self.sms;
-        if !sms.url.trim().is_empty() {
-            match reqwest::Url::parse(sms.url.trim()) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                Ok(_) => return bad("sms.url", "must be an http:// or https:// URL with a host"),
-                Err(e) => return bad("sms.url", &format!("not a URL: {e}")),
-            }
+        if sms.url.is_some() {
             if let Some(why) = self.insecure_sms() {
                 if !sms.allow_insecure {
                     return bad(
@@ -595,15 +647,9 @@ impl Settings {
             return bad("sms.concurrency", "must be between 1 and 64");
         }
         let email = &self.email;
-        if !["none", "starttls", "tls"].contains(&email.tls.as_str()) {
-            return bad("email.tls", "must be \"none\", \"starttls\" or \"tls\"");
-        }
         if !email.host.trim().is_empty() {
-            if email.from.trim().is_empty() {
+            if email.from.is_none() {
                 return bad("email.from", "is required when email.host is set");
-            }
-            if let Err(e) = email.from.trim().parse::<lettre::message::Mailbox>() {
-                return bad("email.from", &format!("not an e-mail address ({e})"));
             }
             if let Some(why) = self.insecure_email() {
                 if !email.allow_insecure {
@@ -638,7 +684,7 @@ impl Settings {
     /// a host that is not loopback carries the token, phone numbers and
     /// names in clear (allowed only with `sms.allow_insecure`).
     pub fn insecure_sms(&self) -> Option<String> {
-        let url = reqwest::Url::parse(self.sms.url.trim()).ok()?;
+        let url = self.sms.url.as_ref()?;
         let host = url.host_str()?;
         (url.scheme() == "http" && !is_loopback_host(host))
             .then(|| format!("http:// to {host}, not a loopback host, sends the token, phone numbers and names in clear"))
@@ -650,7 +696,7 @@ impl Settings {
     /// `email.allow_insecure`).
     pub fn insecure_email(&self) -> Option<String> {
         let host = self.email.host.trim();
-        (!host.is_empty() && self.email.tls == "none" && !is_loopback_host(host)).then(|| {
+        (!host.is_empty() && self.email.tls == EmailTls::None && !is_loopback_host(host)).then(|| {
             format!("tls = \"none\" to {host}, not a loopback host, sends the credentials and messages in clear")
         })
     }
@@ -660,10 +706,8 @@ impl Settings {
     /// key that allows it.
     pub fn insecure_transports(&self) -> Vec<String> {
         let mut v = Vec::new();
-        if !self.sms.url.trim().is_empty() {
-            if let Some(why) = self.insecure_sms() {
-                v.push(format!("sms.allow_insecure = true: {why}"));
-            }
+        if let Some(why) = self.insecure_sms() {
+            v.push(format!("sms.allow_insecure = true: {why}"));
         }
         if let Some(why) = self.insecure_email() {
             v.push(format!("email.allow_insecure = true: {why}"));
@@ -698,8 +742,24 @@ impl Settings {
         }
     }
 
+    /// The configured zone (`timezone`): business dates, schedules,
+    /// quiet hours.
     pub fn tz(&self) -> chrono_tz::Tz {
-        self.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai)
+        self.timezone
+    }
+
+    /// `daemon.schedule` in the configured zone.
+    pub fn run_schedule(&self) -> Schedule {
+        self.daemon.schedule.in_zone(self.timezone)
+    }
+
+    /// `retention.schedule` in the configured zone; `None`: the daemon
+    /// does not purge.
+    pub fn purge_schedule(&self) -> Option<Schedule> {
+        self.retention
+            .schedule
+            .as_ref()
+            .map(|c| c.in_zone(self.timezone))
     }
 
     /// The database URL in force: explicit, else the embedded SQLite file.
@@ -864,8 +924,11 @@ mod tests {
         assert_eq!(s.rules.grace_days, 60);
         assert_eq!(s.rules.lapse_policy, LapsePolicy::Cancel);
         assert_eq!(s.import.max_reject_ratio, 0.05);
-        assert_eq!(s.timezone, "Asia/Shanghai");
-        assert_eq!(s.daemon.schedule, "0 0 2 * * *");
+        assert_eq!(s.timezone, chrono_tz::Asia::Shanghai);
+        assert_eq!(s.daemon.schedule.as_str(), "0 0 2 * * *");
+        assert_eq!(s.delivery.quiet_hours_start.to_string(), "21:00:00");
+        assert!(s.retention.schedule.is_none());
+        assert_eq!(s.log.format, LogFormat::Auto);
         // The brake: 30% VISIT_CENTER, checked from 1,000 due permits.
         assert!(s.brake.enabled);
         assert_eq!(s.brake.max_visit_center_share, 0.30);
@@ -1086,6 +1149,27 @@ mod tests {
                 "0",
                 "daemon.max_catch_up_days",
             ),
+            // Each value that converts to a type names its key when it
+            // does not, rather than falling back to a default.
+            (
+                "AUTOSIGN_RETENTION__SCHEDULE",
+                "nightly",
+                "retention.schedule",
+            ),
+            (
+                "AUTOSIGN_DELIVERY__QUIET_HOURS_END",
+                "8am",
+                "delivery.quiet_hours_end",
+            ),
+            ("AUTOSIGN_LOG__LEVEL", "loud[", "log.level"),
+            ("AUTOSIGN_LOG__FORMAT", "xml", "log.format"),
+            ("AUTOSIGN_SMS__URL", "not a url", "sms.url"),
+            ("AUTOSIGN_SMS__URL", "ftp://gw.example", "sms.url"),
+            ("AUTOSIGN_EMAIL__FROM", "nobody", "email.from"),
+            ("AUTOSIGN_EMAIL__TLS", "ssl", "email.tls"),
+            ("AUTOSIGN_TIMEZONE", "Asia/Beijing", "timezone"),
+            ("AUTOSIGN_REPORT__LANGUAGE", "zh-cn", "report.language"),
+            ("AUTOSIGN_REPORT__LANGUAGE", "fr", "report.language"),
         ] {
             let err = Settings::load_with_env(None, &env(&[(var, value)])).unwrap_err();
             assert!(err.to_string().contains(key), "{value}: {err}");
@@ -1149,5 +1233,79 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.exit_code(), 2);
+    }
+}
+
+/// Conversions of single values as the settings load; the error text
+/// follows "configuration key <key>: ".
+mod de {
+    use chrono::NaiveTime;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+
+    use crate::schedule::CronExpr;
+
+    pub fn tz<'de, D: Deserializer<'de>>(d: D) -> Result<chrono_tz::Tz, D::Error> {
+        let text = String::deserialize(d)?;
+        text.trim().parse().map_err(|_| {
+            D::Error::custom(format!(
+                "{text:?} is not an IANA time zone name (e.g. Asia/Shanghai)"
+            ))
+        })
+    }
+
+    pub fn time_of_day<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveTime, D::Error> {
+        let text = String::deserialize(d)?;
+        NaiveTime::parse_from_str(text.trim(), "%H:%M")
+            .map_err(|_| D::Error::custom(format!("{text:?} must be a time of day HH:MM")))
+    }
+
+    pub fn opt_cron<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CronExpr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        CronExpr::parse(&text).map(Some).map_err(D::Error::custom)
+    }
+
+    pub fn opt_socket_addr<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<std::net::SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        text.trim().parse().map(Some).map_err(|_| {
+            D::Error::custom(format!(
+                "{text:?} must be IP:PORT (e.g. 127.0.0.1:9187), or empty for no endpoint"
+            ))
+        })
+    }
+
+    pub fn opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<reqwest::Url>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        match reqwest::Url::parse(text.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(Some(u)),
+            Ok(_) => Err(D::Error::custom(
+                "must be an http:// or https:// URL with a host",
+            )),
+            Err(e) => Err(D::Error::custom(format!("not a URL: {e}"))),
+        }
+    }
+
+    pub fn opt_mailbox<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<lettre::message::Mailbox>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        text.trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| D::Error::custom(format!("not an e-mail address ({e})")))
     }
 }

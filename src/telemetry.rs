@@ -14,14 +14,17 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::EnvFilter;
 
-use crate::settings::LogSettings;
+use crate::settings::{LogFormat, LogSettings};
 
-pub fn init(log: &LogSettings) {
-    let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match log.format.as_str() {
-        "json" => true,
-        "human" => false,
-        _ => !std::io::stderr().is_terminal(),
+/// Installs the subscriber. `log.level` was checked when the settings
+/// loaded; a filter that still does not build is a configuration error.
+pub fn init(log: &LogSettings) -> Result<(), crate::Error> {
+    let filter = EnvFilter::try_new(log.level.as_str())
+        .map_err(|e| crate::Error::Config(format!("configuration key log.level: {e}")))?;
+    let json = match log.format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -41,6 +44,7 @@ pub fn init(log: &LogSettings) {
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
+    Ok(())
 }
 
 /// The human format's fields, as tracing's default formats them (`name=value`

@@ -7,7 +7,7 @@
 //!   send a tick to the runner; a tick that arrives while a run is going is
 //!   dropped with a log line (never two runs at once).
 //! - The runner (on the daemon's main task) decides what to run from the
-//!   run ledger and the schedule ([`schedule::plan`]): every date after the
+//!   run ledger and the schedule ([`crate::schedule::plan`]): every date after the
 //!   last completed run up to the date due, oldest first, one at a time,
 //!   each through [`reconcile::run`] — the same function as `autosign run`,
 //!   idempotent, holding the job lock. It does this at start-up and at
@@ -24,7 +24,6 @@
 
 mod health;
 mod purge;
-mod schedule;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,8 +32,8 @@ use chrono::{DateTime, NaiveDate};
 use tokio::sync::{mpsc, watch};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
+pub use crate::schedule::{plan, Plan, Schedule};
 pub use health::{Metrics, RunResult};
-pub use schedule::{plan, Plan, Schedule};
 
 use crate::clock::Clock;
 use crate::db::Db;
@@ -58,6 +57,25 @@ pub struct DaemonOptions {
     pub check: bool,
 }
 
+/// A schedule that fires at all may still have no tick after the daemon's
+/// now (a seven-field expression with a past year): refused at start-up,
+/// naming its key, rather than a daemon that never runs.
+fn fires_from(settings: &Settings, clock: Clock) -> Result<()> {
+    let now = clock.now();
+    let mut schedules = vec![("daemon.schedule", settings.run_schedule())];
+    schedules.extend(settings.purge_schedule().map(|s| ("retention.schedule", s)));
+    for (key, schedule) in schedules {
+        if schedule.next(now).is_none() {
+            return Err(Error::Config(format!(
+                "configuration key {key}: {:?} has no tick after {}",
+                schedule.as_str(),
+                clock.now_rfc3339()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `autosign daemon --check`: everything the daemon checks at start-up
 /// (configuration, channels, database and migrations) and what it would
 /// run now, without binding the health address (a running daemon holds
@@ -66,9 +84,9 @@ pub async fn check(settings: &Settings, opts: &DaemonOptions) -> Result<String> 
     use std::fmt::Write as _;
     let tz = settings.tz();
     let d = &settings.daemon;
-    let schedule = Schedule::parse(&d.schedule, tz)
-        .map_err(|why| Error::Config(format!("configuration key daemon.schedule: {why}")))?;
+    let schedule = settings.run_schedule();
     let clock = opts.clock;
+    fires_from(settings, clock)?;
     Notices::from_settings(settings)?;
     let channels = Channels::from_settings(settings)?;
     let channel_state = format!(
@@ -116,7 +134,7 @@ pub async fn check(settings: &Settings, opts: &DaemonOptions) -> Result<String> 
     let _ = writeln!(
         out,
         "{}",
-        match purge::schedule(settings)? {
+        match settings.purge_schedule() {
             Some(p) => format!(
                 "purge: {:?} in {tz}; next purge {}",
                 p.as_str(),
@@ -129,11 +147,8 @@ pub async fn check(settings: &Settings, opts: &DaemonOptions) -> Result<String> 
     let _ = writeln!(
         out,
         "health endpoint: {}",
-        if d.health_addr.trim().is_empty() {
-            "none"
-        } else {
-            d.health_addr.trim()
-        }
+        d.health_addr
+            .map_or_else(|| "none".to_string(), |a| a.to_string())
     );
     match &last {
         Some(r) => {
@@ -183,15 +198,15 @@ pub async fn check(settings: &Settings, opts: &DaemonOptions) -> Result<String> 
 pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
     let tz = settings.tz();
     let d = settings.daemon.clone();
-    let schedule = Schedule::parse(&d.schedule, tz)
-        .map_err(|why| Error::Config(format!("configuration key daemon.schedule: {why}")))?;
-    let purge_schedule = purge::schedule(&settings)?;
+    let schedule = settings.run_schedule();
+    let purge_schedule = settings.purge_schedule();
     let clock = opts.clock;
+    fires_from(&settings, clock)?;
     let notices = Notices::from_settings(&settings)?;
     let channels = Channels::from_settings(&settings)?;
-    let listener = match d.health_addr.trim() {
-        "" => None,
-        addr => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+    let listener = match d.health_addr {
+        None => None,
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             Error::Config(format!(
                 "configuration key daemon.health_addr: cannot listen on {addr}: {e}"
             ))
@@ -211,7 +226,7 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
             let addr = listener
                 .local_addr()
                 .map(|a| a.to_string())
-                .unwrap_or_else(|_| d.health_addr.clone());
+                .unwrap_or_else(|_| d.health_addr.map(|a| a.to_string()).unwrap_or_default());
             tracing::info!(addr = %addr, "health endpoint listening (/healthz, /readyz, /metrics)");
             let state = Arc::new(health::HealthState {
                 db: db.clone(),

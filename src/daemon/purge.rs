@@ -26,17 +26,6 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 
-/// `[retention] schedule`, parsed; `None` when it is empty.
-pub fn schedule(settings: &Settings) -> Result<Option<Schedule>> {
-    let text = settings.retention.schedule.trim();
-    if text.is_empty() {
-        return Ok(None);
-    }
-    Schedule::parse(text, settings.tz())
-        .map(Some)
-        .map_err(|why| Error::Config(format!("configuration key retention.schedule: {why}")))
-}
-
 /// Adds the purge's alarm to the daemon's scheduler. A tick that finds the
 /// previous purge still waiting or running is dropped: one purge does
 /// the work of both.

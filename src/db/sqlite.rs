@@ -1003,7 +1003,8 @@ impl<'c> EffectWriter<'c> {
                     .execute(rusqlite::params![permit_no, to.to_string()])?;
             }
             Effect::SetStatus(s) => {
-                self.status.execute(rusqlite::params![permit_no, s.code()])?;
+                self.status
+                    .execute(rusqlite::params![permit_no, s.code()])?;
             }
             Effect::None => {}
         }

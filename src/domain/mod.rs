@@ -21,8 +21,8 @@ mod uscc;
 pub use contact::{Email, EmailError, Phone, PhoneError};
 pub use dates::{add_one_year, parse_date, DateError, Month, MonthError};
 pub use enums::{
-    Channel, Effect, EnumError, EventKind, MaritalStatus, NoticeStatus, PaymentStatus, PermitStatus,
-    Reason, ResidenceResult, SiStatus,
+    Channel, Effect, EnumError, EventKind, MaritalStatus, NoticeStatus, PaymentStatus,
+    PermitStatus, Reason, ResidenceResult, SiStatus,
 };
 pub use id_number::{id_check_char, IdNumber, IdNumberError};
 pub use mask::{

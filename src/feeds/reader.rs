@@ -12,24 +12,16 @@ use encoding_rs::{Decoder, DecoderResult, GB18030};
 
 use super::parse::Feed;
 
-/// The encodings a feed may arrive in (`--encoding`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The encodings a feed may arrive in (`--encoding`, `inbox.encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 pub enum Encoding {
     #[value(name = "utf-8", alias = "utf8")]
+    #[serde(rename = "utf-8", alias = "utf8")]
     Utf8,
     /// GB18030, which covers GBK and GB2312.
     #[value(name = "gb18030", alias = "gbk")]
+    #[serde(rename = "gb18030", alias = "gbk")]
     Gb18030,
-}
-
-impl Encoding {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "utf-8" | "utf8" => Some(Encoding::Utf8),
-            "gb18030" | "gbk" => Some(Encoding::Gb18030),
-            _ => None,
-        }
-    }
 }
 
 /// A reader that transcodes GB18030 to UTF-8 and fails on the first

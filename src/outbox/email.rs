@@ -34,7 +34,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use super::channel::{idempotency_key, scrub, Accepted, DeliveryError, Secrets};
 use crate::db::outbox::ClaimedNotice;
 use crate::error::{Error, Result};
-use crate::settings::EmailSettings;
+use crate::settings::{EmailSettings, EmailTls};
 
 type Transport = AsyncSmtpTransport<Tokio1Executor>;
 
@@ -77,13 +77,13 @@ impl Mailer {
         let bad = |key: &str, why: String| Error::Config(format!("configuration key {key}: {why}"));
         let from: Mailbox = s
             .from
-            .trim()
-            .parse()
-            .map_err(|e| bad("email.from", format!("not an e-mail address ({e})")))?;
+            .clone()
+            .ok_or_else(|| bad("email.from", "is required when email.host is set".into()))?;
         super::install_crypto_provider();
-        let tls = if s.tls == "none" {
+        let tls = if s.tls == EmailTls::None {
             Tls::None
         } else {
+            // STARTTLS or TLS from the first byte: the same parameters.
             let mut params = TlsParameters::builder(host.to_string());
             if !s.ca_file.trim().is_empty() {
                 // A CA bundle is kilobytes: a device or a huge file is a
@@ -97,10 +97,10 @@ impl Mailer {
             let params = params
                 .build()
                 .map_err(|e| bad("email.host", format!("TLS setup failed: {e}")))?;
-            match s.tls.as_str() {
-                "starttls" => Tls::Required(params),
-                "tls" => Tls::Wrapper(params),
-                other => return Err(bad("email.tls", format!("unknown mode {other:?}"))),
+            if s.tls == EmailTls::Starttls {
+                Tls::Required(params)
+            } else {
+                Tls::Wrapper(params)
             }
         };
         let timeout = Duration::from_secs(s.timeout_secs);
@@ -269,8 +269,12 @@ mod tests {
             .email;
         s.host = "127.0.0.1".into();
         s.port = 2525;
-        s.tls = "none".into();
-        s.from = "上海市居住证 <noreply@example.gov.cn>".into();
+        s.tls = crate::settings::EmailTls::None;
+        s.from = Some(
+            "上海市居住证 <noreply@example.gov.cn>"
+                .parse()
+                .expect("a mailbox"),
+        );
         s
     }
 
@@ -298,14 +302,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_bad_recipient_is_permanent_and_a_bad_sender_is_a_config_error() {
+    async fn a_bad_recipient_is_permanent_and_a_missing_sender_is_a_config_error() {
         let m = Mailer::from_settings(&settings())
             .expect("ok")
             .expect("configured");
         let n = sample_notice("email", "not an address");
         assert!(matches!(m.message(&n), Err(DeliveryError::Permanent(_))));
         let mut s = settings();
-        s.from = "nobody".into();
+        // (A sender that is not an address is refused when the settings
+        // load: see settings' tests.)
+        s.from = None;
         let e = Mailer::from_settings(&s).unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("email.from"), "{e}");

@@ -21,12 +21,11 @@ pub struct QuietHours {
 }
 
 impl QuietHours {
-    /// From settings already validated (`HH:MM`).
+    /// `delivery.quiet_hours_start` to `_end` in `tz`.
     pub fn from_settings(d: &DeliverySettings, tz: Tz) -> Self {
-        let parse = |s: &str| NaiveTime::parse_from_str(s, "%H:%M").unwrap_or(NaiveTime::MIN);
         QuietHours {
-            start: parse(&d.quiet_hours_start),
-            end: parse(&d.quiet_hours_end),
+            start: d.quiet_hours_start,
+            end: d.quiet_hours_end,
             tz,
         }
     }

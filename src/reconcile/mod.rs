@@ -35,7 +35,7 @@ use crate::domain::{
     EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
 };
 use crate::error::{Error, Result};
-use crate::feeds::{self, Encoding, Feed, ImportOptions, ImportOutcome};
+use crate::feeds::{self, Feed, ImportOptions, ImportOutcome};
 use crate::outbox::notice::Notices;
 use crate::settings::Settings;
 use rules::{Baseline, Outcome, Payment, Selected, Visit};
@@ -932,12 +932,7 @@ async fn import_inbox(
     } else {
         PathBuf::from(inbox.rejects_dir.trim())
     };
-    let encoding = Encoding::parse(&inbox.encoding).ok_or_else(|| {
-        Error::Config(format!(
-            "inbox.encoding {:?} is not utf-8 or gb18030",
-            inbox.encoding
-        ))
-    })?;
+    let encoding = inbox.encoding;
     let mut out = Vec::new();
     for feed in Feed::ALL {
         for file in inbox_feed_files(settings, root, feed)? {

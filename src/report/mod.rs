@@ -37,32 +37,8 @@ use crate::settings::Settings;
 
 pub use html::render;
 
-/// The language of the page (`report.language`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Language {
-    /// Simplified Chinese, the default.
-    ZhCn,
-    En,
-}
-
-impl Language {
-    /// `zh-CN` or `en`, as the setting spells them.
-    pub fn parse(s: &str) -> Option<Language> {
-        match s.trim() {
-            "zh-CN" => Some(Language::ZhCn),
-            "en" => Some(Language::En),
-            _ => None,
-        }
-    }
-
-    /// The page's `lang` attribute.
-    pub fn tag(self) -> &'static str {
-        match self {
-            Language::ZhCn => "zh-CN",
-            Language::En => "en",
-        }
-    }
-}
+/// The language of the page: the `report.language` setting.
+pub use crate::settings::Language;
 
 /// What a night counts, in the order shown: the decisions (R6), PENDING
 /// (no event; the run's own count) and the lifecycle steps (R3).
@@ -611,7 +587,7 @@ pub async fn write_nightly(
     let req = ReportRequest {
         from: as_of - Duration::days(i64::from(settings.report.nights)),
         to: as_of,
-        language: Language::parse(&settings.report.language).unwrap_or(Language::ZhCn),
+        language: settings.report.language,
     };
     let path = nightly_path(settings, as_of);
     write(
@@ -629,15 +605,6 @@ pub async fn write_nightly(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn languages_parse_as_the_setting_spells_them_only() {
-        assert_eq!(Language::parse("zh-CN"), Some(Language::ZhCn));
-        assert_eq!(Language::parse(" en "), Some(Language::En));
-        for bad in ["zh", "zh-cn", "EN", "fr", ""] {
-            assert_eq!(Language::parse(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn a_reject_reason_counts_by_its_code_and_anything_else_is_other() {

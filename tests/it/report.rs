@@ -446,8 +446,9 @@ fn the_language_setting_picks_english_and_a_bad_value_names_the_key() {
     let o = env.cmd(&["report", "--from", NIGHT1, "--to", NIGHT1, "--out", "-"]);
     assert_eq!(o.code, 2);
     assert!(
-        o.stderr
-            .contains("configuration key report.language: must be \"zh-CN\" or \"en\""),
+        o.stderr.contains("configuration key report.language:")
+            && o.stderr.contains("`zh-CN` or `en`")
+            && o.stderr.trim().lines().count() == 1,
         "{}",
         o.stderr
     );

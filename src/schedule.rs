@@ -1,4 +1,6 @@
-//! The schedule as the daemon reads it, and the catch-up policy.
+//! Schedules as values: a checked cron expression (a setting, parsed once
+//! when the settings load), the same expression in a zone (what the daemon
+//! wakes up on), and the catch-up policy.
 //!
 //! tokio-cron-scheduler only wakes the daemon up; what is due is worked out
 //! here from the cron expression and the run ledger: the scheduler is an
@@ -13,21 +15,22 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 
-/// A parsed, checked cron expression in a zone.
+/// A checked cron expression, as `daemon.schedule` and
+/// `retention.schedule` hold it: six or seven fields with a leading seconds
+/// field, read as tokio-cron-scheduler reads it, that fires at all.
 #[derive(Debug, Clone)]
-pub struct Schedule {
+pub struct CronExpr {
     cron: Cron,
     text: String,
-    tz: Tz,
 }
 
-impl Schedule {
+impl CronExpr {
     /// Parses `text` as tokio-cron-scheduler does (seconds field required,
     /// day-of-month AND day-of-week), and insists on the seconds field:
     /// a 5-field crontab line would otherwise be read with a shifted
     /// meaning (tokio-cron-scheduler #95). The error says why, for a
     /// one-line configuration error.
-    pub fn parse(text: &str, tz: Tz) -> Result<Schedule, String> {
+    pub fn parse(text: &str) -> Result<CronExpr, String> {
         let text = text.trim();
         if text.starts_with('@') {
             return Err(format!(
@@ -47,13 +50,50 @@ impl Schedule {
             .build()
             .parse(text)
             .map_err(|e| format!("{text:?} is not a cron expression: {e}"))?;
-        cron.find_next_occurrence(&Utc::now().with_timezone(&tz), false)
+        // Whether it fires at all does not depend on the zone or the clock
+        // (an expression for 30 February never does); whether it still
+        // fires after the daemon's now is the daemon's check.
+        cron.find_next_occurrence(&DateTime::<Utc>::UNIX_EPOCH, false)
             .map_err(|e| format!("{text:?} never fires: {e}"))?;
-        Ok(Schedule {
+        Ok(CronExpr {
             cron,
             text: text.to_string(),
-            tz,
         })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// This expression's ticks in `tz`.
+    pub fn in_zone(&self, tz: Tz) -> Schedule {
+        Schedule {
+            cron: self.cron.clone(),
+            text: self.text.clone(),
+            tz,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CronExpr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        CronExpr::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A cron expression's ticks in a zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: Cron,
+    text: String,
+    tz: Tz,
+}
+
+impl Schedule {
+    /// [`CronExpr::parse`] in `tz`.
+    pub fn parse(text: &str, tz: Tz) -> Result<Schedule, String> {
+        Ok(CronExpr::parse(text)?.in_zone(tz))
     }
 
     pub fn as_str(&self) -> &str {
