@@ -6,7 +6,8 @@
 //!
 //! - [`domain`]: value types parsed once at the edge (ID numbers, USCC, …)
 //! - [`feeds`]: CSV import of the register and the three feeds (R1, R2)
-//! - [`reconcile`]: the nightly run (R2a, R3–R8), rules as pure functions
+//! - [`inbox`]: the inbox a run imports first (R2a)
+//! - [`reconcile`]: the nightly run (R3–R8), rules as pure functions
 //! - [`outbox`]: notice texts and the outbox
 //! - [`audit`]: CSV exports (R9); [`status`]: one permit's story (R10)
 //! - [`db`]: every SQL statement, behind one `Db` type
@@ -25,6 +26,7 @@ pub mod explain;
 pub mod faults;
 pub mod feeds;
 pub mod fsutil;
+pub mod inbox;
 pub mod outbox;
 pub mod purge;
 pub mod reconcile;

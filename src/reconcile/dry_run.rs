@@ -237,11 +237,11 @@ fn audit_row(ctx: &Ctx<'_>, e: &NewEvent, decided_at: &str) -> AuditRow {
 /// (SHA-256) is not imported yet for their feed.
 async fn waiting_inbox_files(db: &Db, settings: &Settings) -> Result<Vec<(Feed, PathBuf)>> {
     let mut out = Vec::new();
-    let Some(root) = super::inbox_root(settings)? else {
+    let Some(root) = crate::inbox::root(settings)? else {
         return Ok(out);
     };
     for feed in Feed::ALL {
-        for file in super::inbox_feed_files(settings, root, feed)? {
+        for file in crate::inbox::feed_files(settings, root, feed)? {
             let sha = feeds::sha256_file(&file)?;
             if db.find_import(feed.name(), &sha).await?.is_none() {
                 out.push((feed, file));

@@ -19,7 +19,7 @@ pub mod rules;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -35,7 +35,7 @@ use crate::domain::{
     EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
 };
 use crate::error::{Error, Result};
-use crate::feeds::{self, Feed, ImportOptions, ImportOutcome};
+use crate::feeds::ImportOutcome;
 use crate::outbox::notice::Notices;
 use crate::settings::Settings;
 use rules::{Baseline, Outcome, Payment, Selected, Visit};
@@ -130,7 +130,8 @@ pub async fn run(
             )));
         }
     }
-    let inbox = import_inbox(db, settings, clock).await?;
+    let inbox =
+        crate::inbox::import_new(db, settings, clock, PROGRESS.load(Ordering::Relaxed)).await?;
     // The brake's feed checks, on the imports as the run will
     // see them: after its inbox.
     let imports = db.latest_imports().await?;
@@ -913,96 +914,6 @@ fn event_maker(ctx: &Ctx<'_>, plan: RunPlan) -> crate::db::MakeEvents {
         Ok(events)
     };
     Box::new(make)
-}
-
-/// R2a: imports every new file of the inbox, feed by feed in a fixed order
-/// (the register first), files in name order. Any refusal stops the run
-/// before R3 (exit 3, naming the file).
-async fn import_inbox(
-    db: &Db,
-    settings: &Settings,
-    clock: Clock,
-) -> Result<Vec<(PathBuf, ImportOutcome)>> {
-    let inbox = &settings.inbox;
-    let Some(root) = inbox_root(settings)? else {
-        return Ok(Vec::new());
-    };
-    let rejects_dir = if inbox.rejects_dir.trim().is_empty() {
-        settings.data_dir.join("rejects")
-    } else {
-        PathBuf::from(inbox.rejects_dir.trim())
-    };
-    let encoding = inbox.encoding;
-    let mut out = Vec::new();
-    for feed in Feed::ALL {
-        for file in inbox_feed_files(settings, root, feed)? {
-            let opts = ImportOptions {
-                encoding,
-                rejects: Some(feeds::rejects_path_in(&rejects_dir, feed, &file)),
-                max_reject_ratio: settings.import.max_reject_ratio,
-                batch_rows: settings.import.batch_rows,
-                progress: PROGRESS.load(Ordering::Relaxed),
-                headers: settings.header_names()?,
-                delivery: settings.delivery(feed),
-                clock,
-            };
-            let outcome =
-                feeds::import_file(db, feed, &file, &opts)
-                    .await
-                    .map_err(|e| match e {
-                        Error::InputRefused(msg) => Error::InputRefused(format!(
-                            "inbox file refused, run stopped before deciding anything: {msg}"
-                        )),
-                        other => other,
-                    })?;
-            out.push((file, outcome));
-        }
-    }
-    Ok(out)
-}
-
-/// The inbox folder (R2a), `None` when none is configured.
-fn inbox_root(settings: &Settings) -> Result<Option<&Path>> {
-    let dir = settings.inbox.dir.trim();
-    if dir.is_empty() {
-        return Ok(None);
-    }
-    let root = Path::new(dir);
-    if !root.is_dir() {
-        return Err(Error::Config(format!(
-            "inbox.dir {} is not a directory",
-            root.display()
-        )));
-    }
-    Ok(Some(root))
-}
-
-/// The `*.csv` files in `feed`'s folder of the inbox, in name order (none
-/// when the folder does not exist).
-fn inbox_feed_files(settings: &Settings, root: &Path, feed: Feed) -> Result<Vec<PathBuf>> {
-    let inbox = &settings.inbox;
-    let sub = match feed {
-        Feed::Permits => &inbox.permits,
-        Feed::Residence => &inbox.residence,
-        Feed::SocialInsurance => &inbox.social_insurance,
-        Feed::CivilStatus => &inbox.civil_status,
-    };
-    let dir = root.join(sub);
-    if !dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io(format!("cannot list inbox folder {}", dir.display()), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 #[cfg(test)]
