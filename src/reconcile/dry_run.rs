@@ -92,22 +92,11 @@ pub async fn dry_run(
         }
     }
     let waiting = waiting_inbox_files(db, settings).await?;
-    let imports = db.latest_imports().await?;
-    let mark = imports.iter().map(|i| i.import_id).max().unwrap_or(0);
-    let feeds_trip = crate::brake::check_feeds(
-        settings,
-        &imports,
-        db.completed_import_mark().await?,
-        clock.now(),
-    );
-    let lifecycle = if crate::brake::lifecycle_checked(settings) {
-        Some(
-            db.lifecycle_counts(as_of, crate::brake::cancel_before(settings, as_of))
-                .await?,
-        )
-    } else {
-        None
-    };
+    let super::BrakeInputs {
+        mark,
+        feeds_trip,
+        lifecycle,
+    } = super::brake_inputs(db, settings, as_of, clock).await?;
     let resumes = existing.filter(|r| r.status == "running");
     let run = RunRecord {
         run_id: db.next_run_id(as_of).await?,

@@ -52,6 +52,45 @@ pub fn show_progress(on: bool) {
     PROGRESS.store(on, Ordering::Relaxed);
 }
 
+/// What the brake checks before a run writes anything, read the way the
+/// run will find the database (after its inbox): the newest import (the
+/// run's import mark), the feed checks' verdict, the register's lifecycle
+/// steps for the date. The run and the dry run both start from it.
+pub(crate) struct BrakeInputs {
+    pub mark: i64,
+    pub feeds_trip: Option<String>,
+    pub lifecycle: Option<LifecycleCounts>,
+}
+
+pub(crate) async fn brake_inputs(
+    db: &Db,
+    settings: &Settings,
+    as_of: NaiveDate,
+    clock: Clock,
+) -> Result<BrakeInputs> {
+    let imports = db.latest_imports().await?;
+    let mark = imports.iter().map(|i| i.import_id).max().unwrap_or(0);
+    let feeds_trip = crate::brake::check_feeds(
+        settings,
+        &imports,
+        db.completed_import_mark().await?,
+        clock.now(),
+    );
+    let lifecycle = if crate::brake::lifecycle_checked(settings) {
+        Some(
+            db.lifecycle_counts(as_of, crate::brake::cancel_before(settings, as_of))
+                .await?,
+        )
+    } else {
+        None
+    };
+    Ok(BrakeInputs {
+        mark,
+        feeds_trip,
+        lifecycle,
+    })
+}
+
 /// The run's bar on stderr, by permits looked at (rows, rate, ETA); hidden
 /// unless stderr is a terminal. Its total costs a count over the register,
 /// paid only when a bar is drawn.
@@ -132,26 +171,11 @@ pub async fn run(
     }
     let inbox =
         crate::inbox::import_new(db, settings, clock, PROGRESS.load(Ordering::Relaxed)).await?;
-    // The brake's feed checks, on the imports as the run will
-    // see them: after its inbox.
-    let imports = db.latest_imports().await?;
-    let mark = imports.iter().map(|i| i.import_id).max().unwrap_or(0);
-    let feeds_trip = crate::brake::check_feeds(
-        settings,
-        &imports,
-        db.completed_import_mark().await?,
-        clock.now(),
-    );
-    // The brake's lifecycle check counts on the register as the run will
-    // find it (after its inbox), before the run writes anything.
-    let lifecycle = if crate::brake::lifecycle_checked(settings) {
-        Some(
-            db.lifecycle_counts(as_of, crate::brake::cancel_before(settings, as_of))
-                .await?,
-        )
-    } else {
-        None
-    };
+    let BrakeInputs {
+        mark,
+        feeds_trip,
+        lifecycle,
+    } = brake_inputs(db, settings, as_of, clock).await?;
     let bar = progress_bar(db, settings, as_of).await;
     // The attempt's duration, from the moment its `started_at` is taken
     // (the runs table keeps it: whole-second timestamps cannot measure a
