@@ -54,12 +54,12 @@ pub enum Command {
     /// same content is a no-op.
     Import {
         /// Which feed the file holds.
-        #[arg(value_enum)]
+        #[arg(value_parser = feed_parser())]
         feed: Feed,
         /// The CSV file.
         file: PathBuf,
         /// Character encoding of the file (gb18030 also covers GBK).
-        #[arg(long, value_enum, default_value = "utf-8")]
+        #[arg(long, value_parser = encoding_parser(), default_value = "utf-8")]
         encoding: Encoding,
         /// Where to write rejected rows (CSV: line,reason,original fields).
         /// Default: <data_dir>/rejects/<feed>/<file name>.rejects.csv
@@ -295,6 +295,24 @@ impl Command {
             _ => None,
         }
     }
+}
+
+/// A feed by its name (`permits`, `residence`, `social-insurance`,
+/// `civil-status`), listed in `--help` and in the usage error.
+fn feed_parser() -> impl clap::builder::TypedValueParser<Value = Feed> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Feed::ALL.map(Feed::name))
+        .try_map(|name| name.parse::<Feed>())
+}
+
+/// `utf-8` (alias `utf8`) or `gb18030` (alias `gbk`, which it covers).
+fn encoding_parser() -> impl clap::builder::TypedValueParser<Value = Encoding> {
+    use clap::builder::{PossibleValue, TypedValueParser as _};
+    clap::builder::PossibleValuesParser::new([
+        PossibleValue::new("utf-8").alias("utf8"),
+        PossibleValue::new("gb18030").alias("gbk"),
+    ])
+    .try_map(|name| name.parse::<Encoding>())
 }
 
 /// A date argument: a date in one of R1's forms, or `today` /

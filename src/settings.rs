@@ -83,7 +83,7 @@ pub struct RunSettings {
 
 /// Per feed: extra header names for its columns (docs/rules.md, "Header
 /// aliases"), on top of the
-/// built-in Chinese ones ([`crate::feeds::Feed::builtin_aliases`]), and
+/// built-in Chinese ones ([`crate::domain::Feed::builtin_aliases`]), and
 /// whether its files are snapshots or deltas.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,8 +98,8 @@ pub struct FeedsSettings {
 #[serde(deny_unknown_fields)]
 pub struct FeedHeaderSettings {
     /// Recorded with each import: the brake's row-drop check compares
-    /// snapshot imports only ([`crate::feeds::Delivery`]).
-    pub delivery: crate::feeds::Delivery,
+    /// snapshot imports only ([`crate::domain::Delivery`]).
+    pub delivery: crate::domain::Delivery,
     /// Column name → further header names accepted for it.
     pub aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
@@ -112,7 +112,7 @@ pub struct InboxSettings {
     pub residence: String,
     pub social_insurance: String,
     pub civil_status: String,
-    pub encoding: crate::feeds::Encoding,
+    pub encoding: crate::domain::Encoding,
     pub rejects_dir: String,
 }
 
@@ -718,10 +718,10 @@ impl Settings {
     /// The header names each feed accepts: column names, built-in aliases
     /// and `[feeds.<feed>.aliases]`. An alias for an unknown column or one
     /// claimed by two columns is a configuration error (exit 2).
-    pub fn header_names(&self) -> Result<crate::feeds::HeaderNames, Error> {
-        use crate::feeds::Feed;
+    pub fn header_names(&self) -> Result<crate::domain::HeaderNames, Error> {
+        use crate::domain::Feed;
         let f = &self.feeds;
-        crate::feeds::HeaderNames::with_aliases([
+        crate::domain::HeaderNames::with_aliases([
             (Feed::Permits, &f.permits.aliases),
             (Feed::Residence, &f.residence.aliases),
             (Feed::SocialInsurance, &f.social_insurance.aliases),
@@ -731,8 +731,8 @@ impl Settings {
     }
 
     /// The delivery of `feed` (`[feeds.<feed>] delivery`).
-    pub fn delivery(&self, feed: crate::feeds::Feed) -> crate::feeds::Delivery {
-        use crate::feeds::Feed;
+    pub fn delivery(&self, feed: crate::domain::Feed) -> crate::domain::Delivery {
+        use crate::domain::Feed;
         let f = &self.feeds;
         match feed {
             Feed::Permits => f.permits.delivery,
@@ -1188,7 +1188,7 @@ mod tests {
 
     #[test]
     fn header_aliases_load_from_file_and_environment_and_bad_ones_exit_2_issue_6() {
-        use crate::feeds::Feed;
+        use crate::domain::Feed;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
         std::fs::write(

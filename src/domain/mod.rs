@@ -12,6 +12,7 @@
 mod contact;
 mod dates;
 mod enums;
+mod feed;
 mod id_number;
 mod mask;
 #[cfg(test)]
@@ -24,6 +25,8 @@ pub use enums::{
     Channel, Effect, EnumError, EventKind, MaritalStatus, NoticeStatus, PaymentStatus,
     PermitStatus, Reason, ResidenceResult, SiStatus,
 };
+pub(crate) use feed::normalise as normalise_header;
+pub use feed::{Delivery, Encoding, Feed, HeaderNames};
 pub use id_number::{id_check_char, IdNumber, IdNumberError};
 pub use mask::{
     escape_controls, escape_controls_in_lines, mask_id_str, mask_name, mask_numbers_in_text,

@@ -3,7 +3,6 @@
 //! all of its accepted rows or nothing. Rejected rows go to a rejects CSV;
 //! too many of them refuse the whole file.
 
-mod delivery;
 mod parse;
 mod reader;
 pub mod rules;
@@ -18,9 +17,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-pub use delivery::Delivery;
-pub use parse::{Feed, MAX_FIELD_CHARS};
-pub use reader::{Encoding, HeaderNames};
+pub use crate::domain::{Delivery, Encoding, Feed, HeaderNames};
+pub use parse::MAX_FIELD_CHARS;
 
 use crate::db::{
     Db, ImportCounts, ImportMark, ImportRecord, ImportTx, KeySuspect, PermitRow, PriorPermit,

@@ -5,24 +5,12 @@
 //! line, rather than importing mojibake (encoding_rs_io would silently
 //! substitute U+FFFD).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Read};
 
 use encoding_rs::{Decoder, DecoderResult, GB18030};
 
-use super::parse::Feed;
-
-/// The encodings a feed may arrive in (`--encoding`, `inbox.encoding`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-pub enum Encoding {
-    #[value(name = "utf-8", alias = "utf8")]
-    #[serde(rename = "utf-8", alias = "utf8")]
-    Utf8,
-    /// GB18030, which covers GBK and GB2312.
-    #[value(name = "gb18030", alias = "gbk")]
-    #[serde(rename = "gb18030", alias = "gbk")]
-    Gb18030,
-}
+use crate::domain::normalise_header as normalise;
 
 /// A reader that transcodes GB18030 to UTF-8 and fails on the first
 /// malformed sequence with the line it is on.
@@ -402,98 +390,6 @@ impl<R: Read> Read for LineCounter<R> {
     }
 }
 
-/// The names a feed's header may give each of its columns: the column's own
-/// name, the built-in Chinese aliases ([`Feed::builtin_aliases`]) and the
-/// configured ones (`[feeds.<feed>.aliases]`), trimmed and lowercased.
-#[derive(Debug, Clone)]
-pub struct HeaderNames {
-    /// Per feed, per column (in [`Feed::columns`] order): accepted names.
-    feeds: HashMap<Feed, Vec<Vec<String>>>,
-}
-
-/// Header cells are matched trimmed and case-insensitively (R1).
-fn normalise(name: &str) -> String {
-    name.trim().to_lowercase()
-}
-
-impl HeaderNames {
-    /// Column names and the built-in aliases only.
-    pub fn builtin() -> Self {
-        let feeds = Feed::ALL
-            .into_iter()
-            .map(|feed| {
-                let names = feed
-                    .columns()
-                    .iter()
-                    .zip(feed.builtin_aliases())
-                    .map(|((name, _), aliases)| {
-                        std::iter::once(*name)
-                            .chain(aliases.iter().copied())
-                            .map(normalise)
-                            .collect()
-                    })
-                    .collect();
-                (feed, names)
-            })
-            .collect();
-        HeaderNames { feeds }
-    }
-
-    /// The built-in names plus configured aliases: per feed, column name →
-    /// aliases. An alias for a column the feed does not have, an empty one,
-    /// or one that already names another column (its own name, a built-in
-    /// alias or another configured alias) is an error naming the
-    /// configuration key, e.g. `feeds.residence.aliases.visited_on`.
-    pub fn with_aliases<'a>(
-        configured: impl IntoIterator<Item = (Feed, &'a BTreeMap<String, Vec<String>>)>,
-    ) -> Result<Self, String> {
-        let mut out = HeaderNames::builtin();
-        for (feed, aliases) in configured {
-            let columns = feed.columns();
-            let Some(names) = out.feeds.get_mut(&feed) else {
-                continue;
-            };
-            for (column, list) in aliases {
-                let key = format!("feeds.{}.aliases.{column}", feed.config_key());
-                let Some(c) = columns.iter().position(|(n, _)| n == column) else {
-                    return Err(format!(
-                        "{key}: the {} feed has no column {column:?} (columns: {})",
-                        feed.name(),
-                        columns
-                            .iter()
-                            .map(|(n, _)| *n)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                };
-                for alias in list {
-                    let alias = normalise(alias);
-                    if alias.is_empty() {
-                        return Err(format!("{key}: an alias is empty"));
-                    }
-                    match names.iter().position(|ns| ns.contains(&alias)) {
-                        Some(other) if other == c => {}
-                        Some(other) => {
-                            return Err(format!(
-                                "{key}: alias {alias:?} already names column {} of the {} feed",
-                                columns[other].0,
-                                feed.name()
-                            ));
-                        }
-                        None => names[c].push(alias),
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The accepted names of each of `feed`'s columns.
-    pub fn of(&self, feed: Feed) -> &[Vec<String>] {
-        self.feeds.get(&feed).map(Vec::as_slice).unwrap_or(&[])
-    }
-}
-
 /// Where each expected column sits in a file's header.
 #[derive(Debug)]
 pub struct HeaderMap {
@@ -643,6 +539,8 @@ pub fn map_header(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Feed, HeaderNames};
+    use std::collections::BTreeMap;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
