@@ -98,13 +98,6 @@ impl Db {
         matches!(self, Db::Sqlite(_))
     }
 
-    /// Whether a run is one transaction (SQLite), so that an attempt that
-    /// completes wrote every event of its run; PostgreSQL commits each page
-    /// and a resumed run keeps its crashed attempt's pages.
-    pub fn run_is_one_transaction(&self) -> bool {
-        matches!(self, Db::Sqlite(_))
-    }
-
     pub async fn find_import(&self, feed: &str, sha256: &str) -> Result<Option<ImportRecord>> {
         match self {
             Db::Sqlite(db) => db.find_import(feed, sha256).await,

@@ -238,11 +238,12 @@ async fn decide(
     let pending = planned.pending;
     tx.complete(pending, &ctx.clock.now_rfc3339(), started.elapsed())
         .await?;
-    // The summary counts every event of the run. When this attempt wrote
-    // them all it counted them as it wrote (no second pass over millions of
-    // events and their notices); a resumed PostgreSQL run asks the
-    // database, which also holds its crashed attempt's pages.
-    let counts = if run.attempts == 1 || db.run_is_one_transaction() {
+    // The summary counts every event of the run. A first attempt wrote
+    // them all and counted them as it wrote (no second pass over millions
+    // of events and their notices); a resumed run asks the database, which
+    // holds whatever its crashed attempts committed (pages, on PostgreSQL)
+    // beside this attempt's events.
+    let counts = if run.attempts == 1 {
         ctx.written_counts()
     } else {
         db.run_counts(run.run_id).await?
