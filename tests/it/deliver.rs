@@ -51,7 +51,7 @@ fn sqlite_world() -> Env {
 /// Permits due on 2026-11-30 with no evidence: on AS_OF (3 days before,
 /// past the decision deadline) each gets VISIT_CENTER and one notice.
 /// `(permit_no, phone, email)`.
-fn permits(env: &Env, rows: &[(&str, &str, &str)]) {
+pub(crate) fn permits(env: &Env, rows: &[(&str, &str, &str)]) {
     let mut csv = String::from(PERMITS_HEADER);
     csv.push('\n');
     for (i, (no, phone, email)) in rows.iter().enumerate() {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use chrono::{Duration as Days, NaiveDate};
 
-use crate::deliver::{at, free_port, t0, Gateway, Smtp};
+use crate::deliver::{at, fast_delivery, free_port, permits, t0, Gateway, Smtp};
 use crate::helpers::*;
 
 const AS_OF: &str = "2026-11-27";
@@ -18,27 +18,8 @@ const AS_OF: &str = "2026-11-27";
 /// Fast, deterministic delivery (as the delivery tests set it), two
 /// attempts before a notice is dead.
 fn setup(env: &mut Env) {
-    env.set("NO_PROXY", "127.0.0.1,localhost");
-    env.set("AUTOSIGN_DELIVERY__SMS_PER_SECOND", "0");
-    env.set("AUTOSIGN_DELIVERY__EMAIL_PER_SECOND", "0");
+    fast_delivery(env);
     env.set("AUTOSIGN_DELIVERY__MAX_ATTEMPTS", "2");
-}
-
-/// Permits due on 2026-11-30 with no evidence: on AS_OF each gets
-/// VISIT_CENTER and one notice (run 1). `(permit_no, phone, email)`.
-fn decide(env: &Env, rows: &[(&str, &str, &str)]) {
-    let mut csv = String::from(PERMITS_HEADER);
-    csv.push('\n');
-    for (i, (no, phone, email)) in rows.iter().enumerate() {
-        csv.push_str(&format!(
-            "{no},{},王小明,{phone},{email},310115,310115004,上海市浦东新区潍坊路1号,2026-11-30,,91310115MA1H7GPJ49,paying,single\n",
-            id("19900101", i as u32 + 1)
-        ));
-    }
-    let f = env.write("in/permits.csv", csv);
-    env.import("permits", &f);
-    let out = env.ok(&["run", "--as-of", AS_OF]);
-    assert!(out.contains("VISIT_CENTER"), "{out}");
 }
 
 fn deliver(env: &Env, hours: i64) -> String {
@@ -93,7 +74,7 @@ dbtest!(
             return;
         };
         Smtp::configure(port, &mut env);
-        decide(
+        permits(
             &env,
             &[
                 ("SH1", "13900000001", ""),
@@ -257,7 +238,7 @@ dbtest!(
         setup(&mut env);
         let gw = Gateway::start();
         gw.configure(&mut env);
-        decide(&env, &[("SH1", "13900000001", "")]);
+        permits(&env, &[("SH1", "13900000001", "")]);
         gw.fail_next(100);
         deliver(&env, 0);
         deliver(&env, 1);
@@ -310,7 +291,7 @@ dbtest!(
     notices_of_a_reverted_run_are_withdrawn_and_never_requeued,
     |mut env| {
         setup(&mut env);
-        decide(&env, &[("SH1", "13900000001", "")]);
+        permits(&env, &[("SH1", "13900000001", "")]);
         env.ok(&["revert", "1"]);
         assert_eq!(outbox(&env)["SH1"], state("withdrawn", "0"));
         let err = refused(&env, &["--run", "1", "--reason", "outage"]);
