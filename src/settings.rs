@@ -1260,52 +1260,47 @@ mod de {
             .map_err(|_| D::Error::custom(format!("{text:?} must be a time of day HH:MM")))
     }
 
-    pub fn opt_cron<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CronExpr>, D::Error> {
+    /// An optional value: empty (after trimming) is `None`, anything else
+    /// must convert with `parse`.
+    fn optional<'de, D: Deserializer<'de>, T>(
+        d: D,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, D::Error> {
         let text = String::deserialize(d)?;
-        if text.trim().is_empty() {
-            return Ok(None);
+        match text.trim() {
+            "" => Ok(None),
+            t => parse(t).map(Some).map_err(D::Error::custom),
         }
-        CronExpr::parse(&text).map(Some).map_err(D::Error::custom)
+    }
+
+    pub fn opt_cron<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CronExpr>, D::Error> {
+        optional(d, CronExpr::parse)
     }
 
     pub fn opt_socket_addr<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<std::net::SocketAddr>, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.trim().is_empty() {
-            return Ok(None);
-        }
-        text.trim().parse().map(Some).map_err(|_| {
-            D::Error::custom(format!(
-                "{text:?} must be IP:PORT (e.g. 127.0.0.1:9187), or empty for no endpoint"
-            ))
+        optional(d, |t| {
+            t.parse().map_err(|_| {
+                format!("{t:?} must be IP:PORT (e.g. 127.0.0.1:9187), or empty for no endpoint")
+            })
         })
     }
 
     pub fn opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<reqwest::Url>, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.trim().is_empty() {
-            return Ok(None);
-        }
-        match reqwest::Url::parse(text.trim()) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(Some(u)),
-            Ok(_) => Err(D::Error::custom(
-                "must be an http:// or https:// URL with a host",
-            )),
-            Err(e) => Err(D::Error::custom(format!("not a URL: {e}"))),
-        }
+        optional(d, |t| match reqwest::Url::parse(t) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u),
+            Ok(_) => Err("must be an http:// or https:// URL with a host".to_string()),
+            Err(e) => Err(format!("not a URL: {e}")),
+        })
     }
 
     pub fn opt_mailbox<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<lettre::message::Mailbox>, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.trim().is_empty() {
-            return Ok(None);
-        }
-        text.trim()
-            .parse()
-            .map(Some)
-            .map_err(|e| D::Error::custom(format!("not an e-mail address ({e})")))
+        optional(d, |t| {
+            t.parse()
+                .map_err(|e| format!("not an e-mail address ({e})"))
+        })
     }
 }

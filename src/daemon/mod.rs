@@ -60,10 +60,10 @@ pub struct DaemonOptions {
 /// A schedule that fires at all may still have no tick after the daemon's
 /// now (a seven-field expression with a past year): refused at start-up,
 /// naming its key, rather than a daemon that never runs.
-fn fires_from(settings: &Settings, clock: Clock) -> Result<()> {
+fn fires_from(run: &Schedule, purge: Option<&Schedule>, clock: Clock) -> Result<()> {
     let now = clock.now();
-    let mut schedules = vec![("daemon.schedule", settings.run_schedule())];
-    schedules.extend(settings.purge_schedule().map(|s| ("retention.schedule", s)));
+    let schedules =
+        std::iter::once(("daemon.schedule", run)).chain(purge.map(|s| ("retention.schedule", s)));
     for (key, schedule) in schedules {
         if schedule.next(now).is_none() {
             return Err(Error::Config(format!(
@@ -86,7 +86,8 @@ pub async fn check(settings: &Settings, opts: &DaemonOptions) -> Result<String> 
     let d = &settings.daemon;
     let schedule = settings.run_schedule();
     let clock = opts.clock;
-    fires_from(settings, clock)?;
+    let purge_schedule = settings.purge_schedule();
+    fires_from(&schedule, purge_schedule.as_ref(), clock)?;
     Notices::from_settings(settings)?;
     let channels = Channels::from_settings(settings)?;
     let channel_state = format!(
@@ -134,7 +135,7 @@ pub async fn check(settings: &Settings, opts: &DaemonOptions) -> Result<String> 
     let _ = writeln!(
         out,
         "{}",
-        match settings.purge_schedule() {
+        match &purge_schedule {
             Some(p) => format!(
                 "purge: {:?} in {tz}; next purge {}",
                 p.as_str(),
@@ -201,7 +202,7 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
     let schedule = settings.run_schedule();
     let purge_schedule = settings.purge_schedule();
     let clock = opts.clock;
-    fires_from(&settings, clock)?;
+    fires_from(&schedule, purge_schedule.as_ref(), clock)?;
     let notices = Notices::from_settings(&settings)?;
     let channels = Channels::from_settings(&settings)?;
     let listener = match d.health_addr {

@@ -150,11 +150,6 @@ pub enum Encoding {
     Gb18030,
 }
 
-impl Encoding {
-    /// The names `--encoding` and `inbox.encoding` take.
-    pub const NAMES: [&'static str; 4] = ["utf-8", "utf8", "gb18030", "gbk"];
-}
-
 impl std::str::FromStr for Encoding {
     type Err = String;
 
