@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::db::explain::{HolderRows, RowOrigin, StoredCivil, StoredPayment, StoredVisit};
 use crate::db::{AuditRow, Db, NotificationRow, PermitRow, RunRecord};
 use crate::domain::{
-    mask_id_str, mask_name, EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason,
+    mask_id_str, mask_name, EventKind, MaritalStatus, Month, PaymentStatus, Reason,
     ResidenceResult, SiStatus,
 };
 use crate::error::{Error, Result};
@@ -522,11 +522,11 @@ impl Ctx<'_> {
                 id_number: mask_id_str(&p.id_number),
             },
             permit: PermitView {
-                status: p.status.clone(),
+                status: p.status.code().to_string(),
                 valid_until: p.valid_until,
-                si_status: p.si_status.clone(),
+                si_status: p.si_status.code().to_string(),
                 employer_uscc: p.employer_uscc.clone(),
-                marital_status: p.marital_status.clone(),
+                marital_status: p.marital_status.code().to_string(),
                 street_code: p.street_code.clone(),
                 service_center: self.notices.center(&p.street_code).map(|c| c.name.clone()),
                 source: origin.map(Source::from),
@@ -839,7 +839,7 @@ impl Ctx<'_> {
         if e.state != "applied" {
             if let Some(f) = out.effect.as_mut() {
                 f.why = format!("not in effect ({}): {}", e.state, state_meaning(&e.state));
-                f.status_after = self.permit.status.clone();
+                f.status_after = self.permit.status.code().to_string();
             }
         }
         out.notices = outbox
@@ -1021,10 +1021,10 @@ impl Ctx<'_> {
 
     fn what_if(&self, out: &mut Explanation, events: &[AuditRow], rows: &HolderRows) -> Result<()> {
         let p = self.permit;
-        let status = stored("status", &p.status, PermitStatus::parse(&p.status))?;
+        let status = p.status;
         let step = rules::lifecycle(status, p.valid_until, self.as_of, self.rules);
         out.lifecycle.step = step.map(|k| k.code().to_string());
-        out.lifecycle.why = self.lifecycle_why(step, &p.status, p.valid_until);
+        out.lifecycle.why = self.lifecycle_why(step, p.status.code(), p.valid_until);
         if let Some(kind) = step {
             let why = "a lifecycle step (R3, above), not a decision on evidence".to_string();
             self.set_decision(out, kind.code(), &[], p.valid_until, why);
@@ -1032,7 +1032,7 @@ impl Ctx<'_> {
             out.notices.push(self.would_notice(kind, &[], None));
             return Ok(());
         }
-        let window = self.window_view(p.valid_until, &p.status);
+        let window = self.window_view(p.valid_until, p.status.code());
         if !window.due {
             let why = window.why.clone();
             out.window = Some(window);
@@ -1063,12 +1063,8 @@ impl Ctx<'_> {
         let (selected, evidence) = self.evaluate_evidence(rows)?;
         let baseline = Baseline {
             valid_until: p.valid_until,
-            si_status: stored("si_status", &p.si_status, SiStatus::parse(&p.si_status))?,
-            marital_status: stored(
-                "marital_status",
-                &p.marital_status,
-                MaritalStatus::parse(&p.marital_status),
-            )?,
+            si_status: p.si_status,
+            marital_status: p.marital_status,
             employer_uscc: &p.employer_uscc,
         };
         let reasons = rules::reasons(&baseline, &selected);
@@ -1287,12 +1283,12 @@ impl Ctx<'_> {
                 m.month,
                 if m.employer_uscc.is_empty() { "no employer" } else { &m.employer_uscc }
             ),
-            (Some(m), Some(r)) if p.si_status == "not_paying" => format!(
+            (Some(m), Some(r)) if p.si_status == SiStatus::NotPaying => format!(
                 "{}: {}, but the permit was registered not paying → {} (C2)",
                 m.month, m.status, r.code()
             ),
             (Some(m), Some(r)) => format!("{}: {} → {}", m.month, m.status, r.code()),
-            (Some(m), None) if p.si_status == "not_paying" => format!(
+            (Some(m), None) if p.si_status == SiStatus::NotPaying => format!(
                 "{}: {}; the permit was registered not paying — unchanged (C2)",
                 m.month, m.status
             ),

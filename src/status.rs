@@ -6,7 +6,7 @@ use chrono::{Duration, NaiveDate};
 use serde::Serialize;
 
 use crate::db::Db;
-use crate::domain::{mask_id_str, mask_name, Reason};
+use crate::domain::{mask_id_str, mask_name, PermitStatus, Reason};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 
@@ -93,7 +93,7 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
     let closed = events
         .iter()
         .any(|e| e.valid_until == permit.valid_until && e.decision == "VISIT_CENTER");
-    let state = if permit.status != "active" {
+    let state = if permit.status != PermitStatus::Active {
         "not_applicable"
     } else if closed {
         "decided"
@@ -133,7 +133,7 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
         permit_no: permit.permit_no.clone(),
         id_number: mask_id_str(&permit.id_number),
         name: mask_name(&permit.name),
-        status: permit.status.clone(),
+        status: permit.status.code().to_string(),
         valid_until: permit.valid_until,
         street_code: permit.street_code.clone(),
         service_center: notices_center

@@ -1,22 +1,32 @@
 //! The database layer: every SQL statement lives here, behind [`Db`].
 //!
 //! `Db` is an enum over backends rather than sqlx's `Any` driver (which
-//! loses chrono support and rewrites placeholders wrongly, sqlx #3000). The
-//! SQLite implementation is the embedded default; a PostgreSQL one sits
-//! beside it with the same methods and its own migration set of the same
-//! numbering. Callers never see a backend type.
+//! loses chrono support and rewrites placeholders wrongly, sqlx #3000).
+//! SQLite is the embedded default, PostgreSQL the production one; each has
+//! its own migration set of the same numbering and the same logical
+//! tables. Callers never see a backend type.
+//!
+//! The files go by table family — `register.rs`, `feeds.rs`, `runs.rs`,
+//! `outbox.rs` — and hold the statements both backends run alike, written
+//! once ([`on_pool!`], [`spelled!`]) and mapped to the row types of
+//! `rows.rs` once (`sqlx::FromRow`). What each backend does its own way —
+//! the bulk paths of an import and a night, the exports' streams, the job
+//! lock, the physical tables those need — is in `sqlite/` and
+//! `postgres.rs`, behind [`ImportTx`] and [`RunTx`]; docs/architecture.md
+//! ("Storage") names each difference and why.
 
 pub mod dry_run;
 pub mod explain;
+mod feeds;
 pub mod metrics;
 pub mod outbox;
-mod outbox_sqlite;
 mod postgres;
-mod postgres_outbox;
+mod register;
 pub mod report;
 pub mod requeue;
 pub mod retention;
 mod rows;
+mod runs;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -29,6 +39,37 @@ pub use rows::*;
 pub use sqlite::SqliteDb;
 
 use crate::error::{Error, Result};
+
+/// Runs the same code on whichever pool `db` has: for a statement whose
+/// text and rows are the same on both backends. Parameters are written
+/// `$1`, which SQLite reads as PostgreSQL does.
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite(db) => {
+                let $pool = db.pool();
+                $body
+            }
+            $crate::db::Db::Postgres(db) => {
+                let $pool = db.pool();
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// A statement in both backends' spellings of its boolean literals, from a
+/// macro taking `(true, false)`: SQLite stores booleans as 0 and 1, and its
+/// planner uses a partial index (`WHERE held = 0`) only for a query that
+/// spells the literal as the index does; PostgreSQL has a boolean type.
+/// [`Db::spelling`] picks one.
+macro_rules! spelled {
+    ($statement:ident) => {
+        [$statement!("1", "0"), $statement!("TRUE", "FALSE")]
+    };
+}
+pub(crate) use spelled;
 
 /// A connected, migrated database.
 #[derive(Clone)]
@@ -46,6 +87,14 @@ pub enum JobLock {
 }
 
 impl Db {
+    /// This backend's spelling of a [`spelled!`] statement.
+    pub(crate) fn spelling(&self, [sqlite, postgres]: [&'static str; 2]) -> &'static str {
+        match self {
+            Db::Sqlite(_) => sqlite,
+            Db::Postgres(_) => postgres,
+        }
+    }
+
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating an
     /// SQLite file (and its directory) if missing, and applies the
     /// embedded migrations.
@@ -98,13 +147,6 @@ impl Db {
         matches!(self, Db::Sqlite(_))
     }
 
-    pub async fn find_import(&self, feed: &str, sha256: &str) -> Result<Option<ImportRecord>> {
-        match self {
-            Db::Sqlite(db) => db.find_import(feed, sha256).await,
-            Db::Postgres(db) => db.find_import(feed, sha256).await,
-        }
-    }
-
     /// Opens a feed file's import and records it, with the delivery its
     /// feed has (the brake's row-drop check compares snapshots only) and
     /// the time it was made (the brake's feed age).
@@ -128,20 +170,6 @@ impl Db {
         }
     }
 
-    pub async fn latest_completed_run(&self) -> Result<Option<RunRecord>> {
-        match self {
-            Db::Sqlite(db) => db.latest_completed_run().await,
-            Db::Postgres(db) => db.latest_completed_run().await,
-        }
-    }
-
-    pub async fn run_for(&self, as_of: NaiveDate) -> Result<Option<RunRecord>> {
-        match self {
-            Db::Sqlite(db) => db.run_for(as_of).await,
-            Db::Postgres(db) => db.run_for(as_of).await,
-        }
-    }
-
     /// Opens the run's transaction for `as_of` and creates its `running`
     /// row (or takes over one left by a crashed process: the caller holds
     /// the job lock, so no live process owns it). `import_mark` is the
@@ -152,46 +180,6 @@ impl Db {
             Db::Postgres(db) => Ok(RunTx::Postgres(
                 db.begin_run(as_of, now, import_mark).await?,
             )),
-        }
-    }
-
-    pub async fn run_by_id(&self, run_id: i64) -> Result<Option<RunRecord>> {
-        match self {
-            Db::Sqlite(db) => db.run_by_id(run_id).await,
-            Db::Postgres(db) => db.run_by_id(run_id).await,
-        }
-    }
-
-    /// The oldest run held by the safety brake, if any.
-    pub async fn held_run(&self) -> Result<Option<RunRecord>> {
-        match self {
-            Db::Sqlite(db) => db.held_run().await,
-            Db::Postgres(db) => db.held_run().await,
-        }
-    }
-
-    /// The import mark of the latest completed run (0 when none).
-    pub async fn completed_import_mark(&self) -> Result<i64> {
-        match self {
-            Db::Sqlite(db) => db.completed_import_mark().await,
-            Db::Postgres(db) => db.completed_import_mark().await,
-        }
-    }
-
-    /// Each feed's newest import and its two newest snapshot imports (one
-    /// row where they are the same import), by feed, newest first.
-    pub async fn latest_imports(&self) -> Result<Vec<FeedImport>> {
-        match self {
-            Db::Sqlite(db) => db.latest_imports().await,
-            Db::Postgres(db) => db.latest_imports().await,
-        }
-    }
-
-    /// The events a held run wrote, in the order it wrote them.
-    pub async fn held_events(&self, run_id: i64) -> Result<Vec<HeldEvent>> {
-        match self {
-            Db::Sqlite(db) => db.held_events(run_id).await,
-            Db::Postgres(db) => db.held_events(run_id).await,
         }
     }
 
@@ -212,48 +200,6 @@ impl Db {
         }
     }
 
-    /// `autosign discard`: the held run becomes discarded, its events void.
-    /// `false` if the run is not held.
-    pub async fn discard_run(&self, run_id: i64, now: &str) -> Result<bool> {
-        match self {
-            Db::Sqlite(db) => db.discard_run(run_id, now).await,
-            Db::Postgres(db) => db.discard_run(run_id, now).await,
-        }
-    }
-
-    /// The live register (active and suspended permits) and how many R3
-    /// would suspend and cancel at `as_of` (`cancel_before`: `as_of` minus
-    /// the grace days, `None` when nothing is cancelled): the safety
-    /// brake's lifecycle check, before the run writes anything.
-    pub async fn lifecycle_counts(
-        &self,
-        as_of: NaiveDate,
-        cancel_before: Option<NaiveDate>,
-    ) -> Result<LifecycleCounts> {
-        match self {
-            Db::Sqlite(db) => db.lifecycle_counts(as_of, cancel_before).await,
-            Db::Postgres(db) => db.lifecycle_counts(as_of, cancel_before).await,
-        }
-    }
-
-    /// The first run after `run_id` that still counts (neither discarded
-    /// nor reverted): `autosign revert` undoes the latest run only.
-    pub async fn later_live_run(&self, run_id: i64) -> Result<Option<RunRecord>> {
-        match self {
-            Db::Sqlite(db) => db.later_live_run(run_id).await,
-            Db::Postgres(db) => db.later_live_run(run_id).await,
-        }
-    }
-
-    /// The events of a completed run that took effect, in the order they
-    /// were written.
-    pub async fn revert_events(&self, run: &RunRecord) -> Result<Vec<RevertEvent>> {
-        match self {
-            Db::Sqlite(db) => db.revert_events(run).await,
-            Db::Postgres(db) => db.revert_events(run).await,
-        }
-    }
-
     /// `autosign revert`, in one transaction: the run becomes reverted,
     /// its notices withdrawn, each item's permit set back where it is still
     /// as the run left it, and what was done with each event recorded.
@@ -267,13 +213,6 @@ impl Db {
         match self {
             Db::Sqlite(db) => db.revert_run(run, items, now).await,
             Db::Postgres(db) => db.revert_run(run, items, now).await,
-        }
-    }
-
-    pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
-        match self {
-            Db::Sqlite(db) => db.run_counts(run_id).await,
-            Db::Postgres(db) => db.run_counts(run_id).await,
         }
     }
 
@@ -302,27 +241,6 @@ impl Db {
         match self {
             Db::Sqlite(db) => db.notification_rows(from, to, each).await,
             Db::Postgres(db) => db.notification_rows(from, to, each).await,
-        }
-    }
-
-    pub async fn permit(&self, permit_no: &str) -> Result<Option<PermitRow>> {
-        match self {
-            Db::Sqlite(db) => db.permit(permit_no).await,
-            Db::Postgres(db) => db.permit(permit_no).await,
-        }
-    }
-
-    pub async fn events_for(&self, permit_no: &str) -> Result<Vec<AuditRow>> {
-        match self {
-            Db::Sqlite(db) => db.events_for(permit_no).await,
-            Db::Postgres(db) => db.events_for(permit_no).await,
-        }
-    }
-
-    pub async fn notifications_for(&self, permit_no: &str) -> Result<Vec<NotificationRow>> {
-        match self {
-            Db::Sqlite(db) => db.notifications_for(permit_no).await,
-            Db::Postgres(db) => db.notifications_for(permit_no).await,
         }
     }
 }
@@ -427,8 +345,11 @@ impl ImportTx {
 /// order ([`RunTx::event_pages`]).
 pub type MakeEvents = Box<dyn FnMut(Vec<Candidate>) -> Result<Vec<NewEvent>> + Send>;
 
-/// A run's pages of events in the making ([`RunTx::event_pages`]).
-pub enum EventPages {
+/// A run's pages of events in the making ([`RunTx::event_pages`]), taken
+/// one at a time with [`RunTx::next_events`].
+pub struct EventPages(Pages);
+
+enum Pages {
     /// Read and made on a thread of their own (SQLite).
     Thread(sqlite::EventPageReader),
     /// Read in the run's transaction and made when asked for (PostgreSQL).
@@ -473,14 +394,14 @@ impl RunTx {
     /// key order. PostgreSQL reads each page in the transaction, in turn.
     pub fn event_pages(&self, to: NaiveDate, limit: u32, make: MakeEvents) -> EventPages {
         match self {
-            RunTx::Sqlite(t) => EventPages::Thread(t.event_pages(to, limit, make)),
-            RunTx::Postgres(_) => EventPages::InTurn {
+            RunTx::Sqlite(t) => EventPages(Pages::Thread(t.event_pages(to, limit, make))),
+            RunTx::Postgres(_) => EventPages(Pages::InTurn {
                 to,
                 limit,
                 after: None,
                 make,
                 done: false,
-            },
+            }),
         }
     }
 
@@ -489,14 +410,14 @@ impl RunTx {
         &mut self,
         pages: &mut EventPages,
     ) -> Result<Option<(usize, Vec<NewEvent>)>> {
-        match (self, pages) {
-            (_, EventPages::Thread(reader)) => reader.next().await,
-            (RunTx::Sqlite(_), EventPages::InTurn { .. }) => Err(Error::Runtime(anyhow::anyhow!(
+        match (self, &mut pages.0) {
+            (_, Pages::Thread(reader)) => reader.next().await,
+            (RunTx::Sqlite(_), Pages::InTurn { .. }) => Err(Error::Runtime(anyhow::anyhow!(
                 "internal: a SQLite run reads its pages on a thread of their own"
             ))),
             (
                 RunTx::Postgres(t),
-                EventPages::InTurn {
+                Pages::InTurn {
                     to,
                     limit,
                     after,
@@ -519,10 +440,11 @@ impl RunTx {
         }
     }
 
-    /// The due permits with an undecided cycle (R4, C8), a page at a time
-    /// in `permit_no` order after `after`: active, `from <= valid_until <=
-    /// to`, no AUTO_SIGNED or VISIT_CENTER event for (permit_no,
-    /// valid_until).
+    /// The permits in the window (R4), a page at a time in `permit_no`
+    /// order after `after`: active, `from <= valid_until <= to`, each with
+    /// the AUTO_SIGNED and VISIT_CENTER events written for its cycle and
+    /// what became of them (held, released, reverted), for
+    /// `rules::cycle_decided` (C8) to judge.
     pub async fn due_permits(
         &mut self,
         from: NaiveDate,
@@ -536,27 +458,20 @@ impl RunTx {
         }
     }
 
-    /// Whether [`RunTx::feed_evidence`] needs the holders' ID numbers
-    /// (PostgreSQL looks them up by key; SQLite scans and asks the sink).
-    pub fn evidence_by_key(&self) -> bool {
-        matches!(self, RunTx::Postgres(_))
-    }
-
-    /// Feeds `sink` the feed rows of these holders within `bounds` (R5,
-    /// C4). SQLite reads each feed table once, sequentially, keeping the
-    /// rows `sink` wants, and gives the later part of the social-insurance
-    /// rows to `later` (read at the same time on another thread; the caller
-    /// merges it into `sink` as rows that came after). PostgreSQL looks the
-    /// holders up by key and leaves `later` empty.
-    pub async fn feed_evidence(
+    /// Feeds `sink` the feed rows of these holders (`id_numbers`, the ones
+    /// `sink` wants) within `bounds` (R5, C4), each feed's rows in arrival
+    /// order. SQLite reads each feed table once, sequentially, keeping the
+    /// rows `sink` wants, with the later part of the social-insurance rows
+    /// read at the same time on another thread into a [`EvidenceSink::part`]
+    /// merged back after; PostgreSQL looks the holders up by key.
+    pub async fn feed_evidence<S: EvidenceSink>(
         &mut self,
         id_numbers: &[&str],
         bounds: &EvidenceBounds,
-        sink: &mut (dyn EvidenceSink + Send),
-        later: &mut (dyn EvidenceSink + Send),
+        sink: &mut S,
     ) -> Result<()> {
         match self {
-            RunTx::Sqlite(t) => t.feed_evidence(bounds, sink, later).await,
+            RunTx::Sqlite(t) => t.feed_evidence(bounds, sink).await,
             RunTx::Postgres(t) => t.feed_evidence(id_numbers, bounds, sink).await,
         }
     }

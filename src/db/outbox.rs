@@ -15,17 +15,17 @@
 //! Timestamps are RFC 3339 text in one offset with whole seconds
 //! (`Clock::stamp`), the format every writer of `next_attempt_at`
 //! uses, so text order is time order (on PostgreSQL too: the columns are
-//! TEXT COLLATE "C"). The SQLite statements are in `outbox_sqlite.rs`, the
-//! PostgreSQL ones (the claim with `FOR UPDATE SKIP LOCKED`) in
-//! `postgres_outbox.rs`.
+//! TEXT COLLATE "C"). Each statement is written once, for both backends;
+//! the claim differs only in how it keeps two workers apart (below).
 
 use chrono::NaiveDate;
 
-use super::Db;
+use super::rows::NotificationRow;
+use super::{on_pool, Db};
 use crate::error::Result;
 
 /// A notice claimed for one delivery attempt.
-#[derive(Clone)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct ClaimedNotice {
     pub notification_id: i64,
     pub permit_no: String,
@@ -37,6 +37,7 @@ pub struct ClaimedNotice {
     pub recipient: String,
     pub message: String,
     /// This attempt's number, 1-based; also the claim's token.
+    #[sqlx(rename = "attempts")]
     pub attempt: i64,
 }
 
@@ -70,18 +71,109 @@ pub enum NoticeMark {
 }
 
 /// Due notices of one channel (for the summary of what a step left).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DueCount {
     pub channel: String,
     pub count: i64,
 }
 
 /// Notices by status (the operator's view of the outbox).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxCount {
     pub status: String,
     pub count: i64,
 }
+
+// The claim: one statement. The inner SELECT is served by
+// `notifications_due (status, next_attempt_at)`. Binds: channel, now,
+// max_attempts, limit, lease_until. On SQLite it runs inside `BEGIN
+// IMMEDIATE`, so the read of the due rows and their update cannot
+// interleave with another writer; on PostgreSQL the inner SELECT takes
+// `FOR UPDATE SKIP LOCKED`, so several workers — threads, processes or
+// instances on other machines — claim disjoint batches without waiting on
+// each other (a row another claim has locked is skipped; once that claim
+// commits, the row's `next_attempt_at` is its lease, so it is not due any
+// more).
+macro_rules! claim {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE notifications
+               SET attempts = attempts + 1, next_attempt_at = $5
+             WHERE notification_id IN (
+                   SELECT notification_id FROM notifications
+                    WHERE status IN ('queued', 'failed') AND channel = $1
+                      AND next_attempt_at <= $2 AND attempts < $3
+                    ORDER BY next_attempt_at, notification_id
+                    LIMIT $4 ",
+            $lock,
+            ")
+            RETURNING notification_id, permit_no, cycle_valid_until, kind, channel, recipient,
+                      message, attempts"
+        )
+    };
+}
+
+/// Sent wins over everything but an earlier `sent`: the holder got it.
+/// Binds: sent_at, provider_ref, notification_id.
+const MARK_SENT: &str = "
+UPDATE notifications
+   SET status = 'sent', sent_at = $1, provider_ref = $2, next_attempt_at = NULL
+ WHERE notification_id = $3 AND status IN ('queued', 'failed', 'dead')";
+
+/// Binds: next_attempt_at, last_error, notification_id, attempt (the claim token).
+const MARK_RETRY: &str = "
+UPDATE notifications
+   SET status = 'failed', next_attempt_at = $1, last_error = $2
+ WHERE notification_id = $3 AND attempts = $4 AND status IN ('queued', 'failed')";
+
+/// Binds: last_error, notification_id, attempt.
+const MARK_DEAD: &str = "
+UPDATE notifications
+   SET status = 'dead', next_attempt_at = NULL, last_error = $1
+ WHERE notification_id = $2 AND attempts = $3 AND status IN ('queued', 'failed')";
+
+/// Undoes a claim that was not attempted. Binds: next_attempt_at,
+/// notification_id, attempt.
+const RELEASE: &str = "
+UPDATE notifications
+   SET attempts = attempts - 1, next_attempt_at = $1
+ WHERE notification_id = $2 AND attempts = $3 AND status IN ('queued', 'failed')";
+
+/// A claim of the last allowed attempt that expired unrecorded. Binds:
+/// now, max_attempts.
+const BURY_EXPIRED: &str = "
+UPDATE notifications
+   SET status = 'dead', next_attempt_at = NULL,
+       last_error = 'attempt ' || attempts || ': outcome unknown (claimed, never recorded: the worker stopped); no attempts left'
+                    || COALESCE('; before: ' || last_error, '')
+ WHERE status IN ('queued', 'failed') AND next_attempt_at <= $1 AND attempts >= $2";
+
+/// Binds: now, max_attempts.
+const DUE: &str = "
+SELECT channel, count(*) AS count FROM notifications
+ WHERE status IN ('queued', 'failed') AND next_attempt_at <= $1 AND attempts < $2
+ GROUP BY channel ORDER BY channel";
+
+const COUNTS: &str = "
+SELECT status, count(*) AS count FROM notifications GROUP BY status ORDER BY status";
+
+macro_rules! notification_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT notification_id, run_id, as_of, permit_no, cycle_valid_until, kind, channel, recipient,
+                    status, attempts, next_attempt_at, last_error, provider_ref, created_at, sent_at, message
+             FROM notifications WHERE ",
+            $where,
+            " ORDER BY as_of, permit_no, cycle_valid_until,
+               CASE kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END"
+        )
+    };
+}
+
+/// The notification export's rows of the runs with `$1 <= as_of <= $2`,
+/// in its order: each backend streams it its own way.
+pub(super) const NOTIFICATION_SELECT_RANGE: &str = notification_select!("as_of BETWEEN $1 AND $2");
+const NOTIFICATION_SELECT_PERMIT: &str = notification_select!("permit_no = $1");
 
 impl Db {
     /// Claims up to `limit` due notices of `channel` for one attempt each:
@@ -97,16 +189,36 @@ impl Db {
         max_attempts: i64,
         limit: i64,
     ) -> Result<Vec<ClaimedNotice>> {
-        match self {
+        let rows: Vec<ClaimedNotice> = match self {
             Db::Sqlite(db) => {
-                db.claim_notices(channel, now, lease_until, max_attempts, limit)
-                    .await
+                let mut tx = db.pool().begin_with("BEGIN IMMEDIATE").await?;
+                let rows = sqlx::query_as(claim!(""))
+                    .bind(channel)
+                    .bind(now)
+                    .bind(max_attempts)
+                    .bind(limit)
+                    .bind(lease_until)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                rows
             }
+            // One statement: its own short transaction.
             Db::Postgres(db) => {
-                db.claim_notices(channel, now, lease_until, max_attempts, limit)
-                    .await
+                sqlx::query_as(claim!("FOR UPDATE SKIP LOCKED"))
+                    .bind(channel)
+                    .bind(now)
+                    .bind(max_attempts)
+                    .bind(limit)
+                    .bind(lease_until)
+                    .fetch_all(db.pool())
+                    .await?
             }
-        }
+        };
+        let mut out = rows;
+        // RETURNING gives no order.
+        out.sort_by_key(|n| n.notification_id);
+        Ok(out)
     }
 
     /// Records the outcome of attempt `attempt` of a notice. Returns false
@@ -120,29 +232,55 @@ impl Db {
         attempt: i64,
         mark: &NoticeMark,
     ) -> Result<bool> {
-        match self {
-            Db::Sqlite(db) => db.mark_notice(notification_id, attempt, mark).await,
-            Db::Postgres(db) => db.mark_notice(notification_id, attempt, mark).await,
-        }
+        // One statement: its own short transaction.
+        let done = on_pool!(self, |pool| {
+            let q = match mark {
+                NoticeMark::Sent { at, provider_ref } => sqlx::query(MARK_SENT)
+                    .bind(at)
+                    .bind(provider_ref)
+                    .bind(notification_id),
+                NoticeMark::Retry {
+                    next_attempt_at,
+                    error,
+                } => sqlx::query(MARK_RETRY)
+                    .bind(next_attempt_at)
+                    .bind(error)
+                    .bind(notification_id)
+                    .bind(attempt),
+                NoticeMark::Dead { error } => sqlx::query(MARK_DEAD)
+                    .bind(error)
+                    .bind(notification_id)
+                    .bind(attempt),
+                NoticeMark::Release { next_attempt_at } => sqlx::query(RELEASE)
+                    .bind(next_attempt_at)
+                    .bind(notification_id)
+                    .bind(attempt),
+            };
+            q.execute(pool).await?.rows_affected()
+        });
+        Ok(done == 1)
     }
 
     /// Notices whose last allowed attempt was claimed and never recorded
     /// (the worker died; the lease has expired) become `dead`: the outcome
     /// of that attempt is unknown, and no attempt is left. Returns how many.
     pub async fn bury_expired_claims(&self, now: &str, max_attempts: i64) -> Result<u64> {
-        match self {
-            Db::Sqlite(db) => db.bury_expired_claims(now, max_attempts).await,
-            Db::Postgres(db) => db.bury_expired_claims(now, max_attempts).await,
-        }
+        Ok(on_pool!(self, |pool| sqlx::query(BURY_EXPIRED)
+            .bind(now)
+            .bind(max_attempts)
+            .execute(pool)
+            .await?
+            .rows_affected()))
     }
 
     /// Notices due at `now` (queued or failed, `next_attempt_at <= now`,
     /// attempts left), by channel.
     pub async fn due_notices(&self, now: &str, max_attempts: i64) -> Result<Vec<DueCount>> {
-        match self {
-            Db::Sqlite(db) => db.due_notices(now, max_attempts).await,
-            Db::Postgres(db) => db.due_notices(now, max_attempts).await,
-        }
+        Ok(on_pool!(self, |pool| sqlx::query_as(DUE)
+            .bind(now)
+            .bind(max_attempts)
+            .fetch_all(pool)
+            .await?))
     }
 
     /// Every notice, counted by status. On SQLite this reads the
@@ -150,9 +288,18 @@ impl Db {
     /// and its message texts: the count follows every run and grows with
     /// the outbox's history (3.3 s for 2.5 M notices when it read the table).
     pub async fn outbox_counts(&self) -> Result<Vec<OutboxCount>> {
-        match self {
-            Db::Sqlite(db) => db.outbox_counts().await,
-            Db::Postgres(db) => db.outbox_counts().await,
-        }
+        Ok(on_pool!(self, |pool| sqlx::query_as(COUNTS)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// One permit's notices, in the notification export's order.
+    pub async fn notifications_for(&self, permit_no: &str) -> Result<Vec<NotificationRow>> {
+        Ok(on_pool!(self, |pool| sqlx::query_as(
+            NOTIFICATION_SELECT_PERMIT
+        )
+        .bind(permit_no)
+        .fetch_all(pool)
+        .await?))
     }
 }

@@ -32,12 +32,15 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use futures_util::TryStreamExt;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, PgPool, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, FromRow, PgPool, Row};
 
+use super::outbox::NOTIFICATION_SELECT_RANGE;
+use super::register::permit_columns;
 use super::rows::*;
+use super::runs::{run_columns, AUDIT_SELECT_RANGE};
 use super::JobLock;
-use crate::domain::PermitStatus;
+use crate::domain::{CycleDecision, PermitStatus};
 use crate::error::{Error, Result};
 
 /// The advisory-lock key of the job lock: "autosign" in ASCII. Advisory
@@ -140,18 +143,6 @@ impl PgDb {
         Ok(JobLock::Postgres(PgJobLock { _conn: conn }))
     }
 
-    pub async fn find_import(&self, feed: &str, sha256: &str) -> Result<Option<ImportRecord>> {
-        let row = sqlx::query(
-            "SELECT import_id, file_name, imported_at, rows_read, rows_imported, rows_rejected
-             FROM imports WHERE feed = $1 AND sha256 = $2",
-        )
-        .bind(feed)
-        .bind(sha256)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| import_record(&r)).transpose()
-    }
-
     pub async fn begin_import(
         &self,
         feed: &str,
@@ -184,96 +175,6 @@ impl PgDb {
         })
     }
 
-    pub async fn latest_completed_run(&self) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            run_columns!(),
-            " FROM runs WHERE status = 'completed' ORDER BY as_of DESC LIMIT 1"
-        ))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| run_record(&r)).transpose()
-    }
-
-    pub async fn run_for(&self, as_of: NaiveDate) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            run_columns!(),
-            " FROM runs WHERE as_of = $1 AND status <> 'discarded' AND status <> 'reverted'"
-        ))
-        .bind(as_of)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| run_record(&r)).transpose()
-    }
-
-    pub async fn run_by_id(&self, run_id: i64) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            run_columns!(),
-            " FROM runs WHERE run_id = $1"
-        ))
-        .bind(run_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| run_record(&r)).transpose()
-    }
-
-    /// The oldest run the safety brake holds, if any.
-    pub async fn held_run(&self) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            run_columns!(),
-            " FROM runs WHERE status = 'held' ORDER BY run_id LIMIT 1"
-        ))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| run_record(&r)).transpose()
-    }
-
-    /// The import mark of the latest completed run (0 when none has one).
-    pub async fn completed_import_mark(&self) -> Result<i64> {
-        let mark: Option<i64> = sqlx::query_scalar(
-            "SELECT import_mark FROM runs WHERE status = 'completed' ORDER BY run_id DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?
-        .flatten();
-        Ok(mark.unwrap_or(0))
-    }
-
-    /// Each feed's newest import and its two newest snapshot imports,
-    /// newest first within a feed (the SQLite statement).
-    pub async fn latest_imports(&self) -> Result<Vec<FeedImport>> {
-        let rows = sqlx::query(super::sqlite::LATEST_IMPORTS)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(super::rows::feed_import).collect()
-    }
-
-    /// A held run's events in the order they were written.
-    pub async fn held_events(&self, run_id: i64) -> Result<Vec<HeldEvent>> {
-        let rows = sqlx::query(
-            "SELECT event_id, permit_no, kind, reasons, valid_until, new_valid_until
-             FROM events WHERE run_id = $1 AND held ORDER BY event_id",
-        )
-        .bind(run_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(HeldEvent {
-                    event_id: r.try_get(0)?,
-                    permit_no: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    reasons: r.try_get(3)?,
-                    valid_until: r.try_get(4)?,
-                    new_valid_until: r.try_get(5)?,
-                })
-            })
-            .collect()
-    }
-
     /// These permits as stored, by permit_no.
     pub async fn permits_by_no(&self, permit_nos: &[&str]) -> Result<HashMap<String, PermitRow>> {
         let mut out = HashMap::with_capacity(permit_nos.len());
@@ -287,7 +188,7 @@ impl PgDb {
             .fetch_all(&self.pool)
             .await?;
             for r in &rows {
-                let p = permit_row(r)?;
+                let p = PermitRow::from_row(r)?;
                 out.insert(p.permit_no.clone(), p);
             }
         }
@@ -316,7 +217,7 @@ impl PgDb {
         let notices: Vec<&NewNotice> = applied.iter().filter_map(|i| i.notice.as_ref()).collect();
         let permit_nos: Vec<&str> = applied.iter().map(|i| i.permit_no.as_str()).collect();
         let valid_until: Vec<NaiveDate> = applied.iter().map(|i| i.valid_until).collect();
-        let kinds: Vec<&str> = applied.iter().map(|i| i.kind.as_str()).collect();
+        let kinds: Vec<&str> = applied.iter().map(|i| i.kind.code()).collect();
         let channels: Vec<&str> = notices.iter().map(|n| n.channel).collect();
         let recipients: Vec<&str> = notices.iter().map(|n| n.recipient.as_str()).collect();
         let messages: Vec<&str> = notices.iter().map(|n| n.message.as_str()).collect();
@@ -395,20 +296,6 @@ impl PgDb {
         Ok(true)
     }
 
-    /// Marks a held run discarded (its events void). `false` if it is not
-    /// held.
-    pub async fn discard_run(&self, run_id: i64, now: &str) -> Result<bool> {
-        let n = sqlx::query(
-            "UPDATE runs SET status = 'discarded', discarded_at = $2 WHERE run_id = $1 AND status = 'held'",
-        )
-        .bind(run_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
     /// Creates the run's `running` row, or takes over one left by a process
     /// that died (the caller holds the job lock, so none is alive), and
     /// writes this process's fencing token on it.
@@ -459,7 +346,7 @@ impl PgDb {
                 }
             }
         };
-        let run = run_record(&row)?;
+        let run = RunRecord::from_row(&row)?;
         Ok(PgRunTx { conn, run, owner })
     }
 
@@ -477,77 +364,6 @@ impl PgDb {
             run,
             owner: String::new(),
         })
-    }
-
-    /// The live register and R3's lifecycle steps at `as_of` (see the
-    /// SQLite twin).
-    pub async fn lifecycle_counts(
-        &self,
-        as_of: NaiveDate,
-        cancel_before: Option<NaiveDate>,
-    ) -> Result<LifecycleCounts> {
-        let row = sqlx::query(
-            "SELECT count(*),
-                    count(*) FILTER (WHERE NOT coalesce(valid_until < $2, false)
-                                       AND status = 'active' AND valid_until < $1),
-                    count(*) FILTER (WHERE coalesce(valid_until < $2, false))
-             FROM permits WHERE status <> 'cancelled'",
-        )
-        .bind(as_of)
-        .bind(cancel_before)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(LifecycleCounts {
-            register: row.try_get::<i64, _>(0)?.max(0) as u64,
-            suspend: row.try_get::<i64, _>(1)?.max(0) as u64,
-            cancel: row.try_get::<i64, _>(2)?.max(0) as u64,
-        })
-    }
-
-    /// The first run after `run_id` that is neither discarded nor reverted.
-    pub async fn later_live_run(&self, run_id: i64) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            run_columns!(),
-            " FROM runs WHERE run_id > $1 AND status <> 'discarded' AND status <> 'reverted'
-              ORDER BY run_id LIMIT 1"
-        ))
-        .bind(run_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| run_record(&r)).transpose()
-    }
-
-    /// The events of a completed run that took effect (see the SQLite
-    /// twin for the CANCELLED event's prior status).
-    pub async fn revert_events(&self, run: &RunRecord) -> Result<Vec<RevertEvent>> {
-        let rows = sqlx::query(
-            "SELECT e.event_id, e.permit_no, e.kind, e.valid_until, e.new_valid_until,
-                    CASE WHEN e.kind <> 'CANCELLED' THEN NULL
-                         WHEN e.prior_status IS NOT NULL THEN e.prior_status
-                         WHEN EXISTS (SELECT 1 FROM events s WHERE s.permit_no = e.permit_no
-                                        AND s.valid_until = e.valid_until AND s.kind = 'SUSPENDED'
-                                        AND NOT s.held AND s.run_id <> e.run_id) THEN 'suspended'
-                         ELSE 'active' END
-             FROM events e LEFT JOIN event_releases x ON x.event_id = e.event_id
-             WHERE e.run_id = $1 AND (NOT e.held OR coalesce(x.applied, false))
-             ORDER BY e.event_id",
-        )
-        .bind(run.run_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RevertEvent {
-                    event_id: r.try_get(0)?,
-                    permit_no: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    valid_until: r.try_get(3)?,
-                    new_valid_until: r.try_get(4)?,
-                    prior_status: r.try_get(5)?,
-                })
-            })
-            .collect()
     }
 
     /// `autosign revert` in one transaction (see the SQLite twin). The
@@ -652,52 +468,21 @@ impl PgDb {
         })
     }
 
-    pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
-        let rows = sqlx::query(
-            "SELECT e.kind, e.reasons, coalesce(n.channel, ''), count(*) AS n
-             FROM events e LEFT JOIN notifications n
-               ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
-              AND n.run_id = e.run_id
-             WHERE e.run_id = $1 GROUP BY e.kind, e.reasons, n.channel ORDER BY e.kind, e.reasons, n.channel",
-        )
-        .bind(run_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RunCount {
-                    kind: r.try_get(0)?,
-                    reasons: r.try_get(1)?,
-                    channel: r.try_get(2)?,
-                    count: r.try_get(3)?,
-                })
-            })
-            .collect()
-    }
-
     pub async fn audit_rows(
         &self,
         from: NaiveDate,
         to: NaiveDate,
         each: &mut (dyn FnMut(&AuditCells<'_>) -> Result<()> + Send),
     ) -> Result<()> {
-        let mut rows = sqlx::query(AUDIT_SELECT_RANGE)
+        let mut rows = sqlx::query_as::<_, AuditRow>(AUDIT_SELECT_RANGE)
             .bind(from)
             .bind(to)
             .fetch(&self.pool);
         while let Some(r) = rows.try_next().await? {
-            let cells = audit_row(&r)?.to_cells();
+            let cells = r.to_cells();
             each(&cells.each_ref().map(String::as_str))?;
         }
         Ok(())
-    }
-
-    pub async fn events_for(&self, permit_no: &str) -> Result<Vec<AuditRow>> {
-        let rows = sqlx::query(AUDIT_SELECT_PERMIT)
-            .bind(permit_no)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(audit_row).collect()
     }
 
     pub async fn notification_rows(
@@ -706,35 +491,20 @@ impl PgDb {
         to: NaiveDate,
         each: &mut (dyn FnMut(NotificationRow) -> Result<()> + Send),
     ) -> Result<()> {
-        let mut rows = sqlx::query(NOTIFICATION_SELECT_RANGE)
+        let mut rows = sqlx::query_as::<_, NotificationRow>(NOTIFICATION_SELECT_RANGE)
             .bind(from)
             .bind(to)
             .fetch(&self.pool);
         while let Some(r) = rows.try_next().await? {
-            each(notification_row(&r)?)?;
+            each(r)?;
         }
         Ok(())
     }
+}
 
-    pub async fn notifications_for(&self, permit_no: &str) -> Result<Vec<NotificationRow>> {
-        let rows = sqlx::query(NOTIFICATION_SELECT_PERMIT)
-            .bind(permit_no)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(notification_row).collect()
-    }
-
-    pub async fn permit(&self, permit_no: &str) -> Result<Option<PermitRow>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            permit_columns!(),
-            " FROM permits WHERE permit_no = $1"
-        ))
-        .bind(permit_no)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| permit_row(&r)).transpose()
-    }
+/// A stored code of one of the domain's enumerations.
+fn stored<T: TryFrom<String, Error = String>>(code: String) -> Result<T> {
+    T::try_from(code).map_err(|e| Error::Runtime(anyhow::anyhow!(e)))
 }
 
 /// A token naming this process's attempt at a run (docs/scale-out.md:
@@ -757,68 +527,6 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "?".to_string())
 }
-
-macro_rules! run_columns {
-    () => {
-        "run_id, as_of, status, attempts, started_at, finished_at, pending, brake, import_mark, \
-         duration_secs"
-    };
-}
-use run_columns;
-
-macro_rules! permit_columns {
-    () => {
-        "permit_no, id_number, name, phone, email, district_code, street_code, address, \
-         valid_until, status, employer_uscc, si_status, marital_status"
-    };
-}
-use permit_columns;
-
-// The same ORDER BY as SQLite's: permit_no is COLLATE "C" in the schema,
-// so it sorts bytewise there too. The state (docs/rules.md, "The audit
-// trail") as on SQLite.
-macro_rules! audit_select {
-    ($where:literal) => {
-        concat!(
-            "SELECT e.run_id, e.as_of, e.permit_no, e.id_number, e.kind, e.reasons, e.valid_until,
-                    e.new_valid_until, e.residence_visited_on, e.residence_result, e.si_month, e.si_status,
-                    e.si_employer_uscc, e.marital_status, n.channel, n.status, e.decided_at,
-                    CASE WHEN r.status = 'reverted' AND EXISTS (SELECT 1 FROM event_reverts v
-                              WHERE v.event_id = e.event_id AND v.undone) THEN 'reverted'
-                         WHEN NOT e.held THEN 'applied' WHEN r.status = 'discarded' THEN 'void'
-                         WHEN x.applied THEN 'applied'
-                         WHEN r.status = 'completed' OR r.status = 'reverted' THEN 'not_applied'
-                         ELSE 'held' END
-             FROM events e JOIN runs r ON r.run_id = e.run_id
-             LEFT JOIN event_releases x ON x.event_id = e.event_id
-             LEFT JOIN notifications n
-               ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
-              AND n.run_id = e.run_id
-             WHERE ",
-            $where,
-            " ORDER BY e.as_of, e.permit_no,
-               CASE e.kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END,
-               e.event_id"
-        )
-    };
-}
-const AUDIT_SELECT_RANGE: &str = audit_select!("e.as_of BETWEEN $1 AND $2");
-const AUDIT_SELECT_PERMIT: &str = audit_select!("e.permit_no = $1");
-
-macro_rules! notification_select {
-    ($where:literal) => {
-        concat!(
-            "SELECT notification_id, run_id, as_of, permit_no, cycle_valid_until, kind, channel, recipient,
-                    status, attempts, next_attempt_at, last_error, provider_ref, created_at, sent_at, message
-             FROM notifications WHERE ",
-            $where,
-            " ORDER BY as_of, permit_no, cycle_valid_until,
-               CASE kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END"
-        )
-    };
-}
-const NOTIFICATION_SELECT_RANGE: &str = notification_select!("as_of BETWEEN $1 AND $2");
-const NOTIFICATION_SELECT_PERMIT: &str = notification_select!("permit_no = $1");
 
 /// COPY's text format: one line per row, tab-separated, `\N` for NULL,
 /// backslash escapes for the characters that would break the framing.
@@ -1297,10 +1005,10 @@ impl PgImportTx {
                 .text(&p.street_code)
                 .text(&p.address)
                 .date(p.valid_until)
-                .text(&p.status)
+                .text(p.status.code())
                 .text(&p.employer_uscc)
-                .text(&p.si_status)
-                .text(&p.marital_status)
+                .text(p.si_status.code())
+                .text(p.marital_status.code())
                 .int(mark.line as i64)
                 .int(tail)
                 .end_row();
@@ -1428,24 +1136,22 @@ impl PgImportTx {
     }
 }
 
-/// Whether the permit's current cycle has a final decision (C8) that
-/// counts: an applied one, or one a release applied; a held or void event
-/// does not close the cycle (it took no effect). `LIMIT 1` probes of the events keys
-/// rather than `EXISTS` (see [`PgRunTx::candidates`]).
-macro_rules! decided_pg {
-    () => {
-        "((SELECT true FROM events e WHERE e.permit_no = p.permit_no
-                  AND e.valid_until = p.valid_until AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER')
-                  AND NOT e.held
-                  AND NOT EXISTS (SELECT 1 FROM event_reverts v WHERE v.event_id = e.event_id AND v.undone)
-           LIMIT 1) IS NOT NULL
-          OR (SELECT true FROM events e JOIN event_releases x ON x.event_id = e.event_id
-              WHERE e.permit_no = p.permit_no AND e.valid_until = p.valid_until
-                AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held AND x.applied
-                AND NOT EXISTS (SELECT 1 FROM event_reverts v WHERE v.event_id = e.event_id AND v.undone)
-              LIMIT 1) IS NOT NULL)"
-    };
-}
+/// The final decisions written for each cycle of a page (`$1` permits,
+/// `$2` their valid_until) and what became of each: the facts C8 needs,
+/// with the cycle's place in the page. Two arms, as the events of held
+/// and unheld runs are in two partial indexes.
+const CYCLE_DECISIONS: &str = "SELECT u.i, FALSE, NULL::boolean,
+            EXISTS (SELECT 1 FROM event_reverts v WHERE v.event_id = e.event_id AND v.undone)
+       FROM UNNEST($1::text[], $2::date[]) WITH ORDINALITY AS u (permit_no, valid_until, i)
+       JOIN events e ON e.permit_no = u.permit_no AND e.valid_until = u.valid_until
+        AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND NOT e.held
+     UNION ALL
+     SELECT u.i, TRUE, x.applied,
+            EXISTS (SELECT 1 FROM event_reverts v WHERE v.event_id = e.event_id AND v.undone)
+       FROM UNNEST($1::text[], $2::date[]) WITH ORDINALITY AS u (permit_no, valid_until, i)
+       JOIN events e ON e.permit_no = u.permit_no AND e.valid_until = u.valid_until
+        AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held
+       LEFT JOIN event_releases x ON x.event_id = e.event_id";
 
 /// The run on PostgreSQL: reads on the run's own connection, each page's
 /// writes in a transaction of their own (see the module doc).
@@ -1503,7 +1209,7 @@ impl PgRunTx {
         rows.iter()
             .map(|r| {
                 Ok(Candidate {
-                    permit: permit_row(r)?,
+                    permit: PermitRow::from_row(r)?,
                 })
             })
             .collect()
@@ -1520,32 +1226,51 @@ impl PgRunTx {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DuePermit>> {
-        let rows = sqlx::query(concat!(
+        let rows = sqlx::query(
             "SELECT p.permit_no, p.id_number, p.valid_until, p.employer_uscc, p.si_status, p.marital_status
              FROM permits p
              WHERE p.permit_no > $1 AND p.status = 'active' AND p.valid_until BETWEEN $2 AND $3
-               AND NOT ",
-            decided_pg!(),
-            " ORDER BY p.permit_no LIMIT $4"
-        ))
+             ORDER BY p.permit_no LIMIT $4",
+        )
         .bind(after.unwrap_or(""))
         .bind(from)
         .bind(to)
         .bind(i64::from(limit))
         .fetch_all(&mut self.conn)
         .await?;
-        rows.iter()
+        let mut page = rows
+            .iter()
             .map(|r| {
                 Ok(DuePermit {
                     permit_no: r.try_get(0)?,
                     id_number: r.try_get(1)?,
                     valid_until: r.try_get(2)?,
                     employer_uscc: r.try_get(3)?,
-                    si_status: r.try_get(4)?,
-                    marital_status: r.try_get(5)?,
+                    si_status: stored(r.try_get(4)?)?,
+                    marital_status: stored(r.try_get(5)?)?,
+                    decisions: Vec::new(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let nos: Vec<&str> = page.iter().map(|p| p.permit_no.as_str()).collect();
+        let valid_until: Vec<NaiveDate> = page.iter().map(|p| p.valid_until).collect();
+        let found: Vec<(i64, bool, Option<bool>, bool)> = sqlx::query_as(CYCLE_DECISIONS)
+            .bind(&nos)
+            .bind(&valid_until)
+            .fetch_all(&mut self.conn)
+            .await?;
+        drop(nos);
+        for (i, held, released, undone) in found {
+            // WITH ORDINALITY counts from 1.
+            if let Some(p) = usize::try_from(i - 1).ok().and_then(|i| page.get_mut(i)) {
+                p.decisions.push(CycleDecision {
+                    held,
+                    released,
+                    undone,
+                });
+            }
+        }
+        Ok(page)
     }
 
     /// One query per feed for each chunk of holders, by key (PostgreSQL
@@ -1799,96 +1524,6 @@ impl PgRunTx {
     pub async fn rollback(self) -> Result<()> {
         Ok(())
     }
-}
-
-fn permit_row(r: &PgRow) -> Result<PermitRow> {
-    Ok(PermitRow {
-        permit_no: r.try_get(0)?,
-        id_number: r.try_get(1)?,
-        name: r.try_get(2)?,
-        phone: r.try_get(3)?,
-        email: r.try_get(4)?,
-        district_code: r.try_get(5)?,
-        street_code: r.try_get(6)?,
-        address: r.try_get(7)?,
-        valid_until: r.try_get(8)?,
-        status: r.try_get(9)?,
-        employer_uscc: r.try_get(10)?,
-        si_status: r.try_get(11)?,
-        marital_status: r.try_get(12)?,
-    })
-}
-
-fn import_record(r: &PgRow) -> Result<ImportRecord> {
-    Ok(ImportRecord {
-        import_id: r.try_get(0)?,
-        file_name: r.try_get(1)?,
-        imported_at: r.try_get(2)?,
-        counts: ImportCounts {
-            rows_read: r.try_get::<i64, _>(3)? as u64,
-            rows_imported: r.try_get::<i64, _>(4)? as u64,
-            rows_rejected: r.try_get::<i64, _>(5)? as u64,
-        },
-    })
-}
-
-fn run_record(r: &PgRow) -> Result<RunRecord> {
-    Ok(RunRecord {
-        run_id: r.try_get(0)?,
-        as_of: r.try_get(1)?,
-        status: r.try_get(2)?,
-        attempts: r.try_get(3)?,
-        started_at: r.try_get(4)?,
-        finished_at: r.try_get(5)?,
-        pending: r.try_get(6)?,
-        brake: r.try_get(7)?,
-        import_mark: r.try_get(8)?,
-        duration_secs: r.try_get(9)?,
-    })
-}
-
-fn audit_row(r: &PgRow) -> Result<AuditRow> {
-    Ok(AuditRow {
-        run_id: r.try_get(0)?,
-        as_of: r.try_get(1)?,
-        permit_no: r.try_get(2)?,
-        id_number: r.try_get(3)?,
-        decision: r.try_get(4)?,
-        reasons: r.try_get(5)?,
-        valid_until: r.try_get(6)?,
-        new_valid_until: r.try_get(7)?,
-        residence_visited_on: r.try_get(8)?,
-        residence_result: r.try_get(9)?,
-        si_month: r.try_get(10)?,
-        si_status: r.try_get(11)?,
-        si_employer_uscc: r.try_get(12)?,
-        marital_status: r.try_get(13)?,
-        notification_channel: r.try_get(14)?,
-        notification_status: r.try_get(15)?,
-        decided_at: r.try_get(16)?,
-        state: r.try_get(17)?,
-    })
-}
-
-fn notification_row(r: &PgRow) -> Result<NotificationRow> {
-    Ok(NotificationRow {
-        notification_id: r.try_get(0)?,
-        run_id: r.try_get(1)?,
-        as_of: r.try_get(2)?,
-        permit_no: r.try_get(3)?,
-        cycle_valid_until: r.try_get(4)?,
-        kind: r.try_get(5)?,
-        channel: r.try_get(6)?,
-        recipient: r.try_get(7)?,
-        status: r.try_get(8)?,
-        attempts: r.try_get(9)?,
-        next_attempt_at: r.try_get(10)?,
-        last_error: r.try_get(11)?,
-        provider_ref: r.try_get(12)?,
-        created_at: r.try_get(13)?,
-        sent_at: r.try_get(14)?,
-        message: r.try_get(15)?,
-    })
 }
 
 #[cfg(test)]

@@ -3,23 +3,29 @@
 
 use chrono::NaiveDate;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::domain::{CycleDecision, EventKind, MaritalStatus, PermitStatus, SiStatus};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct ImportCounts {
+    #[sqlx(try_from = "i64")]
     pub rows_read: u64,
+    #[sqlx(try_from = "i64")]
     pub rows_imported: u64,
+    #[sqlx(try_from = "i64")]
     pub rows_rejected: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ImportRecord {
     pub import_id: i64,
     pub file_name: String,
     pub imported_at: String,
+    #[sqlx(flatten)]
     pub counts: ImportCounts,
 }
 
 /// A permit as stored (and as written by an import).
-#[derive(Clone)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct PermitRow {
     pub permit_no: String,
     pub id_number: String,
@@ -30,10 +36,13 @@ pub struct PermitRow {
     pub street_code: String,
     pub address: String,
     pub valid_until: NaiveDate,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: PermitStatus,
     pub employer_uscc: String,
-    pub si_status: String,
-    pub marital_status: String,
+    #[sqlx(try_from = "String")]
+    pub si_status: SiStatus,
+    #[sqlx(try_from = "String")]
+    pub marital_status: MaritalStatus,
 }
 
 impl std::fmt::Debug for PermitRow {
@@ -114,7 +123,7 @@ pub struct KeySuspect {
     pub line: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunRecord {
     pub run_id: i64,
     pub as_of: NaiveDate,
@@ -135,7 +144,7 @@ pub struct RunRecord {
 }
 
 /// A feed's import, as the safety brake looks at it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct FeedImport {
     pub import_id: i64,
     pub feed: String,
@@ -143,36 +152,17 @@ pub struct FeedImport {
     pub imported_at: String,
     pub rows_imported: i64,
     /// What its feed's delivery was when it was imported.
+    #[sqlx(try_from = "String")]
     pub delivery: crate::feeds::Delivery,
 }
 
-/// A [`FeedImport`] from `import_id, feed, file_name, imported_at,
-/// rows_imported, delivery`, on either backend.
-pub(super) fn feed_import<R: sqlx::Row>(r: &R) -> crate::error::Result<FeedImport>
-where
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let delivery: String = r.try_get(5)?;
-    Ok(FeedImport {
-        import_id: r.try_get(0)?,
-        feed: r.try_get(1)?,
-        file_name: r.try_get(2)?,
-        imported_at: r.try_get(3)?,
-        rows_imported: r.try_get(4)?,
-        delivery: crate::feeds::Delivery::parse(&delivery).ok_or_else(|| {
-            crate::error::Error::Runtime(anyhow::anyhow!("stored import has delivery {delivery:?}"))
-        })?,
-    })
-}
-
 /// An event of a held run, as `autosign release` reads it back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct HeldEvent {
     pub event_id: i64,
     pub permit_no: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: EventKind,
     pub reasons: String,
     pub valid_until: NaiveDate,
     pub new_valid_until: Option<NaiveDate>,
@@ -186,7 +176,7 @@ pub struct ReleaseItem {
     pub event_id: i64,
     pub permit_no: String,
     pub valid_until: NaiveDate,
-    pub kind: String,
+    pub kind: EventKind,
     pub effect: Effect,
     pub notice: Option<NewNotice>,
 }
@@ -205,11 +195,12 @@ pub struct LifecycleCounts {
 
 /// An event in effect of a completed run (applied by the run, or by a
 /// release), as `autosign revert` reads it back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RevertEvent {
     pub event_id: i64,
     pub permit_no: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: EventKind,
     pub valid_until: NaiveDate,
     pub new_valid_until: Option<NaiveDate>,
     /// CANCELLED: the permit's status before the run (R3, C1), as the run
@@ -263,16 +254,20 @@ pub struct Candidate {
     pub permit: PermitRow,
 }
 
-/// A due permit whose cycle has no final decision yet (R4, C8): its cycle
-/// and the baseline R5 compares evidence with. What the run's plan reads.
+/// An active permit whose `valid_until` is in the run's window (R4), with
+/// its cycle, the baseline R5 compares evidence with, and the decisions
+/// already written for the cycle (C8). What the run's plan reads.
 #[derive(Clone)]
 pub struct DuePermit {
     pub permit_no: String,
     pub id_number: String,
     pub valid_until: NaiveDate,
     pub employer_uscc: String,
-    pub si_status: String,
-    pub marital_status: String,
+    pub si_status: SiStatus,
+    pub marital_status: MaritalStatus,
+    /// The final decisions the trail holds for this cycle (C8 says whether
+    /// one closes it).
+    pub decisions: Vec<CycleDecision>,
 }
 
 impl std::fmt::Debug for DuePermit {
@@ -300,12 +295,22 @@ pub struct EvidenceBounds {
 /// status unfiltered: C4's `as_of` filter applies to the holder's latest
 /// row, after R2), each feed's rows in arrival order so that a later row
 /// with the same key comes after the earlier one (R2: it wins).
-pub trait EvidenceSink {
+pub trait EvidenceSink: Send {
     /// Whether this holder's rows are wanted (the run's due holders).
     fn wants(&self, id_number: &str) -> bool;
     fn residence(&mut self, id_number: &str, visited_on: NaiveDate, result: &str);
     fn payment(&mut self, id_number: &str, month: &str, status: &str, employer_uscc: &str);
     fn civil(&mut self, id_number: &str, marital_status: &str, as_of: Option<NaiveDate>);
+    /// An empty sink for the same holders, for rows read on another
+    /// thread that all come after the ones this sink gets.
+    fn part(&self) -> Self
+    where
+        Self: Sized;
+    /// Takes in a [`EvidenceSink::part`]'s rows as having come after all of
+    /// this sink's.
+    fn merge_later(&mut self, later: Self)
+    where
+        Self: Sized;
 }
 
 /// An event (decision or lifecycle change) with the evidence it rests on.
@@ -363,7 +368,7 @@ pub struct RunBatch {
     pub events: Vec<NewEvent>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunCount {
     pub kind: String,
     pub reasons: String,
@@ -372,7 +377,7 @@ pub struct RunCount {
 }
 
 /// One row of the audit export, in R9's column order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AuditRow {
     pub run_id: i64,
     pub as_of: NaiveDate,
@@ -431,7 +436,7 @@ impl AuditRow {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct NotificationRow {
     pub notification_id: i64,
     pub run_id: i64,

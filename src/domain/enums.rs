@@ -80,6 +80,12 @@ macro_rules! domain_enum {
                     .ok_or(EnumError { kind: $kind, accepted: Self::ACCEPTED })
             }
 
+            /// The value of a code exactly as [`Self::code`] writes it (a
+            /// stored value: no labels, no other case).
+            pub fn from_code(s: &str) -> Option<Self> {
+                Self::ALL.into_iter().find(|v| v.code() == s)
+            }
+
             /// The code stored in the database and written to exports.
             pub fn code(&self) -> &'static str {
                 match self {
@@ -105,6 +111,15 @@ macro_rules! domain_enum {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.code())
+            }
+        }
+
+        /// A stored code, as the database layer reads it back.
+        impl TryFrom<String> for $name {
+            type Error = String;
+
+            fn try_from(s: String) -> std::result::Result<Self, String> {
+                Self::from_code(&s).ok_or_else(|| format!("stored {} {s:?} is not a code of it", $kind))
             }
         }
 
@@ -255,6 +270,20 @@ pub enum Effect {
     SetStatus(PermitStatus),
     /// VISIT_CENTER: the permit is unchanged.
     None,
+}
+
+/// A final decision (AUTO_SIGNED or VISIT_CENTER) the audit trail holds
+/// for a permit's cycle, with what became of it; C8 (`reconcile::rules::
+/// cycle_decided`) says whether it closes the cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CycleDecision {
+    /// Written by a run the safety brake held.
+    pub held: bool,
+    /// For a held one: whether `autosign release` applied it (`None`: not
+    /// released).
+    pub released: Option<bool>,
+    /// `autosign revert` undid it.
+    pub undone: bool,
 }
 
 #[cfg(test)]

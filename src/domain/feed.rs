@@ -198,6 +198,15 @@ impl Delivery {
     }
 }
 
+/// A stored name, as the database layer reads it back.
+impl TryFrom<String> for Delivery {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Delivery::parse(&s).ok_or_else(|| format!("unknown feed delivery {s:?}"))
+    }
+}
+
 /// The names a feed's header may give each of its columns: the column's own
 /// name, the built-in Chinese aliases ([`Feed::builtin_aliases`]) and the
 /// configured ones (`[feeds.<feed>.aliases]`), trimmed and lowercased.

@@ -22,8 +22,8 @@ mod uscc;
 pub use contact::{Email, EmailError, Phone, PhoneError};
 pub use dates::{add_one_year, parse_date, DateError, Month, MonthError};
 pub use enums::{
-    Channel, Effect, EnumError, EventKind, MaritalStatus, NoticeStatus, PaymentStatus,
-    PermitStatus, Reason, ResidenceResult, SiStatus,
+    Channel, CycleDecision, Effect, EnumError, EventKind, MaritalStatus, NoticeStatus,
+    PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
 };
 pub(crate) use feed::normalise as normalise_header;
 pub use feed::{Delivery, Encoding, Feed, HeaderNames};

@@ -950,10 +950,10 @@ impl HeldPermit {
             .str(&p.street_code)
             .str(&p.address)
             .str(&p.valid_until.format("%Y-%m-%d").to_string())
-            .str(&p.status)
+            .str(p.status.code())
             .str(&p.employer_uscc)
-            .str(&p.si_status)
-            .str(&p.marital_status)
+            .str(p.si_status.code())
+            .str(p.marital_status.code())
             .opt(self.given_status.map(|s| s.code()))
             .u64(self.warnings.len() as u64);
         for w in &self.warnings {
@@ -979,10 +979,10 @@ impl HeldPermit {
             street_code: d.str()?,
             address: d.str()?,
             valid_until: crate::domain::parse_date(&d.str()?).map_err(|e| bad(e.to_string()))?,
-            status: d.str()?,
+            status: d.str()?.try_into().map_err(bad)?,
             employer_uscc: d.str()?,
-            si_status: d.str()?,
-            marital_status: d.str()?,
+            si_status: d.str()?.try_into().map_err(bad)?,
+            marital_status: d.str()?.try_into().map_err(bad)?,
         };
         let given_status = d
             .opt()?
@@ -1329,10 +1329,10 @@ mod tests {
                 street_code: "310115004".into(),
                 address: "上海市浦东新区".into(),
                 valid_until: crate::domain::parse_date(valid_until).unwrap(),
-                status: "active".into(),
+                status: PermitStatus::Active,
                 employer_uscc: String::new(),
-                si_status: "not_paying".into(),
-                marital_status: "single".into(),
+                si_status: crate::domain::SiStatus::NotPaying,
+                marital_status: crate::domain::MaritalStatus::Single,
             },
             given_status: None,
             warnings: vec!["USCC check".into()],
@@ -1433,7 +1433,7 @@ mod tests {
         // permit; C6: line 5 went backwards from the stored value.
         assert_eq!((row.permit_no.as_str(), mark.line), ("SH1", 8));
         assert_eq!(row.valid_until.to_string(), "2027-03-01");
-        assert_eq!(row.status, "active");
+        assert_eq!(row.status, PermitStatus::Active);
         assert_eq!(mark.prior, stored);
         // Notes: line 2's warning; line 5 rejected; line 8's warning and
         // its repeat of line 2; SH2's warning.

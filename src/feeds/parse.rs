@@ -156,10 +156,10 @@ pub fn permit(f: &Fields) -> Result<Parsed<(PermitRow, Option<PermitStatus>)>, R
         street_code: street_code.to_string(),
         address,
         valid_until,
-        status: status.unwrap_or(PermitStatus::Active).code().to_string(),
+        status: status.unwrap_or(PermitStatus::Active),
         employer_uscc,
-        si_status: si_status.code().to_string(),
-        marital_status: marital_status.code().to_string(),
+        si_status,
+        marital_status,
     };
     Ok(Parsed {
         row: (row, status),

@@ -170,7 +170,7 @@ pub fn permit_write(
             } else {
                 prior.status
             };
-            row.status = status.code().to_string();
+            row.status = status;
             PermitWrite::Full(row, mark)
         }
     })
@@ -196,10 +196,10 @@ mod tests {
             street_code: "310115001".into(),
             address: "浦东新区".into(),
             valid_until: d(valid_until),
-            status: PermitStatus::Active.code().to_string(),
+            status: PermitStatus::Active,
             employer_uscc: String::new(),
-            si_status: "none".into(),
-            marital_status: "unmarried".into(),
+            si_status: crate::domain::SiStatus::Paying,
+            marital_status: crate::domain::MaritalStatus::Single,
         }
     }
 
@@ -215,7 +215,7 @@ mod tests {
 
     fn status_written(w: Result<PermitWrite, Rejection>) -> String {
         match w {
-            Ok(PermitWrite::Full(r, _)) => r.status,
+            Ok(PermitWrite::Full(r, _)) => r.status.code().to_string(),
             Ok(PermitWrite::Contacts(_)) => panic!("expected a full write, got contacts only"),
             Err(r) => panic!("expected a full write, got {r}"),
         }

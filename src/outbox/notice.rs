@@ -321,10 +321,10 @@ mod tests {
             street_code: "310115004".into(),
             address: "上海市浦东新区".into(),
             valid_until: NaiveDate::from_ymd_opt(2026, 12, 1).expect("date"),
-            status: "active".into(),
+            status: crate::domain::PermitStatus::Active,
             employer_uscc: String::new(),
-            si_status: "paying".into(),
-            marital_status: "single".into(),
+            si_status: crate::domain::SiStatus::Paying,
+            marital_status: crate::domain::MaritalStatus::Single,
         }
     }
 

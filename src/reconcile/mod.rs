@@ -32,7 +32,7 @@ use crate::db::{
     RunCount, RunRecord, RunTx,
 };
 use crate::domain::{
-    EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
+    EventKind, MaritalStatus, Month, PaymentStatus, Reason, ResidenceResult, SiStatus,
 };
 use crate::error::{Error, Result};
 use crate::feeds::ImportOutcome;
@@ -305,7 +305,7 @@ fn event(
     // permit (C1), and only the event can say which it was (C13: a permit
     // imported suspended has no SUSPENDED event).
     let prior_status = match kind {
-        EventKind::Cancelled => PermitStatus::parse(&permit.status).ok().map(|s| s.code()),
+        EventKind::Cancelled => Some(permit.status.code()),
         _ => None,
     };
     NewEvent {
@@ -375,14 +375,6 @@ impl Ctx<'_> {
             })
             .collect()
     }
-}
-
-fn stored<T, E: std::fmt::Display>(
-    what: &str,
-    value: &str,
-    parsed: std::result::Result<T, E>,
-) -> Result<T> {
-    parsed.map_err(|e| Error::Runtime(anyhow::anyhow!("stored {what} {value:?} is invalid: {e}")))
 }
 
 /// A set of reasons, one bit per [`Reason`]; listed back in R5's order.
@@ -567,7 +559,7 @@ struct DueEntry {
     id: u64,
     /// The ID number itself, only where evidence is looked up by key
     /// (PostgreSQL): SQLite's scans match on `id`.
-    id_number: Option<Box<str>>,
+    id_number: Box<str>,
     valid_until: NaiveDate,
     si_status: SiStatus,
     marital_status: MaritalStatus,
@@ -641,12 +633,6 @@ impl DueEvidence {
         Self::empty(Arc::new(index))
     }
 
-    /// Empty evidence for the same holders: what a part of a split scan
-    /// fills on another thread, for [`DueEvidence::merge_later`].
-    fn part(&self) -> Self {
-        Self::empty(Arc::clone(&self.index))
-    }
-
     fn empty(index: Arc<HashMap<u64, u32>>) -> Self {
         DueEvidence {
             slots: (0..index.len()).map(|_| Slot::default()).collect(),
@@ -665,25 +651,45 @@ impl DueEvidence {
         let i = *self.index.get(&id)?;
         self.slots.get_mut(i as usize)
     }
+}
 
-    /// Takes in the payments of `later`, a [`DueEvidence::part`] of this
-    /// one read from rows that came after all of this one's (R2: of two
-    /// rows for the same month, the later wins; R5: the latest month
-    /// counts). Its first unparsable value counts only if this one had none.
+impl EvidenceSink for DueEvidence {
+    /// Empty evidence for the same holders: what a part of a split scan
+    /// fills on another thread (the index is shared: a part costs a `Vec`
+    /// of slots).
+    fn part(&self) -> Self {
+        Self::empty(Arc::clone(&self.index))
+    }
+
+    /// Takes in `later`, a part read from rows that came after all of this
+    /// one's (R2: of two rows with the same key, the later wins; R5: the
+    /// latest month counts). Its first unparsable value counts only if
+    /// this one had none.
     fn merge_later(&mut self, later: DueEvidence) {
         for (mine, theirs) in self.slots.iter_mut().zip(later.slots) {
-            let Some(p) = theirs.payment else { continue };
-            if mine.payment.as_ref().is_none_or(|q| p.month >= q.month) {
-                mine.payment = Some(p);
+            if let Some(p) = theirs.payment {
+                if mine.payment.as_ref().is_none_or(|q| p.month >= q.month) {
+                    mine.payment = Some(p);
+                }
+            }
+            if theirs.civil.is_some() {
+                mine.civil = theirs.civil;
+            }
+        }
+        for (key, visits) in later.visits {
+            let mine = self.visits.entry(key).or_default();
+            for v in visits {
+                match mine.iter_mut().find(|m| m.visited_on == v.visited_on) {
+                    Some(m) => m.result = v.result,
+                    None => mine.push(v),
+                }
             }
         }
         if self.invalid.is_none() {
             self.invalid = later.invalid;
         }
     }
-}
 
-impl EvidenceSink for DueEvidence {
     fn wants(&self, id_number: &str) -> bool {
         self.index.contains_key(&id_key(id_number))
     }
@@ -735,7 +741,8 @@ impl EvidenceSink for DueEvidence {
     }
 }
 
-/// Step 1: reads the due permits with an open cycle (R4, C8), then their
+/// Step 1: reads the due permits, keeps those whose cycle is open (R4,
+/// C8: `rules::cycle_decided`), then their
 /// holders' evidence (R5) in one pass per feed, and decides each in memory
 /// (R6). Writes nothing. Memory: the due permits and their holders'
 /// evidence (a few hundred bytes a due permit: ~190 MB at 676,000), not
@@ -745,42 +752,32 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
     let as_of = ctx.as_of;
     let to = as_of + Duration::days(i64::from(rules.window_days));
     let bounds = evidence_bounds(rules, as_of);
-    let by_key = tx.evidence_by_key();
     let mut due: Vec<DueEntry> = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let page = tx.due_permits(as_of, to, after.as_deref(), PAGE).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.permit_no.clone());
-        for p in page {
+        // C8: a cycle with a final decision in effect is not decided again.
+        for p in page
+            .into_iter()
+            .filter(|p| !rules::cycle_decided(&p.decisions))
+        {
             due.push(DueEntry {
-                si_status: stored("si_status", &p.si_status, SiStatus::parse(&p.si_status))?,
-                marital_status: stored(
-                    "marital_status",
-                    &p.marital_status,
-                    MaritalStatus::parse(&p.marital_status),
-                )?,
+                si_status: p.si_status,
+                marital_status: p.marital_status,
                 permit_no: p.permit_no.into(),
                 id: id_key(&p.id_number),
-                id_number: by_key.then(|| p.id_number.into()),
+                id_number: p.id_number.into(),
                 valid_until: p.valid_until,
                 employer_uscc: p.employer_uscc.into(),
             });
         }
     }
     let mut evidence = DueEvidence::for_holders(due.iter().map(|d| d.id));
-    // PostgreSQL looks the holders up by key in one part: its `later` stays
-    // empty and needs no slots.
-    let mut later = if by_key {
-        DueEvidence::for_holders(std::iter::empty())
-    } else {
-        evidence.part()
-    };
-    let ids: Vec<&str> = due.iter().filter_map(|d| d.id_number.as_deref()).collect();
-    tx.feed_evidence(&ids, &bounds, &mut evidence, &mut later)
-        .await?;
+    let ids: Vec<&str> = due.iter().map(|d| &*d.id_number).collect();
+    tx.feed_evidence(&ids, &bounds, &mut evidence).await?;
     drop(ids);
-    evidence.merge_later(later);
     if let Some(e) = evidence.invalid.take() {
         return Err(e);
     }
@@ -909,11 +906,7 @@ fn event_maker(ctx: &Ctx<'_>, plan: RunPlan) -> crate::db::MakeEvents {
     let make = move |page: Vec<Candidate>| -> Result<Vec<NewEvent>> {
         let mut events = Vec::new();
         for c in page {
-            let status = stored(
-                "status",
-                &c.permit.status,
-                PermitStatus::parse(&c.permit.status),
-            )?;
+            let status = c.permit.status;
             if let Some(kind) = rules::lifecycle(status, c.permit.valid_until, as_of, &rules) {
                 events.push(event(&notices, kind, c.permit, &[], &Selected::default()));
             } else if rules::is_due(status, c.permit.valid_until, as_of, &rules) {
@@ -1035,6 +1028,40 @@ mod tests {
         assert_eq!(paid(&first, C).map(|p| p.2), Some(USCC.to_string()));
         assert_eq!(paid(&first, "110105194912310045"), None);
         assert!(first.invalid.is_none());
+    }
+
+    #[test]
+    fn visits_and_civil_status_read_in_a_later_part_win_as_later_rows() {
+        // R2: the same visit day again, and a holder's civil status again,
+        // in the part read after: the later rows win; a new day is added.
+        const A: &str = "11010519491231002X";
+        let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        let mut first = DueEvidence::for_holders([id_key(A)].into_iter());
+        let mut later = first.part();
+        first.residence(A, day(1), "consistent");
+        first.civil(A, "married", None);
+        later.residence(A, day(1), "not_found");
+        later.residence(A, day(2), "consistent");
+        later.civil(A, "divorced", Some(day(3)));
+        first.merge_later(later);
+        let visits = &first.visits[&id_key(A)];
+        let mut got: Vec<(NaiveDate, String)> = visits
+            .iter()
+            .map(|v| (v.visited_on, v.result.code().to_string()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (day(1), "not_found".to_string()),
+                (day(2), "consistent".to_string())
+            ]
+        );
+        let civil = first.slot(id_key(A)).and_then(|s| s.civil);
+        assert_eq!(
+            civil,
+            Some((MaritalStatus::parse("divorced").unwrap(), Some(day(3))))
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use chrono::{Duration, NaiveDate};
 
 use crate::domain::{
-    add_one_year, Effect, EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason,
-    ResidenceResult, SiStatus,
+    add_one_year, CycleDecision, Effect, EventKind, MaritalStatus, Month, PaymentStatus,
+    PermitStatus, Reason, ResidenceResult, SiStatus,
 };
 use crate::settings::{LapsePolicy, Rules};
 
@@ -60,6 +60,17 @@ pub fn is_due(
 ) -> bool {
     let left = (valid_until - as_of).num_days();
     status == PermitStatus::Active && (0..=i64::from(rules.window_days)).contains(&left)
+}
+
+/// C8: a cycle is decided once. A final decision closes its cycle when it
+/// took effect — written by a run the brake let through, or applied by
+/// `autosign release` — and `autosign revert` has not undone it. A held
+/// decision not (or not yet) applied, or one a discard voided, leaves the
+/// cycle open.
+pub fn cycle_decided(decisions: &[CycleDecision]) -> bool {
+    decisions
+        .iter()
+        .any(|d| !d.undone && (!d.held || d.released == Some(true)))
 }
 
 /// What the permit said at registration (the baseline R5 compares with).
@@ -263,6 +274,53 @@ mod tests {
             select_visit(&[], NaiveDate::MIN, d(2026, 11, 27), &rules),
             None
         );
+    }
+
+    #[test]
+    fn c8_a_cycle_is_closed_by_a_decision_in_effect_only() {
+        let dec = |held, released, undone| CycleDecision {
+            held,
+            released,
+            undone,
+        };
+        let cases: &[(&[CycleDecision], bool, &str)] = &[
+            (&[], false, "no decision"),
+            (&[dec(false, None, false)], true, "applied by its run"),
+            (&[dec(false, None, true)], false, "applied, then reverted"),
+            (
+                &[dec(true, None, false)],
+                false,
+                "held, not released (or discarded)",
+            ),
+            (
+                &[dec(true, Some(true), false)],
+                true,
+                "held, applied by a release",
+            ),
+            (
+                &[dec(true, Some(false), false)],
+                false,
+                "held, released as not applied",
+            ),
+            (
+                &[dec(true, Some(true), true)],
+                false,
+                "released, then reverted",
+            ),
+            (
+                &[dec(false, None, true), dec(false, None, false)],
+                true,
+                "reverted, then decided again",
+            ),
+            (
+                &[dec(true, None, false), dec(true, Some(false), false)],
+                false,
+                "held twice, never applied",
+            ),
+        ];
+        for (decisions, closed, what) in cases {
+            assert_eq!(cycle_decided(decisions), *closed, "{what}");
+        }
     }
 
     #[test]

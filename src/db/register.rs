@@ -1,0 +1,96 @@
+//! The register family: the permits as the last import and the runs left
+//! them. Logically one table, `permits`, on both backends. On SQLite it is
+//! stored as two (migration 5): the narrow `permit_state` (number,
+//! `valid_until`, status), which a run rewrites and scans, and
+//! `permit_details` beside it, joined by the `permits` view; reads of whole
+//! permits go through the view, and counts over the register read the
+//! narrow table. PostgreSQL keeps one table.
+
+use chrono::NaiveDate;
+
+use super::rows::*;
+use super::{on_pool, Db};
+use crate::error::Result;
+
+/// A [`PermitRow`]'s columns.
+macro_rules! permit_columns {
+    () => {
+        "permit_no, id_number, name, phone, email, district_code, street_code, address, \
+         valid_until, status, employer_uscc, si_status, marital_status"
+    };
+}
+pub(super) use permit_columns;
+
+macro_rules! permit_select {
+    ($rest:literal) => {
+        concat!("SELECT ", permit_columns!(), " FROM permits ", $rest)
+    };
+}
+
+/// The live register and R3's lifecycle steps at `$1` (`$2`: the cancel
+/// boundary, NULL when nothing is cancelled), over the table that holds
+/// the permits' state.
+macro_rules! lifecycle_counts {
+    ($state_table:literal) => {
+        concat!(
+            "SELECT count(*) AS register,
+                    count(*) FILTER (WHERE NOT coalesce(valid_until < $2, FALSE)
+                                       AND status = 'active' AND valid_until < $1) AS suspend,
+                    count(*) FILTER (WHERE coalesce(valid_until < $2, FALSE)) AS cancel
+             FROM ",
+            $state_table,
+            " WHERE status <> 'cancelled'"
+        )
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct Counts {
+    register: i64,
+    suspend: i64,
+    cancel: i64,
+}
+
+impl Db {
+    pub async fn permit(&self, permit_no: &str) -> Result<Option<PermitRow>> {
+        Ok(on_pool!(self, |pool| sqlx::query_as(permit_select!(
+            "WHERE permit_no = $1"
+        ))
+        .bind(permit_no)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// The live register (active and suspended permits) and how many R3
+    /// would suspend and cancel at `as_of` (`cancel_before`: `as_of` minus
+    /// the grace days, `None` when nothing is cancelled): the safety
+    /// brake's lifecycle check, before the run writes anything.
+    pub async fn lifecycle_counts(
+        &self,
+        as_of: NaiveDate,
+        cancel_before: Option<NaiveDate>,
+    ) -> Result<LifecycleCounts> {
+        let c: Counts = match self {
+            Db::Sqlite(db) => {
+                sqlx::query_as(lifecycle_counts!("permit_state"))
+                    .bind(as_of)
+                    .bind(cancel_before)
+                    .fetch_one(db.pool())
+                    .await?
+            }
+            Db::Postgres(db) => {
+                sqlx::query_as(lifecycle_counts!("permits"))
+                    .bind(as_of)
+                    .bind(cancel_before)
+                    .fetch_one(db.pool())
+                    .await?
+            }
+        };
+        let count = |n: i64| n.max(0) as u64;
+        Ok(LifecycleCounts {
+            register: count(c.register),
+            suspend: count(c.suspend),
+            cancel: count(c.cancel),
+        })
+    }
+}

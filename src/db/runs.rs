@@ -1,0 +1,224 @@
+//! The runs and events family: the run ledger (`runs`), the events a run
+//! writes, and what operators did with them afterwards (`event_releases`,
+//! `event_reverts`).
+//!
+//! The statements here read and write the same way on both backends and
+//! are written once; each backend's run transaction — a night's bulk
+//! reads and writes — sits in its own file behind [`super::RunTx`], and
+//! the operator's release and revert, which write many rows in one
+//! transaction, likewise.
+
+use chrono::NaiveDate;
+
+use super::rows::*;
+use super::{on_pool, spelled, Db};
+use crate::error::Result;
+
+/// A [`RunRecord`]'s columns.
+macro_rules! run_columns {
+    () => {
+        "run_id, as_of, status, attempts, started_at, finished_at, pending, brake, import_mark, \
+         duration_secs"
+    };
+}
+pub(super) use run_columns;
+
+macro_rules! run_select {
+    ($rest:literal) => {
+        concat!("SELECT ", run_columns!(), " FROM runs ", $rest)
+    };
+}
+
+/// The live (neither discarded nor reverted) run of a date.
+pub(super) const RUN_FOR: &str =
+    run_select!("WHERE as_of = $1 AND status <> 'discarded' AND status <> 'reverted'");
+
+macro_rules! held_events {
+    ($t:literal, $f:literal) => {
+        concat!(
+            "SELECT event_id, permit_no, kind, reasons, valid_until, new_valid_until
+             FROM events WHERE run_id = $1 AND held = ",
+            $t,
+            " ORDER BY event_id"
+        )
+    };
+}
+
+// A completed run's events in effect (applied, or applied by a release),
+// with the status a CANCELLED one found: recorded since migration 6, else
+// `suspended` when another run's SUSPENDED event of the cycle is in the
+// trail (C1), else `active`. The as_of index finds the run's events.
+macro_rules! revert_events {
+    ($t:literal, $f:literal) => {
+        concat!(
+            "SELECT e.event_id, e.permit_no, e.kind, e.valid_until, e.new_valid_until,
+               CASE WHEN e.kind <> 'CANCELLED' THEN NULL
+                    WHEN e.prior_status IS NOT NULL THEN e.prior_status
+                    WHEN EXISTS (SELECT 1 FROM events s WHERE s.permit_no = e.permit_no
+                                   AND s.valid_until = e.valid_until AND s.kind = 'SUSPENDED'
+                                   AND s.held = ",
+            $f,
+            " AND s.run_id <> e.run_id) THEN 'suspended'
+                    ELSE 'active' END AS prior_status
+             FROM events e LEFT JOIN event_releases x ON x.event_id = e.event_id
+             WHERE e.as_of = $1 AND e.run_id = $2 AND (e.held = ",
+            $f,
+            " OR x.applied = ",
+            $t,
+            ") ORDER BY e.event_id"
+        )
+    };
+}
+
+/// A run's events and their notices, counted by kind, reasons and channel.
+const RUN_COUNTS: &str =
+    "SELECT e.kind, e.reasons, coalesce(n.channel, '') AS channel, count(*) AS count
+     FROM events e LEFT JOIN notifications n
+       ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
+      AND n.run_id = e.run_id
+     WHERE e.as_of = (SELECT as_of FROM runs WHERE run_id = $1) AND e.run_id = $1
+     GROUP BY e.kind, e.reasons, n.channel ORDER BY e.kind, e.reasons, n.channel";
+
+// The event's state (docs/rules.md, "The audit trail") comes from its run
+// and, for a released run, from event_releases; the notice is the one its
+// own run queued (a void event has none, though a later run may have
+// queued one for the cycle). Booleans are read as truth values, which
+// both backends take (no index is at stake in the CASE). Text keys sort
+// bytewise on both (PostgreSQL's are COLLATE "C").
+macro_rules! audit_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT e.run_id, e.as_of, e.permit_no, e.id_number, e.kind AS decision, e.reasons,
+                    e.valid_until, e.new_valid_until, e.residence_visited_on, e.residence_result,
+                    e.si_month, e.si_status, e.si_employer_uscc, e.marital_status,
+                    n.channel AS notification_channel, n.status AS notification_status, e.decided_at,
+                    CASE WHEN r.status = 'reverted' AND EXISTS (SELECT 1 FROM event_reverts v
+                              WHERE v.event_id = e.event_id AND v.undone) THEN 'reverted'
+                         WHEN NOT e.held THEN 'applied' WHEN r.status = 'discarded' THEN 'void'
+                         WHEN x.applied THEN 'applied'
+                         WHEN r.status = 'completed' OR r.status = 'reverted' THEN 'not_applied'
+                         ELSE 'held' END AS state
+             FROM events e JOIN runs r ON r.run_id = e.run_id
+             LEFT JOIN event_releases x ON x.event_id = e.event_id
+             LEFT JOIN notifications n
+               ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
+              AND n.run_id = e.run_id
+             WHERE ",
+            $where,
+            " ORDER BY e.as_of, e.permit_no,
+               CASE e.kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END,
+               e.event_id"
+        )
+    };
+}
+
+/// The audit rows (R9) of the runs with `$1 <= as_of <= $2`, in the
+/// export's order: each backend streams it its own way.
+pub(super) const AUDIT_SELECT_RANGE: &str = audit_select!("e.as_of BETWEEN $1 AND $2");
+const AUDIT_SELECT_PERMIT: &str = audit_select!("e.permit_no = $1");
+
+impl Db {
+    pub async fn latest_completed_run(&self) -> Result<Option<RunRecord>> {
+        let sql = run_select!("WHERE status = 'completed' ORDER BY as_of DESC LIMIT 1");
+        Ok(on_pool!(self, |pool| sqlx::query_as(sql)
+            .fetch_optional(pool)
+            .await?))
+    }
+
+    /// The live (not discarded or reverted) run for `as_of`.
+    pub async fn run_for(&self, as_of: NaiveDate) -> Result<Option<RunRecord>> {
+        Ok(on_pool!(self, |pool| sqlx::query_as(RUN_FOR)
+            .bind(as_of)
+            .fetch_optional(pool)
+            .await?))
+    }
+
+    pub async fn run_by_id(&self, run_id: i64) -> Result<Option<RunRecord>> {
+        Ok(on_pool!(self, |pool| sqlx::query_as(run_select!(
+            "WHERE run_id = $1"
+        ))
+        .bind(run_id)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// The oldest run held by the safety brake, if any.
+    pub async fn held_run(&self) -> Result<Option<RunRecord>> {
+        let sql = run_select!("WHERE status = 'held' ORDER BY run_id LIMIT 1");
+        Ok(on_pool!(self, |pool| sqlx::query_as(sql)
+            .fetch_optional(pool)
+            .await?))
+    }
+
+    /// The first run after `run_id` that still counts (neither discarded
+    /// nor reverted): `autosign revert` undoes the latest run only.
+    pub async fn later_live_run(&self, run_id: i64) -> Result<Option<RunRecord>> {
+        let sql = run_select!(
+            "WHERE run_id > $1 AND status <> 'discarded' AND status <> 'reverted'
+             ORDER BY run_id LIMIT 1"
+        );
+        Ok(on_pool!(self, |pool| sqlx::query_as(sql)
+            .bind(run_id)
+            .fetch_optional(pool)
+            .await?))
+    }
+
+    /// The import mark of the latest completed run (0 when none).
+    pub async fn completed_import_mark(&self) -> Result<i64> {
+        let sql =
+            "SELECT import_mark FROM runs WHERE status = 'completed' ORDER BY run_id DESC LIMIT 1";
+        let mark: Option<Option<i64>> = on_pool!(self, |pool| sqlx::query_scalar(sql)
+            .fetch_optional(pool)
+            .await?);
+        Ok(mark.flatten().unwrap_or(0))
+    }
+
+    /// `autosign discard`: the held run becomes discarded, its events void.
+    /// `false` if the run is not held.
+    pub async fn discard_run(&self, run_id: i64, now: &str) -> Result<bool> {
+        let sql = "UPDATE runs SET status = 'discarded', discarded_at = $2
+                   WHERE run_id = $1 AND status = 'held'";
+        let done = on_pool!(self, |pool| sqlx::query(sql)
+            .bind(run_id)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(done == 1)
+    }
+
+    /// The events a held run wrote, in the order it wrote them.
+    pub async fn held_events(&self, run_id: i64) -> Result<Vec<HeldEvent>> {
+        let sql = self.spelling(spelled!(held_events));
+        Ok(on_pool!(self, |pool| sqlx::query_as(sql)
+            .bind(run_id)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// The events of a completed run that took effect, in the order they
+    /// were written.
+    pub async fn revert_events(&self, run: &RunRecord) -> Result<Vec<RevertEvent>> {
+        let sql = self.spelling(spelled!(revert_events));
+        Ok(on_pool!(self, |pool| sqlx::query_as(sql)
+            .bind(run.as_of)
+            .bind(run.run_id)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
+        Ok(on_pool!(self, |pool| sqlx::query_as(RUN_COUNTS)
+            .bind(run_id)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// One permit's audit rows, in the export's order.
+    pub async fn events_for(&self, permit_no: &str) -> Result<Vec<AuditRow>> {
+        Ok(on_pool!(self, |pool| sqlx::query_as(AUDIT_SELECT_PERMIT)
+            .bind(permit_no)
+            .fetch_all(pool)
+            .await?))
+    }
+}

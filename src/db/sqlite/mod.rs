@@ -1,0 +1,438 @@
+//! SQLite backend: the embedded default. WAL, a busy timeout, `BEGIN
+//! IMMEDIATE` for every write transaction (a deferred one that reads then
+//! writes fails with SQLITE_BUSY without waiting, sqlx #451). This file
+//! opens the database, takes the job lock and holds the transactions
+//! through sqlx; the rows they carry in bulk are written and read in
+//! `bulk.rs`, the one module that uses rusqlite.
+
+mod bulk;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Sqlite, SqlitePool, Transaction};
+
+pub use bulk::EventPageReader;
+
+use super::rows::*;
+use super::runs::RUN_FOR;
+use super::JobLock;
+use crate::error::{Error, Result};
+
+/// Page cache of a pooled connection, KiB (negative: `PRAGMA cache_size`).
+macro_rules! pool_cache {
+    () => {
+        "-65536"
+    };
+}
+
+#[derive(Clone)]
+pub struct SqliteDb {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteDb {
+    pub async fn open(path: PathBuf) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::io(
+                    format!("cannot create database directory {}", dir.display()),
+                    e,
+                )
+            })?;
+        }
+        // Created owner-only before SQLite opens it: SQLite gives its `-wal`
+        // and `-shm` files the database file's mode, and the first import
+        // writes ID numbers into the WAL before any chmod could run.
+        create_database_file(&path)?;
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(&path)
+            .create_if_missing(true)
+            .page_size(16384)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(60))
+            .foreign_keys(true)
+            // 64 MiB of page cache per connection (a run's transaction
+            // takes less: RUN_CACHE), which keeps the whole process under
+            // 500 MB at city scale (docs/benchmarks.md).
+            .pragma("cache_size", pool_cache!())
+            // No `temp_store` pragma: temporary storage (statement journals,
+            // sorts too big for the cache) stays in files, SQLite's default.
+            // In memory, migration 4 over a 10M-permit database would take
+            // 1.2 GB (docs/benchmarks.md).
+            //
+            // As on PostgreSQL: a first night or an import at city scale
+            // legitimately runs statements for seconds (a migration, the
+            // run's commit); sqlx's default would log each at WARN with its
+            // whole SQL text.
+            .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                Error::Runtime(anyhow::anyhow!(
+                    "cannot open SQLite database {}: {e}",
+                    path.display()
+                ))
+            })?;
+        // sqlx takes no lock around SQLite migrations (it does on
+        // PostgreSQL): processes started together on a new file would each
+        // apply migration 1. A file lock makes the later ones wait and then
+        // find the migrations applied.
+        let migrate_lock = lock_file(&sibling(&path, ".migrate.lock")).await?;
+        let migrated = sqlx::migrate!("migrations/sqlite").run(&pool).await;
+        drop(migrate_lock);
+        migrated?;
+        restrict_permissions(&path);
+        Ok(SqliteDb { pool, path })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub async fn lock_jobs(&self, on_wait: impl FnOnce()) -> Result<JobLock> {
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let file = open_lock_file(&lock_path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(JobLock::File(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                on_wait();
+                let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+                    .await
+                    .map_err(|e| Error::Runtime(anyhow::anyhow!("lock task failed: {e}")))?
+                    .map_err(|e| Error::io(format!("cannot lock {}", lock_path.display()), e))?;
+                Ok(JobLock::File(file))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::io(format!("cannot lock {}", lock_path.display()), e))
+            }
+        }
+    }
+
+    pub async fn begin_import(
+        &self,
+        feed: &str,
+        file_name: &str,
+        sha256: &str,
+        delivery: crate::feeds::Delivery,
+        imported_at: &str,
+    ) -> Result<SqliteImportTx> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let import_id: i64 = sqlx::query_scalar(
+            "INSERT INTO imports (feed, file_name, sha256, imported_at, delivery) VALUES (?, ?, ?, ?, ?) RETURNING import_id",
+        )
+        .bind(feed)
+        .bind(file_name)
+        .bind(sha256)
+        .bind(imported_at)
+        .bind(delivery.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let feed_table = match feed {
+            "residence" => Some(FeedTable::Residence),
+            "social-insurance" => Some(FeedTable::SocialInsurance),
+            "civil-status" => Some(FeedTable::CivilStatus),
+            _ => None,
+        };
+        let first_seq = match feed_table {
+            Some(t) => sqlx::query_scalar(t.max_seq()).fetch_one(&mut *tx).await?,
+            None => 0,
+        };
+        Ok(SqliteImportTx {
+            tx,
+            import_id,
+            feed_table,
+            first_seq,
+        })
+    }
+
+    pub async fn begin_run(
+        &self,
+        as_of: NaiveDate,
+        now: &str,
+        import_mark: i64,
+    ) -> Result<SqliteRunTx> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(RUN_CACHE).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO runs (as_of, status, started_at, import_mark) VALUES (?1, 'running', ?2, ?3)
+             ON CONFLICT (as_of) WHERE status <> 'discarded' AND status <> 'reverted'
+             DO UPDATE SET attempts = attempts + 1,
+               started_at = excluded.started_at, import_mark = excluded.import_mark
+             WHERE runs.status = 'running'",
+        )
+        .bind(as_of)
+        .bind(now)
+        .bind(import_mark)
+        .execute(&mut *tx)
+        .await?;
+        let run = sqlx::query_as(RUN_FOR)
+            .bind(as_of)
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(SqliteRunTx {
+            tx,
+            run,
+            path: self.path.clone(),
+        })
+    }
+
+    /// `run --dry-run`: the run's reads without the run. A deferred
+    /// transaction that only ever reads (it takes no write lock and creates
+    /// no runs row); the caller rolls it back. `run` is what the run would
+    /// be, never stored.
+    pub async fn begin_dry_run(&self, run: RunRecord) -> Result<SqliteRunTx> {
+        let tx = self.pool.begin().await?;
+        Ok(SqliteRunTx {
+            tx,
+            run,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Marks a held run discarded (its events void). `false` if it is not
+    /// held.
+    /// Opens a write transaction and moves run `run_id` on with `update`
+    /// (`?1` the run, `?2` now, guarded by the status it must have): `None`,
+    /// nothing done, when the run is not in that status.
+    async fn begin_run_transition(
+        &self,
+        update: &'static str,
+        run_id: i64,
+        now: &str,
+    ) -> Result<Option<Transaction<'static, Sqlite>>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let marked = sqlx::query(update)
+            .bind(run_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if marked != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        Ok(Some(tx))
+    }
+}
+
+/// An append-only feed table (migration 0003).
+#[derive(Debug, Clone, Copy)]
+enum FeedTable {
+    Residence,
+    SocialInsurance,
+    CivilStatus,
+}
+
+impl FeedTable {
+    fn max_seq(self) -> &'static str {
+        match self {
+            FeedTable::Residence => "SELECT coalesce(max(seq), 0) FROM residence",
+            FeedTable::SocialInsurance => "SELECT coalesce(max(seq), 0) FROM social_insurance",
+            FeedTable::CivilStatus => "SELECT coalesce(max(seq), 0) FROM civil_status",
+        }
+    }
+
+    /// The key and line of the rows after seq ?1 (this import's), in order.
+    fn keys_after(self) -> &'static str {
+        match self {
+            FeedTable::Residence => {
+                "SELECT id_number, visited_on, line FROM residence WHERE seq > ?1 ORDER BY seq"
+            }
+            FeedTable::SocialInsurance => {
+                "SELECT id_number, month, line FROM social_insurance WHERE seq > ?1 ORDER BY seq"
+            }
+            FeedTable::CivilStatus => {
+                "SELECT id_number, '', line FROM civil_status WHERE seq > ?1 ORDER BY seq"
+            }
+        }
+    }
+}
+
+/// One import's transaction.
+pub struct SqliteImportTx {
+    tx: Transaction<'static, Sqlite>,
+    pub import_id: i64,
+    /// The feed table this import appends to, and its highest seq before.
+    feed_table: Option<FeedTable>,
+    first_seq: i64,
+}
+
+impl SqliteImportTx {
+    /// Whether the register was empty when this import began (then no
+    /// stored state needs looking up: the initial load's fast path).
+    pub async fn register_is_empty(&mut self) -> Result<bool> {
+        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM permit_state LIMIT 1")
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(any.is_none())
+    }
+
+    pub async fn commit(mut self, counts: ImportCounts) -> Result<()> {
+        sqlx::query("UPDATE imports SET rows_read = ?, rows_imported = ?, rows_rejected = ? WHERE import_id = ?")
+            .bind(counts.rows_read as i64)
+            .bind(counts.rows_imported as i64)
+            .bind(counts.rows_rejected as i64)
+            .bind(self.import_id)
+            .execute(&mut *self.tx)
+            .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// Page cache of a run's transaction while it lasts, KiB: its reads are
+/// sequential passes and its writes append in key order, so a larger cache
+/// buys it nothing, but the connection's memory grows to about twice its
+/// cache while another connection reads the pages (at 1M permits: 248 MB
+/// with 64 MiB, 118–137 MB with 16 MiB; docs/benchmarks.md).
+const RUN_CACHE: &str = "PRAGMA cache_size = -16384";
+
+/// The run's one write transaction (BEGIN IMMEDIATE).
+pub struct SqliteRunTx {
+    tx: Transaction<'static, Sqlite>,
+    pub run: RunRecord,
+    /// The database file, for [`SqliteRunTx::event_pages`]'s reader.
+    path: PathBuf,
+}
+
+impl SqliteRunTx {
+    /// Marks the run held by the safety brake, before it writes any event.
+    /// `_now`: the run is one transaction, with no heartbeat to keep.
+    pub async fn hold(&mut self, why: &str, _now: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET brake = ? WHERE run_id = ?")
+            .bind(why)
+            .bind(self.run.run_id)
+            .execute(&mut *self.tx)
+            .await?;
+        self.run.brake = Some(why.to_string());
+        Ok(())
+    }
+
+    /// Marks the run completed (or held, if the brake held it) and commits.
+    pub async fn complete(
+        mut self,
+        pending: u64,
+        now: &str,
+        duration: std::time::Duration,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET status = ?, finished_at = ?, pending = ?, duration_secs = ? WHERE run_id = ?",
+        )
+        .bind(if self.run.brake.is_some() {
+            "held"
+        } else {
+            "completed"
+        })
+        .bind(now)
+        .bind(pending as i64)
+        .bind(duration.as_secs_f64())
+        .bind(self.run.run_id)
+            .execute(&mut *self.tx)
+            .await?;
+        self.restore_cache().await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn rollback(mut self) -> Result<()> {
+        // The rollback matters, the cache size does not: its failure is no
+        // reason to skip the rollback.
+        let _ = self.restore_cache().await;
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
+    /// The pooled connection's page cache again (not transactional).
+    async fn restore_cache(&mut self) -> Result<()> {
+        sqlx::query(concat!("PRAGMA cache_size = ", pool_cache!()))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The database holds personal data: owner-only, like every file autosign
+/// creates, and so are its WAL and shared-memory files.
+fn restrict_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for p in [
+            path.to_path_buf(),
+            sibling(path, "-wal"),
+            sibling(path, "-shm"),
+        ] {
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
+}
+
+/// Creates the database file, empty and owner-only, if it does not exist.
+fn create_database_file(path: &Path) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("cannot create SQLite database {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// `PATH` with `suffix` appended to its file name (`x.sqlite-wal`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_os_string();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Opens `lock_path`, creating it owner-only.
+fn open_lock_file(lock_path: &Path) -> Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(lock_path)
+        .map_err(|e| Error::io(format!("cannot open lock file {}", lock_path.display()), e))
+}
+
+/// Opens and locks `lock_path`, waiting for the lock on a blocking thread.
+async fn lock_file(lock_path: &Path) -> Result<std::fs::File> {
+    let file = open_lock_file(lock_path)?;
+    let shown = lock_path.display().to_string();
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|e| Error::Runtime(anyhow::anyhow!("lock task failed: {e}")))?
+        .map_err(|e| Error::io(format!("cannot lock {shown}"), e))
+}
