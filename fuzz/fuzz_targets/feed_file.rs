@@ -1,7 +1,7 @@
 //! A feed file as an import reads it: decoding, CSV framing, line numbers,
 //! header mapping, row parsing and R2's settling. The first byte picks the
-//! feed, the encoding, the batch size and Bloom filter or exact map; the
-//! rest is the file. Any input must end in rows, rejects or a refusal,
+//! feed, the encoding and the batch size (its bit 8 is unused); the rest is
+//! the file. Any input must end in rows, rejects or a refusal,
 //! never a panic or a hang.
 #![no_main]
 
@@ -25,7 +25,6 @@ fuzz_target!(|data: &[u8]| {
     } else {
         Encoding::Gb18030
     };
-    let bounded = pick & 8 == 0;
     let batch_rows = 1 + usize::from(pick >> 4);
     let Ok(mut file) = tempfile::NamedTempFile::new() else {
         return;
@@ -33,5 +32,5 @@ fuzz_target!(|data: &[u8]| {
     if file.write_all(body).is_err() {
         return;
     }
-    fuzzing::read_file(feed, encoding, bounded, batch_rows, file.path());
+    fuzzing::read_file(feed, encoding, batch_rows, file.path());
 });

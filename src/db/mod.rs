@@ -137,16 +137,6 @@ impl Db {
         }
     }
 
-    /// Whether a keyed feed's import (residence, social insurance, civil
-    /// status) keeps its memory bounded by its batches (SQLite's append-only
-    /// feed tables: repeated keys are found with a Bloom filter and
-    /// confirmed against the database) rather than growing with the file
-    /// (PostgreSQL keeps an exact per-key map). The permits import is the
-    /// same on both: an external sort.
-    pub fn bounded_import_memory(&self) -> bool {
-        matches!(self, Db::Sqlite(_))
-    }
-
     /// Opens a feed file's import and records it, with the delivery its
     /// feed has (the brake's row-drop check compares snapshots only) and
     /// the time it was made (the brake's feed age).
@@ -293,36 +283,50 @@ impl ImportTx {
         }
     }
 
-    pub async fn upsert_residence(&mut self, rows: &[ResidenceRow]) -> Result<()> {
+    // A keyed feed's batch comes with its suspects: the rows whose key may
+    // have come in an earlier batch of the file (a Bloom filter's hits),
+    // for [`ImportTx::earlier_lines`] to confirm.
+
+    pub async fn upsert_residence(
+        &mut self,
+        rows: &[ResidenceRow],
+        suspects: &[KeySuspect],
+    ) -> Result<()> {
         match self {
-            ImportTx::Sqlite(tx) => tx.upsert_residence(rows).await,
-            ImportTx::Postgres(tx) => tx.upsert_residence(rows).await,
+            ImportTx::Sqlite(tx) => tx.upsert_residence(rows, suspects).await,
+            ImportTx::Postgres(tx) => tx.upsert_residence(rows, suspects).await,
         }
     }
 
-    pub async fn upsert_social_insurance(&mut self, rows: &[SocialInsuranceRow]) -> Result<()> {
+    pub async fn upsert_social_insurance(
+        &mut self,
+        rows: &[SocialInsuranceRow],
+        suspects: &[KeySuspect],
+    ) -> Result<()> {
         match self {
-            ImportTx::Sqlite(tx) => tx.upsert_social_insurance(rows).await,
-            ImportTx::Postgres(tx) => tx.upsert_social_insurance(rows).await,
+            ImportTx::Sqlite(tx) => tx.upsert_social_insurance(rows, suspects).await,
+            ImportTx::Postgres(tx) => tx.upsert_social_insurance(rows, suspects).await,
         }
     }
 
-    pub async fn upsert_civil_status(&mut self, rows: &[CivilStatusRow]) -> Result<()> {
+    pub async fn upsert_civil_status(
+        &mut self,
+        rows: &[CivilStatusRow],
+        suspects: &[KeySuspect],
+    ) -> Result<()> {
         match self {
-            ImportTx::Sqlite(tx) => tx.upsert_civil_status(rows).await,
-            ImportTx::Postgres(tx) => tx.upsert_civil_status(rows).await,
+            ImportTx::Sqlite(tx) => tx.upsert_civil_status(rows, suspects).await,
+            ImportTx::Postgres(tx) => tx.upsert_civil_status(rows, suspects).await,
         }
     }
 
-    /// For rows whose key may have come earlier in this file: each one's
-    /// line and the line of the latest earlier row of this import with the
-    /// same key, for those that have one (R2's duplicate-key warning).
-    pub async fn earlier_lines(&mut self, suspects: &[KeySuspect]) -> Result<Vec<(u64, u64)>> {
+    /// Once the file is read: for each suspect whose key did come earlier
+    /// in this file, its line and the line of the latest earlier row of
+    /// this import with the key (R2's duplicate-key warning).
+    pub async fn earlier_lines(&mut self) -> Result<Vec<(u64, u64)>> {
         match self {
-            ImportTx::Sqlite(tx) => tx.earlier_lines(suspects).await,
-            ImportTx::Postgres(_) => Err(Error::Runtime(anyhow::anyhow!(
-                "internal: PostgreSQL imports spot repeated keys exactly as they parse"
-            ))),
+            ImportTx::Sqlite(tx) => tx.earlier_lines().await,
+            ImportTx::Postgres(tx) => tx.earlier_lines().await,
         }
     }
 

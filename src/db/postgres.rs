@@ -7,12 +7,15 @@
 //!   CONFLICT`; stored permits are looked up with `permit_no = ANY($1)`.
 //!   Loading a table that was empty when the import began (the initial
 //!   load), rows whose key is new in the file are COPYed straight into the
-//!   table instead: an upsert costs PostgreSQL about twice a plain insert;
+//!   table instead: an upsert costs PostgreSQL about twice a plain insert.
+//!   Which keys are new comes from the import's Bloom filter (a suspect
+//!   takes the staged path, always right) and, for permits, which arrive
+//!   sorted, from the last key: memory stays bounded by the batch;
 //! - the run reads a page of permits with one keyset query, its evidence
 //!   with one query per feed (`id_number = ANY($1)`), and writes the page's
 //!   events, notices and permit changes with one `UNNEST` statement each, in
 //!   a transaction of its own: pages commit one by one. A run that dies
-//!   keeps its committed pages; the queries skip decided cycles and unique
+//!   keeps its committed pages; the plan skips decided cycles and unique
 //!   keys forbid doubles, so the next run for that `as_of` does the rest
 //!   (reconcile's module doc);
 //! - the job lock is a session-level `pg_advisory_lock` on a connection of
@@ -171,6 +174,9 @@ impl PgDb {
             staged: Vec::new(),
             upserted: HashMap::new(),
             direct: HashMap::new(),
+            last_permit: None,
+            deferred: Vec::new(),
+            repeats: Vec::new(),
             seq: 0,
         })
     }
@@ -744,6 +750,61 @@ impl Stage {
         }
     }
 
+    /// The latest earlier row of this import (`$4`) with each suspect's
+    /// key (`$1` id_number, `$2` second part, `$3` line), by the key: the
+    /// batch's suspects before the batch replaces them. `None`: permits,
+    /// whose repeats the import settles itself.
+    fn earlier_by_key(self) -> Option<&'static str> {
+        match self {
+            Stage::Permits => None,
+            Stage::Residence => Some(
+                "SELECT s.line, t.line FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                 JOIN residence t ON t.id_number = s.id_number AND t.visited_on = s.second::date
+                 WHERE t.import_id = $4 AND t.line < s.line",
+            ),
+            Stage::SocialInsurance => Some(
+                "SELECT s.line, t.line FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                 JOIN social_insurance t ON t.id_number = s.id_number AND t.month = s.second
+                 WHERE t.import_id = $4 AND t.line < s.line",
+            ),
+            Stage::CivilStatus => Some(
+                "SELECT s.line, t.line FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                 JOIN civil_status t ON t.id_number = s.id_number
+                 WHERE t.import_id = $4 AND t.line < s.line",
+            ),
+        }
+    }
+
+    /// As [`Stage::earlier_by_key`], once an initial load is read: its
+    /// rows are straight in the table (no key yet: one pass, joined by
+    /// hash with the few suspects) or staged.
+    fn earlier_in_load(self) -> Option<&'static str> {
+        match self {
+            Stage::Permits => None,
+            Stage::Residence => Some(
+                "SELECT s.line, max(e.line) FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                 JOIN (SELECT id_number, visited_on, line FROM residence WHERE import_id = $4
+                       UNION ALL SELECT id_number, visited_on, line FROM stage_residence) e
+                   ON e.id_number = s.id_number AND e.visited_on = s.second::date AND e.line < s.line
+                 GROUP BY s.line",
+            ),
+            Stage::SocialInsurance => Some(
+                "SELECT s.line, max(e.line) FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                 JOIN (SELECT id_number, month, line FROM social_insurance WHERE import_id = $4
+                       UNION ALL SELECT id_number, month, line FROM stage_social_insurance) e
+                   ON e.id_number = s.id_number AND e.month = s.second AND e.line < s.line
+                 GROUP BY s.line",
+            ),
+            Stage::CivilStatus => Some(
+                "SELECT s.line, max(e.line) FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                 JOIN (SELECT id_number, line FROM civil_status WHERE import_id = $4
+                       UNION ALL SELECT id_number, line FROM stage_civil_status) e
+                   ON e.id_number = s.id_number AND e.line < s.line
+                 GROUP BY s.line",
+            ),
+        }
+    }
+
     fn truncate(self) -> &'static str {
         match self {
             Stage::Permits => "TRUNCATE stage_permits",
@@ -832,11 +893,43 @@ pub struct PgImportTx {
     pub import_id: i64,
     staged: Vec<Stage>,
     upserted: HashMap<Stage, u64>,
-    /// Per table: `Some(keys written straight in)` when it was empty at
-    /// the start of this import, `None` when it was not.
-    direct: HashMap<Stage, Option<std::collections::HashSet<u64>>>,
+    /// Per table: whether it was empty when this import began (an initial
+    /// load: rows whose key is new in the file go straight in).
+    direct: HashMap<Stage, bool>,
+    /// The last permit_no written straight in: permits arrive in key order
+    /// (the import's external sort), so a key not above it came before.
+    last_permit: Option<String>,
+    /// An initial load's suspects, confirmed once the file is read (the
+    /// table has no key to look them up by until commit).
+    deferred: Vec<KeySuspect>,
+    /// Suspects confirmed as their batch came: (line, earlier line).
+    repeats: Vec<(u64, u64)>,
     /// Rows staged so far (their order, for the later line to win).
     seq: i64,
+}
+
+/// A batch's suspects by key (`id_number`, the second part as stored).
+fn suspect_keys(suspects: &[KeySuspect]) -> std::collections::HashSet<(&str, &str)> {
+    suspects
+        .iter()
+        .map(|s| (s.id_number.as_str(), s.second.as_str()))
+        .collect()
+}
+
+/// A batch's rows in key order when they are upserted (neighbouring
+/// upserts land on the same B-tree pages), else as they came (an initial
+/// load copies into a table with no key yet). A batch holds one row per
+/// key (the feeds code settles R2 within it).
+fn in_key_order<'a, T, K: Ord>(
+    rows: &'a [T],
+    direct: bool,
+    key: impl Fn(&'a T) -> K,
+) -> Vec<&'a T> {
+    let mut order: Vec<&T> = rows.iter().collect();
+    if !direct {
+        order.sort_unstable_by_key(|r| key(r));
+    }
+    order
 }
 
 /// One batch's COPY text, split by [`PgImportTx::route`].
@@ -894,8 +987,8 @@ impl PgImportTx {
     /// key is dropped until [`PgImportTx::commit`] builds it again (readers
     /// of that table wait for the import meanwhile: it had no rows).
     async fn direct(&mut self, stage: Stage) -> Result<bool> {
-        if let Some(seen) = self.direct.get(&stage) {
-            return Ok(seen.is_some());
+        if let Some(direct) = self.direct.get(&stage) {
+            return Ok(*direct);
         }
         let empty: bool = sqlx::query_scalar(stage.is_empty())
             .fetch_one(&mut self.conn)
@@ -905,8 +998,7 @@ impl PgImportTx {
                 .execute(&mut self.conn)
                 .await?;
         }
-        self.direct
-            .insert(stage, empty.then(std::collections::HashSet::new));
+        self.direct.insert(stage, empty);
         Ok(empty)
     }
 
@@ -923,34 +1015,81 @@ impl PgImportTx {
         })
     }
 
-    /// Where a row with `key` goes: straight into the table when loading an
-    /// empty one and the key is new in this file (a key hash seen before,
-    /// even by collision, takes the upsert path, which is always right).
-    /// Where a row with `key` goes, and the value of its last COPY column:
-    /// straight into the table (with its import id) when loading an empty
-    /// one and the key is new in this file; else to the staging table (with
-    /// its sequence number in this import). A key hash seen before, even by
-    /// collision, takes the staged path, which is always right.
-    fn route<'a>(&mut self, b: &'a mut Routed, key: &[&str]) -> (&'a mut CopyText, i64) {
-        if b.direct {
-            let mut h = std::hash::DefaultHasher::new();
-            for k in key {
-                std::hash::Hash::hash(k, &mut h);
-            }
-            let seen = self
-                .direct
-                .get_mut(&b.stage)
-                .and_then(Option::as_mut)
-                .map(|set| !set.insert(std::hash::Hasher::finish(&h)))
-                .unwrap_or(true);
-            if !seen {
-                b.straight_rows += 1;
-                return (&mut b.straight, self.import_id);
-            }
+    /// Where a row goes, and the value of its last COPY column: straight
+    /// into the table (with its import id) when loading an empty one and
+    /// its key is new in this file; else to the staging table (with its
+    /// sequence number in this import). `repeat`: the key may have come
+    /// before in the file (a suspect's, which the staged path, always
+    /// right, takes).
+    fn route<'a>(&mut self, b: &'a mut Routed, repeat: bool) -> (&'a mut CopyText, i64) {
+        if b.direct && !repeat {
+            b.straight_rows += 1;
+            return (&mut b.straight, self.import_id);
         }
         b.staged_rows += 1;
         self.seq += 1;
         (&mut b.staged, self.seq)
+    }
+
+    /// A keyed batch's suspects: confirmed now against this import's rows
+    /// by key, before the batch replaces them; in an initial load (no key
+    /// yet) kept for [`PgImportTx::earlier_lines`].
+    async fn confirm(&mut self, stage: Stage, suspects: &[KeySuspect]) -> Result<()> {
+        if suspects.is_empty() {
+            return Ok(());
+        }
+        if self.direct(stage).await? {
+            self.deferred.extend_from_slice(suspects);
+            return Ok(());
+        }
+        let Some(sql) = stage.earlier_by_key() else {
+            return Ok(());
+        };
+        let ids: Vec<&str> = suspects.iter().map(|s| s.id_number.as_str()).collect();
+        let seconds: Vec<&str> = suspects.iter().map(|s| s.second.as_str()).collect();
+        let lines: Vec<i64> = suspects.iter().map(|s| s.line as i64).collect();
+        let found: Vec<(i64, i64)> = sqlx::query_as(sql)
+            .bind(&ids)
+            .bind(&seconds)
+            .bind(&lines)
+            .bind(self.import_id)
+            .fetch_all(&mut self.conn)
+            .await?;
+        self.repeats
+            .extend(found.into_iter().map(|(l, e)| (l as u64, e as u64)));
+        Ok(())
+    }
+
+    /// Once the file is read: the suspects confirmed (line, the latest
+    /// earlier line of this import with the key). An initial load's are
+    /// looked up here in one pass over its rows, straight in or staged.
+    pub async fn earlier_lines(&mut self) -> Result<Vec<(u64, u64)>> {
+        let mut out = std::mem::take(&mut self.repeats);
+        let deferred = std::mem::take(&mut self.deferred);
+        let stage = self
+            .direct
+            .iter()
+            .find_map(|(stage, direct)| direct.then_some(*stage));
+        if let (false, Some(stage)) = (deferred.is_empty(), stage) {
+            if let Some(sql) = stage.earlier_in_load() {
+                if !self.staged.contains(&stage) {
+                    sqlx::query(stage.create()).execute(&mut self.conn).await?;
+                    self.staged.push(stage);
+                }
+                let ids: Vec<&str> = deferred.iter().map(|s| s.id_number.as_str()).collect();
+                let seconds: Vec<&str> = deferred.iter().map(|s| s.second.as_str()).collect();
+                let lines: Vec<i64> = deferred.iter().map(|s| s.line as i64).collect();
+                let found: Vec<(i64, i64)> = sqlx::query_as(sql)
+                    .bind(&ids)
+                    .bind(&seconds)
+                    .bind(&lines)
+                    .bind(self.import_id)
+                    .fetch_all(&mut self.conn)
+                    .await?;
+                out.extend(found.into_iter().map(|(l, e)| (l as u64, e as u64)));
+            }
+        }
+        Ok(out)
     }
 
     async fn copy(&mut self, statement: &'static str, data: CopyText) -> Result<()> {
@@ -995,7 +1134,14 @@ impl PgImportTx {
     pub async fn upsert_permits(&mut self, rows: &[(PermitRow, ImportMark)]) -> Result<()> {
         let mut b = self.batch(Stage::Permits, rows.len(), 200).await?;
         for (p, mark) in rows {
-            let (c, tail) = self.route(&mut b, &[&p.permit_no]);
+            let repeat = self
+                .last_permit
+                .as_deref()
+                .is_some_and(|last| p.permit_no.as_str() <= last);
+            if b.direct && !repeat {
+                self.last_permit = Some(p.permit_no.clone());
+            }
+            let (c, tail) = self.route(&mut b, repeat);
             c.text(&p.permit_no)
                 .text(&p.id_number)
                 .text(&p.name)
@@ -1042,14 +1188,21 @@ impl PgImportTx {
         Ok(())
     }
 
-    pub async fn upsert_residence(&mut self, rows: &[ResidenceRow]) -> Result<()> {
+    pub async fn upsert_residence(
+        &mut self,
+        rows: &[ResidenceRow],
+        suspects: &[KeySuspect],
+    ) -> Result<()> {
+        self.confirm(Stage::Residence, suspects).await?;
+        let repeats = suspect_keys(suspects);
         let mut b = self.batch(Stage::Residence, rows.len(), 80).await?;
         let mut day = String::with_capacity(10);
-        for r in rows {
+        for r in in_key_order(rows, b.direct, |r| (&r.id_number, r.visited_on)) {
             day.clear();
             std::fmt::Write::write_fmt(&mut day, format_args!("{}", r.visited_on))
                 .map_err(|e| Error::Runtime(e.into()))?;
-            let (c, tail) = self.route(&mut b, &[&r.id_number, &day]);
+            let repeat = repeats.contains(&(r.id_number.as_str(), day.as_str()));
+            let (c, tail) = self.route(&mut b, repeat);
             c.text(&r.id_number)
                 .date(r.visited_on)
                 .text(&r.result)
@@ -1062,10 +1215,17 @@ impl PgImportTx {
         self.flush(b).await
     }
 
-    pub async fn upsert_social_insurance(&mut self, rows: &[SocialInsuranceRow]) -> Result<()> {
+    pub async fn upsert_social_insurance(
+        &mut self,
+        rows: &[SocialInsuranceRow],
+        suspects: &[KeySuspect],
+    ) -> Result<()> {
+        self.confirm(Stage::SocialInsurance, suspects).await?;
+        let repeats = suspect_keys(suspects);
         let mut b = self.batch(Stage::SocialInsurance, rows.len(), 80).await?;
-        for r in rows {
-            let (c, tail) = self.route(&mut b, &[&r.id_number, &r.month]);
+        for r in in_key_order(rows, b.direct, |r| (&r.id_number, &r.month)) {
+            let repeat = repeats.contains(&(r.id_number.as_str(), r.month.as_str()));
+            let (c, tail) = self.route(&mut b, repeat);
             c.text(&r.id_number)
                 .text(&r.month)
                 .text(&r.status)
@@ -1078,10 +1238,17 @@ impl PgImportTx {
         self.flush(b).await
     }
 
-    pub async fn upsert_civil_status(&mut self, rows: &[CivilStatusRow]) -> Result<()> {
+    pub async fn upsert_civil_status(
+        &mut self,
+        rows: &[CivilStatusRow],
+        suspects: &[KeySuspect],
+    ) -> Result<()> {
+        self.confirm(Stage::CivilStatus, suspects).await?;
+        let repeats = suspect_keys(suspects);
         let mut b = self.batch(Stage::CivilStatus, rows.len(), 40).await?;
-        for r in rows {
-            let (c, tail) = self.route(&mut b, &[&r.id_number]);
+        for r in in_key_order(rows, b.direct, |r| &r.id_number) {
+            let repeat = repeats.contains(&(r.id_number.as_str(), ""));
+            let (c, tail) = self.route(&mut b, repeat);
             c.text(&r.id_number)
                 .text(&r.marital_status)
                 .opt_date(r.as_of)
@@ -1103,8 +1270,8 @@ impl PgImportTx {
         .execute(&mut self.conn)
         .await?;
         // Initial loads: the key, then the repeated keys' latest rows.
-        for (stage, seen) in &self.direct {
-            if seen.is_some() {
+        for (stage, direct) in &self.direct {
+            if *direct {
                 sqlx::query(stage.add_key()).execute(&mut self.conn).await?;
                 if self.staged.contains(stage) {
                     sqlx::query(stage.upsert_latest())

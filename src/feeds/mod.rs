@@ -97,7 +97,6 @@ pub async fn import_file(
         return Ok(ImportOutcome::AlreadyImported(done));
     }
     let span = tracing::info_span!("import", feed = feed.name(), file = %shown);
-    let bounded = db.bounded_import_memory();
     let report = async {
         match feed {
             Feed::Permits => {
@@ -105,15 +104,15 @@ pub async fn import_file(
                 run_import(db, feed, path, &sha, opts, parser, PermitsWriter::default()).await
             }
             Feed::Residence => {
-                let parser = RowParser::keyed(parse::residence, bounded);
+                let parser = RowParser::keyed(parse::residence);
                 run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
             }
             Feed::SocialInsurance => {
-                let parser = RowParser::keyed(parse::social_insurance, bounded);
+                let parser = RowParser::keyed(parse::social_insurance);
                 run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
             }
             Feed::CivilStatus => {
-                let parser = RowParser::keyed(parse::civil_status, bounded);
+                let parser = RowParser::keyed(parse::civil_status);
                 run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
             }
         }
@@ -158,22 +157,17 @@ struct ReadyBatch<T> {
     suspects: Vec<KeySuspect>,
 }
 
-/// How the parser thread spots a key repeated in the file (R2).
-enum Seen {
-    /// Every key's hash and line so far: memory grows with the file
-    /// (PostgreSQL, whose keyed tables upsert anyway).
-    Exact(HashMap<u64, u64>),
-    /// A fixed-size Bloom filter: a key it may have seen in an earlier
-    /// batch is a suspect, confirmed exactly against the rows this import
-    /// wrote once the file is read (SQLite's append-only feed tables).
-    Bloom(Bloom),
-}
-
 /// The parser thread's share of R2 for keyed feeds: rejects, warnings, the
 /// later line with a key winning. It keeps the writer (the one thread that
 /// talks to the database, the bottleneck) free for writing.
+///
+/// A key repeated within a batch is found exactly (a map bounded by the
+/// batch); across batches, a fixed-size Bloom filter keeps the memory
+/// bounded whatever the file's size: a key it may have seen in an earlier
+/// batch makes its row a suspect, which the import confirms against the
+/// rows it wrote ([`ImportTx::earlier_lines`]).
 struct Settle<T> {
-    seen: Seen,
+    seen: Bloom,
     _row: std::marker::PhantomData<T>,
 }
 
@@ -189,8 +183,8 @@ impl<T: Keyed> Settle<T> {
         };
         // First pass, borrowing the rows: the earlier line of each accepted
         // row's key (exact within the batch, bounded by its size; the Bloom
-        // filter or the exact map across batches) and the last row of each
-        // key, which is the one written (R2: the later line wins).
+        // filter across batches) and the last row of each key, which is the
+        // one written (R2: the later line wins).
         let mut earlier: Vec<Option<u64>> = vec![None; items.len()];
         let mut keep = vec![false; items.len()];
         {
@@ -201,14 +195,13 @@ impl<T: Keyed> Settle<T> {
                 let key = p.row.key_ref();
                 let hash = pair_hash(key);
                 let before = in_batch.insert(key, i);
-                earlier[i] = match (&mut self.seen, before) {
-                    (Seen::Exact(map), _) => map.insert(hash, item.line),
-                    (Seen::Bloom(bloom), Some(j)) => {
-                        bloom.insert(hash);
+                earlier[i] = match before {
+                    Some(j) => {
+                        self.seen.insert(hash);
                         Some(items[j].line)
                     }
-                    (Seen::Bloom(bloom), None) => {
-                        if bloom.insert(hash) {
+                    None => {
+                        if self.seen.insert(hash) {
                             let (id_number, second) = p.row.key_parts();
                             out.suspects.push(KeySuspect {
                                 id_number: id_number.to_string(),
@@ -242,12 +235,6 @@ impl<T: Keyed> Settle<T> {
                     }
                 }
             }
-        }
-        if matches!(self.seen, Seen::Exact(_)) {
-            // Key order: neighbouring upserts land on the same B-tree pages.
-            // Append-only tables take the rows in line order instead (R2:
-            // the highest seq per key is the later line).
-            out.rows.sort_by_cached_key(|r| r.key());
         }
         out
     }
@@ -313,17 +300,13 @@ struct RowParser<T> {
 
 impl<T: Keyed> RowParser<T> {
     /// A feed whose rows replace by key and are settled on the parser
-    /// thread; `bounded`: spot repeated keys with a Bloom filter sized by
-    /// the file (sized in [`parse_file`]) rather than an exact map.
-    fn keyed(parse: ParseFn<T>, bounded: bool) -> Self {
+    /// thread, spotting repeated keys with a Bloom filter sized by the file
+    /// (in [`parse_file`]).
+    fn keyed(parse: ParseFn<T>) -> Self {
         RowParser {
             parse,
             settle: Some(Settle {
-                seen: if bounded {
-                    Seen::Bloom(Bloom { blocks: Vec::new() })
-                } else {
-                    Seen::Exact(HashMap::new())
-                },
+                seen: Bloom { blocks: Vec::new() },
                 _row: std::marker::PhantomData,
             }),
         }
@@ -357,10 +340,8 @@ fn parse_file<T: Keyed + Send + 'static>(
         }
         let msg = match settle {
             Some(s) => {
-                if let Seen::Bloom(b) = &mut s.seen {
-                    if b.blocks.is_empty() {
-                        *b = Bloom::for_file(len, bytes, batch.len() as u64);
-                    }
+                if s.seen.blocks.is_empty() {
+                    s.seen = Bloom::for_file(len, bytes, batch.len() as u64);
                 }
                 Msg::Ready(s.settle(batch))
             }
@@ -595,11 +576,13 @@ trait BatchWriter<T> {
         recycle: &Recycle,
     ) -> Result<()>;
 
-    /// Writes rows already settled on the parser thread.
+    /// Writes rows already settled on the parser thread, with the rows of
+    /// the batch whose key may have come in an earlier one.
     async fn write_ready(
         &mut self,
         tx: &mut ImportTx,
         rows: Vec<T>,
+        suspects: Vec<KeySuspect>,
         recycle: &Recycle,
     ) -> Result<()>;
 
@@ -666,7 +649,6 @@ where
         header: Vec::new(),
     };
     let mut refused = None;
-    let mut suspects: Vec<KeySuspect> = Vec::new();
     while let Some(msg) = receiver.recv().await {
         match msg {
             Msg::Header(h) => tally.header = h,
@@ -684,7 +666,6 @@ where
             Msg::Ready(batch) => {
                 tally.counts.rows_read += batch.read;
                 tally.counts.rows_imported += batch.accepted;
-                suspects.extend(batch.suspects);
                 let mut step = || -> Result<()> {
                     for (line, reason, raw) in &batch.rejects {
                         tally.reject(*line, &reason.to_string(), raw)?;
@@ -695,7 +676,11 @@ where
                     Ok(())
                 };
                 let result = match step() {
-                    Ok(()) => writer.write_ready(&mut tx, batch.rows, &recycle).await,
+                    Ok(()) => {
+                        writer
+                            .write_ready(&mut tx, batch.rows, batch.suspects, &recycle)
+                            .await
+                    }
                     Err(e) => Err(e),
                 };
                 crate::faults::point("import.batch_written");
@@ -746,12 +731,10 @@ where
     }
     // R2: a suspect's key came earlier in the file if a row this import
     // wrote before it has the key (Bloom filter hits are only candidates).
-    if !suspects.is_empty() {
-        let mut repeated = tx.earlier_lines(&suspects).await?;
-        repeated.sort_unstable();
-        for (line, earlier) in repeated {
-            tally.warn(line, &same_key_warning(earlier));
-        }
+    let mut repeated = tx.earlier_lines().await?;
+    repeated.sort_unstable();
+    for (line, earlier) in repeated {
+        tally.warn(line, &same_key_warning(earlier));
     }
     let import_id = tx.import_id();
     tx.commit(c).await?;
@@ -769,7 +752,6 @@ where
 
 /// The key a row replaces by (R2).
 trait Keyed {
-    fn key(&self) -> String;
     /// The key without allocating: `id_number` (or `permit_no`) and the
     /// second part as a number that equals another row's exactly when the
     /// parts do (a date's day number, a month's packed bytes, or 0).
@@ -780,9 +762,6 @@ trait Keyed {
 }
 
 impl Keyed for crate::db::ResidenceRow {
-    fn key(&self) -> String {
-        format!("{}|{}", self.id_number, self.visited_on)
-    }
     fn key_ref(&self) -> (&str, u64) {
         (
             &self.id_number,
@@ -798,9 +777,6 @@ impl Keyed for crate::db::ResidenceRow {
 }
 
 impl Keyed for crate::db::SocialInsuranceRow {
-    fn key(&self) -> String {
-        format!("{}|{}", self.id_number, self.month)
-    }
     fn key_ref(&self) -> (&str, u64) {
         (&self.id_number, pack_month(&self.month))
     }
@@ -813,9 +789,6 @@ impl Keyed for crate::db::SocialInsuranceRow {
 }
 
 impl Keyed for crate::db::CivilStatusRow {
-    fn key(&self) -> String {
-        self.id_number.clone()
-    }
     fn key_ref(&self) -> (&str, u64) {
         (&self.id_number, 0)
     }
@@ -830,9 +803,6 @@ impl Keyed for crate::db::CivilStatusRow {
 /// Permit rows are decided against the register by [`PermitsWriter`], not
 /// settled on the parser thread; the key is for its Bloom filter.
 impl Keyed for (PermitRow, Option<PermitStatus>) {
-    fn key(&self) -> String {
-        self.0.permit_no.clone()
-    }
     fn key_ref(&self) -> (&str, u64) {
         (&self.0.permit_no, 0)
     }
@@ -857,24 +827,24 @@ fn pack_month(month: &str) -> u64 {
 
 /// Rows that insert or replace by key.
 trait Upsert: Sized {
-    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()>;
+    async fn upsert(tx: &mut ImportTx, rows: &[Self], suspects: &[KeySuspect]) -> Result<()>;
 }
 
 impl Upsert for crate::db::ResidenceRow {
-    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()> {
-        tx.upsert_residence(rows).await
+    async fn upsert(tx: &mut ImportTx, rows: &[Self], suspects: &[KeySuspect]) -> Result<()> {
+        tx.upsert_residence(rows, suspects).await
     }
 }
 
 impl Upsert for crate::db::SocialInsuranceRow {
-    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()> {
-        tx.upsert_social_insurance(rows).await
+    async fn upsert(tx: &mut ImportTx, rows: &[Self], suspects: &[KeySuspect]) -> Result<()> {
+        tx.upsert_social_insurance(rows, suspects).await
     }
 }
 
 impl Upsert for crate::db::CivilStatusRow {
-    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()> {
-        tx.upsert_civil_status(rows).await
+    async fn upsert(tx: &mut ImportTx, rows: &[Self], suspects: &[KeySuspect]) -> Result<()> {
+        tx.upsert_civil_status(rows, suspects).await
     }
 }
 
@@ -909,9 +879,10 @@ impl<T: Keyed + Upsert + Send + 'static> BatchWriter<T> for KeyedWriter<T> {
         &mut self,
         tx: &mut ImportTx,
         rows: Vec<T>,
+        suspects: Vec<KeySuspect>,
         recycle: &Recycle,
     ) -> Result<()> {
-        let written = T::upsert(tx, &rows).await;
+        let written = T::upsert(tx, &rows, &suspects).await;
         recycle.give(rows);
         written
     }
@@ -1259,6 +1230,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         &mut self,
         _: &mut ImportTx,
         _: Vec<(PermitRow, Option<PermitStatus>)>,
+        _: Vec<KeySuspect>,
         _: &Recycle,
     ) -> Result<()> {
         Err(Error::Runtime(anyhow::anyhow!(
@@ -1503,9 +1475,9 @@ mod tests {
                 for b in rows {
                     assert_eq!(
                         a.key_ref() == b.key_ref(),
-                        a.key() == b.key(),
-                        "{}",
-                        a.key()
+                        a.key_parts() == b.key_parts(),
+                        "{:?}",
+                        a.key_parts()
                     );
                 }
             }
@@ -1538,16 +1510,10 @@ pub mod fuzzing {
 
     /// Reads `path` as a file of `feed` the way an import does (decoding,
     /// CSV framing, line numbers, header mapping, row parsing, R2 settling
-    /// with the Bloom filter or the exact map), in batches of `batch_rows`,
+    /// with the Bloom filter), in batches of `batch_rows`,
     /// and checks what comes out: lines only grow, every record read is
     /// one accepted row, one reject or part of a refusal.
-    pub fn read_file(
-        feed: Feed,
-        encoding: Encoding,
-        bounded: bool,
-        batch_rows: usize,
-        path: &Path,
-    ) {
+    pub fn read_file(feed: Feed, encoding: Encoding, batch_rows: usize, path: &Path) {
         let opts = ImportOptions {
             encoding,
             rejects: None,
@@ -1560,24 +1526,11 @@ pub mod fuzzing {
         };
         match feed {
             Feed::Permits => run(feed, path, opts, RowParser::unsettled(parse::permit)),
-            Feed::Residence => run(
-                feed,
-                path,
-                opts,
-                RowParser::keyed(parse::residence, bounded),
-            ),
-            Feed::SocialInsurance => run(
-                feed,
-                path,
-                opts,
-                RowParser::keyed(parse::social_insurance, bounded),
-            ),
-            Feed::CivilStatus => run(
-                feed,
-                path,
-                opts,
-                RowParser::keyed(parse::civil_status, bounded),
-            ),
+            Feed::Residence => run(feed, path, opts, RowParser::keyed(parse::residence)),
+            Feed::SocialInsurance => {
+                run(feed, path, opts, RowParser::keyed(parse::social_insurance))
+            }
+            Feed::CivilStatus => run(feed, path, opts, RowParser::keyed(parse::civil_status)),
         }
     }
 

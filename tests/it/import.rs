@@ -526,3 +526,50 @@ dbtest!(
         assert_eq!(permit_state(&env, "A0").1, "2027-03-01");
     }
 );
+
+dbtest!(
+    a_key_repeated_in_a_later_batch_is_warned_with_the_latest_earlier_line_of_this_file_r2,
+    |mut env| {
+        // Two-row batches: each repeat below is in a later batch than the
+        // line it repeats, so the import's Bloom filter suspects it and the
+        // rows written confirm it. Twice: into an empty table (on
+        // PostgreSQL the initial load, confirmed once the file is read) and
+        // into the same keys loaded (confirmed by key before each batch),
+        // where only this file's rows count as earlier.
+        env.set("AUTOSIGN_IMPORT__BATCH_ROWS", "2");
+        let (a, b, c, d) = (
+            id("19850315", 1),
+            id("19850315", 2),
+            id("19850315", 3),
+            id("19850315", 4),
+        );
+        for (name, last) in [("r1.csv", "consistent"), ("r2.csv", "changed")] {
+            // Lines 2-3, 4-5, 6-7: a repeats at 5 (of 2) and at 7 (of 5).
+            let f = env.write(
+                name,
+                format!(
+                    "id_number,visited_on,result\n{a},2026-11-01,consistent\n\
+                     {b},2026-11-01,consistent\n{c},2026-11-01,consistent\n\
+                     {a},2026-11-01,changed\n{d},2026-11-01,consistent\n{a},2026-11-01,{last}\n"
+                ),
+            );
+            let o = env.cmd(&["import", "residence", &f.display().to_string()]);
+            assert_eq!(o.code, 0, "{o:?}");
+            assert!(o.stdout.contains("2 warnings"), "{}", o.stdout);
+            let warned: Vec<&str> = o
+                .stderr
+                .lines()
+                .filter(|l| l.contains("same key as line"))
+                .collect();
+            assert_eq!(warned.len(), 2, "{}", o.stderr);
+            assert!(
+                warned[0].contains("line=5") && warned[0].contains("same key as line 2"),
+                "{warned:?}"
+            );
+            assert!(
+                warned[1].contains("line=7") && warned[1].contains("same key as line 5"),
+                "{warned:?}"
+            );
+        }
+    }
+);

@@ -838,7 +838,12 @@ impl SqliteImportTx {
 
     /// Feed rows are appended in the order given (line order: R2's later
     /// row is the one with the higher seq), with no key to maintain.
-    pub async fn upsert_residence(&mut self, rows: &[ResidenceRow]) -> Result<()> {
+    pub async fn upsert_residence(
+        &mut self,
+        rows: &[ResidenceRow],
+        suspects: &[KeySuspect],
+    ) -> Result<()> {
+        self.suspects.extend_from_slice(suspects);
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
@@ -861,7 +866,12 @@ impl SqliteImportTx {
         .await
     }
 
-    pub async fn upsert_social_insurance(&mut self, rows: &[SocialInsuranceRow]) -> Result<()> {
+    pub async fn upsert_social_insurance(
+        &mut self,
+        rows: &[SocialInsuranceRow],
+        suspects: &[KeySuspect],
+    ) -> Result<()> {
+        self.suspects.extend_from_slice(suspects);
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
@@ -884,7 +894,12 @@ impl SqliteImportTx {
         .await
     }
 
-    pub async fn upsert_civil_status(&mut self, rows: &[CivilStatusRow]) -> Result<()> {
+    pub async fn upsert_civil_status(
+        &mut self,
+        rows: &[CivilStatusRow],
+        suspects: &[KeySuspect],
+    ) -> Result<()> {
+        self.suspects.extend_from_slice(suspects);
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
             let mut stmt = c.prepare(
@@ -907,14 +922,15 @@ impl SqliteImportTx {
 
     /// One sequential pass over this import's rows (those after
     /// `first_seq`), keeping the lines of the suspects' keys only.
-    pub async fn earlier_lines(&mut self, suspects: &[KeySuspect]) -> Result<Vec<(u64, u64)>> {
-        let Some(table) = self.feed_table else {
+    pub async fn earlier_lines(&mut self) -> Result<Vec<(u64, u64)>> {
+        let suspects = std::mem::take(&mut self.suspects);
+        let Some(table) = self.feed_table.filter(|_| !suspects.is_empty()) else {
             return Ok(Vec::new());
         };
         // Per suspect id_number: its distinct second key parts and the
         // lines of this import's rows with that key.
         let mut by_id: HashMap<&str, Vec<(&str, Vec<u64>)>> = HashMap::new();
-        for s in suspects {
+        for s in &suspects {
             let keys = by_id.entry(s.id_number.as_str()).or_default();
             if !keys.iter().any(|(second, _)| *second == s.second) {
                 keys.push((s.second.as_str(), Vec::new()));

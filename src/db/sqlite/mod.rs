@@ -156,6 +156,7 @@ impl SqliteDb {
             import_id,
             feed_table,
             first_seq,
+            suspects: Vec::new(),
         })
     }
 
@@ -269,6 +270,8 @@ pub struct SqliteImportTx {
     /// The feed table this import appends to, and its highest seq before.
     feed_table: Option<FeedTable>,
     first_seq: i64,
+    /// The batches' suspects, confirmed once the file is read.
+    suspects: Vec<KeySuspect>,
 }
 
 impl SqliteImportTx {
