@@ -177,6 +177,8 @@ impl PgDb {
             last_permit: None,
             deferred: Vec::new(),
             repeats: Vec::new(),
+            keys_built: false,
+            held_back: CopyText::with_capacity(0),
             seq: 0,
         })
     }
@@ -775,32 +777,51 @@ impl Stage {
         }
     }
 
-    /// As [`Stage::earlier_by_key`], once an initial load is read: its
-    /// rows are straight in the table (no key yet: one pass, joined by
-    /// hash with the few suspects) or staged.
+    /// As [`Stage::earlier_by_key`], once an initial load is read and its
+    /// key built: the latest earlier row with each suspect's key among the
+    /// rows that went straight in (by the key) and the staged ones (few:
+    /// the suspects' own).
     fn earlier_in_load(self) -> Option<&'static str> {
         match self {
             Stage::Permits => None,
             Stage::Residence => Some(
-                "SELECT s.line, max(e.line) FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                 JOIN (SELECT id_number, visited_on, line FROM residence WHERE import_id = $4
-                       UNION ALL SELECT id_number, visited_on, line FROM stage_residence) e
-                   ON e.id_number = s.id_number AND e.visited_on = s.second::date AND e.line < s.line
-                 GROUP BY s.line",
+                "SELECT line, max(earlier) FROM (
+                   SELECT s.line, t.line AS earlier
+                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                     JOIN residence t ON t.id_number = s.id_number AND t.visited_on = s.second::date
+                    WHERE t.import_id = $4 AND t.line < s.line
+                   UNION ALL
+                   SELECT s.line, g.line
+                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                     JOIN stage_residence g ON g.id_number = s.id_number AND g.visited_on = s.second::date
+                    WHERE g.line < s.line) AS x
+                 GROUP BY line",
             ),
             Stage::SocialInsurance => Some(
-                "SELECT s.line, max(e.line) FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                 JOIN (SELECT id_number, month, line FROM social_insurance WHERE import_id = $4
-                       UNION ALL SELECT id_number, month, line FROM stage_social_insurance) e
-                   ON e.id_number = s.id_number AND e.month = s.second AND e.line < s.line
-                 GROUP BY s.line",
+                "SELECT line, max(earlier) FROM (
+                   SELECT s.line, t.line AS earlier
+                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                     JOIN social_insurance t ON t.id_number = s.id_number AND t.month = s.second
+                    WHERE t.import_id = $4 AND t.line < s.line
+                   UNION ALL
+                   SELECT s.line, g.line
+                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                     JOIN stage_social_insurance g ON g.id_number = s.id_number AND g.month = s.second
+                    WHERE g.line < s.line) AS x
+                 GROUP BY line",
             ),
             Stage::CivilStatus => Some(
-                "SELECT s.line, max(e.line) FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                 JOIN (SELECT id_number, line FROM civil_status WHERE import_id = $4
-                       UNION ALL SELECT id_number, line FROM stage_civil_status) e
-                   ON e.id_number = s.id_number AND e.line < s.line
-                 GROUP BY s.line",
+                "SELECT line, max(earlier) FROM (
+                   SELECT s.line, t.line AS earlier
+                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                     JOIN civil_status t ON t.id_number = s.id_number
+                    WHERE t.import_id = $4 AND t.line < s.line
+                   UNION ALL
+                   SELECT s.line, g.line
+                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
+                     JOIN stage_civil_status g ON g.id_number = s.id_number
+                    WHERE g.line < s.line) AS x
+                 GROUP BY line",
             ),
         }
     }
@@ -904,6 +925,11 @@ pub struct PgImportTx {
     deferred: Vec<KeySuspect>,
     /// Suspects confirmed as their batch came: (line, earlier line).
     repeats: Vec<(u64, u64)>,
+    /// An initial load's key is built again (no row goes straight in any
+    /// more).
+    keys_built: bool,
+    /// An initial load's staged rows, COPYed once the file is read.
+    held_back: CopyText,
     /// Rows staged so far (their order, for the later line to win).
     seq: i64,
 }
@@ -1060,9 +1086,37 @@ impl PgImportTx {
         Ok(())
     }
 
+    /// Once an initial load's file is read: builds the key it dropped (the
+    /// rows that went straight in have one row per key) and stages the rows
+    /// held back, in one COPY.
+    async fn build_keys(&mut self) -> Result<()> {
+        if self.keys_built {
+            return Ok(());
+        }
+        self.keys_built = true;
+        let stages: Vec<Stage> = self
+            .direct
+            .iter()
+            .filter_map(|(stage, direct)| direct.then_some(*stage))
+            .collect();
+        for stage in stages {
+            sqlx::query(stage.add_key()).execute(&mut self.conn).await?;
+            let held_back = std::mem::replace(&mut self.held_back, CopyText::with_capacity(0));
+            if !held_back.buf.is_empty() {
+                if !self.staged.contains(&stage) {
+                    sqlx::query(stage.create()).execute(&mut self.conn).await?;
+                    self.staged.push(stage);
+                }
+                self.copy(stage.copy(), held_back).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Once the file is read: the suspects confirmed (line, the latest
     /// earlier line of this import with the key). An initial load's are
-    /// looked up here in one pass over its rows, straight in or staged.
+    /// looked up here, by the key (built now rather than at commit) among
+    /// the rows straight in, and among the staged ones.
     pub async fn earlier_lines(&mut self) -> Result<Vec<(u64, u64)>> {
         let mut out = std::mem::take(&mut self.repeats);
         let deferred = std::mem::take(&mut self.deferred);
@@ -1076,6 +1130,7 @@ impl PgImportTx {
                     sqlx::query(stage.create()).execute(&mut self.conn).await?;
                     self.staged.push(stage);
                 }
+                self.build_keys().await?;
                 let ids: Vec<&str> = deferred.iter().map(|s| s.id_number.as_str()).collect();
                 let seconds: Vec<&str> = deferred.iter().map(|s| s.second.as_str()).collect();
                 let lines: Vec<i64> = deferred.iter().map(|s| s.line as i64).collect();
@@ -1110,22 +1165,25 @@ impl PgImportTx {
         if b.straight_rows > 0 {
             self.copy(stage.copy_direct(), b.straight).await?;
         }
-        if b.staged_rows > 0 {
+        if b.staged_rows > 0 && b.direct {
+            // An initial load's staged rows (its suspects') are needed only
+            // once the file is read: one COPY then, not a small one a batch
+            // (measured at 1M permits: 68 of them took 2.9 s).
+            self.held_back.buf.extend_from_slice(&b.staged.buf);
+        } else if b.staged_rows > 0 {
             if !self.staged.contains(&stage) {
                 sqlx::query(stage.create()).execute(&mut self.conn).await?;
                 self.staged.push(stage);
-            } else if !b.direct {
+            } else {
                 sqlx::query(stage.truncate())
                     .execute(&mut self.conn)
                     .await?;
             }
             self.copy(stage.copy(), b.staged).await?;
-            if !b.direct {
-                sqlx::query(stage.upsert())
-                    .bind(self.import_id)
-                    .execute(&mut self.conn)
-                    .await?;
-            }
+            sqlx::query(stage.upsert())
+                .bind(self.import_id)
+                .execute(&mut self.conn)
+                .await?;
         }
         *self.upserted.entry(stage).or_insert(0) += b.straight_rows + b.staged_rows;
         Ok(())
@@ -1270,9 +1328,9 @@ impl PgImportTx {
         .execute(&mut self.conn)
         .await?;
         // Initial loads: the key, then the repeated keys' latest rows.
+        self.build_keys().await?;
         for (stage, direct) in &self.direct {
             if *direct {
-                sqlx::query(stage.add_key()).execute(&mut self.conn).await?;
                 if self.staged.contains(stage) {
                     sqlx::query(stage.upsert_latest())
                         .bind(self.import_id)
