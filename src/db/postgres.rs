@@ -1330,13 +1330,11 @@ impl PgImportTx {
         // Initial loads: the key, then the repeated keys' latest rows.
         self.build_keys().await?;
         for (stage, direct) in &self.direct {
-            if *direct {
-                if self.staged.contains(stage) {
-                    sqlx::query(stage.upsert_latest())
-                        .bind(self.import_id)
-                        .execute(&mut self.conn)
-                        .await?;
-                }
+            if *direct && self.staged.contains(stage) {
+                sqlx::query(stage.upsert_latest())
+                    .bind(self.import_id)
+                    .execute(&mut self.conn)
+                    .await?;
             }
         }
         // ANALYZE inside the transaction samples its own new rows too.
