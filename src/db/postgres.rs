@@ -1071,6 +1071,19 @@ impl PgImportTx {
         let Some(sql) = stage.earlier_by_key() else {
             return Ok(());
         };
+        let found = self.earlier_rows(sql, suspects).await?;
+        self.repeats.extend(found);
+        Ok(())
+    }
+
+    /// Runs a [`Stage::earlier_by_key`] or [`Stage::earlier_in_load`]
+    /// statement for these suspects: (line, earlier line) for those whose
+    /// key came before in this import.
+    async fn earlier_rows(
+        &mut self,
+        sql: &'static str,
+        suspects: &[KeySuspect],
+    ) -> Result<Vec<(u64, u64)>> {
         let ids: Vec<&str> = suspects.iter().map(|s| s.id_number.as_str()).collect();
         let seconds: Vec<&str> = suspects.iter().map(|s| s.second.as_str()).collect();
         let lines: Vec<i64> = suspects.iter().map(|s| s.line as i64).collect();
@@ -1081,9 +1094,10 @@ impl PgImportTx {
             .bind(self.import_id)
             .fetch_all(&mut self.conn)
             .await?;
-        self.repeats
-            .extend(found.into_iter().map(|(l, e)| (l as u64, e as u64)));
-        Ok(())
+        Ok(found
+            .into_iter()
+            .map(|(line, earlier)| (line as u64, earlier as u64))
+            .collect())
     }
 
     /// Once an initial load's file is read: builds the key it dropped (the
@@ -1131,17 +1145,7 @@ impl PgImportTx {
                     self.staged.push(stage);
                 }
                 self.build_keys().await?;
-                let ids: Vec<&str> = deferred.iter().map(|s| s.id_number.as_str()).collect();
-                let seconds: Vec<&str> = deferred.iter().map(|s| s.second.as_str()).collect();
-                let lines: Vec<i64> = deferred.iter().map(|s| s.line as i64).collect();
-                let found: Vec<(i64, i64)> = sqlx::query_as(sql)
-                    .bind(&ids)
-                    .bind(&seconds)
-                    .bind(&lines)
-                    .bind(self.import_id)
-                    .fetch_all(&mut self.conn)
-                    .await?;
-                out.extend(found.into_iter().map(|(l, e)| (l as u64, e as u64)));
+                out.extend(self.earlier_rows(sql, &deferred).await?);
             }
         }
         Ok(out)
@@ -1554,7 +1558,7 @@ impl PgRunTx {
         let ev = &batch.events;
         let permit_nos: Vec<&str> = ev.iter().map(|e| e.permit_no.as_str()).collect();
         let id_numbers: Vec<&str> = ev.iter().map(|e| e.id_number.as_str()).collect();
-        let kinds: Vec<&str> = ev.iter().map(|e| e.kind).collect();
+        let kinds: Vec<&str> = ev.iter().map(|e| e.kind.code()).collect();
         let reasons: Vec<&str> = ev.iter().map(|e| e.reasons.as_str()).collect();
         let valid_until: Vec<NaiveDate> = ev.iter().map(|e| e.valid_until).collect();
         let new_valid_until: Vec<Option<NaiveDate>> =
@@ -1568,7 +1572,10 @@ impl PgRunTx {
         let si_employer: Vec<Option<&str>> =
             ev.iter().map(|e| e.si_employer_uscc.as_deref()).collect();
         let marital: Vec<Option<&str>> = ev.iter().map(|e| e.marital_status.as_deref()).collect();
-        let prior: Vec<Option<&str>> = ev.iter().map(|e| e.prior_status).collect();
+        let prior: Vec<Option<&str>> = ev
+            .iter()
+            .map(|e| e.prior_status.map(|s| s.code()))
+            .collect();
         let channels: Vec<&str> = ev.iter().map(|e| e.notice.channel).collect();
         let recipients: Vec<&str> = ev.iter().map(|e| e.notice.recipient.as_str()).collect();
         let messages: Vec<&str> = ev.iter().map(|e| e.notice.message.as_str()).collect();

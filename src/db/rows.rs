@@ -318,7 +318,7 @@ pub trait EvidenceSink: Send {
 pub struct NewEvent {
     pub permit_no: String,
     pub id_number: String,
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub reasons: String,
     pub valid_until: NaiveDate,
     pub new_valid_until: Option<NaiveDate>,
@@ -330,7 +330,7 @@ pub struct NewEvent {
     pub marital_status: Option<String>,
     /// CANCELLED: the permit's status before this step (active or
     /// suspended, R3/C1), kept so that `autosign revert` can restore it.
-    pub prior_status: Option<&'static str>,
+    pub prior_status: Option<PermitStatus>,
     /// The permit change this event carries out (R3, R7).
     pub effect: Effect,
     pub notice: NewNotice,

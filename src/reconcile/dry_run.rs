@@ -182,7 +182,7 @@ async fn plan_and_make(
         for e in &events {
             let channel = if ctx.held { "" } else { e.notice.channel };
             *written
-                .entry((e.kind, e.reasons.clone(), channel))
+                .entry((e.kind.code(), e.reasons.clone(), channel))
                 .or_default() += 1;
             if let Some(w) = &mut audit {
                 let cells = audit_row(ctx, e, &decided_at).to_cells();

@@ -305,13 +305,13 @@ fn event(
     // permit (C1), and only the event can say which it was (C13: a permit
     // imported suspended has no SUSPENDED event).
     let prior_status = match kind {
-        EventKind::Cancelled => Some(permit.status.code()),
+        EventKind::Cancelled => Some(permit.status),
         _ => None,
     };
     NewEvent {
         permit_no: permit.permit_no,
         id_number: permit.id_number,
-        kind: kind.code(),
+        kind,
         reasons: reasons
             .iter()
             .map(|r| r.code())
@@ -339,7 +339,9 @@ impl Ctx<'_> {
         let mut tally: BTreeMap<(&'static str, &str, &'static str), i64> = BTreeMap::new();
         for e in &events {
             let channel = if self.held { "" } else { e.notice.channel };
-            *tally.entry((e.kind, &e.reasons, channel)).or_default() += 1;
+            *tally
+                .entry((e.kind.code(), &e.reasons, channel))
+                .or_default() += 1;
         }
         let tally: Vec<_> = tally
             .into_iter()
