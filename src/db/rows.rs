@@ -1,5 +1,10 @@
 //! Plain row types exchanged with the database layer. Values here have been
 //! parsed at the edge already; codes are the English codes of R1 and R5–R8.
+//! The register's statuses and the event kinds travel as domain types and
+//! are read back from their stored codes exactly (`TryFrom<String>`); a row
+//! type read by a shared statement maps once for both backends
+//! (`sqlx::FromRow`, by column name). The exports' rows stay text: they are
+//! what the files say.
 
 use chrono::NaiveDate;
 

@@ -559,8 +559,8 @@ struct DueEntry {
     permit_no: Box<str>,
     /// [`id_key`] of the holder's ID number.
     id: u64,
-    /// The ID number itself, only where evidence is looked up by key
-    /// (PostgreSQL): SQLite's scans match on `id`.
+    /// The ID number itself, for the holders `RunTx::feed_evidence` is
+    /// given (a backend may look them up by key, or scan and match `id`).
     id_number: Box<str>,
     valid_until: NaiveDate,
     si_status: SiStatus,
