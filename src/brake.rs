@@ -412,8 +412,8 @@ fn restore_of(e: &crate::db::RevertEvent) -> Result<Option<Restore>> {
             left_valid_until: e.valid_until,
             left_status: cancelled,
             valid_until: e.valid_until,
-            status: match e.prior_status.as_deref().map(PermitStatus::parse) {
-                Some(Ok(PermitStatus::Suspended)) => suspended,
+            status: match e.prior_status {
+                Some(PermitStatus::Suspended) => suspended,
                 _ => active,
             },
         }),
@@ -713,7 +713,7 @@ mod tests {
             kind: EventKind::from_code(kind).expect("a kind"),
             valid_until: d("2026-11-10"),
             new_valid_until: new.map(d),
-            prior_status: prior.map(String::from),
+            prior_status: prior.map(|p| PermitStatus::from_code(p).expect("a status")),
         };
         let r = |lv: &str, ls, v: &str, st| {
             Some(Restore {

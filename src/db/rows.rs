@@ -200,11 +200,10 @@ pub struct LifecycleCounts {
 
 /// An event in effect of a completed run (applied by the run, or by a
 /// release), as `autosign revert` reads it back.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct RevertEvent {
     pub event_id: i64,
     pub permit_no: String,
-    #[sqlx(try_from = "String")]
     pub kind: EventKind,
     pub valid_until: NaiveDate,
     pub new_valid_until: Option<NaiveDate>,
@@ -212,7 +211,7 @@ pub struct RevertEvent {
     /// recorded it; for an event written before it was recorded,
     /// `suspended` when a SUSPENDED event of another run is in the trail
     /// for the same cycle, else `active`. `None` for other kinds.
-    pub prior_status: Option<String>,
+    pub prior_status: Option<PermitStatus>,
 }
 
 /// What `autosign revert` does with one event.

@@ -12,7 +12,8 @@ use chrono::NaiveDate;
 
 use super::rows::*;
 use super::{on_pool, spelled, Db};
-use crate::error::Result;
+use crate::domain::{EventKind, PermitStatus};
+use crate::error::{Error, Result};
 
 /// A [`RunRecord`]'s columns.
 macro_rules! run_columns {
@@ -68,6 +69,19 @@ macro_rules! revert_events {
             ") ORDER BY e.event_id"
         )
     };
+}
+
+/// A row of the `revert_events!` statement: a [`RevertEvent`] with its prior status
+/// as stored (an optional code, read as one after).
+#[derive(sqlx::FromRow)]
+struct RevertRow {
+    event_id: i64,
+    permit_no: String,
+    #[sqlx(try_from = "String")]
+    kind: EventKind,
+    valid_until: NaiveDate,
+    new_valid_until: Option<NaiveDate>,
+    prior_status: Option<String>,
 }
 
 /// A run's events and their notices, counted by kind, reasons and channel.
@@ -200,11 +214,28 @@ impl Db {
     /// were written.
     pub async fn revert_events(&self, run: &RunRecord) -> Result<Vec<RevertEvent>> {
         let sql = self.spelling(spelled!(revert_events));
-        Ok(on_pool!(self, |pool| sqlx::query_as(sql)
+        let rows: Vec<RevertRow> = on_pool!(self, |pool| sqlx::query_as(sql)
             .bind(run.as_of)
             .bind(run.run_id)
             .fetch_all(pool)
-            .await?))
+            .await?);
+        rows.into_iter()
+            .map(|r| {
+                let prior_status = r
+                    .prior_status
+                    .map(PermitStatus::try_from)
+                    .transpose()
+                    .map_err(|e| Error::Runtime(anyhow::anyhow!(e)))?;
+                Ok(RevertEvent {
+                    event_id: r.event_id,
+                    permit_no: r.permit_no,
+                    kind: r.kind,
+                    valid_until: r.valid_until,
+                    new_valid_until: r.new_valid_until,
+                    prior_status,
+                })
+            })
+            .collect()
     }
 
     pub async fn run_counts(&self, run_id: i64) -> Result<Vec<RunCount>> {
