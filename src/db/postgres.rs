@@ -41,7 +41,7 @@ use sqlx::{ConnectOptions, Connection, FromRow, PgPool, Row};
 use super::outbox::NOTIFICATION_SELECT_RANGE;
 use super::register::permit_columns;
 use super::rows::*;
-use super::runs::{run_columns, AUDIT_SELECT_RANGE};
+use super::runs::{run_columns, AUDIT_SELECT_RANGE, REVERT_MARK, SENT_NOTICES, WITHDRAW_NOTICES};
 use super::JobLock;
 use crate::domain::{CycleDecision, PermitStatus};
 use crate::error::{Error, Result};
@@ -387,38 +387,31 @@ impl PgDb {
         let run_id = run.run_id;
         let mut conn = self.detached().await?;
         let mut tx = conn.begin().await?;
-        let marked = sqlx::query(
-            "UPDATE runs SET status = 'reverted', reverted_at = $2 WHERE run_id = $1 AND status = 'completed'",
-        )
-        .bind(run_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let marked = sqlx::query(REVERT_MARK)
+            .bind(run_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if marked != 1 {
             tx.rollback().await?;
             return Ok(RevertDone::NotCompleted);
         }
-        let sent: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM notifications WHERE as_of = $1 AND run_id = $2 AND status = 'sent'",
-        )
-        .bind(run.as_of)
-        .bind(run_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let sent: i64 = sqlx::query_scalar(SENT_NOTICES)
+            .bind(run.as_of)
+            .bind(run_id)
+            .fetch_one(&mut *tx)
+            .await?;
         if sent > 0 {
             tx.rollback().await?;
             return Ok(RevertDone::Sent(sent as u64));
         }
-        let withdrawn = sqlx::query(
-            "UPDATE notifications SET status = 'withdrawn', live = NULL, next_attempt_at = NULL
-             WHERE as_of = $1 AND run_id = $2",
-        )
-        .bind(run.as_of)
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let withdrawn = sqlx::query(WITHDRAW_NOTICES)
+            .bind(run.as_of)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         let mut not_undone = Vec::new();
         for chunk in items.chunks(10_000) {
             let restores: Vec<(&str, Restore)> = chunk

@@ -84,6 +84,21 @@ struct RevertRow {
     prior_status: Option<String>,
 }
 
+// `autosign revert`'s statements on the run's ledger row and its notices,
+// the same on both backends (each runs them in its own revert
+// transaction). The run's notices share its as_of: the as_of index finds
+// them.
+/// Marks completed run `$1` reverted at `$2`; no row if it is not completed.
+pub(super) const REVERT_MARK: &str =
+    "UPDATE runs SET status = 'reverted', reverted_at = $2 WHERE run_id = $1 AND status = 'completed'";
+/// How many notices of run `$2` (of date `$1`) were sent.
+pub(super) const SENT_NOTICES: &str =
+    "SELECT count(*) FROM notifications WHERE as_of = $1 AND run_id = $2 AND status = 'sent'";
+/// Withdraws the notices of run `$2` (of date `$1`).
+pub(super) const WITHDRAW_NOTICES: &str =
+    "UPDATE notifications SET status = 'withdrawn', live = NULL, next_attempt_at = NULL
+     WHERE as_of = $1 AND run_id = $2";
+
 /// A run's events and their notices, counted by kind, reasons and channel.
 const RUN_COUNTS: &str =
     "SELECT e.kind, e.reasons, coalesce(n.channel, '') AS channel, count(*) AS count

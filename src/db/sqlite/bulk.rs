@@ -26,7 +26,7 @@ use sqlx::sqlite::SqliteConnection;
 
 use super::super::outbox::NOTIFICATION_SELECT_RANGE;
 use super::super::rows::*;
-use super::super::runs::AUDIT_SELECT_RANGE;
+use super::super::runs::{AUDIT_SELECT_RANGE, REVERT_MARK, SENT_NOTICES, WITHDRAW_NOTICES};
 use super::super::MakeEvents;
 use super::{SqliteDb, SqliteImportTx, SqliteRunTx};
 use crate::domain::{CycleDecision, PermitStatus};
@@ -572,37 +572,25 @@ impl SqliteDb {
         now: &str,
     ) -> Result<RevertDone> {
         let (as_of, run_id) = (run.as_of.to_string(), run.run_id);
-        let Some(mut tx) = self
-            .begin_run_transition(
-                "UPDATE runs SET status = 'reverted', reverted_at = ?2 WHERE run_id = ?1 AND status = 'completed'",
-                run_id,
-                now,
-            )
-            .await?
-        else {
+        let Some(mut tx) = self.begin_run_transition(REVERT_MARK, run_id, now).await? else {
             return Ok(RevertDone::NotCompleted);
         };
         // The run's notices share its as_of: the as_of index finds them.
-        let sent: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM notifications WHERE as_of = ?1 AND run_id = ?2 AND status = 'sent'",
-        )
-        .bind(as_of.as_str())
-        .bind(run_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let sent: i64 = sqlx::query_scalar(SENT_NOTICES)
+            .bind(as_of.as_str())
+            .bind(run_id)
+            .fetch_one(&mut *tx)
+            .await?;
         if sent > 0 {
             tx.rollback().await?;
             return Ok(RevertDone::Sent(sent as u64));
         }
-        let withdrawn = sqlx::query(
-            "UPDATE notifications SET status = 'withdrawn', live = NULL, next_attempt_at = NULL
-             WHERE as_of = ?1 AND run_id = ?2",
-        )
-        .bind(as_of.as_str())
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let withdrawn = sqlx::query(WITHDRAW_NOTICES)
+            .bind(as_of.as_str())
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         let not_undone = with_raw(&mut tx, |c| {
             let mut restore = c.prepare(
                 "UPDATE permit_state SET valid_until = ?2, status = ?3
@@ -878,32 +866,47 @@ impl SqliteImportTx {
         .await
     }
 
-    /// Feed rows are appended in the order given (line order: R2's later
-    /// row is the one with the higher seq), with no key to maintain.
+    /// Appends a keyed feed's rows in the order given (line order: R2's
+    /// later row is the one with the higher seq), with no key to maintain,
+    /// each through `execute` on `insert` prepared once (the import's id is
+    /// its second argument); the batch's suspects wait for
+    /// [`SqliteImportTx::earlier_lines`].
+    async fn append<T>(
+        &mut self,
+        insert: &str,
+        rows: &[T],
+        suspects: &[KeySuspect],
+        execute: impl Fn(&mut rusqlite::Statement<'_>, i64, &T) -> rusqlite::Result<usize>,
+    ) -> Result<()> {
+        self.suspects.extend_from_slice(suspects);
+        let import_id = self.import_id;
+        with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(insert)?;
+            for r in rows {
+                execute(&mut stmt, import_id, r)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn upsert_residence(
         &mut self,
         rows: &[ResidenceRow],
         suspects: &[KeySuspect],
     ) -> Result<()> {
-        self.suspects.extend_from_slice(suspects);
-        let import_id = self.import_id;
-        with_raw(&mut self.tx, |c| {
-            let mut stmt = c.prepare(
-                "INSERT INTO residence (id_number, visited_on, result, address, officer_id, import_id, line)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for r in rows {
-                stmt.execute(rusqlite::params![
-                    r.id_number,
-                    r.visited_on.to_string(),
-                    r.result,
-                    r.address,
-                    r.officer_id,
-                    import_id,
-                    r.line as i64,
-                ])?;
-            }
-            Ok(())
+        let insert = "INSERT INTO residence (id_number, visited_on, result, address, officer_id, import_id, line)
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+        self.append(insert, rows, suspects, |stmt, import_id, r| {
+            stmt.execute(rusqlite::params![
+                r.id_number,
+                r.visited_on.to_string(),
+                r.result,
+                r.address,
+                r.officer_id,
+                import_id,
+                r.line as i64,
+            ])
         })
         .await
     }
@@ -913,25 +916,18 @@ impl SqliteImportTx {
         rows: &[SocialInsuranceRow],
         suspects: &[KeySuspect],
     ) -> Result<()> {
-        self.suspects.extend_from_slice(suspects);
-        let import_id = self.import_id;
-        with_raw(&mut self.tx, |c| {
-            let mut stmt = c.prepare(
-                "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, import_id, line)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for r in rows {
-                stmt.execute(rusqlite::params![
-                    r.id_number,
-                    r.month,
-                    r.status,
-                    r.employer_uscc,
-                    r.employer_name,
-                    import_id,
-                    r.line as i64,
-                ])?;
-            }
-            Ok(())
+        let insert = "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, import_id, line)
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+        self.append(insert, rows, suspects, |stmt, import_id, r| {
+            stmt.execute(rusqlite::params![
+                r.id_number,
+                r.month,
+                r.status,
+                r.employer_uscc,
+                r.employer_name,
+                import_id,
+                r.line as i64,
+            ])
         })
         .await
     }
@@ -941,23 +937,16 @@ impl SqliteImportTx {
         rows: &[CivilStatusRow],
         suspects: &[KeySuspect],
     ) -> Result<()> {
-        self.suspects.extend_from_slice(suspects);
-        let import_id = self.import_id;
-        with_raw(&mut self.tx, |c| {
-            let mut stmt = c.prepare(
-                "INSERT INTO civil_status (id_number, marital_status, as_of, import_id, line)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for r in rows {
-                stmt.execute(rusqlite::params![
-                    r.id_number,
-                    r.marital_status,
-                    r.as_of.map(|d| d.to_string()),
-                    import_id,
-                    r.line as i64,
-                ])?;
-            }
-            Ok(())
+        let insert = "INSERT INTO civil_status (id_number, marital_status, as_of, import_id, line)
+                      VALUES (?1, ?2, ?3, ?4, ?5)";
+        self.append(insert, rows, suspects, |stmt, import_id, r| {
+            stmt.execute(rusqlite::params![
+                r.id_number,
+                r.marital_status,
+                r.as_of.map(|d| d.to_string()),
+                import_id,
+                r.line as i64,
+            ])
         })
         .await
     }

@@ -204,10 +204,9 @@ impl SqliteDb {
         })
     }
 
-    /// Marks a held run discarded (its events void). `false` if it is not
-    /// held.
     /// Opens a write transaction and moves run `run_id` on with `update`
-    /// (`?1` the run, `?2` now, guarded by the status it must have): `None`,
+    /// (its first parameter the run, its second now, guarded by the status
+    /// it must have): `None`,
     /// nothing done, when the run is not in that status.
     async fn begin_run_transition(
         &self,
