@@ -33,10 +33,16 @@ case "$LAYOUT" in
 esac
 DIR=${BENCH_DIR:-target/bench}
 DATA="$DIR/data-$N-$SEED-$LAYOUT"
-WORK="$DIR/work-$N-$LAYOUT"
+WORK=${WORK:-"$DIR/work-$N-$LAYOUT"}   # the database; WORK=... keeps two builds apart
 
-cargo build --release --quiet
-BIN=target/release/autosign
+# BIN=path/to/autosign times another build (e.g. an earlier commit's, to
+# compare on the same data in the same hour); it is named by REV.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=target/release/autosign
+  REV=$(git rev-parse --short HEAD)
+fi
+REV=${REV:-$BIN}
 GEN=target/release/autosign-generate
 if [ ! -f "$DATA/.done" ]; then
   rm -rf "$DATA"
@@ -64,7 +70,7 @@ esac
 OUT_DIR="$WORK"
 # shellcheck source=benches/phase.sh
 . benches/phase.sh
-echo "autosign pipeline, $N permits (seed $SEED, as_of $AS_OF, $LAYOUT layout), $(nproc) cores, commit $(git rev-parse --short HEAD)"
+echo "autosign pipeline, $N permits (seed $SEED, as_of $AS_OF, $LAYOUT layout), $(nproc) cores, commit $REV"
 for f in permits residence social_insurance civil_status; do
   rows=$(($(wc -l < "$DATA/$f/$f.csv") - 1))
   echo "  $f.csv: $rows rows, $(du -m "$DATA/$f/$f.csv" | cut -f1) MB"

@@ -28,11 +28,14 @@ AS_OF=${AS_OF:-2026-11-27}
 LAYOUT=${LAYOUT:-shuffled}
 DIR=${BENCH_DIR:-target/bench}
 DATA="$DIR/data-$N-$SEED-$LAYOUT"
-WORK="$DIR/work-$N-$LAYOUT"
+WORK=${WORK:-"$DIR/work-$N-$LAYOUT"}   # the database; WORK=... keeps two builds apart
 NIGHT=$(date -d "$AS_OF + 2 days" +%F)
 DELTA_PERMITS=${DELTA_PERMITS:-30000}
 DELTA_VISITS=${DELTA_VISITS:-$((N / 300))}
-BIN=target/release/autosign
+# BIN=path/to/autosign times another build, named by REV (as pipeline.sh).
+[ -n "${BIN:-}" ] || REV=$(git rev-parse --short HEAD)
+BIN=${BIN:-target/release/autosign}
+REV=${REV:-$BIN}
 GEN=target/release/autosign-generate
 [ -f "$WORK/autosign.sqlite" ] || { echo "run benches/pipeline.sh $N first (LAYOUT=$LAYOUT)" >&2; exit 2; }
 DELTA="$DIR/delta-$N-$SEED-$LAYOUT"
@@ -94,7 +97,7 @@ with open(f"{delta}/residence.csv", "w", newline="", encoding="utf-8") as f:
 EOF
   touch "$DELTA/.done"
 fi
-STEADY="$DIR/steady-$N-$LAYOUT"
+STEADY="$WORK-steady"
 rm -rf "$STEADY"; mkdir -p "$STEADY"
 cp "$WORK/autosign.sqlite" "$STEADY/"
 export AUTOSIGN_DATA_DIR="$STEADY"
@@ -105,7 +108,7 @@ export AUTOSIGN_LOG__LEVEL=warn
 OUT_DIR="$STEADY"
 # shellcheck source=benches/phase.sh
 . benches/phase.sh
-echo "autosign steady night $NIGHT on $N permits ($LAYOUT), commit $(git rev-parse --short HEAD):" \
+echo "autosign steady night $NIGHT on $N permits ($LAYOUT), commit $REV:" \
   "$(($(wc -l < "$DELTA/permits.csv") - 1)) permit rows, $(($(wc -l < "$DELTA/residence.csv") - 1)) visits"
 phase "import permits" "$BIN" import permits "$DELTA/permits.csv"
 phase "import residence" "$BIN" import residence "$DELTA/residence.csv"

@@ -7,15 +7,11 @@
 //! permit's last register row (SQLite since migration 0003, PostgreSQL
 //! since 0008); a row imported before its backend kept the line has line 0,
 //! reported as not recorded. The statements are the same text on both
-//! (`$1` is also SQLite's first parameter) except for the order of a
-//! holder's rows: SQLite's feed tables are append-only, so a key may have
-//! several rows and arrival order (`seq`) says which replaced which (R2);
-//! PostgreSQL keeps one row per key.
+//! (`$1` is also SQLite's first parameter): each feed table holds one row
+//! per key, looked up by the holder's ID number.
 //!
 //! Reads only, each statement on its own (as `status` does): no job lock,
-//! no transaction held. SQLite's feed tables have no index by holder (the
-//! nightly run reads them whole, and an index would slow every import), so
-//! there each feed query is one pass over its table.
+//! no transaction held.
 
 use chrono::NaiveDate;
 use sqlx::Row;
@@ -77,8 +73,8 @@ pub struct HolderRows {
 const PERMIT_ORIGIN: &str = "SELECT p.import_id, p.import_line, i.feed, i.file_name, i.imported_at
      FROM permits p LEFT JOIN imports i ON i.import_id = p.import_id WHERE p.permit_no = $1";
 
-/// A holder's rows of one feed, with their origin; `$order` is the
-/// backend's arrival order.
+/// A holder's rows of one feed, with their origin, in key order (one row
+/// per key on both backends: R2 is settled when rows are written).
 macro_rules! holder_rows {
     ($columns:literal, $table:literal, $order:literal) => {
         concat!(
@@ -92,25 +88,17 @@ macro_rules! holder_rows {
     };
 }
 
-const VISITS_SQLITE: &str =
-    holder_rows!("f.visited_on, f.result, f.officer_id", "residence", "f.seq");
-const VISITS_PG: &str = holder_rows!(
+const VISITS: &str = holder_rows!(
     "f.visited_on, f.result, f.officer_id",
     "residence",
     "f.visited_on"
 );
-const PAYMENTS_SQLITE: &str = holder_rows!(
-    "f.month, f.status, f.employer_uscc, f.employer_name",
-    "social_insurance",
-    "f.seq"
-);
-const PAYMENTS_PG: &str = holder_rows!(
+const PAYMENTS: &str = holder_rows!(
     "f.month, f.status, f.employer_uscc, f.employer_name",
     "social_insurance",
     "f.month"
 );
-const CIVIL_SQLITE: &str = holder_rows!("f.marital_status, f.as_of", "civil_status", "f.seq");
-const CIVIL_PG: &str = holder_rows!("f.marital_status, f.as_of", "civil_status", "f.import_id");
+const CIVIL: &str = holder_rows!("f.marital_status, f.as_of", "civil_status", "f.import_id");
 
 /// The origin in columns `at..at + 5` (import_id, line, feed, file name,
 /// imported_at); the same mapping for either backend's row.
@@ -193,16 +181,8 @@ impl Db {
     /// the holder with this ID number, with its origin.
     pub async fn holder_rows(&self, id_number: &str) -> Result<HolderRows> {
         Ok(match self {
-            Db::Sqlite(db) => read_holder!(
-                db.pool(),
-                id_number,
-                VISITS_SQLITE,
-                PAYMENTS_SQLITE,
-                CIVIL_SQLITE
-            ),
-            Db::Postgres(db) => {
-                read_holder!(db.pool(), id_number, VISITS_PG, PAYMENTS_PG, CIVIL_PG)
-            }
+            Db::Sqlite(db) => read_holder!(db.pool(), id_number, VISITS, PAYMENTS, CIVIL),
+            Db::Postgres(db) => read_holder!(db.pool(), id_number, VISITS, PAYMENTS, CIVIL),
         })
     }
 }

@@ -283,50 +283,28 @@ impl ImportTx {
         }
     }
 
-    // A keyed feed's batch comes with its suspects: the rows whose key may
-    // have come in an earlier batch of the file (a Bloom filter's hits),
-    // for [`ImportTx::earlier_lines`] to confirm.
+    // A keyed feed's page: one row per key, in key order (the import's
+    // external sort settles R2 within the file); a stored row with the
+    // key is replaced.
 
-    pub async fn upsert_residence(
-        &mut self,
-        rows: &[ResidenceRow],
-        suspects: &[KeySuspect],
-    ) -> Result<()> {
+    pub async fn upsert_residence(&mut self, rows: &[ResidenceRow]) -> Result<()> {
         match self {
-            ImportTx::Sqlite(tx) => tx.upsert_residence(rows, suspects).await,
-            ImportTx::Postgres(tx) => tx.upsert_residence(rows, suspects).await,
+            ImportTx::Sqlite(tx) => tx.upsert_residence(rows).await,
+            ImportTx::Postgres(tx) => tx.upsert_residence(rows).await,
         }
     }
 
-    pub async fn upsert_social_insurance(
-        &mut self,
-        rows: &[SocialInsuranceRow],
-        suspects: &[KeySuspect],
-    ) -> Result<()> {
+    pub async fn upsert_social_insurance(&mut self, rows: &[SocialInsuranceRow]) -> Result<()> {
         match self {
-            ImportTx::Sqlite(tx) => tx.upsert_social_insurance(rows, suspects).await,
-            ImportTx::Postgres(tx) => tx.upsert_social_insurance(rows, suspects).await,
+            ImportTx::Sqlite(tx) => tx.upsert_social_insurance(rows).await,
+            ImportTx::Postgres(tx) => tx.upsert_social_insurance(rows).await,
         }
     }
 
-    pub async fn upsert_civil_status(
-        &mut self,
-        rows: &[CivilStatusRow],
-        suspects: &[KeySuspect],
-    ) -> Result<()> {
+    pub async fn upsert_civil_status(&mut self, rows: &[CivilStatusRow]) -> Result<()> {
         match self {
-            ImportTx::Sqlite(tx) => tx.upsert_civil_status(rows, suspects).await,
-            ImportTx::Postgres(tx) => tx.upsert_civil_status(rows, suspects).await,
-        }
-    }
-
-    /// Once the file is read: for each suspect whose key did come earlier
-    /// in this file, its line and the line of the latest earlier row of
-    /// this import with the key (R2's duplicate-key warning).
-    pub async fn earlier_lines(&mut self) -> Result<Vec<(u64, u64)>> {
-        match self {
-            ImportTx::Sqlite(tx) => tx.earlier_lines().await,
-            ImportTx::Postgres(tx) => tx.earlier_lines().await,
+            ImportTx::Sqlite(tx) => tx.upsert_civil_status(rows).await,
+            ImportTx::Postgres(tx) => tx.upsert_civil_status(rows).await,
         }
     }
 
@@ -358,7 +336,7 @@ enum Pages {
     Thread(sqlite::EventPageReader),
     /// Read in the run's transaction and made when asked for (PostgreSQL).
     InTurn {
-        to: NaiveDate,
+        bounds: CandidateBounds,
         limit: u32,
         after: Option<String>,
         make: MakeEvents,
@@ -396,11 +374,11 @@ impl RunTx {
     /// the database's one write lock from its start, and a page's writes
     /// change only the page's own permits, which come before the rest in
     /// key order. PostgreSQL reads each page in the transaction, in turn.
-    pub fn event_pages(&self, to: NaiveDate, limit: u32, make: MakeEvents) -> EventPages {
+    pub fn event_pages(&self, bounds: CandidateBounds, limit: u32, make: MakeEvents) -> EventPages {
         match self {
-            RunTx::Sqlite(t) => EventPages(Pages::Thread(t.event_pages(to, limit, make))),
+            RunTx::Sqlite(t) => EventPages(Pages::Thread(t.event_pages(bounds, limit, make))),
             RunTx::Postgres(_) => EventPages(Pages::InTurn {
-                to,
+                bounds,
                 limit,
                 after: None,
                 make,
@@ -422,7 +400,7 @@ impl RunTx {
             (
                 RunTx::Postgres(t),
                 Pages::InTurn {
-                    to,
+                    bounds,
                     limit,
                     after,
                     make,
@@ -432,7 +410,7 @@ impl RunTx {
                 if *done {
                     return Ok(None);
                 }
-                let page = t.candidates(*to, after.as_deref(), *limit).await?;
+                let page = t.candidates(*bounds, after.as_deref(), *limit).await?;
                 let Some(last) = page.last() else {
                     *done = true;
                     return Ok(None);
@@ -462,12 +440,12 @@ impl RunTx {
         }
     }
 
-    /// Feeds `sink` the feed rows of these holders (`id_numbers`, the ones
-    /// `sink` wants) within `bounds` (R5, C4), each feed's rows in arrival
-    /// order. SQLite reads each feed table once, sequentially, keeping the
-    /// rows `sink` wants, with the later part of the social-insurance rows
-    /// read at the same time on another thread into a [`EvidenceSink::part`]
-    /// merged back after; PostgreSQL looks the holders up by key.
+    /// Feeds `sink` the feed rows of these holders (`id_numbers`) within
+    /// `bounds` (R5, C4): each feed table holds one row per key (R2 is
+    /// settled when rows are written), looked up by the holder's ID number,
+    /// so the cost follows the due holders, not the feeds' size. SQLite
+    /// reads the holders in key order, half of them on a second thread
+    /// into an [`EvidenceSink::part`]; PostgreSQL 10,000 at a time.
     pub async fn feed_evidence<S: EvidenceSink>(
         &mut self,
         id_numbers: &[&str],
@@ -475,7 +453,7 @@ impl RunTx {
         sink: &mut S,
     ) -> Result<()> {
         match self {
-            RunTx::Sqlite(t) => t.feed_evidence(bounds, sink).await,
+            RunTx::Sqlite(t) => t.feed_evidence(id_numbers, bounds, sink).await,
             RunTx::Postgres(t) => t.feed_evidence(id_numbers, bounds, sink).await,
         }
     }

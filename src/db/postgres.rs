@@ -2,15 +2,15 @@
 //! can share (docs/scale-out.md). Same methods and same results as the
 //! SQLite backend, with the bulk paths done the way PostgreSQL is fast:
 //!
-//! - imports `COPY … FROM STDIN` each batch into a temporary staging table
-//!   (`ON COMMIT DROP`) and upsert it with one `INSERT … SELECT … ON
-//!   CONFLICT`; stored permits are looked up with `permit_no = ANY($1)`.
-//!   Loading a table that was empty when the import began (the initial
-//!   load), rows whose key is new in the file are COPYed straight into the
-//!   table instead: an upsert costs PostgreSQL about twice a plain insert.
-//!   Which keys are new comes from the import's Bloom filter (a suspect
-//!   takes the staged path, always right) and, for permits, which arrive
-//!   sorted, from the last key: memory stays bounded by the batch;
+//! - imports get their rows a page at a time, one row per key, in key
+//!   order (the import's external sort settles R2 within the file), and
+//!   `COPY … FROM STDIN` each page into a temporary staging table (`ON
+//!   COMMIT DROP`) and upsert it with one `INSERT … SELECT … ON CONFLICT`;
+//!   stored permits are looked up with `permit_no = ANY($1)`. Loading a
+//!   table that was empty when the import began (the initial load), the
+//!   pages are COPYed straight into the table instead, and its key is
+//!   built once at commit: an upsert costs PostgreSQL about twice a plain
+//!   insert;
 //! - the run reads a page of permits with one keyset query, its evidence
 //!   with one query per feed (`id_number = ANY($1)`), and writes the page's
 //!   events, notices and permit changes with one `UNNEST` statement each, in
@@ -174,12 +174,6 @@ impl PgDb {
             staged: Vec::new(),
             upserted: HashMap::new(),
             direct: HashMap::new(),
-            last_permit: None,
-            deferred: Vec::new(),
-            repeats: Vec::new(),
-            keys_built: false,
-            held_back: CopyText::with_capacity(0),
-            seq: 0,
         })
     }
 
@@ -628,14 +622,14 @@ impl Stage {
             Stage::Permits => concat!(
                 "CREATE TEMP TABLE stage_permits ON COMMIT DROP AS SELECT ",
                 permit_columns!(),
-                ", import_line, 0::bigint AS seq FROM permits WITH NO DATA"
+                ", import_line, import_id FROM permits WITH NO DATA"
             ),
             Stage::Residence => "CREATE TEMP TABLE stage_residence ON COMMIT DROP AS
-                SELECT id_number, visited_on, result, address, officer_id, line, 0::bigint AS seq FROM residence WITH NO DATA",
+                SELECT id_number, visited_on, result, address, officer_id, line, import_id FROM residence WITH NO DATA",
             Stage::SocialInsurance => "CREATE TEMP TABLE stage_social_insurance ON COMMIT DROP AS
-                SELECT id_number, month, status, employer_uscc, employer_name, line, 0::bigint AS seq FROM social_insurance WITH NO DATA",
+                SELECT id_number, month, status, employer_uscc, employer_name, line, import_id FROM social_insurance WITH NO DATA",
             Stage::CivilStatus => "CREATE TEMP TABLE stage_civil_status ON COMMIT DROP AS
-                SELECT id_number, marital_status, as_of, line, 0::bigint AS seq FROM civil_status WITH NO DATA",
+                SELECT id_number, marital_status, as_of, line, import_id FROM civil_status WITH NO DATA",
         }
     }
 
@@ -700,125 +694,6 @@ impl Stage {
         }
     }
 
-    /// After an initial load: the rows of keys seen more than once in the
-    /// file (all but the first of each, staged in line order), the latest
-    /// per key replacing what is stored (R2: the later line wins).
-    fn upsert_latest(self) -> &'static str {
-        match self {
-            Stage::Permits => concat!(
-                "INSERT INTO permits (",
-                permit_columns!(),
-                ", import_line, import_id) SELECT DISTINCT ON (permit_no) ",
-                permit_columns!(),
-                ", import_line, $1 FROM stage_permits ORDER BY permit_no, seq DESC
-                 ON CONFLICT (permit_no) DO UPDATE SET id_number = excluded.id_number, name = excluded.name,
-                  phone = excluded.phone, email = excluded.email, district_code = excluded.district_code,
-                  street_code = excluded.street_code, address = excluded.address,
-                  valid_until = excluded.valid_until, status = excluded.status,
-                  employer_uscc = excluded.employer_uscc, si_status = excluded.si_status,
-                  marital_status = excluded.marital_status, import_id = excluded.import_id,
-                  import_line = excluded.import_line"
-            ),
-            Stage::Residence => {
-                "INSERT INTO residence (id_number, visited_on, result, address, officer_id, line, import_id)
-                 SELECT DISTINCT ON (id_number, visited_on) id_number, visited_on, result, address, officer_id, line, $1
-                 FROM stage_residence ORDER BY id_number, visited_on, seq DESC
-                 ON CONFLICT (id_number, visited_on) DO UPDATE SET result = excluded.result,
-                  address = excluded.address, officer_id = excluded.officer_id, import_id = excluded.import_id,
-                  line = excluded.line"
-            }
-            Stage::SocialInsurance => {
-                "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, line, import_id)
-                 SELECT DISTINCT ON (id_number, month) id_number, month, status, employer_uscc, employer_name, line, $1
-                 FROM stage_social_insurance ORDER BY id_number, month, seq DESC
-                 ON CONFLICT (id_number, month) DO UPDATE SET status = excluded.status,
-                  employer_uscc = excluded.employer_uscc, employer_name = excluded.employer_name,
-                  import_id = excluded.import_id, line = excluded.line"
-            }
-            Stage::CivilStatus => {
-                "INSERT INTO civil_status (id_number, marital_status, as_of, line, import_id)
-                 SELECT DISTINCT ON (id_number) id_number, marital_status, as_of, line, $1
-                 FROM stage_civil_status ORDER BY id_number, seq DESC
-                 ON CONFLICT (id_number) DO UPDATE SET marital_status = excluded.marital_status,
-                  as_of = excluded.as_of, import_id = excluded.import_id, line = excluded.line"
-            }
-        }
-    }
-
-    /// The latest earlier row of this import (`$4`) with each suspect's
-    /// key (`$1` id_number, `$2` second part, `$3` line), by the key: the
-    /// batch's suspects before the batch replaces them. `None`: permits,
-    /// whose repeats the import settles itself.
-    fn earlier_by_key(self) -> Option<&'static str> {
-        match self {
-            Stage::Permits => None,
-            Stage::Residence => Some(
-                "SELECT s.line, t.line FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                 JOIN residence t ON t.id_number = s.id_number AND t.visited_on = s.second::date
-                 WHERE t.import_id = $4 AND t.line < s.line",
-            ),
-            Stage::SocialInsurance => Some(
-                "SELECT s.line, t.line FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                 JOIN social_insurance t ON t.id_number = s.id_number AND t.month = s.second
-                 WHERE t.import_id = $4 AND t.line < s.line",
-            ),
-            Stage::CivilStatus => Some(
-                "SELECT s.line, t.line FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                 JOIN civil_status t ON t.id_number = s.id_number
-                 WHERE t.import_id = $4 AND t.line < s.line",
-            ),
-        }
-    }
-
-    /// As [`Stage::earlier_by_key`], once an initial load is read and its
-    /// key built: the latest earlier row with each suspect's key among the
-    /// rows that went straight in (by the key) and the staged ones (few:
-    /// the suspects' own).
-    fn earlier_in_load(self) -> Option<&'static str> {
-        match self {
-            Stage::Permits => None,
-            Stage::Residence => Some(
-                "SELECT line, max(earlier) FROM (
-                   SELECT s.line, t.line AS earlier
-                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                     JOIN residence t ON t.id_number = s.id_number AND t.visited_on = s.second::date
-                    WHERE t.import_id = $4 AND t.line < s.line
-                   UNION ALL
-                   SELECT s.line, g.line
-                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                     JOIN stage_residence g ON g.id_number = s.id_number AND g.visited_on = s.second::date
-                    WHERE g.line < s.line) AS x
-                 GROUP BY line",
-            ),
-            Stage::SocialInsurance => Some(
-                "SELECT line, max(earlier) FROM (
-                   SELECT s.line, t.line AS earlier
-                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                     JOIN social_insurance t ON t.id_number = s.id_number AND t.month = s.second
-                    WHERE t.import_id = $4 AND t.line < s.line
-                   UNION ALL
-                   SELECT s.line, g.line
-                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                     JOIN stage_social_insurance g ON g.id_number = s.id_number AND g.month = s.second
-                    WHERE g.line < s.line) AS x
-                 GROUP BY line",
-            ),
-            Stage::CivilStatus => Some(
-                "SELECT line, max(earlier) FROM (
-                   SELECT s.line, t.line AS earlier
-                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                     JOIN civil_status t ON t.id_number = s.id_number
-                    WHERE t.import_id = $4 AND t.line < s.line
-                   UNION ALL
-                   SELECT s.line, g.line
-                     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS s (id_number, second, line)
-                     JOIN stage_civil_status g ON g.id_number = s.id_number
-                    WHERE g.line < s.line) AS x
-                 GROUP BY line",
-            ),
-        }
-    }
-
     fn truncate(self) -> &'static str {
         match self {
             Stage::Permits => "TRUNCATE stage_permits",
@@ -833,16 +708,16 @@ impl Stage {
             Stage::Permits => concat!(
                 "COPY stage_permits (",
                 permit_columns!(),
-                ", import_line, seq) FROM STDIN"
+                ", import_line, import_id) FROM STDIN"
             ),
             Stage::Residence => {
-                "COPY stage_residence (id_number, visited_on, result, address, officer_id, line, seq) FROM STDIN"
+                "COPY stage_residence (id_number, visited_on, result, address, officer_id, line, import_id) FROM STDIN"
             }
             Stage::SocialInsurance => {
-                "COPY stage_social_insurance (id_number, month, status, employer_uscc, employer_name, line, seq) FROM STDIN"
+                "COPY stage_social_insurance (id_number, month, status, employer_uscc, employer_name, line, import_id) FROM STDIN"
             }
             Stage::CivilStatus => {
-                "COPY stage_civil_status (id_number, marital_status, as_of, line, seq) FROM STDIN"
+                "COPY stage_civil_status (id_number, marital_status, as_of, line, import_id) FROM STDIN"
             }
         }
     }
@@ -858,7 +733,7 @@ impl Stage {
                 permit_columns!(),
                 ", import_line, import_id) SELECT ",
                 permit_columns!(),
-                ", import_line, $1 FROM stage_permits
+                ", import_line, import_id FROM stage_permits
                  ON CONFLICT (permit_no) DO UPDATE SET id_number = excluded.id_number, name = excluded.name,
                   phone = excluded.phone, email = excluded.email, district_code = excluded.district_code,
                   street_code = excluded.street_code, address = excluded.address,
@@ -869,21 +744,21 @@ impl Stage {
             ),
             Stage::Residence => {
                 "INSERT INTO residence (id_number, visited_on, result, address, officer_id, line, import_id)
-                 SELECT id_number, visited_on, result, address, officer_id, line, $1 FROM stage_residence
+                 SELECT id_number, visited_on, result, address, officer_id, line, import_id FROM stage_residence
                  ON CONFLICT (id_number, visited_on) DO UPDATE SET result = excluded.result,
                   address = excluded.address, officer_id = excluded.officer_id, import_id = excluded.import_id,
                   line = excluded.line"
             }
             Stage::SocialInsurance => {
                 "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, line, import_id)
-                 SELECT id_number, month, status, employer_uscc, employer_name, line, $1 FROM stage_social_insurance
+                 SELECT id_number, month, status, employer_uscc, employer_name, line, import_id FROM stage_social_insurance
                  ON CONFLICT (id_number, month) DO UPDATE SET status = excluded.status,
                   employer_uscc = excluded.employer_uscc, employer_name = excluded.employer_name,
                   import_id = excluded.import_id, line = excluded.line"
             }
             Stage::CivilStatus => {
                 "INSERT INTO civil_status (id_number, marital_status, as_of, line, import_id)
-                 SELECT id_number, marital_status, as_of, line, $1 FROM stage_civil_status
+                 SELECT id_number, marital_status, as_of, line, import_id FROM stage_civil_status
                  ON CONFLICT (id_number) DO UPDATE SET marital_status = excluded.marital_status,
                   as_of = excluded.as_of, import_id = excluded.import_id, line = excluded.line"
             }
@@ -910,55 +785,15 @@ pub struct PgImportTx {
     /// Per table: whether it was empty when this import began (an initial
     /// load: rows whose key is new in the file go straight in).
     direct: HashMap<Stage, bool>,
-    /// The last permit_no written straight in: permits arrive in key order
-    /// (the import's external sort), so a key not above it came before.
-    last_permit: Option<String>,
-    /// An initial load's suspects, confirmed once the file is read (the
-    /// table has no key to look them up by until commit).
-    deferred: Vec<KeySuspect>,
-    /// Suspects confirmed as their batch came: (line, earlier line).
-    repeats: Vec<(u64, u64)>,
-    /// An initial load's key is built again (no row goes straight in any
-    /// more).
-    keys_built: bool,
-    /// An initial load's staged rows, COPYed once the file is read.
-    held_back: CopyText,
-    /// Rows staged so far (their order, for the later line to win).
-    seq: i64,
 }
 
-/// A batch's suspects by key (`id_number`, the second part as stored).
-fn suspect_keys(suspects: &[KeySuspect]) -> std::collections::HashSet<(&str, &str)> {
-    suspects
-        .iter()
-        .map(|s| (s.id_number.as_str(), s.second.as_str()))
-        .collect()
-}
-
-/// A batch's rows in key order when they are upserted (neighbouring
-/// upserts land on the same B-tree pages), else as they came (an initial
-/// load copies into a table with no key yet). A batch holds one row per
-/// key (the feeds code settles R2 within it).
-fn in_key_order<'a, T, K: Ord>(
-    rows: &'a [T],
-    direct: bool,
-    key: impl Fn(&'a T) -> K,
-) -> Vec<&'a T> {
-    let mut order: Vec<&T> = rows.iter().collect();
-    if !direct {
-        order.sort_unstable_by_key(|r| key(r));
-    }
-    order
-}
-
-/// One batch's COPY text, split by [`PgImportTx::route`].
-struct Routed {
+/// One page's COPY text, for the table itself or its staging table.
+struct Page {
     stage: Stage,
+    /// Straight into the table (an initial load), else staged and upserted.
     direct: bool,
-    straight: CopyText,
-    staged: CopyText,
-    straight_rows: u64,
-    staged_rows: u64,
+    text: CopyText,
+    rows: u64,
 }
 
 impl PgImportTx {
@@ -1021,127 +856,15 @@ impl PgImportTx {
         Ok(empty)
     }
 
-    /// Starts one batch's COPY text for `stage`.
-    async fn batch(&mut self, stage: Stage, rows: usize, row_bytes: usize) -> Result<Routed> {
-        let direct = self.direct(stage).await?;
-        Ok(Routed {
+    /// Starts one page's COPY text for `stage`. Every row ends with the
+    /// import's id, in the table or in the staging table alike.
+    async fn page(&mut self, stage: Stage, rows: usize, row_bytes: usize) -> Result<Page> {
+        Ok(Page {
             stage,
-            direct,
-            straight: CopyText::with_capacity(if direct { rows * row_bytes } else { 0 }),
-            staged: CopyText::with_capacity(if direct { 0 } else { rows * row_bytes }),
-            straight_rows: 0,
-            staged_rows: 0,
+            direct: self.direct(stage).await?,
+            text: CopyText::with_capacity(rows * row_bytes),
+            rows: rows as u64,
         })
-    }
-
-    /// Where a row goes, and the value of its last COPY column: straight
-    /// into the table (with its import id) when loading an empty one and
-    /// its key is new in this file; else to the staging table (with its
-    /// sequence number in this import). `repeat`: the key may have come
-    /// before in the file (a suspect's, which the staged path, always
-    /// right, takes).
-    fn route<'a>(&mut self, b: &'a mut Routed, repeat: bool) -> (&'a mut CopyText, i64) {
-        if b.direct && !repeat {
-            b.straight_rows += 1;
-            return (&mut b.straight, self.import_id);
-        }
-        b.staged_rows += 1;
-        self.seq += 1;
-        (&mut b.staged, self.seq)
-    }
-
-    /// A keyed batch's suspects: confirmed now against this import's rows
-    /// by key, before the batch replaces them; in an initial load (no key
-    /// yet) kept for [`PgImportTx::earlier_lines`].
-    async fn confirm(&mut self, stage: Stage, suspects: &[KeySuspect]) -> Result<()> {
-        if suspects.is_empty() {
-            return Ok(());
-        }
-        if self.direct(stage).await? {
-            self.deferred.extend_from_slice(suspects);
-            return Ok(());
-        }
-        let Some(sql) = stage.earlier_by_key() else {
-            return Ok(());
-        };
-        let found = self.earlier_rows(sql, suspects).await?;
-        self.repeats.extend(found);
-        Ok(())
-    }
-
-    /// Runs a [`Stage::earlier_by_key`] or [`Stage::earlier_in_load`]
-    /// statement for these suspects: (line, earlier line) for those whose
-    /// key came before in this import.
-    async fn earlier_rows(
-        &mut self,
-        sql: &'static str,
-        suspects: &[KeySuspect],
-    ) -> Result<Vec<(u64, u64)>> {
-        let ids: Vec<&str> = suspects.iter().map(|s| s.id_number.as_str()).collect();
-        let seconds: Vec<&str> = suspects.iter().map(|s| s.second.as_str()).collect();
-        let lines: Vec<i64> = suspects.iter().map(|s| s.line as i64).collect();
-        let found: Vec<(i64, i64)> = sqlx::query_as(sql)
-            .bind(&ids)
-            .bind(&seconds)
-            .bind(&lines)
-            .bind(self.import_id)
-            .fetch_all(&mut self.conn)
-            .await?;
-        Ok(found
-            .into_iter()
-            .map(|(line, earlier)| (line as u64, earlier as u64))
-            .collect())
-    }
-
-    /// Once an initial load's file is read: builds the key it dropped (the
-    /// rows that went straight in have one row per key) and stages the rows
-    /// held back, in one COPY.
-    async fn build_keys(&mut self) -> Result<()> {
-        if self.keys_built {
-            return Ok(());
-        }
-        self.keys_built = true;
-        let stages: Vec<Stage> = self
-            .direct
-            .iter()
-            .filter_map(|(stage, direct)| direct.then_some(*stage))
-            .collect();
-        for stage in stages {
-            sqlx::query(stage.add_key()).execute(&mut self.conn).await?;
-            let held_back = std::mem::replace(&mut self.held_back, CopyText::with_capacity(0));
-            if !held_back.buf.is_empty() {
-                if !self.staged.contains(&stage) {
-                    sqlx::query(stage.create()).execute(&mut self.conn).await?;
-                    self.staged.push(stage);
-                }
-                self.copy(stage.copy(), held_back).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Once the file is read: the suspects confirmed (line, the latest
-    /// earlier line of this import with the key). An initial load's are
-    /// looked up here, by the key (built now rather than at commit) among
-    /// the rows straight in, and among the staged ones.
-    pub async fn earlier_lines(&mut self) -> Result<Vec<(u64, u64)>> {
-        let mut out = std::mem::take(&mut self.repeats);
-        let deferred = std::mem::take(&mut self.deferred);
-        let stage = self
-            .direct
-            .iter()
-            .find_map(|(stage, direct)| direct.then_some(*stage));
-        if let (false, Some(stage)) = (deferred.is_empty(), stage) {
-            if let Some(sql) = stage.earlier_in_load() {
-                if !self.staged.contains(&stage) {
-                    sqlx::query(stage.create()).execute(&mut self.conn).await?;
-                    self.staged.push(stage);
-                }
-                self.build_keys().await?;
-                out.extend(self.earlier_rows(sql, &deferred).await?);
-            }
-        }
-        Ok(out)
     }
 
     async fn copy(&mut self, statement: &'static str, data: CopyText) -> Result<()> {
@@ -1154,20 +877,16 @@ impl PgImportTx {
         Ok(())
     }
 
-    /// Writes one routed batch: COPY straight into the table, and/or COPY
-    /// into the stage's temporary table and upsert from there — at once,
-    /// or, during an initial load (no key yet), at commit.
-    async fn flush(&mut self, b: Routed) -> Result<()> {
-        let stage = b.stage;
-        if b.straight_rows > 0 {
-            self.copy(stage.copy_direct(), b.straight).await?;
-        }
-        if b.staged_rows > 0 && b.direct {
-            // An initial load's staged rows (its suspects') are needed only
-            // once the file is read: one COPY then, not a small one a batch
-            // (measured at 1M permits: 68 of them took 2.9 s).
-            self.held_back.buf.extend_from_slice(&b.staged.buf);
-        } else if b.staged_rows > 0 {
+    /// Writes one page (one row per key, in key order: the import's
+    /// external sort settles R2 within the file): COPY straight into the
+    /// table during an initial load, else COPY into the stage's temporary
+    /// table and upsert from there (R2: a later import replaces a stored
+    /// row).
+    async fn flush(&mut self, p: Page) -> Result<()> {
+        let stage = p.stage;
+        if p.direct {
+            self.copy(stage.copy_direct(), p.text).await?;
+        } else {
             if !self.staged.contains(&stage) {
                 sqlx::query(stage.create()).execute(&mut self.conn).await?;
                 self.staged.push(stage);
@@ -1176,28 +895,18 @@ impl PgImportTx {
                     .execute(&mut self.conn)
                     .await?;
             }
-            self.copy(stage.copy(), b.staged).await?;
-            sqlx::query(stage.upsert())
-                .bind(self.import_id)
-                .execute(&mut self.conn)
-                .await?;
+            self.copy(stage.copy(), p.text).await?;
+            sqlx::query(stage.upsert()).execute(&mut self.conn).await?;
         }
-        *self.upserted.entry(stage).or_insert(0) += b.straight_rows + b.staged_rows;
+        *self.upserted.entry(stage).or_insert(0) += p.rows;
         Ok(())
     }
 
     pub async fn upsert_permits(&mut self, rows: &[(PermitRow, ImportMark)]) -> Result<()> {
-        let mut b = self.batch(Stage::Permits, rows.len(), 200).await?;
+        let mut page = self.page(Stage::Permits, rows.len(), 200).await?;
         for (p, mark) in rows {
-            let repeat = self
-                .last_permit
-                .as_deref()
-                .is_some_and(|last| p.permit_no.as_str() <= last);
-            if b.direct && !repeat {
-                self.last_permit = Some(p.permit_no.clone());
-            }
-            let (c, tail) = self.route(&mut b, repeat);
-            c.text(&p.permit_no)
+            page.text
+                .text(&p.permit_no)
                 .text(&p.id_number)
                 .text(&p.name)
                 .opt_text(p.phone.as_deref())
@@ -1211,10 +920,10 @@ impl PgImportTx {
                 .text(p.si_status.code())
                 .text(p.marital_status.code())
                 .int(mark.line as i64)
-                .int(tail)
+                .int(self.import_id)
                 .end_row();
         }
-        self.flush(b).await
+        self.flush(page).await
     }
 
     /// C5: a row for a cancelled permit updates its contact fields only.
@@ -1243,75 +952,50 @@ impl PgImportTx {
         Ok(())
     }
 
-    pub async fn upsert_residence(
-        &mut self,
-        rows: &[ResidenceRow],
-        suspects: &[KeySuspect],
-    ) -> Result<()> {
-        self.confirm(Stage::Residence, suspects).await?;
-        let repeats = suspect_keys(suspects);
-        let mut b = self.batch(Stage::Residence, rows.len(), 80).await?;
-        let mut day = String::with_capacity(10);
-        for r in in_key_order(rows, b.direct, |r| (&r.id_number, r.visited_on)) {
-            day.clear();
-            std::fmt::Write::write_fmt(&mut day, format_args!("{}", r.visited_on))
-                .map_err(|e| Error::Runtime(e.into()))?;
-            let repeat = repeats.contains(&(r.id_number.as_str(), day.as_str()));
-            let (c, tail) = self.route(&mut b, repeat);
-            c.text(&r.id_number)
+    pub async fn upsert_residence(&mut self, rows: &[ResidenceRow]) -> Result<()> {
+        let mut page = self.page(Stage::Residence, rows.len(), 80).await?;
+        for r in rows {
+            page.text
+                .text(&r.id_number)
                 .date(r.visited_on)
                 .text(&r.result)
                 .text(&r.address)
                 .text(&r.officer_id)
                 .int(r.line as i64)
-                .int(tail)
+                .int(self.import_id)
                 .end_row();
         }
-        self.flush(b).await
+        self.flush(page).await
     }
 
-    pub async fn upsert_social_insurance(
-        &mut self,
-        rows: &[SocialInsuranceRow],
-        suspects: &[KeySuspect],
-    ) -> Result<()> {
-        self.confirm(Stage::SocialInsurance, suspects).await?;
-        let repeats = suspect_keys(suspects);
-        let mut b = self.batch(Stage::SocialInsurance, rows.len(), 80).await?;
-        for r in in_key_order(rows, b.direct, |r| (&r.id_number, &r.month)) {
-            let repeat = repeats.contains(&(r.id_number.as_str(), r.month.as_str()));
-            let (c, tail) = self.route(&mut b, repeat);
-            c.text(&r.id_number)
+    pub async fn upsert_social_insurance(&mut self, rows: &[SocialInsuranceRow]) -> Result<()> {
+        let mut page = self.page(Stage::SocialInsurance, rows.len(), 80).await?;
+        for r in rows {
+            page.text
+                .text(&r.id_number)
                 .text(&r.month)
                 .text(&r.status)
                 .text(&r.employer_uscc)
                 .text(&r.employer_name)
                 .int(r.line as i64)
-                .int(tail)
+                .int(self.import_id)
                 .end_row();
         }
-        self.flush(b).await
+        self.flush(page).await
     }
 
-    pub async fn upsert_civil_status(
-        &mut self,
-        rows: &[CivilStatusRow],
-        suspects: &[KeySuspect],
-    ) -> Result<()> {
-        self.confirm(Stage::CivilStatus, suspects).await?;
-        let repeats = suspect_keys(suspects);
-        let mut b = self.batch(Stage::CivilStatus, rows.len(), 40).await?;
-        for r in in_key_order(rows, b.direct, |r| &r.id_number) {
-            let repeat = repeats.contains(&(r.id_number.as_str(), ""));
-            let (c, tail) = self.route(&mut b, repeat);
-            c.text(&r.id_number)
+    pub async fn upsert_civil_status(&mut self, rows: &[CivilStatusRow]) -> Result<()> {
+        let mut page = self.page(Stage::CivilStatus, rows.len(), 40).await?;
+        for r in rows {
+            page.text
+                .text(&r.id_number)
                 .text(&r.marital_status)
                 .opt_date(r.as_of)
                 .int(r.line as i64)
-                .int(tail)
+                .int(self.import_id)
                 .end_row();
         }
-        self.flush(b).await
+        self.flush(page).await
     }
 
     pub async fn commit(mut self, counts: ImportCounts) -> Result<()> {
@@ -1324,14 +1008,10 @@ impl PgImportTx {
         .bind(self.import_id)
         .execute(&mut self.conn)
         .await?;
-        // Initial loads: the key, then the repeated keys' latest rows.
-        self.build_keys().await?;
+        // Initial loads: the key, built once the rows are in.
         for (stage, direct) in &self.direct {
-            if *direct && self.staged.contains(stage) {
-                sqlx::query(stage.upsert_latest())
-                    .bind(self.import_id)
-                    .execute(&mut self.conn)
-                    .await?;
+            if *direct {
+                sqlx::query(stage.add_key()).execute(&mut self.conn).await?;
             }
         }
         // ANALYZE inside the transaction samples its own new rows too.
@@ -1410,7 +1090,7 @@ impl PgRunTx {
     /// pages, and so ids, come out the same.
     pub async fn candidates(
         &mut self,
-        to: NaiveDate,
+        bounds: CandidateBounds,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Candidate>> {
@@ -1418,12 +1098,15 @@ impl PgRunTx {
             "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
                     p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status
              FROM permits p
-             WHERE p.permit_no > $1 AND p.status IN ('active', 'suspended') AND p.valid_until <= $2
+             WHERE p.permit_no > $1
+               AND ((p.status = 'active' AND p.valid_until <= $2)
+                    OR (p.status = 'suspended' AND p.valid_until < $4))
              ORDER BY p.permit_no LIMIT $3"
         )
         .bind(after.unwrap_or(""))
-        .bind(to)
+        .bind(bounds.active_to)
         .bind(i64::from(limit))
+        .bind(bounds.suspended_before)
         .fetch_all(&mut self.conn)
         .await?;
         rows.iter()

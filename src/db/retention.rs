@@ -51,14 +51,6 @@ const CIVIL: &str = "DELETE FROM civil_status WHERE import_id IN \
      AND EXISTS (SELECT 1 FROM civil_status later \
        WHERE later.id_number = civil_status.id_number AND later.import_id > civil_status.import_id)";
 
-/// SQLite's civil-status rows are appended (migration 0003): a
-/// row is replaced when a later row (higher seq) of the same holder exists.
-/// One grouping pass instead of a correlated look-up per row (the table has
-/// no key index).
-const CIVIL_SQLITE: &str = "DELETE FROM civil_status WHERE import_id IN \
-       (SELECT import_id FROM imports WHERE feed = 'civil-status' AND imported_at < $1) \
-     AND seq NOT IN (SELECT max(seq) FROM civil_status GROUP BY id_number)";
-
 /// Finished notices' texts and recipients (`$1`: created before); a
 /// notice withdrawn by `autosign revert` is finished too.
 const NOTICES: &str = "UPDATE notifications SET message = '', recipient = '' \
@@ -121,7 +113,7 @@ impl Db {
                     "DELETE FROM social_insurance WHERE month < ?",
                     &cut.month_before
                 ],
-                [CIVIL_SQLITE, &cut.imported_before],
+                [CIVIL, &cut.imported_before],
                 [NOTICES, &cut.notices_before]
             ),
             Db::Postgres(db) => purge_in!(

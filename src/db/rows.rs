@@ -118,16 +118,6 @@ pub struct CivilStatusRow {
     pub line: u64,
 }
 
-/// A feed row whose key may have come earlier in the same file (a Bloom
-/// filter hit, see src/feeds): its key as (`id_number`, `visited_on` /
-/// `month` as stored, or empty for civil status) and its line.
-#[derive(Debug, Clone)]
-pub struct KeySuspect {
-    pub id_number: String,
-    pub second: String,
-    pub line: u64,
-}
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunRecord {
     pub run_id: i64,
@@ -284,6 +274,20 @@ impl std::fmt::Debug for DuePermit {
     }
 }
 
+/// The permits a run reads in its ordered pass (R3, R4): those that may
+/// take a step or a decision tonight, by ranges of `valid_until` and
+/// status. The rules decide what each one does (`reconcile/rules.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CandidateBounds {
+    /// Active permits with `valid_until` up to here: due (R4) or lapsing
+    /// (R3).
+    pub active_to: NaiveDate,
+    /// Suspended permits with `valid_until` before this date: past their
+    /// grace (R3, cancelled); `None` when lapsed permits stay suspended
+    /// (`lapse_policy = "suspend"`).
+    pub suspended_before: Option<NaiveDate>,
+}
+
 /// Bounds of the evidence a run may use (R5, C4).
 #[derive(Debug, Clone)]
 pub struct EvidenceBounds {
@@ -295,13 +299,12 @@ pub struct EvidenceBounds {
     pub civil_as_of_max: NaiveDate,
 }
 
-/// Receives the feed rows a run may use (within [`EvidenceBounds`]; civil
-/// status unfiltered: C4's `as_of` filter applies to the holder's latest
-/// row, after R2), each feed's rows in arrival order so that a later row
-/// with the same key comes after the earlier one (R2: it wins).
+/// Receives the feed rows a run may use for its due holders (within
+/// [`EvidenceBounds`]; civil status unfiltered: C4's `as_of` filter applies
+/// to the holder's latest row, after R2). The feed tables hold one row per
+/// key, R2 settled when written; a sink still lets a later row with a
+/// key it has seen replace the earlier one.
 pub trait EvidenceSink: Send {
-    /// Whether this holder's rows are wanted (the run's due holders).
-    fn wants(&self, id_number: &str) -> bool;
     fn residence(&mut self, id_number: &str, visited_on: NaiveDate, result: &str);
     fn payment(&mut self, id_number: &str, month: &str, status: &str, employer_uscc: &str);
     fn civil(&mut self, id_number: &str, marital_status: &str, as_of: Option<NaiveDate>);

@@ -9,7 +9,6 @@ pub mod rules;
 mod sort;
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
@@ -20,9 +19,7 @@ use tracing::Instrument;
 pub use crate::domain::{Delivery, Encoding, Feed, HeaderNames};
 pub use parse::MAX_FIELD_CHARS;
 
-use crate::db::{
-    Db, ImportCounts, ImportMark, ImportRecord, ImportTx, KeySuspect, PermitRow, PriorPermit,
-};
+use crate::db::{Db, ImportCounts, ImportMark, ImportRecord, ImportTx, PermitRow, PriorPermit};
 use crate::domain::PermitStatus;
 use crate::error::{Error, Result};
 use parse::{Fields, Parsed};
@@ -100,20 +97,20 @@ pub async fn import_file(
     let report = async {
         match feed {
             Feed::Permits => {
-                let parser = RowParser::unsettled(parse::permit);
-                run_import(db, feed, path, &sha, opts, parser, PermitsWriter::default()).await
+                let writer = PermitsWriter::default();
+                run_import(db, feed, path, &sha, opts, parse::permit, writer).await
             }
             Feed::Residence => {
-                let parser = RowParser::keyed(parse::residence);
-                run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
+                let writer = FeedWriter::default();
+                run_import(db, feed, path, &sha, opts, parse::residence, writer).await
             }
             Feed::SocialInsurance => {
-                let parser = RowParser::keyed(parse::social_insurance);
-                run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
+                let writer = FeedWriter::default();
+                run_import(db, feed, path, &sha, opts, parse::social_insurance, writer).await
             }
             Feed::CivilStatus => {
-                let parser = RowParser::keyed(parse::civil_status);
-                run_import(db, feed, path, &sha, opts, parser, KeyedWriter::default()).await
+                let writer = FeedWriter::default();
+                run_import(db, feed, path, &sha, opts, parse::civil_status, writer).await
             }
         }
     }
@@ -138,216 +135,30 @@ struct Item<T> {
 
 enum Msg<T> {
     Header(Vec<String>),
-    /// Parsed records for a writer that still needs the database to decide.
+    /// Parsed records, in line order.
     Batch(Vec<Item<T>>),
-    /// Rows settled on the parser thread (keyed feeds): de-duplicated,
-    /// in key order, ready to write.
-    Ready(ReadyBatch<T>),
     Refused(String),
-}
-
-struct ReadyBatch<T> {
-    read: u64,
-    /// Accepted rows, counting those a later line with the same key replaced.
-    accepted: u64,
-    rows: Vec<T>,
-    rejects: Vec<(u64, Rejection, csv::StringRecord)>,
-    warnings: Vec<(u64, String)>,
-    /// Rows whose key may have come in an earlier batch of the file.
-    suspects: Vec<KeySuspect>,
-}
-
-/// The parser thread's share of R2 for keyed feeds: rejects, warnings, the
-/// later line with a key winning. It keeps the writer (the one thread that
-/// talks to the database, the bottleneck) free for writing.
-///
-/// A key repeated within a batch is found exactly (a map bounded by the
-/// batch); across batches, a fixed-size Bloom filter keeps the memory
-/// bounded whatever the file's size: a key it may have seen in an earlier
-/// batch makes its row a suspect, which the import confirms against the
-/// rows it wrote ([`ImportTx::earlier_lines`]).
-struct Settle<T> {
-    seen: Bloom,
-    _row: std::marker::PhantomData<T>,
-}
-
-impl<T: Keyed> Settle<T> {
-    fn settle(&mut self, items: Vec<Item<T>>) -> ReadyBatch<T> {
-        let mut out = ReadyBatch {
-            read: items.len() as u64,
-            accepted: 0,
-            rows: Vec::with_capacity(items.len()),
-            rejects: Vec::new(),
-            warnings: Vec::new(),
-            suspects: Vec::new(),
-        };
-        // First pass, borrowing the rows: the earlier line of each accepted
-        // row's key (exact within the batch, bounded by its size; the Bloom
-        // filter across batches) and the last row of each key, which is the
-        // one written (R2: the later line wins).
-        let mut earlier: Vec<Option<u64>> = vec![None; items.len()];
-        let mut keep = vec![false; items.len()];
-        {
-            let mut in_batch: HashMap<(&str, u64), usize, foldhash::fast::FixedState> =
-                HashMap::with_capacity_and_hasher(items.len(), Default::default());
-            for (i, item) in items.iter().enumerate() {
-                let Ok(p) = &item.parsed else { continue };
-                let key = p.row.key_ref();
-                let hash = pair_hash(key);
-                let before = in_batch.insert(key, i);
-                earlier[i] = match before {
-                    Some(j) => {
-                        self.seen.insert(hash);
-                        Some(items[j].line)
-                    }
-                    None => {
-                        if self.seen.insert(hash) {
-                            let (id_number, second) = p.row.key_parts();
-                            out.suspects.push(KeySuspect {
-                                id_number: id_number.to_string(),
-                                second,
-                                line: item.line,
-                            });
-                        }
-                        None
-                    }
-                };
-            }
-            for &i in in_batch.values() {
-                keep[i] = true;
-            }
-        }
-        // Second pass, moving each row once: rejects and warnings in line
-        // order, the kept rows in line order.
-        for ((item, earlier), keep) in items.into_iter().zip(earlier).zip(keep) {
-            match item.parsed {
-                Err(reason) => out.rejects.push((item.line, reason, item.raw)),
-                Ok(mut p) => {
-                    out.accepted += 1;
-                    out.warnings
-                        .extend(p.warnings.into_iter().map(|w| (item.line, w)));
-                    if let Some(earlier) = earlier {
-                        out.warnings.push((item.line, same_key_warning(earlier)));
-                    }
-                    if keep {
-                        p.row.set_line(item.line);
-                        out.rows.push(p.row);
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-/// A blocked Bloom filter over 64-bit key hashes: each key sets 6 bits
-/// inside one 512-bit block (one cache line), so an insert costs one
-/// memory access however large the filter.
-struct Bloom {
-    blocks: Vec<[u64; 8]>,
-}
-
-impl Bloom {
-    /// About 12 bits a row (a false positive rate near 1 %) for `rows`
-    /// expected rows, between 2^20 and 2^30 bits (128 KB–128 MB).
-    fn for_rows(rows: u64) -> Bloom {
-        let bits = rows
-            .saturating_mul(12)
-            .clamp(1 << 20, 1 << 30)
-            .next_power_of_two();
-        Bloom {
-            blocks: vec![[0; 8]; (bits / 512) as usize],
-        }
-    }
-
-    /// Sized for a file of `file_len` bytes whose first `bytes` held
-    /// `rows` rows.
-    fn for_file(file_len: u64, bytes: u64, rows: u64) -> Bloom {
-        let per_row = (bytes / rows.max(1)).max(16);
-        Bloom::for_rows(file_len / per_row + rows)
-    }
-
-    /// Sets the key's bits; returns whether they were all set already
-    /// (the key may have been inserted before).
-    fn insert(&mut self, hash: u64) -> bool {
-        let n = self.blocks.len() as u64;
-        let Some(block) = self.blocks.get_mut((hash % n.max(1)) as usize) else {
-            return false;
-        };
-        // Six 9-bit positions from the hash's other bits (mixed so they do
-        // not repeat the block index's low bits).
-        let mut h = hash.rotate_left(29).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut all = true;
-        for _ in 0..6 {
-            let bit = (h & 511) as usize;
-            h >>= 9;
-            let (word, b) = (bit / 64, 1u64 << (bit % 64));
-            all &= block[word] & b != 0;
-            block[word] |= b;
-        }
-        all
-    }
 }
 
 type ParseFn<T> = fn(&Fields) -> Result<Parsed<T>, Rejection>;
 
-/// How a feed's records become rows on the parser thread: the row parser,
-/// and for keyed feeds the settling of R2 there too.
-struct RowParser<T> {
-    parse: ParseFn<T>,
-    settle: Option<Settle<T>>,
-}
-
-impl<T: Keyed> RowParser<T> {
-    /// A feed whose rows replace by key and are settled on the parser
-    /// thread, spotting repeated keys with a Bloom filter sized by the file
-    /// (in [`parse_file`]).
-    fn keyed(parse: ParseFn<T>) -> Self {
-        RowParser {
-            parse,
-            settle: Some(Settle {
-                seen: Bloom { blocks: Vec::new() },
-                _row: std::marker::PhantomData,
-            }),
-        }
-    }
-
-    /// Permit rows: the writer settles R2 against the register itself.
-    fn unsettled(parse: ParseFn<T>) -> Self {
-        RowParser {
-            parse,
-            settle: None,
-        }
-    }
-}
-
 /// Reads `path` on the calling (blocking) thread and sends batches.
-fn parse_file<T: Keyed + Send + 'static>(
+fn parse_file<T: Send + 'static>(
     feed: Feed,
     path: PathBuf,
     opts: ImportOptions,
-    parser: RowParser<T>,
+    parse: ParseFn<T>,
     tx: mpsc::Sender<Msg<T>>,
     recycled: std::sync::mpsc::Receiver<Box<dyn Send>>,
 ) {
     let (encoding, batch_rows, progress) = (opts.encoding, opts.batch_rows, opts.progress);
     let header_names = opts.headers.of(feed);
-    let RowParser { parse, mut settle } = parser;
-    let send = |batch: Vec<Item<T>>, settle: &mut Option<Settle<T>>, bytes: u64, len: u64| {
+    let send = |batch: Vec<Item<T>>| {
         // Free what the writer has handed back ([`Recycle`]) on this thread.
         while let Ok(done) = recycled.try_recv() {
             drop(done);
         }
-        let msg = match settle {
-            Some(s) => {
-                if s.seen.blocks.is_empty() {
-                    s.seen = Bloom::for_file(len, bytes, batch.len() as u64);
-                }
-                Msg::Ready(s.settle(batch))
-            }
-            None => Msg::Batch(batch),
-        };
-        tx.blocking_send(msg).is_ok()
+        tx.blocking_send(Msg::Batch(batch)).is_ok()
     };
     let shown = path.display().to_string();
     let refuse = |msg: String| {
@@ -447,8 +258,7 @@ fn parse_file<T: Keyed + Send + 'static>(
         batch.push(Item { line, raw, parsed });
         if batch.len() >= batch_rows {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_rows));
-            let bytes = record.position().map(|p| p.byte()).unwrap_or(0);
-            if !send(full, &mut settle, bytes, len) {
+            if !send(full) {
                 return;
             }
         }
@@ -461,7 +271,7 @@ fn parse_file<T: Keyed + Send + 'static>(
         return refuse("empty file: no header row".to_string());
     }
     if !batch.is_empty() {
-        let _ = send(batch, &mut settle, len, len);
+        let _ = send(batch);
     }
 }
 
@@ -548,23 +358,6 @@ fn rejects_error(path: &Path, e: csv::Error) -> Error {
     ))
 }
 
-/// Hash of a row key, for spotting the same key twice in one file without
-/// keeping every key in memory (8 bytes each plus the line).
-fn key_hash(key: &str) -> u64 {
-    KEY_HASH.hash_one(key)
-}
-
-/// [`key_hash`] of a key as [`Keyed::key_ref`] gives it.
-fn pair_hash(key: (&str, u64)) -> u64 {
-    KEY_HASH.hash_one(key)
-}
-
-/// A fixed seed (the same filter for the same file, run after run), and
-/// foldhash's quality variant: the Bloom filter takes its block and bits
-/// from the hash's bits, so they must all be well mixed.
-const KEY_HASH: foldhash::quality::FixedState =
-    foldhash::quality::FixedState::with_seed(0x6175_746f_7369_676e);
-
 /// What a writer does with one batch inside the import transaction.
 trait BatchWriter<T> {
     /// Decides and writes records that need the database to decide.
@@ -576,21 +369,9 @@ trait BatchWriter<T> {
         recycle: &Recycle,
     ) -> Result<()>;
 
-    /// Writes rows already settled on the parser thread, with the rows of
-    /// the batch whose key may have come in an earlier one.
-    async fn write_ready(
-        &mut self,
-        tx: &mut ImportTx,
-        rows: Vec<T>,
-        suspects: Vec<KeySuspect>,
-        recycle: &Recycle,
-    ) -> Result<()>;
-
-    /// Completes the file once every batch is in (a staging writer decides
-    /// and writes here), before the reject ratio is checked.
-    async fn finish(&mut self, _tx: &mut ImportTx, _tally: &mut Tally) -> Result<()> {
-        Ok(())
-    }
+    /// Completes the file once every batch is in (the writers decide and
+    /// write here, in key order), before the reject ratio is checked.
+    async fn finish(&mut self, tx: &mut ImportTx, tally: &mut Tally) -> Result<()>;
 }
 
 /// Hands what the writer is done with back to the parser thread that
@@ -612,11 +393,11 @@ async fn run_import<T, W>(
     path: &Path,
     sha: &str,
     opts: &ImportOptions,
-    parser: RowParser<T>,
+    parse: ParseFn<T>,
     mut writer: W,
 ) -> Result<ImportReport>
 where
-    T: Keyed + Send + 'static,
+    T: Send + 'static,
     W: BatchWriter<T>,
 {
     let shown = path.display().to_string();
@@ -625,7 +406,7 @@ where
     let (recycle, recycled) = std::sync::mpsc::channel();
     let recycle = Recycle(recycle);
     let parser =
-        tokio::task::spawn_blocking(move || parse_file(feed, p, o, parser, sender, recycled));
+        tokio::task::spawn_blocking(move || parse_file(feed, p, o, parse, sender, recycled));
 
     let mut tx = db
         .begin_import(
@@ -655,34 +436,6 @@ where
             Msg::Batch(items) => {
                 tally.counts.rows_read += items.len() as u64;
                 let result = writer.write(&mut tx, items, &mut tally, &recycle).await;
-                crate::faults::point("import.batch_written");
-                if let Err(e) = result {
-                    drop(receiver);
-                    let _ = tx.rollback().await;
-                    let _ = parser.await;
-                    return Err(e);
-                }
-            }
-            Msg::Ready(batch) => {
-                tally.counts.rows_read += batch.read;
-                tally.counts.rows_imported += batch.accepted;
-                let mut step = || -> Result<()> {
-                    for (line, reason, raw) in &batch.rejects {
-                        tally.reject(*line, &reason.to_string(), raw)?;
-                    }
-                    for (line, w) in &batch.warnings {
-                        tally.warn(*line, w);
-                    }
-                    Ok(())
-                };
-                let result = match step() {
-                    Ok(()) => {
-                        writer
-                            .write_ready(&mut tx, batch.rows, batch.suspects, &recycle)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
                 crate::faults::point("import.batch_written");
                 if let Err(e) = result {
                     drop(receiver);
@@ -729,13 +482,6 @@ where
             opts.max_reject_ratio
         )));
     }
-    // R2: a suspect's key came earlier in the file if a row this import
-    // wrote before it has the key (Bloom filter hits are only candidates).
-    let mut repeated = tx.earlier_lines().await?;
-    repeated.sort_unstable();
-    for (line, earlier) in repeated {
-        tally.warn(line, &same_key_warning(earlier));
-    }
     let import_id = tx.import_id();
     tx.commit(c).await?;
     Ok(ImportReport {
@@ -750,142 +496,266 @@ where
     })
 }
 
-/// The key a row replaces by (R2).
-trait Keyed {
-    /// The key without allocating: `id_number` (or `permit_no`) and the
-    /// second part as a number that equals another row's exactly when the
-    /// parts do (a date's day number, a month's packed bytes, or 0).
-    fn key_ref(&self) -> (&str, u64);
-    /// The key as (`id_number`, the second part as stored, or empty).
-    fn key_parts(&self) -> (&str, String);
-    fn set_line(&mut self, line: u64);
+/// A feed row that replaces by key (R2): residence, social insurance,
+/// civil status. Rows are held in an external sort by (key, line) while
+/// the file is read, like the permits ([`PermitsWriter`]).
+trait FeedRow: Sized + Send + 'static {
+    /// Appends the row's key as bytes that sort as the table's key
+    /// (`id_number`, then the second part as stored), each part ended by a
+    /// zero byte (stored text never holds one: C9 rejects it), so that
+    /// keys are equal exactly when their parts are and a key is never the
+    /// prefix of another.
+    fn key(&self, out: &mut Vec<u8>);
+    /// The row's line in its file.
+    fn line(&self) -> u64;
+    fn encode(&self, line: u64) -> Vec<u8>;
+    /// The line and the row [`FeedRow::encode`] encoded.
+    fn decode(bytes: &[u8]) -> std::io::Result<Self>;
+    /// Inserts these rows, each with a key new in this file, in key order;
+    /// a stored row with the same key is replaced (R2: a later import
+    /// wins).
+    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()>;
 }
 
-impl Keyed for crate::db::ResidenceRow {
-    fn key_ref(&self) -> (&str, u64) {
-        (
-            &self.id_number,
-            u64::from(chrono::Datelike::num_days_from_ce(&self.visited_on) as u32),
-        )
-    }
-    fn key_parts(&self) -> (&str, String) {
-        (&self.id_number, self.visited_on.to_string())
-    }
-    fn set_line(&mut self, line: u64) {
-        self.line = line;
-    }
+fn bad_record(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
 }
 
-impl Keyed for crate::db::SocialInsuranceRow {
-    fn key_ref(&self) -> (&str, u64) {
-        (&self.id_number, pack_month(&self.month))
-    }
-    fn key_parts(&self) -> (&str, String) {
-        (&self.id_number, self.month.clone())
-    }
-    fn set_line(&mut self, line: u64) {
-        self.line = line;
-    }
+fn key_part(out: &mut Vec<u8>, part: &str) {
+    out.extend_from_slice(part.as_bytes());
+    out.push(0);
 }
 
-impl Keyed for crate::db::CivilStatusRow {
-    fn key_ref(&self) -> (&str, u64) {
-        (&self.id_number, 0)
+impl FeedRow for crate::db::ResidenceRow {
+    fn line(&self) -> u64 {
+        self.line
     }
-    fn key_parts(&self) -> (&str, String) {
-        (&self.id_number, String::new())
+    fn key(&self, out: &mut Vec<u8>) {
+        key_part(out, &self.id_number);
+        key_part(out, &self.visited_on.format("%Y-%m-%d").to_string());
     }
-    fn set_line(&mut self, line: u64) {
-        self.line = line;
+    fn encode(&self, line: u64) -> Vec<u8> {
+        let mut e = sort::Encoder::default();
+        e.u64(line)
+            .str(&self.id_number)
+            .str(&self.visited_on.format("%Y-%m-%d").to_string())
+            .str(&self.result)
+            .str(&self.address)
+            .str(&self.officer_id);
+        e.into_bytes()
     }
-}
-
-/// Permit rows are decided against the register by [`PermitsWriter`], not
-/// settled on the parser thread; the key is for its Bloom filter.
-impl Keyed for (PermitRow, Option<PermitStatus>) {
-    fn key_ref(&self) -> (&str, u64) {
-        (&self.0.permit_no, 0)
+    fn decode(bytes: &[u8]) -> std::io::Result<Self> {
+        let mut d = sort::Decoder::new(bytes);
+        Ok(crate::db::ResidenceRow {
+            line: d.u64()?,
+            id_number: d.str()?,
+            visited_on: crate::domain::parse_date(&d.str()?).map_err(bad_record)?,
+            result: d.str()?,
+            address: d.str()?,
+            officer_id: d.str()?,
+        })
     }
-    fn key_parts(&self) -> (&str, String) {
-        (&self.0.permit_no, String::new())
-    }
-    fn set_line(&mut self, _: u64) {}
-}
-
-/// A month as stored (`YYYY-MM`, 7 bytes) packed into a number, byte for
-/// byte: two months pack equal exactly when they are equal. (A longer text
-/// cannot come from the row parser; its bytes past the eighth are folded
-/// in by hash so that it still packs deterministically.)
-fn pack_month(month: &str) -> u64 {
-    let bytes = month.as_bytes();
-    if bytes.len() <= 8 {
-        bytes.iter().fold(0, |acc, &b| acc << 8 | u64::from(b))
-    } else {
-        key_hash(month) | 1 << 63
+    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()> {
+        tx.upsert_residence(rows).await
     }
 }
 
-/// Rows that insert or replace by key.
-trait Upsert: Sized {
-    async fn upsert(tx: &mut ImportTx, rows: &[Self], suspects: &[KeySuspect]) -> Result<()>;
-}
-
-impl Upsert for crate::db::ResidenceRow {
-    async fn upsert(tx: &mut ImportTx, rows: &[Self], suspects: &[KeySuspect]) -> Result<()> {
-        tx.upsert_residence(rows, suspects).await
+impl FeedRow for crate::db::SocialInsuranceRow {
+    fn line(&self) -> u64 {
+        self.line
+    }
+    fn key(&self, out: &mut Vec<u8>) {
+        key_part(out, &self.id_number);
+        key_part(out, &self.month);
+    }
+    fn encode(&self, line: u64) -> Vec<u8> {
+        let mut e = sort::Encoder::default();
+        e.u64(line)
+            .str(&self.id_number)
+            .str(&self.month)
+            .str(&self.status)
+            .str(&self.employer_uscc)
+            .str(&self.employer_name);
+        e.into_bytes()
+    }
+    fn decode(bytes: &[u8]) -> std::io::Result<Self> {
+        let mut d = sort::Decoder::new(bytes);
+        Ok(crate::db::SocialInsuranceRow {
+            line: d.u64()?,
+            id_number: d.str()?,
+            month: d.str()?,
+            status: d.str()?,
+            employer_uscc: d.str()?,
+            employer_name: d.str()?,
+        })
+    }
+    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()> {
+        tx.upsert_social_insurance(rows).await
     }
 }
 
-impl Upsert for crate::db::SocialInsuranceRow {
-    async fn upsert(tx: &mut ImportTx, rows: &[Self], suspects: &[KeySuspect]) -> Result<()> {
-        tx.upsert_social_insurance(rows, suspects).await
+impl FeedRow for crate::db::CivilStatusRow {
+    fn line(&self) -> u64 {
+        self.line
+    }
+    fn key(&self, out: &mut Vec<u8>) {
+        key_part(out, &self.id_number);
+    }
+    fn encode(&self, line: u64) -> Vec<u8> {
+        let as_of = self.as_of.map(|d| d.format("%Y-%m-%d").to_string());
+        let mut e = sort::Encoder::default();
+        e.u64(line)
+            .str(&self.id_number)
+            .str(&self.marital_status)
+            .opt(as_of.as_deref());
+        e.into_bytes()
+    }
+    fn decode(bytes: &[u8]) -> std::io::Result<Self> {
+        let mut d = sort::Decoder::new(bytes);
+        Ok(crate::db::CivilStatusRow {
+            line: d.u64()?,
+            id_number: d.str()?,
+            marital_status: d.str()?,
+            as_of: d
+                .opt()?
+                .map(|s| crate::domain::parse_date(&s).map_err(bad_record))
+                .transpose()?,
+        })
+    }
+    async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()> {
+        tx.upsert_civil_status(rows).await
     }
 }
 
-impl Upsert for crate::db::CivilStatusRow {
-    async fn upsert(tx: &mut ImportTx, rows: &[Self], suspects: &[KeySuspect]) -> Result<()> {
-        tx.upsert_civil_status(rows, suspects).await
-    }
-}
-
-/// Writer for residence, social-insurance and civil-status rows, which are
-/// settled on the parser thread ([`Settle`]): it only writes.
-struct KeyedWriter<T> {
+/// Writer for residence, social-insurance and civil-status rows (R2).
+/// Accepted rows go into an external sort by (key, line) as the file is
+/// read; once it is read they come back with each key's rows together, the
+/// later line wins (a warning names the earlier one), and the winners are
+/// written a page at a time in key order. Whatever order the file's keys
+/// come in, the table's B-tree is then walked once, in order, and memory is
+/// bounded by the sort's budget and the page.
+struct FeedWriter<T> {
+    rows: sort::ExternalSort,
+    notes: Notes,
     _row: std::marker::PhantomData<T>,
 }
 
-impl<T> Default for KeyedWriter<T> {
+impl<T> Default for FeedWriter<T> {
     fn default() -> Self {
-        KeyedWriter {
+        FeedWriter {
+            rows: sort::ExternalSort::new(sort::RUN_BYTES),
+            notes: Notes::default(),
             _row: std::marker::PhantomData,
         }
     }
 }
 
-impl<T: Keyed + Upsert + Send + 'static> BatchWriter<T> for KeyedWriter<T> {
+impl<T: FeedRow + Send + 'static> BatchWriter<T> for FeedWriter<T> {
     async fn write(
         &mut self,
         _: &mut ImportTx,
-        _: Vec<Item<T>>,
-        _: &mut Tally,
-        _: &Recycle,
-    ) -> Result<()> {
-        Err(Error::Runtime(anyhow::anyhow!(
-            "internal: keyed feed rows arrived unsettled"
-        )))
-    }
-
-    async fn write_ready(
-        &mut self,
-        tx: &mut ImportTx,
-        rows: Vec<T>,
-        suspects: Vec<KeySuspect>,
+        items: Vec<Item<T>>,
+        tally: &mut Tally,
         recycle: &Recycle,
     ) -> Result<()> {
-        let written = T::upsert(tx, &rows, &suspects).await;
-        recycle.give(rows);
-        written
+        let mut raws = Vec::with_capacity(items.len());
+        for item in items {
+            match item.parsed {
+                Err(rejection) => self.notes.note(Note {
+                    line: item.line,
+                    rejected: Some(item.raw.iter().map(str::to_string).collect()),
+                    text: rejection.to_string(),
+                })?,
+                Ok(p) => {
+                    tally.counts.rows_imported += 1;
+                    for text in p.warnings {
+                        self.notes.note(Note {
+                            line: item.line,
+                            rejected: None,
+                            text,
+                        })?;
+                    }
+                    let mut key = Vec::with_capacity(40);
+                    p.row.key(&mut key);
+                    key.extend_from_slice(&item.line.to_be_bytes());
+                    let record = p.row.encode(item.line);
+                    self.rows.push(key, record).map_err(sort_error)?;
+                }
+            }
+            raws.push(item.raw);
+        }
+        recycle.give(raws);
+        Ok(())
     }
+
+    /// The merge runs on a blocking thread of its own and hands pages over
+    /// while the previous one is written: merging and decoding cost about
+    /// a third of what writing does, and overlap it on a second core.
+    async fn finish(&mut self, tx: &mut ImportTx, tally: &mut Tally) -> Result<()> {
+        let rows = std::mem::replace(&mut self.rows, sort::ExternalSort::new(0));
+        let notes = std::mem::take(&mut self.notes);
+        let (send, mut pages) = mpsc::channel::<Vec<T>>(2);
+        let merge = tokio::task::spawn_blocking(move || settle_sorted(rows, notes, &send));
+        let mut written = Ok(());
+        while let Some(page) = pages.recv().await {
+            written = T::upsert(tx, &page).await;
+            if written.is_err() {
+                break;
+            }
+        }
+        // Dropping the receiver stops the merge at its next page.
+        drop(pages);
+        let merged = merge.await.map_err(|e| {
+            Error::Runtime(anyhow::anyhow!("the import's merge thread failed: {e}"))
+        })?;
+        written?;
+        self.notes = merged?;
+        self.notes.replay(tally)
+    }
+}
+
+/// Reads the sorted rows back, settles R2 (each key's later line wins; a
+/// warning at that line names the earlier one) and sends pages of
+/// [`DECIDE_ROWS`] rows, one row per key, in key order. Returns the notes
+/// with the warnings added; stops early, with them, if the writer is gone.
+fn settle_sorted<T: FeedRow>(
+    rows: sort::ExternalSort,
+    mut notes: Notes,
+    send: &mpsc::Sender<Vec<T>>,
+) -> Result<Notes> {
+    let mut sorted = rows.finish().map_err(sort_error)?;
+    let mut page: Vec<T> = Vec::with_capacity(DECIDE_ROWS);
+    // The key of the row last pushed to the page (without its line).
+    let mut last_key: Vec<u8> = Vec::new();
+    while let Some((key, record)) = sorted.next_record().map_err(sort_error)? {
+        let row = T::decode(&record).map_err(sort_error)?;
+        let key = &key[..key.len() - 8];
+        if !page.is_empty() && key == last_key.as_slice() {
+            // R2: the later line with the key replaces the earlier.
+            if let Some(earlier) = page.pop() {
+                notes.note(Note {
+                    line: row.line(),
+                    rejected: None,
+                    text: same_key_warning(earlier.line()),
+                })?;
+            }
+        } else {
+            // A new key: every key on the page is complete.
+            if page.len() >= DECIDE_ROWS {
+                let full = std::mem::replace(&mut page, Vec::with_capacity(DECIDE_ROWS));
+                if send.blocking_send(full).is_err() {
+                    return Ok(notes);
+                }
+            }
+            last_key.clear();
+            last_key.extend_from_slice(key);
+        }
+        page.push(row);
+    }
+    if !page.is_empty() {
+        let _ = send.blocking_send(page);
+    }
+    Ok(notes)
 }
 
 /// A permit row parsed and held for sorting: its line, the parsed row, the
@@ -1010,6 +880,61 @@ impl Note {
     }
 }
 
+/// Rejects and warnings held in an external sort by (line, order noted),
+/// replayed once the file is decided.
+struct Notes {
+    sort: sort::ExternalSort,
+    /// Notes so far: their order among notes of the same line.
+    noted: u64,
+}
+
+impl Default for Notes {
+    fn default() -> Self {
+        Notes {
+            sort: sort::ExternalSort::new(sort::RUN_BYTES / 8),
+            noted: 0,
+        }
+    }
+}
+
+impl Notes {
+    fn note(&mut self, note: Note) -> Result<()> {
+        let mut key = note.line.to_be_bytes().to_vec();
+        key.extend_from_slice(&self.noted.to_be_bytes());
+        self.noted += 1;
+        let mut e = sort::Encoder::default();
+        e.u64(u64::from(note.rejected.is_some()))
+            .u64(note.line)
+            .str(&note.text);
+        for f in note.rejected.iter().flatten() {
+            e.str(f);
+        }
+        self.sort.push(key, e.into_bytes()).map_err(sort_error)
+    }
+
+    /// The notes in line order.
+    fn sorted(&mut self) -> Result<sort::Sorted> {
+        let notes = std::mem::replace(&mut self.sort, sort::ExternalSort::new(0));
+        notes.finish().map_err(sort_error)
+    }
+
+    /// Rejects and warnings in line order, as the file reads.
+    fn replay(&mut self, tally: &mut Tally) -> Result<()> {
+        let mut sorted = self.sorted()?;
+        while let Some((_, record)) = sorted.next_record().map_err(sort_error)? {
+            let note = Note::decode(&record).map_err(sort_error)?;
+            match note.rejected {
+                None => tally.warn(note.line, &note.text),
+                Some(fields) => {
+                    let raw = csv::StringRecord::from(fields);
+                    tally.reject(note.line, &note.text, &raw)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Sorted rows decided and written per round trip.
 const DECIDE_ROWS: usize = 10_000;
 
@@ -1024,9 +949,7 @@ const DECIDE_ROWS: usize = 10_000;
 /// bounded by the sort's budget and the page, not the file.
 struct PermitsWriter {
     rows: sort::ExternalSort,
-    notes: sort::ExternalSort,
-    /// Notes so far: their order among notes of the same line.
-    noted: u64,
+    notes: Notes,
     /// The permit being decided (its rows may span pages).
     current: Option<Deciding>,
     /// The register was empty when this file began: nothing to look up.
@@ -1048,8 +971,7 @@ impl Default for PermitsWriter {
     fn default() -> Self {
         PermitsWriter {
             rows: sort::ExternalSort::new(sort::RUN_BYTES),
-            notes: sort::ExternalSort::new(sort::RUN_BYTES / 8),
-            noted: 0,
+            notes: Notes::default(),
             current: None,
             empty_register: None,
         }
@@ -1057,7 +979,7 @@ impl Default for PermitsWriter {
 }
 
 fn sort_error(e: std::io::Error) -> Error {
-    Error::io("cannot sort the permit rows in temporary files (TMPDIR)", e)
+    Error::io("cannot sort the file's rows in temporary files (TMPDIR)", e)
 }
 
 impl PermitsWriter {
@@ -1067,20 +989,6 @@ impl PermitsWriter {
             Some(e) => Ok(e),
             None => Ok(*self.empty_register.insert(tx.register_is_empty().await?)),
         }
-    }
-
-    fn note(&mut self, note: Note) -> Result<()> {
-        let mut key = note.line.to_be_bytes().to_vec();
-        key.extend_from_slice(&self.noted.to_be_bytes());
-        self.noted += 1;
-        let mut e = sort::Encoder::default();
-        e.u64(u64::from(note.rejected.is_some()))
-            .u64(note.line)
-            .str(&note.text);
-        for f in note.rejected.iter().flatten() {
-            e.str(f);
-        }
-        self.notes.push(key, e.into_bytes()).map_err(sort_error)
     }
 
     /// Decides one row (rows come in (permit_no, line) order); the write
@@ -1112,7 +1020,7 @@ impl PermitsWriter {
         match permit_write(held.row, held.given_status, mark) {
             Err(rejection) => {
                 let text = rejection.to_string();
-                self.note(Note {
+                self.notes.note(Note {
                     line: held.line,
                     rejected: Some(held.raw),
                     text,
@@ -1123,14 +1031,14 @@ impl PermitsWriter {
                 d.write = Some(w);
                 let earlier = d.earlier.replace(held.line);
                 for text in held.warnings {
-                    self.note(Note {
+                    self.notes.note(Note {
                         line: held.line,
                         rejected: None,
                         text,
                     })?;
                 }
                 if let Some(earlier) = earlier {
-                    self.note(Note {
+                    self.notes.note(Note {
                         line: held.line,
                         rejected: None,
                         text: same_permit_warning(earlier),
@@ -1198,7 +1106,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         for item in items {
             let raw = || item.raw.iter().map(str::to_string).collect();
             match item.parsed {
-                Err(rejection) => self.note(Note {
+                Err(rejection) => self.notes.note(Note {
                     line: item.line,
                     rejected: Some(raw()),
                     text: rejection.to_string(),
@@ -1226,18 +1134,6 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         Ok(())
     }
 
-    async fn write_ready(
-        &mut self,
-        _: &mut ImportTx,
-        _: Vec<(PermitRow, Option<PermitStatus>)>,
-        _: Vec<KeySuspect>,
-        _: &Recycle,
-    ) -> Result<()> {
-        Err(Error::Runtime(anyhow::anyhow!(
-            "internal: permit rows must be decided against the register"
-        )))
-    }
-
     async fn finish(&mut self, tx: &mut ImportTx, tally: &mut Tally) -> Result<()> {
         let rows = std::mem::replace(&mut self.rows, sort::ExternalSort::new(0));
         let mut sorted = rows.finish().map_err(sort_error)?;
@@ -1257,20 +1153,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
                 break;
             }
         }
-        // Rejects and warnings in line order, as the file reads.
-        let notes = std::mem::replace(&mut self.notes, sort::ExternalSort::new(0));
-        let mut sorted = notes.finish().map_err(sort_error)?;
-        while let Some((_, record)) = sorted.next_record().map_err(sort_error)? {
-            let note = Note::decode(&record).map_err(sort_error)?;
-            match note.rejected {
-                None => tally.warn(note.line, &note.text),
-                Some(fields) => {
-                    let raw = csv::StringRecord::from(fields);
-                    tally.reject(note.line, &note.text, &raw)?;
-                }
-            }
-        }
-        Ok(())
+        self.notes.replay(tally)
     }
 }
 
@@ -1340,16 +1223,15 @@ mod tests {
             (1, None),
             (256, None),
         ] {
-            w.note(Note {
-                line,
-                rejected,
-                text: format!("note {line}"),
-            })
-            .unwrap();
+            w.notes
+                .note(Note {
+                    line,
+                    rejected,
+                    text: format!("note {line}"),
+                })
+                .unwrap();
         }
-        let mut notes = std::mem::replace(&mut w.notes, sort::ExternalSort::new(0))
-            .finish()
-            .unwrap();
+        let mut notes = w.notes.sorted().unwrap();
         let mut got = Vec::new();
         while let Some((_, record)) = notes.next_record().unwrap() {
             let n = Note::decode(&record).unwrap();
@@ -1409,9 +1291,7 @@ mod tests {
         assert_eq!(mark.prior, stored);
         // Notes: line 2's warning; line 5 rejected; line 8's warning and
         // its repeat of line 2; SH2's warning.
-        let mut notes = std::mem::replace(&mut w.notes, sort::ExternalSort::new(0))
-            .finish()
-            .unwrap();
+        let mut notes = w.notes.sorted().unwrap();
         let mut got = Vec::new();
         while let Some((_, record)) = notes.next_record().unwrap() {
             let n = Note::decode(&record).unwrap();
@@ -1437,68 +1317,83 @@ mod tests {
         );
     }
 
-    #[test]
-    fn key_ref_is_equal_exactly_when_the_key_is() {
-        // R2 settles repeats by key_ref on the parser thread; it must never
-        // merge two keys nor split one.
-        let si = |id: &str, month: &str| crate::db::SocialInsuranceRow {
+    fn si(id: &str, month: &str) -> crate::db::SocialInsuranceRow {
+        crate::db::SocialInsuranceRow {
             id_number: id.to_string(),
             month: month.to_string(),
             status: "paid".to_string(),
-            employer_uscc: String::new(),
-            employer_name: String::new(),
+            employer_uscc: "91310000MA1FL0AB1X".to_string(),
+            employer_name: "上海,某某".to_string(),
             line: 0,
-        };
-        let visit = |id: &str, day: u32| crate::db::ResidenceRow {
+        }
+    }
+
+    fn visit(id: &str, day: u32) -> crate::db::ResidenceRow {
+        crate::db::ResidenceRow {
             id_number: id.to_string(),
             visited_on: chrono::NaiveDate::from_ymd_opt(2026, 1, day).expect("date"),
-            result: "verified".to_string(),
-            address: String::new(),
+            result: "consistent".to_string(),
+            address: "上海市".to_string(),
             officer_id: String::new(),
             line: 0,
-        };
-        let si_rows = [
-            si("110101197001011019", "2026-09"),
-            si("110101197001011019", "2026-10"),
-            si("110101197007311020", "2026-09"),
-            si("110101197001011019", "2026-09"),
-            si("110101197001011019", "2025-09"),
-        ];
-        let visits = [
-            visit("110101197001011019", 1),
-            visit("110101197001011019", 2),
-            visit("110101197007311020", 1),
-            visit("110101197001011019", 1),
-        ];
-        fn check<T: Keyed>(rows: &[T]) {
-            for a in rows {
-                for b in rows {
-                    assert_eq!(
-                        a.key_ref() == b.key_ref(),
-                        a.key_parts() == b.key_parts(),
-                        "{:?}",
-                        a.key_parts()
-                    );
-                }
-            }
         }
-        check(&si_rows);
-        check(&visits);
-        assert_ne!(pack_month("2026-09"), pack_month("2026-10"));
-        assert_eq!(pack_month("2026-09"), pack_month("2026-09"));
+    }
+
+    fn key_of<T: FeedRow>(row: &T) -> Vec<u8> {
+        let mut key = Vec::new();
+        row.key(&mut key);
+        key
     }
 
     #[test]
-    fn bloom_filter_says_a_key_may_have_come_before_only_after_it_did() {
-        // R2 duplicate-key warning: a miss is exact, a hit is a candidate.
-        let mut bloom = Bloom::for_rows(0);
-        let keys: Vec<u64> = (0..10_000u64).map(|i| key_hash(&format!("k{i}"))).collect();
-        let hits_first = keys.iter().filter(|h| bloom.insert(**h)).count();
-        assert!(hits_first < 10, "false positives: {hits_first}");
-        assert!(
-            keys.iter().all(|h| bloom.insert(*h)),
-            "every repeat is a hit"
-        );
+    fn feed_keys_are_equal_exactly_when_the_r2_key_is_and_sort_as_the_table_does() {
+        // R2 settles repeats by these keys after the sort: they must never
+        // merge two keys nor split one, and the rows must come out in the
+        // order of the table's primary key (id_number, then the second part).
+        let a = "110101197001011019";
+        let b = "110101197007311020";
+        let si_rows = [
+            si(a, "2026-09"),
+            si(a, "2026-10"),
+            si(b, "2026-09"),
+            si(a, "2026-09"),
+            si(a, "2025-09"),
+        ];
+        let visits = [visit(a, 1), visit(a, 2), visit(b, 1), visit(a, 1)];
+        fn check<T: FeedRow>(rows: &[T], parts: impl Fn(&T) -> (String, String)) {
+            for x in rows {
+                for y in rows {
+                    assert_eq!(key_of(x) == key_of(y), parts(x) == parts(y));
+                    assert_eq!(key_of(x).cmp(&key_of(y)), parts(x).cmp(&parts(y)));
+                }
+            }
+        }
+        check(&si_rows, |r| (r.id_number.clone(), r.month.clone()));
+        check(&visits, |r| (r.id_number.clone(), r.visited_on.to_string()));
+        // A shorter ID number is never a prefix of a longer one's key.
+        assert!(key_of(&si("1101", "2026-12")) < key_of(&si("11010", "2026-01")));
+    }
+
+    #[test]
+    fn a_feed_row_decodes_to_what_was_encoded() {
+        let mut s = si("110101197001011019", "2026-09");
+        s.line = 3;
+        let back = crate::db::SocialInsuranceRow::decode(&s.encode(3)).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
+        let mut v = visit("110101197001011019", 31);
+        v.line = 9;
+        let back = crate::db::ResidenceRow::decode(&v.encode(9)).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{v:?}"));
+        for as_of in [None, chrono::NaiveDate::from_ymd_opt(2026, 2, 28)] {
+            let c = crate::db::CivilStatusRow {
+                id_number: "110101197001011019".to_string(),
+                marital_status: "married".to_string(),
+                as_of,
+                line: 12,
+            };
+            let back = crate::db::CivilStatusRow::decode(&c.encode(12)).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{c:?}"));
+        }
     }
 }
 
@@ -1509,8 +1404,8 @@ pub mod fuzzing {
     use super::*;
 
     /// Reads `path` as a file of `feed` the way an import does (decoding,
-    /// CSV framing, line numbers, header mapping, row parsing, R2 settling
-    /// with the Bloom filter), in batches of `batch_rows`,
+    /// CSV framing, line numbers, header mapping, row parsing), in batches
+    /// of `batch_rows`,
     /// and checks what comes out: lines only grow, every record read is
     /// one accepted row, one reject or part of a refusal.
     pub fn read_file(feed: Feed, encoding: Encoding, batch_rows: usize, path: &Path) {
@@ -1525,24 +1420,17 @@ pub mod fuzzing {
             clock: crate::clock::Clock::system(chrono_tz::UTC),
         };
         match feed {
-            Feed::Permits => run(feed, path, opts, RowParser::unsettled(parse::permit)),
-            Feed::Residence => run(feed, path, opts, RowParser::keyed(parse::residence)),
-            Feed::SocialInsurance => {
-                run(feed, path, opts, RowParser::keyed(parse::social_insurance))
-            }
-            Feed::CivilStatus => run(feed, path, opts, RowParser::keyed(parse::civil_status)),
+            Feed::Permits => run(feed, path, opts, parse::permit),
+            Feed::Residence => run(feed, path, opts, parse::residence),
+            Feed::SocialInsurance => run(feed, path, opts, parse::social_insurance),
+            Feed::CivilStatus => run(feed, path, opts, parse::civil_status),
         }
     }
 
-    fn run<T: Keyed + Send + 'static>(
-        feed: Feed,
-        path: &Path,
-        opts: ImportOptions,
-        parser: RowParser<T>,
-    ) {
+    fn run<T: Send + 'static>(feed: Feed, path: &Path, opts: ImportOptions, parse: ParseFn<T>) {
         let (tx, mut rx) = mpsc::channel(1 << 16);
         let (_recycle, recycled) = std::sync::mpsc::channel();
-        parse_file(feed, path.to_path_buf(), opts, parser, tx, recycled);
+        parse_file(feed, path.to_path_buf(), opts, parse, tx, recycled);
         let mut last_line = 0;
         let mut refused = false;
         while let Ok(msg) = rx.try_recv() {
@@ -1557,13 +1445,9 @@ pub mod fuzzing {
                             item.line
                         );
                         last_line = item.line;
-                    }
-                }
-                Msg::Ready(batch) => {
-                    assert!(batch.accepted + batch.rejects.len() as u64 == batch.read);
-                    assert!(batch.rows.len() as u64 <= batch.accepted);
-                    for (line, reason, _) in &batch.rejects {
-                        assert!(*line > 0 && !reason.code.is_empty(), "{line} {reason}");
+                        if let Err(reason) = &item.parsed {
+                            assert!(!reason.code.is_empty(), "{} {reason}", item.line);
+                        }
                     }
                 }
                 Msg::Refused(why) => {

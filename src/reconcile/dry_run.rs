@@ -26,7 +26,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{Duration, NaiveDate};
+use chrono::NaiveDate;
 
 use super::{Ctx, PlanCounts, RunSummary};
 use crate::audit::AuditWriter;
@@ -171,9 +171,9 @@ async fn plan_and_make(
     let mut audit = audit
         .map(|p| AuditWriter::create(Some(p), false))
         .transpose()?;
-    let to = ctx.as_of + Duration::days(i64::from(ctx.settings.rules.window_days));
+    let bounds = super::rules::candidate_bounds(ctx.as_of, &ctx.settings.rules);
     let make = super::event_maker(ctx, plan);
-    let mut pages = tx.event_pages(to, ctx.settings.run.page_permits, make);
+    let mut pages = tx.event_pages(bounds, ctx.settings.run.page_permits, make);
     while let Some((read, events)) = tx.next_events(&mut pages).await? {
         // What `Ctx::write` would count, and the rows the audit export
         // would show for them right after the run.

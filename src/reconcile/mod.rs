@@ -559,8 +559,8 @@ struct DueEntry {
     permit_no: Box<str>,
     /// [`id_key`] of the holder's ID number.
     id: u64,
-    /// The ID number itself, for the holders `RunTx::feed_evidence` is
-    /// given (a backend may look them up by key, or scan and match `id`).
+    /// The ID number itself, for the holders `RunTx::feed_evidence` looks
+    /// up by key.
     id_number: Box<str>,
     valid_until: NaiveDate,
     si_status: SiStatus,
@@ -656,7 +656,7 @@ impl DueEvidence {
 }
 
 impl EvidenceSink for DueEvidence {
-    /// Empty evidence for the same holders: what a part of a split scan
+    /// Empty evidence for the same holders: what a part of a split read
     /// fills on another thread (the index is shared: a part costs a `Vec`
     /// of slots).
     fn part(&self) -> Self {
@@ -690,10 +690,6 @@ impl EvidenceSink for DueEvidence {
         if self.invalid.is_none() {
             self.invalid = later.invalid;
         }
-    }
-
-    fn wants(&self, id_number: &str) -> bool {
-        self.index.contains_key(&id_key(id_number))
     }
 
     fn residence(&mut self, id_number: &str, visited_on: NaiveDate, result: &str) {
@@ -745,7 +741,7 @@ impl EvidenceSink for DueEvidence {
 
 /// Step 1: reads the due permits, keeps those whose cycle is open (R4,
 /// C8: `rules::cycle_decided`), then their
-/// holders' evidence (R5) in one pass per feed, and decides each in memory
+/// holders' evidence (R5) by key in each feed table, and decides each in memory
 /// (R6). Writes nothing. Memory: the due permits and their holders'
 /// evidence (a few hundred bytes a due permit: ~190 MB at 676,000), not
 /// the register or the feeds.
@@ -889,8 +885,12 @@ fn decide_due(
 /// ([`RunTx::event_pages`]: on SQLite a thread of its own, while this one
 /// writes the page before).
 async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: RunPlan) -> Result<()> {
-    let to = ctx.as_of + Duration::days(i64::from(ctx.settings.rules.window_days));
-    let mut pages = tx.event_pages(to, ctx.settings.run.page_permits, event_maker(ctx, plan));
+    let bounds = rules::candidate_bounds(ctx.as_of, &ctx.settings.rules);
+    let mut pages = tx.event_pages(
+        bounds,
+        ctx.settings.run.page_permits,
+        event_maker(ctx, plan),
+    );
     while let Some((read, events)) = tx.next_events(&mut pages).await? {
         ctx.write(tx, events).await?;
         ctx.bar.inc(read as u64);

@@ -4,6 +4,7 @@
 
 use chrono::{Duration, NaiveDate};
 
+use crate::db::CandidateBounds;
 use crate::domain::{
     add_one_year, CycleDecision, Effect, EventKind, MaritalStatus, Month, PaymentStatus,
     PermitStatus, Reason, ResidenceResult, SiStatus,
@@ -49,6 +50,27 @@ pub fn lifecycle(
         return Some(EventKind::Suspended);
     }
     None
+}
+
+/// The permits that may take a lifecycle step (R3) or be due (R4) at
+/// `as_of`, as the ranges the run reads: active up to the window's end
+/// (due, lapsing, or past grace), suspended only when past grace under
+/// `lapse_policy = "cancel"`. A suspended permit within its grace takes no
+/// step, so a night does not read the lapsed part of the register.
+pub fn candidate_bounds(as_of: NaiveDate, rules: &Rules) -> CandidateBounds {
+    CandidateBounds {
+        active_to: as_of
+            .checked_add_signed(Duration::days(i64::from(rules.window_days)))
+            .unwrap_or(NaiveDate::MAX),
+        // valid_until < as_of − grace_days exactly when as_of is past
+        // valid_until + grace_days (R3); none is when that underflows.
+        suspended_before: match rules.lapse_policy {
+            LapsePolicy::Cancel => {
+                as_of.checked_sub_signed(Duration::days(i64::from(rules.grace_days)))
+            }
+            LapsePolicy::Suspend => None,
+        },
+    }
 }
 
 /// R4: due when active and `0 <= valid_until - as_of <= window_days`.
@@ -241,6 +263,54 @@ mod tests {
 
     fn d(s: &str) -> NaiveDate {
         crate::domain::parse_date(s).expect("date")
+    }
+
+    #[test]
+    fn the_candidates_are_every_permit_that_steps_or_is_due_and_no_lapsed_one_within_grace() {
+        // R3, R4: whatever a permit does tonight, the run reads it; a
+        // suspended permit within its grace (most of a register's lapsed
+        // ones) does nothing, and is not read.
+        let as_of = d("2026-11-27");
+        for policy in [LapsePolicy::Cancel, LapsePolicy::Suspend] {
+            let mut r = rules();
+            r.lapse_policy = policy;
+            let b = candidate_bounds(as_of, &r);
+            let read = |status: PermitStatus, v: NaiveDate| match status {
+                PermitStatus::Active => v <= b.active_to,
+                PermitStatus::Suspended => b.suspended_before.is_some_and(|s| v < s),
+                PermitStatus::Cancelled => false,
+            };
+            for status in [
+                PermitStatus::Active,
+                PermitStatus::Suspended,
+                PermitStatus::Cancelled,
+            ] {
+                for offset in -400..400 {
+                    let v = as_of + Duration::days(offset);
+                    let acts =
+                        lifecycle(status, v, as_of, &r).is_some() || is_due(status, v, as_of, &r);
+                    if acts {
+                        assert!(
+                            read(status, v),
+                            "{policy:?} {status:?} {v} acts but is not read"
+                        );
+                    }
+                    if status == PermitStatus::Suspended && !acts {
+                        assert!(
+                            !read(status, v),
+                            "{policy:?} {v}: a suspended permit that does nothing is read"
+                        );
+                    }
+                }
+            }
+        }
+        // At the calendar's ends the bounds stay total.
+        let b = candidate_bounds(NaiveDate::MIN, &rules());
+        assert_eq!(b.suspended_before, None);
+        assert_eq!(
+            candidate_bounds(NaiveDate::MAX, &rules()).active_to,
+            NaiveDate::MAX
+        );
     }
 
     fn m(s: &str) -> Month {

@@ -193,9 +193,8 @@ dbtest!(
         );
 
         // A later import replaces the visit's row (R2). The recorded
-        // explanation keeps the run's values, and names the row the run
-        // read: SQLite still stores it (its feed tables are append-only);
-        // PostgreSQL keeps one row per key and says it was replaced.
+        // explanation keeps the run's values, and says the row it read was
+        // replaced (both backends keep one row per key).
         let p2 = id("19850315", 2);
         env.import(
             "residence",
@@ -208,16 +207,8 @@ dbtest!(
         let visit = &v["evidence"]["residence"]["visit"];
         assert_eq!(visit["result"], "consistent", "the run's value: {v}");
         let notes = v["notes"].to_string();
-        match env.backend {
-            Backend::Sqlite => {
-                assert_source(&visit["source"], "residence.csv", 4, 2);
-                assert!(!notes.contains("replaced"), "{notes}");
-            }
-            Backend::Postgres => {
-                assert_eq!(visit["source"], serde_json::Value::Null, "{v}");
-                assert!(notes.contains("replaced since by import 5"), "{notes}");
-            }
-        }
+        assert_eq!(visit["source"], serde_json::Value::Null, "{v}");
+        assert!(notes.contains("replaced since by import 5"), "{notes}");
     }
 );
 

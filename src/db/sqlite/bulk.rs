@@ -223,8 +223,8 @@ fn decision_code(code: &str) -> rusqlite::Result<Vec<CycleDecision>> {
     Ok(out)
 }
 
-/// Rows per multi-row INSERT of the run's writer (16 parameters an event:
-/// far below SQLite's limit of 32,766).
+/// Rows per multi-row INSERT of the run's writer and the feed imports (at
+/// most 16 parameters a row: far below SQLite's limit of 32,766).
 const ROWS_PER_INSERT: usize = 64;
 const _: () = assert!(ROWS_PER_INSERT * 16 <= 32_766);
 
@@ -344,15 +344,18 @@ fn bind_row(
     Ok(())
 }
 
-/// Step 2's candidates (R3, R4): the narrow permit_state table drives
-/// (CROSS JOIN keeps it outer) and a candidate's details are looked up by
-/// key.
+/// Step 2's candidates (R3, R4; [`CandidateBounds`]): the narrow
+/// permit_state table drives (CROSS JOIN keeps it outer), and only a
+/// candidate's details are looked up by key — not those of the lapsed
+/// permits that take no step tonight, of which a register holds many.
 const CANDIDATES: &str =
     "SELECT p.permit_no, d.id_number, d.name, d.phone, d.email, d.district_code,
         d.street_code, d.address, p.valid_until, p.status, d.employer_uscc, d.si_status,
         d.marital_status
  FROM permit_state p CROSS JOIN permit_details d ON d.permit_no = p.permit_no
- WHERE p.permit_no > ?1 AND p.status IN ('active', 'suspended') AND p.valid_until <= ?2
+ WHERE p.permit_no > ?1
+   AND ((p.status = 'active' AND p.valid_until <= ?2)
+        OR (p.status = 'suspended' AND p.valid_until < ?4))
  ORDER BY p.permit_no LIMIT ?3";
 
 type EventPage = Result<(usize, Vec<NewEvent>)>;
@@ -386,18 +389,19 @@ impl EventPageReader {
 /// The body of [`SqliteRunTx::event_pages`]'s thread.
 fn read_event_pages(
     path: &Path,
-    to: NaiveDate,
+    bounds: CandidateBounds,
     limit: u32,
     mut make: MakeEvents,
     send: &tokio::sync::mpsc::Sender<EventPage>,
 ) -> Result<()> {
     let c = snapshot_reader(path)?;
     let mut stmt = c.prepare(CANDIDATES).map_err(raw_err)?;
-    let to = to.to_string();
+    let to = bounds.active_to.to_string();
+    let before = bounds.suspended_before.map(|d| d.to_string());
     let mut after = String::new();
     loop {
         let page: Vec<Candidate> = stmt
-            .query_map(rusqlite::params![after, to, limit], |r| {
+            .query_map(rusqlite::params![after, to, limit, before], |r| {
                 Ok(Candidate {
                     permit: raw_permit(r)?,
                 })
@@ -418,10 +422,16 @@ fn read_event_pages(
     }
 }
 
+/// Page cache of the run's readers beside its transaction, KiB: enough to
+/// keep the interior pages of a 10M-permit register's tables and feed
+/// tables (a few MiB each at 16 KiB pages), which each look-up by key
+/// walks; with less, every look-up read them again from the file
+/// (measured at 10M permits: a steady night's run 10.7 s with 1 MiB).
+/// The process's memory bound counts every connection's.
+const READER_CACHE: &str = "PRAGMA cache_size = -16384";
+
 /// A read-only connection of the run's own, in a read transaction of its
-/// own (the run's readers beside its write transaction): a small cache,
-/// as its reads are sequential passes (the process's memory bound counts
-/// every connection's).
+/// own (the run's readers beside its write transaction).
 fn snapshot_reader(path: &Path) -> Result<rusqlite::Connection> {
     use rusqlite::OpenFlags;
     let c = rusqlite::Connection::open_with_flags(
@@ -429,34 +439,51 @@ fn snapshot_reader(path: &Path) -> Result<rusqlite::Connection> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(raw_err)?;
-    c.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -1024; BEGIN")
+    c.execute_batch(&format!("PRAGMA query_only = 1; {READER_CACHE}; BEGIN"))
         .map_err(raw_err)?;
     c.busy_timeout(Duration::from_secs(60)).map_err(raw_err)?;
     Ok(c)
 }
 
-/// The social-insurance rows with `seqs.0 < seq <= seqs.1` and a month
-/// within `months`, in seq order, that `sink` wants.
-fn scan_payments(
+/// The evidence of these holders (in key order, so that each table's
+/// B-tree is walked once, forwards) within the bounds: one indexed lookup
+/// per holder and feed table (each holds one row per key: R2 is settled
+/// when rows are written).
+fn holder_evidence(
     c: &rusqlite::Connection,
-    months: (&str, &str),
-    seqs: (i64, i64),
+    ids: &[&str],
+    b: &EvidenceBounds,
     sink: &mut (dyn EvidenceSink + Send),
 ) -> rusqlite::Result<()> {
-    let mut stmt = c.prepare(
-        "SELECT id_number, month, status, employer_uscc FROM social_insurance
-         WHERE seq > ?1 AND seq <= ?2 AND month BETWEEN ?3 AND ?4 ORDER BY seq",
+    let (vf, vt) = (b.visited_from.to_string(), b.visited_to.to_string());
+    let (mf, mt) = (b.month_from.as_str(), b.month_to.as_str());
+    let mut visits = c.prepare(
+        "SELECT visited_on, result FROM residence
+         WHERE id_number = ?1 AND visited_on BETWEEN ?2 AND ?3",
     )?;
-    let mut rows = stmt.query(rusqlite::params![seqs.0, seqs.1, months.0, months.1])?;
-    while let Some(r) = rows.next()? {
-        let id = r.get_ref(0)?.as_str()?;
-        if sink.wants(id) {
+    let mut payments = c.prepare(
+        "SELECT month, status, employer_uscc FROM social_insurance
+         WHERE id_number = ?1 AND month BETWEEN ?2 AND ?3",
+    )?;
+    let mut civil =
+        c.prepare("SELECT marital_status, as_of FROM civil_status WHERE id_number = ?1")?;
+    for &id in ids {
+        let mut rows = visits.query(rusqlite::params![id, vf, vt])?;
+        while let Some(r) = rows.next()? {
+            sink.residence(id, raw_date(r, 0)?, r.get_ref(1)?.as_str()?);
+        }
+        let mut rows = payments.query(rusqlite::params![id, mf, mt])?;
+        while let Some(r) = rows.next()? {
             sink.payment(
                 id,
+                r.get_ref(0)?.as_str()?,
                 r.get_ref(1)?.as_str()?,
                 r.get_ref(2)?.as_str()?,
-                r.get_ref(3)?.as_str()?,
             );
+        }
+        let mut rows = civil.query([id])?;
+        while let Some(r) = rows.next()? {
+            sink.civil(id, r.get_ref(0)?.as_str()?, raw_opt_date(r, 1)?);
         }
     }
     Ok(())
@@ -866,133 +893,101 @@ impl SqliteImportTx {
         .await
     }
 
-    /// Appends a keyed feed's rows in the order given (line order: R2's
-    /// later row is the one with the higher seq), with no key to maintain,
-    /// each through `execute` on `insert` prepared once (the import's id is
-    /// its second argument); the batch's suspects wait for
-    /// [`SqliteImportTx::earlier_lines`].
-    async fn append<T>(
+    /// Writes a keyed feed's page (one row per key, in key order) as
+    /// multi-row upserts (`head`, the row's `columns` ending with the
+    /// import's id, then `on_conflict`), each row's values but the last
+    /// bound by `bind`: each row inserted, or replacing the stored row with
+    /// its key (R2).
+    async fn upsert<T>(
         &mut self,
-        insert: &str,
+        (head, columns, on_conflict): (&str, usize, &str),
         rows: &[T],
-        suspects: &[KeySuspect],
-        execute: impl Fn(&mut rusqlite::Statement<'_>, i64, &T) -> rusqlite::Result<usize>,
+        bind: impl Fn(&mut rusqlite::Statement<'_>, &mut usize, &T) -> rusqlite::Result<()>,
     ) -> Result<()> {
-        self.suspects.extend_from_slice(suspects);
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
-            let mut stmt = c.prepare(insert)?;
-            for r in rows {
-                execute(&mut stmt, import_id, r)?;
+            let mut full = None;
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                insert_chunk(
+                    c,
+                    &mut full,
+                    (head, columns, "", on_conflict),
+                    chunk,
+                    |stmt, next, r| {
+                        bind(stmt, next, r)?;
+                        bind_row(stmt, next, rusqlite::params![import_id])
+                    },
+                )?;
             }
             Ok(())
         })
         .await
     }
 
-    pub async fn upsert_residence(
-        &mut self,
-        rows: &[ResidenceRow],
-        suspects: &[KeySuspect],
-    ) -> Result<()> {
-        let insert = "INSERT INTO residence (id_number, visited_on, result, address, officer_id, import_id, line)
-                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-        self.append(insert, rows, suspects, |stmt, import_id, r| {
-            stmt.execute(rusqlite::params![
-                r.id_number,
-                r.visited_on.to_string(),
-                r.result,
-                r.address,
-                r.officer_id,
-                import_id,
-                r.line as i64,
-            ])
+    pub async fn upsert_residence(&mut self, rows: &[ResidenceRow]) -> Result<()> {
+        let head = "INSERT INTO residence (id_number, visited_on, result, address, officer_id, line, import_id) VALUES ";
+        let on_conflict =
+            " ON CONFLICT (id_number, visited_on) DO UPDATE SET result = excluded.result,
+            address = excluded.address, officer_id = excluded.officer_id,
+            import_id = excluded.import_id, line = excluded.line";
+        self.upsert((head, 7, on_conflict), rows, |stmt, next, r| {
+            bind_row(
+                stmt,
+                next,
+                rusqlite::params![
+                    r.id_number,
+                    r.visited_on.to_string(),
+                    r.result,
+                    r.address,
+                    r.officer_id,
+                    r.line as i64,
+                ],
+            )
         })
         .await
     }
 
-    pub async fn upsert_social_insurance(
-        &mut self,
-        rows: &[SocialInsuranceRow],
-        suspects: &[KeySuspect],
-    ) -> Result<()> {
-        let insert = "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, import_id, line)
-                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-        self.append(insert, rows, suspects, |stmt, import_id, r| {
-            stmt.execute(rusqlite::params![
-                r.id_number,
-                r.month,
-                r.status,
-                r.employer_uscc,
-                r.employer_name,
-                import_id,
-                r.line as i64,
-            ])
+    pub async fn upsert_social_insurance(&mut self, rows: &[SocialInsuranceRow]) -> Result<()> {
+        let head = "INSERT INTO social_insurance (id_number, month, status, employer_uscc, employer_name, line, import_id) VALUES ";
+        let on_conflict = " ON CONFLICT (id_number, month) DO UPDATE SET status = excluded.status,
+            employer_uscc = excluded.employer_uscc, employer_name = excluded.employer_name,
+            import_id = excluded.import_id, line = excluded.line";
+        self.upsert((head, 7, on_conflict), rows, |stmt, next, r| {
+            bind_row(
+                stmt,
+                next,
+                rusqlite::params![
+                    r.id_number,
+                    r.month,
+                    r.status,
+                    r.employer_uscc,
+                    r.employer_name,
+                    r.line as i64,
+                ],
+            )
         })
         .await
     }
 
-    pub async fn upsert_civil_status(
-        &mut self,
-        rows: &[CivilStatusRow],
-        suspects: &[KeySuspect],
-    ) -> Result<()> {
-        let insert = "INSERT INTO civil_status (id_number, marital_status, as_of, import_id, line)
-                      VALUES (?1, ?2, ?3, ?4, ?5)";
-        self.append(insert, rows, suspects, |stmt, import_id, r| {
-            stmt.execute(rusqlite::params![
-                r.id_number,
-                r.marital_status,
-                r.as_of.map(|d| d.to_string()),
-                import_id,
-                r.line as i64,
-            ])
+    pub async fn upsert_civil_status(&mut self, rows: &[CivilStatusRow]) -> Result<()> {
+        let head =
+            "INSERT INTO civil_status (id_number, marital_status, as_of, line, import_id) VALUES ";
+        let on_conflict =
+            " ON CONFLICT (id_number) DO UPDATE SET marital_status = excluded.marital_status,
+            as_of = excluded.as_of, import_id = excluded.import_id, line = excluded.line";
+        self.upsert((head, 5, on_conflict), rows, |stmt, next, r| {
+            bind_row(
+                stmt,
+                next,
+                rusqlite::params![
+                    r.id_number,
+                    r.marital_status,
+                    r.as_of.map(|d| d.to_string()),
+                    r.line as i64,
+                ],
+            )
         })
         .await
-    }
-
-    /// One sequential pass over this import's rows (those after
-    /// `first_seq`), keeping the lines of the suspects' keys only.
-    pub async fn earlier_lines(&mut self) -> Result<Vec<(u64, u64)>> {
-        let suspects = std::mem::take(&mut self.suspects);
-        let Some(table) = self.feed_table.filter(|_| !suspects.is_empty()) else {
-            return Ok(Vec::new());
-        };
-        // Per suspect id_number: its distinct second key parts and the
-        // lines of this import's rows with that key.
-        let mut by_id: HashMap<&str, Vec<(&str, Vec<u64>)>> = HashMap::new();
-        for s in &suspects {
-            let keys = by_id.entry(s.id_number.as_str()).or_default();
-            if !keys.iter().any(|(second, _)| *second == s.second) {
-                keys.push((s.second.as_str(), Vec::new()));
-            }
-        }
-        let first_seq = self.first_seq;
-        with_raw(&mut self.tx, |c| {
-            let mut stmt = c.prepare(table.keys_after())?;
-            let mut rows = stmt.query([first_seq])?;
-            while let Some(r) = rows.next()? {
-                if let Some(keys) = by_id.get_mut(r.get_ref(0)?.as_str()?) {
-                    let second = r.get_ref(1)?.as_str()?;
-                    if let Some((_, lines)) = keys.iter_mut().find(|(s, _)| *s == second) {
-                        lines.push(r.get::<_, i64>(2)? as u64);
-                    }
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(suspects
-            .iter()
-            .filter_map(|s| {
-                let (_, lines) = by_id
-                    .get(s.id_number.as_str())?
-                    .iter()
-                    .find(|(second, _)| *second == s.second)?;
-                let earlier = lines.iter().filter(|l| **l < s.line).max()?;
-                Some((s.line, *earlier))
-            })
-            .collect())
     }
 }
 
@@ -1000,11 +995,16 @@ impl SqliteRunTx {
     /// [`crate::db::RunTx::event_pages`]: a blocking thread reads the pages
     /// over its own connection, in one read transaction, and makes their
     /// events, at most one page ahead of the writer.
-    pub fn event_pages(&self, to: NaiveDate, limit: u32, make: MakeEvents) -> EventPageReader {
+    pub fn event_pages(
+        &self,
+        bounds: CandidateBounds,
+        limit: u32,
+        make: MakeEvents,
+    ) -> EventPageReader {
         let (send, pages) = tokio::sync::mpsc::channel(1);
         let path = self.path.clone();
         let thread = tokio::task::spawn_blocking(move || {
-            if let Err(e) = read_event_pages(&path, to, limit, make, &send) {
+            if let Err(e) = read_event_pages(&path, bounds, limit, make, &send) {
                 let _ = send.blocking_send(Err(e));
             }
         });
@@ -1057,74 +1057,38 @@ impl SqliteRunTx {
         .await
     }
 
-    /// One sequential scan per feed table in seq order (R2: a later row
-    /// follows the earlier one), no random reads; rows outside the bounds
-    /// are skipped by the scan, rows of other holders by `sink.wants`.
-    ///
-    /// Social insurance, the largest feed by far, is read in two parts at
-    /// once: its later rows (by seq) go to a part of `sink` on a thread of
+    /// The due holders' evidence by key, in key order, in two halves at
+    /// once: the later half into a [`EvidenceSink::part`] on a thread of
     /// its own, over a second read-only connection, while this one reads
-    /// residence, civil status and the earlier rows into `sink`, which then
-    /// takes the part in as later rows. The second connection sees what
+    /// the first half into `sink`, which then takes the part in (the
+    /// halves hold different holders). The second connection sees what
     /// this transaction sees: the run holds the only write lock and has
     /// not written the feeds.
     pub async fn feed_evidence<S: EvidenceSink>(
         &mut self,
+        id_numbers: &[&str],
         b: &EvidenceBounds,
         sink: &mut S,
     ) -> Result<()> {
+        let mut ids = id_numbers.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let (first, second) = ids.split_at(ids.len() / 2);
         let mut later = sink.part();
-        let (vf, vt, mf, mt) = (
-            b.visited_from.to_string(),
-            b.visited_to.to_string(),
-            b.month_from.as_str(),
-            b.month_to.as_str(),
-        );
         let path = self.path.as_path();
         let mut failed = None;
         with_raw(&mut self.tx, |c| {
-            let (first, last): (Option<i64>, Option<i64>) =
-                c.query_row("SELECT min(seq), max(seq) FROM social_insurance", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
-            // This thread also reads the two smaller feeds: it takes the
-            // first third of the rows, the other thread the rest (about
-            // even at 1M permits: 0.38 s and 0.32 s with two fifths here).
-            let split = match (first, last) {
-                (Some(first), Some(last)) => first + (last - first) / 3,
-                _ => i64::MAX,
-            };
             let later = &mut later;
             std::thread::scope(|scope| {
                 let part = scope.spawn(move || -> Result<()> {
+                    if second.is_empty() {
+                        return Ok(());
+                    }
                     let c = snapshot_reader(path)?;
-                    scan_payments(&c, (mf, mt), (split, i64::MAX), later).map_err(raw_err)
+                    holder_evidence(&c, second, b, later).map_err(raw_err)
                 });
-                let here = (|| -> rusqlite::Result<()> {
-                    let mut stmt = c.prepare(
-                        "SELECT id_number, visited_on, result FROM residence
-                         WHERE visited_on BETWEEN ?1 AND ?2 ORDER BY seq",
-                    )?;
-                    let mut rows = stmt.query([&vf, &vt])?;
-                    while let Some(r) = rows.next()? {
-                        let id = r.get_ref(0)?.as_str()?;
-                        if sink.wants(id) {
-                            sink.residence(id, raw_date(r, 1)?, r.get_ref(2)?.as_str()?);
-                        }
-                    }
-                    let mut stmt = c.prepare(
-                        "SELECT id_number, marital_status, as_of FROM civil_status ORDER BY seq",
-                    )?;
-                    let mut rows = stmt.query([])?;
-                    while let Some(r) = rows.next()? {
-                        let id = r.get_ref(0)?.as_str()?;
-                        if sink.wants(id) {
-                            sink.civil(id, r.get_ref(1)?.as_str()?, raw_opt_date(r, 2)?);
-                        }
-                    }
-                    scan_payments(c, (mf, mt), (i64::MIN, split), sink)
-                })();
-                failed = thread_error(part.join(), "the run's social-insurance reader thread");
+                let here = holder_evidence(c, first, b, sink);
+                failed = thread_error(part.join(), "the run's evidence reader thread");
                 here
             })
         })
@@ -1226,6 +1190,66 @@ impl SqliteRunTx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migration_11_keeps_the_latest_row_per_key_of_the_append_only_feed_tables() {
+        // R2 as the run read the append-only tables: the highest seq per
+        // key wins. The keyed tables keep exactly those rows.
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE residence (seq INTEGER PRIMARY KEY, id_number TEXT NOT NULL,
+               visited_on TEXT NOT NULL, result TEXT NOT NULL, address TEXT NOT NULL DEFAULT '',
+               officer_id TEXT NOT NULL DEFAULT '', import_id INTEGER NOT NULL,
+               line INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE social_insurance (seq INTEGER PRIMARY KEY, id_number TEXT NOT NULL,
+               month TEXT NOT NULL, status TEXT NOT NULL, employer_uscc TEXT NOT NULL DEFAULT '',
+               employer_name TEXT NOT NULL DEFAULT '', import_id INTEGER NOT NULL,
+               line INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE civil_status (seq INTEGER PRIMARY KEY, id_number TEXT NOT NULL,
+               marital_status TEXT NOT NULL, as_of TEXT, import_id INTEGER NOT NULL,
+               line INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO residence (id_number, visited_on, result, import_id, line) VALUES
+               ('B', '2026-10-01', 'consistent', 1, 2), ('A', '2026-10-01', 'changed', 1, 3),
+               ('B', '2026-10-01', 'not_found', 2, 2), ('B', '2026-10-02', 'consistent', 2, 3);
+             INSERT INTO social_insurance (id_number, month, status, import_id, line) VALUES
+               ('A', '2026-10', 'paid', 1, 2), ('A', '2026-10', 'stopped', 1, 9),
+               ('A', '2026-09', 'paid', 1, 4);
+             INSERT INTO civil_status (id_number, marital_status, import_id, line) VALUES
+               ('A', 'single', 1, 2), ('A', 'married', 3, 2), ('B', 'divorced', 2, 7);",
+        )
+        .unwrap();
+        c.execute_batch(include_str!(
+            "../../../migrations/sqlite/0011_keyed_feeds.sql"
+        ))
+        .unwrap();
+        let rows = |sql: &str| -> Vec<String> {
+            let mut stmt = c.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        assert_eq!(
+            rows("SELECT id_number || visited_on || result || import_id FROM residence"),
+            [
+                "A2026-10-01changed1",
+                "B2026-10-01not_found2",
+                "B2026-10-02consistent2"
+            ]
+        );
+        assert_eq!(
+            rows("SELECT id_number || month || status || line FROM social_insurance"),
+            ["A2026-09paid4", "A2026-10stopped9"]
+        );
+        assert_eq!(
+            rows("SELECT id_number || marital_status || import_id FROM civil_status"),
+            ["Amarried3", "Bdivorced2"]
+        );
+        // One row per key from now on.
+        let again = c.execute(
+            "INSERT INTO civil_status (id_number, marital_status, import_id) VALUES ('A', 'single', 4)",
+            [],
+        );
+        assert!(again.is_err(), "the key is unique");
+    }
 
     #[test]
     fn a_cell_page_gives_back_each_row_of_18_cells_as_pushed() {

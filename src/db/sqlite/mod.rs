@@ -141,23 +141,7 @@ impl SqliteDb {
         .bind(delivery.as_str())
         .fetch_one(&mut *tx)
         .await?;
-        let feed_table = match feed {
-            "residence" => Some(FeedTable::Residence),
-            "social-insurance" => Some(FeedTable::SocialInsurance),
-            "civil-status" => Some(FeedTable::CivilStatus),
-            _ => None,
-        };
-        let first_seq = match feed_table {
-            Some(t) => sqlx::query_scalar(t.max_seq()).fetch_one(&mut *tx).await?,
-            None => 0,
-        };
-        Ok(SqliteImportTx {
-            tx,
-            import_id,
-            feed_table,
-            first_seq,
-            suspects: Vec::new(),
-        })
+        Ok(SqliteImportTx { tx, import_id })
     }
 
     pub async fn begin_run(
@@ -229,48 +213,10 @@ impl SqliteDb {
     }
 }
 
-/// An append-only feed table (migration 0003).
-#[derive(Debug, Clone, Copy)]
-enum FeedTable {
-    Residence,
-    SocialInsurance,
-    CivilStatus,
-}
-
-impl FeedTable {
-    fn max_seq(self) -> &'static str {
-        match self {
-            FeedTable::Residence => "SELECT coalesce(max(seq), 0) FROM residence",
-            FeedTable::SocialInsurance => "SELECT coalesce(max(seq), 0) FROM social_insurance",
-            FeedTable::CivilStatus => "SELECT coalesce(max(seq), 0) FROM civil_status",
-        }
-    }
-
-    /// The key and line of the rows after seq ?1 (this import's), in order.
-    fn keys_after(self) -> &'static str {
-        match self {
-            FeedTable::Residence => {
-                "SELECT id_number, visited_on, line FROM residence WHERE seq > ?1 ORDER BY seq"
-            }
-            FeedTable::SocialInsurance => {
-                "SELECT id_number, month, line FROM social_insurance WHERE seq > ?1 ORDER BY seq"
-            }
-            FeedTable::CivilStatus => {
-                "SELECT id_number, '', line FROM civil_status WHERE seq > ?1 ORDER BY seq"
-            }
-        }
-    }
-}
-
 /// One import's transaction.
 pub struct SqliteImportTx {
     tx: Transaction<'static, Sqlite>,
     pub import_id: i64,
-    /// The feed table this import appends to, and its highest seq before.
-    feed_table: Option<FeedTable>,
-    first_seq: i64,
-    /// The batches' suspects, confirmed once the file is read.
-    suspects: Vec<KeySuspect>,
 }
 
 impl SqliteImportTx {
