@@ -9,8 +9,14 @@
 --
 -- WITHOUT ROWID: the key is the table's own B-tree (no second index to
 -- keep). Existing rows keep the latest per key (the highest seq, what a
--- run read before), copied in key order: SQLite sorts them once, and the
--- new B-tree is written forwards.
+-- run read before): SQLite sorts them once by (key, seq descending) and
+-- copies them in that order, the first row of each key kept and the
+-- earlier ones after it ignored, so the new B-tree is written forwards.
+-- OR IGNORE also means the statement can never stop half-way, so SQLite
+-- keeps no statement journal for it: at 10M permits, with the database's
+-- free pages reused, that journal grew past what the bundled SQLite
+-- (statement journals spilled at 4 MiB, .cargo/config.toml) would take,
+-- and the copy failed with "database or disk is full".
 
 CREATE TABLE residence_keyed (
     id_number  TEXT NOT NULL,
@@ -22,12 +28,10 @@ CREATE TABLE residence_keyed (
     line       INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (id_number, visited_on)
 ) WITHOUT ROWID;
-INSERT INTO residence_keyed
+INSERT OR IGNORE INTO residence_keyed
     (id_number, visited_on, result, address, officer_id, import_id, line)
     SELECT id_number, visited_on, result, address, officer_id, import_id, line
-    FROM (SELECT *, row_number() OVER (PARTITION BY id_number, visited_on ORDER BY seq DESC) AS latest
-          FROM residence)
-    WHERE latest = 1 ORDER BY id_number, visited_on;
+    FROM residence ORDER BY id_number, visited_on, seq DESC;
 DROP TABLE residence;
 ALTER TABLE residence_keyed RENAME TO residence;
 
@@ -41,12 +45,10 @@ CREATE TABLE social_insurance_keyed (
     line          INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (id_number, month)
 ) WITHOUT ROWID;
-INSERT INTO social_insurance_keyed
+INSERT OR IGNORE INTO social_insurance_keyed
     (id_number, month, status, employer_uscc, employer_name, import_id, line)
     SELECT id_number, month, status, employer_uscc, employer_name, import_id, line
-    FROM (SELECT *, row_number() OVER (PARTITION BY id_number, month ORDER BY seq DESC) AS latest
-          FROM social_insurance)
-    WHERE latest = 1 ORDER BY id_number, month;
+    FROM social_insurance ORDER BY id_number, month, seq DESC;
 DROP TABLE social_insurance;
 ALTER TABLE social_insurance_keyed RENAME TO social_insurance;
 
@@ -57,10 +59,8 @@ CREATE TABLE civil_status_keyed (
     import_id      INTEGER NOT NULL,
     line           INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
-INSERT INTO civil_status_keyed (id_number, marital_status, as_of, import_id, line)
+INSERT OR IGNORE INTO civil_status_keyed (id_number, marital_status, as_of, import_id, line)
     SELECT id_number, marital_status, as_of, import_id, line
-    FROM (SELECT *, row_number() OVER (PARTITION BY id_number ORDER BY seq DESC) AS latest
-          FROM civil_status)
-    WHERE latest = 1 ORDER BY id_number;
+    FROM civil_status ORDER BY id_number, seq DESC;
 DROP TABLE civil_status;
 ALTER TABLE civil_status_keyed RENAME TO civil_status;
