@@ -11,6 +11,7 @@ mod sort;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -133,27 +134,59 @@ struct Item<T> {
     parsed: Result<Parsed<T>, Rejection>,
 }
 
-enum Msg<T> {
-    Header(Vec<String>),
-    /// Parsed records, in line order.
-    Batch(Vec<Item<T>>),
+/// One record as the reader thread sends it: its line and original fields.
+struct RawRow {
+    line: u64,
+    raw: csv::StringRecord,
+}
+
+enum Msg {
+    /// The header's cells and how they map to the feed's columns.
+    Header(Vec<String>, Arc<reader::HeaderMap>),
+    /// Records, in line order.
+    Batch(Vec<RawRow>),
     Refused(String),
 }
 
 type ParseFn<T> = fn(&Fields) -> Result<Parsed<T>, Rejection>;
 
-/// Reads `path` on the calling (blocking) thread and sends batches.
-fn parse_file<T: Send + 'static>(
+/// Validates one record into a row or a rejection (R1). Called on the
+/// writer's side, not the reader thread's: while a file is read the reader
+/// (CSV framing, decoding, line numbers) is the import's bottleneck, and
+/// the writer has time to spare until the file is sorted.
+fn parse_row<T>(map: &reader::HeaderMap, feed: Feed, parse: ParseFn<T>, row: RawRow) -> Item<T> {
+    let RawRow { line, raw } = row;
+    let parsed = if raw.len() != map.width {
+        Err(Rejection::wrong_field_count(raw.len(), map.width))
+    } else if let Some(i) = raw.iter().position(|f| f.contains('\0')) {
+        Err(Rejection::nul_character(&header_name(
+            map,
+            feed.columns(),
+            i,
+        )))
+    } else {
+        let values = map
+            .positions
+            .iter()
+            .map(|p| p.and_then(|i| raw.get(i)).map(str::trim).unwrap_or(""))
+            .collect();
+        parse(&Fields { values })
+    };
+    Item { line, raw, parsed }
+}
+
+/// Reads `path` on the calling (blocking) thread and sends batches of
+/// records, in line order.
+fn read_file(
     feed: Feed,
     path: PathBuf,
     opts: ImportOptions,
-    parse: ParseFn<T>,
-    tx: mpsc::Sender<Msg<T>>,
+    tx: mpsc::Sender<Msg>,
     recycled: std::sync::mpsc::Receiver<Box<dyn Send>>,
 ) {
     let (encoding, batch_rows, progress) = (opts.encoding, opts.batch_rows, opts.progress);
     let header_names = opts.headers.of(feed);
-    let send = |batch: Vec<Item<T>>| {
+    let send = |batch: Vec<RawRow>| {
         // Free what the writer has handed back ([`Recycle`]) on this thread.
         while let Ok(done) = recycled.try_recv() {
             drop(done);
@@ -194,7 +227,7 @@ fn parse_file<T: Send + 'static>(
         .from_reader(input);
     let columns = feed.columns();
     let mut record = csv::ByteRecord::new();
-    let mut header: Option<reader::HeaderMap> = None;
+    let mut header: Option<Arc<reader::HeaderMap>> = None;
     let mut batch = Vec::with_capacity(batch_rows);
     loop {
         match csv.read_byte_record(&mut record) {
@@ -227,35 +260,24 @@ fn parse_file<T: Send + 'static>(
                 return refuse(format!("line {line}: field {col}: not valid UTF-8{hint}"));
             }
         };
-        let Some(map) = header.as_ref() else {
+        if header.is_none() {
             let names: Vec<String> = raw.iter().map(str::to_string).collect();
             match reader::map_header(&names, columns, header_names) {
                 Ok(m) => {
                     if !m.unknown.is_empty() {
                         tracing::warn!(columns = %m.unknown.join(","), "unknown columns ignored (R1)");
                     }
-                    header = Some(m);
-                    if tx.blocking_send(Msg::Header(names)).is_err() {
+                    let m = Arc::new(m);
+                    header = Some(Arc::clone(&m));
+                    if tx.blocking_send(Msg::Header(names, m)).is_err() {
                         return;
                     }
                 }
                 Err(msg) => return refuse(format!("line {line}: {msg}")),
             }
             continue;
-        };
-        let parsed = if raw.len() != map.width {
-            Err(Rejection::wrong_field_count(raw.len(), map.width))
-        } else if let Some(i) = raw.iter().position(|f| f.contains('\0')) {
-            Err(Rejection::nul_character(&header_name(map, columns, i)))
-        } else {
-            let values = map
-                .positions
-                .iter()
-                .map(|p| p.and_then(|i| raw.get(i)).map(str::trim).unwrap_or(""))
-                .collect();
-            parse(&Fields { values })
-        };
-        batch.push(Item { line, raw, parsed });
+        }
+        batch.push(RawRow { line, raw });
         if batch.len() >= batch_rows {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_rows));
             if !send(full) {
@@ -401,12 +423,11 @@ where
     W: BatchWriter<T>,
 {
     let shown = path.display().to_string();
-    let (sender, mut receiver) = mpsc::channel::<Msg<T>>(4);
+    let (sender, mut receiver) = mpsc::channel::<Msg>(4);
     let (p, o) = (path.to_path_buf(), opts.clone());
     let (recycle, recycled) = std::sync::mpsc::channel();
     let recycle = Recycle(recycle);
-    let parser =
-        tokio::task::spawn_blocking(move || parse_file(feed, p, o, parse, sender, recycled));
+    let parser = tokio::task::spawn_blocking(move || read_file(feed, p, o, sender, recycled));
 
     let mut tx = db
         .begin_import(
@@ -430,10 +451,21 @@ where
         header: Vec::new(),
     };
     let mut refused = None;
+    let mut map: Option<Arc<reader::HeaderMap>> = None;
     while let Some(msg) = receiver.recv().await {
         match msg {
-            Msg::Header(h) => tally.header = h,
-            Msg::Batch(items) => {
+            Msg::Header(h, m) => {
+                tally.header = h;
+                map = Some(m);
+            }
+            Msg::Batch(rows) => {
+                let Some(map) = map.as_deref() else {
+                    continue;
+                };
+                let items = rows
+                    .into_iter()
+                    .map(|r| parse_row(map, feed, parse, r))
+                    .collect::<Vec<_>>();
                 tally.counts.rows_read += items.len() as u64;
                 let result = writer.write(&mut tx, items, &mut tally, &recycle).await;
                 crate::faults::point("import.batch_written");
@@ -1430,15 +1462,21 @@ pub mod fuzzing {
     fn run<T: Send + 'static>(feed: Feed, path: &Path, opts: ImportOptions, parse: ParseFn<T>) {
         let (tx, mut rx) = mpsc::channel(1 << 16);
         let (_recycle, recycled) = std::sync::mpsc::channel();
-        parse_file(feed, path.to_path_buf(), opts, parse, tx, recycled);
+        super::read_file(feed, path.to_path_buf(), opts, tx, recycled);
         let mut last_line = 0;
         let mut refused = false;
+        let mut map = None;
         while let Ok(msg) = rx.try_recv() {
             assert!(!refused, "nothing follows a refusal");
             match msg {
-                Msg::Header(_) => assert_eq!(last_line, 0, "the header comes first"),
-                Msg::Batch(items) => {
-                    for item in items {
+                Msg::Header(_, m) => {
+                    assert_eq!(last_line, 0, "the header comes first");
+                    map = Some(m);
+                }
+                Msg::Batch(rows) => {
+                    let map = map.as_deref().expect("the header comes first");
+                    for row in rows {
+                        let item = parse_row(map, feed, parse, row);
                         assert!(
                             item.line > last_line,
                             "lines grow: {} after {last_line}",
