@@ -439,8 +439,8 @@ fn mask_recipient(channel: &str, recipient: &str) -> String {
     }
 }
 
-/// The last row per key among those `visible`, in arrival order (R2: a
-/// later row with the same key replaces the earlier one).
+/// The row per key among those `visible` (the feed tables hold one per
+/// key; of two with the same key, the later in `rows` would win, as R2).
 fn latest_by_key<T, K: Ord>(
     rows: &[T],
     key: impl Fn(&T) -> K,

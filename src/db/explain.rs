@@ -61,8 +61,8 @@ pub struct StoredCivil {
     pub origin: RowOrigin,
 }
 
-/// A holder's stored feed rows, each feed's in arrival order: of two rows
-/// with the same key the later one is the one R2 keeps.
+/// A holder's stored feed rows, each feed's in key order: one row per key,
+/// the one R2 kept (settled when the rows were written).
 #[derive(Debug, Clone, Default)]
 pub struct HolderRows {
     pub visits: Vec<StoredVisit>,
