@@ -302,7 +302,9 @@ pub async fn release(
                     crate::reconcile::rules::effect(kind, e.new_valid_until, e.valid_until);
                 let notice = notices.compose(kind, p, &reasons, e.new_valid_until);
                 *out.applied.entry(kind.code().to_string()).or_default() += 1;
-                *out.channels.entry(notice.channel.to_string()).or_default() += 1;
+                *out.channels
+                    .entry(notice.channel.code().to_string())
+                    .or_default() += 1;
                 (effect, Some(notice))
             }
             None => {
@@ -382,9 +384,9 @@ fn restore_of(e: &crate::db::RevertEvent) -> Result<Option<Restore>> {
     };
     let kind = e.kind;
     let (active, suspended, cancelled) = (
-        PermitStatus::Active.code(),
-        PermitStatus::Suspended.code(),
-        PermitStatus::Cancelled.code(),
+        PermitStatus::Active,
+        PermitStatus::Suspended,
+        PermitStatus::Cancelled,
     );
     Ok(match kind {
         // R7: valid_until moved forward one year; it goes back to the
@@ -715,12 +717,13 @@ mod tests {
             new_valid_until: new.map(d),
             prior_status: prior.map(|p| PermitStatus::from_code(p).expect("a status")),
         };
-        let r = |lv: &str, ls, v: &str, st| {
+        let r = |lv: &str, ls: &str, v: &str, st: &str| {
+            let status = |s: &str| PermitStatus::from_code(s).expect("a status");
             Some(Restore {
                 left_valid_until: d(lv),
-                left_status: ls,
+                left_status: status(ls),
                 valid_until: d(v),
-                status: st,
+                status: status(st),
             })
         };
         assert_eq!(

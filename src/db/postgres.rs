@@ -43,7 +43,7 @@ use super::register::permit_columns;
 use super::rows::*;
 use super::runs::{run_columns, AUDIT_SELECT_RANGE, REVERT_MARK, SENT_NOTICES, WITHDRAW_NOTICES};
 use super::JobLock;
-use crate::domain::{CycleDecision, PermitStatus};
+use crate::domain::{CycleDecision, NoticeStatus, PermitStatus};
 use crate::error::{Error, Result};
 
 /// The advisory-lock key of the job lock: "autosign" in ASCII. Advisory
@@ -220,13 +220,13 @@ impl PgDb {
         let permit_nos: Vec<&str> = applied.iter().map(|i| i.permit_no.as_str()).collect();
         let valid_until: Vec<NaiveDate> = applied.iter().map(|i| i.valid_until).collect();
         let kinds: Vec<&str> = applied.iter().map(|i| i.kind.code()).collect();
-        let channels: Vec<&str> = notices.iter().map(|n| n.channel).collect();
+        let channels: Vec<&str> = notices.iter().map(|n| n.channel.code()).collect();
         let recipients: Vec<&str> = notices.iter().map(|n| n.recipient.as_str()).collect();
         let messages: Vec<&str> = notices.iter().map(|n| n.message.as_str()).collect();
-        let statuses: Vec<&str> = notices.iter().map(|n| n.status).collect();
+        let statuses: Vec<&str> = notices.iter().map(|n| n.status.code()).collect();
         let next_attempt: Vec<Option<&str>> = notices
             .iter()
-            .map(|n| (n.status == "queued").then_some(now))
+            .map(|n| (n.status == NoticeStatus::Queued).then_some(now))
             .collect();
         sqlx::query(
             "INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind,
@@ -415,9 +415,9 @@ impl PgDb {
             let nos: Vec<&str> = restores.iter().map(|(n, _)| *n).collect();
             let left_vu: Vec<NaiveDate> =
                 restores.iter().map(|(_, r)| r.left_valid_until).collect();
-            let left_st: Vec<&str> = restores.iter().map(|(_, r)| r.left_status).collect();
+            let left_st: Vec<&str> = restores.iter().map(|(_, r)| r.left_status.code()).collect();
             let vu: Vec<NaiveDate> = restores.iter().map(|(_, r)| r.valid_until).collect();
-            let st: Vec<&str> = restores.iter().map(|(_, r)| r.status).collect();
+            let st: Vec<&str> = restores.iter().map(|(_, r)| r.status.code()).collect();
             let set_back: Vec<String> = sqlx::query_scalar(
                 "UPDATE permits p SET valid_until = u.valid_until, status = u.status
                  FROM UNNEST($1::text[], $2::date[], $3::text[], $4::date[], $5::text[])
@@ -1252,14 +1252,14 @@ impl PgRunTx {
             .iter()
             .map(|e| e.prior_status.map(|s| s.code()))
             .collect();
-        let channels: Vec<&str> = ev.iter().map(|e| e.notice.channel).collect();
+        let channels: Vec<&str> = ev.iter().map(|e| e.notice.channel.code()).collect();
         let recipients: Vec<&str> = ev.iter().map(|e| e.notice.recipient.as_str()).collect();
         let messages: Vec<&str> = ev.iter().map(|e| e.notice.message.as_str()).collect();
-        let statuses: Vec<&str> = ev.iter().map(|e| e.notice.status).collect();
+        let statuses: Vec<&str> = ev.iter().map(|e| e.notice.status.code()).collect();
         let at = batch.decided_at.as_str();
         let next_attempt: Vec<Option<&str>> = ev
             .iter()
-            .map(|e| (e.notice.status == "queued").then_some(at))
+            .map(|e| (e.notice.status == NoticeStatus::Queued).then_some(at))
             .collect();
         // R7/R3 effects: a new valid_until or a new status per permit.
         let (mut eff_nos, mut eff_vu, mut eff_status) = (Vec::new(), Vec::new(), Vec::new());

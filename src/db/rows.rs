@@ -8,7 +8,9 @@
 
 use chrono::NaiveDate;
 
-use crate::domain::{CycleDecision, EventKind, MaritalStatus, PermitStatus, SiStatus};
+use crate::domain::{
+    Channel, CycleDecision, EventKind, MaritalStatus, NoticeStatus, PermitStatus, SiStatus,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct ImportCounts {
@@ -220,10 +222,10 @@ pub struct RevertItem {
 pub struct Restore {
     /// As the run left it.
     pub left_valid_until: NaiveDate,
-    pub left_status: &'static str,
+    pub left_status: PermitStatus,
     /// As it was before the run.
     pub valid_until: NaiveDate,
-    pub status: &'static str,
+    pub status: PermitStatus,
 }
 
 /// What [`crate::db::Db::revert_run`] did.
@@ -347,11 +349,11 @@ pub use crate::domain::Effect;
 
 #[derive(Clone)]
 pub struct NewNotice {
-    pub channel: &'static str,
+    pub channel: Channel,
     pub recipient: String,
     pub message: String,
-    /// `queued`, or `undeliverable` when there is no channel (C12).
-    pub status: &'static str,
+    /// Queued, or undeliverable when there is no channel (C12).
+    pub status: NoticeStatus,
 }
 
 impl std::fmt::Debug for NewNotice {

@@ -8,7 +8,7 @@ use std::path::Path;
 use chrono::{Duration, NaiveDate};
 
 use crate::db::{NewNotice, PermitRow};
-use crate::domain::{EventKind, Reason};
+use crate::domain::{Channel, EventKind, NoticeStatus, Reason};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 
@@ -180,10 +180,10 @@ impl Notices {
             message.insert_str(0, &self.signature);
         }
         let (channel, recipient, status) = match (&permit.phone, &permit.email) {
-            (Some(p), _) => ("sms", p.clone(), "queued"),
-            (None, Some(e)) => ("email", e.clone(), "queued"),
+            (Some(p), _) => (Channel::Sms, p.clone(), NoticeStatus::Queued),
+            (None, Some(e)) => (Channel::Email, e.clone(), NoticeStatus::Queued),
             // C12: no channel: recorded, never sent.
-            (None, None) => ("none", String::new(), "undeliverable"),
+            (None, None) => (Channel::None, String::new(), NoticeStatus::Undeliverable),
         };
         NewNotice {
             channel,
@@ -385,16 +385,22 @@ mod tests {
             &[],
             None,
         );
-        assert_eq!((sms.channel, sms.status), ("sms", "queued"));
+        assert_eq!((sms.channel.code(), sms.status.code()), ("sms", "queued"));
         let mail = n.compose(
             EventKind::AutoSigned,
             &permit(None, Some("a@b.cn")),
             &[],
             None,
         );
-        assert_eq!((mail.channel, mail.recipient.as_str()), ("email", "a@b.cn"));
+        assert_eq!(
+            (mail.channel.code(), mail.recipient.as_str()),
+            ("email", "a@b.cn")
+        );
         let none = n.compose(EventKind::AutoSigned, &permit(None, None), &[], None);
-        assert_eq!((none.channel, none.status), ("none", "undeliverable"));
+        assert_eq!(
+            (none.channel.code(), none.status.code()),
+            ("none", "undeliverable")
+        );
     }
 
     #[test]

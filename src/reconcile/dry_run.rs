@@ -180,7 +180,11 @@ async fn plan_and_make(
         let decided_at = ctx.clock.now_rfc3339();
         let mut written = ctx.written.borrow_mut();
         for e in &events {
-            let channel = if ctx.held { "" } else { e.notice.channel };
+            let channel = if ctx.held {
+                ""
+            } else {
+                e.notice.channel.code()
+            };
             *written
                 .entry((e.kind.code(), e.reasons.clone(), channel))
                 .or_default() += 1;
@@ -215,8 +219,8 @@ fn audit_row(ctx: &Ctx<'_>, e: &NewEvent, decided_at: &str) -> AuditRow {
         si_status: e.si_status.clone(),
         si_employer_uscc: e.si_employer_uscc.clone(),
         marital_status: e.marital_status.clone(),
-        notification_channel: (!ctx.held).then(|| e.notice.channel.to_string()),
-        notification_status: (!ctx.held).then(|| e.notice.status.to_string()),
+        notification_channel: (!ctx.held).then(|| e.notice.channel.code().to_string()),
+        notification_status: (!ctx.held).then(|| e.notice.status.code().to_string()),
         decided_at: decided_at.to_string(),
         state: if ctx.held { "held" } else { "applied" }.to_string(),
     }

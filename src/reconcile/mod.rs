@@ -338,7 +338,11 @@ impl Ctx<'_> {
     async fn write(&self, tx: &mut RunTx, events: Vec<NewEvent>) -> Result<()> {
         let mut tally: BTreeMap<(&'static str, &str, &'static str), i64> = BTreeMap::new();
         for e in &events {
-            let channel = if self.held { "" } else { e.notice.channel };
+            let channel = if self.held {
+                ""
+            } else {
+                e.notice.channel.code()
+            };
             *tally
                 .entry((e.kind.code(), &e.reasons, channel))
                 .or_default() += 1;

@@ -29,7 +29,7 @@ use super::super::rows::*;
 use super::super::runs::{AUDIT_SELECT_RANGE, REVERT_MARK, SENT_NOTICES, WITHDRAW_NOTICES};
 use super::super::MakeEvents;
 use super::{SqliteDb, SqliteImportTx, SqliteRunTx};
-use crate::domain::{CycleDecision, PermitStatus};
+use crate::domain::{CycleDecision, NoticeStatus, PermitStatus};
 use crate::error::{Error, Result};
 
 /// Runs `f` on the connection's raw SQLite handle through rusqlite, inside
@@ -565,11 +565,11 @@ impl SqliteDb {
                         item.permit_no,
                         item.valid_until.to_string(),
                         item.kind.code(),
-                        n.channel,
+                        n.channel.code(),
                         n.recipient,
                         n.message,
-                        n.status,
-                        (n.status == "queued").then_some(now),
+                        n.status.code(),
+                        (n.status == NoticeStatus::Queued).then_some(now),
                         now,
                     ])?;
                     effects.apply(&item.permit_no, item.effect)?;
@@ -635,9 +635,9 @@ impl SqliteDb {
                         restore.execute(rusqlite::params![
                             item.permit_no,
                             r.valid_until.to_string(),
-                            r.status,
+                            r.status.code(),
                             r.left_valid_until.to_string(),
-                            r.left_status,
+                            r.left_status.code(),
                         ])? == 1
                     }
                 };
@@ -1168,11 +1168,11 @@ impl SqliteRunTx {
                                 e.permit_no,
                                 e.valid_until.to_string(),
                                 e.kind.code(),
-                                e.notice.channel,
+                                e.notice.channel.code(),
                                 e.notice.recipient,
                                 e.notice.message,
-                                e.notice.status,
-                                (e.notice.status == "queued").then_some(at),
+                                e.notice.status.code(),
+                                (e.notice.status == NoticeStatus::Queued).then_some(at),
                                 at,
                             ],
                         )
