@@ -155,15 +155,6 @@ pub fn check_lifecycle(settings: &Settings, counts: &LifecycleCounts) -> Option<
     })
 }
 
-/// What R3 needs of the register for [`check_lifecycle`] at `as_of`: the
-/// date before which a permit is past grace (`None` under lapse_policy
-/// suspend, when nothing is cancelled).
-pub fn cancel_before(settings: &Settings, as_of: chrono::NaiveDate) -> Option<chrono::NaiveDate> {
-    (settings.rules.lapse_policy == crate::settings::LapsePolicy::Cancel)
-        .then(|| as_of.checked_sub_days(chrono::Days::new(u64::from(settings.rules.grace_days))))
-        .flatten()
-}
-
 /// Whether [`check_lifecycle`] can trip at all (its count costs a pass
 /// over the register).
 pub fn lifecycle_checked(settings: &Settings) -> bool {
@@ -694,16 +685,6 @@ mod tests {
         off.brake.enabled = false;
         assert!(check_lifecycle(&off, &counts(10_000, 0, 10_000)).is_none());
         assert!(!lifecycle_checked(&off));
-    }
-
-    #[test]
-    fn cancel_before_is_as_of_minus_grace_under_the_cancel_policy_only() {
-        // R3: cancelled when as_of > valid_until + grace_days.
-        let mut s = settings();
-        let d = |t: &str| chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").expect("date");
-        assert_eq!(cancel_before(&s, d("2026-12-20")), Some(d("2026-10-21")));
-        s.rules.lapse_policy = crate::settings::LapsePolicy::Suspend;
-        assert_eq!(cancel_before(&s, d("2026-12-20")), None);
     }
 
     #[test]

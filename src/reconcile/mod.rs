@@ -78,7 +78,7 @@ pub(crate) async fn brake_inputs(
     );
     let lifecycle = if crate::brake::lifecycle_checked(settings) {
         Some(
-            db.lifecycle_counts(as_of, crate::brake::cancel_before(settings, as_of))
+            db.lifecycle_counts(as_of, rules::cancel_before(as_of, &settings.rules))
                 .await?,
         )
     } else {

@@ -62,14 +62,21 @@ pub fn candidate_bounds(as_of: NaiveDate, rules: &Rules) -> CandidateBounds {
         active_to: as_of
             .checked_add_signed(Duration::days(i64::from(rules.window_days)))
             .unwrap_or(NaiveDate::MAX),
-        // valid_until < as_of − grace_days exactly when as_of is past
-        // valid_until + grace_days (R3); none is when that underflows.
-        suspended_before: match rules.lapse_policy {
-            LapsePolicy::Cancel => {
-                as_of.checked_sub_signed(Duration::days(i64::from(rules.grace_days)))
-            }
-            LapsePolicy::Suspend => None,
-        },
+        suspended_before: cancel_before(as_of, rules),
+    }
+}
+
+/// R3: the date before which a permit's `valid_until` puts it past grace
+/// at `as_of` (valid_until < as_of − grace_days exactly when as_of >
+/// valid_until + grace_days); `None` under `lapse_policy = "suspend"`,
+/// which cancels nothing, and when the subtraction leaves the calendar.
+/// The run's candidates and the brake's lifecycle count both use it.
+pub fn cancel_before(as_of: NaiveDate, rules: &Rules) -> Option<NaiveDate> {
+    match rules.lapse_policy {
+        LapsePolicy::Cancel => {
+            as_of.checked_sub_signed(Duration::days(i64::from(rules.grace_days)))
+        }
+        LapsePolicy::Suspend => None,
     }
 }
 
@@ -263,6 +270,15 @@ mod tests {
 
     fn d(s: &str) -> NaiveDate {
         crate::domain::parse_date(s).expect("date")
+    }
+
+    #[test]
+    fn cancel_before_is_as_of_minus_grace_under_the_cancel_policy_only() {
+        // R3: cancelled when as_of > valid_until + grace_days.
+        let mut r = rules();
+        assert_eq!(cancel_before(d("2026-12-20"), &r), Some(d("2026-10-21")));
+        r.lapse_policy = LapsePolicy::Suspend;
+        assert_eq!(cancel_before(d("2026-12-20"), &r), None);
     }
 
     #[test]
