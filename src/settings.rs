@@ -1187,7 +1187,7 @@ mod tests {
     }
 
     #[test]
-    fn header_aliases_load_from_file_and_environment_and_bad_ones_exit_2_issue_6() {
+    fn header_aliases_load_from_file_and_environment_and_bad_ones_exit_2() {
         use crate::domain::Feed;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");

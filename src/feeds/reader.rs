@@ -564,7 +564,7 @@ mod tests {
     }
 
     #[test]
-    fn chinese_header_names_map_out_of_the_box_issue_6() {
+    fn chinese_header_names_map_out_of_the_box() {
         let feed = Feed::Residence;
         let m = map_header(
             &s(&[
@@ -586,7 +586,7 @@ mod tests {
     }
 
     #[test]
-    fn every_column_of_every_feed_has_a_chinese_alias_and_none_is_shared_issue_6() {
+    fn every_column_of_every_feed_has_a_chinese_alias_and_none_is_shared() {
         for feed in Feed::ALL {
             assert_eq!(
                 feed.columns().len(),
@@ -614,7 +614,7 @@ mod tests {
     }
 
     #[test]
-    fn a_column_named_twice_is_refused_naming_both_cells_issue_6() {
+    fn a_column_named_twice_is_refused_naming_both_cells() {
         let feed = Feed::CivilStatus;
         for header in [
             &["id_number", "marital_status", "ID_NUMBER"][..],
@@ -671,7 +671,7 @@ mod tests {
     }
 
     #[test]
-    fn configured_aliases_add_names_and_bad_ones_are_refused_issue_6() {
+    fn configured_aliases_add_names_and_bad_ones_are_refused() {
         let conf = |col: &str, alias: &str| {
             let mut m = BTreeMap::new();
             m.insert(col.to_string(), vec![alias.to_string()]);

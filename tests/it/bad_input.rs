@@ -543,7 +543,7 @@ dbtest!(
 );
 
 dbtest!(
-    personal_data_never_reaches_logs_or_errors_in_clear_issue_6_item_5,
+    personal_data_never_reaches_logs_or_errors_in_clear,
     |mut env| {
         // Everything logged: JSON lines at trace level, every crate.
         env.set("AUTOSIGN_LOG__FORMAT", "json");
