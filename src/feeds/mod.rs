@@ -711,7 +711,7 @@ impl<T: FeedRow + Send + 'static> BatchWriter<T> for FeedWriter<T> {
                     p.row.key(&mut key);
                     key.extend_from_slice(&item.line.to_be_bytes());
                     let record = p.row.encode(item.line);
-                    self.rows.push(key, record).map_err(sort_error)?;
+                    self.rows.push(&key, &record).map_err(sort_error)?;
                 }
             }
             raws.push(item.raw);
@@ -760,7 +760,7 @@ fn settle_sorted<T: FeedRow>(
     // The key of the row last pushed to the page (without its line).
     let mut last_key: Vec<u8> = Vec::new();
     while let Some((key, record)) = sorted.next_record().map_err(sort_error)? {
-        let row = T::decode(&record).map_err(sort_error)?;
+        let row = T::decode(record).map_err(sort_error)?;
         let key = &key[..key.len() - 8];
         if !page.is_empty() && key == last_key.as_slice() {
             // R2: the later line with the key replaces the earlier.
@@ -941,7 +941,7 @@ impl Notes {
         for f in note.rejected.iter().flatten() {
             e.str(f);
         }
-        self.sort.push(key, e.into_bytes()).map_err(sort_error)
+        self.sort.push(&key, &e.into_bytes()).map_err(sort_error)
     }
 
     /// The notes in line order.
@@ -954,7 +954,7 @@ impl Notes {
     fn replay(&mut self, tally: &mut Tally) -> Result<()> {
         let mut sorted = self.sorted()?;
         while let Some((_, record)) = sorted.next_record().map_err(sort_error)? {
-            let note = Note::decode(&record).map_err(sort_error)?;
+            let note = Note::decode(record).map_err(sort_error)?;
             match note.rejected {
                 None => tally.warn(note.line, &note.text),
                 Some(fields) => {
@@ -1156,7 +1156,7 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
                         raw: if empty { Vec::new() } else { raw() },
                     };
                     self.rows
-                        .push(held.sort_key(), held.encode())
+                        .push(&held.sort_key(), &held.encode())
                         .map_err(sort_error)?;
                 }
             }
@@ -1166,26 +1166,57 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         Ok(())
     }
 
+    /// The merge and the decoding run on a blocking thread of its own and
+    /// hand pages over while the previous one is decided and written, as
+    /// for the feeds ([`FeedWriter`]).
     async fn finish(&mut self, tx: &mut ImportTx, tally: &mut Tally) -> Result<()> {
         let rows = std::mem::replace(&mut self.rows, sort::ExternalSort::new(0));
-        let mut sorted = rows.finish().map_err(sort_error)?;
-        loop {
-            let mut page = Vec::with_capacity(DECIDE_ROWS);
-            while page.len() < DECIDE_ROWS {
-                match sorted.next_record().map_err(sort_error)? {
-                    Some((_, record)) => {
-                        page.push(HeldPermit::decode(&record).map_err(sort_error)?)
-                    }
-                    None => break,
-                }
-            }
+        let (send, mut pages) = mpsc::channel::<Vec<HeldPermit>>(2);
+        let merge = tokio::task::spawn_blocking(move || held_pages(rows, &send));
+        let mut written = Ok(());
+        let mut ended = false;
+        while let Some(page) = pages.recv().await {
+            // Only the last page is short (maybe empty).
             let last = page.len() < DECIDE_ROWS;
-            self.decide_page(tx, page, last, tally).await?;
-            if last {
+            written = self.decide_page(tx, page, last, tally).await;
+            if written.is_err() || last {
+                ended = last;
                 break;
             }
         }
+        // Dropping the receiver stops the merge at its next page.
+        drop(pages);
+        let merged = merge.await.map_err(|e| {
+            Error::Runtime(anyhow::anyhow!("the import's merge thread failed: {e}"))
+        })?;
+        written?;
+        merged?;
+        if !ended {
+            return Err(Error::Runtime(anyhow::anyhow!(
+                "internal: the import's merge thread ended before its last page"
+            )));
+        }
         self.notes.replay(tally)
+    }
+}
+
+/// Reads the sorted permit rows back and sends them decoded, in pages of
+/// [`DECIDE_ROWS`] and then one shorter page (maybe empty) that marks the
+/// end; stops early if the writer is gone.
+fn held_pages(rows: sort::ExternalSort, send: &mpsc::Sender<Vec<HeldPermit>>) -> Result<()> {
+    let mut sorted = rows.finish().map_err(sort_error)?;
+    loop {
+        let mut page = Vec::with_capacity(DECIDE_ROWS);
+        while page.len() < DECIDE_ROWS {
+            match sorted.next_record().map_err(sort_error)? {
+                Some((_, record)) => page.push(HeldPermit::decode(record).map_err(sort_error)?),
+                None => break,
+            }
+        }
+        let last = page.len() < DECIDE_ROWS;
+        if send.blocking_send(page).is_err() || last {
+            return Ok(());
+        }
     }
 }
 
@@ -1266,7 +1297,7 @@ mod tests {
         let mut notes = w.notes.sorted().unwrap();
         let mut got = Vec::new();
         while let Some((_, record)) = notes.next_record().unwrap() {
-            let n = Note::decode(&record).unwrap();
+            let n = Note::decode(record).unwrap();
             got.push((n.line, n.rejected, n.text));
         }
         let fields = Some(vec!["SH1".to_string(), String::new()]);
@@ -1326,7 +1357,7 @@ mod tests {
         let mut notes = w.notes.sorted().unwrap();
         let mut got = Vec::new();
         while let Some((_, record)) = notes.next_record().unwrap() {
-            let n = Note::decode(&record).unwrap();
+            let n = Note::decode(record).unwrap();
             got.push((n.line, n.rejected.is_none(), n.text));
         }
         let got: Vec<(u64, bool, &str)> = got

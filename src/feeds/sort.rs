@@ -1,30 +1,107 @@
 //! An external merge sort of records by a byte key, in bounded memory: the
-//! permits import orders a file's rows by `permit_no` before they reach the
-//! register, so that its lookups and writes walk the register's B-tree in
-//! key order, once, whatever order the file came in.
+//! imports order a file's rows by key before they reach a table, so that
+//! their lookups and writes walk the table's B-tree in key order, once,
+//! whatever order the file came in.
 //!
-//! Records are kept in memory up to a byte budget, then sorted and written
-//! as a run to an anonymous temporary file (unlinked at creation: nothing is
-//! left behind by a crash, and no other user can open it); the runs are
-//! merged when read back. A file that fits the budget never touches disk.
+//! Records are kept in one buffer up to a byte budget; a full buffer is
+//! sorted and written as a run to an anonymous temporary file (unlinked at
+//! creation: nothing is left behind by a crash, and no other user can open
+//! it) on a thread of its own, while the caller fills the next one; the
+//! runs are merged when read back. A file that fits the budget never
+//! touches disk.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::thread::JoinHandle;
 
-/// Bytes of records held in memory before a run is written.
+/// Bytes of records held in memory before a run is written. One more
+/// buffer of this size may be held while the previous one is written.
 pub const RUN_BYTES: usize = 48 << 20;
 
-/// What one record costs in memory beyond its bytes (two `Vec`s).
-const RECORD_OVERHEAD: usize = 48;
+/// A held record: where its key and record lie in the buffer, and the
+/// key's first 16 bytes as a big-endian number (zero-padded), which orders
+/// most pairs of keys without reading the buffer: an ID number's region
+/// and birth date, a permit number's digits.
+#[derive(Clone, Copy)]
+struct Entry {
+    prefix: u128,
+    at: usize,
+    key_len: u32,
+    record_len: u32,
+}
+
+/// What one record costs in memory beyond its bytes.
+const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
+
+/// Records back to back in one buffer, and where each lies.
+#[derive(Default)]
+struct Held {
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl Held {
+    fn push(&mut self, key: &[u8], record: &[u8]) -> io::Result<()> {
+        let too_long = || io::Error::new(io::ErrorKind::InvalidInput, "record too long to sort");
+        let key_len = u32::try_from(key.len()).map_err(|_| too_long())?;
+        let record_len = u32::try_from(record.len()).map_err(|_| too_long())?;
+        let mut prefix = [0u8; 16];
+        let n = key.len().min(16);
+        prefix[..n].copy_from_slice(&key[..n]);
+        self.entries.push(Entry {
+            prefix: u128::from_be_bytes(prefix),
+            at: self.bytes.len(),
+            key_len,
+            record_len,
+        });
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(record);
+        Ok(())
+    }
+
+    fn size(&self) -> usize {
+        self.bytes.len() + self.entries.len() * ENTRY_BYTES
+    }
+
+    fn key(&self, e: &Entry) -> &[u8] {
+        &self.bytes[e.at..e.at + e.key_len as usize]
+    }
+
+    fn record(&self, e: &Entry) -> &[u8] {
+        let from = e.at + e.key_len as usize;
+        &self.bytes[from..from + e.record_len as usize]
+    }
+
+    fn sort(&mut self) {
+        let Held { bytes, entries } = self;
+        let key = |e: &Entry| &bytes[e.at..e.at + e.key_len as usize];
+        entries.sort_unstable_by(|a, b| a.prefix.cmp(&b.prefix).then_with(|| key(a).cmp(key(b))));
+    }
+
+    /// Sorts the records and writes them as a run, rewound for reading;
+    /// gives the buffers back emptied, for the next run.
+    fn write_run(mut self) -> io::Result<(File, Held)> {
+        self.sort();
+        let mut w = BufWriter::with_capacity(1 << 20, tempfile::tempfile()?);
+        for e in &self.entries {
+            write_part(&mut w, self.key(e))?;
+            write_part(&mut w, self.record(e))?;
+        }
+        let mut file = w.into_inner().map_err(|e| e.into_error())?;
+        file.rewind()?;
+        self.bytes.clear();
+        self.entries.clear();
+        Ok((file, self))
+    }
+}
 
 /// Records sorted by key; equal keys keep no particular order, so callers
-/// make keys unique (the permits import appends the line number).
+/// make keys unique (the imports append the line number).
 pub struct ExternalSort {
     budget: usize,
-    held: Vec<(Vec<u8>, Vec<u8>)>,
-    held_bytes: usize,
+    held: Held,
+    /// The run being written on its own thread, if any.
+    writing: Option<JoinHandle<io::Result<(File, Held)>>>,
     runs: Vec<File>,
 }
 
@@ -32,85 +109,171 @@ impl ExternalSort {
     pub fn new(budget: usize) -> Self {
         ExternalSort {
             budget,
-            held: Vec::new(),
-            held_bytes: 0,
+            held: Held::default(),
+            writing: None,
             runs: Vec::new(),
         }
     }
 
-    pub fn push(&mut self, key: Vec<u8>, record: Vec<u8>) -> io::Result<()> {
-        self.held_bytes += key.len() + record.len() + RECORD_OVERHEAD;
-        self.held.push((key, record));
-        if self.held_bytes >= self.budget {
+    pub fn push(&mut self, key: &[u8], record: &[u8]) -> io::Result<()> {
+        self.held.push(key, record)?;
+        if self.held.size() >= self.budget {
             self.spill()?;
         }
         Ok(())
     }
 
+    /// Hands the held records to a thread that sorts and writes them as a
+    /// run, once the run before it is written; its buffers, emptied, take
+    /// the next records (two sets of buffers in all, each grown once).
     fn spill(&mut self) -> io::Result<()> {
-        self.held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut w = BufWriter::with_capacity(1 << 20, tempfile::tempfile()?);
-        for (key, record) in self.held.drain(..) {
-            write_part(&mut w, &key)?;
-            write_part(&mut w, &record)?;
-        }
-        let mut file = w.into_inner().map_err(|e| e.into_error())?;
-        file.rewind()?;
-        self.runs.push(file);
-        self.held_bytes = 0;
+        let empty = self.wait_for_run()?.unwrap_or_default();
+        let held = std::mem::replace(&mut self.held, empty);
+        self.writing = Some(std::thread::spawn(move || held.write_run()));
         Ok(())
+    }
+
+    /// Waits for the run being written, if any; its emptied buffers.
+    fn wait_for_run(&mut self) -> io::Result<Option<Held>> {
+        let Some(writing) = self.writing.take() else {
+            return Ok(None);
+        };
+        let (run, empty) = writing
+            .join()
+            .map_err(|_| io::Error::other("the sort's run writer panicked"))??;
+        self.runs.push(run);
+        Ok(Some(empty))
     }
 
     /// The records in key order.
     pub fn finish(mut self) -> io::Result<Sorted> {
+        self.wait_for_run()?;
         if self.runs.is_empty() {
-            self.held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            return Ok(Sorted::Memory(self.held.into_iter()));
+            self.held.sort();
+            return Ok(Sorted(Source::Memory {
+                held: self.held,
+                next: 0,
+            }));
         }
-        if !self.held.is_empty() {
-            self.spill()?;
+        if !self.held.entries.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.runs.push(held.write_run()?.0);
         }
-        let mut readers: Vec<BufReader<File>> = self
-            .runs
-            .into_iter()
-            .map(|f| BufReader::with_capacity(1 << 18, f))
-            .collect();
-        let mut heads = BinaryHeap::with_capacity(readers.len());
-        for (i, r) in readers.iter_mut().enumerate() {
-            if let Some((key, record)) = read_record(r)? {
-                heads.push(Reverse((key, i, record)));
+        let mut runs = Vec::with_capacity(self.runs.len());
+        for file in self.runs {
+            let mut run = Run {
+                reader: BufReader::with_capacity(1 << 18, file),
+                key: Vec::new(),
+                record: Vec::new(),
+            };
+            if run.advance()? {
+                runs.push(run);
             }
         }
-        Ok(Sorted::Runs { readers, heads })
+        let mut heap: Vec<usize> = (0..runs.len()).collect();
+        for i in (0..heap.len() / 2).rev() {
+            sift_down(&mut heap, &runs, i);
+        }
+        Ok(Sorted(Source::Runs {
+            runs,
+            heap,
+            returned: None,
+        }))
     }
 }
 
-/// A run's next record: (key, run, record), smallest key first.
-type Head = Reverse<(Vec<u8>, usize, Vec<u8>)>;
+/// A run being merged, with its next record.
+struct Run {
+    reader: BufReader<File>,
+    key: Vec<u8>,
+    record: Vec<u8>,
+}
+
+impl Run {
+    /// Reads the next record into `key` and `record`; false at the end.
+    fn advance(&mut self) -> io::Result<bool> {
+        if !read_part(&mut self.reader, &mut self.key)? {
+            return Ok(false);
+        }
+        if !read_part(&mut self.reader, &mut self.record)? {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "sort run cut short",
+            ));
+        }
+        Ok(true)
+    }
+}
+
+/// Restores the min-heap of runs (by their next key) below `i`.
+fn sift_down(heap: &mut [usize], runs: &[Run], mut i: usize) {
+    let less = |a: usize, b: usize| runs[a].key < runs[b].key;
+    loop {
+        let (l, r) = (2 * i + 1, 2 * i + 2);
+        let mut least = i;
+        if l < heap.len() && less(heap[l], heap[least]) {
+            least = l;
+        }
+        if r < heap.len() && less(heap[r], heap[least]) {
+            least = r;
+        }
+        if least == i {
+            return;
+        }
+        heap.swap(i, least);
+        i = least;
+    }
+}
 
 /// The sorted records, from memory or merged from runs.
-pub enum Sorted {
-    Memory(std::vec::IntoIter<(Vec<u8>, Vec<u8>)>),
+pub struct Sorted(Source);
+
+enum Source {
+    Memory {
+        held: Held,
+        next: usize,
+    },
     Runs {
-        readers: Vec<BufReader<File>>,
-        /// Each run's next record.
-        heads: BinaryHeap<Head>,
+        runs: Vec<Run>,
+        /// The runs with records left, as a min-heap by their next key.
+        heap: Vec<usize>,
+        /// The run whose record was returned last: it moves on at the
+        /// next call, so that the record can be lent out until then.
+        returned: Option<usize>,
     },
 }
 
 impl Sorted {
-    /// The next (key, record), or `None` at the end.
-    pub fn next_record(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
-        match self {
-            Sorted::Memory(it) => Ok(it.next()),
-            Sorted::Runs { readers, heads } => {
-                let Some(Reverse((key, i, record))) = heads.pop() else {
+    /// The next (key, record), or `None` at the end; lent until the next
+    /// call.
+    pub fn next_record(&mut self) -> io::Result<Option<(&[u8], &[u8])>> {
+        match &mut self.0 {
+            Source::Memory { held, next } => {
+                let Some(e) = held.entries.get(*next) else {
                     return Ok(None);
                 };
-                if let Some((k, r)) = read_record(&mut readers[i])? {
-                    heads.push(Reverse((k, i, r)));
+                *next += 1;
+                Ok(Some((held.key(e), held.record(e))))
+            }
+            Source::Runs {
+                runs,
+                heap,
+                returned,
+            } => {
+                if let Some(i) = returned.take() {
+                    if !runs[i].advance()? {
+                        let last = heap.len() - 1;
+                        heap.swap(0, last);
+                        heap.pop();
+                    }
+                    sift_down(heap, runs, 0);
                 }
-                Ok(Some((key, record)))
+                let Some(&top) = heap.first() else {
+                    return Ok(None);
+                };
+                *returned = Some(top);
+                let run = &runs[top];
+                Ok(Some((&run.key, &run.record)))
             }
         }
     }
@@ -123,25 +286,18 @@ fn write_part(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     w.write_all(bytes)
 }
 
-fn read_part(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+/// Reads a length and that many bytes into `out`; false at the end.
+fn read_part(r: &mut impl Read, out: &mut Vec<u8>) -> io::Result<bool> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e),
     }
-    let mut bytes = vec![0; u32::from_le_bytes(len) as usize];
-    r.read_exact(&mut bytes)?;
-    Ok(Some(bytes))
-}
-
-fn read_record(r: &mut impl Read) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
-    let Some(key) = read_part(r)? else {
-        return Ok(None);
-    };
-    let record = read_part(r)?
-        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "sort run cut short"))?;
-    Ok(Some((key, record)))
+    out.clear();
+    out.resize(u32::from_le_bytes(len) as usize, 0);
+    r.read_exact(out)?;
+    Ok(true)
 }
 
 /// Writes a record's fields: each a length and its bytes, `None` as a
@@ -237,8 +393,8 @@ mod tests {
 
     fn drain(mut s: Sorted) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
-        while let Some(r) = s.next_record().unwrap() {
-            out.push(r);
+        while let Some((k, r)) = s.next_record().unwrap() {
+            out.push((k.to_vec(), r.to_vec()));
         }
         out
     }
@@ -246,9 +402,19 @@ mod tests {
     #[test]
     fn records_come_back_in_key_order_from_memory_and_from_merged_runs() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        // Keys that differ within their first 16 bytes, keys that share
+        // them and differ after, and keys shorter than 16 bytes, some a
+        // prefix of others.
         let records: Vec<(Vec<u8>, Vec<u8>)> = (0..5000u32)
             .map(|i| {
-                let key = format!("SH{:010}{i:08}", rng.random_range(0..1_000_000u32));
+                let key = match i % 3 {
+                    0 => format!("SH{:010}{i:08}", rng.random_range(0..1_000_000u32)),
+                    1 => format!("310101199001011{}{i:08}", rng.random_range(0..10u32)),
+                    _ => format!(
+                        "{:x}",
+                        rng.random_range(0..1_000_000_000u64) * 8192 + u64::from(i)
+                    ),
+                };
                 (key.into_bytes(), i.to_le_bytes().repeat(i as usize % 7))
             })
             .collect();
@@ -259,9 +425,9 @@ mod tests {
         for budget in [20_000, 100_000, usize::MAX] {
             let mut s = ExternalSort::new(budget);
             for (k, r) in &records {
-                s.push(k.clone(), r.clone()).unwrap();
+                s.push(k, r).unwrap();
             }
-            let spilled = !s.runs.is_empty();
+            let spilled = !s.runs.is_empty() || s.writing.is_some();
             assert_eq!(spilled, budget < usize::MAX, "budget {budget}");
             assert_eq!(drain(s.finish().unwrap()), want, "budget {budget}");
         }
