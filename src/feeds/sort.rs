@@ -116,6 +116,11 @@ impl ExternalSort {
     }
 
     pub fn push(&mut self, key: &[u8], record: &[u8]) -> io::Result<()> {
+        if self.held.bytes.capacity() == 0 {
+            // The buffer's whole size at once: growing it by doubling would
+            // copy it and hold old and new at the same time.
+            self.held.bytes.reserve_exact(self.budget.min(RUN_BYTES));
+        }
         self.held.push(key, record)?;
         if self.held.size() >= self.budget {
             self.spill()?;
