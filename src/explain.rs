@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::db::explain::{HolderRows, RowOrigin, StoredCivil, StoredPayment, StoredVisit};
 use crate::db::{AuditRow, Db, NotificationRow, PermitRow, RunRecord};
 use crate::domain::{
-    mask_id_str, mask_name, EventKind, MaritalStatus, Month, PaymentStatus, Reason,
+    mask_id_str, mask_name, EventKind, EventState, MaritalStatus, Month, PaymentStatus, Reason,
     ResidenceResult, SiStatus,
 };
 use crate::error::{Error, Result};
@@ -359,7 +359,7 @@ pub async fn explain(
     let chosen = on_date
         .iter()
         .rev()
-        .find(|e| e.state == "applied")
+        .find(|e| e.state == EventState::Applied)
         .or(on_date.last());
     match chosen {
         Some(e) => {
@@ -413,13 +413,13 @@ fn event_ref(e: &AuditRow) -> EventRef {
     EventRef {
         run_id: e.run_id,
         as_of: e.as_of,
-        decision: e.decision.clone(),
+        decision: e.decision.code().to_string(),
         reasons: split_reasons(&e.reasons)
             .iter()
             .map(|r| r.code().to_string())
             .collect(),
         valid_until: e.valid_until,
-        state: e.state.clone(),
+        state: e.state.code().to_string(),
     }
 }
 
@@ -780,7 +780,7 @@ impl Ctx<'_> {
         rows: &HolderRows,
         outbox: &[NotificationRow],
     ) -> Result<()> {
-        let kind = stored("event kind", &e.decision, EventKind::parse(&e.decision))?;
+        let kind = e.decision;
         let mark = run.and_then(|r| r.import_mark);
         out.mode = "recorded";
         out.basis = format!(
@@ -808,17 +808,17 @@ impl Ctx<'_> {
                 ));
             }
         }
-        out.decision.state = Some(e.state.clone());
+        out.decision.state = Some(e.state.code().to_string());
         let reasons = split_reasons(&e.reasons);
         match kind {
             EventKind::Suspended | EventKind::Cancelled => {
-                out.lifecycle.step = Some(e.decision.clone());
+                out.lifecycle.step = Some(kind.code().to_string());
                 out.lifecycle.valid_until = e.valid_until;
                 out.lifecycle.grace_until = self.grace_until(e.valid_until);
                 // A SUSPENDED step is taken on an active permit only (R3).
                 out.lifecycle.why = self.lifecycle_why(Some(kind), "active", e.valid_until);
                 let why = "a lifecycle step (R3, above), not a decision on evidence".to_string();
-                self.set_decision(out, &e.decision, &[], e.valid_until, why);
+                self.set_decision(out, kind.code(), &[], e.valid_until, why);
             }
             EventKind::AutoSigned | EventKind::VisitCenter => {
                 out.lifecycle.valid_until = e.valid_until;
@@ -831,21 +831,23 @@ impl Ctx<'_> {
                 });
                 out.evidence =
                     Some(self.recorded_evidence(e, &reasons, mark, rows, &mut out.notes)?);
-                let why = self.decision_why(&e.decision, &reasons, e.valid_until);
-                self.set_decision(out, &e.decision, &reasons, e.valid_until, why);
+                let why = self.decision_why(kind.code(), &reasons, e.valid_until);
+                self.set_decision(out, kind.code(), &reasons, e.valid_until, why);
             }
         }
         out.effect = Some(self.effect_view(kind, e.valid_until, e.new_valid_until));
-        if e.state != "applied" {
+        if e.state != EventState::Applied {
             if let Some(f) = out.effect.as_mut() {
-                f.why = format!("not in effect ({}): {}", e.state, state_meaning(&e.state));
+                f.why = format!("not in effect ({}): {}", e.state, state_meaning(e.state));
                 f.status_after = self.permit.status.code().to_string();
             }
         }
         out.notices = outbox
             .iter()
             .filter(|n| {
-                n.run_id == e.run_id && n.kind == e.decision && n.cycle_valid_until == e.valid_until
+                n.run_id == e.run_id
+                    && n.kind == e.decision.code()
+                    && n.cycle_valid_until == e.valid_until
             })
             .map(|n| self.notice_view(n))
             .collect();
@@ -1042,11 +1044,10 @@ impl Ctx<'_> {
         out.window = Some(window);
         // C8: a cycle with a final decision that counts is not evaluated
         // again (the run's candidates leave it out).
-        let decided = events.iter().rev().find(|e| {
-            e.valid_until == p.valid_until
-                && e.state == "applied"
-                && (e.decision == "AUTO_SIGNED" || e.decision == "VISIT_CENTER")
-        });
+        let decided = events
+            .iter()
+            .rev()
+            .find(|e| e.valid_until == p.valid_until && rules::closes_cycle(e.decision, e.state));
         out.cycle = Some(CycleView {
             valid_until: p.valid_until,
             decided_by: decided.map(event_ref),
@@ -1339,13 +1340,15 @@ fn civil_view(c: &StoredCivil) -> CivilView {
     }
 }
 
-fn state_meaning(state: &str) -> &'static str {
+fn state_meaning(state: EventState) -> &'static str {
     match state {
-        "held" => "its run is held by the safety brake; nothing applied, no notice queued",
-        "void" => "its run was discarded",
-        "not_applied" => "its run was released but the permit had changed since",
-        "reverted" => "its run was reverted and this change undone",
-        _ => "",
+        EventState::Held => {
+            "its run is held by the safety brake; nothing applied, no notice queued"
+        }
+        EventState::Void => "its run was discarded",
+        EventState::NotApplied => "its run was released but the permit had changed since",
+        EventState::Reverted => "its run was reverted and this change undone",
+        EventState::Applied => "",
     }
 }
 

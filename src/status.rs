@@ -6,8 +6,9 @@ use chrono::{Duration, NaiveDate};
 use serde::Serialize;
 
 use crate::db::Db;
-use crate::domain::{mask_id_str, mask_name, PermitStatus, Reason};
+use crate::domain::{mask_id_str, mask_name, EventState, PermitStatus, Reason};
 use crate::error::{Error, Result};
+use crate::reconcile::rules::closes_cycle;
 use crate::settings::Settings;
 
 #[derive(Debug, Serialize)]
@@ -85,14 +86,16 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
         .events_for(permit_no)
         .await?
         .into_iter()
-        .filter(|e| e.state == "applied")
+        .filter(|e| e.state == EventState::Applied)
         .collect();
     let notices = db.notifications_for(permit_no).await?;
     let requeues = db.requeues_for(permit_no).await?;
     let rules = &settings.rules;
+    // C8, as the run weighs it: a final decision in effect for the
+    // current cycle closes it.
     let closed = events
         .iter()
-        .any(|e| e.valid_until == permit.valid_until && e.decision == "VISIT_CENTER");
+        .any(|e| e.valid_until == permit.valid_until && closes_cycle(e.decision, e.state));
     let state = if permit.status != PermitStatus::Active {
         "not_applicable"
     } else if closed {
@@ -106,7 +109,7 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
         .map(|e| EventView {
             run_id: e.run_id,
             as_of: e.as_of,
-            decision: e.decision.clone(),
+            decision: e.decision.code().to_string(),
             reasons: e
                 .reasons
                 .split(';')

@@ -3,13 +3,15 @@
 //! The register's statuses and the event kinds travel as domain types and
 //! are read back from their stored codes exactly (`TryFrom<String>`); a row
 //! type read by a shared statement maps once for both backends
-//! (`sqlx::FromRow`, by column name). The exports' rows stay text: they are
-//! what the files say.
+//! (`sqlx::FromRow`, by column name). An audit row's decision and state
+//! are domain types too; its evidence values and the outbox rows stay
+//! text: they are what the run recorded and the files say.
 
 use chrono::NaiveDate;
 
 use crate::domain::{
-    Channel, CycleDecision, EventKind, MaritalStatus, NoticeStatus, PermitStatus, SiStatus,
+    Channel, CycleDecision, EventKind, EventState, MaritalStatus, NoticeStatus, PermitStatus,
+    SiStatus,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
@@ -392,7 +394,8 @@ pub struct AuditRow {
     pub as_of: NaiveDate,
     pub permit_no: String,
     pub id_number: String,
-    pub decision: String,
+    #[sqlx(try_from = "String")]
+    pub decision: EventKind,
     pub reasons: String,
     pub valid_until: NaiveDate,
     pub new_valid_until: Option<NaiveDate>,
@@ -405,11 +408,9 @@ pub struct AuditRow {
     pub notification_channel: Option<String>,
     pub notification_status: Option<String>,
     pub decided_at: String,
-    /// `applied`, `held` (its run is held by the safety brake), `void` (its
-    /// run was discarded), `not_applied` (released, but the permit's
-    /// cycle had changed since the run) or `reverted` (its run was
-    /// reverted and its permit change undone).
-    pub state: String,
+    /// What became of the event, derived from its run, release and revert.
+    #[sqlx(try_from = "String")]
+    pub state: EventState,
 }
 
 /// One audit row as the export writes it (R9), in [`AuditRow`]'s column
@@ -427,7 +428,7 @@ impl AuditRow {
             self.as_of.to_string(),
             self.permit_no.clone(),
             self.id_number.clone(),
-            self.decision.clone(),
+            self.decision.code().to_string(),
             self.reasons.clone(),
             self.valid_until.to_string(),
             date(self.new_valid_until),
@@ -440,7 +441,7 @@ impl AuditRow {
             text(&self.notification_channel),
             text(&self.notification_status),
             self.decided_at.clone(),
-            self.state.clone(),
+            self.state.code().to_string(),
         ]
     }
 }

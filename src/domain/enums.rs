@@ -272,6 +272,43 @@ pub enum Effect {
     None,
 }
 
+domain_enum! {
+    /// What became of a recorded event (R9's `state` column; docs/rules.md,
+    /// "The audit trail").
+    pub enum EventState("event state") {
+        /// In effect: written by a run the brake let through, or applied by
+        /// `autosign release`.
+        Applied => "applied", ["已生效"],
+        /// Written by a run the safety brake holds: nothing applied yet.
+        Held => "held", ["暂缓生效"],
+        /// Its run was discarded.
+        Void => "void", ["已作废"],
+        /// Its run was released, but the permit's cycle had changed since.
+        NotApplied => "not_applied", ["未生效"],
+        /// Its run was reverted and its permit change undone.
+        Reverted => "reverted", ["已撤销"],
+    }
+}
+
+impl EventState {
+    /// What the state says of a final decision, as C8 weighs it
+    /// (`reconcile::rules::cycle_decided`). An applied decision counts as
+    /// one the brake let through: applied by `release` weighs the same.
+    pub fn as_cycle_decision(self) -> CycleDecision {
+        let (held, released, undone) = match self {
+            EventState::Applied => (false, None, false),
+            EventState::Held | EventState::Void => (true, None, false),
+            EventState::NotApplied => (true, Some(false), false),
+            EventState::Reverted => (false, None, true),
+        };
+        CycleDecision {
+            held,
+            released,
+            undone,
+        }
+    }
+}
+
 /// A final decision (AUTO_SIGNED or VISIT_CENTER) the audit trail holds
 /// for a permit's cycle, with what became of it; C8 (`reconcile::rules::
 /// cycle_decided`) says whether it closes the cycle.

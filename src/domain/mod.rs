@@ -22,7 +22,7 @@ mod uscc;
 pub use contact::{Email, EmailError, Phone, PhoneError};
 pub use dates::{add_one_year, parse_date, DateError, Month, MonthError};
 pub use enums::{
-    Channel, CycleDecision, Effect, EnumError, EventKind, MaritalStatus, NoticeStatus,
+    Channel, CycleDecision, Effect, EnumError, EventKind, EventState, MaritalStatus, NoticeStatus,
     PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
 };
 pub(crate) use feed::normalise as normalise_header;

@@ -32,6 +32,7 @@ use super::{Ctx, PlanCounts, RunSummary};
 use crate::audit::AuditWriter;
 use crate::clock::Clock;
 use crate::db::{AuditRow, Db, NewEvent, RunRecord, RunTx};
+use crate::domain::EventState;
 use crate::error::{Error, Result};
 use crate::feeds::{self, Feed};
 use crate::outbox::notice::Notices;
@@ -209,7 +210,7 @@ fn audit_row(ctx: &Ctx<'_>, e: &NewEvent, decided_at: &str) -> AuditRow {
         as_of: ctx.as_of,
         permit_no: e.permit_no.clone(),
         id_number: e.id_number.clone(),
-        decision: e.kind.to_string(),
+        decision: e.kind,
         reasons: e.reasons.clone(),
         valid_until: e.valid_until,
         new_valid_until: e.new_valid_until,
@@ -222,7 +223,11 @@ fn audit_row(ctx: &Ctx<'_>, e: &NewEvent, decided_at: &str) -> AuditRow {
         notification_channel: (!ctx.held).then(|| e.notice.channel.code().to_string()),
         notification_status: (!ctx.held).then(|| e.notice.status.code().to_string()),
         decided_at: decided_at.to_string(),
-        state: if ctx.held { "held" } else { "applied" }.to_string(),
+        state: if ctx.held {
+            EventState::Held
+        } else {
+            EventState::Applied
+        },
     }
 }
 

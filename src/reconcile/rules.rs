@@ -6,8 +6,8 @@ use chrono::{Duration, NaiveDate};
 
 use crate::db::CandidateBounds;
 use crate::domain::{
-    add_one_year, CycleDecision, Effect, EventKind, MaritalStatus, Month, PaymentStatus,
-    PermitStatus, Reason, ResidenceResult, SiStatus,
+    add_one_year, CycleDecision, Effect, EventKind, EventState, MaritalStatus, Month,
+    PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
 };
 use crate::settings::{LapsePolicy, Rules};
 
@@ -100,6 +100,15 @@ pub fn cycle_decided(decisions: &[CycleDecision]) -> bool {
     decisions
         .iter()
         .any(|d| !d.undone && (!d.held || d.released == Some(true)))
+}
+
+/// C8 as an audit row shows it: whether an event of `kind` in `state`
+/// closes its cycle — a final decision whose state [`cycle_decided`]
+/// counts. `explain` reads it this way; a run reads the same from the
+/// events and their releases and reverts.
+pub fn closes_cycle(kind: EventKind, state: EventState) -> bool {
+    matches!(kind, EventKind::AutoSigned | EventKind::VisitCenter)
+        && cycle_decided(&[state.as_cycle_decision()])
 }
 
 /// What the permit said at registration (the baseline R5 compares with).
@@ -406,6 +415,30 @@ mod tests {
         ];
         for (decisions, closed, what) in cases {
             assert_eq!(cycle_decided(decisions), *closed, "{what}");
+        }
+    }
+
+    #[test]
+    fn c8_an_audit_row_closes_its_cycle_when_a_final_decision_is_applied() {
+        use EventState::*;
+        // (state, closes when the kind is a final decision, why)
+        let table: &[(EventState, bool, &str)] = &[
+            (Applied, true, "in effect"),
+            (Held, false, "its run is held by the brake"),
+            (Void, false, "its run was discarded"),
+            (NotApplied, false, "released after the cycle changed"),
+            (Reverted, false, "undone by a revert"),
+        ];
+        assert_eq!(table.len(), EventState::ALL.len());
+        for &(state, closes, why) in table {
+            for kind in EventKind::ALL {
+                let final_decision = matches!(kind, EventKind::AutoSigned | EventKind::VisitCenter);
+                assert_eq!(
+                    closes_cycle(kind, state),
+                    closes && final_decision,
+                    "{kind} {state}: {why}"
+                );
+            }
         }
     }
 
