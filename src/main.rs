@@ -8,7 +8,7 @@ use clap::Parser;
 use autosign::{app, cli::Cli, settings::Settings, telemetry};
 
 // Imports allocate and free millions of small strings across threads (the
-// parser thread and the writer); mimalloc halves that cost against glibc's
+// reader thread, row validation and the writer); mimalloc halves that cost against glibc's
 // allocator (docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

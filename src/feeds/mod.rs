@@ -150,10 +150,10 @@ enum Msg {
 
 type ParseFn<T> = fn(&Fields) -> Result<Parsed<T>, Rejection>;
 
-/// Validates one record into a row or a rejection (R1). Called on the
-/// writer's side, not the reader thread's: while a file is read the reader
-/// (CSV framing, decoding, line numbers) is the import's bottleneck, and
-/// the writer has time to spare until the file is sorted.
+/// Validates one record into a row or a rejection (R1). Called a batch at
+/// a time on a blocking thread of its own, neither the reader's (CSV
+/// framing, decoding, line numbers: busy enough while a file is read) nor
+/// the writer's, which meanwhile takes the batch before into the sort.
 fn parse_row<T>(map: &reader::HeaderMap, feed: Feed, parse: ParseFn<T>, row: RawRow) -> Item<T> {
     let RawRow { line, raw } = row;
     let parsed = if raw.len() != map.width {
@@ -396,11 +396,11 @@ trait BatchWriter<T> {
     async fn finish(&mut self, tx: &mut ImportTx, tally: &mut Tally) -> Result<()>;
 }
 
-/// Hands what the writer is done with back to the parser thread that
+/// Hands what the writer is done with back to the reader thread that
 /// allocated it, to be freed there: with mimalloc a free on the allocating
 /// thread is local and cheap, one on the writer a cross-thread free, and
 /// the writer (the one thread talking to the database) is the import's
-/// bottleneck. If the parser has finished, the value is freed here.
+/// bottleneck. If the reader has finished, the value is freed here.
 struct Recycle(std::sync::mpsc::Sender<Box<dyn Send>>);
 
 impl Recycle {
@@ -452,36 +452,52 @@ where
     };
     let mut refused = None;
     let mut map: Option<Arc<reader::HeaderMap>> = None;
+    // Each batch is validated on a blocking thread while the writer takes
+    // the batch before it.
+    let mut parsing: Option<tokio::task::JoinHandle<Vec<Item<T>>>> = None;
+    let mut failed = None;
     while let Some(msg) = receiver.recv().await {
-        match msg {
+        let rows = match msg {
             Msg::Header(h, m) => {
                 tally.header = h;
                 map = Some(m);
+                continue;
             }
-            Msg::Batch(rows) => {
-                let Some(map) = map.as_deref() else {
-                    continue;
-                };
-                let items = rows
-                    .into_iter()
-                    .map(|r| parse_row(map, feed, parse, r))
-                    .collect::<Vec<_>>();
-                tally.counts.rows_read += items.len() as u64;
-                let result = writer.write(&mut tx, items, &mut tally, &recycle).await;
-                crate::faults::point("import.batch_written");
-                if let Err(e) = result {
-                    drop(receiver);
-                    let _ = tx.rollback().await;
-                    let _ = parser.await;
-                    return Err(e);
-                }
+            Msg::Refused(why) => {
+                refused = Some(why);
+                continue;
             }
-            Msg::Refused(why) => refused = Some(why),
+            Msg::Batch(rows) => rows,
+        };
+        let Some(map) = map.clone() else {
+            continue;
+        };
+        let next = tokio::task::spawn_blocking(move || {
+            rows.into_iter()
+                .map(|r| parse_row(&map, feed, parse, r))
+                .collect::<Vec<_>>()
+        });
+        if let Some(done) = parsing.replace(next) {
+            if let Err(e) = write_batch(&mut writer, &mut tx, done, &mut tally, &recycle).await {
+                failed = Some(e);
+                break;
+            }
         }
     }
-    parser
-        .await
-        .map_err(|e| Error::Runtime(anyhow::anyhow!("parser thread failed for {shown}: {e}")))?;
+    if let (None, Some(done)) = (&failed, parsing.take()) {
+        failed = write_batch(&mut writer, &mut tx, done, &mut tally, &recycle)
+            .await
+            .err();
+    }
+    if let Some(e) = failed {
+        drop(receiver);
+        let _ = tx.rollback().await;
+        let _ = parser.await;
+        return Err(e);
+    }
+    parser.await.map_err(|e| {
+        Error::Runtime(anyhow::anyhow!("the reader thread failed for {shown}: {e}"))
+    })?;
     if refused.is_none() {
         let result = writer.finish(&mut tx, &mut tally).await;
         crate::faults::point("import.batch_written");
@@ -526,6 +542,23 @@ where
             None
         },
     })
+}
+
+/// Hands a validated batch to the writer, once its validation is done.
+async fn write_batch<T, W: BatchWriter<T>>(
+    writer: &mut W,
+    tx: &mut ImportTx,
+    parsing: tokio::task::JoinHandle<Vec<Item<T>>>,
+    tally: &mut Tally,
+    recycle: &Recycle,
+) -> Result<()> {
+    let items = parsing
+        .await
+        .map_err(|e| Error::Runtime(anyhow::anyhow!("the import's row validation failed: {e}")))?;
+    tally.counts.rows_read += items.len() as u64;
+    let result = writer.write(tx, items, tally, recycle).await;
+    crate::faults::point("import.batch_written");
+    result
 }
 
 /// A feed row that replaces by key (R2): residence, social insurance,
