@@ -165,7 +165,8 @@ async fn plan_and_make(
     let trips = if ctx.held {
         Vec::new()
     } else {
-        super::plan_trips(ctx, &plan.counts)
+        let lifecycle = super::lifecycle_counts(ctx.lifecycle.take()).await?;
+        super::plan_trips(ctx, &plan.counts, lifecycle.as_ref())
     };
     ctx.held |= !trips.is_empty();
     let counts = plan.counts.clone();

@@ -59,7 +59,44 @@ pub fn show_progress(on: bool) {
 pub(crate) struct BrakeInputs {
     pub mark: i64,
     pub feeds_trip: Option<String>,
-    pub lifecycle: Option<LifecycleCounts>,
+    pub lifecycle: Option<LifecycleCount>,
+}
+
+/// The brake's lifecycle count (R3's steps for the date against the live
+/// register), taken on a pooled connection of its own while the run plans:
+/// the count and the due read each walk the whole register, and on two
+/// cores they go at once. Nothing is written before it is read (the run
+/// holds the job lock, and writes only after the plan is checked), so it
+/// counts the register the run finds. Dropped unread, it is abandoned.
+pub(crate) struct LifecycleCount(tokio::task::JoinHandle<Result<LifecycleCounts>>);
+
+impl LifecycleCount {
+    fn start(db: &Db, as_of: NaiveDate, cancel_before: Option<NaiveDate>) -> Self {
+        let db = db.clone();
+        LifecycleCount(tokio::spawn(async move {
+            db.lifecycle_counts(as_of, cancel_before).await
+        }))
+    }
+
+    async fn counts(mut self) -> Result<LifecycleCounts> {
+        (&mut self.0).await.map_err(|e| {
+            Error::Runtime(anyhow::anyhow!("the brake's lifecycle count failed: {e}"))
+        })?
+    }
+}
+
+impl Drop for LifecycleCount {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The counts of a started [`LifecycleCount`], once it is done.
+async fn lifecycle_counts(count: Option<LifecycleCount>) -> Result<Option<LifecycleCounts>> {
+    match count {
+        Some(c) => c.counts().await.map(Some),
+        None => Ok(None),
+    }
 }
 
 pub(crate) async fn brake_inputs(
@@ -76,14 +113,8 @@ pub(crate) async fn brake_inputs(
         db.completed_import_mark().await?,
         clock.now(),
     );
-    let lifecycle = if crate::brake::lifecycle_checked(settings) {
-        Some(
-            db.lifecycle_counts(as_of, rules::cancel_before(as_of, &settings.rules))
-                .await?,
-        )
-    } else {
-        None
-    };
+    let lifecycle = crate::brake::lifecycle_checked(settings)
+        .then(|| LifecycleCount::start(db, as_of, rules::cancel_before(as_of, &settings.rules)));
     Ok(BrakeInputs {
         mark,
         feeds_trip,
@@ -281,9 +312,9 @@ struct Ctx<'a> {
     run_id: i64,
     /// Held by the safety brake: events only.
     held: bool,
-    /// The register's lifecycle steps tonight, for the brake (`None`: the
-    /// check is off).
-    lifecycle: Option<LifecycleCounts>,
+    /// The register's lifecycle steps tonight, for the brake, being
+    /// counted (`None`: the check is off, or the count was read).
+    lifecycle: Option<LifecycleCount>,
     bar: &'a indicatif::ProgressBar,
     /// Events this attempt wrote, by kind, reasons and notice channel (""
     /// when no notice was queued: a held run).
@@ -516,7 +547,8 @@ async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<PlanCounts> {
     // too many VISIT_CENTER holds the whole run (a run already held by its
     // feed checks, or resumed held, stays so).
     if !ctx.held {
-        let trips = plan_trips(ctx, &plan.counts);
+        let lifecycle = lifecycle_counts(ctx.lifecycle.take()).await?;
+        let trips = plan_trips(ctx, &plan.counts, lifecycle.as_ref());
         if !trips.is_empty() {
             tx.hold(&trips.join("; "), &ctx.clock.now_rfc3339()).await?;
             ctx.held = true;
@@ -529,16 +561,14 @@ async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<PlanCounts> {
 
 /// The safety brake's checks of a plan, before anything is written: what
 /// trips, if anything (the dry run reports the same).
-fn plan_trips(ctx: &Ctx<'_>, c: &PlanCounts) -> Vec<String> {
+fn plan_trips(ctx: &Ctx<'_>, c: &PlanCounts, lifecycle: Option<&LifecycleCounts>) -> Vec<String> {
     // A mass of lifecycle steps is checked beside the share: a wrong
     // date lapses the register whatever the evidence says. A PostgreSQL
     // run resumed after a crash passed both before its first page, and
     // its remaining steps are a smaller share, so it never trips here.
     [
         crate::brake::check_share(ctx.settings, c.due, c.visit_center),
-        ctx.lifecycle
-            .as_ref()
-            .and_then(|l| crate::brake::check_lifecycle(ctx.settings, l)),
+        lifecycle.and_then(|l| crate::brake::check_lifecycle(ctx.settings, l)),
     ]
     .into_iter()
     .flatten()
