@@ -134,7 +134,10 @@ impl ExternalSort {
     fn spill(&mut self) -> io::Result<()> {
         let empty = self.wait_for_run()?.unwrap_or_default();
         let held = std::mem::replace(&mut self.held, empty);
-        self.writing = Some(std::thread::spawn(move || held.write_run()));
+        let writer = std::thread::Builder::new()
+            .name("autosign-sort".into())
+            .spawn(move || held.write_run())?;
+        self.writing = Some(writer);
         Ok(())
     }
 
