@@ -1207,13 +1207,9 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         let (send, mut pages) = mpsc::channel::<Vec<HeldPermit>>(2);
         let merge = tokio::task::spawn_blocking(move || held_pages(rows, &send));
         let mut written = Ok(());
-        let mut ended = false;
         while let Some(page) = pages.recv().await {
-            // Only the last page is short (maybe empty).
-            let last = page.len() < DECIDE_ROWS;
-            written = self.decide_page(tx, page, last, tally).await;
-            if written.is_err() || last {
-                ended = last;
+            written = self.decide_page(tx, page, false, tally).await;
+            if written.is_err() {
                 break;
             }
         }
@@ -1224,33 +1220,30 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         })?;
         written?;
         merged?;
-        if !ended {
-            return Err(Error::Runtime(anyhow::anyhow!(
-                "internal: the import's merge thread ended before its last page"
-            )));
-        }
+        // Every row is decided: the last permit's rows are complete.
+        self.decide_page(tx, Vec::new(), true, tally).await?;
         self.notes.replay(tally)
     }
 }
 
 /// Reads the sorted permit rows back and sends them decoded, in pages of
-/// [`DECIDE_ROWS`] and then one shorter page (maybe empty) that marks the
-/// end; stops early if the writer is gone.
+/// [`DECIDE_ROWS`]; stops early if the writer is gone.
 fn held_pages(rows: sort::ExternalSort, send: &mpsc::Sender<Vec<HeldPermit>>) -> Result<()> {
     let mut sorted = rows.finish().map_err(sort_error)?;
-    loop {
-        let mut page = Vec::with_capacity(DECIDE_ROWS);
-        while page.len() < DECIDE_ROWS {
-            match sorted.next_record().map_err(sort_error)? {
-                Some((_, record)) => page.push(HeldPermit::decode(record).map_err(sort_error)?),
-                None => break,
+    let mut page = Vec::with_capacity(DECIDE_ROWS);
+    while let Some((_, record)) = sorted.next_record().map_err(sort_error)? {
+        page.push(HeldPermit::decode(record).map_err(sort_error)?);
+        if page.len() == DECIDE_ROWS {
+            let full = std::mem::replace(&mut page, Vec::with_capacity(DECIDE_ROWS));
+            if send.blocking_send(full).is_err() {
+                return Ok(());
             }
         }
-        let last = page.len() < DECIDE_ROWS;
-        if send.blocking_send(page).is_err() || last {
-            return Ok(());
-        }
     }
+    if !page.is_empty() {
+        let _ = send.blocking_send(page);
+    }
+    Ok(())
 }
 
 /// Where an inbox file's rejects go: `<dir>/<feed>/<file name>.rejects.csv`.

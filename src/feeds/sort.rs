@@ -64,7 +64,7 @@ impl Held {
     }
 
     fn key(&self, e: &Entry) -> &[u8] {
-        &self.bytes[e.at..e.at + e.key_len as usize]
+        key_in(&self.bytes, e)
     }
 
     fn record(&self, e: &Entry) -> &[u8] {
@@ -74,8 +74,9 @@ impl Held {
 
     fn sort(&mut self) {
         let Held { bytes, entries } = self;
-        let key = |e: &Entry| &bytes[e.at..e.at + e.key_len as usize];
-        entries.sort_unstable_by(|a, b| a.prefix.cmp(&b.prefix).then_with(|| key(a).cmp(key(b))));
+        entries.sort_unstable_by(|a, b| {
+            (a.prefix.cmp(&b.prefix)).then_with(|| key_in(bytes, a).cmp(key_in(bytes, b)))
+        });
     }
 
     /// Sorts the records and writes them as a run, rewound for reading;
@@ -93,6 +94,11 @@ impl Held {
         self.entries.clear();
         Ok((file, self))
     }
+}
+
+/// An entry's key in the buffer it points into.
+fn key_in<'a>(bytes: &'a [u8], e: &Entry) -> &'a [u8] {
+    &bytes[e.at..e.at + e.key_len as usize]
 }
 
 /// Records sorted by key; equal keys keep no particular order, so callers
