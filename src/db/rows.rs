@@ -56,7 +56,7 @@ pub struct PermitRow {
 
 impl std::fmt::Debug for PermitRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Personal data stays out of logs and panics (issue: privacy).
+        // Personal data stays out of logs and panics.
         f.debug_struct("PermitRow")
             .field("permit_no", &self.permit_no)
             .field("id_number", &crate::domain::mask_id_str(&self.id_number))
