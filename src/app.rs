@@ -423,7 +423,7 @@ pub fn run_report(s: &RunSummary) -> String {
     for c in &s.counts {
         *by_kind.entry(c.kind.as_str()).or_default() += c.count;
         *by_channel.entry(c.channel.as_str()).or_default() += c.count;
-        for r in c.reasons.split(';').filter(|r| !r.is_empty()) {
+        for r in c.reasons.iter() {
             *by_reason.entry(format!("{}/{r}", c.kind)).or_default() += c.count;
         }
     }

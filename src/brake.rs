@@ -27,7 +27,7 @@ use crate::db::{
     Db, Effect, FeedImport, LifecycleCounts, ReleaseItem, Restore, RevertDone, RevertItem,
     RunRecord,
 };
-use crate::domain::{EventKind, PermitStatus, Reason};
+use crate::domain::{EventKind, PermitStatus};
 use crate::error::{Error, Result};
 use crate::feeds::Delivery;
 use crate::outbox::notice::Notices;
@@ -276,19 +276,7 @@ pub async fn release(
             .filter(|p| still_current(kind, e.valid_until, p));
         let (effect, notice) = match permit {
             Some(p) => {
-                let reasons = e
-                    .reasons
-                    .split(';')
-                    .filter(|r| !r.is_empty())
-                    .map(|r| {
-                        Reason::parse(r).map_err(|err| {
-                            Error::Runtime(anyhow::anyhow!(
-                                "stored event {} has reason {r:?}: {err}",
-                                e.event_id
-                            ))
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let reasons = e.reasons.to_vec();
                 let effect =
                     crate::reconcile::rules::effect(kind, e.new_valid_until, e.valid_until);
                 let notice = notices.compose(kind, p, &reasons, e.new_valid_until);

@@ -32,7 +32,7 @@ use crate::db::explain::{HolderRows, RowOrigin, StoredCivil, StoredPayment, Stor
 use crate::db::{AuditRow, Db, NotificationRow, PermitRow, RunRecord};
 use crate::domain::{
     mask_id_str, mask_name, EventKind, EventState, MaritalStatus, Month, PaymentStatus, Reason,
-    ResidenceResult, SiStatus,
+    Reasons, ResidenceResult, SiStatus,
 };
 use crate::error::{Error, Result};
 use crate::outbox::notice::Notices;
@@ -168,7 +168,8 @@ pub struct EventRef {
     pub run_id: i64,
     pub as_of: NaiveDate,
     pub decision: String,
-    pub reasons: Vec<String>,
+    /// Listed as codes.
+    pub reasons: Reasons,
     pub valid_until: NaiveDate,
     /// `applied`, `held`, `void`, `not_applied` or `reverted` (as in the
     /// audit export).
@@ -402,22 +403,12 @@ fn stored<T, E: std::fmt::Display>(
     parsed.map_err(|e| Error::Runtime(anyhow::anyhow!("stored {what} {value:?} is invalid: {e}")))
 }
 
-fn split_reasons(reasons: &str) -> Vec<Reason> {
-    reasons
-        .split(';')
-        .filter_map(|r| Reason::parse(r).ok())
-        .collect()
-}
-
 fn event_ref(e: &AuditRow) -> EventRef {
     EventRef {
         run_id: e.run_id,
         as_of: e.as_of,
         decision: e.decision.code().to_string(),
-        reasons: split_reasons(&e.reasons)
-            .iter()
-            .map(|r| r.code().to_string())
-            .collect(),
+        reasons: e.reasons,
         valid_until: e.valid_until,
         state: e.state.code().to_string(),
     }
@@ -809,7 +800,7 @@ impl Ctx<'_> {
             }
         }
         out.decision.state = Some(e.state.code().to_string());
-        let reasons = split_reasons(&e.reasons);
+        let reasons = e.reasons.to_vec();
         match kind {
             EventKind::Suspended | EventKind::Cancelled => {
                 out.lifecycle.step = Some(kind.code().to_string());
@@ -1545,7 +1536,7 @@ fn render_raw(x: &Explanation) -> String {
                 if h.reasons.is_empty() {
                     String::new()
                 } else {
-                    format!(" {}", h.reasons.join(";"))
+                    format!(" {}", h.reasons)
                 },
                 h.valid_until,
                 h.state

@@ -6,7 +6,7 @@ use chrono::{Duration, NaiveDate};
 use serde::Serialize;
 
 use crate::db::Db;
-use crate::domain::{mask_id_str, mask_name, EventState, PermitStatus, Reason};
+use crate::domain::{mask_id_str, mask_name, EventState, PermitStatus};
 use crate::error::{Error, Result};
 use crate::reconcile::rules::closes_cycle;
 use crate::settings::Settings;
@@ -110,18 +110,8 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
             run_id: e.run_id,
             as_of: e.as_of,
             decision: e.decision.code().to_string(),
-            reasons: e
-                .reasons
-                .split(';')
-                .filter(|r| !r.is_empty())
-                .map(str::to_string)
-                .collect(),
-            reasons_zh: e
-                .reasons
-                .split(';')
-                .filter_map(|r| Reason::parse(r).ok())
-                .map(|r| r.label_zh().to_string())
-                .collect(),
+            reasons: e.reasons.iter().map(|r| r.code().to_string()).collect(),
+            reasons_zh: e.reasons.iter().map(|r| r.label_zh().to_string()).collect(),
             valid_until: e.valid_until,
             new_valid_until: e.new_valid_until,
             decided_at: e.decided_at.clone(),

@@ -566,11 +566,13 @@ pub fn render(
         .into_iter()
         .map(|k| (k, 0))
         .collect();
+    // Keyed by the reason's code, not its R5 rank: the samples are listed
+    // in the order of their label text.
     let mut reasons: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for e in &db.last_run_events {
-        *kinds.entry(e.a.as_str()).or_default() += e.count;
-        for reason in e.b.split(';').filter(|r| !r.is_empty()) {
-            *reasons.entry((e.a.as_str(), reason)).or_default() += e.count;
+        *kinds.entry(e.kind.as_str()).or_default() += e.count;
+        for reason in e.reasons.iter() {
+            *reasons.entry((e.kind.as_str(), reason.code())).or_default() += e.count;
         }
     }
     head(
@@ -684,7 +686,8 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::metrics::{BacklogGroup, FeedImports, LabelledCount};
+    use crate::db::metrics::{BacklogGroup, EventCount, FeedImports, LabelledCount};
+    use crate::domain::{Reason, Reasons};
 
     /// When the process of these tests started (Unix time 1795700000).
     fn started() -> DateTime<Utc> {
@@ -695,6 +698,14 @@ mod tests {
         LabelledCount {
             a: a.into(),
             b: b.into(),
+            count,
+        }
+    }
+
+    fn ec(kind: &str, reasons: &[Reason], count: i64) -> EventCount {
+        EventCount {
+            kind: kind.into(),
+            reasons: Reasons::of(reasons),
             count,
         }
     }
@@ -720,9 +731,13 @@ mod tests {
         let db = DbMetrics {
             runs: vec![lc("completed", "", 4)],
             last_run_events: vec![
-                lc("AUTO_SIGNED", "", 10),
-                lc("VISIT_CENTER", "ADDRESS_CHANGED;EMPLOYER_CHANGED", 2),
-                lc("VISIT_CENTER", "ADDRESS_CHANGED", 1),
+                ec("AUTO_SIGNED", &[], 10),
+                ec(
+                    "VISIT_CENTER",
+                    &[Reason::AddressChanged, Reason::EmployerChanged],
+                    2,
+                ),
+                ec("VISIT_CENTER", &[Reason::AddressChanged], 1),
             ],
             last_run_notices: vec![lc("queued", "sms", 12), lc("undeliverable", "none", 1)],
             backlog: vec![

@@ -10,7 +10,8 @@
 use chrono::NaiveDate;
 use sqlx::Row;
 
-use super::Db;
+use super::{stored, Db};
+use crate::domain::Reasons;
 use crate::error::Result;
 
 /// Applied against embedded migrations.
@@ -33,6 +34,14 @@ impl MigrationState {
 pub struct LabelledCount {
     pub a: String,
     pub b: String,
+    pub count: i64,
+}
+
+/// Events of one kind with the same reasons, counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventCount {
+    pub kind: String,
+    pub reasons: Reasons,
     pub count: i64,
 }
 
@@ -65,8 +74,8 @@ pub struct DbMetrics {
     /// The run ledger by status (`completed`, `running`).
     pub runs: Vec<LabelledCount>,
     /// Events (decisions and lifecycle changes) of the last completed run's
-    /// `as_of`, by kind (`a`) and `;`-joined reasons (`b`).
-    pub last_run_events: Vec<LabelledCount>,
+    /// `as_of`, by kind and reasons.
+    pub last_run_events: Vec<EventCount>,
     /// Notices created for the last completed run's `as_of`, by status
     /// (`a`) and channel (`b`).
     pub last_run_notices: Vec<LabelledCount>,
@@ -118,6 +127,23 @@ where
             Ok(LabelledCount {
                 a: r.try_get(0)?,
                 b: r.try_get(1)?,
+                count: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+fn event_counts<R: Row>(rows: &[R]) -> Result<Vec<EventCount>>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|r| {
+            Ok(EventCount {
+                kind: r.try_get(0)?,
+                reasons: stored(r.try_get(1)?)?,
                 count: r.try_get(2)?,
             })
         })
@@ -207,7 +233,7 @@ impl Db {
                 m.backlog = backlog(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
                 m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
                 if let Some(as_of) = last_as_of {
-                    m.last_run_events = labelled(
+                    m.last_run_events = event_counts(
                         &sqlx::query(EVENTS_SQLITE)
                             .bind(as_of)
                             .fetch_all(pool)
@@ -228,7 +254,7 @@ impl Db {
                 m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
                 if let Some(as_of) = last_as_of {
                     m.last_run_events =
-                        labelled(&sqlx::query(EVENTS_PG).bind(as_of).fetch_all(pool).await?)?;
+                        event_counts(&sqlx::query(EVENTS_PG).bind(as_of).fetch_all(pool).await?)?;
                     m.last_run_notices =
                         labelled(&sqlx::query(NOTICES_PG).bind(as_of).fetch_all(pool).await?)?;
                 }

@@ -71,6 +71,13 @@ macro_rules! spelled {
 }
 pub(crate) use spelled;
 
+/// A stored code of one of the domain's types (an enumeration's code,
+/// [`crate::domain::Reasons`]), read back where a statement's row is
+/// mapped by hand; the error names the value.
+fn stored<T: TryFrom<String, Error = String>>(code: String) -> Result<T> {
+    T::try_from(code).map_err(|e| Error::Runtime(anyhow::anyhow!(e)))
+}
+
 /// A connected, migrated database.
 #[derive(Clone)]
 pub enum Db {

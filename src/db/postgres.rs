@@ -42,7 +42,7 @@ use super::outbox::NOTIFICATION_SELECT_RANGE;
 use super::register::permit_columns;
 use super::rows::*;
 use super::runs::{run_columns, AUDIT_SELECT_RANGE, REVERT_MARK, SENT_NOTICES, WITHDRAW_NOTICES};
-use super::JobLock;
+use super::{stored, JobLock};
 use crate::domain::{CycleDecision, NoticeStatus, PermitStatus};
 use crate::error::{Error, Result};
 
@@ -495,11 +495,6 @@ impl PgDb {
         }
         Ok(())
     }
-}
-
-/// A stored code of one of the domain's enumerations.
-fn stored<T: TryFrom<String, Error = String>>(code: String) -> Result<T> {
-    T::try_from(code).map_err(|e| Error::Runtime(anyhow::anyhow!(e)))
 }
 
 /// A token naming this process's attempt at a run (docs/scale-out.md:
@@ -1258,7 +1253,7 @@ impl PgRunTx {
         let permit_nos: Vec<&str> = ev.iter().map(|e| e.permit_no.as_str()).collect();
         let id_numbers: Vec<&str> = ev.iter().map(|e| e.id_number.as_str()).collect();
         let kinds: Vec<&str> = ev.iter().map(|e| e.kind.code()).collect();
-        let reasons: Vec<&str> = ev.iter().map(|e| e.reasons.as_str()).collect();
+        let reasons: Vec<&str> = ev.iter().map(|e| e.reasons.code()).collect();
         let valid_until: Vec<NaiveDate> = ev.iter().map(|e| e.valid_until).collect();
         let new_valid_until: Vec<Option<NaiveDate>> =
             ev.iter().map(|e| e.new_valid_until).collect();

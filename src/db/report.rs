@@ -13,7 +13,8 @@
 use chrono::NaiveDate;
 use sqlx::Row;
 
-use super::Db;
+use super::{stored, Db};
+use crate::domain::Reasons;
 use crate::error::Result;
 
 /// A run of the range as the report shows it: completed or held (a
@@ -137,6 +138,10 @@ fn tally(r: &impl Cells) -> Result<Tally> {
     })
 }
 
+fn reasons_tally(r: &impl Cells) -> Result<(Reasons, i64)> {
+    Ok((stored(r.text(0)?)?, r.int(1)?))
+}
+
 fn night_tally(r: &impl Cells) -> Result<NightTally> {
     Ok(NightTally {
         as_of: r.date(0)?,
@@ -244,16 +249,16 @@ const EVENTS_PG: &str = concat!(
     " GROUP BY e.as_of, e.kind ORDER BY e.as_of, e.kind"
 );
 
-/// One night's VISIT_CENTER events by their `;`-joined reasons.
+/// One night's VISIT_CENTER events by their reasons.
 const REASONS_SQLITE: &str = concat!(
-    "SELECT e.reasons, '', count(*)",
+    "SELECT e.reasons, count(*)",
     events_from!(),
     "WHERE e.as_of = $1 AND e.kind = 'VISIT_CENTER' AND ",
     in_effect_sqlite!(),
     " GROUP BY e.reasons ORDER BY e.reasons"
 );
 const REASONS_PG: &str = concat!(
-    "SELECT e.reasons, '', count(*)",
+    "SELECT e.reasons, count(*)",
     events_from!(),
     "WHERE e.as_of = $1 AND e.kind = 'VISIT_CENTER' AND ",
     in_effect_pg!(),
@@ -407,9 +412,18 @@ impl Db {
         Ok(rows!(self, EVENTS_SQLITE, EVENTS_PG, night_tally, from, to))
     }
 
-    /// One night's VISIT_CENTER events by reasons (`a`: `;`-joined codes).
-    pub async fn report_visit_center_reasons(&self, as_of: NaiveDate) -> Result<Vec<Tally>> {
-        Ok(rows!(self, REASONS_SQLITE, REASONS_PG, tally, as_of))
+    /// One night's VISIT_CENTER events by their reasons.
+    pub async fn report_visit_center_reasons(
+        &self,
+        as_of: NaiveDate,
+    ) -> Result<Vec<(Reasons, i64)>> {
+        Ok(rows!(
+            self,
+            REASONS_SQLITE,
+            REASONS_PG,
+            reasons_tally,
+            as_of
+        ))
     }
 
     /// One night's VISIT_CENTER events by district (`a`) and street (`b`).

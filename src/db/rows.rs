@@ -3,16 +3,47 @@
 //! The register's statuses and the event kinds travel as domain types and
 //! are read back from their stored codes exactly (`TryFrom<String>`); a row
 //! type read by a shared statement maps once for both backends
-//! (`sqlx::FromRow`, by column name). An audit row's decision and state
-//! are domain types too; its evidence values and the outbox rows stay
-//! text: they are what the run recorded and the files say.
+//! (`sqlx::FromRow`, by column name). An event's reasons travel as
+//! [`Reasons`], read back from their stored text exactly (a column type of
+//! their own, below), and an audit row's decision and state are domain
+//! types too; its evidence values and the outbox rows stay text: they are
+//! what the run recorded and the files say.
 
 use chrono::NaiveDate;
 
 use crate::domain::{
     Channel, CycleDecision, EventKind, EventState, MaritalStatus, NoticeStatus, PermitStatus,
-    SiStatus,
+    Reasons, SiStatus,
 };
+
+/// The `events.reasons` column, read as [`Reasons`] from the text
+/// [`Reasons::code`] wrote (`TryFrom<String>`), on either backend. A
+/// column type of its own rather than `#[sqlx(try_from = "String")]`,
+/// whose error sqlx 0.9's derive drops (it reports "unprintable error"):
+/// this one's error names the stored value.
+impl<DB: sqlx::Database> sqlx::Type<DB> for Reasons
+where
+    String: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <String as sqlx::Type<DB>>::type_info()
+    }
+
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <String as sqlx::Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for Reasons
+where
+    String: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(Reasons::try_from(
+            <String as sqlx::Decode<'r, DB>>::decode(value)?,
+        )?)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct ImportCounts {
@@ -162,7 +193,7 @@ pub struct HeldEvent {
     pub permit_no: String,
     #[sqlx(try_from = "String")]
     pub kind: EventKind,
-    pub reasons: String,
+    pub reasons: Reasons,
     pub valid_until: NaiveDate,
     pub new_valid_until: Option<NaiveDate>,
 }
@@ -330,7 +361,7 @@ pub struct NewEvent {
     pub permit_no: String,
     pub id_number: String,
     pub kind: EventKind,
-    pub reasons: String,
+    pub reasons: Reasons,
     pub valid_until: NaiveDate,
     pub new_valid_until: Option<NaiveDate>,
     pub residence_visited_on: Option<NaiveDate>,
@@ -382,7 +413,7 @@ pub struct RunBatch {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunCount {
     pub kind: String,
-    pub reasons: String,
+    pub reasons: Reasons,
     pub channel: String,
     pub count: i64,
 }
@@ -396,7 +427,7 @@ pub struct AuditRow {
     pub id_number: String,
     #[sqlx(try_from = "String")]
     pub decision: EventKind,
-    pub reasons: String,
+    pub reasons: Reasons,
     pub valid_until: NaiveDate,
     pub new_valid_until: Option<NaiveDate>,
     pub residence_visited_on: Option<NaiveDate>,
@@ -429,7 +460,7 @@ impl AuditRow {
             self.permit_no.clone(),
             self.id_number.clone(),
             self.decision.code().to_string(),
-            self.reasons.clone(),
+            self.reasons.code().to_string(),
             self.valid_until.to_string(),
             date(self.new_valid_until),
             date(self.residence_visited_on),

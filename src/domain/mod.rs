@@ -17,6 +17,7 @@ mod id_number;
 mod mask;
 #[cfg(test)]
 mod props;
+mod reasons;
 mod uscc;
 
 pub use contact::{Email, EmailError, Phone, PhoneError};
@@ -32,4 +33,5 @@ pub use mask::{
     escape_controls, escape_controls_in_lines, mask_id_str, mask_name, mask_numbers_in_text,
     mask_text,
 };
+pub use reasons::Reasons;
 pub use uscc::{uscc_check_char, Uscc, UsccError, USCC_ALPHABET};

@@ -188,7 +188,7 @@ async fn plan_and_make(
                 e.notice.channel.code()
             };
             *written
-                .entry((e.kind.code(), e.reasons.clone(), channel))
+                .entry((e.kind.code(), e.reasons, channel))
                 .or_default() += 1;
             if let Some(w) = &mut audit {
                 let cells = audit_row(ctx, e, &decided_at).to_cells();
@@ -212,7 +212,7 @@ fn audit_row(ctx: &Ctx<'_>, e: &NewEvent, decided_at: &str) -> AuditRow {
         permit_no: e.permit_no.clone(),
         id_number: e.id_number.clone(),
         decision: e.kind,
-        reasons: e.reasons.clone(),
+        reasons: e.reasons,
         valid_until: e.valid_until,
         new_valid_until: e.new_valid_until,
         residence_visited_on: e.residence_visited_on,

@@ -32,7 +32,7 @@ use crate::db::{
     RunCount, RunRecord, RunTx,
 };
 use crate::domain::{
-    EventKind, MaritalStatus, Month, PaymentStatus, Reason, ResidenceResult, SiStatus,
+    EventKind, MaritalStatus, Month, PaymentStatus, Reason, Reasons, ResidenceResult, SiStatus,
 };
 use crate::error::{Error, Result};
 use crate::feeds::ImportOutcome;
@@ -318,7 +318,7 @@ struct Ctx<'a> {
     bar: &'a indicatif::ProgressBar,
     /// Events this attempt wrote, by kind, reasons and notice channel (""
     /// when no notice was queued: a held run).
-    written: std::cell::RefCell<BTreeMap<(&'static str, String, &'static str), i64>>,
+    written: std::cell::RefCell<BTreeMap<(&'static str, Reasons, &'static str), i64>>,
 }
 
 /// The event for `permit` with its notice (R7, R8).
@@ -326,12 +326,12 @@ fn event(
     notices: &Notices,
     kind: EventKind,
     permit: PermitRow,
-    reasons: &[Reason],
+    reasons: Reasons,
     selected: &Selected,
 ) -> NewEvent {
     let new_valid_until = rules::new_valid_until(kind, permit.valid_until);
     let effect = rules::effect(kind, new_valid_until, permit.valid_until);
-    let notice = notices.compose(kind, &permit, reasons, new_valid_until);
+    let notice = notices.compose(kind, &permit, &reasons.to_vec(), new_valid_until);
     // What `autosign revert` restores: R3 cancels an active or a suspended
     // permit (C1), and only the event can say which it was (C13: a permit
     // imported suspended has no SUSPENDED event).
@@ -343,11 +343,7 @@ fn event(
         permit_no: permit.permit_no,
         id_number: permit.id_number,
         kind,
-        reasons: reasons
-            .iter()
-            .map(|r| r.code())
-            .collect::<Vec<_>>()
-            .join(";"),
+        reasons,
         valid_until: permit.valid_until,
         new_valid_until,
         residence_visited_on: selected.visit.as_ref().map(|v| v.visited_on),
@@ -367,7 +363,7 @@ fn event(
 
 impl Ctx<'_> {
     async fn write(&self, tx: &mut RunTx, events: Vec<NewEvent>) -> Result<()> {
-        let mut tally: BTreeMap<(&'static str, &str, &'static str), i64> = BTreeMap::new();
+        let mut tally: BTreeMap<(&'static str, Reasons, &'static str), i64> = BTreeMap::new();
         for e in &events {
             let channel = if self.held {
                 ""
@@ -375,13 +371,9 @@ impl Ctx<'_> {
                 e.notice.channel.code()
             };
             *tally
-                .entry((e.kind.code(), &e.reasons, channel))
+                .entry((e.kind.code(), e.reasons, channel))
                 .or_default() += 1;
         }
-        let tally: Vec<_> = tally
-            .into_iter()
-            .map(|((kind, reasons, channel), n)| ((kind, reasons.to_string(), channel), n))
-            .collect();
         let batch = RunBatch {
             run_id: self.run_id,
             held: self.held,
@@ -404,37 +396,12 @@ impl Ctx<'_> {
         self.written
             .borrow()
             .iter()
-            .map(|((kind, reasons, channel), &count)| RunCount {
+            .map(|(&(kind, reasons, channel), &count)| RunCount {
                 kind: kind.to_string(),
-                reasons: reasons.clone(),
+                reasons,
                 channel: channel.to_string(),
                 count,
             })
-            .collect()
-    }
-}
-
-/// A set of reasons, one bit per [`Reason`]; listed back in R5's order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct ReasonSet(u8);
-
-impl ReasonSet {
-    fn of(reasons: &[Reason]) -> ReasonSet {
-        let mut bits = 0u8;
-        for r in reasons {
-            if let Some(i) = Reason::ALL.iter().position(|a| a == r) {
-                bits |= 1 << i;
-            }
-        }
-        ReasonSet(bits)
-    }
-
-    fn to_vec(self) -> Vec<Reason> {
-        Reason::ALL
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.0 & (1 << i) != 0)
-            .map(|(_, r)| *r)
             .collect()
     }
 }
@@ -455,7 +422,7 @@ pub struct PlannedDecision {
     permit_no: Box<str>,
     valid_until: NaiveDate,
     kind: EventKind,
-    reasons: ReasonSet,
+    reasons: Reasons,
     visit: Option<Visit>,
     payment: Option<PlannedPayment>,
     marital_status: Option<MaritalStatus>,
@@ -476,9 +443,9 @@ impl PlannedDecision {
         self.kind
     }
 
-    /// Empty for AUTO_SIGNED; in R5's order.
-    pub fn reasons(&self) -> Vec<Reason> {
-        self.reasons.to_vec()
+    /// Empty for AUTO_SIGNED.
+    pub fn reasons(&self) -> Reasons {
+        self.reasons
     }
 
     fn selected(&self) -> Selected {
@@ -847,7 +814,7 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
             permit_no: permit.permit_no,
             valid_until: permit.valid_until,
             kind,
-            reasons: ReasonSet::of(&reasons),
+            reasons: Reasons::of(&reasons),
             visit: selected.visit,
             payment: selected.payment.map(|p| PlannedPayment {
                 month: p.month,
@@ -944,7 +911,13 @@ fn event_maker(ctx: &Ctx<'_>, plan: RunPlan) -> crate::db::MakeEvents {
         for c in page {
             let status = c.permit.status;
             if let Some(kind) = rules::lifecycle(status, c.permit.valid_until, as_of, &rules) {
-                events.push(event(&notices, kind, c.permit, &[], &Selected::default()));
+                events.push(event(
+                    &notices,
+                    kind,
+                    c.permit,
+                    Reasons::NONE,
+                    &Selected::default(),
+                ));
             } else if rules::is_due(status, c.permit.valid_until, as_of, &rules) {
                 // C8: the plan left out cycles with a final decision, and
                 // holds no decision for PENDING permits.
@@ -956,7 +929,7 @@ fn event_maker(ctx: &Ctx<'_>, plan: RunPlan) -> crate::db::MakeEvents {
                         &notices,
                         d.kind,
                         c.permit,
-                        &d.reasons(),
+                        d.reasons(),
                         &d.selected(),
                     ));
                 }
@@ -974,24 +947,12 @@ fn event_maker(ctx: &Ctx<'_>, plan: RunPlan) -> crate::db::MakeEvents {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reason_set_lists_reasons_back_in_r5_order() {
-        // R5: reasons are listed in R5's order whatever order they came in.
-        let set = ReasonSet::of(&[Reason::MaritalStatusChanged, Reason::AddressNotVerified]);
-        assert_eq!(
-            set.to_vec(),
-            vec![Reason::AddressNotVerified, Reason::MaritalStatusChanged]
-        );
-        assert_eq!(ReasonSet::of(&Reason::ALL).to_vec(), Reason::ALL.to_vec());
-        assert!(ReasonSet::of(&[]).to_vec().is_empty());
-    }
-
     fn decision(no: &str) -> PlannedDecision {
         PlannedDecision {
             permit_no: no.into(),
             valid_until: NaiveDate::from_ymd_opt(2026, 12, 1).unwrap_or_default(),
             kind: EventKind::AutoSigned,
-            reasons: ReasonSet::default(),
+            reasons: Reasons::default(),
             visit: None,
             payment: None,
             marital_status: None,

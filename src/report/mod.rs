@@ -231,11 +231,9 @@ pub async fn gather(
         .collect();
 
     let mut by_reason: BTreeMap<Reason, i64> = BTreeMap::new();
-    for t in db.report_visit_center_reasons(run.as_of).await? {
-        for code in t.a.split(';').filter(|c| !c.is_empty()) {
-            if let Ok(r) = Reason::parse(code) {
-                *by_reason.entry(r).or_default() += t.count;
-            }
+    for (reasons, n) in db.report_visit_center_reasons(run.as_of).await? {
+        for r in reasons.iter() {
+            *by_reason.entry(r).or_default() += n;
         }
     }
     let reasons = Reason::ALL

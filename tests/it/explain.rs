@@ -359,3 +359,42 @@ dbtest!(
         );
     }
 );
+
+dbtest!(
+    stored_reasons_that_are_not_reason_codes_are_refused_naming_the_value,
+    |env| {
+        scenario(&env);
+        env.ok(&["run", "--as-of", AS_OF]);
+        // P3 is PENDING: no event of its own. One is added by hand, with a
+        // reason no run writes (the column does not check its codes).
+        env.sql(&format!(
+            "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons,
+                                 valid_until, decided_at)
+             SELECT max(event_id) + 1, 1, '{AS_OF}', 'P3', '{}', 'VISIT_CENTER',
+                    'ADDRESS_NOT_VERIFIED;PET_CHANGED', '2026-11-25', '2026-11-01T02:00:00+08:00'
+             FROM events",
+            id("19850315", 3)
+        ))
+        .expect("insert");
+        for args in [
+            &["status", "P3"][..],
+            &["explain", "P3", "--as-of", AS_OF][..],
+        ] {
+            let o = env.cmd(args);
+            assert_ne!(o.code, 0, "{args:?}: {}", o.stdout);
+            assert!(
+                o.stderr.contains(
+                    r#"stored reasons "ADDRESS_NOT_VERIFIED;PET_CHANGED": "PET_CHANGED" is not a reason code"#
+                ),
+                "{args:?}: {}",
+                o.stderr
+            );
+        }
+        // The other permits' reasons read back as before.
+        let v = explain(&env, "P1", AS_OF);
+        assert_eq!(
+            v["decision"]["reasons"],
+            serde_json::json!(["ADDRESS_NOT_VERIFIED"])
+        );
+    }
+);

@@ -1133,7 +1133,7 @@ impl SqliteRunTx {
                                 e.permit_no,
                                 e.id_number,
                                 e.kind.code(),
-                                e.reasons,
+                                e.reasons.code(),
                                 e.valid_until.to_string(),
                                 e.new_valid_until.map(|d| d.to_string()),
                                 e.residence_visited_on.map(|d| d.to_string()),
