@@ -334,21 +334,60 @@ impl ImportTx {
 /// order ([`RunTx::event_pages`]).
 pub type MakeEvents = Box<dyn FnMut(Vec<Candidate>) -> Result<Vec<NewEvent>> + Send>;
 
-/// A run's pages of events in the making ([`RunTx::event_pages`]), taken
-/// one at a time with [`RunTx::next_events`].
-pub struct EventPages(Pages);
+/// One page of a run's events in the making: the candidates read, and
+/// their events.
+type EventPage = Result<(usize, Vec<NewEvent>)>;
 
-enum Pages {
-    /// Read and made on a thread of their own (SQLite).
-    Thread(sqlite::EventPageReader),
-    /// Read in the run's transaction and made when asked for (PostgreSQL).
-    InTurn {
-        bounds: CandidateBounds,
-        limit: u32,
-        after: Option<String>,
-        make: MakeEvents,
-        done: bool,
-    },
+/// A run's pages of events in the making ([`RunTx::event_pages`]), read
+/// and made by a reader of their own (a thread over a second connection on
+/// SQLite, a task over a pooled connection on PostgreSQL), at most one
+/// page ahead of the writer; taken one at a time with
+/// [`EventPageReader::next`].
+pub struct EventPageReader {
+    pages: tokio::sync::mpsc::Receiver<EventPage>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EventPageReader {
+    fn new(
+        pages: tokio::sync::mpsc::Receiver<EventPage>,
+        reader: tokio::task::JoinHandle<()>,
+    ) -> Self {
+        EventPageReader {
+            pages,
+            reader: Some(reader),
+        }
+    }
+
+    /// The next page's candidate count and events; `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<(usize, Vec<NewEvent>)>> {
+        match self.pages.recv().await {
+            Some(page) => page.map(Some),
+            None => {
+                // The reader is done and its connection closed, so its
+                // snapshot holds nothing back after the run's commit (the
+                // SQLite checkpoint).
+                if let Some(reader) = self.reader.take() {
+                    reader.await.map_err(|e| {
+                        Error::Runtime(anyhow::anyhow!("the run's page reader failed: {e}"))
+                    })?;
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Drop for EventPageReader {
+    /// A run that stops early (an error on the writer's side) stops its
+    /// reader too: a PostgreSQL task would otherwise hold its pooled
+    /// connection until its next send failed. A blocking thread cannot be
+    /// aborted; it stops at its next send.
+    fn drop(&mut self) {
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
+    }
 }
 
 /// A run's transaction. On SQLite the whole run is one write transaction:
@@ -372,60 +411,25 @@ impl RunTx {
     /// Step 2's pages: the run's candidates (active or suspended permits
     /// with `valid_until <= to`, R3, R4), `limit` at a time in `permit_no`
     /// order, each turned into its events by `make`, taken one page at a
-    /// time with [`RunTx::next_events`].
+    /// time with [`EventPageReader::next`].
     ///
-    /// On SQLite a thread of its own reads the pages over a second
-    /// connection and makes their events while this transaction writes the
-    /// page before (the read and the writes overlap on two cores). Its
-    /// snapshot is the register as this transaction found it: the run holds
-    /// the database's one write lock from its start, and a page's writes
+    /// A reader of their own reads the pages over a second connection and
+    /// makes their events while this transaction writes the page before
+    /// (the read and the writes overlap on two cores). It sees the register
+    /// as this run found it: the run holds the job lock (and on SQLite the
+    /// database's one write lock) from its start, and a page's writes
     /// change only the page's own permits, which come before the rest in
-    /// key order. PostgreSQL reads each page in the transaction, in turn.
-    pub fn event_pages(&self, bounds: CandidateBounds, limit: u32, make: MakeEvents) -> EventPages {
-        match self {
-            RunTx::Sqlite(t) => EventPages(Pages::Thread(t.event_pages(bounds, limit, make))),
-            RunTx::Postgres(_) => EventPages(Pages::InTurn {
-                bounds,
-                limit,
-                after: None,
-                make,
-                done: false,
-            }),
-        }
-    }
-
-    /// The next page's candidate count and events; `None` after the last.
-    pub async fn next_events(
+    /// key order. On PostgreSQL a dry run's reader imports the dry run's
+    /// snapshot.
+    pub async fn event_pages(
         &mut self,
-        pages: &mut EventPages,
-    ) -> Result<Option<(usize, Vec<NewEvent>)>> {
-        match (self, &mut pages.0) {
-            (_, Pages::Thread(reader)) => reader.next().await,
-            (RunTx::Sqlite(_), Pages::InTurn { .. }) => Err(Error::Runtime(anyhow::anyhow!(
-                "internal: a SQLite run reads its pages on a thread of their own"
-            ))),
-            (
-                RunTx::Postgres(t),
-                Pages::InTurn {
-                    bounds,
-                    limit,
-                    after,
-                    make,
-                    done,
-                },
-            ) => {
-                if *done {
-                    return Ok(None);
-                }
-                let page = t.candidates(*bounds, after.as_deref(), *limit).await?;
-                let Some(last) = page.last() else {
-                    *done = true;
-                    return Ok(None);
-                };
-                *after = Some(last.permit.permit_no.clone());
-                let read = page.len();
-                Ok(Some((read, make(page)?)))
-            }
+        bounds: CandidateBounds,
+        limit: u32,
+        make: MakeEvents,
+    ) -> Result<EventPageReader> {
+        match self {
+            RunTx::Sqlite(t) => Ok(t.event_pages(bounds, limit, make)),
+            RunTx::Postgres(t) => t.event_pages(bounds, limit, make).await,
         }
     }
 
@@ -452,7 +456,8 @@ impl RunTx {
     /// settled when rows are written), looked up by the holder's ID number,
     /// so the cost follows the due holders, not the feeds' size. SQLite
     /// reads the holders in key order, half of them on a second thread
-    /// into an [`EvidenceSink::part`]; PostgreSQL 10,000 at a time.
+    /// into an [`EvidenceSink::part`]; PostgreSQL 10,000 at a time, in key
+    /// order, each query bounded by its chunk's first and last key.
     pub async fn feed_evidence<S: EvidenceSink>(
         &mut self,
         id_numbers: &[&str],

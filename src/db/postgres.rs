@@ -11,10 +11,13 @@
 //!   pages are COPYed straight into the table instead, and its key is
 //!   built once at commit: an upsert costs PostgreSQL about twice a plain
 //!   insert;
-//! - the run reads a page of permits with one keyset query, its evidence
-//!   with one query per feed (`id_number = ANY($1)`), and writes the page's
-//!   events, notices and permit changes with one `UNNEST` statement each, in
-//!   a transaction of its own: pages commit one by one. A run that dies
+//! - the run looks its due holders' evidence up with one query per feed
+//!   and chunk of holders (`id_number = ANY($1)`, bounded by the chunk's
+//!   first and last key); a task on a pooled connection of its own reads
+//!   the pages of permits with one keyset query each, a page ahead, while
+//!   the run writes each page's events, notices and permit changes with
+//!   one `UNNEST` statement each, in a transaction of its own: pages
+//!   commit one by one. A run that dies
 //!   keeps its committed pages; the plan skips decided cycles and unique
 //!   keys forbid doubles, so the next run for that `as_of` does the rest
 //!   (reconcile's module doc);
@@ -42,7 +45,7 @@ use super::outbox::NOTIFICATION_SELECT_RANGE;
 use super::register::permit_columns;
 use super::rows::*;
 use super::runs::{run_columns, AUDIT_SELECT_RANGE, REVERT_MARK, SENT_NOTICES, WITHDRAW_NOTICES};
-use super::{stored, JobLock};
+use super::{stored, EventPage, EventPageReader, JobLock, MakeEvents};
 use crate::domain::{CycleDecision, NoticeStatus, PermitStatus};
 use crate::error::{Error, Result};
 
@@ -349,7 +352,13 @@ impl PgDb {
             }
         };
         let run = RunRecord::from_row(&row)?;
-        Ok(PgRunTx { conn, run, owner })
+        Ok(PgRunTx {
+            conn,
+            pool: self.pool.clone(),
+            dry_run: false,
+            run,
+            owner,
+        })
     }
 
     /// `run --dry-run`: the run's reads without the run, in one read-only
@@ -363,6 +372,8 @@ impl PgDb {
             .await?;
         Ok(PgRunTx {
             conn,
+            pool: self.pool.clone(),
+            dry_run: true,
             run,
             owner: String::new(),
         })
@@ -1053,6 +1064,10 @@ const CYCLE_DECISIONS: &str = "SELECT u.i, FALSE, NULL::boolean,
 pub struct PgRunTx {
     /// Detached from the pool (see [`PgDb::detached`]).
     conn: PgConnection,
+    /// For the page reader's connection ([`PgRunTx::event_pages`]).
+    pool: PgPool,
+    /// `run --dry-run`: `conn` holds one read-only snapshot.
+    dry_run: bool,
     pub run: RunRecord,
     owner: String,
 }
@@ -1079,38 +1094,45 @@ async fn fence(tx: &mut PgConnection, run: &RunRecord, owner: &str, now: &str) -
 }
 
 impl PgRunTx {
-    /// The run's candidates, a page at a time in `permit_no` order after
-    /// `after`: active or suspended permits with `valid_until <= to`. The
-    /// same query and order as SQLite's (permit_no is COLLATE "C"), so
-    /// pages, and so ids, come out the same.
-    pub async fn candidates(
+    /// [`crate::db::RunTx::event_pages`]: a task reads the pages over a
+    /// connection of its own, at most one page ahead of the writer. A
+    /// run's pages commit one by one and the reader reads what is
+    /// committed, which for its pages is what the run found (see there);
+    /// a dry run's reader imports the dry run's snapshot.
+    pub async fn event_pages(
         &mut self,
         bounds: CandidateBounds,
-        after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Candidate>> {
-        let rows = sqlx::query(
-            "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
-                    p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status
-             FROM permits p
-             WHERE p.permit_no > $1
-               AND ((p.status = 'active' AND p.valid_until <= $2)
-                    OR (p.status = 'suspended' AND p.valid_until < $4))
-             ORDER BY p.permit_no LIMIT $3"
-        )
-        .bind(after.unwrap_or(""))
-        .bind(bounds.active_to)
-        .bind(i64::from(limit))
-        .bind(bounds.suspended_before)
-        .fetch_all(&mut self.conn)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Candidate {
-                    permit: PermitRow::from_row(r)?,
-                })
-            })
-            .collect()
+        make: MakeEvents,
+    ) -> Result<EventPageReader> {
+        let mut conn = self.pool.acquire().await?.detach();
+        if self.dry_run {
+            let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+                .fetch_one(&mut self.conn)
+                .await?;
+            // SET TRANSACTION SNAPSHOT takes a literal, not a parameter;
+            // the server's snapshot names are hex digits and dashes.
+            if !snapshot.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                return Err(Error::Runtime(anyhow::anyhow!(
+                    "internal: unexpected snapshot name {snapshot:?}"
+                )));
+            }
+            sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut conn)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SET TRANSACTION SNAPSHOT '{snapshot}'"
+            )))
+            .execute(&mut conn)
+            .await?;
+        }
+        let (send, pages) = tokio::sync::mpsc::channel(1);
+        let reader = tokio::spawn(async move {
+            if let Err(e) = read_event_pages(&mut conn, bounds, limit, make, &send).await {
+                let _ = send.send(Err(e)).await;
+            }
+        });
+        Ok(EventPageReader::new(pages, reader))
     }
 
     /// Same query and order as SQLite's. The decided probe is a `LIMIT 1`
@@ -1447,6 +1469,56 @@ impl PgRunTx {
     /// was dropped.
     pub async fn rollback(self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// The body of [`PgRunTx::event_pages`]'s task: the run's candidates, a
+/// page at a time in `permit_no` order (active or suspended permits with
+/// `valid_until <= to`), each made into its events. The same query and
+/// order as SQLite's (permit_no is COLLATE "C"), so pages, and so ids,
+/// come out the same.
+async fn read_event_pages(
+    conn: &mut PgConnection,
+    bounds: CandidateBounds,
+    limit: u32,
+    mut make: MakeEvents,
+    send: &tokio::sync::mpsc::Sender<EventPage>,
+) -> Result<()> {
+    let mut after = String::new();
+    loop {
+        let rows = sqlx::query(
+            "SELECT p.permit_no, p.id_number, p.name, p.phone, p.email, p.district_code, p.street_code,
+                    p.address, p.valid_until, p.status, p.employer_uscc, p.si_status, p.marital_status
+             FROM permits p
+             WHERE p.permit_no > $1
+               AND ((p.status = 'active' AND p.valid_until <= $2)
+                    OR (p.status = 'suspended' AND p.valid_until < $4))
+             ORDER BY p.permit_no LIMIT $3",
+        )
+        .bind(&after)
+        .bind(bounds.active_to)
+        .bind(i64::from(limit))
+        .bind(bounds.suspended_before)
+        .fetch_all(&mut *conn)
+        .await?;
+        let page = rows
+            .iter()
+            .map(|r| {
+                Ok(Candidate {
+                    permit: PermitRow::from_row(r)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = last.permit.permit_no.clone();
+        let read = page.len();
+        let events = make(page)?;
+        if send.send(Ok((read, events))).await.is_err() {
+            // The run stopped (an error on the writer's side).
+            return Ok(());
+        }
     }
 }
 

@@ -175,8 +175,10 @@ async fn plan_and_make(
         .transpose()?;
     let bounds = super::rules::candidate_bounds(ctx.as_of, &ctx.settings.rules);
     let make = super::event_maker(ctx, plan);
-    let mut pages = tx.event_pages(bounds, ctx.settings.run.page_permits, make);
-    while let Some((read, events)) = tx.next_events(&mut pages).await? {
+    let mut pages = tx
+        .event_pages(bounds, ctx.settings.run.page_permits, make)
+        .await?;
+    while let Some((read, events)) = pages.next().await? {
         // What `Ctx::write` would count, and the rows the audit export
         // would show for them right after the run.
         let decided_at = ctx.clock.now_rfc3339();

@@ -883,16 +883,18 @@ fn decide_due(
 /// after go-live touches a quarter of the register, and in key order every
 /// read and write lands next to the previous one (docs/benchmarks.md).
 /// A page's events are made where the page is read
-/// ([`RunTx::event_pages`]: on SQLite a thread of its own, while this one
-/// writes the page before).
+/// ([`RunTx::event_pages`]: a reader of its own, while this one writes the
+/// page before).
 async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: RunPlan) -> Result<()> {
     let bounds = rules::candidate_bounds(ctx.as_of, &ctx.settings.rules);
-    let mut pages = tx.event_pages(
-        bounds,
-        ctx.settings.run.page_permits,
-        event_maker(ctx, plan),
-    );
-    while let Some((read, events)) = tx.next_events(&mut pages).await? {
+    let mut pages = tx
+        .event_pages(
+            bounds,
+            ctx.settings.run.page_permits,
+            event_maker(ctx, plan),
+        )
+        .await?;
+    while let Some((read, events)) = pages.next().await? {
         ctx.write(tx, events).await?;
         ctx.bar.inc(read as u64);
     }

@@ -27,7 +27,7 @@ use sqlx::sqlite::SqliteConnection;
 use super::super::outbox::NOTIFICATION_SELECT_RANGE;
 use super::super::rows::*;
 use super::super::runs::{AUDIT_SELECT_RANGE, REVERT_MARK, SENT_NOTICES, WITHDRAW_NOTICES};
-use super::super::MakeEvents;
+use super::super::{EventPage, EventPageReader, MakeEvents};
 use super::{SqliteDb, SqliteImportTx, SqliteRunTx};
 use crate::domain::{CycleDecision, NoticeStatus, PermitStatus};
 use crate::error::{Error, Result};
@@ -357,34 +357,6 @@ const CANDIDATES: &str =
    AND ((p.status = 'active' AND p.valid_until <= ?2)
         OR (p.status = 'suspended' AND p.valid_until < ?4))
  ORDER BY p.permit_no LIMIT ?3";
-
-type EventPage = Result<(usize, Vec<NewEvent>)>;
-
-/// A run's pages of events, read and made on a thread of their own
-/// ([`SqliteRunTx::event_pages`]).
-pub struct EventPageReader {
-    pages: tokio::sync::mpsc::Receiver<EventPage>,
-    thread: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl EventPageReader {
-    pub async fn next(&mut self) -> Result<Option<(usize, Vec<NewEvent>)>> {
-        match self.pages.recv().await {
-            Some(page) => page.map(Some),
-            None => {
-                // The thread is done and its connection closed, so its
-                // snapshot does not hold back the checkpoint after the
-                // run's commit.
-                if let Some(thread) = self.thread.take() {
-                    thread.await.map_err(|e| {
-                        Error::Runtime(anyhow::anyhow!("the run's page reader failed: {e}"))
-                    })?;
-                }
-                Ok(None)
-            }
-        }
-    }
-}
 
 /// The body of [`SqliteRunTx::event_pages`]'s thread.
 fn read_event_pages(
@@ -1009,10 +981,7 @@ impl SqliteRunTx {
                 let _ = send.blocking_send(Err(e));
             }
         });
-        EventPageReader {
-            pages,
-            thread: Some(thread),
-        }
+        EventPageReader::new(pages, thread)
     }
 
     pub async fn due_permits(

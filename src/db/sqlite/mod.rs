@@ -15,8 +15,6 @@ use chrono::NaiveDate;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Sqlite, SqlitePool, Transaction};
 
-pub use bulk::EventPageReader;
-
 use super::rows::*;
 use super::runs::RUN_FOR;
 use super::JobLock;
