@@ -90,9 +90,23 @@ impl Reasons {
     }
 }
 
+/// Every set's place when the sets are sorted by their stored text, by its
+/// bits: a run tallies each event it writes under its reasons in a
+/// `BTreeMap`, and comparing the texts themselves showed in a first
+/// night's profile (1.6 % of its samples at 1,000,000 permits).
+static RANKS: LazyLock<[u8; SETS]> = LazyLock::new(|| {
+    let mut by_text: Vec<usize> = (0..SETS).collect();
+    by_text.sort_by_key(|&bits| CODES[bits].as_str());
+    let mut ranks = [0u8; SETS];
+    for (rank, bits) in by_text.into_iter().enumerate() {
+        ranks[bits] = u8::try_from(rank).unwrap_or(u8::MAX);
+    }
+    ranks
+});
+
 impl Ord for Reasons {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.code().cmp(other.code())
+        RANKS[usize::from(self.0)].cmp(&RANKS[usize::from(other.0)])
     }
 }
 
