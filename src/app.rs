@@ -71,6 +71,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                 clock,
             };
             let outcome = feeds::import_file(&db, feed, &file, &opts).await?;
+            db.close().await;
             print!(
                 "{}",
                 escape_controls_in_lines(&import_line(feed.name(), &file, &outcome))
@@ -151,6 +152,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
                     crate::fsutil::sidecar_path(&path).display()
                 );
             }
+            db.close().await;
             match &outcome {
                 // Exit 4 with the alert (docs/rules.md, "Exit status 4").
                 RunOutcome::Held(summary) => Err(Error::Held(crate::brake::alert(&summary.run))),
@@ -161,12 +163,14 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
             let notices = Notices::from_settings(&settings)?;
             let db = Db::connect(&settings.effective_database_url()).await?;
             let outcome = crate::brake::release(&db, &notices, clock, run_id).await?;
+            db.close().await;
             print!("{}", crate::brake::release_report(&outcome));
             Ok(())
         }
         Command::Discard { run_id } => {
             let db = Db::connect(&settings.effective_database_url()).await?;
             let run = crate::brake::discard(&db, clock, run_id).await?;
+            db.close().await;
             println!(
                 "run {} for {} discarded: its events stay in the audit trail marked void; nothing \
                  was applied or notified. Once the feed is fixed, `autosign run --as-of {}` \
@@ -178,6 +182,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
         Command::Revert { run_id } => {
             let db = Db::connect(&settings.effective_database_url()).await?;
             let outcome = crate::brake::revert(&db, clock, run_id).await?;
+            db.close().await;
             print!(
                 "{}",
                 escape_controls_in_lines(&crate::brake::revert_report(&outcome))
@@ -251,6 +256,7 @@ pub async fn execute(cli: Cli, mut settings: Settings) -> Result<()> {
         Command::Purge { dry_run, now: _ } => {
             let db = Db::connect(&settings.effective_database_url()).await?;
             let report = crate::purge::purge(&db, &settings, clock, dry_run).await?;
+            db.close().await;
             print!("{}", crate::purge::render(&report));
             Ok(())
         }

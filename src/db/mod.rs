@@ -134,6 +134,20 @@ impl Db {
         )))
     }
 
+    /// Closes every pooled connection and waits until they are closed. A
+    /// command that wrote calls it before it ends: SQLite checkpoints the
+    /// write-ahead log and removes it when its last connection closes, and
+    /// a log left behind is read whole by the next process to open the
+    /// database before it can read anything (measured at 10,000,000
+    /// permits: a 5 GB log after the social-insurance import, whose
+    /// recovery and checkpoint were half of the next import's time).
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(d) => d.pool().close().await,
+            Db::Postgres(d) => d.pool().close().await,
+        }
+    }
+
     /// Serialises imports and runs across processes: a run sees each feed
     /// file wholly or not at all, and two runs never overlap. Waits for the
     /// lock; `on_wait` is called once if it has to.

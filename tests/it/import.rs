@@ -573,3 +573,20 @@ dbtest!(
         }
     }
 );
+
+#[test]
+fn a_command_that_wrote_leaves_no_write_ahead_log_behind() {
+    // SQLite checkpoints its write-ahead log and removes it when the last
+    // connection closes. Each command closes its connections before it
+    // ends (`Db::close`); a log left behind would be read whole by the
+    // next process to open the database before it could read anything.
+    let env = Env::new(Backend::Sqlite);
+    let wal = env.path("data/autosign.sqlite-wal");
+    load_generated(&env, 300);
+    assert!(env.path("data/autosign.sqlite").exists());
+    assert!(!wal.exists(), "an import left {}", wal.display());
+    env.ok(&["run", "--as-of", "2026-11-27"]);
+    assert!(!wal.exists(), "a run left {}", wal.display());
+    // The run wrote (otherwise it would prove nothing about a log).
+    assert_ne!(env.query("SELECT count(*) FROM events"), ["0"]);
+}
