@@ -10,7 +10,7 @@
 use chrono::NaiveDate;
 use sqlx::Row;
 
-use super::{stored, Db};
+use super::Db;
 use crate::domain::Reasons;
 use crate::error::Result;
 
@@ -38,7 +38,7 @@ pub struct LabelledCount {
 }
 
 /// Events of one kind with the same reasons, counted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct EventCount {
     pub kind: String,
     pub reasons: Reasons,
@@ -88,10 +88,10 @@ pub struct DbMetrics {
 const RUNS: &str = "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status";
 // The completed run's own events: not those of a discarded run of the
 // same date (void: docs/rules.md, "The audit trail").
-const EVENTS_SQLITE: &str = "SELECT kind, reasons, count(*) FROM events WHERE as_of = ?1 \
+const EVENTS_SQLITE: &str = "SELECT kind, reasons, count(*) AS count FROM events WHERE as_of = ?1 \
      AND run_id IN (SELECT run_id FROM runs WHERE as_of = ?1 AND status = 'completed') \
      GROUP BY kind, reasons ORDER BY kind, reasons";
-const EVENTS_PG: &str = "SELECT kind, reasons, count(*) FROM events WHERE as_of = $1 \
+const EVENTS_PG: &str = "SELECT kind, reasons, count(*) AS count FROM events WHERE as_of = $1 \
      AND run_id IN (SELECT run_id FROM runs WHERE as_of = $1 AND status = 'completed') \
      GROUP BY kind, reasons ORDER BY kind, reasons";
 const NOTICES_SQLITE: &str = "SELECT status, channel, count(*) FROM notifications \
@@ -127,23 +127,6 @@ where
             Ok(LabelledCount {
                 a: r.try_get(0)?,
                 b: r.try_get(1)?,
-                count: r.try_get(2)?,
-            })
-        })
-        .collect()
-}
-
-fn event_counts<R: Row>(rows: &[R]) -> Result<Vec<EventCount>>
-where
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    rows.iter()
-        .map(|r| {
-            Ok(EventCount {
-                kind: r.try_get(0)?,
-                reasons: stored(r.try_get(1)?)?,
                 count: r.try_get(2)?,
             })
         })
@@ -233,12 +216,10 @@ impl Db {
                 m.backlog = backlog(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
                 m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
                 if let Some(as_of) = last_as_of {
-                    m.last_run_events = event_counts(
-                        &sqlx::query(EVENTS_SQLITE)
-                            .bind(as_of)
-                            .fetch_all(pool)
-                            .await?,
-                    )?;
+                    m.last_run_events = sqlx::query_as(EVENTS_SQLITE)
+                        .bind(as_of)
+                        .fetch_all(pool)
+                        .await?;
                     m.last_run_notices = labelled(
                         &sqlx::query(NOTICES_SQLITE)
                             .bind(as_of)
@@ -253,8 +234,10 @@ impl Db {
                 m.backlog = backlog(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
                 m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
                 if let Some(as_of) = last_as_of {
-                    m.last_run_events =
-                        event_counts(&sqlx::query(EVENTS_PG).bind(as_of).fetch_all(pool).await?)?;
+                    m.last_run_events = sqlx::query_as(EVENTS_PG)
+                        .bind(as_of)
+                        .fetch_all(pool)
+                        .await?;
                     m.last_run_notices =
                         labelled(&sqlx::query(NOTICES_PG).bind(as_of).fetch_all(pool).await?)?;
                 }
