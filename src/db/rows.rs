@@ -1,11 +1,12 @@
 //! Plain row types exchanged with the database layer. Values here have been
 //! parsed at the edge already; codes are the English codes of R1 and R5–R8.
 //! The register's statuses and the event kinds travel as domain types and
-//! are read back from their stored codes exactly (`TryFrom<String>`); a row
-//! type read by a shared statement maps once for both backends
+//! are read back from their stored codes exactly (`TryFrom<String>`, each
+//! a column type of its own: `stored_code_columns!`); a row type read by a
+//! shared statement maps once for both backends
 //! (`sqlx::FromRow`, by column name). An event's reasons travel as
-//! [`Reasons`], read back from their stored text exactly (a column type of
-//! their own, below), and an audit row's decision and state are domain
+//! [`Reasons`], read back from their stored text exactly (the same way),
+//! and an audit row's decision and state are domain
 //! types too; its evidence values and the outbox rows stay text: they are
 //! what the run recorded and the files say.
 
@@ -16,34 +17,46 @@ use crate::domain::{
     Reasons, SiStatus,
 };
 
-/// The `events.reasons` column, read as [`Reasons`] from the text
-/// [`Reasons::code`] wrote (`TryFrom<String>`), on either backend. A
-/// column type of its own rather than `#[sqlx(try_from = "String")]`,
-/// whose error sqlx 0.9's derive drops (it reports "unprintable error"):
-/// this one's error names the stored value.
-impl<DB: sqlx::Database> sqlx::Type<DB> for Reasons
-where
-    String: sqlx::Type<DB>,
-{
-    fn type_info() -> DB::TypeInfo {
-        <String as sqlx::Type<DB>>::type_info()
-    }
+/// Columns that hold a stored code (or an event's reasons, [`Reasons`]),
+/// read back as their domain type with its `TryFrom<String>`, on either
+/// backend: a column type of their own rather than `#[sqlx(try_from =
+/// "String")]`, whose error sqlx 0.9's derive drops (it reports
+/// "unprintable error"); this one's error names the stored value.
+macro_rules! stored_code_columns {
+    ($($ty:ty),+ $(,)?) => {$(
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $ty
+        where
+            String: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <String as sqlx::Type<DB>>::type_info()
+            }
 
-    fn compatible(ty: &DB::TypeInfo) -> bool {
-        <String as sqlx::Type<DB>>::compatible(ty)
-    }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <String as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $ty
+        where
+            String: sqlx::Decode<'r, DB>,
+        {
+            fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                Ok(<$ty>::try_from(<String as sqlx::Decode<'r, DB>>::decode(value)?)?)
+            }
+        }
+    )+};
 }
 
-impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for Reasons
-where
-    String: sqlx::Decode<'r, DB>,
-{
-    fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-        Ok(Reasons::try_from(
-            <String as sqlx::Decode<'r, DB>>::decode(value)?,
-        )?)
-    }
-}
+stored_code_columns!(
+    Reasons,
+    PermitStatus,
+    SiStatus,
+    MaritalStatus,
+    EventKind,
+    EventState,
+    crate::feeds::Delivery,
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct ImportCounts {
@@ -76,12 +89,9 @@ pub struct PermitRow {
     pub street_code: String,
     pub address: String,
     pub valid_until: NaiveDate,
-    #[sqlx(try_from = "String")]
     pub status: PermitStatus,
     pub employer_uscc: String,
-    #[sqlx(try_from = "String")]
     pub si_status: SiStatus,
-    #[sqlx(try_from = "String")]
     pub marital_status: MaritalStatus,
 }
 
@@ -182,7 +192,6 @@ pub struct FeedImport {
     pub imported_at: String,
     pub rows_imported: i64,
     /// What its feed's delivery was when it was imported.
-    #[sqlx(try_from = "String")]
     pub delivery: crate::feeds::Delivery,
 }
 
@@ -191,7 +200,6 @@ pub struct FeedImport {
 pub struct HeldEvent {
     pub event_id: i64,
     pub permit_no: String,
-    #[sqlx(try_from = "String")]
     pub kind: EventKind,
     pub reasons: Reasons,
     pub valid_until: NaiveDate,
@@ -425,7 +433,6 @@ pub struct AuditRow {
     pub as_of: NaiveDate,
     pub permit_no: String,
     pub id_number: String,
-    #[sqlx(try_from = "String")]
     pub decision: EventKind,
     pub reasons: Reasons,
     pub valid_until: NaiveDate,
@@ -440,7 +447,6 @@ pub struct AuditRow {
     pub notification_status: Option<String>,
     pub decided_at: String,
     /// What became of the event, derived from its run, release and revert.
-    #[sqlx(try_from = "String")]
     pub state: EventState,
 }
 
@@ -495,4 +501,36 @@ pub struct NotificationRow {
     pub created_at: String,
     pub sent_at: Option<String>,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection;
+
+    #[tokio::test]
+    async fn a_stored_code_reads_back_as_its_domain_value_and_an_unknown_one_is_named() {
+        let mut c = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        let (status, kind, reasons): (PermitStatus, EventKind, Reasons) = sqlx::query_as(
+            "SELECT 'suspended', 'VISIT_CENTER', 'ADDRESS_CHANGED;EMPLOYER_CHANGED'",
+        )
+        .fetch_one(&mut c)
+        .await
+        .expect("known codes");
+        assert_eq!(status, PermitStatus::Suspended);
+        assert_eq!(kind, EventKind::VisitCenter);
+        assert_eq!(reasons.code(), "ADDRESS_CHANGED;EMPLOYER_CHANGED");
+        let e = sqlx::query_as::<_, (PermitStatus,)>("SELECT 'frozen'")
+            .fetch_one(&mut c)
+            .await
+            .expect_err("an unknown status");
+        assert!(e.to_string().contains(r#""frozen""#), "{e}");
+        let e = sqlx::query_as::<_, (EventState,)>("SELECT 'APPLIED'")
+            .fetch_one(&mut c)
+            .await
+            .expect_err("a code in another case");
+        assert!(e.to_string().contains(r#""APPLIED""#), "{e}");
+    }
 }

@@ -77,7 +77,6 @@ macro_rules! revert_events {
 struct RevertRow {
     event_id: i64,
     permit_no: String,
-    #[sqlx(try_from = "String")]
     kind: EventKind,
     valid_until: NaiveDate,
     new_valid_until: Option<NaiveDate>,
