@@ -347,7 +347,7 @@ fn check(env: &Env, name: &str, feed: &str, file: &str, args: &[&str], expect: &
 }
 
 dbtest!(
-    the_bad_input_corpus_gets_its_documented_outcome_issue_6_r2_c9,
+    the_bad_input_corpus_gets_its_documented_outcome_r2_c9,
     |mut env| {
         // Row-level cases would be refused whole with the default ratio: a
         // few bad rows in a small file are more than 5% (C9).
@@ -387,7 +387,7 @@ dbtest!(
 );
 
 dbtest!(
-    a_one_megabyte_field_and_ten_thousand_columns_are_handled_issue_6,
+    a_one_megabyte_field_and_ten_thousand_columns_are_handled,
     |mut env| {
         env.set("AUTOSIGN_IMPORT__MAX_REJECT_RATIO", "1");
         migrate(&env);
@@ -485,7 +485,7 @@ dbtest!(
 );
 
 dbtest!(
-    chinese_header_names_import_out_of_the_box_and_config_adds_aliases_issue_6_r1,
+    chinese_header_names_import_out_of_the_box_and_config_adds_aliases_r1,
     |mut env| {
         let a = id("19850315", 1);
         let permits = env.write(

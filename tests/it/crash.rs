@@ -173,7 +173,7 @@ fn sent(notices: &str) -> usize {
 }
 
 dbtest!(
-    a_night_killed_at_every_fault_point_of_import_run_and_deliver_ends_as_an_uninterrupted_one_issue_6,
+    a_night_killed_at_every_fault_point_of_import_run_and_deliver_ends_as_an_uninterrupted_one,
     |env| {
         let Some((want_audit, want_notices)) = reference() else {
             return;
@@ -261,7 +261,7 @@ dbtest!(
 );
 
 dbtest!(
-    a_night_sigkilled_after_growing_delays_ends_as_an_uninterrupted_one_issue_6,
+    a_night_sigkilled_after_growing_delays_ends_as_an_uninterrupted_one,
     |env| {
         let Some((want_audit, want_notices)) = reference() else {
             return;

@@ -34,7 +34,7 @@ fn sha256sum_check(dir: &Path, sidecar: &str) -> (bool, String) {
 }
 
 dbtest!(
-    every_export_file_gets_a_sha256_sidecar_that_sha256sum_verifies_issue_6,
+    every_export_file_gets_a_sha256_sidecar_that_sha256sum_verifies,
     |env| {
         import_day(&env, "day1");
         // The run's own --audit file gets one too.
@@ -90,7 +90,7 @@ dbtest!(
 );
 
 dbtest!(
-    the_database_rejects_exports_and_sidecars_are_owner_only_issue_6,
+    the_database_rejects_exports_and_sidecars_are_owner_only,
     |env| {
         let f = env.write(
             "in/permits.csv",
@@ -151,7 +151,7 @@ fn purged(report: &str, what: &str) -> u64 {
 }
 
 dbtest!(
-    purge_removes_feed_rows_and_notice_texts_past_retention_and_keeps_the_audit_trail_issue_6,
+    purge_removes_feed_rows_and_notice_texts_past_retention_and_keeps_the_audit_trail,
     |mut env| {
         env.set("AUTOSIGN_RETENTION__FEED_DAYS", "400");
         env.set("AUTOSIGN_RETENTION__NOTICE_DAYS", "30");
@@ -303,7 +303,7 @@ dbtest!(
 );
 
 #[test]
-fn a_retention_shorter_than_the_evidence_a_run_reads_is_refused_issue_6() {
+fn a_retention_shorter_than_the_evidence_a_run_reads_is_refused() {
     let mut env = Env::new(Backend::Sqlite);
     env.set("AUTOSIGN_RETENTION__FEED_DAYS", "60");
     let o = env.cmd(&["purge", "--dry-run"]);

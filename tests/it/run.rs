@@ -531,7 +531,7 @@ dbtest!(
 );
 
 dbtest!(
-    the_run_plans_every_decision_before_writing_and_writes_what_it_planned_issue_6,
+    the_run_plans_every_decision_before_writing_and_writes_what_it_planned,
     |mut env| {
         // Plan before write (the safety brake needs the outcome counts before
         // anything is written): the plan's counts, logged as "run planned",
@@ -689,7 +689,7 @@ fn sqlite_before_append_only_feeds(env: &Env) {
 }
 
 #[test]
-fn feed_rows_stored_before_the_append_only_tables_still_decide_the_run_issue_2() {
+fn feed_rows_stored_before_the_append_only_tables_still_decide_the_run() {
     // Upgrading applies migration 3 over existing keyed feed rows: the run
     // reads them as it read them before (R5).
     let env = Env::new(Backend::Sqlite);
