@@ -72,11 +72,14 @@ impl Db {
     ) -> Result<LifecycleCounts> {
         let c: Counts = match self {
             Db::Sqlite(db) => {
-                sqlx::query_as(lifecycle_counts!("permit_state"))
-                    .bind(as_of)
-                    .bind(cancel_before)
-                    .fetch_one(db.pool())
-                    .await?
+                let [register, suspend, cancel] = db
+                    .count_apart(lifecycle_counts!("permit_state"), as_of, cancel_before)
+                    .await?;
+                Counts {
+                    register,
+                    suspend,
+                    cancel,
+                }
             }
             Db::Postgres(db) => {
                 sqlx::query_as(lifecycle_counts!("permits"))
