@@ -276,10 +276,9 @@ pub async fn release(
             .filter(|p| still_current(kind, e.valid_until, p));
         let (effect, notice) = match permit {
             Some(p) => {
-                let reasons = e.reasons.to_vec();
                 let effect =
                     crate::reconcile::rules::effect(kind, e.new_valid_until, e.valid_until);
-                let notice = notices.compose(kind, p, &reasons, e.new_valid_until);
+                let notice = notices.compose(kind, p, e.reasons, e.new_valid_until);
                 *out.applied.entry(kind.code().to_string()).or_default() += 1;
                 *out.channels
                     .entry(notice.channel.code().to_string())

@@ -726,7 +726,9 @@ impl Ctx<'_> {
         reasons: &[Reason],
         new: Option<NaiveDate>,
     ) -> NoticeView {
-        let n = self.notices.compose(kind, self.permit, reasons, new);
+        let n = self
+            .notices
+            .compose(kind, self.permit, Reasons::of(reasons), new);
         NoticeView {
             recorded: false,
             notification_id: None,

@@ -8,7 +8,7 @@ use std::path::Path;
 use chrono::{Duration, NaiveDate};
 
 use crate::db::{NewNotice, PermitRow};
-use crate::domain::{Channel, EventKind, NoticeStatus, Reason};
+use crate::domain::{Channel, EventKind, NoticeStatus, Reason, Reasons};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 
@@ -117,7 +117,7 @@ impl Notices {
         &self,
         kind: EventKind,
         permit: &PermitRow,
-        reasons: &[Reason],
+        reasons: Reasons,
         new_valid_until: Option<NaiveDate>,
     ) -> NewNotice {
         let template = match kind {
@@ -144,9 +144,8 @@ impl Notices {
                 ),
                 "materials" => {
                     let mut materials = self.materials.clone();
-                    if reasons
-                        .iter()
-                        .any(|r| matches!(r, Reason::AddressChanged | Reason::AddressNotVerified))
+                    if reasons.contains(Reason::AddressChanged)
+                        || reasons.contains(Reason::AddressNotVerified)
                     {
                         materials
                             .push_str(&format!("，以及居住证明（{}）", self.materials_address));
@@ -351,7 +350,7 @@ mod tests {
         let mut p = permit(Some("13800138000"), None);
         p.name = "{valid_until}".into();
         let msg = notices()
-            .compose(EventKind::AutoSigned, &p, &[], None)
+            .compose(EventKind::AutoSigned, &p, Reasons::NONE, None)
             .message;
         assert!(msg.contains("{valid_until}"), "{msg}");
     }
@@ -367,7 +366,9 @@ mod tests {
             EventKind::Suspended,
             EventKind::Cancelled,
         ] {
-            let msg = n.compose(kind, &p, &[Reason::AddressChanged], None).message;
+            let msg = n
+                .compose(kind, &p, Reasons::of(&[Reason::AddressChanged]), None)
+                .message;
             let masked = n.mask_name_in(kind.code(), &msg);
             assert!(!masked.contains("欧阳娜娜"), "{masked}");
             assert_eq!(masked, msg.replace("欧阳娜娜", "欧***"));
@@ -382,21 +383,26 @@ mod tests {
         let sms = n.compose(
             EventKind::AutoSigned,
             &permit(Some("13800138000"), Some("a@b.cn")),
-            &[],
+            Reasons::NONE,
             None,
         );
         assert_eq!((sms.channel.code(), sms.status.code()), ("sms", "queued"));
         let mail = n.compose(
             EventKind::AutoSigned,
             &permit(None, Some("a@b.cn")),
-            &[],
+            Reasons::NONE,
             None,
         );
         assert_eq!(
             (mail.channel.code(), mail.recipient.as_str()),
             ("email", "a@b.cn")
         );
-        let none = n.compose(EventKind::AutoSigned, &permit(None, None), &[], None);
+        let none = n.compose(
+            EventKind::AutoSigned,
+            &permit(None, None),
+            Reasons::NONE,
+            None,
+        );
         assert_eq!(
             (none.channel.code(), none.status.code()),
             ("none", "undeliverable")
@@ -410,7 +416,7 @@ mod tests {
             .compose(
                 EventKind::VisitCenter,
                 &permit(Some("13800138000"), None),
-                &[Reason::AddressChanged, Reason::EmployerChanged],
+                Reasons::of(&[Reason::AddressChanged, Reason::EmployerChanged]),
                 None,
             )
             .message;
@@ -437,7 +443,7 @@ mod tests {
             .compose(
                 EventKind::AutoSigned,
                 &permit(Some("13800138000"), None),
-                &[],
+                Reasons::NONE,
                 Some(d),
             )
             .message;

@@ -63,7 +63,7 @@ pub(crate) struct BrakeInputs {
 }
 
 /// The brake's lifecycle count (R3's steps for the date against the live
-/// register), taken on a pooled connection of its own while the run plans:
+/// register), taken on a connection of its own while the run plans:
 /// the count and the due read each walk the whole register, and on two
 /// cores they go at once. Nothing is written before it is read (the run
 /// holds the job lock, and writes only after the plan is checked), so it
@@ -331,7 +331,7 @@ fn event(
 ) -> NewEvent {
     let new_valid_until = rules::new_valid_until(kind, permit.valid_until);
     let effect = rules::effect(kind, new_valid_until, permit.valid_until);
-    let notice = notices.compose(kind, &permit, &reasons.to_vec(), new_valid_until);
+    let notice = notices.compose(kind, &permit, reasons, new_valid_until);
     // What `autosign revert` restores: R3 cancels an active or a suspended
     // permit (C1), and only the event can say which it was (C13: a permit
     // imported suspended has no SUSPENDED event).
