@@ -10,7 +10,7 @@
 use chrono::NaiveDate;
 use sqlx::Row;
 
-use super::Db;
+use super::{on_pool, Db};
 use crate::domain::Reasons;
 use crate::error::Result;
 
@@ -111,9 +111,7 @@ const IMPORTS: &str = "SELECT feed, count(*), CAST(coalesce(sum(rows_read), 0) A
      max(imported_at) FROM imports GROUP BY feed ORDER BY feed";
 const MIGRATIONS: &str =
     "SELECT CAST(coalesce(max(version), 0) AS BIGINT) FROM _sqlx_migrations WHERE success";
-const CANDIDATES_SQLITE: &str = "SELECT count(*) FROM permit_state \
-     WHERE status IN ('active', 'suspended') AND valid_until <= ?";
-const CANDIDATES_PG: &str = "SELECT count(*) FROM permits \
+const CANDIDATES: &str = "SELECT count(*) FROM permit_state \
      WHERE status IN ('active', 'suspended') AND valid_until <= $1";
 
 fn labelled<R: Row>(rows: &[R]) -> Result<Vec<LabelledCount>>
@@ -250,20 +248,10 @@ impl Db {
     /// suspended, `valid_until <= to`): the total of the run's progress bar.
     /// A scan of the register on SQLite: only for a run on a terminal.
     pub async fn count_run_candidates(&self, to: NaiveDate) -> Result<u64> {
-        let n: i64 = match self {
-            Db::Sqlite(db) => {
-                sqlx::query_scalar(CANDIDATES_SQLITE)
-                    .bind(to)
-                    .fetch_one(db.pool())
-                    .await?
-            }
-            Db::Postgres(db) => {
-                sqlx::query_scalar(CANDIDATES_PG)
-                    .bind(to)
-                    .fetch_one(db.pool())
-                    .await?
-            }
-        };
+        let n: i64 = on_pool!(self, |pool| sqlx::query_scalar(CANDIDATES)
+            .bind(to)
+            .fetch_one(pool)
+            .await?);
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }

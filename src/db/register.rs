@@ -1,10 +1,11 @@
 //! The register family: the permits as the last import and the runs left
-//! them. Logically one table, `permits`, on both backends. On SQLite it is
-//! stored as two (migration 5): the narrow `permit_state` (number,
-//! `valid_until`, status), which a run rewrites and scans, and
-//! `permit_details` beside it, joined by the `permits` view; reads of whole
-//! permits go through the view, and counts over the register read the
-//! narrow table. PostgreSQL keeps one table.
+//! them. Logically one table, `permits`; on both backends it is stored as
+//! two (SQLite's migration 5, PostgreSQL's 12): the narrow `permit_state`
+//! (number, `valid_until`, status), which a run rewrites and every night
+//! scans, and `permit_details` beside it, joined by the `permits` view.
+//! Reads of whole permits go through the view, counts over the register
+//! and the run's reads drive from the narrow table, and writes go to the
+//! tables.
 
 use chrono::NaiveDate;
 
@@ -28,21 +29,12 @@ macro_rules! permit_select {
 }
 
 /// The live register and R3's lifecycle steps at `$1` (`$2`: the cancel
-/// boundary, NULL when nothing is cancelled), over the table that holds
-/// the permits' state.
-macro_rules! lifecycle_counts {
-    ($state_table:literal) => {
-        concat!(
-            "SELECT count(*) AS register,
-                    count(*) FILTER (WHERE NOT coalesce(valid_until < $2, FALSE)
-                                       AND status = 'active' AND valid_until < $1) AS suspend,
-                    count(*) FILTER (WHERE coalesce(valid_until < $2, FALSE)) AS cancel
-             FROM ",
-            $state_table,
-            " WHERE status <> 'cancelled'"
-        )
-    };
-}
+/// boundary, NULL when nothing is cancelled).
+const LIFECYCLE_COUNTS: &str = "SELECT count(*) AS register,
+        count(*) FILTER (WHERE NOT coalesce(valid_until < $2, FALSE)
+                           AND status = 'active' AND valid_until < $1) AS suspend,
+        count(*) FILTER (WHERE coalesce(valid_until < $2, FALSE)) AS cancel
+     FROM permit_state WHERE status <> 'cancelled'";
 
 #[derive(sqlx::FromRow)]
 struct Counts {
@@ -73,7 +65,7 @@ impl Db {
         let c: Counts = match self {
             Db::Sqlite(db) => {
                 let [register, suspend, cancel] = db
-                    .count_apart(lifecycle_counts!("permit_state"), as_of, cancel_before)
+                    .count_apart(LIFECYCLE_COUNTS, as_of, cancel_before)
                     .await?;
                 Counts {
                     register,
@@ -82,7 +74,7 @@ impl Db {
                 }
             }
             Db::Postgres(db) => {
-                sqlx::query_as(lifecycle_counts!("permits"))
+                sqlx::query_as(LIFECYCLE_COUNTS)
                     .bind(as_of)
                     .bind(cancel_before)
                     .fetch_one(db.pool())

@@ -178,6 +178,9 @@ fn report_import(r: &impl Cells) -> Result<ReportImport> {
 /// Runs one statement (SQLite text, PostgreSQL text) with its binds and
 /// maps every row with `$map`.
 macro_rules! rows {
+    ($db:expr, both: $sql:expr, $map:expr $(, $bind:expr)* $(,)?) => {
+        rows!($db, $sql, $sql, $map $(, $bind)*)
+    };
     ($db:expr, $sqlite:expr, $pg:expr, $map:expr $(, $bind:expr)* $(,)?) => {
         match $db {
             Db::Sqlite(db) => sqlx::query($sqlite)
@@ -216,12 +219,9 @@ const LATEST_RUN: &str = "SELECT run_id, as_of, status, pending, brake, started_
 // or by a release — or written by a run the brake still holds: the audit
 // export's states `applied` and `held` (void, not-applied and reverted
 // events are corrections, not the night's result).
-macro_rules! in_effect_sqlite {
-    () => {
-        "(r.status = 'held' OR (r.status = 'completed' AND (e.held = 0 OR x.applied = 1)))"
-    };
-}
-macro_rules! in_effect_pg {
+// The same text on both backends: SQLite reads its 0/1 flags as truth
+// values.
+macro_rules! in_effect {
     () => {
         "(r.status = 'held' OR (r.status = 'completed' AND (NOT e.held OR x.applied)))"
     };
@@ -234,54 +234,32 @@ macro_rules! events_from {
 }
 
 /// Events per night and kind (`b` empty).
-const EVENTS_SQLITE: &str = concat!(
+const EVENTS: &str = concat!(
     "SELECT e.as_of, e.kind, '', count(*)",
     events_from!(),
     "WHERE e.as_of BETWEEN $1 AND $2 AND ",
-    in_effect_sqlite!(),
-    " GROUP BY e.as_of, e.kind ORDER BY e.as_of, e.kind"
-);
-const EVENTS_PG: &str = concat!(
-    "SELECT e.as_of, e.kind, '', count(*)",
-    events_from!(),
-    "WHERE e.as_of BETWEEN $1 AND $2 AND ",
-    in_effect_pg!(),
+    in_effect!(),
     " GROUP BY e.as_of, e.kind ORDER BY e.as_of, e.kind"
 );
 
 /// One night's VISIT_CENTER events by their reasons.
-const REASONS_SQLITE: &str = concat!(
+const REASONS: &str = concat!(
     "SELECT e.reasons, count(*)",
     events_from!(),
     "WHERE e.as_of = $1 AND e.kind = 'VISIT_CENTER' AND ",
-    in_effect_sqlite!(),
-    " GROUP BY e.reasons ORDER BY e.reasons"
-);
-const REASONS_PG: &str = concat!(
-    "SELECT e.reasons, count(*)",
-    events_from!(),
-    "WHERE e.as_of = $1 AND e.kind = 'VISIT_CENTER' AND ",
-    in_effect_pg!(),
+    in_effect!(),
     " GROUP BY e.reasons ORDER BY e.reasons"
 );
 
 /// One night's VISIT_CENTER events by the permit's district and street as
-/// the register holds them (SQLite: the details half of the register).
-const PLACES_SQLITE: &str = concat!(
+/// the register holds them (its details half).
+const PLACES: &str = concat!(
     "SELECT d.district_code, d.street_code, count(*)",
     events_from!(),
     "JOIN permit_details d ON d.permit_no = e.permit_no \
      WHERE e.as_of = $1 AND e.kind = 'VISIT_CENTER' AND ",
-    in_effect_sqlite!(),
+    in_effect!(),
     " GROUP BY d.district_code, d.street_code ORDER BY d.district_code, d.street_code"
-);
-const PLACES_PG: &str = concat!(
-    "SELECT p.district_code, p.street_code, count(*)",
-    events_from!(),
-    "JOIN permits p ON p.permit_no = e.permit_no \
-     WHERE e.as_of = $1 AND e.kind = 'VISIT_CENTER' AND ",
-    in_effect_pg!(),
-    " GROUP BY p.district_code, p.street_code ORDER BY p.district_code, p.street_code"
 );
 
 // PENDING by days left at a night ($1), for `$2 < valid_until <= $3`:
@@ -305,7 +283,7 @@ const PENDING_SQLITE: &str =
                AND r.status IN ('completed', 'held') AND r.as_of <= $1) \
      GROUP BY d ORDER BY d";
 const PENDING_PG: &str = "SELECT CAST(p.valid_until - $1::date AS BIGINT) AS d, count(*) \
-     FROM permits p \
+     FROM permit_state p \
      WHERE p.status = 'active' AND p.valid_until > $2 AND p.valid_until <= $3 \
        AND NOT EXISTS (SELECT 1 FROM events e JOIN runs r ON r.run_id = e.run_id \
              WHERE e.permit_no = p.permit_no AND e.valid_until = p.valid_until \
@@ -409,7 +387,7 @@ impl Db {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<NightTally>> {
-        Ok(rows!(self, EVENTS_SQLITE, EVENTS_PG, night_tally, from, to))
+        Ok(rows!(self, both: EVENTS, night_tally, from, to))
     }
 
     /// One night's VISIT_CENTER events by their reasons.
@@ -417,18 +395,12 @@ impl Db {
         &self,
         as_of: NaiveDate,
     ) -> Result<Vec<(Reasons, i64)>> {
-        Ok(rows!(
-            self,
-            REASONS_SQLITE,
-            REASONS_PG,
-            reasons_tally,
-            as_of
-        ))
+        Ok(rows!(self, both: REASONS, reasons_tally, as_of))
     }
 
     /// One night's VISIT_CENTER events by district (`a`) and street (`b`).
     pub async fn report_visit_center_places(&self, as_of: NaiveDate) -> Result<Vec<Tally>> {
-        Ok(rows!(self, PLACES_SQLITE, PLACES_PG, tally, as_of))
+        Ok(rows!(self, both: PLACES, tally, as_of))
     }
 
     /// Permits PENDING at `as_of`, by days left to `valid_until`, for

@@ -95,7 +95,7 @@ fn migrations_are_applied_by_themselves_once() {
     assert_eq!(
         tables,
         vec![Some(
-            "civil_status,event_releases,event_reverts,events,imports,notice_requeues,notifications,permits,residence,runs,social_insurance"
+            "civil_status,event_releases,event_reverts,events,imports,notice_requeues,notifications,permit_details,permit_state,permits,residence,runs,social_insurance"
                 .to_string()
         )]
     );
@@ -338,7 +338,7 @@ fn an_initial_load_keeps_the_later_line_of_a_key_repeated_across_batches_r2() {
              WHERE contype = 'p' AND connamespace = 'public'::regnamespace AND conname NOT LIKE '\\_sqlx%'"
         ),
         vec![Some(
-            "civil_status_pkey,event_releases_pkey,event_reverts_pkey,events_pkey,imports_pkey,notice_requeues_pkey,notifications_pkey,permits_pkey,residence_pkey,runs_pkey,social_insurance_pkey"
+            "civil_status_pkey,event_releases_pkey,event_reverts_pkey,events_pkey,imports_pkey,notice_requeues_pkey,notifications_pkey,permit_details_pkey,permit_state_pkey,residence_pkey,runs_pkey,social_insurance_pkey"
                 .to_string()
         )],
         "every key is back after the initial loads"
