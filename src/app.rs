@@ -10,7 +10,7 @@ use crate::audit::{self, ExportOptions};
 use crate::cli::{parse_date_arg, Cli, Command, ExportKind};
 use crate::clock::Clock;
 use crate::db::Db;
-use crate::domain::escape_controls_in_lines;
+use crate::domain::{escape_controls_in_lines, Channel, EventKind};
 use crate::error::{Error, Result};
 use crate::feeds::{self, ImportOptions, ImportOutcome};
 use crate::outbox::notice::Notices;
@@ -423,22 +423,24 @@ pub fn run_report(s: &RunSummary) -> String {
             String::new()
         }
     );
-    let mut by_kind: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut by_kind: BTreeMap<EventKind, i64> = BTreeMap::new();
     let mut by_reason: BTreeMap<String, i64> = BTreeMap::new();
-    let mut by_channel: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut by_channel: BTreeMap<Option<Channel>, i64> = BTreeMap::new();
     for c in &s.counts {
-        *by_kind.entry(c.kind.as_str()).or_default() += c.count;
-        *by_channel.entry(c.channel.as_str()).or_default() += c.count;
+        *by_kind.entry(c.kind).or_default() += c.count;
+        *by_channel.entry(c.channel).or_default() += c.count;
         for r in c.reasons.iter() {
             *by_reason.entry(format!("{}/{r}", c.kind)).or_default() += c.count;
         }
     }
     let _ = writeln!(out, "  decisions and lifecycle changes:");
-    for kind in ["AUTO_SIGNED", "VISIT_CENTER", "SUSPENDED", "CANCELLED"] {
+    for kind in EventKind::ALL {
+        // The code as a `&str`: the enumeration's `Display` does not pad.
         let _ = writeln!(
             out,
-            "    {kind:<14} {:>9}",
-            by_kind.get(kind).copied().unwrap_or(0)
+            "    {:<14} {:>9}",
+            kind.code(),
+            by_kind.get(&kind).copied().unwrap_or(0)
         );
     }
     let _ = writeln!(
@@ -461,14 +463,14 @@ pub fn run_report(s: &RunSummary) -> String {
     }
     let _ = writeln!(out, "  notices queued:");
     for (ch, label) in [
-        ("sms", "sms"),
-        ("email", "email"),
-        ("none", "undeliverable"),
+        (Channel::Sms, "sms"),
+        (Channel::Email, "email"),
+        (Channel::None, "undeliverable"),
     ] {
         let _ = writeln!(
             out,
             "    {label:<14} {:>9}",
-            by_channel.get(ch).copied().unwrap_or(0)
+            by_channel.get(&Some(ch)).copied().unwrap_or(0)
         );
     }
     out

@@ -31,8 +31,8 @@ use crate::clock::Clock;
 use crate::db::explain::{HolderRows, RowOrigin, StoredCivil, StoredPayment, StoredVisit};
 use crate::db::{AuditRow, Db, NotificationRow, PermitRow, RunRecord};
 use crate::domain::{
-    mask_id_str, mask_name, EventKind, EventState, MaritalStatus, Month, PaymentStatus, Reason,
-    Reasons, ResidenceResult, SiStatus,
+    mask_id_str, mask_name, Channel, EventKind, EventState, MaritalStatus, Month, NoticeStatus,
+    PaymentStatus, Reason, Reasons, ResidenceResult, SiStatus,
 };
 use crate::error::{Error, Result};
 use crate::outbox::notice::Notices;
@@ -275,11 +275,11 @@ pub struct NoticeView {
     /// queue).
     pub recorded: bool,
     pub notification_id: Option<i64>,
-    pub kind: String,
-    pub channel: String,
+    pub kind: EventKind,
+    pub channel: Channel,
     /// Masked.
     pub recipient: String,
-    pub status: String,
+    pub status: NoticeStatus,
     pub attempts: i64,
     pub created_at: Option<String>,
     pub next_attempt_at: Option<String>,
@@ -415,18 +415,18 @@ fn event_ref(e: &AuditRow) -> EventRef {
 }
 
 /// The recipient as `status` and the logs show it.
-fn mask_recipient(channel: &str, recipient: &str) -> String {
+fn mask_recipient(channel: Channel, recipient: &str) -> String {
     if recipient.is_empty() {
         return String::new();
     }
     match channel {
-        "sms" => crate::domain::Phone::parse(recipient)
+        Channel::Sms => crate::domain::Phone::parse(recipient)
             .map(|p| p.masked())
             .unwrap_or_else(|_| "***".into()),
-        "email" => crate::domain::Email::parse(recipient)
+        Channel::Email => crate::domain::Email::parse(recipient)
             .map(|e| e.masked())
             .unwrap_or_else(|_| "***".into()),
-        _ => "***".into(),
+        Channel::None => "***".into(),
     }
 }
 
@@ -703,10 +703,10 @@ impl Ctx<'_> {
         NoticeView {
             recorded: true,
             notification_id: Some(n.notification_id),
-            kind: n.kind.clone(),
-            channel: n.channel.clone(),
-            recipient: mask_recipient(&n.channel, &n.recipient),
-            status: n.status.clone(),
+            kind: n.kind,
+            channel: n.channel,
+            recipient: mask_recipient(n.channel, &n.recipient),
+            status: n.status,
             attempts: n.attempts,
             created_at: Some(n.created_at.clone()),
             next_attempt_at: n.next_attempt_at.clone(),
@@ -715,7 +715,7 @@ impl Ctx<'_> {
                 .last_error
                 .as_deref()
                 .map(|e| secrets.redact(&crate::domain::mask_numbers_in_text(e))),
-            message: self.notices.mask_name_in(&n.kind, &n.message),
+            message: self.notices.mask_name_in(n.kind, &n.message),
         }
     }
 
@@ -732,16 +732,16 @@ impl Ctx<'_> {
         NoticeView {
             recorded: false,
             notification_id: None,
-            kind: kind.code().to_string(),
-            channel: n.channel.code().to_string(),
-            recipient: mask_recipient(n.channel.code(), &n.recipient),
-            status: n.status.code().to_string(),
+            kind,
+            channel: n.channel,
+            recipient: mask_recipient(n.channel, &n.recipient),
+            status: n.status,
             attempts: 0,
             created_at: None,
             next_attempt_at: None,
             sent_at: None,
             last_error: None,
-            message: self.notices.mask_name_in(kind.code(), &n.message),
+            message: self.notices.mask_name_in(kind, &n.message),
         }
     }
 
@@ -838,9 +838,7 @@ impl Ctx<'_> {
         out.notices = outbox
             .iter()
             .filter(|n| {
-                n.run_id == e.run_id
-                    && n.kind == e.decision.code()
-                    && n.cycle_valid_until == e.valid_until
+                n.run_id == e.run_id && n.kind == e.decision && n.cycle_valid_until == e.valid_until
             })
             .map(|n| self.notice_view(n))
             .collect();
@@ -1500,7 +1498,7 @@ fn render_raw(x: &Explanation) -> String {
                     .unwrap_or_default(),
                 n.next_attempt_at
                     .as_deref()
-                    .filter(|_| n.status == "queued" || n.status == "failed")
+                    .filter(|_| matches!(n.status, NoticeStatus::Queued | NoticeStatus::Failed))
                     .map(|t| format!(", next attempt {t}"))
                     .unwrap_or_default(),
                 n.last_error
@@ -1588,12 +1586,12 @@ mod tests {
 
     #[test]
     fn recipients_are_masked_by_channel() {
-        assert_eq!(mask_recipient("sms", "13800138000"), "138****8000");
+        assert_eq!(mask_recipient(Channel::Sms, "13800138000"), "138****8000");
         assert_eq!(
-            mask_recipient("email", "zhang@example.com"),
+            mask_recipient(Channel::Email, "zhang@example.com"),
             "z***@example.com"
         );
-        assert_eq!(mask_recipient("none", ""), "");
-        assert_eq!(mask_recipient("sms", "garbage"), "***");
+        assert_eq!(mask_recipient(Channel::None, ""), "");
+        assert_eq!(mask_recipient(Channel::Sms, "garbage"), "***");
     }
 }

@@ -6,7 +6,9 @@ use chrono::{Duration, NaiveDate};
 use serde::Serialize;
 
 use crate::db::Db;
-use crate::domain::{mask_id_str, mask_name, EventState, PermitStatus};
+use crate::domain::{
+    mask_id_str, mask_name, Channel, EventKind, EventState, NoticeStatus, PermitStatus,
+};
 use crate::error::{Error, Result};
 use crate::reconcile::rules::closes_cycle;
 use crate::settings::Settings;
@@ -53,9 +55,9 @@ pub struct EventView {
 #[derive(Debug, Serialize)]
 pub struct NoticeView {
     pub notification_id: i64,
-    pub kind: String,
-    pub channel: String,
-    pub status: String,
+    pub kind: EventKind,
+    pub channel: Channel,
+    pub status: NoticeStatus,
     pub attempts: i64,
     pub created_at: String,
     pub sent_at: Option<String>,

@@ -87,9 +87,9 @@ fn notification_record(n: NotificationRow) -> [String; 14] {
     [
         n.notification_id.to_string(),
         n.permit_no,
-        n.kind,
-        n.channel,
-        n.status,
+        n.kind.code().to_string(),
+        n.channel.code().to_string(),
+        n.status.code().to_string(),
         n.attempts.to_string(),
         n.created_at,
         n.sent_at.unwrap_or_default(),
@@ -230,7 +230,7 @@ pub async fn export_notifications(db: &Db, opts: &ExportOptions) -> Result<u64> 
         n += 1;
         if !unmasked {
             row.message = match notices {
-                Some(t) => t.mask_name_in(&row.kind, &row.message),
+                Some(t) => t.mask_name_in(row.kind, &row.message),
                 None => mask_text(&row.message),
             };
         }

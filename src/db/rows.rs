@@ -6,8 +6,8 @@
 //! shared statement maps once for both backends
 //! (`sqlx::FromRow`, by column name). An event's reasons travel as
 //! [`Reasons`], read back from their stored text exactly (the same way),
-//! and an audit row's decision and state are domain
-//! types too; its evidence values and the outbox rows stay text: they are
+//! and so do an audit row's decision and state and a notice's kind,
+//! channel and status; an audit row's evidence values stay text: they are
 //! what the run recorded and the files say.
 
 use chrono::NaiveDate;
@@ -55,6 +55,8 @@ stored_code_columns!(
     MaritalStatus,
     EventKind,
     EventState,
+    Channel,
+    NoticeStatus,
     crate::feeds::Delivery,
 );
 
@@ -420,9 +422,11 @@ pub struct RunBatch {
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunCount {
-    pub kind: String,
+    pub kind: EventKind,
     pub reasons: Reasons,
-    pub channel: String,
+    /// The channel of the notice the event queued; `None` when it queued
+    /// none (a run the safety brake holds).
+    pub channel: Option<Channel>,
     pub count: i64,
 }
 
@@ -490,10 +494,10 @@ pub struct NotificationRow {
     pub as_of: NaiveDate,
     pub permit_no: String,
     pub cycle_valid_until: NaiveDate,
-    pub kind: String,
-    pub channel: String,
+    pub kind: EventKind,
+    pub channel: Channel,
     pub recipient: String,
-    pub status: String,
+    pub status: NoticeStatus,
     pub attempts: i64,
     pub next_attempt_at: Option<String>,
     pub last_error: Option<String>,
@@ -532,5 +536,23 @@ mod tests {
             .await
             .expect_err("a code in another case");
         assert!(e.to_string().contains(r#""APPLIED""#), "{e}");
+        let (channel, status, no_notice): (Channel, NoticeStatus, Option<Channel>) =
+            sqlx::query_as("SELECT 'email', 'withdrawn', NULL")
+                .fetch_one(&mut c)
+                .await
+                .expect("a notice's codes");
+        assert_eq!(channel, Channel::Email);
+        assert_eq!(status, NoticeStatus::Withdrawn);
+        assert_eq!(no_notice, None);
+        let e = sqlx::query_as::<_, (Channel,)>("SELECT 'fax'")
+            .fetch_one(&mut c)
+            .await
+            .expect_err("an unknown channel");
+        assert!(e.to_string().contains(r#""fax""#), "{e}");
+        let e = sqlx::query_as::<_, (NoticeStatus,)>("SELECT '已发送'")
+            .fetch_one(&mut c)
+            .await
+            .expect_err("a label, not a stored code");
+        assert!(e.to_string().contains(r#""已发送""#), "{e}");
     }
 }

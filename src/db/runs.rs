@@ -98,9 +98,9 @@ pub(super) const WITHDRAW_NOTICES: &str =
     "UPDATE notifications SET status = 'withdrawn', live = NULL, next_attempt_at = NULL
      WHERE as_of = $1 AND run_id = $2";
 
-/// A run's events and their notices, counted by kind, reasons and channel.
-const RUN_COUNTS: &str =
-    "SELECT e.kind, e.reasons, coalesce(n.channel, '') AS channel, count(*) AS count
+/// A run's events and their notices, counted by kind, reasons and channel
+/// (NULL for events without a notice).
+const RUN_COUNTS: &str = "SELECT e.kind, e.reasons, n.channel, count(*) AS count
      FROM events e LEFT JOIN notifications n
        ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
       AND n.run_id = e.run_id

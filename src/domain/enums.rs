@@ -257,6 +257,9 @@ domain_enum! {
         /// Gave up after `max_attempts`.
         Dead => "dead", ["已放弃"],
         Undeliverable => "undeliverable", ["无法送达"],
+        /// Its run was reverted before it was sent (`autosign revert`):
+        /// never claimed or requeued.
+        Withdrawn => "withdrawn", ["已撤回"],
     }
 }
 

@@ -76,6 +76,16 @@ impl Notices {
         self.centers.get(street_code)
     }
 
+    /// The template of a kind's notice (R8).
+    fn template(&self, kind: EventKind) -> &str {
+        match kind {
+            EventKind::AutoSigned => &self.auto_signed,
+            EventKind::VisitCenter => &self.visit_center,
+            EventKind::Suspended => &self.suspended,
+            EventKind::Cancelled => &self.cancelled,
+        }
+    }
+
     /// A stored notice text with the holder's name masked (`张**`), for a
     /// masked export. The name is found where the kind's template puts
     /// `{name}`: after the template's literal beginning (the signature) and
@@ -83,15 +93,8 @@ impl Notices {
     /// its template (the template changed since it was written) is masked
     /// whole after its first two characters: a masked export must not
     /// show a name it could not find.
-    pub fn mask_name_in(&self, kind: &str, message: &str) -> String {
-        let template = match kind {
-            "AUTO_SIGNED" => &self.auto_signed,
-            "VISIT_CENTER" => &self.visit_center,
-            "SUSPENDED" => &self.suspended,
-            "CANCELLED" => &self.cancelled,
-            _ => return crate::domain::mask_text(message),
-        };
-        let mut full = template.clone();
+    pub fn mask_name_in(&self, kind: EventKind, message: &str) -> String {
+        let mut full = self.template(kind).to_string();
         if !full.contains("{signature}") {
             full.insert_str(0, &self.signature);
         }
@@ -120,12 +123,7 @@ impl Notices {
         reasons: Reasons,
         new_valid_until: Option<NaiveDate>,
     ) -> NewNotice {
-        let template = match kind {
-            EventKind::AutoSigned => &self.auto_signed,
-            EventKind::VisitCenter => &self.visit_center,
-            EventKind::Suspended => &self.suspended,
-            EventKind::Cancelled => &self.cancelled,
-        };
+        let template = self.template(kind);
         // Each placeholder's value is made only if the template uses it.
         let value = |key: &str| -> Option<Cow<'_, str>> {
             Some(match key {
@@ -369,11 +367,11 @@ mod tests {
             let msg = n
                 .compose(kind, &p, Reasons::of(&[Reason::AddressChanged]), None)
                 .message;
-            let masked = n.mask_name_in(kind.code(), &msg);
+            let masked = n.mask_name_in(kind, &msg);
             assert!(!masked.contains("欧阳娜娜"), "{masked}");
             assert_eq!(masked, msg.replace("欧阳娜娜", "欧***"));
         }
-        let masked = n.mask_name_in("AUTO_SIGNED", "王五你好，另一个模板");
+        let masked = n.mask_name_in(EventKind::AutoSigned, "王五你好，另一个模板");
         assert_eq!(masked, "王五********");
     }
 

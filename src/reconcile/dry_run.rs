@@ -184,14 +184,8 @@ async fn plan_and_make(
         let decided_at = ctx.clock.now_rfc3339();
         let mut written = ctx.written.borrow_mut();
         for e in &events {
-            let channel = if ctx.held {
-                ""
-            } else {
-                e.notice.channel.code()
-            };
-            *written
-                .entry((e.kind.code(), e.reasons, channel))
-                .or_default() += 1;
+            let channel = (!ctx.held).then_some(e.notice.channel);
+            *written.entry((e.kind, e.reasons, channel)).or_default() += 1;
             if let Some(w) = &mut audit {
                 let cells = audit_row(ctx, e, &decided_at).to_cells();
                 w.write(&cells.each_ref().map(String::as_str))?;

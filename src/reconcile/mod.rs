@@ -32,7 +32,8 @@ use crate::db::{
     RunCount, RunRecord, RunTx,
 };
 use crate::domain::{
-    EventKind, MaritalStatus, Month, PaymentStatus, Reason, Reasons, ResidenceResult, SiStatus,
+    Channel, EventKind, MaritalStatus, Month, PaymentStatus, Reason, Reasons, ResidenceResult,
+    SiStatus,
 };
 use crate::error::{Error, Result};
 use crate::feeds::ImportOutcome;
@@ -316,10 +317,13 @@ struct Ctx<'a> {
     /// counted (`None`: the check is off, or the count was read).
     lifecycle: Option<LifecycleCount>,
     bar: &'a indicatif::ProgressBar,
-    /// Events this attempt wrote, by kind, reasons and notice channel (""
-    /// when no notice was queued: a held run).
-    written: std::cell::RefCell<BTreeMap<(&'static str, Reasons, &'static str), i64>>,
+    /// Events this attempt wrote.
+    written: std::cell::RefCell<Tally>,
 }
+
+/// Events counted by kind, reasons and notice channel (`None` when no
+/// notice was queued: a held run), as [`RunCount`]s count them.
+type Tally = BTreeMap<(EventKind, Reasons, Option<Channel>), i64>;
 
 /// The event for `permit` with its notice (R7, R8).
 fn event(
@@ -363,16 +367,10 @@ fn event(
 
 impl Ctx<'_> {
     async fn write(&self, tx: &mut RunTx, events: Vec<NewEvent>) -> Result<()> {
-        let mut tally: BTreeMap<(&'static str, Reasons, &'static str), i64> = BTreeMap::new();
+        let mut tally = Tally::new();
         for e in &events {
-            let channel = if self.held {
-                ""
-            } else {
-                e.notice.channel.code()
-            };
-            *tally
-                .entry((e.kind.code(), e.reasons, channel))
-                .or_default() += 1;
+            let channel = (!self.held).then_some(e.notice.channel);
+            *tally.entry((e.kind, e.reasons, channel)).or_default() += 1;
         }
         let batch = RunBatch {
             run_id: self.run_id,
@@ -390,16 +388,17 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// [`Self::written`] as the summary's rows, in the order of
-    /// [`Db::run_counts`]: kind, reasons, channel.
+    /// [`Self::written`] as the summary's rows: those [`Db::run_counts`]
+    /// reads back, ordered by the enumerations rather than by their codes
+    /// as the database orders them (the summary only sums them).
     fn written_counts(&self) -> Vec<RunCount> {
         self.written
             .borrow()
             .iter()
             .map(|(&(kind, reasons, channel), &count)| RunCount {
-                kind: kind.to_string(),
+                kind,
                 reasons,
-                channel: channel.to_string(),
+                channel,
                 count,
             })
             .collect()
