@@ -16,7 +16,7 @@
 use chrono::NaiveDate;
 use sqlx::Row;
 
-use super::Db;
+use super::{on_pool, Db};
 use crate::error::Result;
 
 /// Where a stored row came from.
@@ -153,36 +153,23 @@ impl Db {
     /// Where the permit's register row came from: the import that last
     /// wrote it and that row's line. `None` for an unknown permit.
     pub async fn permit_origin(&self, permit_no: &str) -> Result<Option<RowOrigin>> {
-        Ok(match self {
-            Db::Sqlite(db) => {
-                match sqlx::query(PERMIT_ORIGIN)
-                    .bind(permit_no)
-                    .fetch_optional(db.pool())
-                    .await?
-                {
-                    Some(r) => Some(origin_at!(r, 0)),
-                    None => None,
-                }
+        Ok(on_pool!(self, |pool| {
+            match sqlx::query(PERMIT_ORIGIN)
+                .bind(permit_no)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(r) => Some(origin_at!(r, 0)),
+                None => None,
             }
-            Db::Postgres(db) => {
-                match sqlx::query(PERMIT_ORIGIN)
-                    .bind(permit_no)
-                    .fetch_optional(db.pool())
-                    .await?
-                {
-                    Some(r) => Some(origin_at!(r, 0)),
-                    None => None,
-                }
-            }
-        })
+        }))
     }
 
     /// Every stored residence, social-insurance and civil-status row of
     /// the holder with this ID number, with its origin.
     pub async fn holder_rows(&self, id_number: &str) -> Result<HolderRows> {
-        Ok(match self {
-            Db::Sqlite(db) => read_holder!(db.pool(), id_number, VISITS, PAYMENTS, CIVIL),
-            Db::Postgres(db) => read_holder!(db.pool(), id_number, VISITS, PAYMENTS, CIVIL),
-        })
+        Ok(on_pool!(self, |pool| read_holder!(
+            pool, id_number, VISITS, PAYMENTS, CIVIL
+        )))
     }
 }

@@ -88,15 +88,10 @@ pub struct DbMetrics {
 const RUNS: &str = "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status";
 // The completed run's own events: not those of a discarded run of the
 // same date (void: docs/rules.md, "The audit trail").
-const EVENTS_SQLITE: &str = "SELECT kind, reasons, count(*) AS count FROM events WHERE as_of = ?1 \
-     AND run_id IN (SELECT run_id FROM runs WHERE as_of = ?1 AND status = 'completed') \
-     GROUP BY kind, reasons ORDER BY kind, reasons";
-const EVENTS_PG: &str = "SELECT kind, reasons, count(*) AS count FROM events WHERE as_of = $1 \
+const EVENTS: &str = "SELECT kind, reasons, count(*) AS count FROM events WHERE as_of = $1 \
      AND run_id IN (SELECT run_id FROM runs WHERE as_of = $1 AND status = 'completed') \
      GROUP BY kind, reasons ORDER BY kind, reasons";
-const NOTICES_SQLITE: &str = "SELECT status, channel, count(*) FROM notifications \
-     WHERE as_of = ? GROUP BY status, channel ORDER BY status, channel";
-const NOTICES_PG: &str = "SELECT status, channel, count(*) FROM notifications \
+const NOTICES: &str = "SELECT status, channel, count(*) FROM notifications \
      WHERE as_of = $1 GROUP BY status, channel ORDER BY status, channel";
 // The status index (status, next_attempt_at) bounds this to the backlog.
 // Timestamps are RFC 3339 text at one fixed offset (crate::clock), so the
@@ -176,14 +171,9 @@ fn latest_embedded(migrator: &sqlx::migrate::Migrator) -> i64 {
 impl Db {
     /// The cheapest round trip: is the database there?
     pub async fn ping(&self) -> Result<()> {
-        match self {
-            Db::Sqlite(db) => {
-                sqlx::query("SELECT 1").execute(db.pool()).await?;
-            }
-            Db::Postgres(db) => {
-                sqlx::query("SELECT 1").execute(db.pool()).await?;
-            }
-        }
+        on_pool!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
         Ok(())
     }
 
@@ -207,40 +197,16 @@ impl Db {
     /// completed run's date (its events and notices are counted).
     pub async fn metrics(&self, last_as_of: Option<NaiveDate>) -> Result<DbMetrics> {
         let mut m = DbMetrics::default();
-        match self {
-            Db::Sqlite(db) => {
-                let pool = db.pool();
-                m.runs = labelled_runs(&sqlx::query(RUNS).fetch_all(pool).await?)?;
-                m.backlog = backlog(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
-                m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
-                if let Some(as_of) = last_as_of {
-                    m.last_run_events = sqlx::query_as(EVENTS_SQLITE)
-                        .bind(as_of)
-                        .fetch_all(pool)
-                        .await?;
-                    m.last_run_notices = labelled(
-                        &sqlx::query(NOTICES_SQLITE)
-                            .bind(as_of)
-                            .fetch_all(pool)
-                            .await?,
-                    )?;
-                }
+        on_pool!(self, |pool| {
+            m.runs = labelled_runs(&sqlx::query(RUNS).fetch_all(pool).await?)?;
+            m.backlog = backlog(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
+            m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
+            if let Some(as_of) = last_as_of {
+                m.last_run_events = sqlx::query_as(EVENTS).bind(as_of).fetch_all(pool).await?;
+                m.last_run_notices =
+                    labelled(&sqlx::query(NOTICES).bind(as_of).fetch_all(pool).await?)?;
             }
-            Db::Postgres(db) => {
-                let pool = db.pool();
-                m.runs = labelled_runs(&sqlx::query(RUNS).fetch_all(pool).await?)?;
-                m.backlog = backlog(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
-                m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
-                if let Some(as_of) = last_as_of {
-                    m.last_run_events = sqlx::query_as(EVENTS_PG)
-                        .bind(as_of)
-                        .fetch_all(pool)
-                        .await?;
-                    m.last_run_notices =
-                        labelled(&sqlx::query(NOTICES_PG).bind(as_of).fetch_all(pool).await?)?;
-                }
-            }
-        }
+        });
         Ok(m)
     }
 

@@ -21,7 +21,7 @@
 use chrono::NaiveDate;
 use sqlx::Row;
 
-use super::Db;
+use super::{on_pool, Db};
 use crate::error::Result;
 
 /// An operator's selection of notices; every field given narrows it. With
@@ -309,32 +309,20 @@ impl Db {
     pub async fn select_notices(&self, sel: &NoticeSelection) -> Result<Vec<SelectedNotices>> {
         let (where_, args) = condition(sel, 1);
         let sql = group_sql(&where_);
-        match self {
-            Db::Sqlite(db) => {
-                let q = bind_all(sqlx::query(assembled(sql)), &args);
-                groups(&q.fetch_all(db.pool()).await?)
-            }
-            Db::Postgres(db) => {
-                let q = bind_all(sqlx::query(assembled(sql)), &args);
-                groups(&q.fetch_all(db.pool()).await?)
-            }
-        }
+        on_pool!(self, |pool| {
+            let q = bind_all(sqlx::query(assembled(sql)), &args);
+            groups(&q.fetch_all(pool).await?)
+        })
     }
 
     /// The selected notices one by one, by id (for a selection by id).
     pub async fn selected_notices(&self, sel: &NoticeSelection) -> Result<Vec<SelectedNotice>> {
         let (where_, args) = condition(sel, 1);
         let sql = notices_sql(&where_);
-        match self {
-            Db::Sqlite(db) => {
-                let q = bind_all(sqlx::query(assembled(sql)), &args);
-                notices(&q.fetch_all(db.pool()).await?)
-            }
-            Db::Postgres(db) => {
-                let q = bind_all(sqlx::query(assembled(sql)), &args);
-                notices(&q.fetch_all(db.pool()).await?)
-            }
-        }
+        on_pool!(self, |pool| {
+            let q = bind_all(sqlx::query(assembled(sql)), &args);
+            notices(&q.fetch_all(pool).await?)
+        })
     }
 
     /// Queues the requeueable notices of `sel` again, in one transaction:
@@ -389,20 +377,12 @@ impl Db {
 
     /// The requeue trail of a permit's notices, oldest first.
     pub async fn requeues_for(&self, permit_no: &str) -> Result<Vec<RequeueRecord>> {
-        match self {
-            Db::Sqlite(db) => records(
-                &sqlx::query(TRAIL_OF_PERMIT)
-                    .bind(permit_no)
-                    .fetch_all(db.pool())
-                    .await?,
-            ),
-            Db::Postgres(db) => records(
-                &sqlx::query(TRAIL_OF_PERMIT)
-                    .bind(permit_no)
-                    .fetch_all(db.pool())
-                    .await?,
-            ),
-        }
+        on_pool!(self, |pool| records(
+            &sqlx::query(TRAIL_OF_PERMIT)
+                .bind(permit_no)
+                .fetch_all(pool)
+                .await?,
+        ))
     }
 }
 

@@ -18,7 +18,7 @@
 
 use chrono::NaiveDate;
 
-use super::Db;
+use super::{on_pool, Db};
 use crate::error::Result;
 
 /// Where retention ends: rows older than these go.
@@ -101,35 +101,19 @@ impl Db {
     /// Deletes (or, with `dry_run`, counts and rolls back) the rows behind
     /// `cut`, in one transaction. The caller holds the job lock.
     pub async fn purge(&self, cut: &PurgeCutoffs, dry_run: bool) -> Result<PurgeCounts> {
-        Ok(match self {
-            Db::Sqlite(db) => purge_in!(
-                db.pool(),
-                dry_run,
-                [
-                    "DELETE FROM residence WHERE visited_on < ?",
-                    cut.visited_before.to_string()
-                ],
-                [
-                    "DELETE FROM social_insurance WHERE month < ?",
-                    &cut.month_before
-                ],
-                [CIVIL, &cut.imported_before],
-                [NOTICES, &cut.notices_before]
-            ),
-            Db::Postgres(db) => purge_in!(
-                db.pool(),
-                dry_run,
-                [
-                    "DELETE FROM residence WHERE visited_on < $1",
-                    cut.visited_before
-                ],
-                [
-                    "DELETE FROM social_insurance WHERE month < $1",
-                    &cut.month_before
-                ],
-                [CIVIL, &cut.imported_before],
-                [NOTICES, &cut.notices_before]
-            ),
-        })
+        Ok(on_pool!(self, |pool| purge_in!(
+            pool,
+            dry_run,
+            [
+                "DELETE FROM residence WHERE visited_on < $1",
+                cut.visited_before
+            ],
+            [
+                "DELETE FROM social_insurance WHERE month < $1",
+                &cut.month_before
+            ],
+            [CIVIL, &cut.imported_before],
+            [NOTICES, &cut.notices_before]
+        )))
     }
 }
