@@ -69,7 +69,7 @@ fn assert_held(o: &Out, run_id: u32, as_of: &str, why: &str) {
 }
 
 dbtest!(
-    a_stale_feed_holds_the_run_and_release_gives_the_exports_of_an_unheld_run_issue6,
+    a_stale_feed_holds_the_run_and_release_gives_the_exports_of_an_unheld_run,
     |env| {
         import_day(&env, "day1");
         age(&env, "residence", 10);
@@ -145,7 +145,7 @@ dbtest!(
 );
 
 dbtest!(
-    while_a_run_is_held_runs_are_refused_imports_go_on_and_discard_lets_the_date_run_afresh_issue6,
+    while_a_run_is_held_runs_are_refused_imports_go_on_and_discard_lets_the_date_run_afresh,
     |env| {
         import_day(&env, "day1");
         age(&env, "residence", 10);
@@ -232,7 +232,7 @@ dbtest!(
 );
 
 dbtest!(
-    a_sharp_row_drop_since_the_last_run_holds_the_run_once_issue6,
+    a_sharp_row_drop_since_the_last_run_holds_the_run_once,
     |mut env| {
         env.set("AUTOSIGN_BRAKE__ROW_DROP__MIN_PREVIOUS_ROWS", "3");
         // Residence comes as deltas by default, which are never compared.
@@ -261,7 +261,7 @@ dbtest!(
 );
 
 dbtest!(
-    checks_turned_off_by_configuration_do_not_hold_the_run_issue6,
+    checks_turned_off_by_configuration_do_not_hold_the_run,
     |mut env| {
         import_day(&env, "day1");
         age(&env, "residence", 10);
@@ -270,7 +270,7 @@ dbtest!(
     }
 );
 
-dbtest!(events_are_append_only_issue6_item6, |env| {
+dbtest!(events_are_append_only, |env| {
     import_day(&env, "day1");
     env.ok(&["run", "--as-of", "2026-11-01"]);
     let before = env.audit("2026-11-01", "2026-11-01");
@@ -311,7 +311,7 @@ fn import_broken_civil_status(env: &Env) {
 }
 
 dbtest!(
-    too_many_visit_center_holds_the_run_and_release_gives_the_exports_of_an_unheld_run_issue6,
+    too_many_visit_center_holds_the_run_and_release_gives_the_exports_of_an_unheld_run,
     |env| {
         load_generated(&env, 20000);
         import_broken_civil_status(&env);
@@ -352,7 +352,7 @@ dbtest!(
 );
 
 dbtest!(
-    below_min_due_the_share_never_trips_and_a_discarded_share_trip_reruns_afresh_issue6,
+    below_min_due_the_share_never_trips_and_a_discarded_share_trip_reruns_afresh,
     |mut env| {
         load_generated(&env, 20000);
         import_broken_civil_status(&env);
@@ -383,7 +383,7 @@ dbtest!(
 );
 
 dbtest!(
-    release_does_not_apply_an_event_whose_permit_changed_since_the_run_issue6,
+    release_does_not_apply_an_event_whose_permit_changed_since_the_run,
     |env| {
         import_day(&env, "day1");
         age(&env, "residence", 10);
@@ -435,7 +435,7 @@ dbtest!(
 );
 
 dbtest!(
-    a_held_run_killed_while_writing_ends_held_and_releases_as_an_unheld_run_issue6,
+    a_held_run_killed_while_writing_ends_held_and_releases_as_an_unheld_run,
     |env| {
         // Three pages of held events; the process dies after the second (on
         // PostgreSQL two pages and the hold are committed, on SQLite nothing).
@@ -526,7 +526,7 @@ fn every_state(env: &Env) {
 }
 
 #[test]
-fn held_void_and_not_applied_states_export_byte_identical_on_both_backends_issue6() {
+fn held_void_and_not_applied_states_export_byte_identical_on_both_backends() {
     let Some(pg) = Env::try_new(Backend::Postgres) else {
         return;
     };
@@ -602,7 +602,7 @@ fn database_before_the_brake(env: &Env) {
 }
 
 dbtest!(
-    a_database_with_runs_and_events_from_before_migrates_to_the_append_only_schema_issue6,
+    a_database_with_runs_and_events_from_before_migrates_to_the_append_only_schema,
     |env| {
         database_before_the_brake(&env);
         // The first command applies migration 2 over the existing rows.

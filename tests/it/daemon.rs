@@ -872,7 +872,7 @@ dbtest!(the_delivery_worker_sends_beside_the_runs, |env| {
 });
 
 dbtest!(
-    while_a_run_is_held_the_daemon_alerts_runs_nothing_and_is_not_ready_issue6,
+    while_a_run_is_held_the_daemon_alerts_runs_nothing_and_is_not_ready,
     |env| {
         import_day1(&env);
         let clock = autosign::clock::Clock::system(chrono_tz::Asia::Shanghai);
