@@ -12,7 +12,7 @@
 //! `rows.rs` once (`sqlx::FromRow`). What each backend does its own way —
 //! the bulk paths of an import and a night, the exports' streams, the job
 //! lock, the physical tables those need — is in `sqlite/` and
-//! `postgres.rs`, behind [`ImportTx`] and [`RunTx`]; docs/architecture.md
+//! `postgres/`, behind [`ImportTx`] and [`RunTx`]; docs/architecture.md
 //! ("Storage") names each difference and why.
 
 pub mod dry_run;

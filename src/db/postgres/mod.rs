@@ -1,0 +1,152 @@
+//! PostgreSQL backend: the production one, and the one several instances
+//! can share (docs/scale-out.md). Same methods and same results as the
+//! SQLite backend, with the bulk paths done the way PostgreSQL is fast:
+//!
+//! - imports get their rows a page at a time, one row per key, in key
+//!   order (the import's external sort settles R2 within the file), and
+//!   `COPY … FROM STDIN` each page into a temporary staging table (`ON
+//!   COMMIT DROP`) and upsert it with one `INSERT … SELECT … ON CONFLICT`;
+//!   stored permits are looked up with `permit_no = ANY($1)`. Loading a
+//!   table that was empty when the import began (the initial load), the
+//!   pages are COPYed straight into the table instead, and its key is
+//!   built once at commit: an upsert costs PostgreSQL about twice a plain
+//!   insert;
+//! - the run looks its due holders' evidence up with one query per feed
+//!   and chunk of holders (`id_number = ANY($1)`, bounded by the chunk's
+//!   first and last key); a task on a pooled connection of its own reads
+//!   the pages of permits with one keyset query each, a page ahead, while
+//!   the run writes each page's events, notices and permit changes with
+//!   one `UNNEST` statement each, in a transaction of its own: pages
+//!   commit one by one. A run that dies
+//!   keeps its committed pages; the plan skips decided cycles and unique
+//!   keys forbid doubles, so the next run for that `as_of` does the rest
+//!   (reconcile's module doc);
+//! - the job lock is a session-level `pg_advisory_lock` on a connection of
+//!   its own, released by the server when that session ends, however the
+//!   process died. A run also writes a fencing token on its `runs` row and
+//!   checks it in every page, so a process whose lock session was lost
+//!   stops at its next page instead of writing beside its successor.
+//!
+//! Exports are byte-identical to SQLite's: text keys are `COLLATE "C"`
+//! (bytewise, like SQLite), timestamps are the same RFC 3339 text, and ids
+//! are allocated as max + 1 under the job lock (see the migration), so the
+//! same inputs give the same ids, even across a crash.
+//!
+//! The files: this one opens the pool and takes the job lock;
+//! `import.rs` loads the register and the feeds (COPY, staging tables);
+//! `run.rs` is the night (its runs row and fencing, the due read, the
+//! evidence, the page reader, each page's writes); `ledger.rs` corrects
+//! the run ledger (release, revert); `export.rs` streams the exports.
+
+mod export;
+mod import;
+mod ledger;
+mod run;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+pub use import::PgImportTx;
+pub use run::PgRunTx;
+
+use super::JobLock;
+use crate::error::{Error, Result};
+
+/// The advisory-lock key of the job lock: "autosign" in ASCII. Advisory
+/// locks are per database, so instances on other databases never meet.
+const JOB_LOCK_KEY: i64 = 0x6175_746f_7369_676e;
+
+/// A connected, migrated PostgreSQL database.
+#[derive(Clone)]
+pub struct PgDb {
+    pool: PgPool,
+    /// For the job lock's own session (boxed: `Db` stays small).
+    options: Box<PgConnectOptions>,
+}
+
+/// The job lock: a session holding `pg_advisory_lock(JOB_LOCK_KEY)`.
+/// Dropping it closes the session, which releases the lock; so does the
+/// death of the process (the server sees the socket close) or of the
+/// session (`pg_terminate_backend`).
+pub struct PgJobLock {
+    _conn: PgConnection,
+}
+
+fn where_is(o: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or(o.get_username())
+    )
+}
+
+impl PgDb {
+    pub async fn open(url: &str) -> Result<Self> {
+        // The URL may hold a password: never echo it.
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::Config(format!("invalid PostgreSQL database URL: {e}")))?
+            .application_name("autosign")
+            // Bulk statements legitimately take seconds at city scale.
+            .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(10));
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| {
+                Error::Runtime(anyhow::anyhow!(
+                    "cannot connect to PostgreSQL at {}: {e}",
+                    where_is(&options)
+                ))
+            })?;
+        // sqlx takes an advisory lock of its own around migrations, so
+        // instances starting together apply them once.
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(PgDb {
+            pool,
+            options: Box::new(options),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A connection of the pool's, taken out of it for a job's
+    /// transactions: when the job fails or the server cuts it off, dropping
+    /// it closes the session (the server rolls back what was open) instead
+    /// of handing a broken connection back to the pool.
+    async fn detached(&self) -> Result<PgConnection> {
+        Ok(self.pool.acquire().await?.detach())
+    }
+
+    pub async fn lock_jobs(&self, on_wait: impl FnOnce()) -> Result<JobLock> {
+        let mut conn = (*self.options)
+            .clone()
+            .application_name("autosign-lock")
+            .connect()
+            .await
+            .map_err(|e| {
+                Error::Runtime(anyhow::anyhow!(
+                    "cannot connect to PostgreSQL at {}: {e}",
+                    where_is(&self.options)
+                ))
+            })?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(JOB_LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await?;
+        if !got {
+            on_wait();
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(JOB_LOCK_KEY)
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(JobLock::Postgres(PgJobLock { _conn: conn }))
+    }
+}
