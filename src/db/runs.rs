@@ -34,6 +34,24 @@ macro_rules! run_select {
 pub(super) const RUN_FOR: &str =
     run_select!("WHERE as_of = $1 AND status <> 'discarded' AND status <> 'reverted'");
 
+/// The safety brake's reason (`$1`) on run `$2`, before it writes any
+/// event.
+pub(super) const HOLD_RUN: &str = "UPDATE runs SET brake = $1 WHERE run_id = $2";
+
+/// A run's end (`$5`): its status (`$1`, [`end_status`]), when it finished,
+/// its PENDING count and how long it took in seconds.
+pub(super) const END_RUN: &str = "UPDATE runs SET status = $1, finished_at = $2, pending = $3, \
+     duration_secs = $4 WHERE run_id = $5";
+
+/// The status a run ends in: held if the brake held it, else completed.
+pub(super) fn end_status(run: &RunRecord) -> &'static str {
+    if run.brake.is_some() {
+        "held"
+    } else {
+        "completed"
+    }
+}
+
 macro_rules! held_events {
     ($t:literal, $f:literal) => {
         concat!(

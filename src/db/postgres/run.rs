@@ -6,7 +6,7 @@ use chrono::NaiveDate;
 use sqlx::{Connection, FromRow, PgConnection, PgPool, Row};
 
 use super::super::rows::*;
-use super::super::runs::run_columns;
+use super::super::runs::{end_status, run_columns, END_RUN, HOLD_RUN};
 use super::super::{stored, EventPage, EventPageReader, MakeEvents};
 use super::PgDb;
 use crate::domain::{CycleDecision, NoticeStatus};
@@ -505,7 +505,7 @@ impl PgRunTx {
     pub async fn hold(&mut self, why: &str, now: &str) -> Result<()> {
         let mut tx = self.conn.begin().await?;
         fence(&mut tx, &self.run, &self.owner, now).await?;
-        sqlx::query("UPDATE runs SET brake = $1 WHERE run_id = $2")
+        sqlx::query(HOLD_RUN)
             .bind(why)
             .bind(self.run.run_id)
             .execute(&mut *tx)
@@ -525,21 +525,14 @@ impl PgRunTx {
     ) -> Result<()> {
         let mut tx = self.conn.begin().await?;
         fence(&mut tx, &self.run, &self.owner, now).await?;
-        sqlx::query(
-            "UPDATE runs SET status = $4, finished_at = $1, pending = $2, duration_secs = $5 \
-             WHERE run_id = $3",
-        )
-        .bind(now)
-        .bind(pending as i64)
-        .bind(self.run.run_id)
-        .bind(if self.run.brake.is_some() {
-            "held"
-        } else {
-            "completed"
-        })
-        .bind(duration.as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(END_RUN)
+            .bind(end_status(&self.run))
+            .bind(now)
+            .bind(pending as i64)
+            .bind(duration.as_secs_f64())
+            .bind(self.run.run_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         let _ = self.conn.close().await;
         Ok(())

@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Sqlite, SqlitePool, Transaction};
 
 use super::rows::*;
-use super::runs::RUN_FOR;
+use super::runs::{end_status, END_RUN, HOLD_RUN, RUN_FOR};
 use super::JobLock;
 use crate::error::{Error, Result};
 
@@ -264,7 +264,7 @@ impl SqliteRunTx {
     /// Marks the run held by the safety brake, before it writes any event.
     /// `_now`: the run is one transaction, with no heartbeat to keep.
     pub async fn hold(&mut self, why: &str, _now: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET brake = ? WHERE run_id = ?")
+        sqlx::query(HOLD_RUN)
             .bind(why)
             .bind(self.run.run_id)
             .execute(&mut *self.tx)
@@ -280,18 +280,12 @@ impl SqliteRunTx {
         now: &str,
         duration: std::time::Duration,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE runs SET status = ?, finished_at = ?, pending = ?, duration_secs = ? WHERE run_id = ?",
-        )
-        .bind(if self.run.brake.is_some() {
-            "held"
-        } else {
-            "completed"
-        })
-        .bind(now)
-        .bind(pending as i64)
-        .bind(duration.as_secs_f64())
-        .bind(self.run.run_id)
+        sqlx::query(END_RUN)
+            .bind(end_status(&self.run))
+            .bind(now)
+            .bind(pending as i64)
+            .bind(duration.as_secs_f64())
+            .bind(self.run.run_id)
             .execute(&mut *self.tx)
             .await?;
         self.restore_cache().await?;
