@@ -102,6 +102,30 @@ fn migrations_are_applied_by_themselves_once() {
 }
 
 #[test]
+fn both_backends_have_the_same_secondary_indexes() {
+    // One logical schema: the indexes a query may rely on are the same on
+    // both (keys and unique constraints are named differently by each
+    // backend and are checked by the tests above).
+    let Some(pg) = pg() else { return };
+    let sqlite = Env::new(Backend::Sqlite);
+    for env in [&sqlite, &pg] {
+        let o = env.cmd(&["status", "NOPE"]);
+        assert_eq!(o.code, 2, "unknown permit, migrations applied: {o:?}");
+    }
+    let on_sqlite = sqlite.query(
+        "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master
+         WHERE type = 'index' AND name NOT LIKE 'sqlite\\_autoindex%' ESCAPE '\\' ORDER BY name)",
+    );
+    let on_pg = pg.pg_query(
+        "SELECT string_agg(indexname::text, ',' ORDER BY indexname) FROM pg_indexes
+         WHERE schemaname = 'public' AND indexname NOT LIKE '%\\_pkey'
+           AND indexname NOT LIKE '%\\_key' AND indexname NOT LIKE '\\_sqlx%'",
+    );
+    assert_eq!(on_pg, vec![Some(on_sqlite[0].clone())]);
+    assert!(on_sqlite[0].contains("events_held_run"), "{on_sqlite:?}");
+}
+
+#[test]
 fn the_multi_day_scenario_exports_byte_identical_on_both_backends() {
     let Some(pg) = pg() else { return };
     let sqlite = Env::new(Backend::Sqlite);
