@@ -21,6 +21,7 @@ use crate::cli::parse_date_arg;
 use crate::clock::Clock;
 use crate::db::requeue::{NoticeSelection, RequeueBy, RequeueDone, SelectedNotices};
 use crate::db::Db;
+use crate::domain::{Channel, NoticeStatus};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 
@@ -31,11 +32,14 @@ pub enum RequeueChannel {
     Email,
 }
 
-impl RequeueChannel {
-    fn code(self) -> &'static str {
-        match self {
-            RequeueChannel::Sms => "sms",
-            RequeueChannel::Email => "email",
+// clap's own enumeration rather than `Channel`: it spells out the
+// accepted values (`sms`, `email`) in `--help` and in the error for any
+// other, and `none` is no channel a notice is sent by.
+impl From<RequeueChannel> for Channel {
+    fn from(c: RequeueChannel) -> Channel {
+        match c {
+            RequeueChannel::Sms => Channel::Sms,
+            RequeueChannel::Email => Channel::Email,
         }
     }
 }
@@ -111,7 +115,7 @@ pub fn request(args: &RequeueArgs, clock: Clock) -> Result<RequeueRequest> {
         run_id: args.run,
         from,
         to,
-        channel: args.channel.map(|c| c.code().to_string()),
+        channel: args.channel.map(Channel::from),
         notice_ids: {
             let mut ids = args.notices.clone();
             ids.sort_unstable();
@@ -287,11 +291,13 @@ pub async fn requeue(
 
 /// Why a notice of this group is not requeued.
 fn not_requeued_why(g: &SelectedNotices) -> &'static str {
-    match g.status.as_str() {
-        "sent" => "was sent: never requeued",
-        "withdrawn" => "was withdrawn by `autosign revert`: never requeued",
-        "undeliverable" => "is undeliverable (no phone or e-mail): nothing to send it by",
-        "queued" => "is queued already: delivery sends it when it is due",
+    match g.status {
+        NoticeStatus::Sent => "was sent: never requeued",
+        NoticeStatus::Withdrawn => "was withdrawn by `autosign revert`: never requeued",
+        NoticeStatus::Undeliverable => {
+            "is undeliverable (no phone or e-mail): nothing to send it by"
+        }
+        NoticeStatus::Queued => "is queued already: delivery sends it when it is due",
         _ if g.run_status != "completed" => {
             "belongs to a run that is not completed: never requeued"
         }
@@ -311,8 +317,8 @@ fn describe(sel: &NoticeSelection) -> String {
         (None, Some(t)) => parts.push(format!("as_of up to {t}")),
         (None, None) => {}
     }
-    if let Some(c) = &sel.channel {
-        parts.push(format!("channel {c}"));
+    if let Some(c) = sel.channel {
+        parts.push(format!("channel {}", c.code()));
     }
     if !sel.notice_ids.is_empty() {
         let ids: Vec<String> = sel.notice_ids.iter().map(i64::to_string).collect();
@@ -331,13 +337,12 @@ pub fn selection_report(o: &RequeueOutcome) -> String {
     let mut s = String::new();
     let total: i64 = o.selected.iter().map(|g| g.count).sum();
     let _ = writeln!(s, "requeue: {total} notices selected ({})", o.described);
+    // Keyed by the codes: the lines are in their text order.
     let mut will: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     let mut wont: BTreeMap<&str, i64> = BTreeMap::new();
     for g in &o.selected {
         if g.requeueable() {
-            *will
-                .entry((g.channel.as_str(), g.status.as_str()))
-                .or_default() += g.count;
+            *will.entry((g.channel.code(), g.status.code())).or_default() += g.count;
         } else {
             *wont.entry(not_requeued_why(g)).or_default() += g.count;
         }
@@ -524,9 +529,8 @@ mod tests {
             request(&by_channel, clock())
                 .expect("channel")
                 .selection
-                .channel
-                .as_deref(),
-            Some("email")
+                .channel,
+            Some(Channel::Email)
         );
     }
 

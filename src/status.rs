@@ -73,7 +73,7 @@ pub struct RequeueView {
     pub requeued_at: String,
     pub os_user: String,
     pub reason: String,
-    pub previous_status: String,
+    pub previous_status: NoticeStatus,
     pub previous_attempts: i64,
 }
 
@@ -167,7 +167,7 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
                         requeued_at: q.requeued_at.clone(),
                         os_user: q.os_user.clone(),
                         reason: q.reason.clone(),
-                        previous_status: q.previous_status.clone(),
+                        previous_status: q.previous_status,
                         previous_attempts: q.previous_attempts,
                     })
                     .collect(),

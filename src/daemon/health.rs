@@ -19,6 +19,7 @@ use chrono_tz::Tz;
 use crate::clock::Clock;
 use crate::db::metrics::DbMetrics;
 use crate::db::{Db, RunRecord};
+use crate::domain::{Channel, EventKind, NoticeStatus};
 use crate::feeds::Feed;
 use crate::settings::Settings;
 
@@ -562,17 +563,15 @@ pub fn render(
     }
 
     // Decisions of the last completed run by kind, and by kind and reason.
-    let mut kinds: BTreeMap<&str, i64> = ["AUTO_SIGNED", "VISIT_CENTER", "SUSPENDED", "CANCELLED"]
-        .into_iter()
-        .map(|k| (k, 0))
-        .collect();
-    // Keyed by the reason's code, not its R5 rank: the samples are listed
-    // in the order of their label text.
+    // Keyed by the codes, not the kind's R8 order or the reason's R5 rank:
+    // the samples are listed in the order of their label text.
+    let mut kinds: BTreeMap<&str, i64> =
+        EventKind::ALL.into_iter().map(|k| (k.code(), 0)).collect();
     let mut reasons: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for e in &db.last_run_events {
-        *kinds.entry(e.kind.as_str()).or_default() += e.count;
+        *kinds.entry(e.kind.code()).or_default() += e.count;
         for reason in e.reasons.iter() {
-            *reasons.entry((e.kind.as_str(), reason.code())).or_default() += e.count;
+            *reasons.entry((e.kind.code(), reason.code())).or_default() += e.count;
         }
     }
     head(
@@ -609,8 +608,12 @@ pub fn render(
         "gauge",
         "Notices not delivered, all runs: queued, failed (retry scheduled) and dead, by channel.",
     );
-    for status in ["queued", "failed", "dead"] {
-        for channel in ["sms", "email"] {
+    for status in [
+        NoticeStatus::Queued,
+        NoticeStatus::Failed,
+        NoticeStatus::Dead,
+    ] {
+        for channel in [Channel::Sms, Channel::Email] {
             let n: i64 = db
                 .backlog
                 .iter()
@@ -625,15 +628,15 @@ pub fn render(
     }
     head(&mut o, "autosign_notices_backlog_oldest_created_timestamp_seconds", "gauge", "When the oldest notice still to be sent was queued (Unix time), by status (queued, failed: retry scheduled) and channel; no sample when there is none.");
     for b in &db.backlog {
-        if b.status == "dead" {
+        if b.status == NoticeStatus::Dead {
             continue;
         }
         if let Some(t) = unix(&b.oldest_created_at) {
             let _ = writeln!(
                 o,
                 "autosign_notices_backlog_oldest_created_timestamp_seconds{{status=\"{}\",channel=\"{}\"}} {t}",
-                esc(&b.status),
-                esc(&b.channel)
+                esc(b.status.code()),
+                esc(b.channel.code())
             );
         }
     }
@@ -702,9 +705,9 @@ mod tests {
         }
     }
 
-    fn ec(kind: &str, reasons: &[Reason], count: i64) -> EventCount {
+    fn ec(kind: EventKind, reasons: &[Reason], count: i64) -> EventCount {
         EventCount {
-            kind: kind.into(),
+            kind,
             reasons: Reasons::of(reasons),
             count,
         }
@@ -731,25 +734,25 @@ mod tests {
         let db = DbMetrics {
             runs: vec![lc("completed", "", 4)],
             last_run_events: vec![
-                ec("AUTO_SIGNED", &[], 10),
+                ec(EventKind::AutoSigned, &[], 10),
                 ec(
-                    "VISIT_CENTER",
+                    EventKind::VisitCenter,
                     &[Reason::AddressChanged, Reason::EmployerChanged],
                     2,
                 ),
-                ec("VISIT_CENTER", &[Reason::AddressChanged], 1),
+                ec(EventKind::VisitCenter, &[Reason::AddressChanged], 1),
             ],
             last_run_notices: vec![lc("queued", "sms", 12), lc("undeliverable", "none", 1)],
             backlog: vec![
                 BacklogGroup {
-                    status: "dead".into(),
-                    channel: "email".into(),
+                    status: NoticeStatus::Dead,
+                    channel: Channel::Email,
                     count: 1,
                     oldest_created_at: "2026-11-20T02:00:00+08:00".into(),
                 },
                 BacklogGroup {
-                    status: "queued".into(),
-                    channel: "sms".into(),
+                    status: NoticeStatus::Queued,
+                    channel: Channel::Sms,
                     count: 12,
                     oldest_created_at: "2026-11-27T02:00:01+08:00".into(),
                 },

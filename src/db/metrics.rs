@@ -11,7 +11,7 @@ use chrono::NaiveDate;
 use sqlx::Row;
 
 use super::{on_pool, Db};
-use crate::domain::Reasons;
+use crate::domain::{Channel, EventKind, NoticeStatus, Reasons};
 use crate::error::Result;
 
 /// Applied against embedded migrations.
@@ -40,7 +40,7 @@ pub struct LabelledCount {
 /// Events of one kind with the same reasons, counted.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct EventCount {
-    pub kind: String,
+    pub kind: EventKind,
     pub reasons: Reasons,
     pub count: i64,
 }
@@ -61,8 +61,8 @@ pub struct FeedImports {
 /// Undelivered notices of one status and channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BacklogGroup {
-    pub status: String,
-    pub channel: String,
+    pub status: NoticeStatus,
+    pub channel: Channel,
     pub count: i64,
     /// `created_at` of the oldest of them (RFC 3339).
     pub oldest_created_at: String,

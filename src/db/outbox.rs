@@ -22,6 +22,7 @@ use chrono::NaiveDate;
 
 use super::rows::NotificationRow;
 use super::{on_pool, Db};
+use crate::domain::{Channel, EventKind, NoticeStatus};
 use crate::error::Result;
 
 /// A notice claimed for one delivery attempt.
@@ -30,9 +31,9 @@ pub struct ClaimedNotice {
     pub notification_id: i64,
     pub permit_no: String,
     pub cycle_valid_until: NaiveDate,
-    pub kind: String,
-    /// `sms` or `email`.
-    pub channel: String,
+    pub kind: EventKind,
+    /// `sms` or `email`: a claim names its channel.
+    pub channel: Channel,
     /// Phone number or e-mail address (personal data: never logged).
     pub recipient: String,
     pub message: String,
@@ -73,14 +74,14 @@ pub enum NoticeMark {
 /// Due notices of one channel (for the summary of what a step left).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DueCount {
-    pub channel: String,
+    pub channel: Channel,
     pub count: i64,
 }
 
 /// Notices by status (the operator's view of the outbox).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxCount {
-    pub status: String,
+    pub status: NoticeStatus,
     pub count: i64,
 }
 
@@ -183,7 +184,7 @@ impl Db {
     /// transaction. Returned in `notification_id` order.
     pub async fn claim_notices(
         &self,
-        channel: &str,
+        channel: Channel,
         now: &str,
         lease_until: &str,
         max_attempts: i64,
@@ -193,7 +194,7 @@ impl Db {
             Db::Sqlite(db) => {
                 let mut tx = db.pool().begin_with("BEGIN IMMEDIATE").await?;
                 let rows = sqlx::query_as(claim!(""))
-                    .bind(channel)
+                    .bind(channel.code())
                     .bind(now)
                     .bind(max_attempts)
                     .bind(limit)
@@ -206,7 +207,7 @@ impl Db {
             // One statement: its own short transaction.
             Db::Postgres(db) => {
                 sqlx::query_as(claim!("FOR UPDATE SKIP LOCKED"))
-                    .bind(channel)
+                    .bind(channel.code())
                     .bind(now)
                     .bind(max_attempts)
                     .bind(limit)

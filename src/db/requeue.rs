@@ -22,6 +22,7 @@ use chrono::NaiveDate;
 use sqlx::Row;
 
 use super::{on_pool, Db};
+use crate::domain::{Channel, NoticeStatus};
 use crate::error::Result;
 
 /// An operator's selection of notices; every field given narrows it. With
@@ -33,7 +34,7 @@ pub struct NoticeSelection {
     pub from: Option<NaiveDate>,
     pub to: Option<NaiveDate>,
     /// `sms` or `email`.
-    pub channel: Option<String>,
+    pub channel: Option<Channel>,
     /// `notification_id`s; empty: any.
     pub notice_ids: Vec<i64>,
 }
@@ -41,9 +42,10 @@ pub struct NoticeSelection {
 /// Selected notices with the same channel, status, run status and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SelectedNotices {
-    pub channel: String,
-    pub status: String,
-    /// The status of the run that queued them.
+    pub channel: Channel,
+    pub status: NoticeStatus,
+    /// The status of the run that queued them. Text: runs have no status
+    /// type of their own.
     pub run_status: String,
     /// Text or recipient cleared by `autosign purge` (retention).
     pub purged: bool,
@@ -53,7 +55,7 @@ pub struct SelectedNotices {
 impl SelectedNotices {
     /// Whether [`Db::requeue_notices`] queues these again.
     pub fn requeueable(&self) -> bool {
-        (self.status == "dead" || self.status == "failed")
+        matches!(self.status, NoticeStatus::Dead | NoticeStatus::Failed)
             && self.run_status == "completed"
             && !self.purged
     }
@@ -74,7 +76,7 @@ pub struct SelectedNotice {
 pub struct RequeueDone {
     pub requeue_id: i64,
     /// (channel, previous status, count).
-    pub requeued: Vec<(String, String, i64)>,
+    pub requeued: Vec<(Channel, NoticeStatus, i64)>,
 }
 
 /// One row of the `notice_requeues` trail.
@@ -85,7 +87,7 @@ pub struct RequeueRecord {
     pub requeued_at: String,
     pub os_user: String,
     pub reason: String,
-    pub previous_status: String,
+    pub previous_status: NoticeStatus,
     pub previous_attempts: i64,
     pub previous_error: Option<String>,
 }
@@ -134,8 +136,8 @@ fn condition(sel: &NoticeSelection, first: usize) -> (String, Vec<Arg>) {
         let p = next(Arg::Date(d), &mut args);
         parts.push(format!("n.as_of <= {p}"));
     }
-    if let Some(c) = &sel.channel {
-        let p = next(Arg::Text(c.clone()), &mut args);
+    if let Some(c) = sel.channel {
+        let p = next(Arg::Text(c.code().to_string()), &mut args);
         parts.push(format!("n.channel = {p}"));
     }
     if !sel.notice_ids.is_empty() {
@@ -400,7 +402,7 @@ mod tests {
             run_id: Some(3),
             from: Some(d("2026-11-01")),
             to: Some(d("2026-11-30")),
-            channel: Some("sms".into()),
+            channel: Some(Channel::Sms),
             notice_ids: vec![7, 9],
         };
         let (w, args) = condition(&sel, 5);
@@ -414,22 +416,22 @@ mod tests {
 
     #[test]
     fn only_dead_or_failed_notices_of_completed_runs_with_their_text_are_requeueable() {
-        let g = |status: &str, run: &str, purged| SelectedNotices {
-            channel: "sms".into(),
-            status: status.into(),
+        let g = |status, run: &str, purged| SelectedNotices {
+            channel: Channel::Sms,
+            status,
             run_status: run.into(),
             purged,
             count: 1,
         };
-        assert!(g("dead", "completed", false).requeueable());
-        assert!(g("failed", "completed", false).requeueable());
+        assert!(g(NoticeStatus::Dead, "completed", false).requeueable());
+        assert!(g(NoticeStatus::Failed, "completed", false).requeueable());
         for no in [
-            g("sent", "completed", false),
-            g("queued", "completed", false),
-            g("withdrawn", "reverted", false),
-            g("undeliverable", "completed", false),
-            g("dead", "reverted", false),
-            g("dead", "completed", true),
+            g(NoticeStatus::Sent, "completed", false),
+            g(NoticeStatus::Queued, "completed", false),
+            g(NoticeStatus::Withdrawn, "reverted", false),
+            g(NoticeStatus::Undeliverable, "completed", false),
+            g(NoticeStatus::Dead, "reverted", false),
+            g(NoticeStatus::Dead, "completed", true),
         ] {
             assert!(!no.requeueable(), "{no:?}");
         }

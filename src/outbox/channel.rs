@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::db::outbox::ClaimedNotice;
-use crate::domain::{escape_controls, mask_numbers_in_text, Email, Phone};
+use crate::domain::{escape_controls, mask_numbers_in_text, Channel, Email, Phone};
 
 /// Why a send failed; the variant decides what happens to the notice.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,18 +102,18 @@ pub fn idempotency_key(n: &ClaimedNotice) -> String {
     h.update(b"\0");
     h.update(n.cycle_valid_until.to_string().as_bytes());
     h.update(b"\0");
-    h.update(n.kind.as_bytes());
+    h.update(n.kind.code().as_bytes());
     let digest = h.finalize();
     format!("autosign-{}", hex::encode(&digest[..16]))
 }
 
 /// The recipient as logs may show it: `138****8000`, `z***@example.com`.
 pub fn masked_recipient(n: &ClaimedNotice) -> String {
-    match n.channel.as_str() {
-        "sms" => Phone::parse(&n.recipient)
+    match n.channel {
+        Channel::Sms => Phone::parse(&n.recipient)
             .map(|p| p.masked())
             .unwrap_or_else(|_| "***".into()),
-        _ => Email::parse(&n.recipient)
+        Channel::Email | Channel::None => Email::parse(&n.recipient)
             .map(|e| e.masked())
             .unwrap_or_else(|_| "***".into()),
     }
@@ -169,13 +169,13 @@ fn mask_echoed_text(text: &str, message: &str) -> String {
 }
 
 #[cfg(test)]
-pub(crate) fn sample_notice(channel: &str, recipient: &str) -> ClaimedNotice {
+pub(crate) fn sample_notice(channel: Channel, recipient: &str) -> ClaimedNotice {
     ClaimedNotice {
         notification_id: 7,
         permit_no: "SH0000000001".into(),
         cycle_valid_until: chrono::NaiveDate::from_ymd_opt(2026, 12, 1).expect("date"),
-        kind: "AUTO_SIGNED".into(),
-        channel: channel.into(),
+        kind: crate::domain::EventKind::AutoSigned,
+        channel,
         recipient: recipient.into(),
         message: "【上海市居住证】张三您好：您的居住证已自动签注。".into(),
         attempt: 1,
@@ -188,13 +188,13 @@ mod tests {
 
     #[test]
     fn idempotency_key_is_stable_per_notice_and_differs_between_notices() {
-        let a = sample_notice("sms", "13800138000");
+        let a = sample_notice(Channel::Sms, "13800138000");
         let mut again = a.clone();
         again.attempt = 3;
         again.notification_id = 99;
         assert_eq!(idempotency_key(&a), idempotency_key(&again));
         let mut other = a.clone();
-        other.kind = "VISIT_CENTER".into();
+        other.kind = crate::domain::EventKind::VisitCenter;
         assert_ne!(idempotency_key(&a), idempotency_key(&other));
         assert!(idempotency_key(&a).starts_with("autosign-"));
         assert_eq!(idempotency_key(&a).len(), "autosign-".len() + 32);
@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn scrub_masks_the_recipient_and_folds_lines() {
-        let n = sample_notice("email", "zhang.san@example.com");
+        let n = sample_notice(Channel::Email, "zhang.san@example.com");
         let s = scrub(
             &n,
             "550 5.1.1 <zhang.san@example.com>:\r\n Recipient address rejected",
@@ -212,7 +212,7 @@ mod tests {
             s,
             "550 5.1.1 <z***@example.com>: Recipient address rejected"
         );
-        let n = sample_notice("sms", "13800138000");
+        let n = sample_notice(Channel::Sms, "13800138000");
         assert_eq!(scrub(&n, "bad phone 13800138000"), "bad phone 138****8000");
         assert!(scrub(&n, &"x".repeat(1000)).chars().count() <= 300);
         // An echoed message loses the holder's name (personal data);
@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn scrub_masks_the_recipient_in_other_forms_and_secrets_are_cut_out() {
-        let n = sample_notice("sms", "15549378348");
+        let n = sample_notice(Channel::Sms, "15549378348");
         let s = scrub(&n, "blocked +86-155-4937-8348 and 155 4937 8348\x1b[2J");
         assert_eq!(s, "blocked 155****8348 and 155****8348\\u{1b}[2J");
         let secrets = Secrets::new(&["Bearer s3cr3t-token-42"]);

@@ -32,6 +32,7 @@ use super::sms::SmsGateway;
 use crate::clock::Clock;
 use crate::db::outbox::{ClaimedNotice, NoticeMark, OutboxCount};
 use crate::db::Db;
+use crate::domain::{Channel, NoticeStatus};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 
@@ -195,7 +196,7 @@ pub async fn deliver(
             Some(g) => {
                 run_channel(
                     &step,
-                    "sms",
+                    Channel::Sms,
                     Sender::Sms(g),
                     d.sms_per_second,
                     settings.sms.concurrency,
@@ -213,7 +214,7 @@ pub async fn deliver(
             Some(m) => {
                 run_channel(
                     &step,
-                    "email",
+                    Channel::Email,
                     Sender::Email(m),
                     d.email_per_second,
                     settings.email.concurrency,
@@ -226,10 +227,11 @@ pub async fn deliver(
     let (mut sms, mut email) = (sms?, email?);
     let now = clock.now_rfc3339();
     for due in db.due_notices(&now, max).await? {
-        match due.channel.as_str() {
-            "sms" => sms.waiting = due.count,
-            "email" => email.waiting = due.count,
-            _ => {}
+        match due.channel {
+            Channel::Sms => sms.waiting = due.count,
+            Channel::Email => email.waiting = due.count,
+            // Never due: such a notice is undeliverable, not queued.
+            Channel::None => {}
         }
     }
     Ok(DeliveryOutcome {
@@ -244,7 +246,7 @@ pub async fn deliver(
 
 async fn run_channel(
     step: &Step<'_>,
-    channel: &'static str,
+    channel: Channel,
     sender: Sender<'_>,
     per_second: f64,
     concurrency: u32,
@@ -265,7 +267,7 @@ async fn run_channel(
             break;
         }
         let now = step.clock.now();
-        if channel == "sms" && step.quiet.contains(now) {
+        if channel == Channel::Sms && step.quiet.contains(now) {
             out.state = ChannelState::QuietHours;
             break;
         }
@@ -286,7 +288,11 @@ async fn run_channel(
             break;
         }
         crate::faults::point("deliver.after_claim");
-        tracing::debug!(channel, count = batch.len(), "claimed notices");
+        tracing::debug!(
+            channel = channel.code(),
+            count = batch.len(),
+            "claimed notices"
+        );
         // The last moment a send may start and still be recorded inside
         // the lease, with a margin for the record itself.
         let latest_start =
@@ -313,7 +319,7 @@ async fn run_channel(
 /// Attempts one claimed notice and records the outcome.
 async fn one(
     step: &Step<'_>,
-    channel: &'static str,
+    channel: Channel,
     sender: &Sender<'_>,
     n: ClaimedNotice,
     latest_start: Instant,
@@ -325,7 +331,7 @@ async fn one(
     let release = |why: &'static str| async move {
         tracing::debug!(
             notification_id = n.notification_id,
-            channel,
+            channel = channel.code(),
             why,
             "claim released"
         );
@@ -338,7 +344,7 @@ async fn one(
     let stop_now = || {
         *step.stop.borrow()
             || breaker.tripped()
-            || (channel == "sms" && step.quiet.contains(step.clock.now()))
+            || (channel == Channel::Sms && step.quiet.contains(step.clock.now()))
             || Instant::now() > latest_start
     };
     if stop_now() {
@@ -359,7 +365,7 @@ async fn one(
             breaker.success();
             tracing::info!(
                 notification_id = n.notification_id,
-                channel,
+                channel = channel.code(),
                 to = %to,
                 attempt = n.attempt,
                 "notice sent"
@@ -392,7 +398,7 @@ async fn one(
                     now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero());
                 tracing::warn!(
                     notification_id = n.notification_id,
-                    channel,
+                    channel = channel.code(),
                     to = %to,
                     attempt = n.attempt,
                     retry_at = %step.clock.stamp(next),
@@ -414,7 +420,7 @@ async fn one(
                 };
                 tracing::error!(
                     notification_id = n.notification_id,
-                    channel,
+                    channel = channel.code(),
                     to = %to,
                     attempt = n.attempt,
                     error = %error,
@@ -429,7 +435,7 @@ async fn one(
     } else {
         tracing::warn!(
             notification_id = n.notification_id,
-            channel,
+            channel = channel.code(),
             attempt = n.attempt,
             "claim had expired: a later attempt records this notice's outcome"
         );
@@ -644,14 +650,21 @@ pub fn report(o: &DeliveryOutcome) -> String {
 /// `outbox: queued 3, failed 1, sent 290, dead 2, undeliverable 10` — the
 /// whole outbox by status (also printed after a run).
 pub fn outbox_line(counts: &[OutboxCount]) -> String {
-    let mut by_status = std::collections::BTreeMap::<&str, i64>::new();
+    let mut by_status = std::collections::BTreeMap::<NoticeStatus, i64>::new();
     for c in counts {
-        *by_status.entry(c.status.as_str()).or_default() += c.count;
+        *by_status.entry(c.status).or_default() += c.count;
     }
-    let parts: Vec<String> = ["queued", "failed", "sent", "dead", "undeliverable"]
-        .iter()
-        .map(|st| format!("{st} {}", by_status.get(st).copied().unwrap_or(0)))
-        .collect();
+    // Withdrawn notices (a reverted run's) are not part of the line.
+    let parts: Vec<String> = [
+        NoticeStatus::Queued,
+        NoticeStatus::Failed,
+        NoticeStatus::Sent,
+        NoticeStatus::Dead,
+        NoticeStatus::Undeliverable,
+    ]
+    .iter()
+    .map(|st| format!("{st} {}", by_status.get(st).copied().unwrap_or(0)))
+    .collect();
     format!("  outbox: {}\n", parts.join(", "))
 }
 
@@ -680,12 +693,9 @@ mod tests {
 
     #[test]
     fn outbox_line_lists_every_status() {
-        let c = |st: &str, n| OutboxCount {
-            status: st.into(),
-            count: n,
-        };
+        let c = |status, count| OutboxCount { status, count };
         // In the database's order (by status name); absent statuses are 0.
-        let line = outbox_line(&[c("sent", 5), c("undeliverable", 1)]);
+        let line = outbox_line(&[c(NoticeStatus::Sent, 5), c(NoticeStatus::Undeliverable, 1)]);
         assert_eq!(
             line,
             "  outbox: queued 0, failed 0, sent 5, dead 0, undeliverable 1\n"

@@ -33,6 +33,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::channel::{idempotency_key, scrub, Accepted, DeliveryError, Secrets};
 use crate::db::outbox::ClaimedNotice;
+use crate::domain::EventKind;
 use crate::error::{Error, Result};
 use crate::settings::{EmailSettings, EmailTls};
 
@@ -146,11 +147,11 @@ impl Mailer {
         let to: Mailbox = n.recipient.trim().parse().map_err(|_| {
             DeliveryError::Permanent("the recipient is not a valid e-mail address".into())
         })?;
-        let subject = match n.kind.as_str() {
-            "AUTO_SIGNED" => &self.subjects.auto_signed,
-            "VISIT_CENTER" => &self.subjects.visit_center,
-            "SUSPENDED" => &self.subjects.suspended,
-            _ => &self.subjects.cancelled,
+        let subject = match n.kind {
+            EventKind::AutoSigned => &self.subjects.auto_signed,
+            EventKind::VisitCenter => &self.subjects.visit_center,
+            EventKind::Suspended => &self.subjects.suspended,
+            EventKind::Cancelled => &self.subjects.cancelled,
         };
         let key = idempotency_key(n);
         let domain = self.from.email.domain().to_string();
@@ -261,6 +262,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Channel;
     use crate::outbox::channel::sample_notice;
 
     fn settings() -> EmailSettings {
@@ -283,7 +285,7 @@ mod tests {
         let m = Mailer::from_settings(&settings())
             .expect("ok")
             .expect("configured");
-        let n = sample_notice("email", "zhang.san@example.com");
+        let n = sample_notice(Channel::Email, "zhang.san@example.com");
         let raw = String::from_utf8(m.message(&n).expect("message").formatted()).expect("ascii");
         assert!(raw.is_ascii(), "7-bit on the wire:\n{raw}");
         assert!(
@@ -306,7 +308,7 @@ mod tests {
         let m = Mailer::from_settings(&settings())
             .expect("ok")
             .expect("configured");
-        let n = sample_notice("email", "not an address");
+        let n = sample_notice(Channel::Email, "not an address");
         assert!(matches!(m.message(&n), Err(DeliveryError::Permanent(_))));
         let mut s = settings();
         // (A sender that is not an address is refused when the settings

@@ -116,7 +116,7 @@ impl SmsGateway {
             phone: &n.recipient,
             text: &n.message,
             idempotency_key: &key,
-            kind: &n.kind,
+            kind: n.kind.code(),
             notification_id: n.notification_id,
         };
         let mut req = self

@@ -368,7 +368,7 @@ fn delivery_workers_never_claim_the_same_notice() {
                     loop {
                         let batch = db
                             .claim_notices(
-                                "sms",
+                                autosign::domain::Channel::Sms,
                                 "2099-01-01T00:00:00+08:00",
                                 "2099-01-01T00:05:00+08:00",
                                 5,

@@ -53,8 +53,9 @@ fn key_of(permit_no: &str) -> String {
         notification_id: 0,
         permit_no: permit_no.into(),
         cycle_valid_until: NaiveDate::from_ymd_opt(2026, 11, 30).expect("date"),
-        kind: "VISIT_CENTER".into(),
-        channel: String::new(),
+        kind: autosign::domain::EventKind::VisitCenter,
+        // Not part of the key.
+        channel: autosign::domain::Channel::Sms,
         recipient: String::new(),
         message: String::new(),
         attempt: 0,
