@@ -10,7 +10,7 @@ use sqlx::{Connection, FromRow};
 use super::super::register::permit_columns;
 use super::super::rows::*;
 use super::super::runs::{REVERT_MARK, SENT_NOTICES, WITHDRAW_NOTICES};
-use super::PgDb;
+use super::{apply_effects, PgDb, QUEUE_NOTICES};
 use crate::domain::NoticeStatus;
 use crate::error::Result;
 
@@ -66,59 +66,25 @@ impl PgDb {
             .iter()
             .map(|n| (n.status == NoticeStatus::Queued).then_some(now))
             .collect();
-        sqlx::query(
-            "INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind,
-               channel, recipient, message, status, next_attempt_at, created_at)
-             SELECT (SELECT coalesce(max(notification_id), 0) FROM notifications) + u.ord, $1, $2,
-               u.permit_no, u.valid_until, u.kind, u.channel, u.recipient, u.message, u.status,
-               u.next_attempt_at, $3
-             FROM UNNEST($4::text[], $5::date[], $6::text[], $7::text[], $8::text[], $9::text[],
-                         $10::text[], $11::text[])
-                  WITH ORDINALITY AS u (permit_no, valid_until, kind, channel, recipient, message, status,
-                         next_attempt_at, ord)",
-        )
-        .bind(run_id)
-        .bind(as_of)
-        .bind(now)
-        .bind(&permit_nos)
-        .bind(&valid_until)
-        .bind(&kinds)
-        .bind(&channels)
-        .bind(&recipients)
-        .bind(&messages)
-        .bind(&statuses)
-        .bind(&next_attempt)
-        .execute(&mut *tx)
-        .await?;
-        let (mut eff_nos, mut eff_vu, mut eff_status) = (Vec::new(), Vec::new(), Vec::new());
-        for i in &applied {
-            match i.effect {
-                Effect::Extend(to) => {
-                    eff_nos.push(i.permit_no.as_str());
-                    eff_vu.push(Some(to));
-                    eff_status.push(None);
-                }
-                Effect::SetStatus(st) => {
-                    eff_nos.push(i.permit_no.as_str());
-                    eff_vu.push(None);
-                    eff_status.push(Some(st.code()));
-                }
-                Effect::None => {}
-            }
-        }
-        if !eff_nos.is_empty() {
-            sqlx::query(
-                "UPDATE permit_state p SET valid_until = coalesce(u.valid_until, p.valid_until),
-                   status = coalesce(u.status, p.status)
-                 FROM UNNEST($1::text[], $2::date[], $3::text[]) AS u (permit_no, valid_until, status)
-                 WHERE p.permit_no = u.permit_no",
-            )
-            .bind(&eff_nos)
-            .bind(&eff_vu)
-            .bind(&eff_status)
+        sqlx::query(QUEUE_NOTICES)
+            .bind(run_id)
+            .bind(as_of)
+            .bind(now)
+            .bind(&permit_nos)
+            .bind(&valid_until)
+            .bind(&kinds)
+            .bind(&channels)
+            .bind(&recipients)
+            .bind(&messages)
+            .bind(&statuses)
+            .bind(&next_attempt)
             .execute(&mut *tx)
             .await?;
-        }
+        apply_effects(
+            &mut tx,
+            applied.iter().map(|i| (i.permit_no.as_str(), i.effect)),
+        )
+        .await?;
         let event_ids: Vec<i64> = items.iter().map(|i| i.event_id).collect();
         let was_applied: Vec<bool> = items.iter().map(|i| i.notice.is_some()).collect();
         sqlx::query(

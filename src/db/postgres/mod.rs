@@ -52,8 +52,62 @@ use sqlx::{ConnectOptions, PgPool};
 pub use import::PgImportTx;
 pub use run::PgRunTx;
 
+use super::rows::Effect;
 use super::JobLock;
 use crate::error::{Error, Result};
+
+/// Queues notices (`$4…$11`, one array per column) for run `$1` of date
+/// `$2`, created at `$3`, with ids max + 1 in array order: a run's page
+/// and `release` queue them alike.
+const QUEUE_NOTICES: &str =
+    "INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind,
+       channel, recipient, message, status, next_attempt_at, created_at)
+     SELECT (SELECT coalesce(max(notification_id), 0) FROM notifications) + u.ord, $1, $2,
+       u.permit_no, u.valid_until, u.kind, u.channel, u.recipient, u.message, u.status,
+       u.next_attempt_at, $3
+     FROM UNNEST($4::text[], $5::date[], $6::text[], $7::text[], $8::text[], $9::text[],
+                 $10::text[], $11::text[])
+          WITH ORDINALITY AS u (permit_no, valid_until, kind, channel, recipient, message, status,
+                 next_attempt_at, ord)";
+
+/// The permit changes (R3, R7) of a run's page or of `release`: a new
+/// `valid_until` or a new status per permit, in one statement.
+async fn apply_effects<'a>(
+    tx: &mut PgConnection,
+    effects: impl Iterator<Item = (&'a str, Effect)>,
+) -> Result<()> {
+    let (mut nos, mut valid_until, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    for (permit_no, effect) in effects {
+        match effect {
+            Effect::Extend(to) => {
+                nos.push(permit_no);
+                valid_until.push(Some(to));
+                status.push(None);
+            }
+            Effect::SetStatus(s) => {
+                nos.push(permit_no);
+                valid_until.push(None);
+                status.push(Some(s.code()));
+            }
+            Effect::None => {}
+        }
+    }
+    if nos.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE permit_state p SET valid_until = coalesce(u.valid_until, p.valid_until),
+           status = coalesce(u.status, p.status)
+         FROM UNNEST($1::text[], $2::date[], $3::text[]) AS u (permit_no, valid_until, status)
+         WHERE p.permit_no = u.permit_no",
+    )
+    .bind(&nos)
+    .bind(&valid_until)
+    .bind(&status)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
 
 /// The advisory-lock key of the job lock: "autosign" in ASCII. Advisory
 /// locks are per database, so instances on other databases never meet.

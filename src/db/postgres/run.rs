@@ -8,7 +8,7 @@ use sqlx::{Connection, FromRow, PgConnection, PgPool, Row};
 use super::super::rows::*;
 use super::super::runs::{end_status, run_columns, END_RUN, HOLD_RUN};
 use super::super::{stored, EventPage, EventPageReader, MakeEvents};
-use super::PgDb;
+use super::{apply_effects, PgDb, QUEUE_NOTICES};
 use crate::domain::{CycleDecision, NoticeStatus};
 use crate::error::{Error, Result};
 
@@ -382,24 +382,6 @@ impl PgRunTx {
             .iter()
             .map(|e| (e.notice.status == NoticeStatus::Queued).then_some(at))
             .collect();
-        // R7/R3 effects: a new valid_until or a new status per permit.
-        let (mut eff_nos, mut eff_vu, mut eff_status) = (Vec::new(), Vec::new(), Vec::new());
-        for e in ev {
-            match e.effect {
-                Effect::Extend(to) => {
-                    eff_nos.push(e.permit_no.as_str());
-                    eff_vu.push(Some(to));
-                    eff_status.push(None);
-                }
-                Effect::SetStatus(s) => {
-                    eff_nos.push(e.permit_no.as_str());
-                    eff_vu.push(None);
-                    eff_status.push(Some(s.code()));
-                }
-                Effect::None => {}
-            }
-        }
-
         let mut tx = self.conn.begin().await?;
         fence(&mut tx, &self.run, &self.owner, at).await?;
         // Ids are max + 1 in page order (the job lock makes this the only
@@ -456,43 +438,22 @@ impl PgRunTx {
             tx.commit().await?;
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind,
-               channel, recipient, message, status, next_attempt_at, created_at)
-             SELECT (SELECT coalesce(max(notification_id), 0) FROM notifications) + u.ord, $1, $2,
-               u.permit_no, u.valid_until, u.kind, u.channel, u.recipient, u.message, u.status,
-               u.next_attempt_at, $3
-             FROM UNNEST($4::text[], $5::date[], $6::text[], $7::text[], $8::text[], $9::text[],
-                         $10::text[], $11::text[])
-                  WITH ORDINALITY AS u (permit_no, valid_until, kind, channel, recipient, message, status,
-                         next_attempt_at, ord)",
-        )
-        .bind(batch.run_id)
-        .bind(batch.as_of)
-        .bind(at)
-        .bind(&permit_nos)
-        .bind(&valid_until)
-        .bind(&kinds)
-        .bind(&channels)
-        .bind(&recipients)
-        .bind(&messages)
-        .bind(&statuses)
-        .bind(&next_attempt)
-        .execute(&mut *tx)
-        .await?;
-        if !eff_nos.is_empty() {
-            sqlx::query(
-                "UPDATE permit_state p SET valid_until = coalesce(u.valid_until, p.valid_until),
-                   status = coalesce(u.status, p.status)
-                 FROM UNNEST($1::text[], $2::date[], $3::text[]) AS u (permit_no, valid_until, status)
-                 WHERE p.permit_no = u.permit_no",
-            )
-            .bind(&eff_nos)
-            .bind(&eff_vu)
-            .bind(&eff_status)
+        sqlx::query(QUEUE_NOTICES)
+            .bind(batch.run_id)
+            .bind(batch.as_of)
+            .bind(at)
+            .bind(&permit_nos)
+            .bind(&valid_until)
+            .bind(&kinds)
+            .bind(&channels)
+            .bind(&recipients)
+            .bind(&messages)
+            .bind(&statuses)
+            .bind(&next_attempt)
             .execute(&mut *tx)
             .await?;
-        }
+        // R7/R3 effects: a new valid_until or a new status per permit.
+        apply_effects(&mut tx, ev.iter().map(|e| (e.permit_no.as_str(), e.effect))).await?;
         if let Some(d) = crate::faults::delay(crate::faults::Delay::PgPage) {
             tokio::time::sleep(d).await;
         }
