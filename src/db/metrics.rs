@@ -212,7 +212,7 @@ impl Db {
 
     /// Permits a run for a date with window end `to` looks at (active or
     /// suspended, `valid_until <= to`): the total of the run's progress bar.
-    /// A scan of the register on SQLite: only for a run on a terminal.
+    /// A scan of the register's narrow table: only for a run on a terminal.
     pub async fn count_run_candidates(&self, to: NaiveDate) -> Result<u64> {
         let n: i64 = on_pool!(self, |pool| sqlx::query_scalar(CANDIDATES)
             .bind(to)

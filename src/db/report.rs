@@ -175,8 +175,8 @@ fn report_import(r: &impl Cells) -> Result<ReportImport> {
     })
 }
 
-/// Runs one statement (SQLite text, PostgreSQL text) with its binds and
-/// maps every row with `$map`.
+/// Runs one statement (SQLite text, PostgreSQL text; or `both:` one text
+/// for both) with its binds and maps every row with `$map`.
 macro_rules! rows {
     ($db:expr, both: $sql:expr, $map:expr $(, $bind:expr)* $(,)?) => {
         rows!($db, $sql, $sql, $map $(, $bind)*)
