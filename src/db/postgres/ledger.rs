@@ -10,8 +10,7 @@ use sqlx::{Connection, FromRow};
 use super::super::register::permit_columns;
 use super::super::rows::*;
 use super::super::runs::{REVERT_MARK, SENT_NOTICES, WITHDRAW_NOTICES};
-use super::{apply_effects, PgDb, QUEUE_NOTICES};
-use crate::domain::NoticeStatus;
+use super::{apply_effects, queue_notices, PgDb};
 use crate::error::Result;
 
 impl PgDb {
@@ -53,36 +52,23 @@ impl PgDb {
         let Some(as_of) = as_of else {
             return Ok(false);
         };
-        let applied: Vec<&ReleaseItem> = items.iter().filter(|i| i.notice.is_some()).collect();
-        let notices: Vec<&NewNotice> = applied.iter().filter_map(|i| i.notice.as_ref()).collect();
-        let permit_nos: Vec<&str> = applied.iter().map(|i| i.permit_no.as_str()).collect();
-        let valid_until: Vec<NaiveDate> = applied.iter().map(|i| i.valid_until).collect();
-        let kinds: Vec<&str> = applied.iter().map(|i| i.kind.code()).collect();
-        let channels: Vec<&str> = notices.iter().map(|n| n.channel.code()).collect();
-        let recipients: Vec<&str> = notices.iter().map(|n| n.recipient.as_str()).collect();
-        let messages: Vec<&str> = notices.iter().map(|n| n.message.as_str()).collect();
-        let statuses: Vec<&str> = notices.iter().map(|n| n.status.code()).collect();
-        let next_attempt: Vec<Option<&str>> = notices
+        let applied: Vec<(&ReleaseItem, &NewNotice)> = items
             .iter()
-            .map(|n| (n.status == NoticeStatus::Queued).then_some(now))
+            .filter_map(|i| i.notice.as_ref().map(|n| (i, n)))
             .collect();
-        sqlx::query(QUEUE_NOTICES)
-            .bind(run_id)
-            .bind(as_of)
-            .bind(now)
-            .bind(&permit_nos)
-            .bind(&valid_until)
-            .bind(&kinds)
-            .bind(&channels)
-            .bind(&recipients)
-            .bind(&messages)
-            .bind(&statuses)
-            .bind(&next_attempt)
-            .execute(&mut *tx)
-            .await?;
+        queue_notices(
+            &mut tx,
+            (run_id, as_of, now),
+            applied
+                .iter()
+                .map(|(i, n)| (i.permit_no.as_str(), i.valid_until, i.kind, *n)),
+        )
+        .await?;
         apply_effects(
             &mut tx,
-            applied.iter().map(|i| (i.permit_no.as_str(), i.effect)),
+            applied
+                .iter()
+                .map(|(i, _)| (i.permit_no.as_str(), i.effect)),
         )
         .await?;
         let event_ids: Vec<i64> = items.iter().map(|i| i.event_id).collect();

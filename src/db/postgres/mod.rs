@@ -52,13 +52,15 @@ use sqlx::{ConnectOptions, PgPool};
 pub use import::PgImportTx;
 pub use run::PgRunTx;
 
-use super::rows::Effect;
+use chrono::NaiveDate;
+
+use super::rows::{Effect, NewNotice};
 use super::JobLock;
+use crate::domain::{EventKind, NoticeStatus};
 use crate::error::{Error, Result};
 
 /// Queues notices (`$4…$11`, one array per column) for run `$1` of date
-/// `$2`, created at `$3`, with ids max + 1 in array order: a run's page
-/// and `release` queue them alike.
+/// `$2`, created at `$3`, with ids max + 1 in array order.
 const QUEUE_NOTICES: &str =
     "INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind,
        channel, recipient, message, status, next_attempt_at, created_at)
@@ -69,6 +71,44 @@ const QUEUE_NOTICES: &str =
                  $10::text[], $11::text[])
           WITH ORDINALITY AS u (permit_no, valid_until, kind, channel, recipient, message, status,
                  next_attempt_at, ord)";
+
+/// Queues the notices of a run's page or of `release` alike: for each,
+/// the permit, the cycle's `valid_until` and the event's kind. A queued
+/// notice is due at once (`created_at`).
+async fn queue_notices<'a>(
+    tx: &mut PgConnection,
+    (run_id, as_of, created_at): (i64, NaiveDate, &str),
+    notices: impl Iterator<Item = (&'a str, NaiveDate, EventKind, &'a NewNotice)>,
+) -> Result<()> {
+    let (mut nos, mut valid_until, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut channels, mut recipients, mut messages) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut statuses, mut next_attempt) = (Vec::new(), Vec::new());
+    for (permit_no, vu, kind, n) in notices {
+        nos.push(permit_no);
+        valid_until.push(vu);
+        kinds.push(kind.code());
+        channels.push(n.channel.code());
+        recipients.push(n.recipient.as_str());
+        messages.push(n.message.as_str());
+        statuses.push(n.status.code());
+        next_attempt.push((n.status == NoticeStatus::Queued).then_some(created_at));
+    }
+    sqlx::query(QUEUE_NOTICES)
+        .bind(run_id)
+        .bind(as_of)
+        .bind(created_at)
+        .bind(&nos)
+        .bind(&valid_until)
+        .bind(&kinds)
+        .bind(&channels)
+        .bind(&recipients)
+        .bind(&messages)
+        .bind(&statuses)
+        .bind(&next_attempt)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
 
 /// The permit changes (R3, R7) of a run's page or of `release`: a new
 /// `valid_until` or a new status per permit, in one statement.

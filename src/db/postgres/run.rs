@@ -8,8 +8,8 @@ use sqlx::{Connection, FromRow, PgConnection, PgPool, Row};
 use super::super::rows::*;
 use super::super::runs::{end_status, run_columns, END_RUN, HOLD_RUN};
 use super::super::{stored, EventPage, EventPageReader, MakeEvents};
-use super::{apply_effects, PgDb, QUEUE_NOTICES};
-use crate::domain::{CycleDecision, NoticeStatus};
+use super::{apply_effects, queue_notices, PgDb};
+use crate::domain::CycleDecision;
 use crate::error::{Error, Result};
 
 impl PgDb {
@@ -373,15 +373,7 @@ impl PgRunTx {
             .iter()
             .map(|e| e.prior_status.map(|s| s.code()))
             .collect();
-        let channels: Vec<&str> = ev.iter().map(|e| e.notice.channel.code()).collect();
-        let recipients: Vec<&str> = ev.iter().map(|e| e.notice.recipient.as_str()).collect();
-        let messages: Vec<&str> = ev.iter().map(|e| e.notice.message.as_str()).collect();
-        let statuses: Vec<&str> = ev.iter().map(|e| e.notice.status.code()).collect();
         let at = batch.decided_at.as_str();
-        let next_attempt: Vec<Option<&str>> = ev
-            .iter()
-            .map(|e| (e.notice.status == NoticeStatus::Queued).then_some(at))
-            .collect();
         let mut tx = self.conn.begin().await?;
         fence(&mut tx, &self.run, &self.owner, at).await?;
         // Ids are max + 1 in page order (the job lock makes this the only
@@ -438,20 +430,13 @@ impl PgRunTx {
             tx.commit().await?;
             return Ok(());
         }
-        sqlx::query(QUEUE_NOTICES)
-            .bind(batch.run_id)
-            .bind(batch.as_of)
-            .bind(at)
-            .bind(&permit_nos)
-            .bind(&valid_until)
-            .bind(&kinds)
-            .bind(&channels)
-            .bind(&recipients)
-            .bind(&messages)
-            .bind(&statuses)
-            .bind(&next_attempt)
-            .execute(&mut *tx)
-            .await?;
+        queue_notices(
+            &mut tx,
+            (batch.run_id, batch.as_of, at),
+            ev.iter()
+                .map(|e| (e.permit_no.as_str(), e.valid_until, e.kind, &e.notice)),
+        )
+        .await?;
         // R7/R3 effects: a new valid_until or a new status per permit.
         apply_effects(&mut tx, ev.iter().map(|e| (e.permit_no.as_str(), e.effect))).await?;
         if let Some(d) = crate::faults::delay(crate::faults::Delay::PgPage) {
