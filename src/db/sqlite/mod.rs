@@ -1,11 +1,22 @@
 //! SQLite backend: the embedded default. WAL, a busy timeout, `BEGIN
 //! IMMEDIATE` for every write transaction (a deferred one that reads then
-//! writes fails with SQLITE_BUSY without waiting, sqlx #451). This file
-//! opens the database, takes the job lock and holds the transactions
-//! through sqlx; the rows they carry in bulk are written and read in
-//! `bulk.rs`, the one module that uses rusqlite.
+//! writes fails with SQLITE_BUSY without waiting, sqlx #451).
+//!
+//! The files: this one opens the database, takes the job lock and holds
+//! the transactions through sqlx; the rows they carry in bulk go through
+//! rusqlite on the same connections, by table family as on PostgreSQL:
+//! `import.rs` writes the register and the feeds; `run.rs` is the night
+//! (the brake's count, the due read, the evidence, the page reader, each
+//! batch's writes); `ledger.rs` corrects the run ledger (release,
+//! revert); `export.rs` streams the exports. `raw.rs` holds the primitives
+//! they share (the raw handle, the run's readers, row decoders, multi-row
+//! INSERTs) and is the one module whose signatures name rusqlite's types.
 
-mod bulk;
+mod export;
+mod import;
+mod ledger;
+mod raw;
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -1,0 +1,486 @@
+//! The primitives SQLite's bulk paths share, and the one module whose
+//! signatures name rusqlite's types: the raw handle ([`with_raw`]) and the
+//! read-only connections beside a run's transaction ([`snapshot_reader`]);
+//! the row decoders; the multi-row INSERTs, and the keyed feeds' upsert
+//! built on them; the permit changes ([`EffectWriter`]); and what is handed
+//! a connection or a row: the holders' evidence (read on the run's handle
+//! and on a reader of its own), an export's plain stream, the due query's
+//! column of cycle decisions ([`cycle_decisions!`]) beside the decoder of
+//! its letters. The table families (`import.rs`, `run.rs`, `ledger.rs`,
+//! `export.rs`) call these and prepare and step their own statements in
+//! their functions' bodies, which name rusqlite's `params!` and a few of
+//! its types, never in a signature.
+//!
+//! Why two drivers: one prepared statement stepped per row through
+//! rusqlite costs about a microsecond, where sqlx's multi-row statements
+//! spent most of their time building SQL text and argument buffers
+//! (measured: docs/benchmarks.md). The raw handle is sqlx's own
+//! connection, taken with its lock, so these paths run inside whatever
+//! transaction sqlx has open.
+//!
+//! The work is blocking (SQLite has no async interface): [`with_raw`] runs
+//! it with `block_in_place`, so the async runtime's other tasks — the
+//! daemon's scheduler, health endpoint and delivery worker — move to
+//! another worker thread meanwhile instead of waiting behind a night's
+//! writes. The readers beside a run's transaction are threads of their
+//! own.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use sqlx::sqlite::SqliteConnection;
+
+use super::super::rows::*;
+use super::{SqliteDb, SqliteImportTx};
+use crate::domain::CycleDecision;
+use crate::error::{Error, Result};
+
+/// Runs `f` on the connection's raw SQLite handle through rusqlite, inside
+/// whatever transaction sqlx has open on it, off the async runtime's
+/// worker threads (see the module's doc).
+pub(super) async fn with_raw<T>(
+    conn: &mut SqliteConnection,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+) -> Result<T> {
+    let mut handle = conn.lock_handle().await?;
+    let ptr = handle.as_raw_handle();
+    let work = || {
+        // SAFETY: `handle` keeps sqlx's worker away from this connection
+        // until it is dropped, and the wrapper does not own the handle (it
+        // never closes it); the wrapper and its statements are dropped
+        // before `handle`, and all of it happens on this thread.
+        let raw = unsafe { rusqlite::Connection::from_handle(ptr.as_ptr()) }?;
+        let out = f(&raw);
+        drop(raw);
+        out
+    };
+    let out = off_runtime(work);
+    drop(handle);
+    out.map_err(raw_err)
+}
+
+/// Runs blocking `work` where it keeps no async task waiting: on a
+/// multi-threaded runtime (the binary's) through `block_in_place`, which
+/// hands this worker's other tasks to another thread first; elsewhere (a
+/// current-thread runtime, as in-process tests build, where
+/// `block_in_place` is not allowed) in place.
+fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+/// The error a scoped helper thread ended with, if any (its panic is one).
+pub(super) fn thread_error(joined: std::thread::Result<Result<()>>, thread: &str) -> Option<Error> {
+    match joined {
+        Ok(r) => r.err(),
+        Err(_) => Some(Error::Runtime(anyhow::anyhow!(
+            "internal: {thread} panicked"
+        ))),
+    }
+}
+
+pub(super) fn raw_err(e: rusqlite::Error) -> Error {
+    Error::Runtime(anyhow::anyhow!("database error: {e}"))
+}
+
+/// Dates are stored as `YYYY-MM-DD` text.
+pub(super) fn raw_date(row: &rusqlite::Row, i: usize) -> rusqlite::Result<NaiveDate> {
+    let s: String = row.get(i)?;
+    NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn raw_opt_date(row: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<NaiveDate>> {
+    let s: Option<String> = row.get(i)?;
+    s.map(|s| {
+        NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })
+    .transpose()
+}
+
+/// A stored code of one of the domain's enumerations.
+pub(super) fn raw_code<T: TryFrom<String, Error = String>>(
+    row: &rusqlite::Row,
+    i: usize,
+) -> rusqlite::Result<T> {
+    T::try_from(row.get::<_, String>(i)?).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+pub(super) fn raw_permit(r: &rusqlite::Row) -> rusqlite::Result<PermitRow> {
+    Ok(PermitRow {
+        permit_no: r.get(0)?,
+        id_number: r.get(1)?,
+        name: r.get(2)?,
+        phone: r.get(3)?,
+        email: r.get(4)?,
+        district_code: r.get(5)?,
+        street_code: r.get(6)?,
+        address: r.get(7)?,
+        valid_until: raw_date(r, 8)?,
+        status: raw_code(r, 9)?,
+        employer_uscc: r.get(10)?,
+        si_status: raw_code(r, 11)?,
+        marital_status: raw_code(r, 12)?,
+    })
+}
+
+pub(super) fn raw_notification_row(r: &rusqlite::Row) -> rusqlite::Result<NotificationRow> {
+    Ok(NotificationRow {
+        notification_id: r.get(0)?,
+        run_id: r.get(1)?,
+        as_of: raw_date(r, 2)?,
+        permit_no: r.get(3)?,
+        cycle_valid_until: raw_date(r, 4)?,
+        kind: raw_code(r, 5)?,
+        channel: raw_code(r, 6)?,
+        recipient: r.get(7)?,
+        status: raw_code(r, 8)?,
+        attempts: r.get(9)?,
+        next_attempt_at: r.get(10)?,
+        last_error: r.get(11)?,
+        provider_ref: r.get(12)?,
+        created_at: r.get(13)?,
+        sent_at: r.get(14)?,
+        message: r.get(15)?,
+    })
+}
+
+/// The final decisions written for the due permit `p`'s cycle and what
+/// became of each — the facts C8 needs, not a verdict — one letter a
+/// decision ([`decision_code`]), in one column of the due query: a
+/// statement stepped per permit cost the first night 7 % more. Two arms,
+/// as the events of held and unheld runs are in two partial indexes.
+macro_rules! cycle_decisions {
+    () => {
+        "(SELECT group_concat(f, '') FROM (
+            SELECT CASE WHEN EXISTS (SELECT 1 FROM event_reverts v
+                                     WHERE v.event_id = e.event_id AND v.undone = 1)
+                        THEN 'A' ELSE 'a' END AS f
+              FROM events e
+             WHERE e.permit_no = p.permit_no AND e.valid_until = p.valid_until
+               AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held = 0
+            UNION ALL
+            SELECT CASE WHEN x.applied IS NULL THEN 'h' WHEN x.applied = 1 THEN 'r' ELSE 'n' END
+                   || CASE WHEN EXISTS (SELECT 1 FROM event_reverts v
+                                        WHERE v.event_id = e.event_id AND v.undone = 1)
+                           THEN 'u' ELSE '' END
+              FROM events e LEFT JOIN event_releases x ON x.event_id = e.event_id
+             WHERE e.permit_no = p.permit_no AND e.valid_until = p.valid_until
+               AND e.kind IN ('AUTO_SIGNED', 'VISIT_CENTER') AND e.held = 1))"
+    };
+}
+pub(super) use cycle_decisions;
+
+/// The decisions of [`cycle_decisions!`]'s letters: `a` written by a run
+/// the brake let through (`A`: reverted since); for a held one, `h` not
+/// released, `r` applied by a release, `n` released as not applied, each
+/// followed by `u` if reverted since.
+pub(super) fn decision_code(code: &str) -> rusqlite::Result<Vec<CycleDecision>> {
+    let mut out = Vec::new();
+    let mut letters = code.chars().peekable();
+    while let Some(c) = letters.next() {
+        let (held, released) = match c {
+            'a' | 'A' => (false, None),
+            'h' => (true, None),
+            'r' => (true, Some(true)),
+            'n' => (true, Some(false)),
+            _ => {
+                return Err(rusqlite::Error::FromSqlConversionFailure(
+                    6,
+                    rusqlite::types::Type::Text,
+                    format!("unknown cycle decision code {code:?}").into(),
+                ))
+            }
+        };
+        let undone = c == 'A' || (held && letters.next_if_eq(&'u').is_some());
+        out.push(CycleDecision {
+            held,
+            released,
+            undone,
+        });
+    }
+    Ok(out)
+}
+
+/// Rows per multi-row INSERT of the run's writer and the feed imports (at
+/// most 16 parameters a row: far below SQLite's limit of 32,766).
+pub(super) const ROWS_PER_INSERT: usize = 64;
+const _: () = assert!(ROWS_PER_INSERT * 16 <= 32_766);
+
+/// `head` followed by `rows` groups of `columns` anonymous parameters, each
+/// group ending in the literal `tail` (e.g. `, 1` for a constant column).
+fn multi_row_insert(head: &str, columns: usize, tail: &str, rows: usize) -> String {
+    let mut group = String::from("(?");
+    for _ in 1..columns {
+        group.push_str(", ?");
+    }
+    group.push_str(tail);
+    group.push(')');
+    let mut sql = String::from(head);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&group);
+    }
+    sql
+}
+
+/// A run's permit changes (R3, R7), applied to the narrow `permit_state`
+/// table (migration 5) by a run and by `release`.
+pub(super) struct EffectWriter<'c> {
+    extend: rusqlite::Statement<'c>,
+    status: rusqlite::Statement<'c>,
+}
+
+impl<'c> EffectWriter<'c> {
+    pub(super) fn new(c: &'c rusqlite::Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            extend: c.prepare("UPDATE permit_state SET valid_until = ?2 WHERE permit_no = ?1")?,
+            status: c.prepare("UPDATE permit_state SET status = ?2 WHERE permit_no = ?1")?,
+        })
+    }
+
+    pub(super) fn apply(&mut self, permit_no: &str, effect: Effect) -> rusqlite::Result<()> {
+        match effect {
+            Effect::Extend(to) => {
+                self.extend
+                    .execute(rusqlite::params![permit_no, to.to_string()])?;
+            }
+            Effect::SetStatus(s) => {
+                self.status
+                    .execute(rusqlite::params![permit_no, s.code()])?;
+            }
+            Effect::None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Executes the multi-row INSERT (`head`, `columns`, `tail` as for
+/// [`multi_row_insert`], then `end`, e.g. an upsert's ON CONFLICT clause)
+/// for a chunk of `rows`, each bound by `bind` (with [`bind_row`]): a full
+/// chunk's statement is prepared once and kept in `full`, a shorter last
+/// chunk's for that chunk only.
+pub(super) fn insert_chunk<'c, T>(
+    c: &'c rusqlite::Connection,
+    full: &mut Option<rusqlite::Statement<'c>>,
+    (head, columns, tail, end): (&str, usize, &str, &str),
+    rows: &[T],
+    mut bind: impl FnMut(&mut rusqlite::Statement<'c>, &mut usize, &T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let sql = || multi_row_insert(head, columns, tail, rows.len()) + end;
+    let mut partial = None;
+    let stmt = if rows.len() == ROWS_PER_INSERT {
+        match full {
+            Some(s) => s,
+            None => full.insert(c.prepare(&sql())?),
+        }
+    } else {
+        partial.insert(c.prepare(&sql())?)
+    };
+    let mut next = 0;
+    for row in rows {
+        bind(stmt, &mut next, row)?;
+    }
+    stmt.raw_execute()?;
+    Ok(())
+}
+
+/// Binds one row's values at parameters `*next + 1 ..` of a multi-row
+/// statement and moves `*next` past them.
+pub(super) fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    next: &mut usize,
+    values: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<()> {
+    for v in values {
+        *next += 1;
+        stmt.raw_bind_parameter(*next, v)?;
+    }
+    Ok(())
+}
+
+/// Page cache of the run's readers beside its transaction, KiB: enough to
+/// keep the interior pages of a 10M-permit register's tables and feed
+/// tables (a few MiB each at 16 KiB pages), which each look-up by key
+/// walks; with less, every look-up read them again from the file
+/// (measured at 10M permits: a steady night's run 7.75 s with 1 MiB,
+/// 7.1 s with 16 MiB).
+/// The process's memory bound counts every connection's.
+const READER_CACHE: &str = "PRAGMA cache_size = -16384";
+
+/// A read-only connection of the run's own, in a read transaction of its
+/// own (the run's readers beside its write transaction).
+pub(super) fn snapshot_reader(path: &Path) -> Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let c = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(raw_err)?;
+    c.execute_batch(&format!("PRAGMA query_only = 1; {READER_CACHE}; BEGIN"))
+        .map_err(raw_err)?;
+    c.busy_timeout(Duration::from_secs(60)).map_err(raw_err)?;
+    Ok(c)
+}
+
+/// The evidence of these holders (in key order, so that each table's
+/// B-tree is walked once, forwards) within the bounds: one indexed lookup
+/// per holder and feed table (each holds one row per key: R2 is settled
+/// when rows are written).
+pub(super) fn holder_evidence(
+    c: &rusqlite::Connection,
+    ids: &[&str],
+    b: &EvidenceBounds,
+    sink: &mut (dyn EvidenceSink + Send),
+) -> rusqlite::Result<()> {
+    let (vf, vt) = (b.visited_from.to_string(), b.visited_to.to_string());
+    let (mf, mt) = (b.month_from.as_str(), b.month_to.as_str());
+    let mut visits = c.prepare(
+        "SELECT visited_on, result FROM residence
+         WHERE id_number = ?1 AND visited_on BETWEEN ?2 AND ?3",
+    )?;
+    let mut payments = c.prepare(
+        "SELECT month, status, employer_uscc FROM social_insurance
+         WHERE id_number = ?1 AND month BETWEEN ?2 AND ?3",
+    )?;
+    let mut civil =
+        c.prepare("SELECT marital_status, as_of FROM civil_status WHERE id_number = ?1")?;
+    for &id in ids {
+        let mut rows = visits.query(rusqlite::params![id, vf, vt])?;
+        while let Some(r) = rows.next()? {
+            sink.residence(id, raw_date(r, 0)?, r.get_ref(1)?.as_str()?);
+        }
+        let mut rows = payments.query(rusqlite::params![id, mf, mt])?;
+        while let Some(r) = rows.next()? {
+            sink.payment(
+                id,
+                r.get_ref(0)?.as_str()?,
+                r.get_ref(1)?.as_str()?,
+                r.get_ref(2)?.as_str()?,
+            );
+        }
+        let mut rows = civil.query([id])?;
+        while let Some(r) = rows.next()? {
+            sink.civil(id, r.get_ref(0)?.as_str()?, raw_opt_date(r, 1)?);
+        }
+    }
+    Ok(())
+}
+
+impl SqliteDb {
+    /// Streams the rows of an export query over an `as_of` range (?1, ?2)
+    /// to `each`, stopping at the first error it returns.
+    pub(super) async fn stream_range<T>(
+        &self,
+        sql: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        map: fn(&rusqlite::Row) -> rusqlite::Result<T>,
+        each: &mut (dyn FnMut(T) -> Result<()> + Send),
+    ) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        let mut failed = None;
+        with_raw(&mut conn, |c| {
+            let mut stmt = c.prepare(sql)?;
+            let mut rows = stmt.query(rusqlite::params![from.to_string(), to.to_string()])?;
+            while let Some(r) = rows.next()? {
+                if let Err(e) = each(map(r)?) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+impl SqliteImportTx {
+    /// Writes a keyed feed's page (one row per key, in key order) as
+    /// multi-row upserts (`head`, the row's `columns` ending with the
+    /// import's id, then `on_conflict`), each row's values but the last
+    /// bound by `bind`: each row inserted, or replacing the stored row with
+    /// its key (R2).
+    pub(super) async fn upsert<T>(
+        &mut self,
+        (head, columns, on_conflict): (&str, usize, &str),
+        rows: &[T],
+        bind: impl Fn(&mut rusqlite::Statement<'_>, &mut usize, &T) -> rusqlite::Result<()>,
+    ) -> Result<()> {
+        let import_id = self.import_id;
+        with_raw(&mut self.tx, |c| {
+            let mut full = None;
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                insert_chunk(
+                    c,
+                    &mut full,
+                    (head, columns, "", on_conflict),
+                    chunk,
+                    |stmt, next, r| {
+                        bind(stmt, next, r)?;
+                        bind_row(stmt, next, rusqlite::params![import_id])
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cycle_decision_letter_reads_back_as_the_decision_it_stands_for() {
+        let d = |held, released, undone| CycleDecision {
+            held,
+            released,
+            undone,
+        };
+        assert_eq!(decision_code("").expect("empty"), vec![]);
+        assert_eq!(
+            decision_code("aAhrnhuruns").ok(),
+            None,
+            "an unknown letter is an error"
+        );
+        assert_eq!(
+            decision_code("aAhrnhurunu").expect("letters"),
+            vec![
+                d(false, None, false),
+                d(false, None, true),
+                d(true, None, false),
+                d(true, Some(true), false),
+                d(true, Some(false), false),
+                d(true, None, true),
+                d(true, Some(true), true),
+                d(true, Some(false), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_multi_row_insert_has_one_group_of_parameters_per_row() {
+        assert_eq!(
+            multi_row_insert("INSERT INTO t (a, b, held) VALUES ", 2, ", 1", 3),
+            "INSERT INTO t (a, b, held) VALUES (?, ?, 1), (?, ?, 1), (?, ?, 1)"
+        );
+        assert_eq!(
+            multi_row_insert("INSERT INTO t (a) VALUES ", 1, "", 1),
+            "INSERT INTO t (a) VALUES (?)"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! The run on SQLite: the brake's lifecycle count, the due read, the
+//! evidence look-up, the page reader and each batch's writes. The writes
+//! and the due read go through the run's one write transaction; the count,
+//! the page reader and half the evidence read on read-only connections of
+//! their own, on threads beside it (the backend's module doc).
+
+use std::path::Path;
+
+use chrono::NaiveDate;
+
+use super::super::rows::*;
+use super::super::{EventPage, EventPageReader, MakeEvents};
+use super::raw::{
+    bind_row, cycle_decisions, decision_code, holder_evidence, insert_chunk, raw_code, raw_date,
+    raw_err, raw_permit, snapshot_reader, thread_error, with_raw, EffectWriter, ROWS_PER_INSERT,
+};
+use super::{SqliteDb, SqliteRunTx};
+use crate::domain::NoticeStatus;
+use crate::error::{Error, Result};
+
+const EVENT_INSERT: &str = "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons,
+    valid_until, new_valid_until, residence_visited_on, residence_result, si_month, si_status,
+    si_employer_uscc, marital_status, decided_at, prior_status, held) VALUES ";
+const NOTICE_INSERT: &str =
+    "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until,
+    kind, channel, recipient, message, status, next_attempt_at, created_at) VALUES ";
+
+/// Step 2's candidates (R3, R4; [`CandidateBounds`]): the narrow
+/// permit_state table drives (CROSS JOIN keeps it outer), and only a
+/// candidate's details are looked up by key — not those of the lapsed
+/// permits that take no step tonight, of which a register holds many.
+const CANDIDATES: &str =
+    "SELECT p.permit_no, d.id_number, d.name, d.phone, d.email, d.district_code,
+        d.street_code, d.address, p.valid_until, p.status, d.employer_uscc, d.si_status,
+        d.marital_status
+ FROM permit_state p CROSS JOIN permit_details d ON d.permit_no = p.permit_no
+ WHERE p.permit_no > ?1
+   AND ((p.status = 'active' AND p.valid_until <= ?2)
+        OR (p.status = 'suspended' AND p.valid_until < ?4))
+ ORDER BY p.permit_no LIMIT ?3";
+
+/// The body of [`SqliteRunTx::event_pages`]'s thread.
+fn read_event_pages(
+    path: &Path,
+    bounds: CandidateBounds,
+    limit: u32,
+    mut make: MakeEvents,
+    send: &tokio::sync::mpsc::Sender<EventPage>,
+) -> Result<()> {
+    let c = snapshot_reader(path)?;
+    let mut stmt = c.prepare(CANDIDATES).map_err(raw_err)?;
+    let to = bounds.active_to.to_string();
+    let before = bounds.suspended_before.map(|d| d.to_string());
+    let mut after = String::new();
+    loop {
+        let page: Vec<Candidate> = stmt
+            .query_map(rusqlite::params![after, to, limit, before], |r| {
+                Ok(Candidate {
+                    permit: raw_permit(r)?,
+                })
+            })
+            .map_err(raw_err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(raw_err)?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = last.permit.permit_no.clone();
+        let read = page.len();
+        let events = make(page)?;
+        if send.blocking_send(Ok((read, events))).is_err() {
+            // The run stopped (an error on the writer's side).
+            return Ok(());
+        }
+    }
+}
+
+impl SqliteDb {
+    /// The brake's lifecycle count (`sql`, binding `$1` as_of and `$2`
+    /// cancel_before) on a read-only connection of its own, with the run
+    /// readers' small page cache, closed when done. The count walks the
+    /// whole register once, which a large cache does not speed up; on a
+    /// pooled connection it filled that connection's 64 MiB cache beside
+    /// the run's plan and kept it until the pool closed (measured at
+    /// 10,000,000 permits: the first night's peak, at the end of the plan,
+    /// 545–552 MB).
+    pub async fn count_apart(
+        &self,
+        sql: &'static str,
+        as_of: NaiveDate,
+        cancel_before: Option<NaiveDate>,
+    ) -> Result<[i64; 3]> {
+        let path = self.path.clone();
+        let count = tokio::task::spawn_blocking(move || -> Result<[i64; 3]> {
+            let c = snapshot_reader(&path)?;
+            let as_of = as_of.to_string();
+            let cancel_before = cancel_before.map(|d| d.to_string());
+            c.query_row(
+                sql,
+                rusqlite::named_params! { "$1": as_of, "$2": cancel_before },
+                |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]),
+            )
+            .map_err(raw_err)
+        });
+        count.await.map_err(|e| {
+            Error::Runtime(anyhow::anyhow!("the brake's lifecycle count stopped: {e}"))
+        })?
+    }
+}
+
+impl SqliteRunTx {
+    /// [`crate::db::RunTx::event_pages`]: a blocking thread reads the pages
+    /// over its own connection, in one read transaction, and makes their
+    /// events, at most one page ahead of the writer.
+    pub fn event_pages(
+        &self,
+        bounds: CandidateBounds,
+        limit: u32,
+        make: MakeEvents,
+    ) -> EventPageReader {
+        let (send, pages) = tokio::sync::mpsc::channel(1);
+        let path = self.path.clone();
+        let thread = tokio::task::spawn_blocking(move || {
+            if let Err(e) = read_event_pages(&path, bounds, limit, make, &send) {
+                let _ = send.blocking_send(Err(e));
+            }
+        });
+        EventPageReader::new(pages, thread)
+    }
+
+    pub async fn due_permits(
+        &mut self,
+        from: NaiveDate,
+        to: NaiveDate,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DuePermit>> {
+        let after = after.unwrap_or("");
+        with_raw(&mut self.tx, |c| {
+            let mut stmt = c.prepare(concat!(
+                "SELECT p.permit_no, d.id_number, p.valid_until, d.employer_uscc, d.si_status,
+                        d.marital_status, ",
+                cycle_decisions!(),
+                " FROM permit_state p CROSS JOIN permit_details d ON d.permit_no = p.permit_no
+                 WHERE p.permit_no > ?1 AND p.status = 'active' AND p.valid_until BETWEEN ?2 AND ?3
+                 ORDER BY p.permit_no LIMIT ?4"
+            ))?;
+            let mut rows = stmt.query(rusqlite::params![
+                after,
+                from.to_string(),
+                to.to_string(),
+                limit
+            ])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(DuePermit {
+                    permit_no: r.get(0)?,
+                    id_number: r.get(1)?,
+                    valid_until: raw_date(r, 2)?,
+                    employer_uscc: r.get(3)?,
+                    si_status: raw_code(r, 4)?,
+                    marital_status: raw_code(r, 5)?,
+                    decisions: match r.get_ref(6)?.as_str_or_null()? {
+                        Some(code) => decision_code(code)?,
+                        None => Vec::new(),
+                    },
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The due holders' evidence by key, in key order, in two halves at
+    /// once: the later half into a [`EvidenceSink::part`] on a thread of
+    /// its own, over a second read-only connection, while this one reads
+    /// the first half into `sink`, which then takes the part in (the
+    /// halves hold different holders). The second connection sees what
+    /// this transaction sees: the run holds the only write lock and has
+    /// not written the feeds.
+    pub async fn feed_evidence<S: EvidenceSink>(
+        &mut self,
+        id_numbers: &[&str],
+        b: &EvidenceBounds,
+        sink: &mut S,
+    ) -> Result<()> {
+        let mut ids = id_numbers.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let (first, second) = ids.split_at(ids.len() / 2);
+        let mut later = sink.part();
+        let path = self.path.as_path();
+        let mut failed = None;
+        with_raw(&mut self.tx, |c| {
+            let later = &mut later;
+            std::thread::scope(|scope| {
+                let part = scope.spawn(move || -> Result<()> {
+                    if second.is_empty() {
+                        return Ok(());
+                    }
+                    let c = snapshot_reader(path)?;
+                    holder_evidence(&c, second, b, later).map_err(raw_err)
+                });
+                let here = holder_evidence(c, first, b, sink);
+                failed = thread_error(part.join(), "the run's evidence reader thread");
+                here
+            })
+        })
+        .await?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        sink.merge_later(later);
+        Ok(())
+    }
+
+    pub async fn write(&mut self, batch: &RunBatch) -> Result<()> {
+        if batch.events.is_empty() {
+            return Ok(());
+        }
+        let held = batch.held;
+        with_raw(&mut self.tx, |c| {
+            let as_of = batch.as_of.to_string();
+            let at = batch.decided_at.as_str();
+            // Events and notices go in as multi-row INSERTs of up to
+            // ROWS_PER_INSERT rows: one statement execution (and its
+            // per-statement work) per chunk rather than per row.
+            // `held` is the events' last column.
+            let held_tail = if held { ", 1" } else { ", 0" };
+            let mut full_events = None;
+            let mut full_notices = None;
+            let mut effects = EffectWriter::new(c)?;
+            for chunk in batch.events.chunks(ROWS_PER_INSERT) {
+                insert_chunk(
+                    c,
+                    &mut full_events,
+                    (EVENT_INSERT, 16, held_tail, ""),
+                    chunk,
+                    |stmt, next, e| {
+                        bind_row(
+                            stmt,
+                            next,
+                            rusqlite::params![
+                                batch.run_id,
+                                as_of,
+                                e.permit_no,
+                                e.id_number,
+                                e.kind.code(),
+                                e.reasons.code(),
+                                e.valid_until.to_string(),
+                                e.new_valid_until.map(|d| d.to_string()),
+                                e.residence_visited_on.map(|d| d.to_string()),
+                                e.residence_result,
+                                e.si_month,
+                                e.si_status,
+                                e.si_employer_uscc,
+                                e.marital_status,
+                                at,
+                                e.prior_status.map(|s| s.code()),
+                            ],
+                        )
+                    },
+                )?;
+                // A held run writes its events only (the brake): no notice, no
+                // permit change until `autosign release`.
+                if held {
+                    continue;
+                }
+                insert_chunk(
+                    c,
+                    &mut full_notices,
+                    (NOTICE_INSERT, 11, "", ""),
+                    chunk,
+                    |stmt, next, e| {
+                        bind_row(
+                            stmt,
+                            next,
+                            rusqlite::params![
+                                batch.run_id,
+                                as_of,
+                                e.permit_no,
+                                e.valid_until.to_string(),
+                                e.kind.code(),
+                                e.notice.channel.code(),
+                                e.notice.recipient,
+                                e.notice.message,
+                                e.notice.status.code(),
+                                (e.notice.status == NoticeStatus::Queued).then_some(at),
+                                at,
+                            ],
+                        )
+                    },
+                )?;
+                for e in chunk {
+                    effects.apply(&e.permit_no, e.effect)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+}
