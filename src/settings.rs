@@ -73,8 +73,7 @@ pub struct ImportSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSettings {
-    /// Permits per page of the write pass (one commit per page on
-    /// PostgreSQL; SQLite's run is one transaction whatever the page).
+    /// Permits per page of the write pass: each page commits on its own.
     pub page_permits: u32,
     /// C17: days after today (in `timezone`) that `run --as-of` may name
     /// without `--allow-future`.

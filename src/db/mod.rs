@@ -181,7 +181,7 @@ impl Db {
         }
     }
 
-    /// Opens the run's transaction for `as_of` and creates its `running`
+    /// Begins the run for `as_of`: commits its `running`
     /// row (or takes over one left by a crashed process: the caller holds
     /// the job lock, so no live process owns it). `import_mark` is the
     /// newest import the run has seen (the brake's row-count check).
@@ -404,11 +404,15 @@ impl Drop for EventPageReader {
     }
 }
 
-/// A run's transaction. On SQLite the whole run is one write transaction:
-/// it sees its own writes, nobody else's, and commits with the run marked
-/// completed — or not at all. On PostgreSQL each page commits on its own,
-/// checked by a fencing token on the `runs` row; a crashed run's committed
-/// pages stay (they are final) and the next run resumes with the rest.
+/// A run's work on the database. On both backends each page of events
+/// commits on its own with its notices and permit changes (R7, R8); a
+/// crashed run's committed pages stay (they are final) and the next run
+/// for the date takes the `running` row over and writes the rest: what a
+/// committed page did is in the register (a new valid_until, a new
+/// status) or in the events the due read returns (C8), so nothing is
+/// decided twice. PostgreSQL also checks a fencing token on the `runs`
+/// row in each page's transaction, since its job lock is a session lock
+/// that a lost connection gives up.
 pub enum RunTx {
     Sqlite(sqlite::SqliteRunTx),
     Postgres(postgres::PgRunTx),
@@ -428,13 +432,12 @@ impl RunTx {
     /// time with [`EventPageReader::next`].
     ///
     /// A reader of their own reads the pages over a second connection and
-    /// makes their events while this transaction writes the page before
-    /// (the read and the writes overlap on two cores). It sees the register
-    /// as this run found it: the run holds the job lock (and on SQLite the
-    /// database's one write lock) from its start, and a page's writes
-    /// change only the page's own permits, which come before the rest in
-    /// key order. On PostgreSQL a dry run's reader imports the dry run's
-    /// snapshot.
+    /// makes their events while the run writes the page before (the read
+    /// and the writes overlap on two cores). It sees the register as this
+    /// run found it: the run holds the job lock from its start, and a
+    /// page's writes change only the page's own permits, which come before
+    /// the rest in key order. On PostgreSQL a dry run's reader imports the
+    /// dry run's snapshot.
     pub async fn event_pages(
         &mut self,
         bounds: CandidateBounds,
@@ -496,7 +499,8 @@ impl RunTx {
     /// Marks the run held by the safety brake before it writes
     /// anything: its batches then carry events only, and `complete` marks
     /// it `held`. `now` is the run's heartbeat on PostgreSQL, whose run
-    /// checks that it still owns the run (SQLite's run is one transaction).
+    /// checks that it still owns the run (SQLite's job lock is a file lock
+    /// on this host, held until the process ends).
     pub async fn hold(&mut self, why: &str, now: &str) -> Result<()> {
         match self {
             RunTx::Sqlite(t) => t.hold(why, now).await,

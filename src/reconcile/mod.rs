@@ -2,17 +2,15 @@
 //! window (R4), evidence (R5), decision (R6), effects (R7) and notices (R8).
 //!
 //! A run holds the job lock, so no import or other run overlaps it: it sees
-//! each feed file wholly or not at all. On SQLite the whole run — its
-//! events, notices, permit changes and the `completed` mark — is one
-//! transaction, read and written in pages of permits: a run killed at any
-//! point leaves nothing, and the next run for that `as_of` does it all.
-//! On PostgreSQL each page commits on its own (several instances share the
-//! database; docs/scale-out.md): a crash leaves the committed pages, which
-//! are final, and the next run resumes with the rest.
+//! each feed file wholly or not at all. It is read and written in pages of
+//! permits, and each page — its events, notices and permit changes —
+//! commits on its own: a crash leaves the committed pages, which are
+//! final, and the next run for that `as_of` resumes with the rest; the
+//! `completed` mark commits last.
 //! The queries exclude decided cycles by themselves (AUTO_SIGNED moved
 //! `valid_until`, a lifecycle step changed `status`, VISIT_CENTER closed the
 //! cycle) and unique keys on events and notices make a double write
-//! impossible, so a backend that commits page by page resumes correctly.
+//! impossible, so a run that commits page by page resumes correctly.
 
 pub mod dry_run;
 pub mod rules;

@@ -437,8 +437,8 @@ dbtest!(
 dbtest!(
     a_held_run_killed_while_writing_ends_held_and_releases_as_an_unheld_run,
     |env| {
-        // Three pages of held events; the process dies after the second (on
-        // PostgreSQL two pages and the hold are committed, on SQLite nothing).
+        // Three pages of held events; the process dies after the second,
+        // with two pages and the hold committed.
         load_generated(&env, 20000);
         age(&env, "residence", 10);
         let crashed = finish(env.spawn(
@@ -458,19 +458,13 @@ dbtest!(
         let kept = env.query("SELECT count(*) FROM events")[0]
             .parse::<u32>()
             .expect("count");
-        if env.backend == Backend::Postgres {
-            // Committed pages of held events, and the run marked held.
-            assert!(kept >= 2000, "{kept} events");
-            assert_eq!(
-                env.query(
-                    "SELECT count(*) FROM runs WHERE status = 'running' AND brake IS NOT NULL"
-                ),
-                ["1"]
-            );
-        } else {
-            assert_eq!(kept, 0, "SQLite rolls the whole run back");
-        }
-        // The rerun resumes (or redoes) the run, held, and exits 4.
+        // Committed pages of held events, and the run marked held.
+        assert!(kept >= 2000, "{kept} events");
+        assert_eq!(
+            env.query("SELECT count(*) FROM runs WHERE status = 'running' AND brake IS NOT NULL"),
+            ["1"]
+        );
+        // The rerun resumes the run, held, and exits 4.
         assert_held(
             &env.cmd(&["run", "--as-of", "2026-11-27"]),
             1,

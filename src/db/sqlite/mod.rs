@@ -23,8 +23,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Sqlite, SqlitePool, Transaction};
+use sqlx::{ConnectOptions, Connection, Sqlite, SqlitePool, Transaction};
 
 use super::rows::*;
 use super::runs::{end_status, END_RUN, HOLD_RUN, RUN_FOR};
@@ -153,14 +155,18 @@ impl SqliteDb {
         Ok(SqliteImportTx { tx, import_id })
     }
 
+    /// Creates the run's `running` row, or takes over one left by a process
+    /// that died (the caller holds the job lock, so none is alive), and
+    /// commits it: each page then commits on its own.
     pub async fn begin_run(
         &self,
         as_of: NaiveDate,
         now: &str,
         import_mark: i64,
     ) -> Result<SqliteRunTx> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(RUN_CACHE).execute(&mut *tx).await?;
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query(RUN_CACHE).execute(&mut *conn).await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO runs (as_of, status, started_at, import_mark) VALUES (?1, 'running', ?2, ?3)
              ON CONFLICT (as_of) WHERE status <> 'discarded' AND status <> 'reverted'
@@ -177,8 +183,9 @@ impl SqliteDb {
             .bind(as_of)
             .fetch_one(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(SqliteRunTx {
-            tx,
+            conn: RunConn::Paged(conn),
             run,
             path: self.path.clone(),
         })
@@ -191,7 +198,7 @@ impl SqliteDb {
     pub async fn begin_dry_run(&self, run: RunRecord) -> Result<SqliteRunTx> {
         let tx = self.pool.begin().await?;
         Ok(SqliteRunTx {
-            tx,
+            conn: RunConn::Snapshot(tx),
             run,
             path: self.path.clone(),
         })
@@ -263,59 +270,102 @@ impl SqliteImportTx {
 /// with 64 MiB, 118–137 MB with 16 MiB; docs/benchmarks.md).
 const RUN_CACHE: &str = "PRAGMA cache_size = -16384";
 
-/// The run's one write transaction (BEGIN IMMEDIATE).
+/// The connection a run works on.
+enum RunConn {
+    /// A run's: between its statements no transaction is open; the runs
+    /// row, the hold, each page and the end commit one by one.
+    Paged(PoolConnection<Sqlite>),
+    /// A dry run's one read transaction, rolled back at the end.
+    Snapshot(Transaction<'static, Sqlite>),
+}
+
+/// A run on SQLite: its reads on its own connection, and each page's
+/// writes in a write transaction of their own (BEGIN IMMEDIATE), as on
+/// PostgreSQL. A run that stops keeps the pages it committed (they are
+/// final) and stays `running`; the next run for the date takes it over
+/// and writes the rest (`RunTx`).
 pub struct SqliteRunTx {
-    tx: Transaction<'static, Sqlite>,
+    conn: RunConn,
     pub run: RunRecord,
     /// The database file, for [`SqliteRunTx::event_pages`]'s reader.
     path: PathBuf,
 }
 
 impl SqliteRunTx {
+    /// The run's connection, for a read (a run's reads between its
+    /// commits, or inside the dry run's snapshot).
+    fn conn(&mut self) -> &mut SqliteConnection {
+        match &mut self.conn {
+            RunConn::Paged(c) => c,
+            RunConn::Snapshot(tx) => tx,
+        }
+    }
+
+    /// A write transaction of its own on the run's connection; a dry run
+    /// writes nothing.
+    async fn begin_write(&mut self) -> Result<Transaction<'_, Sqlite>> {
+        match &mut self.conn {
+            RunConn::Paged(c) => Ok(c.begin_with("BEGIN IMMEDIATE").await?),
+            RunConn::Snapshot(_) => Err(Error::Runtime(anyhow::anyhow!(
+                "internal: a dry run does not write"
+            ))),
+        }
+    }
+
     /// Marks the run held by the safety brake, before it writes any event.
-    /// `_now`: the run is one transaction, with no heartbeat to keep.
+    /// `_now`: the job lock is a file lock on this host, so there is no
+    /// heartbeat to keep.
     pub async fn hold(&mut self, why: &str, _now: &str) -> Result<()> {
+        let run_id = self.run.run_id;
+        let mut tx = self.begin_write().await?;
         sqlx::query(HOLD_RUN)
             .bind(why)
-            .bind(self.run.run_id)
-            .execute(&mut *self.tx)
+            .bind(run_id)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         self.run.brake = Some(why.to_string());
         Ok(())
     }
 
-    /// Marks the run completed (or held, if the brake held it) and commits.
+    /// Marks the run completed (or held, if the brake held it).
     pub async fn complete(
         mut self,
         pending: u64,
         now: &str,
         duration: std::time::Duration,
     ) -> Result<()> {
+        let (status, run_id) = (end_status(&self.run), self.run.run_id);
+        let mut tx = self.begin_write().await?;
         sqlx::query(END_RUN)
-            .bind(end_status(&self.run))
+            .bind(status)
             .bind(now)
             .bind(pending as i64)
             .bind(duration.as_secs_f64())
-            .bind(self.run.run_id)
-            .execute(&mut *self.tx)
+            .bind(run_id)
+            .execute(&mut *tx)
             .await?;
-        self.restore_cache().await?;
-        self.tx.commit().await?;
-        Ok(())
+        tx.commit().await?;
+        self.restore_cache().await
     }
 
+    /// Ends the run's work without completing it: its committed pages stay
+    /// and the run stays `running`, for the next run to resume. A dry
+    /// run's snapshot is rolled back.
     pub async fn rollback(mut self) -> Result<()> {
         // The rollback matters, the cache size does not: its failure is no
         // reason to skip the rollback.
         let _ = self.restore_cache().await;
-        self.tx.rollback().await?;
+        if let RunConn::Snapshot(tx) = self.conn {
+            tx.rollback().await?;
+        }
         Ok(())
     }
 
     /// The pooled connection's page cache again (not transactional).
     async fn restore_cache(&mut self) -> Result<()> {
         sqlx::query(concat!("PRAGMA cache_size = ", pool_cache!()))
-            .execute(&mut *self.tx)
+            .execute(self.conn())
             .await?;
         Ok(())
     }

@@ -319,18 +319,27 @@ pub(super) fn bind_row(
 /// The process's memory bound counts every connection's.
 const READER_CACHE: &str = "PRAGMA cache_size = -16384";
 
-/// A read-only connection of the run's own, in a read transaction of its
-/// own (the run's readers beside its write transaction).
-pub(super) fn snapshot_reader(path: &Path) -> Result<rusqlite::Connection> {
+/// A read-only connection of the run's own, each of whose statements
+/// reads what is committed when it starts (the run's page reader, beside
+/// the pages the run commits).
+pub(super) fn reader(path: &Path) -> Result<rusqlite::Connection> {
     use rusqlite::OpenFlags;
     let c = rusqlite::Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(raw_err)?;
-    c.execute_batch(&format!("PRAGMA query_only = 1; {READER_CACHE}; BEGIN"))
+    c.execute_batch(&format!("PRAGMA query_only = 1; {READER_CACHE}"))
         .map_err(raw_err)?;
     c.busy_timeout(Duration::from_secs(60)).map_err(raw_err)?;
+    Ok(c)
+}
+
+/// A [`reader`] in a read transaction of its own: all its statements see
+/// one snapshot.
+pub(super) fn snapshot_reader(path: &Path) -> Result<rusqlite::Connection> {
+    let c = reader(path)?;
+    c.execute_batch("BEGIN").map_err(raw_err)?;
     Ok(c)
 }
 

@@ -1,8 +1,9 @@
 //! The run on SQLite: the brake's lifecycle count, the due read, the
-//! evidence look-up, the page reader and each batch's writes. The writes
-//! and the due read go through the run's one write transaction; the count,
-//! the page reader and half the evidence read on read-only connections of
-//! their own, on threads beside it (the backend's module doc).
+//! evidence look-up, the page reader and each page's writes. The due read
+//! and the writes go through the run's connection, each page's writes in a
+//! write transaction of their own; the count, the page reader and half the
+//! evidence read on read-only connections of their own, on threads beside
+//! it (the backend's module doc).
 
 use std::path::Path;
 
@@ -12,7 +13,8 @@ use super::super::rows::*;
 use super::super::{EventPage, EventPageReader, MakeEvents};
 use super::raw::{
     bind_row, cycle_decisions, decision_code, holder_evidence, insert_chunk, raw_code, raw_date,
-    raw_err, raw_permit, snapshot_reader, thread_error, with_raw, EffectWriter, ROWS_PER_INSERT,
+    raw_err, raw_permit, reader, snapshot_reader, thread_error, with_raw, EffectWriter,
+    ROWS_PER_INSERT,
 };
 use super::{SqliteDb, SqliteRunTx};
 use crate::domain::NoticeStatus;
@@ -39,7 +41,12 @@ const CANDIDATES: &str =
         OR (p.status = 'suspended' AND p.valid_until < ?4))
  ORDER BY p.permit_no LIMIT ?3";
 
-/// The body of [`SqliteRunTx::event_pages`]'s thread.
+/// The body of [`SqliteRunTx::event_pages`]'s thread. Each page is read
+/// in a read transaction of its own, not all of them in one: a snapshot
+/// held across the pass would keep every page the run commits meanwhile
+/// in the write-ahead log (a checkpoint cannot pass a reader's snapshot),
+/// and the log would grow by the whole first night (about 2 GB at
+/// 10,000,000 permits) before one checkpoint copied it all.
 fn read_event_pages(
     path: &Path,
     bounds: CandidateBounds,
@@ -47,7 +54,7 @@ fn read_event_pages(
     mut make: MakeEvents,
     send: &tokio::sync::mpsc::Sender<EventPage>,
 ) -> Result<()> {
-    let c = snapshot_reader(path)?;
+    let c = reader(path)?;
     let mut stmt = c.prepare(CANDIDATES).map_err(raw_err)?;
     let to = bounds.active_to.to_string();
     let before = bounds.suspended_before.map(|d| d.to_string());
@@ -110,8 +117,8 @@ impl SqliteDb {
 
 impl SqliteRunTx {
     /// [`crate::db::RunTx::event_pages`]: a blocking thread reads the pages
-    /// over its own connection, in one read transaction, and makes their
-    /// events, at most one page ahead of the writer.
+    /// over its own connection and makes their events, at most one page
+    /// ahead of the writer.
     pub fn event_pages(
         &self,
         bounds: CandidateBounds,
@@ -136,7 +143,7 @@ impl SqliteRunTx {
         limit: u32,
     ) -> Result<Vec<DuePermit>> {
         let after = after.unwrap_or("");
-        with_raw(&mut self.tx, |c| {
+        with_raw(self.conn(), |c| {
             let mut stmt = c.prepare(concat!(
                 "SELECT p.permit_no, d.id_number, p.valid_until, d.employer_uscc, d.si_status,
                         d.marital_status, ",
@@ -175,9 +182,9 @@ impl SqliteRunTx {
     /// once: the later half into a [`EvidenceSink::part`] on a thread of
     /// its own, over a second read-only connection, while this one reads
     /// the first half into `sink`, which then takes the part in (the
-    /// halves hold different holders). The second connection sees what
-    /// this transaction sees: the run holds the only write lock and has
-    /// not written the feeds.
+    /// halves hold different holders). Both see the same feeds: a run
+    /// never writes them, and the job lock keeps imports out while it
+    /// lasts.
     pub async fn feed_evidence<S: EvidenceSink>(
         &mut self,
         id_numbers: &[&str],
@@ -189,9 +196,10 @@ impl SqliteRunTx {
         ids.dedup();
         let (first, second) = ids.split_at(ids.len() / 2);
         let mut later = sink.part();
-        let path = self.path.as_path();
+        let path = self.path.clone();
+        let path = path.as_path();
         let mut failed = None;
-        with_raw(&mut self.tx, |c| {
+        with_raw(self.conn(), |c| {
             let later = &mut later;
             std::thread::scope(|scope| {
                 let part = scope.spawn(move || -> Result<()> {
@@ -214,19 +222,30 @@ impl SqliteRunTx {
         Ok(())
     }
 
+    /// Writes a page's events, notices and permit changes and commits them
+    /// together (R7, R8).
     pub async fn write(&mut self, batch: &RunBatch) -> Result<()> {
         if batch.events.is_empty() {
             return Ok(());
         }
         let held = batch.held;
-        with_raw(&mut self.tx, |c| {
+        let mut tx = self.begin_write().await?;
+        with_raw(&mut tx, |c| {
             let as_of = batch.as_of.to_string();
             let at = batch.decided_at.as_str();
             // Events and notices go in as multi-row INSERTs of up to
             // ROWS_PER_INSERT rows: one statement execution (and its
             // per-statement work) per chunk rather than per row.
-            // `held` is the events' last column.
-            let held_tail = if held { ", 1" } else { ", 0" };
+            // `held` is the events' last column. A held run's events
+            // change nothing, so a held run resumed after a crash makes
+            // again the events of the pages it committed; its cycles'
+            // unique index (events_held_cycle) keeps the first of each, as
+            // on PostgreSQL.
+            let (held_tail, held_end) = if held {
+                (", 1", " ON CONFLICT DO NOTHING")
+            } else {
+                (", 0", "")
+            };
             let mut full_events = None;
             let mut full_notices = None;
             let mut effects = EffectWriter::new(c)?;
@@ -234,7 +253,7 @@ impl SqliteRunTx {
                 insert_chunk(
                     c,
                     &mut full_events,
-                    (EVENT_INSERT, 16, held_tail, ""),
+                    (EVENT_INSERT, 16, held_tail, held_end),
                     chunk,
                     |stmt, next, e| {
                         bind_row(
@@ -297,6 +316,8 @@ impl SqliteRunTx {
             }
             Ok(())
         })
-        .await
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
