@@ -27,7 +27,7 @@ use crate::db::{
     Db, Effect, FeedImport, LifecycleCounts, ReleaseItem, Restore, RevertDone, RevertItem,
     RunRecord,
 };
-use crate::domain::{EventKind, PermitStatus};
+use crate::domain::{EventKind, PermitStatus, RunStatus};
 use crate::error::{Error, Result};
 use crate::feeds::Delivery;
 use crate::outbox::notice::Notices;
@@ -213,7 +213,7 @@ async fn held_run(db: &Db, run_id: i64, verb: &str) -> Result<RunRecord> {
         .run_by_id(run_id)
         .await?
         .ok_or_else(|| Error::Refused(format!("there is no run {run_id}: nothing to {verb}")))?;
-    if run.status != "held" {
+    if run.status != RunStatus::Held {
         return Err(Error::Refused(format!(
             "run {run_id} for {} is {}, not held by the safety brake: nothing to {verb}",
             run.as_of, run.status
@@ -421,8 +421,8 @@ pub async fn revert(db: &Db, clock: Clock, run_id: i64) -> Result<RevertOutcome>
         .run_by_id(run_id)
         .await?
         .ok_or_else(|| Error::Refused(format!("there is no run {run_id}: nothing to revert")))?;
-    if run.status != "completed" {
-        let hint = if run.status == "held" {
+    if run.status != RunStatus::Completed {
+        let hint = if run.status == RunStatus::Held {
             format!(" (a held run applied nothing: `autosign discard {run_id}` voids it instead)")
         } else {
             String::new()

@@ -32,7 +32,7 @@ use crate::db::explain::{HolderRows, RowOrigin, StoredCivil, StoredPayment, Stor
 use crate::db::{AuditRow, Db, NotificationRow, PermitRow, RunRecord};
 use crate::domain::{
     mask_id_str, mask_name, Channel, EventKind, EventState, MaritalStatus, Month, NoticeStatus,
-    PaymentStatus, Reason, Reasons, ResidenceResult, SiStatus,
+    PermitStatus, Reason, Reasons, RunStatus, SiStatus,
 };
 use crate::error::{Error, Result};
 use crate::outbox::notice::Notices;
@@ -86,12 +86,12 @@ pub struct Holder {
 #[derive(Debug, Serialize)]
 pub struct PermitView {
     /// As stored now.
-    pub status: String,
+    pub status: PermitStatus,
     pub valid_until: NaiveDate,
     /// The registration baseline R5 compares with.
-    pub si_status: String,
+    pub si_status: SiStatus,
     pub employer_uscc: String,
-    pub marital_status: String,
+    pub marital_status: MaritalStatus,
     pub street_code: String,
     pub service_center: Option<String>,
     /// The register row's last import.
@@ -126,7 +126,7 @@ impl From<&RowOrigin> for Source {
 pub struct RunView {
     pub run_id: i64,
     pub as_of: NaiveDate,
-    pub status: String,
+    pub status: RunStatus,
     /// The newest import the run had seen.
     pub import_mark: Option<i64>,
 }
@@ -265,7 +265,7 @@ pub struct EffectView {
     pub valid_until: NaiveDate,
     pub new_valid_until: Option<NaiveDate>,
     /// The permit's status after the event.
-    pub status_after: String,
+    pub status_after: PermitStatus,
     pub why: String,
 }
 
@@ -513,11 +513,11 @@ impl Ctx<'_> {
                 id_number: mask_id_str(&p.id_number),
             },
             permit: PermitView {
-                status: p.status.code().to_string(),
+                status: p.status,
                 valid_until: p.valid_until,
-                si_status: p.si_status.code().to_string(),
+                si_status: p.si_status,
                 employer_uscc: p.employer_uscc.clone(),
-                marital_status: p.marital_status.code().to_string(),
+                marital_status: p.marital_status,
                 street_code: p.street_code.clone(),
                 service_center: self.notices.center(&p.street_code).map(|c| c.name.clone()),
                 source: origin.map(Source::from),
@@ -552,7 +552,7 @@ impl Ctx<'_> {
     fn lifecycle_why(
         &self,
         step: Option<EventKind>,
-        status: &str,
+        status: PermitStatus,
         valid_until: NaiveDate,
     ) -> String {
         let as_of = self.as_of;
@@ -571,13 +571,13 @@ impl Ctx<'_> {
                 "valid_until {valid_until} is before as_of {as_of}, within the grace period \
                  (ends {grace_until}): the active permit is suspended (R3)"
             ),
-            None if status == "cancelled" => {
+            None if status == PermitStatus::Cancelled => {
                 "cancelled: final, never evaluated again (R3, C5)".to_string()
             }
             None if valid_until >= as_of => {
                 format!("no step: valid_until {valid_until} is not before as_of {as_of}")
             }
-            None if status == "suspended" => format!(
+            None if status == PermitStatus::Suspended => format!(
                 "no step: already suspended; cancelled once as_of is after {grace_until} \
                  (lapse_policy {})",
                 self.lapse_policy()
@@ -589,13 +589,13 @@ impl Ctx<'_> {
         }
     }
 
-    fn window_view(&self, valid_until: NaiveDate, status: &str) -> WindowView {
+    fn window_view(&self, valid_until: NaiveDate, status: PermitStatus) -> WindowView {
         let days_left = (valid_until - self.as_of).num_days();
         let w = self.rules.window_days;
         let opens = valid_until.checked_sub_signed(days(w));
-        let due = status == "active" && (0..=i64::from(w)).contains(&days_left);
+        let due = status == PermitStatus::Active && (0..=i64::from(w)).contains(&days_left);
         let opens_text = opens.map(|d| d.to_string()).unwrap_or_default();
-        let why = if status != "active" {
+        let why = if status != PermitStatus::Active {
             format!("not due: the permit is {status}; only active permits are due (R4)")
         } else if due {
             format!(
@@ -664,21 +664,21 @@ impl Ctx<'_> {
             .unwrap_or_else(|| "the service center of the holder's street".into());
         let (status_after, why) = match kind {
             EventKind::AutoSigned => (
-                "active",
+                PermitStatus::Active,
                 format!(
                     "valid_until moves one year, {valid_until} → {}; the cycle ends",
                     new.map(|d| d.to_string()).unwrap_or_default()
                 ),
             ),
             EventKind::VisitCenter => (
-                "active",
+                PermitStatus::Active,
                 format!(
                     "permit unchanged; the holder goes to {center} by {valid_until} with the card \
                      and the materials the notice lists; the cycle is closed (C8)"
                 ),
             ),
             EventKind::Suspended => (
-                "suspended",
+                PermitStatus::Suspended,
                 format!(
                     "use of the permit is suspended; endorsing at a center by {} restores it",
                     self.grace_until(valid_until)
@@ -686,13 +686,16 @@ impl Ctx<'_> {
                         .unwrap_or_default()
                 ),
             ),
-            EventKind::Cancelled => ("cancelled", "the permit is cancelled (final)".to_string()),
+            EventKind::Cancelled => (
+                PermitStatus::Cancelled,
+                "the permit is cancelled (final)".to_string(),
+            ),
         };
         EffectView {
             rule: "R7",
             valid_until,
             new_valid_until: new,
-            status_after: status_after.to_string(),
+            status_after,
             why,
         }
     }
@@ -784,7 +787,7 @@ impl Ctx<'_> {
         out.run = run.map(|r| RunView {
             run_id: r.run_id,
             as_of: r.as_of,
-            status: r.status.clone(),
+            status: r.status,
             import_mark: r.import_mark,
         });
         out.notes.push(
@@ -809,15 +812,16 @@ impl Ctx<'_> {
                 out.lifecycle.valid_until = e.valid_until;
                 out.lifecycle.grace_until = self.grace_until(e.valid_until);
                 // A SUSPENDED step is taken on an active permit only (R3).
-                out.lifecycle.why = self.lifecycle_why(Some(kind), "active", e.valid_until);
+                out.lifecycle.why =
+                    self.lifecycle_why(Some(kind), PermitStatus::Active, e.valid_until);
                 let why = "a lifecycle step (R3, above), not a decision on evidence".to_string();
                 self.set_decision(out, kind.code(), &[], e.valid_until, why);
             }
             EventKind::AutoSigned | EventKind::VisitCenter => {
                 out.lifecycle.valid_until = e.valid_until;
                 out.lifecycle.grace_until = self.grace_until(e.valid_until);
-                out.lifecycle.why = self.lifecycle_why(None, "active", e.valid_until);
-                out.window = Some(self.window_view(e.valid_until, "active"));
+                out.lifecycle.why = self.lifecycle_why(None, PermitStatus::Active, e.valid_until);
+                out.window = Some(self.window_view(e.valid_until, PermitStatus::Active));
                 out.cycle = Some(CycleView {
                     valid_until: e.valid_until,
                     decided_by: Some(event_ref(e)),
@@ -832,7 +836,7 @@ impl Ctx<'_> {
         if e.state != EventState::Applied {
             if let Some(f) = out.effect.as_mut() {
                 f.why = format!("not in effect ({}): {}", e.state, state_meaning(e.state));
-                f.status_after = self.permit.status.code().to_string();
+                f.status_after = self.permit.status;
             }
         }
         out.notices = outbox
@@ -910,7 +914,7 @@ impl Ctx<'_> {
         // Civil status: the holder's latest record among what the run saw.
         let latest = rows.civil.iter().rev().find(|c| seen(mark, &c.origin));
         let record = match (&e.marital_status, latest) {
-            (Some(m), Some(c)) if &c.marital_status == m => Some(civil_view(c)),
+            (Some(m), Some(c)) if c.marital_status.code() == m => Some(civil_view(c)),
             (Some(m), _) => {
                 notes.push(gone_note(
                     "the civil-status record",
@@ -971,7 +975,7 @@ impl Ctx<'_> {
         );
         let today = self.clock.today();
         match db.run_for(as_of).await? {
-            Some(r) if r.status == "completed" => out.notes.push(format!(
+            Some(r) if r.status == RunStatus::Completed => out.notes.push(format!(
                 "run {} for {as_of} completed without an event for this permit (not due, \
                  PENDING — which is not recorded per permit —, or its cycle decided before); \
                  this recomputes it from the data stored now, which may differ from what that \
@@ -1017,7 +1021,7 @@ impl Ctx<'_> {
         let status = p.status;
         let step = rules::lifecycle(status, p.valid_until, self.as_of, self.rules);
         out.lifecycle.step = step.map(|k| k.code().to_string());
-        out.lifecycle.why = self.lifecycle_why(step, p.status.code(), p.valid_until);
+        out.lifecycle.why = self.lifecycle_why(step, p.status, p.valid_until);
         if let Some(kind) = step {
             let why = "a lifecycle step (R3, above), not a decision on evidence".to_string();
             self.set_decision(out, kind.code(), &[], p.valid_until, why);
@@ -1025,7 +1029,7 @@ impl Ctx<'_> {
             out.notices.push(self.would_notice(kind, &[], None));
             return Ok(());
         }
-        let window = self.window_view(p.valid_until, p.status.code());
+        let window = self.window_view(p.valid_until, p.status);
         if !window.due {
             let why = window.why.clone();
             out.window = Some(window);
@@ -1090,11 +1094,7 @@ impl Ctx<'_> {
         for v in visits_by_day.values() {
             visits.push(Visit {
                 visited_on: v.visited_on,
-                result: stored(
-                    "residence result",
-                    &v.result,
-                    ResidenceResult::parse(&v.result),
-                )?,
+                result: v.result,
             });
         }
         let visit = rules::select_visit(&visits, self.permit.valid_until, as_of, self.rules);
@@ -1106,23 +1106,13 @@ impl Ctx<'_> {
         for (m, p) in &by_month {
             payments.push(Payment {
                 month: *m,
-                status: stored("payment status", &p.status, PaymentStatus::parse(&p.status))?,
+                status: p.status,
                 employer_uscc: p.employer_uscc.clone(),
             });
         }
         let payment = rules::select_payment(&payments, as_of, self.rules);
         let latest_civil = rows.civil.last();
-        let civil = match latest_civil {
-            Some(c) => Some((
-                stored(
-                    "marital status",
-                    &c.marital_status,
-                    MaritalStatus::parse(&c.marital_status),
-                )?,
-                c.as_of,
-            )),
-            None => None,
-        };
+        let civil = latest_civil.map(|c| (c.marital_status, c.as_of));
         // C4: the holder's latest record counts only if not from the future.
         let marital_status = civil
             .filter(|(_, at)| at.is_none_or(|at| at <= as_of))
@@ -1325,7 +1315,7 @@ struct StoredPick<'r> {
 
 fn civil_view(c: &StoredCivil) -> CivilView {
     CivilView {
-        marital_status: c.marital_status.clone(),
+        marital_status: c.marital_status.code().to_string(),
         as_of: c.as_of,
         source: Some(Source::from(&c.origin)),
     }

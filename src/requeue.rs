@@ -21,7 +21,7 @@ use crate::cli::parse_date_arg;
 use crate::clock::Clock;
 use crate::db::requeue::{NoticeSelection, RequeueBy, RequeueDone, SelectedNotices};
 use crate::db::Db;
-use crate::domain::{Channel, NoticeStatus};
+use crate::domain::{Channel, NoticeStatus, RunStatus};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 
@@ -197,12 +197,12 @@ pub async fn requeue(
             .run_by_id(id)
             .await?
             .ok_or_else(|| Error::Refused(format!("there is no run {id}: nothing to requeue")))?;
-        let why = match run.status.as_str() {
-            "completed" => None,
-            "reverted" => Some("was reverted: its notices were withdrawn and are never requeued"),
-            "discarded" => Some("was discarded: it queued no notice"),
-            "held" => Some("is held by the safety brake: it queued no notice yet (`autosign release` queues them)"),
-            _ => Some("has not completed: it queued no notice yet"),
+        let why = match run.status {
+            RunStatus::Completed => None,
+            RunStatus::Reverted => Some("was reverted: its notices were withdrawn and are never requeued"),
+            RunStatus::Discarded => Some("was discarded: it queued no notice"),
+            RunStatus::Held => Some("is held by the safety brake: it queued no notice yet (`autosign release` queues them)"),
+            RunStatus::Running => Some("has not completed: it queued no notice yet"),
         };
         if let Some(why) = why {
             return Err(Error::Refused(format!(
@@ -298,7 +298,7 @@ fn not_requeued_why(g: &SelectedNotices) -> &'static str {
             "is undeliverable (no phone or e-mail): nothing to send it by"
         }
         NoticeStatus::Queued => "is queued already: delivery sends it when it is due",
-        _ if g.run_status != "completed" => {
+        _ if g.run_status != RunStatus::Completed => {
             "belongs to a run that is not completed: never requeued"
         }
         _ if g.purged => "has had its text and recipient purged (retention): cannot be sent",

@@ -20,7 +20,7 @@ pub struct StatusReport {
     pub id_number: String,
     /// Masked: family name only.
     pub name: String,
-    pub status: String,
+    pub status: PermitStatus,
     pub valid_until: NaiveDate,
     pub street_code: String,
     pub service_center: Option<String>,
@@ -128,7 +128,7 @@ pub async fn status(db: &Db, settings: &Settings, permit_no: &str) -> Result<Sta
         permit_no: permit.permit_no.clone(),
         id_number: mask_id_str(&permit.id_number),
         name: mask_name(&permit.name),
-        status: permit.status.code().to_string(),
+        status: permit.status,
         valid_until: permit.valid_until,
         street_code: permit.street_code.clone(),
         service_center: notices_center

@@ -19,7 +19,7 @@ use chrono_tz::Tz;
 use crate::clock::Clock;
 use crate::db::metrics::DbMetrics;
 use crate::db::{Db, RunRecord};
-use crate::domain::{Channel, EventKind, NoticeStatus};
+use crate::domain::{Channel, EventKind, NoticeStatus, RunStatus};
 use crate::feeds::Feed;
 use crate::settings::Settings;
 
@@ -506,14 +506,20 @@ pub fn render(
     };
 
     head(&mut o, "autosign_runs", "gauge", "Runs in the ledger, by status (running: in progress or interrupted, resumed at the next run; held: stopped by the safety brake until released or discarded).");
-    for status in ["completed", "running", "held", "discarded", "reverted"] {
+    for status in [
+        RunStatus::Completed,
+        RunStatus::Running,
+        RunStatus::Held,
+        RunStatus::Discarded,
+        RunStatus::Reverted,
+    ] {
         let n: i64 = db
             .runs
             .iter()
-            .filter(|r| r.a == status)
-            .map(|r| r.count)
+            .filter(|(s, _)| *s == status)
+            .map(|(_, n)| n)
             .sum();
-        let _ = writeln!(o, "autosign_runs{{status=\"{status}\"}} {n}");
+        let _ = writeln!(o, "autosign_runs{{status=\"{}\"}} {n}", status.code());
     }
     if let Some(r) = last {
         head(
@@ -721,7 +727,7 @@ mod tests {
         let last = RunRecord {
             run_id: 4,
             as_of: NaiveDate::from_ymd_opt(2026, 11, 27).expect("date"),
-            status: "completed".into(),
+            status: RunStatus::Completed,
             attempts: 1,
             started_at: "2026-11-27T02:00:00+08:00".into(),
             finished_at: Some("2026-11-27T02:00:03+08:00".into()),
@@ -732,7 +738,7 @@ mod tests {
             duration_secs: Some(2.75),
         };
         let db = DbMetrics {
-            runs: vec![lc("completed", "", 4)],
+            runs: vec![(RunStatus::Completed, 4)],
             last_run_events: vec![
                 ec(EventKind::AutoSigned, &[], 10),
                 ec(

@@ -17,6 +17,7 @@ use chrono::NaiveDate;
 use sqlx::Row;
 
 use super::{on_pool, Db};
+use crate::domain::{MaritalStatus, PaymentStatus, ResidenceResult};
 use crate::error::Result;
 
 /// Where a stored row came from.
@@ -37,7 +38,7 @@ pub struct RowOrigin {
 #[derive(Debug, Clone)]
 pub struct StoredVisit {
     pub visited_on: NaiveDate,
-    pub result: String,
+    pub result: ResidenceResult,
     pub officer_id: String,
     pub origin: RowOrigin,
 }
@@ -47,7 +48,7 @@ pub struct StoredVisit {
 pub struct StoredPayment {
     /// `YYYY-MM`
     pub month: String,
-    pub status: String,
+    pub status: PaymentStatus,
     pub employer_uscc: String,
     pub employer_name: String,
     pub origin: RowOrigin,
@@ -56,7 +57,7 @@ pub struct StoredPayment {
 /// A civil-status record as stored (R5, C4).
 #[derive(Debug, Clone)]
 pub struct StoredCivil {
-    pub marital_status: String,
+    pub marital_status: MaritalStatus,
     pub as_of: Option<NaiveDate>,
     pub origin: RowOrigin,
 }

@@ -11,7 +11,7 @@ use chrono::NaiveDate;
 use sqlx::Row;
 
 use super::{on_pool, Db};
-use crate::domain::{Channel, EventKind, NoticeStatus, Reasons};
+use crate::domain::{Channel, EventKind, NoticeStatus, Reasons, RunStatus};
 use crate::error::Result;
 
 /// Applied against embedded migrations.
@@ -71,8 +71,8 @@ pub struct BacklogGroup {
 /// What `/metrics` reads from the database.
 #[derive(Debug, Clone, Default)]
 pub struct DbMetrics {
-    /// The run ledger by status (`completed`, `running`).
-    pub runs: Vec<LabelledCount>,
+    /// The run ledger: how many runs of each status.
+    pub runs: Vec<(RunStatus, i64)>,
     /// Events (decisions and lifecycle changes) of the last completed run's
     /// `as_of`, by kind and reasons.
     pub last_run_events: Vec<EventCount>,
@@ -198,7 +198,7 @@ impl Db {
     pub async fn metrics(&self, last_as_of: Option<NaiveDate>) -> Result<DbMetrics> {
         let mut m = DbMetrics::default();
         on_pool!(self, |pool| {
-            m.runs = labelled_runs(&sqlx::query(RUNS).fetch_all(pool).await?)?;
+            m.runs = run_counts(&sqlx::query(RUNS).fetch_all(pool).await?)?;
             m.backlog = backlog(&sqlx::query(BACKLOG).fetch_all(pool).await?)?;
             m.imports = feed_imports(&sqlx::query(IMPORTS).fetch_all(pool).await?)?;
             if let Some(as_of) = last_as_of {
@@ -222,20 +222,14 @@ impl Db {
     }
 }
 
-/// `runs` grouped by status has no second label.
-fn labelled_runs<R: Row>(rows: &[R]) -> Result<Vec<LabelledCount>>
+/// `runs` grouped by status.
+fn run_counts<R: Row>(rows: &[R]) -> Result<Vec<(RunStatus, i64)>>
 where
     usize: sqlx::ColumnIndex<R>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     rows.iter()
-        .map(|r| {
-            Ok(LabelledCount {
-                a: r.try_get(0)?,
-                b: String::new(),
-                count: r.try_get(1)?,
-            })
-        })
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect()
 }

@@ -14,7 +14,7 @@ use chrono::NaiveDate;
 use sqlx::Row;
 
 use super::{stored, Db};
-use crate::domain::Reasons;
+use crate::domain::{Reasons, RunStatus};
 use crate::error::Result;
 
 /// A run of the range as the report shows it: completed or held (a
@@ -23,8 +23,8 @@ use crate::error::Result;
 pub struct ReportRun {
     pub run_id: i64,
     pub as_of: NaiveDate,
-    /// `completed` or `held`.
-    pub status: String,
+    /// Completed or held.
+    pub status: RunStatus,
     /// PENDING permits of the run (R6: no event is written for them).
     pub pending: i64,
     /// Why the safety brake held the run, if it did.
@@ -120,7 +120,7 @@ fn report_run(r: &impl Cells) -> Result<ReportRun> {
     Ok(ReportRun {
         run_id: r.int(0)?,
         as_of: r.date(1)?,
-        status: r.text(2)?,
+        status: stored(r.text(2)?)?,
         pending: r.int(3)?,
         brake: r.opt_text(4)?,
         started_at: r.text(5)?,

@@ -22,7 +22,7 @@ use chrono::NaiveDate;
 use sqlx::Row;
 
 use super::{on_pool, Db};
-use crate::domain::{Channel, NoticeStatus};
+use crate::domain::{Channel, NoticeStatus, RunStatus};
 use crate::error::Result;
 
 /// An operator's selection of notices; every field given narrows it. With
@@ -44,9 +44,8 @@ pub struct NoticeSelection {
 pub struct SelectedNotices {
     pub channel: Channel,
     pub status: NoticeStatus,
-    /// The status of the run that queued them. Text: runs have no status
-    /// type of their own.
-    pub run_status: String,
+    /// The status of the run that queued them.
+    pub run_status: RunStatus,
     /// Text or recipient cleared by `autosign purge` (retention).
     pub purged: bool,
     pub count: i64,
@@ -56,7 +55,7 @@ impl SelectedNotices {
     /// Whether [`Db::requeue_notices`] queues these again.
     pub fn requeueable(&self) -> bool {
         matches!(self.status, NoticeStatus::Dead | NoticeStatus::Failed)
-            && self.run_status == "completed"
+            && self.run_status == RunStatus::Completed
             && !self.purged
     }
 }
@@ -416,22 +415,22 @@ mod tests {
 
     #[test]
     fn only_dead_or_failed_notices_of_completed_runs_with_their_text_are_requeueable() {
-        let g = |status, run: &str, purged| SelectedNotices {
+        let g = |status, run_status, purged| SelectedNotices {
             channel: Channel::Sms,
             status,
-            run_status: run.into(),
+            run_status,
             purged,
             count: 1,
         };
-        assert!(g(NoticeStatus::Dead, "completed", false).requeueable());
-        assert!(g(NoticeStatus::Failed, "completed", false).requeueable());
+        assert!(g(NoticeStatus::Dead, RunStatus::Completed, false).requeueable());
+        assert!(g(NoticeStatus::Failed, RunStatus::Completed, false).requeueable());
         for no in [
-            g(NoticeStatus::Sent, "completed", false),
-            g(NoticeStatus::Queued, "completed", false),
-            g(NoticeStatus::Withdrawn, "reverted", false),
-            g(NoticeStatus::Undeliverable, "completed", false),
-            g(NoticeStatus::Dead, "reverted", false),
-            g(NoticeStatus::Dead, "completed", true),
+            g(NoticeStatus::Sent, RunStatus::Completed, false),
+            g(NoticeStatus::Queued, RunStatus::Completed, false),
+            g(NoticeStatus::Withdrawn, RunStatus::Reverted, false),
+            g(NoticeStatus::Undeliverable, RunStatus::Completed, false),
+            g(NoticeStatus::Dead, RunStatus::Reverted, false),
+            g(NoticeStatus::Dead, RunStatus::Completed, true),
         ] {
             assert!(!no.requeueable(), "{no:?}");
         }

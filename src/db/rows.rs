@@ -6,15 +6,15 @@
 //! shared statement maps once for both backends
 //! (`sqlx::FromRow`, by column name). An event's reasons travel as
 //! [`Reasons`], read back from their stored text exactly (the same way),
-//! and so do an audit row's decision and state and a notice's kind,
-//! channel and status; an audit row's evidence values stay text: they are
-//! what the run recorded and the files say.
+//! and so do an audit row's decision and state, a notice's kind, channel
+//! and status, and a run's status; an audit row's evidence values stay
+//! text: they are what the run recorded and the files say.
 
 use chrono::NaiveDate;
 
 use crate::domain::{
-    Channel, CycleDecision, EventKind, EventState, MaritalStatus, NoticeStatus, PermitStatus,
-    Reasons, SiStatus,
+    Channel, CycleDecision, EventKind, EventState, MaritalStatus, NoticeStatus, PaymentStatus,
+    PermitStatus, Reasons, ResidenceResult, RunStatus, SiStatus,
 };
 
 /// Columns that hold a stored code (or an event's reasons, [`Reasons`]),
@@ -53,10 +53,13 @@ stored_code_columns!(
     PermitStatus,
     SiStatus,
     MaritalStatus,
+    ResidenceResult,
+    PaymentStatus,
     EventKind,
     EventState,
     Channel,
     NoticeStatus,
+    RunStatus,
     crate::feeds::Delivery,
 );
 
@@ -169,7 +172,7 @@ pub struct CivilStatusRow {
 pub struct RunRecord {
     pub run_id: i64,
     pub as_of: NaiveDate,
-    pub status: String,
+    pub status: RunStatus,
     pub attempts: i64,
     pub started_at: String,
     pub finished_at: Option<String>,
@@ -554,5 +557,54 @@ mod tests {
             .await
             .expect_err("a label, not a stored code");
         assert!(e.to_string().contains(r#""已发送""#), "{e}");
+        let (run, paid, civil): (RunStatus, PaymentStatus, MaritalStatus) =
+            sqlx::query_as("SELECT 'reverted', 'arrears', 'divorced'")
+                .fetch_one(&mut c)
+                .await
+                .expect("a run's and the feeds' codes");
+        assert_eq!(run, RunStatus::Reverted);
+        assert_eq!(paid, PaymentStatus::Arrears);
+        assert_eq!(civil, MaritalStatus::Divorced);
+        let e = sqlx::query_as::<_, (RunStatus,)>("SELECT 'paused'")
+            .fetch_one(&mut c)
+            .await
+            .expect_err("an unknown run status");
+        assert!(e.to_string().contains(r#""paused""#), "{e}");
+        let e = sqlx::query_as::<_, (ResidenceResult,)>("SELECT '一致'")
+            .fetch_one(&mut c)
+            .await
+            .expect_err("a feed's label, not a stored code");
+        assert!(e.to_string().contains(r#""一致""#), "{e}");
+    }
+
+    #[tokio::test]
+    async fn every_run_status_is_one_the_ledger_allows_and_reads_back() {
+        let mut c = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        sqlx::migrate!("migrations/sqlite")
+            .run(&mut c)
+            .await
+            .expect("migrations");
+        let insert = "INSERT INTO runs (as_of, status, started_at) VALUES ($1, $2, '')";
+        for (day, status) in (1..).zip(RunStatus::ALL) {
+            sqlx::query(insert)
+                .bind(format!("2026-11-{day:02}"))
+                .bind(status.code())
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{status}: {e}"));
+        }
+        sqlx::query(insert)
+            .bind("2026-12-01")
+            .bind("paused")
+            .execute(&mut c)
+            .await
+            .expect_err("a status the ledger does not allow");
+        let back: Vec<RunStatus> = sqlx::query_scalar("SELECT status FROM runs ORDER BY run_id")
+            .fetch_all(&mut c)
+            .await
+            .expect("the statuses read back");
+        assert_eq!(back, RunStatus::ALL);
     }
 }

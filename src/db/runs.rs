@@ -12,7 +12,7 @@ use chrono::NaiveDate;
 
 use super::rows::*;
 use super::{on_pool, spelled, Db};
-use crate::domain::{EventKind, PermitStatus};
+use crate::domain::{EventKind, PermitStatus, RunStatus};
 use crate::error::{Error, Result};
 
 /// A [`RunRecord`]'s columns.
@@ -44,11 +44,11 @@ pub(super) const END_RUN: &str = "UPDATE runs SET status = $1, finished_at = $2,
      duration_secs = $4 WHERE run_id = $5";
 
 /// The status a run ends in: held if the brake held it, else completed.
-pub(super) fn end_status(run: &RunRecord) -> &'static str {
+pub(super) fn end_status(run: &RunRecord) -> RunStatus {
     if run.brake.is_some() {
-        "held"
+        RunStatus::Held
     } else {
-        "completed"
+        RunStatus::Completed
     }
 }
 

@@ -263,6 +263,25 @@ domain_enum! {
     }
 }
 
+domain_enum! {
+    /// Where a run stands in the run ledger (`runs.status`): the values the
+    /// ledger's CHECK allows, moved on by the run itself and by `release`,
+    /// `discard` and `revert` (docs/rules.md, "Safety brake").
+    pub enum RunStatus("run status") {
+        /// In progress, or interrupted: the next run of its date resumes
+        /// it.
+        Running => "running", ["运行中"],
+        Completed => "completed", ["已完成"],
+        /// Its decisions are recorded, not applied: the safety brake holds
+        /// it until `autosign release` or `autosign discard`.
+        Held => "held", ["被安全闸暂停"],
+        /// Voided by `autosign discard`: its date may run again.
+        Discarded => "discarded", ["已作废"],
+        /// Undone by `autosign revert`: its date may run again.
+        Reverted => "reverted", ["已撤销"],
+    }
+}
+
 /// What an event does to its permit (R3, R7); `reconcile::rules::effect`
 /// says which for an event kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -456,6 +475,12 @@ mod tests {
             NoticeStatus::code,
             NoticeStatus::labels_zh,
         );
+        check(
+            &RunStatus::ALL,
+            RunStatus::parse,
+            RunStatus::code,
+            RunStatus::labels_zh,
+        );
     }
 
     #[test]
@@ -503,5 +528,7 @@ mod tests {
         let back: Vec<MaritalStatus> = serde_json::from_str(r#"["married","离异"]"#).unwrap();
         assert_eq!(back, vec![MaritalStatus::Married, MaritalStatus::Divorced]);
         assert!(serde_json::from_str::<MaritalStatus>(r#""x""#).is_err());
+        let json = serde_json::to_string(&[RunStatus::Completed, RunStatus::Held]).unwrap();
+        assert_eq!(json, r#"["completed","held"]"#);
     }
 }

@@ -24,7 +24,7 @@ pub use contact::{Email, EmailError, Phone, PhoneError};
 pub use dates::{add_one_year, parse_date, DateError, Month, MonthError};
 pub use enums::{
     Channel, CycleDecision, Effect, EnumError, EventKind, EventState, MaritalStatus, NoticeStatus,
-    PaymentStatus, PermitStatus, Reason, ResidenceResult, SiStatus,
+    PaymentStatus, PermitStatus, Reason, ResidenceResult, RunStatus, SiStatus,
 };
 pub(crate) use feed::normalise as normalise_header;
 pub use feed::{Delivery, Encoding, Feed, HeaderNames};

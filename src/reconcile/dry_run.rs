@@ -32,7 +32,7 @@ use super::{Ctx, PlanCounts, RunSummary};
 use crate::audit::AuditWriter;
 use crate::clock::Clock;
 use crate::db::{AuditRow, Db, NewEvent, RunRecord, RunTx};
-use crate::domain::EventState;
+use crate::domain::{EventState, RunStatus};
 use crate::error::{Error, Result};
 use crate::feeds::{self, Feed};
 use crate::outbox::notice::Notices;
@@ -80,7 +80,10 @@ pub async fn dry_run(
     // The run's refusals, in its order: a held run, C8, C16.
     crate::brake::refuse_if_held(db).await?;
     let existing = db.run_for(as_of).await?;
-    if let Some(done) = existing.clone().filter(|r| r.status == "completed") {
+    if let Some(done) = existing
+        .clone()
+        .filter(|r| r.status == RunStatus::Completed)
+    {
         return Ok(DryRunOutcome::AlreadyCompleted(done));
     }
     if let Some(last) = db.latest_completed_run().await? {
@@ -98,11 +101,11 @@ pub async fn dry_run(
         feeds_trip,
         lifecycle,
     } = super::brake_inputs(db, settings, as_of, clock).await?;
-    let resumes = existing.filter(|r| r.status == "running");
+    let resumes = existing.filter(|r| r.status == RunStatus::Running);
     let run = RunRecord {
         run_id: db.next_run_id(as_of).await?,
         as_of,
-        status: "running".into(),
+        status: RunStatus::Running,
         attempts: resumes.as_ref().map_or(1, |r| r.attempts + 1),
         started_at: clock.now_rfc3339(),
         finished_at: None,

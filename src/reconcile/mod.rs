@@ -31,7 +31,7 @@ use crate::db::{
 };
 use crate::domain::{
     Channel, EventKind, MaritalStatus, Month, PaymentStatus, Reason, Reasons, ResidenceResult,
-    SiStatus,
+    RunStatus, SiStatus,
 };
 use crate::error::{Error, Result};
 use crate::feeds::ImportOutcome;
@@ -188,7 +188,11 @@ pub async fn run(
     // Nothing runs, for any date, while a run is held (docs/rules.md,
     // "Safety brake"): not even the no-op of a completed date (C8).
     crate::brake::refuse_if_held(db).await?;
-    if let Some(done) = db.run_for(as_of).await?.filter(|r| r.status == "completed") {
+    if let Some(done) = db
+        .run_for(as_of)
+        .await?
+        .filter(|r| r.status == RunStatus::Completed)
+    {
         return Ok(RunOutcome::AlreadyCompleted(done));
     }
     if let Some(last) = db.latest_completed_run().await? {

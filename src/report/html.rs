@@ -16,7 +16,7 @@ use chrono::NaiveDate;
 use super::charts::{self, Bar, Rgb, PAGE_WIDTH};
 use super::{FeedAge, Language, Place, Rejects, Report, OUTCOMES, STATUSES, TOP_STREETS};
 use crate::db::report::DELAY_BUCKETS;
-use crate::domain::Reason;
+use crate::domain::{Reason, RunStatus};
 use crate::error::Result;
 use crate::feeds::Feed;
 
@@ -170,10 +170,10 @@ impl T {
         }
     }
 
-    fn run_status(self, status: &str) -> &'static str {
+    fn run_status(self, status: RunStatus) -> &'static str {
         match status {
-            "completed" => self.s("已完成", "completed"),
-            "held" => self.s("被安全闸暂停", "held by the safety brake"),
+            RunStatus::Completed => self.s("已完成", "completed"),
+            RunStatus::Held => self.s("被安全闸暂停", "held by the safety brake"),
             _ => self.s("其他", "other"),
         }
     }
@@ -311,7 +311,7 @@ pub fn render(r: &Report) -> Result<String> {
         from = r.from,
         to = r.to,
         id = run.run_id,
-        status = esc(&run.status),
+        status = run.status.code(),
     );
     header(&mut o, t, r, title);
     o.push_str("<main>\n");
@@ -342,7 +342,7 @@ fn header(o: &mut String, t: T, r: &Report, title: &str) {
         run.as_of,
         esc(t.s("运行", "run")),
         run.run_id,
-        esc(t.run_status(&run.status)),
+        esc(t.run_status(run.status)),
         esc(t.s("统计区间：", "range:")),
         r.from,
         r.to,
@@ -364,7 +364,7 @@ fn header(o: &mut String, t: T, r: &Report, title: &str) {
             run.as_of
         );
     }
-    if run.status == "held" {
+    if run.status == RunStatus::Held {
         let _ = writeln!(
             o,
             "<div class=\"brake held\"><b>{}</b> {}</div>",
@@ -448,7 +448,7 @@ fn outcomes(o: &mut String, t: T, r: &Report) -> Result<()> {
             },
             n.as_of,
             n.run_id,
-            if n.status == "held" {
+            if n.status == RunStatus::Held {
                 esc(t.s("（暂停）", " (held)"))
             } else {
                 String::new()
@@ -869,7 +869,7 @@ fn delivery(o: &mut String, t: T, r: &Report) -> Result<()> {
 fn brake(o: &mut String, t: T, r: &Report) {
     let run = &r.last.run;
     let why = run.brake.as_deref().unwrap_or("");
-    let (class, state, text) = if run.status == "held" {
+    let (class, state, text) = if run.status == RunStatus::Held {
         (
             "held",
             "held",
@@ -1113,7 +1113,7 @@ mod tests {
         let run = ReportRun {
             run_id: 2,
             as_of: d("2026-11-28"),
-            status: "completed".into(),
+            status: RunStatus::Completed,
             pending: 3,
             brake: None,
             started_at: "2026-11-28T02:00:00+08:00".into(),
@@ -1130,13 +1130,13 @@ mod tests {
                 Night {
                     as_of: d("2026-11-27"),
                     run_id: 1,
-                    status: "completed".into(),
+                    status: RunStatus::Completed,
                     counts: [29, 17, 5, 34, 17],
                 },
                 Night {
                     as_of: d("2026-11-28"),
                     run_id: 2,
-                    status: "completed".into(),
+                    status: RunStatus::Completed,
                     counts: [2, 1, 3, 0, 0],
                 },
             ],
@@ -1313,7 +1313,7 @@ mod tests {
     #[test]
     fn a_held_run_is_announced_at_the_top_and_in_the_brake_section() {
         let mut r = report(Language::ZhCn);
-        r.last.run.status = "held".into();
+        r.last.run.status = RunStatus::Held;
         r.last.run.brake = Some("feed residence is 9 days old".into());
         let page = render(&r).expect("page");
         assert!(page.contains("data-brake=\"held\""));

@@ -28,7 +28,7 @@ use chrono::{DateTime, Duration, NaiveDate};
 use crate::clock::Clock;
 use crate::db::report::{DelayStats, ReportImport, ReportRun};
 use crate::db::Db;
-use crate::domain::Reason;
+use crate::domain::{Reason, RunStatus};
 use crate::error::{Error, Result};
 use crate::feeds::Feed;
 use crate::fsutil::AtomicFile;
@@ -109,7 +109,7 @@ pub struct Report {
 pub struct Night {
     pub as_of: NaiveDate,
     pub run_id: i64,
-    pub status: String,
+    pub status: RunStatus,
     pub counts: [i64; 5],
 }
 
@@ -219,7 +219,7 @@ pub async fn gather(
         .map(|r| Night {
             as_of: r.as_of,
             run_id: r.run_id,
-            status: r.status.clone(),
+            status: r.status,
             counts: OUTCOMES.map(|kind| match kind {
                 "PENDING" => r.pending,
                 _ => counts
@@ -684,7 +684,7 @@ mod tests {
         let latest = ReportRun {
             run_id: 3,
             as_of: d("2026-11-27"),
-            status: "completed".into(),
+            status: RunStatus::Completed,
             pending: 0,
             brake: None,
             started_at: String::new(),

@@ -472,7 +472,7 @@ impl PgRunTx {
         let mut tx = self.conn.begin().await?;
         fence(&mut tx, &self.run, &self.owner, now).await?;
         sqlx::query(END_RUN)
-            .bind(end_status(&self.run))
+            .bind(end_status(&self.run).code())
             .bind(now)
             .bind(pending as i64)
             .bind(duration.as_secs_f64())

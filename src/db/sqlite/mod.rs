@@ -338,7 +338,7 @@ impl SqliteRunTx {
         let (status, run_id) = (end_status(&self.run), self.run.run_id);
         let mut tx = self.begin_write().await?;
         sqlx::query(END_RUN)
-            .bind(status)
+            .bind(status.code())
             .bind(now)
             .bind(pending as i64)
             .bind(duration.as_secs_f64())
