@@ -38,7 +38,7 @@ pub enum RunResult {
     /// Failed (inbox file refused, database error…); retried at the next
     /// tick.
     Failed,
-    /// Abandoned at shutdown; redone at the next start.
+    /// Abandoned at shutdown; resumed at the next start.
     Interrupted,
     /// Catch-up refused: more than `max_catch_up_days` dates due.
     Refused,

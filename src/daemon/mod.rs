@@ -334,7 +334,7 @@ pub async fn serve(settings: Settings, opts: DaemonOptions) -> Result<()> {
             true
         }
         s = signals.next() => {
-            tracing::warn!(signal = s, "second signal: exiting at once; an unfinished run is redone at the next start");
+            tracing::warn!(signal = s, "second signal: exiting at once; an unfinished run is resumed at the next start");
             std::process::exit(1);
         }
     };

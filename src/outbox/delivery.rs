@@ -444,7 +444,8 @@ async fn one(
 }
 
 /// Writes a mark. The database may be busy for a while (on SQLite a
-/// nightly run holds the only write lock): a mark is retried until the
+/// nightly run's page or an import holds the only write lock): a mark is
+/// retried until the
 /// claim's lease is nearly over rather than lost, because a lost `sent`
 /// mark means a second send.
 async fn record(

@@ -660,9 +660,10 @@ dbtest!(
     |env| {
         let shutdown_within = Duration::from_secs(10);
         let (now, want) = if env.backend == Backend::Sqlite {
-            // SQLite: the whole run is one transaction. Another writer holds
-            // the write lock, so the run is stuck inside `reconcile::run`
-            // when SIGTERM comes; after the grace period it is dropped.
+            // SQLite: another writer holds the write lock, so the run is
+            // stuck at its first write inside `reconcile::run` when SIGTERM
+            // comes; after the grace period it is dropped, having written
+            // nothing.
             import_day1(&env);
             let writer = SqliteWriter::hold(&env.db_url);
             let mut d = Daemon::start(
