@@ -291,16 +291,18 @@ pub struct SqliteRunTx {
     path: PathBuf,
 }
 
-impl SqliteRunTx {
-    /// The run's connection, for a read (a run's reads between its
-    /// commits, or inside the dry run's snapshot).
-    fn conn(&mut self) -> &mut SqliteConnection {
-        match &mut self.conn {
+impl RunConn {
+    /// The connection, for a read (a run's reads between its commits, or
+    /// inside the dry run's snapshot).
+    fn get(&mut self) -> &mut SqliteConnection {
+        match self {
             RunConn::Paged(c) => c,
             RunConn::Snapshot(tx) => tx,
         }
     }
+}
 
+impl SqliteRunTx {
     /// A write transaction of its own on the run's connection; a dry run
     /// writes nothing.
     async fn begin_write(&mut self) -> Result<Transaction<'_, Sqlite>> {
@@ -365,7 +367,7 @@ impl SqliteRunTx {
     /// The pooled connection's page cache again (not transactional).
     async fn restore_cache(&mut self) -> Result<()> {
         sqlx::query(concat!("PRAGMA cache_size = ", pool_cache!()))
-            .execute(self.conn())
+            .execute(self.conn.get())
             .await?;
         Ok(())
     }

@@ -143,7 +143,7 @@ impl SqliteRunTx {
         limit: u32,
     ) -> Result<Vec<DuePermit>> {
         let after = after.unwrap_or("");
-        with_raw(self.conn(), |c| {
+        with_raw(self.conn.get(), |c| {
             let mut stmt = c.prepare(concat!(
                 "SELECT p.permit_no, d.id_number, p.valid_until, d.employer_uscc, d.si_status,
                         d.marital_status, ",
@@ -196,10 +196,9 @@ impl SqliteRunTx {
         ids.dedup();
         let (first, second) = ids.split_at(ids.len() / 2);
         let mut later = sink.part();
-        let path = self.path.clone();
-        let path = path.as_path();
+        let path = self.path.as_path();
         let mut failed = None;
-        with_raw(self.conn(), |c| {
+        with_raw(self.conn.get(), |c| {
             let later = &mut later;
             std::thread::scope(|scope| {
                 let part = scope.spawn(move || -> Result<()> {
