@@ -133,6 +133,40 @@ fn crash_at(env: &Env, point: &str, args: &[&str]) -> bool {
     true
 }
 
+#[test]
+fn a_start_killed_inside_or_after_a_self_transacted_migration_applies_it_once() {
+    // Migrations 2, 4 and 6 open their own transaction; sqlx would record
+    // them after their COMMIT, and a kill in between made every later start
+    // apply migration 6 again and fail on its ADD COLUMN. Killed just before
+    // or just after the COMMIT of each, the next start opens the database
+    // with every migration applied once.
+    for point in ["migrate.recorded", "migrate.committed"] {
+        for nth in 1..=3 {
+            let env = Env::new(Backend::Sqlite);
+            let armed = format!("{point}@{nth}");
+            // Any command opens (and migrates) the database.
+            let status = ["status", "NO-SUCH-PERMIT"];
+            assert!(crash_at(&env, &armed, &status), "{armed} not reached");
+            let o = env.cmd(&status);
+            assert_eq!(o.code, 2, "{armed}: {o:?}");
+            assert!(o.stderr.contains("NO-SUCH-PERMIT"), "{armed}: {}", o.stderr);
+            assert_eq!(
+                env.query("SELECT CAST(count(*) AS TEXT) FROM _sqlx_migrations"),
+                [latest_migration().to_string()],
+                "{armed}"
+            );
+            assert_eq!(
+                env.query(
+                    "SELECT CAST(count(*) AS TEXT) FROM pragma_table_info('events') \
+                     WHERE name = 'prior_status'"
+                ),
+                ["1"],
+                "{armed}"
+            );
+        }
+    }
+}
+
 /// SIGKILLs `args` after `delay`. True when the kill landed (the process
 /// was still running); false when it had already finished with exit 0.
 fn kill_after(env: &Env, args: &[&str], delay: Duration) -> bool {

@@ -719,6 +719,78 @@ fn feed_rows_stored_before_the_append_only_tables_still_decide_the_run() {
     );
 }
 
+#[test]
+fn a_migration_an_earlier_binary_applied_but_did_not_record_is_recorded_not_applied_again() {
+    // Earlier binaries recorded a migration that opens its own transaction
+    // (2, 4, 6) after its COMMIT. One killed in between left migration 6
+    // applied and unrecorded, and every later start failed on its ADD
+    // COLUMN. The table that migration made shows its change committed, so
+    // a start now records it and applies the rest.
+    use sha2::Digest;
+    let env = Env::new(Backend::Sqlite);
+    let path = env.db_url.trim_start_matches("sqlite://");
+    std::fs::create_dir_all(std::path::Path::new(path).parent().expect("dir")).expect("mkdir");
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.execute_batch(
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+           installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL,
+           checksum BLOB NOT NULL, execution_time BIGINT NOT NULL);",
+    )
+    .expect("ledger");
+    let dir = format!("{}/migrations/sqlite", env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("migrations")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    files.sort();
+    let mut checksum_6 = Vec::new();
+    for file in &files {
+        let (version, name) = file.trim_end_matches(".sql").split_once('_').expect("name");
+        let version: i64 = version.parse().expect("version");
+        if version > 6 {
+            break;
+        }
+        let sql = std::fs::read_to_string(format!("{dir}/{file}")).expect("migration");
+        c.execute_batch(&sql).expect("apply");
+        let checksum = sha2::Sha384::digest(sql.as_bytes()).to_vec();
+        if version == 6 {
+            checksum_6 = checksum;
+            continue;
+        }
+        c.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (?1, ?2, 1, ?3, 0)",
+            rusqlite::params![version, name.replace('_', " "), checksum],
+        )
+        .expect("ledger row");
+    }
+    drop(c);
+    import_day(&env, "day1");
+    let out = env.ok(&["run", "--as-of", "2026-11-27"]);
+    assert!(out.contains("completed"), "{out}");
+    assert_eq!(
+        env.query("SELECT CAST(count(*) AS TEXT) FROM _sqlx_migrations"),
+        [files.len().to_string()]
+    );
+    let c = rusqlite::Connection::open(path).expect("reopen");
+    let recorded: Vec<u8> = c
+        .query_row(
+            "SELECT checksum FROM _sqlx_migrations WHERE version = 6",
+            [],
+            |r| r.get(0),
+        )
+        .expect("migration 6 recorded");
+    assert_eq!(recorded, checksum_6);
+    let columns: i64 = c
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'prior_status'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("columns");
+    assert_eq!(columns, 1, "migration 6 applied once");
+}
+
 /// Today in Asia/Shanghai, the configured zone, as the binary reckons it.
 fn shanghai_today() -> chrono::NaiveDate {
     chrono::Utc::now()

@@ -8,13 +8,15 @@
 //! `import.rs` writes the register and the feeds; `run.rs` is the night
 //! (the brake's count, the due read, the evidence, the page reader, each
 //! batch's writes); `ledger.rs` corrects the run ledger (release,
-//! revert); `export.rs` streams the exports. `raw.rs` holds the primitives
+//! revert); `export.rs` streams the exports; `migrate.rs` applies the
+//! migrations, each with its record in one transaction. `raw.rs` holds the primitives
 //! they share (the raw handle, the run's readers, row decoders, multi-row
 //! INSERTs) and is the one module whose signatures name rusqlite's types.
 
 mod export;
 mod import;
 mod ledger;
+mod migrate;
 mod raw;
 mod run;
 
@@ -97,7 +99,7 @@ impl SqliteDb {
         // apply migration 1. A file lock makes the later ones wait and then
         // find the migrations applied.
         let migrate_lock = lock_file(&sibling(&path, ".migrate.lock")).await?;
-        let migrated = sqlx::migrate!("migrations/sqlite").run(&pool).await;
+        let migrated = migrate::run(&pool).await;
         drop(migrate_lock);
         migrated?;
         restrict_permissions(&path);
