@@ -6,9 +6,8 @@ use std::collections::HashMap;
 
 use super::super::rows::*;
 use super::super::runs::{REVERT_MARK, SENT_NOTICES, WITHDRAW_NOTICES};
-use super::raw::{raw_permit, with_raw, EffectWriter};
+use super::raw::{raw_permit, with_raw, EffectWriter, NoticeRow, NoticeWriter, ROWS_PER_INSERT};
 use super::SqliteDb;
-use crate::domain::NoticeStatus;
 use crate::error::Result;
 
 impl SqliteDb {
@@ -48,30 +47,29 @@ impl SqliteDb {
         else {
             return Ok(false);
         };
+        let as_of: chrono::NaiveDate =
+            sqlx::query_scalar("SELECT as_of FROM runs WHERE run_id = ?1")
+                .bind(run_id)
+                .fetch_one(&mut *tx)
+                .await?;
         with_raw(&mut tx, |c| {
-            let mut notice = c.prepare(
-                "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until, kind, channel,
-                 recipient, message, status, next_attempt_at, created_at)
-                 SELECT ?1, as_of, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM runs WHERE run_id = ?1",
-            )?;
+            let applied: Vec<NoticeRow> = items
+                .iter()
+                .filter_map(|i| {
+                    let n = i.notice.as_ref()?;
+                    Some((i.permit_no.as_str(), i.valid_until, i.kind, n))
+                })
+                .collect();
+            let mut notices = NoticeWriter::new(c, run_id, as_of, now);
+            for chunk in applied.chunks(ROWS_PER_INSERT) {
+                notices.insert(chunk)?;
+            }
             let mut effects = EffectWriter::new(c)?;
             let mut release = c.prepare(
                 "INSERT INTO event_releases (event_id, run_id, applied, released_at) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for item in items {
-                if let Some(n) = &item.notice {
-                    notice.execute(rusqlite::params![
-                        run_id,
-                        item.permit_no,
-                        item.valid_until.to_string(),
-                        item.kind.code(),
-                        n.channel.code(),
-                        n.recipient,
-                        n.message,
-                        n.status.code(),
-                        (n.status == NoticeStatus::Queued).then_some(now),
-                        now,
-                    ])?;
+                if item.notice.is_some() {
                     effects.apply(&item.permit_no, item.effect)?;
                 }
                 release.execute(rusqlite::params![

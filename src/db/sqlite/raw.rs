@@ -2,7 +2,8 @@
 //! signatures name rusqlite's types: the raw handle ([`with_raw`]) and the
 //! read-only connections beside a run's transaction ([`snapshot_reader`]);
 //! the row decoders; the multi-row INSERTs, and the keyed feeds' upsert
-//! built on them; the permit changes ([`EffectWriter`]); and what is handed
+//! built on them; the notices and the permit changes of a run's page and
+//! of `release` ([`NoticeWriter`], [`EffectWriter`]); and what is handed
 //! a connection or a row: the holders' evidence (read on the run's handle
 //! and on a reader of its own), an export's plain stream, the due query's
 //! column of cycle decisions ([`cycle_decisions!`]) beside the decoder of
@@ -33,7 +34,7 @@ use sqlx::sqlite::SqliteConnection;
 
 use super::super::rows::*;
 use super::{SqliteDb, SqliteImportTx};
-use crate::domain::CycleDecision;
+use crate::domain::{CycleDecision, EventKind, NoticeStatus};
 use crate::error::{Error, Result};
 
 /// Runs `f` on the connection's raw SQLite handle through rusqlite, inside
@@ -263,6 +264,73 @@ impl<'c> EffectWriter<'c> {
             Effect::None => {}
         }
         Ok(())
+    }
+}
+
+const NOTICE_INSERT: &str =
+    "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until,
+    kind, channel, recipient, message, status, next_attempt_at, created_at) VALUES ";
+
+/// One notice to queue: its permit, the cycle it closes (`valid_until`),
+/// the decision's kind and what the notice says to whom.
+pub(super) type NoticeRow<'a> = (&'a str, NaiveDate, EventKind, &'a NewNotice);
+
+/// The notices (R8) of a run's page or of `release`, queued in the
+/// transaction that writes their decisions, as multi-row INSERTs of up to
+/// [`ROWS_PER_INSERT`] rows; PostgreSQL's counterpart is one statement.
+pub(super) struct NoticeWriter<'c> {
+    c: &'c rusqlite::Connection,
+    full: Option<rusqlite::Statement<'c>>,
+    run_id: i64,
+    as_of: String,
+    created_at: &'c str,
+}
+
+impl<'c> NoticeWriter<'c> {
+    pub(super) fn new(
+        c: &'c rusqlite::Connection,
+        run_id: i64,
+        as_of: NaiveDate,
+        created_at: &'c str,
+    ) -> Self {
+        Self {
+            c,
+            full: None,
+            run_id,
+            as_of: as_of.to_string(),
+            created_at,
+        }
+    }
+
+    /// Queues `rows`, at most [`ROWS_PER_INSERT`] of them, in one
+    /// statement: due now, or undeliverable when there is no channel (C12).
+    pub(super) fn insert(&mut self, rows: &[NoticeRow<'_>]) -> rusqlite::Result<()> {
+        let (run_id, as_of, at) = (self.run_id, self.as_of.as_str(), self.created_at);
+        insert_chunk(
+            self.c,
+            &mut self.full,
+            (NOTICE_INSERT, 11, "", ""),
+            rows,
+            |stmt, next, &(permit_no, valid_until, kind, n)| {
+                bind_row(
+                    stmt,
+                    next,
+                    rusqlite::params![
+                        run_id,
+                        as_of,
+                        permit_no,
+                        valid_until.to_string(),
+                        kind.code(),
+                        n.channel.code(),
+                        n.recipient,
+                        n.message,
+                        n.status.code(),
+                        (n.status == NoticeStatus::Queued).then_some(at),
+                        at,
+                    ],
+                )
+            },
+        )
     }
 }
 

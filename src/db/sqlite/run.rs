@@ -13,19 +13,15 @@ use super::super::rows::*;
 use super::super::{EventPage, EventPageReader, MakeEvents};
 use super::raw::{
     bind_row, cycle_decisions, decision_code, holder_evidence, insert_chunk, raw_code, raw_date,
-    raw_err, raw_permit, reader, snapshot_reader, thread_error, with_raw, EffectWriter,
-    ROWS_PER_INSERT,
+    raw_err, raw_permit, reader, snapshot_reader, thread_error, with_raw, EffectWriter, NoticeRow,
+    NoticeWriter, ROWS_PER_INSERT,
 };
 use super::{SqliteDb, SqliteRunTx};
-use crate::domain::NoticeStatus;
 use crate::error::{Error, Result};
 
 const EVENT_INSERT: &str = "INSERT INTO events (run_id, as_of, permit_no, id_number, kind, reasons,
     valid_until, new_valid_until, residence_visited_on, residence_result, si_month, si_status,
     si_employer_uscc, marital_status, decided_at, prior_status, held) VALUES ";
-const NOTICE_INSERT: &str =
-    "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until,
-    kind, channel, recipient, message, status, next_attempt_at, created_at) VALUES ";
 
 /// Step 2's candidates (R3, R4; [`CandidateBounds`]): the narrow
 /// permit_state table drives (CROSS JOIN keeps it outer), and only a
@@ -246,7 +242,7 @@ impl SqliteRunTx {
                 (", 0", "")
             };
             let mut full_events = None;
-            let mut full_notices = None;
+            let mut notices = NoticeWriter::new(c, batch.run_id, batch.as_of, at);
             let mut effects = EffectWriter::new(c)?;
             for chunk in batch.events.chunks(ROWS_PER_INSERT) {
                 insert_chunk(
@@ -284,31 +280,11 @@ impl SqliteRunTx {
                 if held {
                     continue;
                 }
-                insert_chunk(
-                    c,
-                    &mut full_notices,
-                    (NOTICE_INSERT, 11, "", ""),
-                    chunk,
-                    |stmt, next, e| {
-                        bind_row(
-                            stmt,
-                            next,
-                            rusqlite::params![
-                                batch.run_id,
-                                as_of,
-                                e.permit_no,
-                                e.valid_until.to_string(),
-                                e.kind.code(),
-                                e.notice.channel.code(),
-                                e.notice.recipient,
-                                e.notice.message,
-                                e.notice.status.code(),
-                                (e.notice.status == NoticeStatus::Queued).then_some(at),
-                                at,
-                            ],
-                        )
-                    },
-                )?;
+                let queued: Vec<NoticeRow> = chunk
+                    .iter()
+                    .map(|e| (e.permit_no.as_str(), e.valid_until, e.kind, &e.notice))
+                    .collect();
+                notices.insert(&queued)?;
                 for e in chunk {
                     effects.apply(&e.permit_no, e.effect)?;
                 }
