@@ -597,13 +597,13 @@ impl FeedRow for crate::db::ResidenceRow {
     }
     fn key(&self, out: &mut Vec<u8>) {
         key_part(out, &self.id_number);
-        key_part(out, &self.visited_on.format("%Y-%m-%d").to_string());
+        key_part(out, &self.visited_on.to_string());
     }
     fn encode(&self, line: u64) -> Vec<u8> {
         let mut e = sort::Encoder::default();
         e.u64(line)
             .str(&self.id_number)
-            .str(&self.visited_on.format("%Y-%m-%d").to_string())
+            .str(&self.visited_on.to_string())
             .str(&self.result)
             .str(&self.address)
             .str(&self.officer_id);
@@ -667,7 +667,7 @@ impl FeedRow for crate::db::CivilStatusRow {
         key_part(out, &self.id_number);
     }
     fn encode(&self, line: u64) -> Vec<u8> {
-        let as_of = self.as_of.map(|d| d.format("%Y-%m-%d").to_string());
+        let as_of = self.as_of.map(|d| d.to_string());
         let mut e = sort::Encoder::default();
         e.u64(line)
             .str(&self.id_number)
@@ -855,7 +855,7 @@ impl HeldPermit {
             .str(&p.district_code)
             .str(&p.street_code)
             .str(&p.address)
-            .str(&p.valid_until.format("%Y-%m-%d").to_string())
+            .str(&p.valid_until.to_string())
             .str(p.status.code())
             .str(&p.employer_uscc)
             .str(p.si_status.code())

@@ -102,7 +102,7 @@ impl CopyText {
     fn date(&mut self, d: NaiveDate) -> &mut Self {
         self.sep();
         use std::io::Write;
-        let _ = write!(self.buf, "{}", d.format("%Y-%m-%d"));
+        let _ = write!(self.buf, "{d}");
         self
     }
 
