@@ -168,6 +168,7 @@ impl SqliteDb {
     ) -> Result<SqliteRunTx> {
         let mut conn = self.pool.acquire().await?;
         sqlx::query(RUN_CACHE).execute(&mut *conn).await?;
+        let checkpoints = Some(raw::Checkpointer::start(&self.path)?);
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO runs (as_of, status, started_at, import_mark) VALUES (?1, 'running', ?2, ?3)
@@ -190,6 +191,7 @@ impl SqliteDb {
             conn: RunConn::Paged(conn),
             run,
             path: self.path.clone(),
+            checkpoints,
         })
     }
 
@@ -203,6 +205,7 @@ impl SqliteDb {
             conn: RunConn::Snapshot(tx),
             run,
             path: self.path.clone(),
+            checkpoints: None,
         })
     }
 
@@ -291,6 +294,8 @@ pub struct SqliteRunTx {
     pub run: RunRecord,
     /// The database file, for [`SqliteRunTx::event_pages`]'s reader.
     path: PathBuf,
+    /// A run's log checkpoints, beside its writer (none in a dry run).
+    checkpoints: Option<raw::Checkpointer>,
 }
 
 impl RunConn {
@@ -366,8 +371,10 @@ impl SqliteRunTx {
         Ok(())
     }
 
-    /// The pooled connection's page cache again (not transactional).
+    /// The pooled connection's page cache again (not transactional); the
+    /// run's checkpoint thread ends.
     async fn restore_cache(&mut self) -> Result<()> {
+        self.checkpoints = None;
         sqlx::query(concat!("PRAGMA cache_size = ", pool_cache!()))
             .execute(self.conn.get())
             .await?;

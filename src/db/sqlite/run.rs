@@ -293,6 +293,9 @@ impl SqliteRunTx {
         })
         .await?;
         tx.commit().await?;
+        if let Some(c) = &self.checkpoints {
+            c.nudge();
+        }
         Ok(())
     }
 }
