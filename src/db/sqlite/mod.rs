@@ -9,9 +9,10 @@
 //! (the brake's count, the due read, the evidence, the page reader, each
 //! batch's writes); `ledger.rs` corrects the run ledger (release,
 //! revert); `export.rs` streams the exports; `migrate.rs` applies the
-//! migrations, each with its record in one transaction. `raw.rs` holds the primitives
-//! they share (the raw handle, the run's readers, row decoders, multi-row
-//! INSERTs) and is the one module whose signatures name rusqlite's types.
+//! migrations, each with its record in one transaction. `raw.rs` holds
+//! the primitives they share (the raw handle, the run's readers and its
+//! checkpoint thread, row decoders, multi-row INSERTs) and is the one
+//! module whose signatures name rusqlite's types.
 
 mod export;
 mod import;
