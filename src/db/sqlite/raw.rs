@@ -422,8 +422,14 @@ pub(super) fn reader(path: &Path) -> Result<rusqlite::Connection> {
 /// checkpoint caught up; it peaked at 26–52 MB in a 10M first night,
 /// against 17 MB with the writer alone. Best effort: a failed checkpoint
 /// is left to the next nudge and to the writer's own.
+///
+/// Dropped, it waits for the thread to close its connection: SQLite
+/// removes the log when the last connection to the database closes, which
+/// must be the pool's as the command ends (`Db::close`), not this one's
+/// after the process has gone.
 pub(super) struct Checkpointer {
-    nudge: std::sync::mpsc::SyncSender<()>,
+    nudge: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
@@ -439,7 +445,7 @@ impl Checkpointer {
             .map_err(raw_err)?;
         // One nudge waiting is enough: a checkpoint copies all there is.
         let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("autosign-checkpoint".into())
             .spawn(move || {
                 while nudged.recv().is_ok() {
@@ -449,13 +455,28 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| Error::io("cannot start the run's checkpoint thread".to_string(), e))?;
-        Ok(Checkpointer { nudge })
+        Ok(Checkpointer {
+            nudge: Some(nudge),
+            thread: Some(thread),
+        })
     }
 
     /// A page was committed: checkpoint it (unless a nudge already waits).
-    /// The thread ends when the checkpointer is dropped.
     pub(super) fn nudge(&self) {
-        let _ = self.nudge.try_send(());
+        if let Some(n) = &self.nudge {
+            let _ = n.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Ends the thread (after the checkpoint under way, if any) and waits
+    /// until its connection is closed.
+    fn drop(&mut self) {
+        self.nudge = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = off_runtime(|| thread.join());
+        }
     }
 }
 
