@@ -184,7 +184,7 @@ impl Db {
         match self {
             Db::Sqlite(db) => Ok(MigrationState {
                 applied: sqlx::query_scalar(MIGRATIONS).fetch_one(db.pool()).await?,
-                latest: latest_embedded(&sqlx::migrate!("migrations/sqlite")),
+                latest: latest_embedded(&super::sqlite::MIGRATOR),
             }),
             Db::Postgres(db) => Ok(MigrationState {
                 applied: sqlx::query_scalar(MIGRATIONS).fetch_one(db.pool()).await?,

@@ -582,7 +582,7 @@ mod tests {
         let mut c = sqlx::SqliteConnection::connect("sqlite::memory:")
             .await
             .expect("in-memory SQLite");
-        sqlx::migrate!("migrations/sqlite")
+        crate::db::sqlite::MIGRATOR
             .run(&mut c)
             .await
             .expect("migrations");

@@ -640,9 +640,30 @@ dbtest!(
     }
 );
 
-/// A SQLite database as migrations 1 and 2 left it (keyed feed tables),
-/// with feed rows in it: what the append-only migration starts from.
-fn sqlite_before_append_only_feeds(env: &Env) {
+/// The SQLite migrations this binary carries: version, sqlx's description
+/// and text, in version order.
+fn sqlite_migrations() -> Vec<(i64, String, String)> {
+    let dir = format!("{}/migrations/sqlite", env!("CARGO_MANIFEST_DIR"));
+    let mut all: Vec<_> = std::fs::read_dir(&dir)
+        .expect("migrations")
+        .map(|e| {
+            let file = e.expect("entry").file_name().into_string().expect("utf-8");
+            let (version, name) = file.trim_end_matches(".sql").split_once('_').expect("name");
+            let sql = std::fs::read_to_string(format!("{dir}/{file}")).expect("migration");
+            (
+                version.parse().expect("version"),
+                name.replace('_', " "),
+                sql,
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// A new SQLite database with migrations 1 to `upto` applied as an earlier
+/// binary left them, each recorded as sqlx records it except `unrecorded`.
+fn sqlite_migrated_by_hand(env: &Env, upto: i64, unrecorded: Option<i64>) -> rusqlite::Connection {
     use sha2::Digest;
     let path = env.db_url.trim_start_matches("sqlite://");
     std::fs::create_dir_all(std::path::Path::new(path).parent().expect("dir")).expect("mkdir");
@@ -653,25 +674,25 @@ fn sqlite_before_append_only_feeds(env: &Env) {
            checksum BLOB NOT NULL, execution_time BIGINT NOT NULL);",
     )
     .expect("ledger");
-    for (version, file) in [(1, "0001_initial.sql"), (2, "0002_brake.sql")] {
-        let sql = std::fs::read_to_string(format!(
-            "{}/migrations/sqlite/{file}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .expect("migration");
+    for (version, name, sql) in sqlite_migrations().into_iter().filter(|m| m.0 <= upto) {
         c.execute_batch(&sql).expect("apply");
-        let (_, name) = file.trim_end_matches(".sql").split_once('_').expect("name");
+        if Some(version) == unrecorded {
+            continue;
+        }
         c.execute(
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
              VALUES (?1, ?2, 1, ?3, 0)",
-            rusqlite::params![
-                version,
-                name.replace('_', " "),
-                sha2::Sha384::digest(sql.as_bytes()).to_vec()
-            ],
+            rusqlite::params![version, name, sha2::Sha384::digest(sql.as_bytes()).to_vec()],
         )
         .expect("ledger row");
     }
+    c
+}
+
+/// A SQLite database as migrations 1 and 2 left it (keyed feed tables),
+/// with feed rows in it: what the append-only migration starts from.
+fn sqlite_before_append_only_feeds(env: &Env) {
+    let c = sqlite_migrated_by_hand(env, 2, None);
     let (a, b) = (id("19850315", 1), id("19850315", 2));
     c.execute_batch(&format!(
         "INSERT INTO imports (import_id, feed, file_name, sha256, imported_at)
@@ -729,48 +750,17 @@ fn a_migration_an_earlier_binary_applied_but_did_not_record_is_recorded_not_appl
     use sha2::Digest;
     let env = Env::new(Backend::Sqlite);
     let path = env.db_url.trim_start_matches("sqlite://");
-    std::fs::create_dir_all(std::path::Path::new(path).parent().expect("dir")).expect("mkdir");
-    let c = rusqlite::Connection::open(path).expect("open");
-    c.execute_batch(
-        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,
-           installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL,
-           checksum BLOB NOT NULL, execution_time BIGINT NOT NULL);",
-    )
-    .expect("ledger");
-    let dir = format!("{}/migrations/sqlite", env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("migrations")
-        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
-        .collect();
-    files.sort();
-    let mut checksum_6 = Vec::new();
-    for file in &files {
-        let (version, name) = file.trim_end_matches(".sql").split_once('_').expect("name");
-        let version: i64 = version.parse().expect("version");
-        if version > 6 {
-            break;
-        }
-        let sql = std::fs::read_to_string(format!("{dir}/{file}")).expect("migration");
-        c.execute_batch(&sql).expect("apply");
-        let checksum = sha2::Sha384::digest(sql.as_bytes()).to_vec();
-        if version == 6 {
-            checksum_6 = checksum;
-            continue;
-        }
-        c.execute(
-            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
-             VALUES (?1, ?2, 1, ?3, 0)",
-            rusqlite::params![version, name.replace('_', " "), checksum],
-        )
-        .expect("ledger row");
-    }
+    let c = sqlite_migrated_by_hand(&env, 6, Some(6));
+    let migrations = sqlite_migrations();
+    let (_, _, sql_6) = migrations.iter().find(|m| m.0 == 6).expect("migration 6");
+    let checksum_6 = sha2::Sha384::digest(sql_6.as_bytes()).to_vec();
     drop(c);
     import_day(&env, "day1");
     let out = env.ok(&["run", "--as-of", "2026-11-27"]);
     assert!(out.contains("completed"), "{out}");
     assert_eq!(
         env.query("SELECT CAST(count(*) AS TEXT) FROM _sqlx_migrations"),
-        [files.len().to_string()]
+        [migrations.len().to_string()]
     );
     let c = rusqlite::Connection::open(path).expect("reopen");
     let recorded: Vec<u8> = c

@@ -25,7 +25,9 @@ use sqlx::{Executor, SqlitePool};
 
 use crate::error::Result;
 
-pub(super) static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+/// The SQLite migrations compiled into the binary (one copy, for applying
+/// them and for the health check's latest version).
+pub(in crate::db) static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// For a migration that opens its own transaction: a table it creates.
 /// Binaries before this module recorded such a migration after its

@@ -21,6 +21,8 @@ mod migrate;
 mod raw;
 mod run;
 
+pub(in crate::db) use migrate::MIGRATOR;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
