@@ -471,10 +471,10 @@ impl RunTx {
     /// Feeds `sink` the feed rows of these holders (`id_numbers`) within
     /// `bounds` (R5, C4): each feed table holds one row per key (R2 is
     /// settled when rows are written), looked up by the holder's ID number,
-    /// so the cost follows the due holders, not the feeds' size. SQLite
-    /// reads the holders in key order, half of them on a second thread
-    /// into an [`EvidenceSink::part`]; PostgreSQL 10,000 at a time, in key
-    /// order, each query bounded by its chunk's first and last key.
+    /// so the cost follows the due holders, not the feeds' size. Both
+    /// backends read the holders in key order, half of them on a second
+    /// connection into an [`EvidenceSink::part`]; PostgreSQL 10,000 at a
+    /// time, each query bounded by its chunk's first and last key.
     pub async fn feed_evidence<S: EvidenceSink>(
         &mut self,
         id_numbers: &[&str],

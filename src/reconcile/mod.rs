@@ -774,10 +774,12 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
             });
         }
     }
+    tracing::debug!(due = due.len(), "due permits read");
     let mut evidence = DueEvidence::for_holders(due.iter().map(|d| d.id));
     let ids: Vec<&str> = due.iter().map(|d| &*d.id_number).collect();
     tx.feed_evidence(&ids, &bounds, &mut evidence).await?;
     drop(ids);
+    tracing::debug!("their evidence read");
     if let Some(e) = evidence.invalid.take() {
         return Err(e);
     }

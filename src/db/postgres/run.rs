@@ -274,75 +274,36 @@ impl PgRunTx {
         Ok(page)
     }
 
-    /// One query per feed for each chunk of holders, by key (PostgreSQL
-    /// keeps one row per key: R2 was applied at import).
-    ///
-    /// The holders go in key order, and each chunk's query is bounded by
-    /// its first and last key as well as listing them: whatever plan the
-    /// server picks for a chunk (index probes, or a scan where the chunk's
-    /// holders are dense), it reads only that chunk's slice of the table,
-    /// so a night reads each feed table at most once in all. With the
-    /// list alone, the server planned a chunk of 10,000 holders as a scan
-    /// of the whole table (measured at 1,000,000 permits: 190 ms a chunk
-    /// of social insurance, against 30–46 ms bounded), and the number of
-    /// chunks grows with the register.
-    pub async fn feed_evidence(
+    /// The due holders' evidence by key, in two halves at once, as on
+    /// SQLite: the later half into a [`EvidenceSink::part`] over a pooled
+    /// connection, while the run's own reads the first half into `sink`,
+    /// which then takes the part in (the halves hold different holders).
+    /// Each half is a server process of its own, so the two use both of a
+    /// small server's cores. Both see the same feeds: a run never writes
+    /// them, and the job lock, which a dry run takes too, keeps imports out
+    /// while it lasts.
+    pub async fn feed_evidence<S: EvidenceSink>(
         &mut self,
         id_numbers: &[&str],
         b: &EvidenceBounds,
-        sink: &mut (dyn EvidenceSink + Send),
+        sink: &mut S,
     ) -> Result<()> {
         let mut ids = id_numbers.to_vec();
         ids.sort_unstable();
         ids.dedup();
-        for ids in ids.chunks(10_000) {
-            let (first, last) = (ids[0], ids[ids.len() - 1]);
-            let rows = sqlx::query(
-                "SELECT id_number, visited_on, result FROM residence
-                 WHERE id_number BETWEEN $4 AND $5 AND id_number = ANY($1)
-                   AND visited_on BETWEEN $2 AND $3",
-            )
-            .bind(ids)
-            .bind(b.visited_from)
-            .bind(b.visited_to)
-            .bind(first)
-            .bind(last)
-            .fetch_all(&mut self.conn)
-            .await?;
-            for r in rows {
-                let id: &str = r.try_get(0)?;
-                sink.residence(id, r.try_get(1)?, r.try_get(2)?);
+        let (first, second) = ids.split_at(ids.len() / 2);
+        let mut later = sink.part();
+        let pool = self.pool.clone();
+        let part = async {
+            if second.is_empty() {
+                return Ok(());
             }
-            let rows = sqlx::query(
-                "SELECT id_number, month, status, employer_uscc FROM social_insurance
-                 WHERE id_number BETWEEN $4 AND $5 AND id_number = ANY($1)
-                   AND month BETWEEN $2 AND $3",
-            )
-            .bind(ids)
-            .bind(&b.month_from)
-            .bind(&b.month_to)
-            .bind(first)
-            .bind(last)
-            .fetch_all(&mut self.conn)
-            .await?;
-            for r in rows {
-                let id: &str = r.try_get(0)?;
-                sink.payment(id, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
-            }
-            let rows = sqlx::query(
-                "SELECT id_number, marital_status, as_of FROM civil_status
-                 WHERE id_number BETWEEN $2 AND $3 AND id_number = ANY($1)",
-            )
-            .bind(ids)
-            .bind(first)
-            .bind(last)
-            .fetch_all(&mut self.conn)
-            .await?;
-            for r in rows {
-                let id: &str = r.try_get(0)?;
-                sink.civil(id, r.try_get(1)?, r.try_get(2)?);
-            }
-        }
+            let mut conn = pool.acquire().await?;
+            holder_evidence(&mut conn, second, b, &mut later).await
+        };
+        let here = holder_evidence(&mut self.conn, first, b, sink);
+        tokio::try_join!(here, part)?;
+        sink.merge_later(later);
         Ok(())
     }
 
@@ -544,4 +505,72 @@ async fn read_event_pages(
             return Ok(());
         }
     }
+}
+
+/// One query per feed for each chunk of `ids` (in key order), by key
+/// (PostgreSQL keeps one row per key: R2 was applied at import).
+///
+/// Each chunk's query is bounded by its first and last key as well as
+/// listing them: whatever plan the server picks for a chunk (index
+/// probes, or a scan where the chunk's holders are dense), it reads only
+/// that chunk's slice of the table, so a night reads each feed table at
+/// most once in all. With the list alone, the server planned a chunk of
+/// 10,000 holders as a scan of the whole table (measured at 1,000,000
+/// permits: 190 ms a chunk of social insurance, against 30–46 ms
+/// bounded), and the number of chunks grows with the register.
+async fn holder_evidence(
+    conn: &mut PgConnection,
+    ids: &[&str],
+    b: &EvidenceBounds,
+    sink: &mut (dyn EvidenceSink + Send),
+) -> Result<()> {
+    for ids in ids.chunks(10_000) {
+        let (first, last) = (ids[0], ids[ids.len() - 1]);
+        let rows = sqlx::query(
+            "SELECT id_number, visited_on, result FROM residence
+             WHERE id_number BETWEEN $4 AND $5 AND id_number = ANY($1)
+               AND visited_on BETWEEN $2 AND $3",
+        )
+        .bind(ids)
+        .bind(b.visited_from)
+        .bind(b.visited_to)
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in rows {
+            let id: &str = r.try_get(0)?;
+            sink.residence(id, r.try_get(1)?, r.try_get(2)?);
+        }
+        let rows = sqlx::query(
+            "SELECT id_number, month, status, employer_uscc FROM social_insurance
+             WHERE id_number BETWEEN $4 AND $5 AND id_number = ANY($1)
+               AND month BETWEEN $2 AND $3",
+        )
+        .bind(ids)
+        .bind(&b.month_from)
+        .bind(&b.month_to)
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in rows {
+            let id: &str = r.try_get(0)?;
+            sink.payment(id, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+        }
+        let rows = sqlx::query(
+            "SELECT id_number, marital_status, as_of FROM civil_status
+             WHERE id_number BETWEEN $2 AND $3 AND id_number = ANY($1)",
+        )
+        .bind(ids)
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in rows {
+            let id: &str = r.try_get(0)?;
+            sink.civil(id, r.try_get(1)?, r.try_get(2)?);
+        }
+    }
+    Ok(())
 }
