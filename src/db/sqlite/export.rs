@@ -7,7 +7,7 @@ use chrono::NaiveDate;
 use super::super::outbox::NOTIFICATION_SELECT_RANGE;
 use super::super::rows::*;
 use super::super::runs::AUDIT_SELECT_RANGE;
-use super::raw::{raw_notification_row, thread_error, with_raw};
+use super::raw::{raw_notification_row, thread_error, with_stream_reader};
 use super::SqliteDb;
 use crate::error::Result;
 
@@ -59,9 +59,8 @@ impl SqliteDb {
         to: NaiveDate,
         each: &mut (dyn FnMut(&AuditCells<'_>) -> Result<()> + Send),
     ) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
         let mut failed = None;
-        with_raw(&mut conn, |c| {
+        with_stream_reader(&self.path, |c| {
             let (full, pages) = std::sync::mpsc::sync_channel::<CellPage>(2);
             let (give_back, spare) = std::sync::mpsc::channel::<CellPage>();
             std::thread::scope(|scope| {
@@ -114,8 +113,7 @@ impl SqliteDb {
                 failed = thread_error(writer.join(), "the export's writer thread");
                 read
             })
-        })
-        .await?;
+        })?;
         failed.map_or(Ok(()), Err)
     }
 

@@ -480,6 +480,25 @@ impl Drop for Checkpointer {
     }
 }
 
+/// Runs `f` on a [`reader`] of its own with a small page cache, off the
+/// async runtime's worker threads: for the exports' long reads, which
+/// visit each page once and in order. On a pooled connection they filled
+/// its 64 MiB cache, fresh memory the kernel zeroes page by page, for no
+/// page they read twice (measured at 10M permits, the audit export of a
+/// first night: 4.78–4.94 s with it, 4.47–4.82 s with 4 MiB, peak 107 MB
+/// against 42 MB). Each statement reads what is committed when it starts.
+pub(super) fn with_stream_reader<T>(
+    path: &Path,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+) -> Result<T> {
+    off_runtime(|| {
+        let c = reader(path)?;
+        c.execute_batch("PRAGMA cache_size = -4096")
+            .map_err(raw_err)?;
+        f(&c).map_err(raw_err)
+    })
+}
+
 /// A [`reader`] in a read transaction of its own: all its statements see
 /// one snapshot.
 pub(super) fn snapshot_reader(path: &Path) -> Result<rusqlite::Connection> {
@@ -543,9 +562,8 @@ impl SqliteDb {
         map: fn(&rusqlite::Row) -> rusqlite::Result<T>,
         each: &mut (dyn FnMut(T) -> Result<()> + Send),
     ) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
         let mut failed = None;
-        with_raw(&mut conn, |c| {
+        with_stream_reader(&self.path, |c| {
             let mut stmt = c.prepare(sql)?;
             let mut rows = stmt.query(rusqlite::params![from.to_string(), to.to_string()])?;
             while let Some(r) = rows.next()? {
@@ -555,8 +573,7 @@ impl SqliteDb {
                 }
             }
             Ok(())
-        })
-        .await?;
+        })?;
         failed.map_or(Ok(()), Err)
     }
 }
