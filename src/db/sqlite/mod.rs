@@ -4,14 +4,16 @@
 //!
 //! The files: this one opens the database, takes the job lock and holds
 //! the transactions through sqlx; the rows they carry in bulk go through
-//! rusqlite on the same connections, by table family as on PostgreSQL:
+//! rusqlite on the same connections (the run's readers and the exports on
+//! read-only connections of their own), by table family as on PostgreSQL:
 //! `import.rs` writes the register and the feeds; `run.rs` is the night
 //! (the brake's count, the due read, the evidence, the page reader, each
 //! batch's writes); `ledger.rs` corrects the run ledger (release,
 //! revert); `export.rs` streams the exports; `migrate.rs` applies the
 //! migrations, each with its record in one transaction. `raw.rs` holds
 //! the primitives they share (the raw handle, the run's readers and its
-//! checkpoint thread, row decoders, multi-row INSERTs) and is the one
+//! checkpoint thread, the exports' reader, row decoders, multi-row
+//! INSERTs) and is the one
 //! module whose signatures name rusqlite's types.
 
 mod export;

@@ -1,7 +1,8 @@
 //! The primitives SQLite's bulk paths share, and the one module whose
 //! signatures name rusqlite's types: the raw handle ([`with_raw`]), the
 //! read-only connections beside a run's transaction ([`snapshot_reader`])
-//! and the run's checkpoint thread ([`Checkpointer`]);
+//! and the exports' ([`with_stream_reader`]), the run's checkpoint thread
+//! ([`Checkpointer`]);
 //! the row decoders; the multi-row INSERTs, and the keyed feeds' upsert
 //! built on them; the notices and the permit changes of a run's page and
 //! of `release` ([`NoticeWriter`], [`EffectWriter`]); and what is handed
