@@ -13,8 +13,7 @@
 //! migrations, each with its record in one transaction. `raw.rs` holds
 //! the primitives they share (the raw handle, the run's readers and its
 //! checkpoint thread, the exports' reader, row decoders, multi-row
-//! INSERTs) and is the one
-//! module whose signatures name rusqlite's types.
+//! INSERTs) and is the one module whose signatures name rusqlite's types.
 
 mod export;
 mod import;
