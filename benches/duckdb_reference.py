@@ -21,10 +21,15 @@ counts so they can be compared with autosign's (they must be equal).
     python3 -m pip install duckdb
     benches/duckdb_reference.py DATA_DIR [AS_OF]   # DATA_DIR from `autosign-generate`
 
+Its database and audit CSV go to a temporary directory, removed at the end
+(2 GB at 10,000,000 permits: left behind, a few rounds fill the page cache
+and slow every round after them); KEEP_WORK=1 keeps it to look at.
+
 Run on demand, never in CI.
 """
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -239,4 +244,8 @@ print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB
 for decision, n in con.execute(
         "SELECT decision, count(*) FROM events GROUP BY decision ORDER BY decision").fetchall():
     print(f"       {decision:<14} {n:>9}")
-print(f"(work files in {work})")
+con.close()
+if os.environ.get("KEEP_WORK"):
+    print(f"(work files in {work})")
+else:
+    shutil.rmtree(work)
