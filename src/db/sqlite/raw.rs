@@ -394,17 +394,31 @@ pub(super) fn bind_row(
 /// The process's memory bound counts every connection's.
 const READER_CACHE: &str = "PRAGMA cache_size = -16384";
 
+/// Page cache of the exports' reader ([`with_stream_reader`]), KiB.
+const STREAM_CACHE: &str = "PRAGMA cache_size = -4096";
+
+/// A connection to the database beside the pool's, for one thread: the
+/// run's readers, the exports' and the run's checkpoints.
+fn open_beside(path: &Path) -> Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(raw_err)
+}
+
 /// A read-only connection of the run's own, each of whose statements
 /// reads what is committed when it starts (the run's page reader, beside
 /// the pages the run commits).
 pub(super) fn reader(path: &Path) -> Result<rusqlite::Connection> {
-    use rusqlite::OpenFlags;
-    let c = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(raw_err)?;
-    c.execute_batch(&format!("PRAGMA query_only = 1; {READER_CACHE}"))
+    reader_with_cache(path, READER_CACHE)
+}
+
+/// A read-only connection with the page cache `cache` (a pragma).
+fn reader_with_cache(path: &Path, cache: &str) -> Result<rusqlite::Connection> {
+    let c = open_beside(path)?;
+    c.execute_batch(&format!("PRAGMA query_only = 1; {cache}"))
         .map_err(raw_err)?;
     c.busy_timeout(Duration::from_secs(60)).map_err(raw_err)?;
     Ok(c)
@@ -435,11 +449,7 @@ pub(super) struct Checkpointer {
 
 impl Checkpointer {
     pub(super) fn start(path: &Path) -> Result<Self> {
-        let c = rusqlite::Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(raw_err)?;
+        let c = open_beside(path)?;
         // As the pool's connections: the checkpoint syncs the log before it
         // copies and the database after.
         c.execute_batch("PRAGMA synchronous = NORMAL")
@@ -493,9 +503,7 @@ pub(super) fn with_stream_reader<T>(
     f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
 ) -> Result<T> {
     off_runtime(|| {
-        let c = reader(path)?;
-        c.execute_batch("PRAGMA cache_size = -4096")
-            .map_err(raw_err)?;
+        let c = reader_with_cache(path, STREAM_CACHE)?;
         f(&c).map_err(raw_err)
     })
 }
