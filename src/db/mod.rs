@@ -489,9 +489,9 @@ impl RunTx {
 
     /// Writes events, their notices and the permit changes they imply
     /// (R7, R8).
-    pub async fn write(&mut self, batch: &RunBatch) -> Result<()> {
+    pub async fn write(&mut self, batch: RunBatch) -> Result<()> {
         match self {
-            RunTx::Sqlite(t) => t.write(batch).await,
+            RunTx::Sqlite(t) => t.write(&batch).await,
             RunTx::Postgres(t) => t.write(batch).await,
         }
     }

@@ -381,7 +381,7 @@ impl Ctx<'_> {
             decided_at: self.clock.now_rfc3339(),
             events,
         };
-        tx.write(&batch).await?;
+        tx.write(batch).await?;
         let mut written = self.written.borrow_mut();
         for (key, n) in tally {
             *written.entry(key).or_default() += n;

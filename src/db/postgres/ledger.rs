@@ -59,6 +59,7 @@ impl PgDb {
         queue_notices(
             &mut tx,
             (run_id, as_of, now),
+            None,
             applied
                 .iter()
                 .map(|(i, n)| (i.permit_no.as_str(), i.valid_until, i.kind, *n)),

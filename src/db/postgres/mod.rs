@@ -16,11 +16,11 @@
 //!   first and last key); a task on a pooled connection of its own reads
 //!   the pages of permits with one keyset query each, a page ahead, while
 //!   the run writes each page's events, notices and permit changes with
-//!   one `UNNEST` statement each, in a transaction of its own: pages
-//!   commit one by one. A run that dies
-//!   keeps its committed pages; the plan skips decided cycles and unique
-//!   keys forbid doubles, so the next run for that `as_of` does the rest
-//!   (reconcile's module doc);
+//!   one `UNNEST` statement each, in a transaction of its own, two pages
+//!   at once on two connections: pages commit one by one, in page order.
+//!   A run that dies keeps its committed pages; the plan skips decided
+//!   cycles and unique keys forbid doubles, so the next run for that
+//!   `as_of` does the rest (reconcile's module doc);
 //! - the job lock is a session-level `pg_advisory_lock` on a connection of
 //!   its own, released by the server when that session ends, however the
 //!   process died. A run also writes a fencing token on its `runs` row and
@@ -29,7 +29,8 @@
 //!
 //! Exports are byte-identical to SQLite's: text keys are `COLLATE "C"`
 //! (bytewise, like SQLite), timestamps are the same RFC 3339 text, and ids
-//! are allocated as max + 1 under the job lock (see the migration), so the
+//! are allocated as max + 1 under the job lock (see the migration; a
+//! run's pages take theirs in page order before they are written), so the
 //! same inputs give the same ids, even across a crash.
 //!
 //! The files: this one opens the pool and takes the job lock;
@@ -60,11 +61,12 @@ use crate::domain::{EventKind, NoticeStatus};
 use crate::error::{Error, Result};
 
 /// Queues notices (`$4…$11`, one array per column) for run `$1` of date
-/// `$2`, created at `$3`, with ids max + 1 in array order.
+/// `$2`, created at `$3`, with ids `$12` (else max) + 1 in array order.
 const QUEUE_NOTICES: &str =
     "INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind,
        channel, recipient, message, status, next_attempt_at, created_at)
-     SELECT (SELECT coalesce(max(notification_id), 0) FROM notifications) + u.ord, $1, $2,
+     SELECT coalesce($12, (SELECT coalesce(max(notification_id), 0) FROM notifications)) + u.ord,
+       $1, $2,
        u.permit_no, u.valid_until, u.kind, u.channel, u.recipient, u.message, u.status,
        u.next_attempt_at, $3
      FROM UNNEST($4::text[], $5::date[], $6::text[], $7::text[], $8::text[], $9::text[],
@@ -74,10 +76,12 @@ const QUEUE_NOTICES: &str =
 
 /// Queues the notices of a run's page or of `release` alike: for each,
 /// the permit, the cycle's `valid_until` and the event's kind. A queued
-/// notice is due at once (`created_at`).
+/// notice is due at once (`created_at`). Their ids follow `after`, or the
+/// largest stored.
 async fn queue_notices<'a>(
     tx: &mut PgConnection,
     (run_id, as_of, created_at): (i64, NaiveDate, &str),
+    after: Option<i64>,
     notices: impl Iterator<Item = (&'a str, NaiveDate, EventKind, &'a NewNotice)>,
 ) -> Result<()> {
     let (mut nos, mut valid_until, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
@@ -105,6 +109,7 @@ async fn queue_notices<'a>(
         .bind(&messages)
         .bind(&statuses)
         .bind(&next_attempt)
+        .bind(after)
         .execute(tx)
         .await?;
     Ok(())

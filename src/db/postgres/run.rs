@@ -2,8 +2,12 @@
 //! read, the evidence look-up, the page reader and each page's writes
 //! (the backend's module doc).
 
+use std::collections::VecDeque;
+
 use chrono::NaiveDate;
 use sqlx::{Connection, FromRow, PgConnection, PgPool, Row};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::super::rows::*;
 use super::super::runs::{end_status, run_columns, END_RUN, HOLD_RUN};
@@ -70,6 +74,7 @@ impl PgDb {
             dry_run: false,
             run,
             owner,
+            writers: Writers::default(),
         })
     }
 
@@ -88,6 +93,7 @@ impl PgDb {
             dry_run: true,
             run,
             owner: String::new(),
+            writers: Writers::default(),
         })
     }
 }
@@ -141,7 +147,80 @@ pub struct PgRunTx {
     dry_run: bool,
     pub run: RunRecord,
     owner: String,
+    /// Its pages in flight ([`PgRunTx::write`]).
+    writers: Writers,
 }
+
+/// A run's pages being written, each on a connection of its own.
+#[derive(Default)]
+struct Writers {
+    /// Pages in flight, oldest first.
+    pages: VecDeque<JoinHandle<(PgConnection, Result<()>)>>,
+    /// Writer connections with no page in flight.
+    idle: Vec<PgConnection>,
+    /// The ids the next page's first event and first notice follow, once
+    /// the first page has read them.
+    next_ids: Option<(i64, i64)>,
+    /// Resolves once the last page handed to a writer has committed.
+    last_commit: Option<oneshot::Receiver<()>>,
+}
+
+/// A run dropped unfinished (a daemon's shutdown, an error elsewhere)
+/// stops its pages in flight as well: their server sessions end and roll
+/// back whatever has not committed, as the run's own connection's would.
+impl Drop for Writers {
+    fn drop(&mut self) {
+        for page in &self.pages {
+            page.abort();
+        }
+    }
+}
+
+impl Writers {
+    /// A writer connection with no page in flight: an idle one, a new one
+    /// while fewer than [`PAGE_WRITERS`] are in use, else the oldest page's
+    /// once it is written.
+    async fn connection(&mut self, pool: &PgPool) -> Result<PgConnection> {
+        if let Some(conn) = self.idle.pop() {
+            return Ok(conn);
+        }
+        if self.pages.len() < PAGE_WRITERS {
+            return Ok(pool.acquire().await?.detach());
+        }
+        self.oldest_written().await
+    }
+
+    /// Waits for the oldest page in flight; its connection, or its error.
+    async fn oldest_written(&mut self) -> Result<PgConnection> {
+        let page = self.pages.pop_front().ok_or_else(|| {
+            Error::Runtime(anyhow::anyhow!("internal: no page of the run in flight"))
+        })?;
+        let (conn, written) = page.await.map_err(|e| {
+            Error::Runtime(anyhow::anyhow!(
+                "a page of the run stopped while written: {e}"
+            ))
+        })?;
+        written?;
+        Ok(conn)
+    }
+
+    /// Waits until every page in flight is written: the first error, if
+    /// any (the pages after it roll back on their own: each commits only
+    /// after the one before it).
+    async fn settle(&mut self) -> Result<()> {
+        while !self.pages.is_empty() {
+            let conn = self.oldest_written().await?;
+            self.idle.push(conn);
+        }
+        Ok(())
+    }
+}
+
+/// Pages a run writes at once, each on a connection (and so a server
+/// process) of its own. One server process writing a page's rows and
+/// index entries is the first night's limit; with two, a small server's
+/// second core, idle otherwise, writes the next page meanwhile.
+const PAGE_WRITERS: usize = 2;
 
 /// Checks, inside `tx`, that this process still owns the run (its fencing
 /// token is on the row), and locks the row until commit, so a takeover
@@ -307,109 +386,62 @@ impl PgRunTx {
         Ok(())
     }
 
-    /// Writes a page's events, notices and permit changes and commits them
-    /// together (R7, R8): one statement each, whatever the page size.
-    pub async fn write(&mut self, batch: &RunBatch) -> Result<()> {
+    /// Writes a page's events, notices and permit changes, committed
+    /// together (R7, R8), on a writer connection of its own: it returns
+    /// once the page is under way, with up to [`PAGE_WRITERS`] pages in
+    /// flight, and reports a page's failure at a later call ([`Self::hold`],
+    /// [`Self::complete`] or the next `write`). The pages are written side
+    /// by side but commit in page order, each after the one before it, and
+    /// not at all if that one failed: whenever a run stops, what it leaves
+    /// is its first pages, as on SQLite. Ids are given here, in page
+    /// order, so a resumed run goes on with the ids an uninterrupted one
+    /// would have given: the same as SQLite's for the same inputs.
+    ///
+    /// A held run's pages go one at a time on the run's connection: resumed
+    /// after a crash, such a run makes again the events of pages it
+    /// committed, which the insert skips, so their ids are only known to
+    /// the database.
+    pub async fn write(&mut self, batch: RunBatch) -> Result<()> {
         if batch.events.is_empty() {
             return Ok(());
         }
-        let ev = &batch.events;
-        let permit_nos: Vec<&str> = ev.iter().map(|e| e.permit_no.as_str()).collect();
-        let id_numbers: Vec<&str> = ev.iter().map(|e| e.id_number.as_str()).collect();
-        let kinds: Vec<&str> = ev.iter().map(|e| e.kind.code()).collect();
-        let reasons: Vec<&str> = ev.iter().map(|e| e.reasons.code()).collect();
-        let valid_until: Vec<NaiveDate> = ev.iter().map(|e| e.valid_until).collect();
-        let new_valid_until: Vec<Option<NaiveDate>> =
-            ev.iter().map(|e| e.new_valid_until).collect();
-        let visited_on: Vec<Option<NaiveDate>> =
-            ev.iter().map(|e| e.residence_visited_on).collect();
-        let residence_result: Vec<Option<&str>> =
-            ev.iter().map(|e| e.residence_result.as_deref()).collect();
-        let si_month: Vec<Option<&str>> = ev.iter().map(|e| e.si_month.as_deref()).collect();
-        let si_status: Vec<Option<&str>> = ev.iter().map(|e| e.si_status.as_deref()).collect();
-        let si_employer: Vec<Option<&str>> =
-            ev.iter().map(|e| e.si_employer_uscc.as_deref()).collect();
-        let marital: Vec<Option<&str>> = ev.iter().map(|e| e.marital_status.as_deref()).collect();
-        let prior: Vec<Option<&str>> = ev
-            .iter()
-            .map(|e| e.prior_status.map(|s| s.code()))
-            .collect();
-        let at = batch.decided_at.as_str();
-        let mut tx = self.conn.begin().await?;
-        fence(&mut tx, &self.run, &self.owner, at).await?;
-        // Ids are max + 1 in page order (the job lock makes this the only
-        // writer): the same ids as SQLite for the same inputs. A held run
-        // (the brake) writes its events only; resumed after a crash, it skips
-        // those a committed page already holds.
-        sqlx::query(if batch.held {
-            "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
-               new_valid_until, residence_visited_on, residence_result, si_month, si_status,
-               si_employer_uscc, marital_status, decided_at, prior_status, held)
-             SELECT (SELECT coalesce(max(event_id), 0) FROM events) + u.ord, $1, $2, u.permit_no,
-               u.id_number, u.kind, u.reasons, u.valid_until, u.new_valid_until, u.visited_on,
-               u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3, u.prior, true
-             FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::date[], $9::date[],
-                         $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-                         $16::text[])
-                  WITH ORDINALITY AS u (permit_no, id_number, kind, reasons, valid_until, new_valid_until,
-                         visited_on, residence_result, si_month, si_status, si_employer, marital, prior,
-                         ord)
-             ON CONFLICT DO NOTHING"
-        } else {
-            "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
-               new_valid_until, residence_visited_on, residence_result, si_month, si_status,
-               si_employer_uscc, marital_status, decided_at, prior_status)
-             SELECT (SELECT coalesce(max(event_id), 0) FROM events) + u.ord, $1, $2, u.permit_no,
-               u.id_number, u.kind, u.reasons, u.valid_until, u.new_valid_until, u.visited_on,
-               u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3, u.prior
-             FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::date[], $9::date[],
-                         $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-                         $16::text[])
-                  WITH ORDINALITY AS u (permit_no, id_number, kind, reasons, valid_until, new_valid_until,
-                         visited_on, residence_result, si_month, si_status, si_employer, marital, prior,
-                         ord)"
-        })
-        .bind(batch.run_id)
-        .bind(batch.as_of)
-        .bind(at)
-        .bind(&permit_nos)
-        .bind(&id_numbers)
-        .bind(&kinds)
-        .bind(&reasons)
-        .bind(&valid_until)
-        .bind(&new_valid_until)
-        .bind(&visited_on)
-        .bind(&residence_result)
-        .bind(&si_month)
-        .bind(&si_status)
-        .bind(&si_employer)
-        .bind(&marital)
-        .bind(&prior)
-        .execute(&mut *tx)
-        .await?;
         if batch.held {
-            tx.commit().await?;
-            return Ok(());
+            self.writers.settle().await?;
+            return write_page(&mut self.conn, (&self.run, &self.owner), &batch, None, None).await;
         }
-        queue_notices(
-            &mut tx,
-            (batch.run_id, batch.as_of, at),
-            ev.iter()
-                .map(|e| (e.permit_no.as_str(), e.valid_until, e.kind, &e.notice)),
-        )
-        .await?;
-        // R7/R3 effects: a new valid_until or a new status per permit.
-        apply_effects(&mut tx, ev.iter().map(|e| (e.permit_no.as_str(), e.effect))).await?;
-        if let Some(d) = crate::faults::delay(crate::faults::Delay::PgPage) {
-            tokio::time::sleep(d).await;
-        }
-        tx.commit().await?;
+        let ids = match self.writers.next_ids {
+            Some(ids) => ids,
+            None => {
+                self.writers.settle().await?;
+                sqlx::query_as(
+                    "SELECT (SELECT coalesce(max(event_id), 0) FROM events),
+                            (SELECT coalesce(max(notification_id), 0) FROM notifications)",
+                )
+                .fetch_one(&mut self.conn)
+                .await?
+            }
+        };
+        // Every event of a run that is not held has its notice (R8).
+        let n = batch.events.len() as i64;
+        self.writers.next_ids = Some((ids.0 + n, ids.1 + n));
+        let mut conn = self.writers.connection(&self.pool).await?;
+        let (run, owner) = (self.run.clone(), self.owner.clone());
+        let (committed, this_commit) = oneshot::channel();
+        let after = self.writers.last_commit.replace(this_commit);
+        self.writers.pages.push_back(tokio::spawn(async move {
+            let written = write_page(&mut conn, (&run, &owner), &batch, Some(ids), after).await;
+            if written.is_ok() {
+                let _ = committed.send(());
+            }
+            (conn, written)
+        }));
         Ok(())
     }
 
     /// Marks the run held by the safety brake (if this process still owns
     /// it), before it writes any event.
     pub async fn hold(&mut self, why: &str, now: &str) -> Result<()> {
+        self.writers.settle().await?;
         let mut tx = self.conn.begin().await?;
         fence(&mut tx, &self.run, &self.owner, now).await?;
         sqlx::query(HOLD_RUN)
@@ -430,6 +462,7 @@ impl PgRunTx {
         now: &str,
         duration: std::time::Duration,
     ) -> Result<()> {
+        self.writers.settle().await?;
         let mut tx = self.conn.begin().await?;
         fence(&mut tx, &self.run, &self.owner, now).await?;
         sqlx::query(END_RUN)
@@ -442,15 +475,136 @@ impl PgRunTx {
             .await?;
         tx.commit().await?;
         let _ = self.conn.close().await;
+        for conn in std::mem::take(&mut self.writers.idle) {
+            let _ = conn.close().await;
+        }
         Ok(())
     }
 
     /// Pages already committed stay: the next run for this `as_of` resumes
-    /// after them. A page in flight was rolled back when its transaction
-    /// was dropped.
-    pub async fn rollback(self) -> Result<()> {
+    /// with the rest. A page in flight was rolled back when its transaction
+    /// was dropped; one in flight on a writer connection commits or rolls
+    /// back before this returns.
+    pub async fn rollback(mut self) -> Result<()> {
+        // The run already failed: a page's own error adds nothing to it.
+        while !self.writers.pages.is_empty() {
+            let _ = self.writers.oldest_written().await;
+        }
         Ok(())
     }
+}
+
+/// One page's events, notices and permit changes in one transaction on
+/// `conn` (R7, R8): one statement each, whatever the page size. `ids`: the
+/// ids the page's first event and first notice follow, or `None` for
+/// max + 1 as the rows go in. `after`: the page before, which commits
+/// first.
+async fn write_page(
+    conn: &mut PgConnection,
+    (run, owner): (&RunRecord, &str),
+    batch: &RunBatch,
+    ids: Option<(i64, i64)>,
+    after: Option<oneshot::Receiver<()>>,
+) -> Result<()> {
+    let ev = &batch.events;
+    let permit_nos: Vec<&str> = ev.iter().map(|e| e.permit_no.as_str()).collect();
+    let id_numbers: Vec<&str> = ev.iter().map(|e| e.id_number.as_str()).collect();
+    let kinds: Vec<&str> = ev.iter().map(|e| e.kind.code()).collect();
+    let reasons: Vec<&str> = ev.iter().map(|e| e.reasons.code()).collect();
+    let valid_until: Vec<NaiveDate> = ev.iter().map(|e| e.valid_until).collect();
+    let new_valid_until: Vec<Option<NaiveDate>> = ev.iter().map(|e| e.new_valid_until).collect();
+    let visited_on: Vec<Option<NaiveDate>> = ev.iter().map(|e| e.residence_visited_on).collect();
+    let residence_result: Vec<Option<&str>> =
+        ev.iter().map(|e| e.residence_result.as_deref()).collect();
+    let si_month: Vec<Option<&str>> = ev.iter().map(|e| e.si_month.as_deref()).collect();
+    let si_status: Vec<Option<&str>> = ev.iter().map(|e| e.si_status.as_deref()).collect();
+    let si_employer: Vec<Option<&str>> = ev.iter().map(|e| e.si_employer_uscc.as_deref()).collect();
+    let marital: Vec<Option<&str>> = ev.iter().map(|e| e.marital_status.as_deref()).collect();
+    let prior: Vec<Option<&str>> = ev
+        .iter()
+        .map(|e| e.prior_status.map(|s| s.code()))
+        .collect();
+    let at = batch.decided_at.as_str();
+    let mut tx = conn.begin().await?;
+    // Without `ids`, max + 1 in page order (the job lock makes this run the
+    // only writer). A held run (the brake) writes its events only; resumed
+    // after a crash, it skips those a committed page already holds.
+    sqlx::query(if batch.held {
+        "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
+           new_valid_until, residence_visited_on, residence_result, si_month, si_status,
+           si_employer_uscc, marital_status, decided_at, prior_status, held)
+         SELECT coalesce($17, (SELECT coalesce(max(event_id), 0) FROM events)) + u.ord, $1, $2, u.permit_no,
+           u.id_number, u.kind, u.reasons, u.valid_until, u.new_valid_until, u.visited_on,
+           u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3, u.prior, true
+         FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::date[], $9::date[],
+                     $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                     $16::text[])
+              WITH ORDINALITY AS u (permit_no, id_number, kind, reasons, valid_until, new_valid_until,
+                     visited_on, residence_result, si_month, si_status, si_employer, marital, prior,
+                     ord)
+         ON CONFLICT DO NOTHING"
+    } else {
+        "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
+           new_valid_until, residence_visited_on, residence_result, si_month, si_status,
+           si_employer_uscc, marital_status, decided_at, prior_status)
+         SELECT coalesce($17, (SELECT coalesce(max(event_id), 0) FROM events)) + u.ord, $1, $2, u.permit_no,
+           u.id_number, u.kind, u.reasons, u.valid_until, u.new_valid_until, u.visited_on,
+           u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3, u.prior
+         FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::date[], $9::date[],
+                     $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                     $16::text[])
+              WITH ORDINALITY AS u (permit_no, id_number, kind, reasons, valid_until, new_valid_until,
+                     visited_on, residence_result, si_month, si_status, si_employer, marital, prior,
+                     ord)"
+    })
+    .bind(batch.run_id)
+    .bind(batch.as_of)
+    .bind(at)
+    .bind(&permit_nos)
+    .bind(&id_numbers)
+    .bind(&kinds)
+    .bind(&reasons)
+    .bind(&valid_until)
+    .bind(&new_valid_until)
+    .bind(&visited_on)
+    .bind(&residence_result)
+    .bind(&si_month)
+    .bind(&si_status)
+    .bind(&si_employer)
+    .bind(&marital)
+    .bind(&prior)
+    .bind(ids.map(|(event, _)| event))
+    .execute(&mut *tx)
+    .await?;
+    if !batch.held {
+        queue_notices(
+            &mut tx,
+            (batch.run_id, batch.as_of, at),
+            ids.map(|(_, notice)| notice),
+            ev.iter()
+                .map(|e| (e.permit_no.as_str(), e.valid_until, e.kind, &e.notice)),
+        )
+        .await?;
+        // R7/R3 effects: a new valid_until or a new status per permit.
+        apply_effects(&mut tx, ev.iter().map(|e| (e.permit_no.as_str(), e.effect))).await?;
+    }
+    if let Some(d) = crate::faults::delay(crate::faults::Delay::PgPage) {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(after) = after {
+        // The sender is dropped unsent if the page before failed.
+        after.await.map_err(|_| {
+            Error::Runtime(anyhow::anyhow!(
+                "a page of the run was not written, so neither is the next"
+            ))
+        })?;
+    }
+    // The fence goes last, so that the run's pages in flight wait for one
+    // another only to commit: from here to the commit the runs row is
+    // locked (see `fence`). Taken over before, this page rolls back.
+    fence(&mut tx, run, owner, at).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The body of [`PgRunTx::event_pages`]'s task: the run's candidates, a
