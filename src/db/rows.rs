@@ -13,8 +13,8 @@
 use chrono::NaiveDate;
 
 use crate::domain::{
-    Channel, CycleDecision, EventKind, EventState, MaritalStatus, NoticeStatus, PaymentStatus,
-    PermitStatus, Reasons, ResidenceResult, RunStatus, SiStatus,
+    Channel, CycleDecision, EventKind, EventState, MaritalStatus, Month, NoticeStatus,
+    PaymentStatus, PermitStatus, Reasons, ResidenceResult, RunStatus, SiStatus,
 };
 
 /// Columns that hold a stored code (or an event's reasons, [`Reasons`]),
@@ -377,12 +377,14 @@ pub struct NewEvent {
     pub reasons: Reasons,
     pub valid_until: NaiveDate,
     pub new_valid_until: Option<NaiveDate>,
+    /// The evidence the decision rests on (R5, R9), as the rules selected
+    /// it; stored as its codes.
     pub residence_visited_on: Option<NaiveDate>,
-    pub residence_result: Option<String>,
-    pub si_month: Option<String>,
-    pub si_status: Option<String>,
+    pub residence_result: Option<ResidenceResult>,
+    pub si_month: Option<Month>,
+    pub si_status: Option<PaymentStatus>,
     pub si_employer_uscc: Option<String>,
-    pub marital_status: Option<String>,
+    pub marital_status: Option<MaritalStatus>,
     /// CANCELLED: the permit's status before this step (active or
     /// suspended, R3/C1), kept so that `autosign revert` can restore it.
     pub prior_status: Option<PermitStatus>,

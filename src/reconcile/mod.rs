@@ -353,14 +353,11 @@ fn event(
         valid_until: permit.valid_until,
         new_valid_until,
         residence_visited_on: selected.visit.as_ref().map(|v| v.visited_on),
-        residence_result: selected.visit.as_ref().map(|v| v.result.code().to_string()),
-        si_month: selected.payment.as_ref().map(|p| p.month.to_string()),
-        si_status: selected
-            .payment
-            .as_ref()
-            .map(|p| p.status.code().to_string()),
+        residence_result: selected.visit.as_ref().map(|v| v.result),
+        si_month: selected.payment.as_ref().map(|p| p.month),
+        si_status: selected.payment.as_ref().map(|p| p.status),
         si_employer_uscc: selected.payment.as_ref().map(|p| p.employer_uscc.clone()),
-        marital_status: selected.marital_status.map(|m| m.code().to_string()),
+        marital_status: selected.marital_status,
         prior_status,
         effect,
         notice,

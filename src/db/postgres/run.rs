@@ -514,12 +514,20 @@ async fn write_page(
     let valid_until: Vec<NaiveDate> = ev.iter().map(|e| e.valid_until).collect();
     let new_valid_until: Vec<Option<NaiveDate>> = ev.iter().map(|e| e.new_valid_until).collect();
     let visited_on: Vec<Option<NaiveDate>> = ev.iter().map(|e| e.residence_visited_on).collect();
-    let residence_result: Vec<Option<&str>> =
-        ev.iter().map(|e| e.residence_result.as_deref()).collect();
-    let si_month: Vec<Option<&str>> = ev.iter().map(|e| e.si_month.as_deref()).collect();
-    let si_status: Vec<Option<&str>> = ev.iter().map(|e| e.si_status.as_deref()).collect();
+    let residence_result: Vec<Option<&str>> = ev
+        .iter()
+        .map(|e| e.residence_result.map(|r| r.code()))
+        .collect();
+    let si_month: Vec<Option<String>> = ev
+        .iter()
+        .map(|e| e.si_month.map(|m| m.to_string()))
+        .collect();
+    let si_status: Vec<Option<&str>> = ev.iter().map(|e| e.si_status.map(|s| s.code())).collect();
     let si_employer: Vec<Option<&str>> = ev.iter().map(|e| e.si_employer_uscc.as_deref()).collect();
-    let marital: Vec<Option<&str>> = ev.iter().map(|e| e.marital_status.as_deref()).collect();
+    let marital: Vec<Option<&str>> = ev
+        .iter()
+        .map(|e| e.marital_status.map(|m| m.code()))
+        .collect();
     let prior: Vec<Option<&str>> = ev
         .iter()
         .map(|e| e.prior_status.map(|s| s.code()))
