@@ -100,6 +100,9 @@ fi
 STEADY="$WORK-steady"
 rm -rf "$STEADY"; mkdir -p "$STEADY"
 cp "$WORK/autosign.sqlite" "$STEADY/"
+# The copy's gigabytes are written back before the night is timed, not
+# during it (they showed as the night's system time, and varied).
+sync
 export AUTOSIGN_DATA_DIR="$STEADY"
 export AUTOSIGN_LOG__LEVEL=warn
 # The pipeline's first night was AS_OF and it timed AS_OF + 1; this night

@@ -1,11 +1,9 @@
-//! Read-only statements for the daemon's `/readyz` and `/metrics` and the
-//! run's progress bar. Each is cheap enough to answer a scrape every few
-//! seconds at city scale: counts over indexed columns (the outbox backlog by
-//! `status`, one night's events and notices by `as_of`), the `runs` and
-//! `imports` tables (one row per night, per file), and sqlx's migration
-//! ledger. Nothing here scans the register, the feeds or the whole audit
-//! trail, except [`Db::count_run_candidates`], which only an interactive
-//! run asks for.
+//! Read-only statements for the daemon's `/readyz` and `/metrics`. Each is
+//! cheap enough to answer a scrape every few seconds at city scale: counts
+//! over indexed columns (the outbox backlog by `status`, one night's events
+//! and notices by `as_of`), the `runs` and `imports` tables (one row per
+//! night, per file), and sqlx's migration ledger. Nothing here scans the
+//! register, the feeds or the whole audit trail.
 
 use chrono::NaiveDate;
 use sqlx::Row;
@@ -106,8 +104,6 @@ const IMPORTS: &str = "SELECT feed, count(*), CAST(coalesce(sum(rows_read), 0) A
      max(imported_at) FROM imports GROUP BY feed ORDER BY feed";
 const MIGRATIONS: &str =
     "SELECT CAST(coalesce(max(version), 0) AS BIGINT) FROM _sqlx_migrations WHERE success";
-const CANDIDATES: &str = "SELECT count(*) FROM permit_state \
-     WHERE status IN ('active', 'suspended') AND valid_until <= $1";
 
 fn labelled<R: Row>(rows: &[R]) -> Result<Vec<LabelledCount>>
 where
@@ -208,17 +204,6 @@ impl Db {
             }
         });
         Ok(m)
-    }
-
-    /// Permits a run for a date with window end `to` looks at (active or
-    /// suspended, `valid_until <= to`): the total of the run's progress bar.
-    /// A scan of the register's narrow table: only for a run on a terminal.
-    pub async fn count_run_candidates(&self, to: NaiveDate) -> Result<u64> {
-        let n: i64 = on_pool!(self, |pool| sqlx::query_scalar(CANDIDATES)
-            .bind(to)
-            .fetch_one(pool)
-            .await?);
-        Ok(u64::try_from(n).unwrap_or(0))
     }
 }
 

@@ -348,8 +348,13 @@ impl ImportTx {
 /// order ([`RunTx::event_pages`]).
 pub type MakeEvents = Box<dyn FnMut(Vec<Candidate>) -> Result<Vec<NewEvent>> + Send>;
 
-/// One page of a run's events in the making: the candidates read, and
-/// their events.
+/// The permits of a run's pages as its walk found them, a page at a time,
+/// each page in `permit_no` order and after the page before it
+/// ([`RunTx::event_pages`]).
+pub type PageKeys = Box<dyn Iterator<Item = Vec<CandidateState>> + Send>;
+
+/// One page of a run's events in the making: the permits read, and their
+/// events.
 type EventPage = Result<(usize, Vec<NewEvent>)>;
 
 /// A run's pages of events in the making ([`RunTx::event_pages`]), read
@@ -409,7 +414,7 @@ impl Drop for EventPageReader {
 /// crashed run's committed pages stay (they are final) and the next run
 /// for the date takes the `running` row over and writes the rest: what a
 /// committed page did is in the register (a new valid_until, a new
-/// status) or in the events the due read returns (C8), so nothing is
+/// status) or in the events the walk returns (C8), so nothing is
 /// decided twice. PostgreSQL also checks a fencing token on the `runs`
 /// row in each page's transaction, since its job lock is a session lock
 /// that a lost connection gives up.
@@ -426,10 +431,32 @@ impl RunTx {
         }
     }
 
-    /// Step 2's pages: the run's candidates (active or suspended permits
-    /// with `valid_until <= to`, R3, R4), `limit` at a time in `permit_no`
-    /// order, each turned into its events by `make`, taken one page at a
-    /// time with [`EventPageReader::next`].
+    /// The night's one walk of the register: the permits within `bounds`
+    /// (R3, R4), `limit` at a time in `permit_no` order after `after`.
+    /// Those that may be due — active, `valid_until` from `due_from` on —
+    /// come with their holder, their baseline (R5) and the AUTO_SIGNED and
+    /// VISIT_CENTER events written for their cycle and what became of them
+    /// (held, released, reverted), for `rules::cycle_decided` (C8) to
+    /// judge; the others with their state alone, their details not read.
+    /// What the rest of the night reads, it reads by key.
+    pub async fn candidates(
+        &mut self,
+        bounds: CandidateBounds,
+        due_from: NaiveDate,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Walked>> {
+        let after = after.unwrap_or("");
+        match self {
+            RunTx::Sqlite(t) => t.candidates(bounds, due_from, after, limit).await,
+            RunTx::Postgres(t) => t.candidates(bounds, due_from, after, limit).await,
+        }
+    }
+
+    /// Step 2's pages: the permits of each page of `keys`, their details
+    /// read by key beside the state the walk found, each page turned into
+    /// its events by `make`, taken one page at a time with
+    /// [`EventPageReader::next`].
     ///
     /// A reader of their own reads the pages over a second connection and
     /// makes their events while the run writes the page before (the read
@@ -440,31 +467,12 @@ impl RunTx {
     /// dry run's snapshot.
     pub async fn event_pages(
         &mut self,
-        bounds: CandidateBounds,
-        limit: u32,
+        keys: PageKeys,
         make: MakeEvents,
     ) -> Result<EventPageReader> {
         match self {
-            RunTx::Sqlite(t) => Ok(t.event_pages(bounds, limit, make)),
-            RunTx::Postgres(t) => t.event_pages(bounds, limit, make).await,
-        }
-    }
-
-    /// The permits in the window (R4), a page at a time in `permit_no`
-    /// order after `after`: active, `from <= valid_until <= to`, each with
-    /// the AUTO_SIGNED and VISIT_CENTER events written for its cycle and
-    /// what became of them (held, released, reverted), for
-    /// `rules::cycle_decided` (C8) to judge.
-    pub async fn due_permits(
-        &mut self,
-        from: NaiveDate,
-        to: NaiveDate,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<DuePermit>> {
-        match self {
-            RunTx::Sqlite(t) => t.due_permits(from, to, after, limit).await,
-            RunTx::Postgres(t) => t.due_permits(from, to, after, limit).await,
+            RunTx::Sqlite(t) => Ok(t.event_pages(keys, make)),
+            RunTx::Postgres(t) => t.event_pages(keys, make).await,
         }
     }
 

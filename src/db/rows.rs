@@ -296,6 +296,24 @@ pub struct Candidate {
     pub permit: PermitRow,
 }
 
+/// A permit within the run's [`CandidateBounds`], as the night's one walk
+/// of the register finds it: what R3 and R4 look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateState {
+    pub permit_no: String,
+    pub valid_until: NaiveDate,
+    pub status: PermitStatus,
+}
+
+/// A permit the night's walk read ([`crate::db::RunTx::candidates`]): its
+/// state, and, when it may be due (active, `valid_until` from the due
+/// date on), what the plan needs to decide it.
+#[derive(Debug, Clone)]
+pub struct Walked {
+    pub state: CandidateState,
+    pub due: Option<DuePermit>,
+}
+
 /// An active permit whose `valid_until` is in the run's window (R4), with
 /// its cycle, the baseline R5 compares evidence with, and the decisions
 /// already written for the cycle (C8). What the run's plan reads.

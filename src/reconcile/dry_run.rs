@@ -118,7 +118,7 @@ pub async fn dry_run(
         import_mark: Some(mark),
         duration_secs: None,
     };
-    let bar = super::progress_bar(db, settings, as_of).await;
+    let bar = super::progress_bar(as_of);
     let mut tx = db.begin_dry_run(run.clone()).await?;
     let mut ctx = Ctx {
         settings,
@@ -176,10 +176,11 @@ async fn plan_and_make(
     let mut audit = audit
         .map(|p| AuditWriter::create(Some(p), false))
         .transpose()?;
-    let bounds = super::rules::candidate_bounds(ctx.as_of, &ctx.settings.rules);
-    let make = super::event_maker(ctx, plan);
+    let plan = std::sync::Arc::new(plan);
+    ctx.bar.set_length(plan.permits() as u64);
+    let keys = super::PlanKeys::new(plan.clone(), ctx.settings.run.page_permits);
     let mut pages = tx
-        .event_pages(bounds, ctx.settings.run.page_permits, make)
+        .event_pages(Box::new(keys), super::event_maker(ctx, plan))
         .await?;
     while let Some((read, events)) = pages.next().await? {
         // What `Ctx::write` would count, and the rows the audit export

@@ -26,12 +26,12 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::db::{
-    Candidate, Db, EvidenceBounds, EvidenceSink, LifecycleCounts, NewEvent, PermitRow, RunBatch,
-    RunCount, RunRecord, RunTx,
+    Candidate, CandidateState, Db, EvidenceBounds, EvidenceSink, LifecycleCounts, NewEvent,
+    PermitRow, RunBatch, RunCount, RunRecord, RunTx,
 };
 use crate::domain::{
-    Channel, EventKind, MaritalStatus, Month, PaymentStatus, Reason, Reasons, ResidenceResult,
-    RunStatus, SiStatus,
+    Channel, EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, Reasons,
+    ResidenceResult, RunStatus, SiStatus,
 };
 use crate::error::{Error, Result};
 use crate::feeds::ImportOutcome;
@@ -39,7 +39,7 @@ use crate::outbox::notice::Notices;
 use crate::settings::Settings;
 use rules::{Baseline, Outcome, Payment, Selected, Visit};
 
-/// Due permits read per query by the plan.
+/// Permits read per query by the plan's walk of the register.
 const PAGE: u32 = 10_000;
 
 static PROGRESS: AtomicBool = AtomicBool::new(true);
@@ -63,7 +63,7 @@ pub(crate) struct BrakeInputs {
 
 /// The brake's lifecycle count (R3's steps for the date against the live
 /// register), taken on a connection of its own while the run plans:
-/// the count and the due read each walk the whole register, and on two
+/// the count and the plan each walk the whole register, and on two
 /// cores they go at once. Nothing is written before it is read (the run
 /// holds the job lock, and writes only after the plan is checked), so it
 /// counts the register the run finds. Dropped unread, it is abandoned.
@@ -121,15 +121,13 @@ pub(crate) async fn brake_inputs(
     })
 }
 
-/// The run's bar on stderr, by permits looked at (rows, rate, ETA); hidden
-/// unless stderr is a terminal. Its total costs a count over the register,
-/// paid only when a bar is drawn.
-async fn progress_bar(db: &Db, settings: &Settings, as_of: NaiveDate) -> indicatif::ProgressBar {
+/// The run's bar on stderr, by permits written (rows, rate, ETA); hidden
+/// unless stderr is a terminal. Its total is set once the plan knows it.
+fn progress_bar(as_of: NaiveDate) -> indicatif::ProgressBar {
     if !PROGRESS.load(Ordering::Relaxed) || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    let to = as_of + Duration::days(i64::from(settings.rules.window_days));
-    let bar = indicatif::ProgressBar::new(db.count_run_candidates(to).await.unwrap_or(0));
+    let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{msg} {wide_bar} {pos}/{len} permits {rate} eta {eta}",
@@ -210,7 +208,7 @@ pub async fn run(
         feeds_trip,
         lifecycle,
     } = brake_inputs(db, settings, as_of, clock).await?;
-    let bar = progress_bar(db, settings, as_of).await;
+    let bar = progress_bar(as_of);
     // The attempt's duration, from the moment its `started_at` is taken
     // (the runs table keeps it: whole-second timestamps cannot measure a
     // short run).
@@ -459,15 +457,89 @@ impl PlannedDecision {
     }
 }
 
-/// What a run will decide, worked out before it writes anything: the due
-/// permits with an open cycle (R4, C8), each decided in memory (R5, R6).
-/// Lifecycle steps (R3) are not planned: they follow from the register
-/// alone and are taken by the write pass.
+/// What a run will do, worked out before it writes anything: the due
+/// permits with an open cycle (R4, C8), each decided in memory (R5, R6),
+/// and the permits that take a lifecycle step (R3).
 #[derive(Debug, Default)]
 pub struct RunPlan {
     pub counts: PlanCounts,
     /// AUTO_SIGNED and VISIT_CENTER decisions in `permit_no` order.
     decisions: Vec<PlannedDecision>,
+    /// The permits that take a lifecycle step, in `permit_no` order: the
+    /// write pass reads them again by key and takes the step R3 gives.
+    steps: Steps,
+}
+
+/// The permits that take a lifecycle step, as the walk found them, their
+/// numbers in one buffer: a first night at 10M permits finds ~1.8M, which
+/// this keeps in about 40 MB (with a heap block a number, about 90 MB).
+#[derive(Debug, Default)]
+struct Steps {
+    text: String,
+    /// Where each number ends in `text`.
+    ends: Vec<u32>,
+    valid_until: Vec<NaiveDate>,
+    status: Vec<PermitStatus>,
+}
+
+impl Steps {
+    fn push(&mut self, c: &CandidateState) -> Result<()> {
+        self.text.push_str(&c.permit_no);
+        let end = u32::try_from(self.text.len()).map_err(|_| {
+            Error::Runtime(anyhow::anyhow!(
+                "more lifecycle steps in one night than a run can hold ({} permits)",
+                self.ends.len()
+            ))
+        })?;
+        self.ends.push(end);
+        self.valid_until.push(c.valid_until);
+        self.status.push(c.status);
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Gives back what the buffers grew beyond their contents (up to
+    /// half of them, kept to the end of the run).
+    fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.valid_until.shrink_to_fit();
+        self.status.shrink_to_fit();
+    }
+
+    fn permit_no(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)? as usize;
+        let start = i.checked_sub(1).map_or(0, |j| self.ends[j] as usize);
+        self.text.get(start..end)
+    }
+
+    fn get(&self, i: usize) -> Option<CandidateState> {
+        Some(CandidateState {
+            permit_no: self.permit_no(i)?.to_string(),
+            valid_until: *self.valid_until.get(i)?,
+            status: *self.status.get(i)?,
+        })
+    }
+
+    /// In byte order of `permit_no`, as the write pass's merge needs them.
+    fn sorted(self) -> Result<Self> {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        if order
+            .windows(2)
+            .all(|w| self.permit_no(w[0]) < self.permit_no(w[1]))
+        {
+            return Ok(self);
+        }
+        order.sort_unstable_by(|&a, &b| self.permit_no(a).cmp(&self.permit_no(b)));
+        let mut out = Steps::default();
+        for c in order.into_iter().filter_map(|i| self.get(i)) {
+            out.push(&c)?;
+        }
+        Ok(out)
+    }
 }
 
 /// A plan's outcome counts (`due = auto_signed + visit_center + pending`).
@@ -494,6 +566,12 @@ impl RunPlan {
     /// Every planned final decision, in `permit_no` order.
     pub fn decisions(&self) -> &[PlannedDecision] {
         &self.decisions
+    }
+
+    /// The permits step 2 writes an event for: decisions and lifecycle
+    /// steps.
+    pub fn permits(&self) -> usize {
+        self.decisions.len() + self.steps.len()
     }
 }
 
@@ -738,28 +816,49 @@ impl EvidenceSink for DueEvidence {
     }
 }
 
-/// Step 1: reads the due permits, keeps those whose cycle is open (R4,
-/// C8: `rules::cycle_decided`), then their
-/// holders' evidence (R5) by key in each feed table, and decides each in memory
-/// (R6). Writes nothing. Memory: the due permits and their holders'
-/// evidence (a few hundred bytes a due permit: ~190 MB at 676,000), not
-/// the register or the feeds.
+/// Step 1: walks the register once for the permits within the night's
+/// bounds and sorts them by the rules: a lifecycle step (R3), kept for
+/// the write pass, or due (R4), read with its holder and its cycle's
+/// decisions and kept if its cycle is open (C8: `rules::cycle_decided`).
+/// Then it reads the due holders' evidence (R5) by key in each feed
+/// table, and decides each in memory (R6). Writes nothing. Memory: the
+/// due permits and their holders' evidence (a few hundred bytes a due
+/// permit: ~190 MB at 676,000) and the lifecycle steps, not the register
+/// or the feeds.
 async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
     let rules = &ctx.settings.rules;
     let as_of = ctx.as_of;
-    let to = as_of + Duration::days(i64::from(rules.window_days));
     let bounds = evidence_bounds(rules, as_of);
+    let candidates = rules::candidate_bounds(as_of, rules);
+    let mut steps = Steps::default();
     let mut due: Vec<DueEntry> = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = tx.due_permits(as_of, to, after.as_deref(), PAGE).await?;
+        let page = tx
+            .candidates(candidates, as_of, after.as_deref(), PAGE)
+            .await?;
         let Some(last) = page.last() else { break };
-        after = Some(last.permit_no.clone());
-        // C8: a cycle with a final decision in effect is not decided again.
-        for p in page
-            .into_iter()
-            .filter(|p| !rules::cycle_decided(&p.decisions))
-        {
+        after = Some(last.state.permit_no.clone());
+        for w in page {
+            let c = &w.state;
+            if rules::lifecycle(c.status, c.valid_until, as_of, rules).is_some() {
+                steps.push(c)?;
+                continue;
+            }
+            if !rules::is_due(c.status, c.valid_until, as_of, rules) {
+                continue;
+            }
+            // The walk reads the details of every permit that may be due.
+            let Some(p) = w.due else {
+                return Err(Error::Runtime(anyhow::anyhow!(
+                    "internal: permit {} is due but the walk did not read it",
+                    c.permit_no
+                )));
+            };
+            // C8: a cycle with a final decision in effect is not decided again.
+            if rules::cycle_decided(&p.decisions) {
+                continue;
+            }
             due.push(DueEntry {
                 si_status: p.si_status,
                 marital_status: p.marital_status,
@@ -771,6 +870,8 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
             });
         }
     }
+    steps.shrink_to_fit();
+    tracing::debug!(steps = steps.len(), "lifecycle steps found");
     tracing::debug!(due = due.len(), "due permits read");
     let mut evidence = DueEvidence::for_holders(due.iter().map(|d| d.id));
     let ids: Vec<&str> = due.iter().map(|d| &*d.id_number).collect();
@@ -780,7 +881,10 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
     if let Some(e) = evidence.invalid.take() {
         return Err(e);
     }
-    let mut plan = RunPlan::default();
+    let mut plan = RunPlan {
+        steps,
+        ..RunPlan::default()
+    };
     // At most one decision per due permit: sized once, the list does not
     // double (and briefly take three times its size) as it grows.
     plan.decisions.reserve_exact(due.len());
@@ -824,7 +928,8 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
             marital_status: selected.marital_status,
         });
     }
-    // The queries return permit_no in byte order; `decision` relies on it.
+    // The walk returns permit_no in byte order; `decision` and the write
+    // pass's merge ([`PlanKeys`]) rely on it.
     if !plan
         .decisions
         .windows(2)
@@ -832,6 +937,7 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
     {
         plan.decisions.sort_by(|a, b| a.permit_no.cmp(&b.permit_no));
     }
+    plan.steps = std::mem::take(&mut plan.steps).sorted()?;
     Ok(plan)
 }
 
@@ -875,24 +981,19 @@ fn decide_due(
     )
 }
 
-/// Step 2: one pass over the register in `permit_no` order (R3, R7, R8):
-/// each permit takes at most one lifecycle step (R3); otherwise, if the
-/// plan decided its cycle, that decision is written with its notice.
-///
-/// One ordered pass rather than an index walk per rule: the first night
-/// after go-live touches a quarter of the register, and in key order every
-/// read and write lands next to the previous one (docs/benchmarks.md).
-/// A page's events are made where the page is read
-/// ([`RunTx::event_pages`]: a reader of its own, while this one writes the
-/// page before).
+/// Step 2: the plan's permits in `permit_no` order (R3, R7, R8), read by
+/// key a page at a time: each takes its lifecycle step (R3), or its
+/// planned decision is written with its notice. The events come in the
+/// order of the permits, so the audit trail's ids follow `permit_no`
+/// however the night is paged. A page's events are made where the page
+/// is read ([`RunTx::event_pages`]: a reader of its own, while this one
+/// writes the page before).
 async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: RunPlan) -> Result<()> {
-    let bounds = rules::candidate_bounds(ctx.as_of, &ctx.settings.rules);
+    let plan = Arc::new(plan);
+    ctx.bar.set_length(plan.permits() as u64);
+    let keys = PlanKeys::new(plan.clone(), ctx.settings.run.page_permits);
     let mut pages = tx
-        .event_pages(
-            bounds,
-            ctx.settings.run.page_permits,
-            event_maker(ctx, plan),
-        )
+        .event_pages(Box::new(keys), event_maker(ctx, plan))
         .await?;
     while let Some((read, events)) = pages.next().await? {
         ctx.write(tx, events).await?;
@@ -901,10 +1002,64 @@ async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: RunPlan) -> Result<()> {
     Ok(())
 }
 
+/// The pages of a plan's permits for step 2, as the walk found them: its
+/// decisions (active, R4) and its lifecycle steps merged in `permit_no`
+/// order, `limit` to a page.
+struct PlanKeys {
+    plan: Arc<RunPlan>,
+    decisions: usize,
+    steps: usize,
+    limit: usize,
+}
+
+impl PlanKeys {
+    fn new(plan: Arc<RunPlan>, limit: u32) -> Self {
+        PlanKeys {
+            plan,
+            decisions: 0,
+            steps: 0,
+            limit: usize::try_from(limit).unwrap_or(usize::MAX).max(1),
+        }
+    }
+}
+
+impl Iterator for PlanKeys {
+    type Item = Vec<CandidateState>;
+
+    fn next(&mut self) -> Option<Vec<CandidateState>> {
+        let (decisions, steps) = (&self.plan.decisions, &self.plan.steps);
+        let mut page = Vec::new();
+        while page.len() < self.limit {
+            let d = decisions.get(self.decisions);
+            let s = steps.permit_no(self.steps);
+            let step_first = match (d, s) {
+                (Some(d), Some(s)) => s < &*d.permit_no,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (None, None) => break,
+            };
+            let next = if step_first {
+                self.steps += 1;
+                steps.get(self.steps - 1)
+            } else {
+                self.decisions += 1;
+                // Due, so active (R4).
+                d.map(|d| CandidateState {
+                    permit_no: d.permit_no.to_string(),
+                    valid_until: d.valid_until,
+                    status: PermitStatus::Active,
+                })
+            };
+            page.extend(next);
+        }
+        (!page.is_empty()).then_some(page)
+    }
+}
+
 /// What step 2 makes of a page of candidates: each permit's lifecycle step
 /// (R3), or its planned decision (R6), as an event with its notice (R7,
 /// R8), in `permit_no` order.
-fn event_maker(ctx: &Ctx<'_>, plan: RunPlan) -> crate::db::MakeEvents {
+fn event_maker(ctx: &Ctx<'_>, plan: Arc<RunPlan>) -> crate::db::MakeEvents {
     let rules = ctx.settings.rules.clone();
     let notices = ctx.notices.clone();
     let as_of = ctx.as_of;
@@ -970,6 +1125,59 @@ mod tests {
         assert_eq!(plan.decision("P10").map(|d| d.permit_no()), Some("P10"));
         assert_eq!(plan.decision("P2").map(|d| d.permit_no()), Some("P2"));
         assert!(plan.decision("P3").is_none());
+    }
+
+    #[test]
+    fn the_write_pass_pages_decisions_and_lifecycle_steps_merged_in_permit_no_order() {
+        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap_or_default();
+        let step = |no: &str, d, status| CandidateState {
+            permit_no: no.to_string(),
+            valid_until: day(d),
+            status,
+        };
+        let mut steps = Steps::default();
+        for s in [
+            step("P01", 1, PermitStatus::Active),
+            step("P04", 2, PermitStatus::Suspended),
+            step("P08", 3, PermitStatus::Active),
+            step("P05", 4, PermitStatus::Active),
+        ] {
+            steps.push(&s).expect("a few steps");
+        }
+        let plan = Arc::new(RunPlan {
+            decisions: vec![decision("P02"), decision("P03"), decision("P07")],
+            steps: steps.sorted().expect("a few steps"),
+            ..RunPlan::default()
+        });
+        let pages: Vec<Vec<CandidateState>> = PlanKeys::new(plan.clone(), 3).collect();
+        let numbers: Vec<Vec<&str>> = pages
+            .iter()
+            .map(|p| p.iter().map(|c| c.permit_no.as_str()).collect())
+            .collect();
+        assert_eq!(
+            numbers,
+            [
+                vec!["P01", "P02", "P03"],
+                vec!["P04", "P05", "P07"],
+                vec!["P08"]
+            ]
+        );
+        // Each permit keeps the state the walk found, through the sort.
+        assert_eq!(pages[1][0], step("P04", 2, PermitStatus::Suspended));
+        assert_eq!(pages[1][1], step("P05", 4, PermitStatus::Active));
+        assert_eq!(pages[2][0], step("P08", 3, PermitStatus::Active));
+        // A decision's permit is due, so active, on its cycle's date.
+        let due = CandidateState {
+            permit_no: "P02".to_string(),
+            valid_until: decision("P02").valid_until,
+            status: PermitStatus::Active,
+        };
+        assert_eq!(pages[0][1], due);
+        assert_eq!(plan.permits(), 7);
+        // A page limit of 0 (never configured: settings refuse it) still
+        // makes progress.
+        assert_eq!(PlanKeys::new(plan, 0).count(), 7);
+        assert_eq!(PlanKeys::new(Arc::new(RunPlan::default()), 3).next(), None);
     }
 
     /// The latest month's payment of a holder, or `None`.

@@ -56,7 +56,9 @@ pub fn lifecycle(
 /// `as_of`, as the ranges the run reads: active up to the window's end
 /// (due, lapsing, or past grace), suspended only when past grace under
 /// `lapse_policy = "cancel"`. A suspended permit within its grace takes no
-/// step, so a night does not read the lapsed part of the register.
+/// step, so a night does not read the lapsed part of the register. The
+/// suspended bound is never after the active one (the walk tests
+/// `valid_until` against the active bound first).
 pub fn candidate_bounds(as_of: NaiveDate, rules: &Rules) -> CandidateBounds {
     CandidateBounds {
         active_to: as_of
@@ -327,6 +329,17 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+        // The suspended bound is never after the active one, whatever the
+        // settings (the walk's SQL relies on it).
+        for (window, grace) in [(0, 0), (30, 0), (0, 90), (365, 3650)] {
+            let mut r = rules();
+            r.window_days = window;
+            r.grace_days = grace;
+            for as_of in [as_of, NaiveDate::MIN, NaiveDate::MAX] {
+                let b = candidate_bounds(as_of, &r);
+                assert!(b.suspended_before.is_none_or(|s| s <= b.active_to));
             }
         }
         // At the calendar's ends the bounds stay total.

@@ -35,8 +35,8 @@
 //!
 //! The files: this one opens the pool and takes the job lock;
 //! `import.rs` loads the register and the feeds (COPY, staging tables);
-//! `run.rs` is the night (its runs row and fencing, the due read, the
-//! evidence, the page reader, each page's writes); `ledger.rs` corrects
+//! `run.rs` is the night (its runs row and fencing, the walk, the due
+//! read, the evidence, the page reader, each page's writes); `ledger.rs` corrects
 //! the run ledger (release, revert); `export.rs` streams the exports.
 
 mod export;

@@ -1,6 +1,6 @@
-//! The run on PostgreSQL: its `runs` row and fencing token, the due
-//! read, the evidence look-up, the page reader and each page's writes
-//! (the backend's module doc).
+//! The run on PostgreSQL: its `runs` row and fencing token, the walk of
+//! the register, the evidence look-up, the page reader and each page's
+//! writes (the backend's module doc).
 
 use std::collections::VecDeque;
 
@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::super::rows::*;
 use super::super::runs::{end_status, run_columns, END_RUN, HOLD_RUN};
-use super::super::{stored, EventPage, EventPageReader, MakeEvents};
+use super::super::{stored, EventPage, EventPageReader, MakeEvents, PageKeys};
 use super::{apply_effects, queue_notices, PgDb};
 use crate::domain::CycleDecision;
 use crate::error::{Error, Result};
@@ -251,8 +251,7 @@ impl PgRunTx {
     /// a dry run's reader imports the dry run's snapshot.
     pub async fn event_pages(
         &mut self,
-        bounds: CandidateBounds,
-        limit: u32,
+        keys: PageKeys,
         make: MakeEvents,
     ) -> Result<EventPageReader> {
         let mut conn = self.pool.acquire().await?.detach();
@@ -278,62 +277,84 @@ impl PgRunTx {
         }
         let (send, pages) = tokio::sync::mpsc::channel(1);
         let reader = tokio::spawn(async move {
-            if let Err(e) = read_event_pages(&mut conn, bounds, limit, make, &send).await {
+            if let Err(e) = read_event_pages(&mut conn, keys, make, &send).await {
                 let _ = send.send(Err(e)).await;
             }
         });
         Ok(EventPageReader::new(pages, reader))
     }
 
-    /// Same rows and order as SQLite's, read the same way: a page of the
-    /// narrow `permit_state`, then each of its permits' details by key, as
-    /// SQLite's `CROSS JOIN` does. The `OFFSET 0` keeps PostgreSQL from
-    /// flattening that `LATERAL` look-up into a join, which it planned as a
-    /// merge join walking `permit_details`' key from its first entry for
-    /// every page (at 1M permits, all the pages of the due read 0.45 s
-    /// against 0.24–0.30 s; of the candidates 1.4–1.6 s against
-    /// 0.4–0.6 s). The decided probe is a
-    /// `LIMIT 1` look-up of the events key rather than `EXISTS`: PostgreSQL
-    /// may plan an `EXISTS` as a hash of the whole events table, rebuilt
-    /// for every page (measured: 0.2 s a page at 250,000 events).
-    pub async fn due_permits(
+    /// [`crate::db::RunTx::candidates`], on the run's connection: the
+    /// primary key's index walked in order, as SQLite walks its table, and
+    /// the details of each permit that may be due looked up by key (the
+    /// condition in the `LATERAL` look-up is tested before it: the others'
+    /// details are not read). The `OFFSET 0` keeps PostgreSQL from
+    /// flattening the look-up into a join, which it planned as a merge
+    /// join walking `permit_details`' key from its first entry for every
+    /// page (measured at 1M permits, all the pages of the due read: 0.45 s
+    /// against 0.24–0.30 s). Then the due ones' cycles' decisions, for the
+    /// page at once; the decided probe is a `LIMIT 1` look-up of the events
+    /// key rather than `EXISTS`: PostgreSQL may plan an `EXISTS` as a hash
+    /// of the whole events table, rebuilt for every page (measured: 0.2 s a
+    /// page at 250,000 events).
+    pub async fn candidates(
         &mut self,
-        from: NaiveDate,
-        to: NaiveDate,
-        after: Option<&str>,
+        bounds: CandidateBounds,
+        due_from: NaiveDate,
+        after: &str,
         limit: u32,
-    ) -> Result<Vec<DuePermit>> {
+    ) -> Result<Vec<Walked>> {
         let rows = sqlx::query(
-            "SELECT p.permit_no, d.id_number, p.valid_until, d.employer_uscc, d.si_status, d.marital_status
-             FROM (SELECT permit_no, valid_until FROM permit_state
-                   WHERE permit_no > $1 AND status = 'active' AND valid_until BETWEEN $2 AND $3
-                   ORDER BY permit_no LIMIT $4) p
-             CROSS JOIN LATERAL (SELECT id_number, employer_uscc, si_status, marital_status
-                                 FROM permit_details WHERE permit_no = p.permit_no OFFSET 0) d
+            "SELECT p.permit_no, p.valid_until, p.status,
+                    d.id_number, d.employer_uscc, d.si_status, d.marital_status
+             FROM (SELECT permit_no, valid_until, status FROM permit_state
+                   WHERE permit_no > $1
+                     AND valid_until <= $2
+                     AND (status = 'active' OR (status = 'suspended' AND valid_until < $4))
+                   ORDER BY permit_no LIMIT $3) p
+             LEFT JOIN LATERAL (SELECT id_number, employer_uscc, si_status, marital_status
+                                FROM permit_details
+                                WHERE permit_no = p.permit_no
+                                  AND p.status = 'active' AND p.valid_until >= $5
+                                OFFSET 0) d ON TRUE
              ORDER BY p.permit_no",
         )
-        .bind(after.unwrap_or(""))
-        .bind(from)
-        .bind(to)
+        .bind(after)
+        .bind(bounds.active_to)
         .bind(i64::from(limit))
+        .bind(bounds.suspended_before)
+        .bind(due_from)
         .fetch_all(&mut self.conn)
         .await?;
         let mut page = rows
             .iter()
             .map(|r| {
-                Ok(DuePermit {
+                let state = CandidateState {
                     permit_no: r.try_get(0)?,
-                    id_number: r.try_get(1)?,
-                    valid_until: r.try_get(2)?,
-                    employer_uscc: r.try_get(3)?,
-                    si_status: stored(r.try_get(4)?)?,
-                    marital_status: stored(r.try_get(5)?)?,
-                    decisions: Vec::new(),
-                })
+                    valid_until: r.try_get(1)?,
+                    status: stored(r.try_get(2)?)?,
+                };
+                let due = match r.try_get::<Option<String>, _>(3)? {
+                    None => None,
+                    Some(id_number) => Some(DuePermit {
+                        permit_no: state.permit_no.clone(),
+                        id_number,
+                        valid_until: state.valid_until,
+                        employer_uscc: r.try_get(4)?,
+                        si_status: stored(r.try_get(5)?)?,
+                        marital_status: stored(r.try_get(6)?)?,
+                        decisions: Vec::new(),
+                    }),
+                };
+                Ok(Walked { state, due })
             })
             .collect::<Result<Vec<_>>>()?;
-        let nos: Vec<&str> = page.iter().map(|p| p.permit_no.as_str()).collect();
-        let valid_until: Vec<NaiveDate> = page.iter().map(|p| p.valid_until).collect();
+        let mut due: Vec<&mut DuePermit> = page.iter_mut().filter_map(|w| w.due.as_mut()).collect();
+        if due.is_empty() {
+            return Ok(page);
+        }
+        let nos: Vec<&str> = due.iter().map(|p| p.permit_no.as_str()).collect();
+        let valid_until: Vec<NaiveDate> = due.iter().map(|p| p.valid_until).collect();
         let found: Vec<(i64, bool, Option<bool>, bool)> = sqlx::query_as(CYCLE_DECISIONS)
             .bind(&nos)
             .bind(&valid_until)
@@ -342,7 +363,7 @@ impl PgRunTx {
         drop(nos);
         for (i, held, released, undone) in found {
             // WITH ORDINALITY counts from 1.
-            if let Some(p) = usize::try_from(i - 1).ok().and_then(|i| page.get_mut(i)) {
+            if let Some(p) = usize::try_from(i - 1).ok().and_then(|i| due.get_mut(i)) {
                 p.decisions.push(CycleDecision {
                     held,
                     released,
@@ -350,6 +371,7 @@ impl PgRunTx {
                 });
             }
         }
+        drop(due);
         Ok(page)
     }
 
@@ -615,39 +637,38 @@ async fn write_page(
     Ok(())
 }
 
-/// The body of [`PgRunTx::event_pages`]'s task: the run's candidates, a
-/// page at a time in `permit_no` order (active or suspended permits with
-/// `valid_until <= to`), each made into its events. The same rows and
-/// order as SQLite's (permit_no is COLLATE "C"), read the same way
-/// (see [`PgRunTx::due_permits`]), so pages, and so ids, come out the same.
+/// Whole permits, `$1`–`$3` their numbers, `valid_until` and status as
+/// the walk found them, in the list's order: each one's details a look-up
+/// by key (`OFFSET 0`: see [`PgRunTx::candidates`]).
+const PERMITS_BY_KEY: &str =
+    "SELECT k.permit_no, d.id_number, d.name, d.phone, d.email, d.district_code, d.street_code,
+            d.address, k.valid_until, k.status, d.employer_uscc, d.si_status, d.marital_status
+     FROM UNNEST($1::text[], $2::date[], $3::text[]) WITH ORDINALITY
+          AS k (permit_no, valid_until, status, i)
+     CROSS JOIN LATERAL (SELECT id_number, name, phone, email, district_code, street_code,
+                                address, employer_uscc, si_status, marital_status
+                         FROM permit_details WHERE permit_no = k.permit_no OFFSET 0) d
+     ORDER BY k.i";
+
+/// The body of [`PgRunTx::event_pages`]'s task: each page of `keys`, read
+/// by [`PERMITS_BY_KEY`] and made into its events. The same pages as
+/// SQLite's, so the same ids.
 async fn read_event_pages(
     conn: &mut PgConnection,
-    bounds: CandidateBounds,
-    limit: u32,
+    keys: PageKeys,
     mut make: MakeEvents,
     send: &tokio::sync::mpsc::Sender<EventPage>,
 ) -> Result<()> {
-    let mut after = String::new();
-    loop {
-        let rows = sqlx::query(
-            "SELECT p.permit_no, d.id_number, d.name, d.phone, d.email, d.district_code, d.street_code,
-                    d.address, p.valid_until, p.status, d.employer_uscc, d.si_status, d.marital_status
-             FROM (SELECT permit_no, valid_until, status FROM permit_state
-                   WHERE permit_no > $1
-                     AND ((status = 'active' AND valid_until <= $2)
-                          OR (status = 'suspended' AND valid_until < $4))
-                   ORDER BY permit_no LIMIT $3) p
-             CROSS JOIN LATERAL (SELECT id_number, name, phone, email, district_code, street_code,
-                                        address, employer_uscc, si_status, marital_status
-                                 FROM permit_details WHERE permit_no = p.permit_no OFFSET 0) d
-             ORDER BY p.permit_no",
-        )
-        .bind(&after)
-        .bind(bounds.active_to)
-        .bind(i64::from(limit))
-        .bind(bounds.suspended_before)
-        .fetch_all(&mut *conn)
-        .await?;
+    for page_keys in keys {
+        let nos: Vec<&str> = page_keys.iter().map(|k| k.permit_no.as_str()).collect();
+        let valid_until: Vec<NaiveDate> = page_keys.iter().map(|k| k.valid_until).collect();
+        let status: Vec<&str> = page_keys.iter().map(|k| k.status.code()).collect();
+        let rows = sqlx::query(PERMITS_BY_KEY)
+            .bind(&nos)
+            .bind(&valid_until)
+            .bind(&status)
+            .fetch_all(&mut *conn)
+            .await?;
         let page = rows
             .iter()
             .map(|r| {
@@ -656,17 +677,13 @@ async fn read_event_pages(
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let Some(last) = page.last() else {
-            return Ok(());
-        };
-        after = last.permit.permit_no.clone();
-        let read = page.len();
         let events = make(page)?;
-        if send.send(Ok((read, events))).await.is_err() {
+        if send.send(Ok((page_keys.len(), events))).await.is_err() {
             // The run stopped (an error on the writer's side).
             return Ok(());
         }
     }
+    Ok(())
 }
 
 /// One query per feed for each chunk of `ids` (in key order), by key

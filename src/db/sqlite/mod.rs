@@ -7,7 +7,7 @@
 //! rusqlite on the same connections (the run's readers and the exports on
 //! read-only connections of their own), by table family as on PostgreSQL:
 //! `import.rs` writes the register and the feeds; `run.rs` is the night
-//! (the brake's count, the due read, the evidence, the page reader, each
+//! (the brake's count, the walk, the evidence, the page reader, each
 //! batch's writes); `ledger.rs` corrects the run ledger (release,
 //! revert); `export.rs` streams the exports; `migrate.rs` applies the
 //! migrations, each with its record in one transaction. `raw.rs` holds
