@@ -99,8 +99,8 @@ pub async fn dry_run(
     let super::BrakeInputs {
         mark,
         feeds_trip,
-        lifecycle,
-    } = super::brake_inputs(db, settings, as_of, clock).await?;
+        register,
+    } = super::brake_inputs(db, settings, clock).await?;
     let resumes = existing.filter(|r| r.status == RunStatus::Running);
     let run = RunRecord {
         run_id: db.next_run_id(as_of).await?,
@@ -127,7 +127,7 @@ pub async fn dry_run(
         as_of,
         run_id: run.run_id,
         held: run.brake.is_some(),
-        lifecycle,
+        register,
         bar: &bar,
         written: Default::default(),
     };
@@ -168,7 +168,7 @@ async fn plan_and_make(
     let trips = if ctx.held {
         Vec::new()
     } else {
-        let lifecycle = super::lifecycle_counts(ctx.lifecycle.take()).await?;
+        let lifecycle = super::lifecycle_counts(ctx.register.take(), &plan).await?;
         super::plan_trips(ctx, &plan.counts, lifecycle.as_ref())
     };
     ctx.held |= !trips.is_empty();

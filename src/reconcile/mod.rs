@@ -53,55 +53,62 @@ pub fn show_progress(on: bool) {
 
 /// What the brake checks before a run writes anything, read the way the
 /// run will find the database (after its inbox): the newest import (the
-/// run's import mark), the feed checks' verdict, the register's lifecycle
-/// steps for the date. The run and the dry run both start from it.
+/// run's import mark), the feed checks' verdict, the live register's size
+/// (the plan counts the lifecycle steps). The run and the dry run both
+/// start from it.
 pub(crate) struct BrakeInputs {
     pub mark: i64,
     pub feeds_trip: Option<String>,
-    pub lifecycle: Option<LifecycleCount>,
+    pub register: Option<RegisterCount>,
 }
 
-/// The brake's lifecycle count (R3's steps for the date against the live
-/// register), taken on a connection of its own while the run plans:
-/// the count and the plan each walk the whole register, and on two
-/// cores they go at once. Nothing is written before it is read (the run
-/// holds the job lock, and writes only after the plan is checked), so it
-/// counts the register the run finds. Dropped unread, it is abandoned.
-pub(crate) struct LifecycleCount(tokio::task::JoinHandle<Result<LifecycleCounts>>);
+/// The live register's size for the brake's lifecycle check, counted on a
+/// connection of its own while the run plans: the count and the plan each
+/// walk the whole register, and on two cores they go at once. Nothing is
+/// written before it is read (the run holds the job lock, and writes only
+/// after the plan is checked), so it counts the register the run finds.
+/// Dropped unread, it is abandoned.
+pub(crate) struct RegisterCount(tokio::task::JoinHandle<Result<u64>>);
 
-impl LifecycleCount {
-    fn start(db: &Db, as_of: NaiveDate, cancel_before: Option<NaiveDate>) -> Self {
+impl RegisterCount {
+    fn start(db: &Db) -> Self {
         let db = db.clone();
-        LifecycleCount(tokio::spawn(async move {
-            db.lifecycle_counts(as_of, cancel_before).await
-        }))
+        RegisterCount(tokio::spawn(async move { db.live_register().await }))
     }
 
-    async fn counts(mut self) -> Result<LifecycleCounts> {
+    async fn count(mut self) -> Result<u64> {
         (&mut self.0).await.map_err(|e| {
-            Error::Runtime(anyhow::anyhow!("the brake's lifecycle count failed: {e}"))
+            Error::Runtime(anyhow::anyhow!("the brake's register count failed: {e}"))
         })?
     }
 }
 
-impl Drop for LifecycleCount {
+impl Drop for RegisterCount {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
 
-/// The counts of a started [`LifecycleCount`], once it is done.
-async fn lifecycle_counts(count: Option<LifecycleCount>) -> Result<Option<LifecycleCounts>> {
-    match count {
-        Some(c) => c.counts().await.map(Some),
-        None => Ok(None),
-    }
+/// The brake's lifecycle counts: the plan's steps against the live
+/// register, once its [`RegisterCount`] is done (`None`: the check is
+/// off).
+async fn lifecycle_counts(
+    register: Option<RegisterCount>,
+    plan: &RunPlan,
+) -> Result<Option<LifecycleCounts>> {
+    let Some(register) = register else {
+        return Ok(None);
+    };
+    Ok(Some(LifecycleCounts {
+        register: register.count().await?,
+        suspend: plan.steps.suspend,
+        cancel: plan.steps.cancel,
+    }))
 }
 
 pub(crate) async fn brake_inputs(
     db: &Db,
     settings: &Settings,
-    as_of: NaiveDate,
     clock: Clock,
 ) -> Result<BrakeInputs> {
     let imports = db.latest_imports().await?;
@@ -112,12 +119,11 @@ pub(crate) async fn brake_inputs(
         db.completed_import_mark().await?,
         clock.now(),
     );
-    let lifecycle = crate::brake::lifecycle_checked(settings)
-        .then(|| LifecycleCount::start(db, as_of, rules::cancel_before(as_of, &settings.rules)));
+    let register = crate::brake::lifecycle_checked(settings).then(|| RegisterCount::start(db));
     Ok(BrakeInputs {
         mark,
         feeds_trip,
-        lifecycle,
+        register,
     })
 }
 
@@ -206,8 +212,8 @@ pub async fn run(
     let BrakeInputs {
         mark,
         feeds_trip,
-        lifecycle,
-    } = brake_inputs(db, settings, as_of, clock).await?;
+        register,
+    } = brake_inputs(db, settings, clock).await?;
     let bar = progress_bar(as_of);
     // The attempt's duration, from the moment its `started_at` is taken
     // (the runs table keeps it: whole-second timestamps cannot measure a
@@ -230,7 +236,7 @@ pub async fn run(
         as_of,
         run_id: run.run_id,
         held: run.brake.is_some(),
-        lifecycle,
+        register,
         bar: &bar,
         written: Default::default(),
     };
@@ -313,9 +319,9 @@ struct Ctx<'a> {
     run_id: i64,
     /// Held by the safety brake: events only.
     held: bool,
-    /// The register's lifecycle steps tonight, for the brake, being
-    /// counted (`None`: the check is off, or the count was read).
-    lifecycle: Option<LifecycleCount>,
+    /// The live register, for the brake's lifecycle check, being counted
+    /// (`None`: the check is off, or the count was read).
+    register: Option<RegisterCount>,
     bar: &'a indicatif::ProgressBar,
     /// Events this attempt wrote.
     written: std::cell::RefCell<Tally>,
@@ -475,6 +481,10 @@ pub struct RunPlan {
 /// this keeps in about 40 MB (with a heap block a number, about 90 MB).
 #[derive(Debug, Default)]
 struct Steps {
+    /// Of which R3 suspends this many and cancels this many: the brake's
+    /// lifecycle check.
+    suspend: u64,
+    cancel: u64,
     text: String,
     /// Where each number ends in `text`.
     ends: Vec<u32>,
@@ -534,7 +544,11 @@ impl Steps {
             return Ok(self);
         }
         order.sort_unstable_by(|&a, &b| self.permit_no(a).cmp(&self.permit_no(b)));
-        let mut out = Steps::default();
+        let mut out = Steps {
+            suspend: self.suspend,
+            cancel: self.cancel,
+            ..Steps::default()
+        };
         for c in order.into_iter().filter_map(|i| self.get(i)) {
             out.push(&c)?;
         }
@@ -590,7 +604,7 @@ async fn evaluate(ctx: &mut Ctx<'_>, tx: &mut RunTx) -> Result<PlanCounts> {
     // too many VISIT_CENTER holds the whole run (a run already held by its
     // feed checks, or resumed held, stays so).
     if !ctx.held {
-        let lifecycle = lifecycle_counts(ctx.lifecycle.take()).await?;
+        let lifecycle = lifecycle_counts(ctx.register.take(), &plan).await?;
         let trips = plan_trips(ctx, &plan.counts, lifecycle.as_ref());
         if !trips.is_empty() {
             tx.hold(&trips.join("; "), &ctx.clock.now_rfc3339()).await?;
@@ -841,8 +855,14 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
         after = Some(last.state.permit_no.clone());
         for w in page {
             let c = &w.state;
-            if rules::lifecycle(c.status, c.valid_until, as_of, rules).is_some() {
+            if let Some(kind) = rules::lifecycle(c.status, c.valid_until, as_of, rules) {
                 steps.push(c)?;
+                match kind {
+                    EventKind::Suspended => steps.suspend += 1,
+                    EventKind::Cancelled => steps.cancel += 1,
+                    // R3 takes no other step.
+                    _ => {}
+                }
                 continue;
             }
             if !rules::is_due(c.status, c.valid_until, as_of, rules) {

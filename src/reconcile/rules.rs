@@ -72,7 +72,7 @@ pub fn candidate_bounds(as_of: NaiveDate, rules: &Rules) -> CandidateBounds {
 /// at `as_of` (valid_until < as_of − grace_days exactly when as_of >
 /// valid_until + grace_days); `None` under `lapse_policy = "suspend"`,
 /// which cancels nothing, and when the subtraction leaves the calendar.
-/// The run's candidates and the brake's lifecycle count both use it.
+/// The run's candidates use it.
 pub fn cancel_before(as_of: NaiveDate, rules: &Rules) -> Option<NaiveDate> {
     match rules.lapse_policy {
         LapsePolicy::Cancel => {

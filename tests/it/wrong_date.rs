@@ -111,6 +111,47 @@ dbtest!(
 );
 
 dbtest!(
+    the_brake_counts_the_suspensions_the_night_would_make_under_lapse_policy_suspend,
+    |env| {
+        let mut env = env;
+        env.set("AUTOSIGN_RULES__LAPSE_POLICY", "suspend");
+        import_day(&env, "day1");
+        assert!(env
+            .ok(&["run", "--as-of", "2026-11-01"])
+            .contains("run 1 for as_of 2026-11-01: completed"));
+        let before = register(&env);
+        // Under "suspend" nothing is cancelled: the mistyped year suspends
+        // every permit still active, and the suspended ones take no step.
+        let active: u64 = env
+            .query("SELECT count(*) FROM permits WHERE status = 'active'")
+            .first()
+            .and_then(|n| n.parse().ok())
+            .expect("a count");
+        let live: u64 = env
+            .query("SELECT count(*) FROM permits WHERE status <> 'cancelled'")
+            .first()
+            .and_then(|n| n.parse().ok())
+            .expect("a count");
+        assert!(active >= 2 && active < live, "{active} active of {live}");
+        // The real first night's lapses (a third of this small register)
+        // ran under the default minimum; the check now applies from 2.
+        env.set("AUTOSIGN_BRAKE__MIN_LIFECYCLE_COUNT", "2");
+        let o = env.cmd(&["run", "--as-of", "2062-11-13", "--allow-future"]);
+        assert_eq!(o.code, 4, "held:\n{}\n{}", o.stdout, o.stderr);
+        let share = format!("{:.1}", active as f64 * 100.0 / live as f64);
+        assert!(
+            o.stderr.contains(&format!(
+                "HELD by the safety brake: SUSPENDED or CANCELLED for {active} of {live} \
+                 permits in the register ({share}%: {active} suspended, 0 cancelled)"
+            )),
+            "{}",
+            o.stderr
+        );
+        assert_eq!(register(&env), before, "nothing applied");
+    }
+);
+
+dbtest!(
     revert_undoes_a_wrong_date_and_the_real_dates_then_run_as_if_it_never_had,
     |env| {
         import_day(&env, "day1");

@@ -1,4 +1,4 @@
-//! The run on SQLite: the brake's lifecycle count, the walk of the
+//! The run on SQLite: the brake's register count, the walk of the
 //! register, the evidence look-up, the page reader and each page's
 //! writes. The walk and the writes go through the run's connection, each
 //! page's writes in a write transaction of their own; the count, the page
@@ -103,34 +103,22 @@ fn read_event_pages(
 }
 
 impl SqliteDb {
-    /// The brake's lifecycle count (`sql`, binding `$1` as_of and `$2`
-    /// cancel_before) on a read-only connection of its own, with the run
+    /// A count over the register (`sql`, one row, one column: the brake's
+    /// live register) on a read-only connection of its own, with the run
     /// readers' small page cache, closed when done. The count walks the
     /// whole register once, which a large cache does not speed up; on a
     /// pooled connection it filled that connection's 64 MiB cache beside
     /// the run's plan and kept it until the pool closed (measured at
     /// 10,000,000 permits: the first night's peak, at the end of the plan,
     /// 545–552 MB).
-    pub async fn count_apart(
-        &self,
-        sql: &'static str,
-        as_of: NaiveDate,
-        cancel_before: Option<NaiveDate>,
-    ) -> Result<[i64; 3]> {
+    pub async fn count_apart(&self, sql: &'static str) -> Result<i64> {
         let path = self.path.clone();
-        let count = tokio::task::spawn_blocking(move || -> Result<[i64; 3]> {
+        let count = tokio::task::spawn_blocking(move || -> Result<i64> {
             let c = snapshot_reader(&path)?;
-            let as_of = as_of.to_string();
-            let cancel_before = cancel_before.map(|d| d.to_string());
-            c.query_row(
-                sql,
-                rusqlite::named_params! { "$1": as_of, "$2": cancel_before },
-                |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]),
-            )
-            .map_err(raw_err)
+            c.query_row(sql, [], |r| r.get(0)).map_err(raw_err)
         });
         count.await.map_err(|e| {
-            Error::Runtime(anyhow::anyhow!("the brake's lifecycle count stopped: {e}"))
+            Error::Runtime(anyhow::anyhow!("the brake's register count stopped: {e}"))
         })?
     }
 }
