@@ -522,7 +522,10 @@ impl Steps {
 
     fn permit_no(&self, i: usize) -> Option<&str> {
         let end = *self.ends.get(i)? as usize;
-        let start = i.checked_sub(1).map_or(0, |j| self.ends[j] as usize);
+        let start = match i.checked_sub(1) {
+            Some(j) => *self.ends.get(j)? as usize,
+            None => 0,
+        };
         self.text.get(start..end)
     }
 
