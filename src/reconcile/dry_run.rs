@@ -176,12 +176,7 @@ async fn plan_and_make(
     let mut audit = audit
         .map(|p| AuditWriter::create(Some(p), false))
         .transpose()?;
-    let plan = std::sync::Arc::new(plan);
-    ctx.bar.set_length(plan.permits() as u64);
-    let keys = super::PlanKeys::new(plan.clone(), ctx.settings.run.page_permits);
-    let mut pages = tx
-        .event_pages(Box::new(keys), super::event_maker(ctx, plan))
-        .await?;
+    let mut pages = super::plan_pages(ctx, tx, plan).await?;
     while let Some((read, events)) = pages.next().await? {
         // What `Ctx::write` would count, and the rows the audit export
         // would show for them right after the run.

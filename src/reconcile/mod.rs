@@ -1012,17 +1012,25 @@ fn decide_due(
 /// is read ([`RunTx::event_pages`]: a reader of its own, while this one
 /// writes the page before).
 async fn apply(ctx: &Ctx<'_>, tx: &mut RunTx, plan: RunPlan) -> Result<()> {
-    let plan = Arc::new(plan);
-    ctx.bar.set_length(plan.permits() as u64);
-    let keys = PlanKeys::new(plan.clone(), ctx.settings.run.page_permits);
-    let mut pages = tx
-        .event_pages(Box::new(keys), event_maker(ctx, plan))
-        .await?;
+    let mut pages = plan_pages(ctx, tx, plan).await?;
     while let Some((read, events)) = pages.next().await? {
         ctx.write(tx, events).await?;
         ctx.bar.inc(read as u64);
     }
     Ok(())
+}
+
+/// Step 2's pages of events for `plan`, as the run writes them and the
+/// dry run counts them; the progress bar's total is the plan's permits.
+async fn plan_pages(
+    ctx: &Ctx<'_>,
+    tx: &mut RunTx,
+    plan: RunPlan,
+) -> Result<crate::db::EventPageReader> {
+    let plan = Arc::new(plan);
+    ctx.bar.set_length(plan.permits() as u64);
+    let keys = PlanKeys::new(plan.clone(), ctx.settings.run.page_permits);
+    tx.event_pages(Box::new(keys), event_maker(ctx, plan)).await
 }
 
 /// The pages of a plan's permits for step 2, as the walk found them: its
