@@ -311,17 +311,15 @@ pub struct CandidateState {
 #[derive(Debug, Clone)]
 pub struct Walked {
     pub state: CandidateState,
-    pub due: Option<DuePermit>,
+    pub due: Option<DueDetails>,
 }
 
-/// An active permit whose `valid_until` is in the run's window (R4), with
-/// its cycle, the baseline R5 compares evidence with, and the decisions
-/// already written for the cycle (C8). What the run's plan reads.
+/// What the plan needs of a permit that may be due (R4) beside its state:
+/// its holder, the baseline R5 compares evidence with, and the decisions
+/// already written for the cycle that ends on its `valid_until` (C8).
 #[derive(Clone)]
-pub struct DuePermit {
-    pub permit_no: String,
+pub struct DueDetails {
     pub id_number: String,
-    pub valid_until: NaiveDate,
     pub employer_uscc: String,
     pub si_status: SiStatus,
     pub marital_status: MaritalStatus,
@@ -330,12 +328,10 @@ pub struct DuePermit {
     pub decisions: Vec<CycleDecision>,
 }
 
-impl std::fmt::Debug for DuePermit {
+impl std::fmt::Debug for DueDetails {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DuePermit")
-            .field("permit_no", &self.permit_no)
+        f.debug_struct("DueDetails")
             .field("id_number", &crate::domain::mask_id_str(&self.id_number))
-            .field("valid_until", &self.valid_until)
             .finish_non_exhaustive()
     }
 }

@@ -27,7 +27,7 @@ use tracing::Instrument;
 use crate::clock::Clock;
 use crate::db::{
     Candidate, CandidateState, Db, EvidenceBounds, EvidenceSink, LifecycleCounts, NewEvent,
-    PermitRow, RunBatch, RunCount, RunRecord, RunTx,
+    PermitRow, RunBatch, RunCount, RunRecord, RunTx, Walked,
 };
 use crate::domain::{
     Channel, EventKind, MaritalStatus, Month, PaymentStatus, PermitStatus, Reason, Reasons,
@@ -856,10 +856,13 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
             .await?;
         let Some(last) = page.last() else { break };
         after = Some(last.state.permit_no.clone());
-        for w in page {
-            let c = &w.state;
+        for Walked {
+            state: c,
+            due: details,
+        } in page
+        {
             if let Some(kind) = rules::lifecycle(c.status, c.valid_until, as_of, rules) {
-                steps.push(c)?;
+                steps.push(&c)?;
                 match kind {
                     EventKind::Suspended => steps.suspend += 1,
                     EventKind::Cancelled => steps.cancel += 1,
@@ -872,7 +875,7 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
                 continue;
             }
             // The walk reads the details of every permit that may be due.
-            let Some(p) = w.due else {
+            let Some(p) = details else {
                 return Err(Error::Runtime(anyhow::anyhow!(
                     "internal: permit {} is due but the walk did not read it",
                     c.permit_no
@@ -885,10 +888,10 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
             due.push(DueEntry {
                 si_status: p.si_status,
                 marital_status: p.marital_status,
-                permit_no: p.permit_no.into(),
+                permit_no: c.permit_no.into(),
                 id: id_key(&p.id_number),
                 id_number: p.id_number.into(),
-                valid_until: p.valid_until,
+                valid_until: c.valid_until,
                 employer_uscc: p.employer_uscc.into(),
             });
         }

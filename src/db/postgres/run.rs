@@ -336,10 +336,8 @@ impl PgRunTx {
                 };
                 let due = match r.try_get::<Option<String>, _>(3)? {
                     None => None,
-                    Some(id_number) => Some(DuePermit {
-                        permit_no: state.permit_no.clone(),
+                    Some(id_number) => Some(DueDetails {
                         id_number,
-                        valid_until: state.valid_until,
                         employer_uscc: r.try_get(4)?,
                         si_status: stored(r.try_get(5)?)?,
                         marital_status: stored(r.try_get(6)?)?,
@@ -349,18 +347,21 @@ impl PgRunTx {
                 Ok(Walked { state, due })
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut due: Vec<&mut DuePermit> = page.iter_mut().filter_map(|w| w.due.as_mut()).collect();
-        if due.is_empty() {
+        // The cycles of the permits that may be due, in the page's order.
+        let cycles = || page.iter().filter(|w| w.due.is_some()).map(|w| &w.state);
+        let nos: Vec<&str> = cycles().map(|s| s.permit_no.as_str()).collect();
+        if nos.is_empty() {
             return Ok(page);
         }
-        let nos: Vec<&str> = due.iter().map(|p| p.permit_no.as_str()).collect();
-        let valid_until: Vec<NaiveDate> = due.iter().map(|p| p.valid_until).collect();
+        let valid_until: Vec<NaiveDate> = cycles().map(|s| s.valid_until).collect();
         let found: Vec<(i64, bool, Option<bool>, bool)> = sqlx::query_as(CYCLE_DECISIONS)
             .bind(&nos)
             .bind(&valid_until)
             .fetch_all(&mut self.conn)
             .await?;
         drop(nos);
+        let mut due: Vec<&mut DueDetails> =
+            page.iter_mut().filter_map(|w| w.due.as_mut()).collect();
         for (i, held, released, undone) in found {
             // WITH ORDINALITY counts from 1.
             if let Some(p) = usize::try_from(i - 1).ok().and_then(|i| due.get_mut(i)) {

@@ -148,10 +148,8 @@ impl SqliteRunTx {
                 };
                 let due = match r.get_ref(3)?.as_str_or_null()? {
                     None => None,
-                    Some(id_number) => Some(DuePermit {
-                        permit_no: state.permit_no.clone(),
+                    Some(id_number) => Some(DueDetails {
                         id_number: id_number.to_string(),
-                        valid_until: state.valid_until,
                         employer_uscc: r.get(4)?,
                         si_status: raw_code(r, 5)?,
                         marital_status: raw_code(r, 6)?,
