@@ -32,7 +32,7 @@ use crate::db::explain::{HolderRows, RowOrigin, StoredCivil, StoredPayment, Stor
 use crate::db::{AuditRow, Db, NotificationRow, PermitRow, RunRecord};
 use crate::domain::{
     mask_id_str, mask_name, Channel, EventKind, EventState, MaritalStatus, Month, NoticeStatus,
-    PermitStatus, Reason, Reasons, RunStatus, SiStatus,
+    PaymentStatus, PermitStatus, Reason, Reasons, ResidenceResult, RunStatus, SiStatus,
 };
 use crate::error::{Error, Result};
 use crate::outbox::notice::Notices;
@@ -197,7 +197,7 @@ pub struct ResidenceEvidence {
 #[derive(Debug, Serialize)]
 pub struct VisitView {
     pub visited_on: NaiveDate,
-    pub result: String,
+    pub result: ResidenceResult,
     pub officer_id: Option<String>,
     /// The stored row; `None` when it is no longer stored.
     pub source: Option<Source>,
@@ -217,8 +217,8 @@ pub struct SocialInsuranceEvidence {
 
 #[derive(Debug, Serialize)]
 pub struct PaymentView {
-    pub month: String,
-    pub status: String,
+    pub month: Month,
+    pub status: PaymentStatus,
     pub employer_uscc: String,
     pub employer_name: Option<String>,
     pub source: Option<Source>,
@@ -237,7 +237,7 @@ pub struct CivilEvidence {
 
 #[derive(Debug, Serialize)]
 pub struct CivilView {
-    pub marital_status: String,
+    pub marital_status: MaritalStatus,
     pub as_of: Option<NaiveDate>,
     pub source: Option<Source>,
 }
@@ -393,14 +393,6 @@ struct Ctx<'a> {
 
 fn days(n: u32) -> Duration {
     Duration::days(i64::from(n))
-}
-
-fn stored<T, E: std::fmt::Display>(
-    what: &str,
-    value: &str,
-    parsed: std::result::Result<T, E>,
-) -> Result<T> {
-    parsed.map_err(|e| Error::Runtime(anyhow::anyhow!("stored {what} {value:?} is invalid: {e}")))
 }
 
 fn event_ref(e: &AuditRow) -> EventRef {
@@ -875,7 +867,7 @@ impl Ctx<'_> {
                 }
                 Some(VisitView {
                     visited_on: day,
-                    result: result.clone(),
+                    result: *result,
                     officer_id: read.map(|v| v.officer_id.clone()).filter(|o| !o.is_empty()),
                     source: read.map(|v| Source::from(&v.origin)),
                 })
@@ -885,7 +877,7 @@ impl Ctx<'_> {
         let residence_reason = has(Reason::AddressNotVerified).or(has(Reason::AddressChanged));
         let payment = match (&e.si_month, &e.si_status) {
             (Some(month), Some(status)) => {
-                let key = |p: &&StoredPayment| &p.month == month;
+                let key = |p: &&StoredPayment| p.month == *month;
                 let read = rows
                     .payments
                     .iter()
@@ -897,8 +889,8 @@ impl Ctx<'_> {
                     notes.push(gone_note(&format!("the month {month}"), mark, later));
                 }
                 Some(PaymentView {
-                    month: month.clone(),
-                    status: status.clone(),
+                    month: *month,
+                    status: *status,
                     employer_uscc: e.si_employer_uscc.clone().unwrap_or_default(),
                     employer_name: read
                         .map(|p| p.employer_name.clone())
@@ -914,7 +906,7 @@ impl Ctx<'_> {
         // Civil status: the holder's latest record among what the run saw.
         let latest = rows.civil.iter().rev().find(|c| seen(mark, &c.origin));
         let record = match (&e.marital_status, latest) {
-            (Some(m), Some(c)) if c.marital_status.code() == m => Some(civil_view(c)),
+            (Some(m), Some(c)) if c.marital_status == *m => Some(civil_view(c)),
             (Some(m), _) => {
                 notes.push(gone_note(
                     "the civil-status record",
@@ -922,7 +914,7 @@ impl Ctx<'_> {
                     rows.civil.last().map(|c| &c.origin),
                 ));
                 Some(CivilView {
-                    marital_status: m.clone(),
+                    marital_status: *m,
                     as_of: None,
                     source: None,
                 })
@@ -1100,7 +1092,7 @@ impl Ctx<'_> {
         let visit = rules::select_visit(&visits, self.permit.valid_until, as_of, self.rules);
         let mut by_month: BTreeMap<Month, &StoredPayment> = BTreeMap::new();
         for p in &rows.payments {
-            by_month.insert(stored("month", &p.month, Month::parse(&p.month))?, p);
+            by_month.insert(p.month, p);
         }
         let mut payments = Vec::with_capacity(by_month.len());
         for (m, p) in &by_month {
@@ -1156,7 +1148,7 @@ impl Ctx<'_> {
         let has = |r: Reason| reasons.contains(&r).then_some(r);
         let visit = s.visit.as_ref().map(|v| VisitView {
             visited_on: v.visited_on,
-            result: v.result.code().to_string(),
+            result: v.result,
             officer_id: pick
                 .visit
                 .map(|r| r.officer_id.clone())
@@ -1165,8 +1157,8 @@ impl Ctx<'_> {
         });
         let residence_reason = has(Reason::AddressNotVerified).or(has(Reason::AddressChanged));
         let payment = s.payment.as_ref().map(|p| PaymentView {
-            month: p.month.to_string(),
-            status: p.status.code().to_string(),
+            month: p.month,
+            status: p.status,
             employer_uscc: p.employer_uscc.clone(),
             employer_name: pick
                 .payment
@@ -1315,7 +1307,7 @@ struct StoredPick<'r> {
 
 fn civil_view(c: &StoredCivil) -> CivilView {
     CivilView {
-        marital_status: c.marital_status.code().to_string(),
+        marital_status: c.marital_status,
         as_of: c.as_of,
         source: Some(Source::from(&c.origin)),
     }

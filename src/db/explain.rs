@@ -17,7 +17,7 @@ use chrono::NaiveDate;
 use sqlx::Row;
 
 use super::{on_pool, Db};
-use crate::domain::{MaritalStatus, PaymentStatus, ResidenceResult};
+use crate::domain::{MaritalStatus, Month, PaymentStatus, ResidenceResult};
 use crate::error::Result;
 
 /// Where a stored row came from.
@@ -46,8 +46,7 @@ pub struct StoredVisit {
 /// A social-insurance month as stored (R5).
 #[derive(Debug, Clone)]
 pub struct StoredPayment {
-    /// `YYYY-MM`
-    pub month: String,
+    pub month: Month,
     pub status: PaymentStatus,
     pub employer_uscc: String,
     pub employer_name: String,

@@ -60,6 +60,7 @@ stored_code_columns!(
     Channel,
     NoticeStatus,
     RunStatus,
+    Month,
     crate::feeds::Delivery,
 );
 
@@ -461,13 +462,15 @@ pub struct AuditRow {
     pub valid_until: NaiveDate,
     pub new_valid_until: Option<NaiveDate>,
     pub residence_visited_on: Option<NaiveDate>,
-    pub residence_result: Option<String>,
-    pub si_month: Option<String>,
-    pub si_status: Option<String>,
+    pub residence_result: Option<ResidenceResult>,
+    pub si_month: Option<Month>,
+    pub si_status: Option<PaymentStatus>,
     pub si_employer_uscc: Option<String>,
-    pub marital_status: Option<String>,
-    pub notification_channel: Option<String>,
-    pub notification_status: Option<String>,
+    pub marital_status: Option<MaritalStatus>,
+    /// The notice the event's own run queued; `None` when it queued none
+    /// (a run the safety brake holds, or a void event).
+    pub notification_channel: Option<Channel>,
+    pub notification_status: Option<NoticeStatus>,
     pub decided_at: String,
     /// What became of the event, derived from its run, release and revert.
     pub state: EventState,
@@ -482,7 +485,7 @@ impl AuditRow {
     /// The row's cells as owned text, for [`AuditCells`].
     pub fn to_cells(&self) -> [String; 18] {
         let date = |d: Option<NaiveDate>| d.map(|d| d.to_string()).unwrap_or_default();
-        let text = |s: &Option<String>| s.clone().unwrap_or_default();
+        let code = |c: Option<&str>| c.unwrap_or_default().to_string();
         [
             self.run_id.to_string(),
             self.as_of.to_string(),
@@ -493,13 +496,13 @@ impl AuditRow {
             self.valid_until.to_string(),
             date(self.new_valid_until),
             date(self.residence_visited_on),
-            text(&self.residence_result),
-            text(&self.si_month),
-            text(&self.si_status),
-            text(&self.si_employer_uscc),
-            text(&self.marital_status),
-            text(&self.notification_channel),
-            text(&self.notification_status),
+            code(self.residence_result.map(|r| r.code())),
+            self.si_month.map(|m| m.to_string()).unwrap_or_default(),
+            code(self.si_status.map(|s| s.code())),
+            code(self.si_employer_uscc.as_deref()),
+            code(self.marital_status.map(|m| m.code())),
+            code(self.notification_channel.map(|c| c.code())),
+            code(self.notification_status.map(|s| s.code())),
             self.decided_at.clone(),
             self.state.code().to_string(),
         ]
@@ -591,6 +594,17 @@ mod tests {
             .await
             .expect_err("a feed's label, not a stored code");
         assert!(e.to_string().contains(r#""一致""#), "{e}");
+        let (month, none): (Month, Option<Month>) = sqlx::query_as("SELECT '2026-09', NULL")
+            .fetch_one(&mut c)
+            .await
+            .expect("a stored month");
+        assert_eq!(month, Month::new(2026, 9).expect("a month"));
+        assert_eq!(none, None);
+        let e = sqlx::query_as::<_, (Month,)>("SELECT '2026-13'")
+            .fetch_one(&mut c)
+            .await
+            .expect_err("a month out of range");
+        assert!(e.to_string().contains(r#""2026-13""#), "{e}");
     }
 
     #[tokio::test]

@@ -189,6 +189,15 @@ impl TryFrom<&str> for Month {
     }
 }
 
+/// A stored month, as the database layer reads it back (`YYYY-MM`, as
+/// written): the error names the stored text.
+impl TryFrom<String> for Month {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).map_err(|e| format!("stored month {s:?} {e}"))
+    }
+}
+
 impl serde::Serialize for Month {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)

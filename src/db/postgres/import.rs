@@ -11,8 +11,7 @@ use sqlx::{Connection, PgConnection, Row};
 use super::super::register::permit_columns;
 use super::super::rows::*;
 use super::PgDb;
-use crate::domain::PermitStatus;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Rows of one table upserted in one import above which the import
 /// refreshes the table's planner statistics before committing, so the run
@@ -353,19 +352,11 @@ impl PgImportTx {
         .await?;
         let mut out = HashMap::with_capacity(rows.len());
         for r in rows {
-            let status: String = r.try_get(2)?;
-            let status = PermitStatus::parse(&status).map_err(|_| {
-                Error::Runtime(anyhow::anyhow!(
-                    "stored permit has unknown status {status:?}"
-                ))
-            })?;
-            out.insert(
-                r.try_get(0)?,
-                PriorPermit {
-                    valid_until: r.try_get(1)?,
-                    status,
-                },
-            );
+            let prior = PriorPermit {
+                valid_until: r.try_get(1)?,
+                status: r.try_get(2)?,
+            };
+            out.insert(r.try_get(0)?, prior);
         }
         Ok(out)
     }

@@ -5,13 +5,10 @@
 
 use std::collections::HashMap;
 
-use chrono::NaiveDate;
-
 use super::super::rows::*;
-use super::raw::{bind_row, insert_chunk, raw_date, with_raw, ROWS_PER_INSERT};
+use super::raw::{bind_row, insert_chunk, raw_code, raw_date, with_raw, ROWS_PER_INSERT};
 use super::SqliteImportTx;
-use crate::domain::PermitStatus;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const PERMIT_DETAILS_UPSERT: &str = "INSERT INTO permit_details (permit_no, id_number, name, phone,
     email, district_code, street_code, address, employer_uscc, si_status, marital_status, import_id,
@@ -35,36 +32,23 @@ impl SqliteImportTx {
         permit_nos: &[&str],
     ) -> Result<HashMap<String, PriorPermit>> {
         // The narrow half of the register holds all an import compares.
-        let found: Vec<(String, NaiveDate, String)> = with_raw(&mut self.tx, |c| {
+        with_raw(&mut self.tx, |c| {
             let mut stmt =
                 c.prepare("SELECT valid_until, status FROM permit_state WHERE permit_no = ?1")?;
-            let mut out = Vec::with_capacity(permit_nos.len());
+            let mut out = HashMap::with_capacity(permit_nos.len());
             for no in permit_nos {
                 let mut rows = stmt.query([no])?;
                 if let Some(r) = rows.next()? {
-                    out.push((no.to_string(), raw_date(r, 0)?, r.get(1)?));
+                    let prior = PriorPermit {
+                        valid_until: raw_date(r, 0)?,
+                        status: raw_code(r, 1)?,
+                    };
+                    out.insert(no.to_string(), prior);
                 }
             }
             Ok(out)
         })
-        .await?;
-        found
-            .into_iter()
-            .map(|(no, valid_until, status)| {
-                let status = PermitStatus::parse(&status).map_err(|_| {
-                    Error::Runtime(anyhow::anyhow!(
-                        "stored permit has unknown status {status:?}"
-                    ))
-                })?;
-                Ok((
-                    no,
-                    PriorPermit {
-                        valid_until,
-                        status,
-                    },
-                ))
-            })
-            .collect()
+        .await
     }
 
     /// Writes the rows with their import mark: the line, and the value
