@@ -1,0 +1,212 @@
+//! The write pass's keys: the plan's lifecycle steps, kept compactly
+//! until the pass reads them ([`Steps`]), and the pages of permits the
+//! pass reads, its decisions and steps merged in `permit_no` order
+//! ([`PlanKeys`]).
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+
+use super::RunPlan;
+use crate::db::CandidateState;
+use crate::domain::PermitStatus;
+use crate::error::{Error, Result};
+
+/// The permits that take a lifecycle step, as the walk found them, their
+/// numbers in one buffer: a first night at 10M permits finds ~1.8M, which
+/// this keeps in about 40 MB (with a heap block a number, about 90 MB).
+#[derive(Debug, Default)]
+pub(super) struct Steps {
+    /// Of which R3 suspends this many and cancels this many: the brake's
+    /// lifecycle check.
+    pub(super) suspend: u64,
+    pub(super) cancel: u64,
+    text: String,
+    /// Where each number ends in `text`.
+    ends: Vec<u32>,
+    valid_until: Vec<NaiveDate>,
+    status: Vec<PermitStatus>,
+}
+
+impl Steps {
+    pub(super) fn push(&mut self, c: &CandidateState) -> Result<()> {
+        self.text.push_str(&c.permit_no);
+        let end = u32::try_from(self.text.len()).map_err(|_| {
+            Error::Runtime(anyhow::anyhow!(
+                "more lifecycle steps in one night than a run can hold ({} permits)",
+                self.ends.len()
+            ))
+        })?;
+        self.ends.push(end);
+        self.valid_until.push(c.valid_until);
+        self.status.push(c.status);
+        Ok(())
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Gives back what the buffers grew beyond their contents (up to
+    /// half of them, kept to the end of the run).
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.valid_until.shrink_to_fit();
+        self.status.shrink_to_fit();
+    }
+
+    fn permit_no(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)? as usize;
+        let start = match i.checked_sub(1) {
+            Some(j) => *self.ends.get(j)? as usize,
+            None => 0,
+        };
+        self.text.get(start..end)
+    }
+
+    fn get(&self, i: usize) -> Option<CandidateState> {
+        Some(CandidateState {
+            permit_no: self.permit_no(i)?.to_string(),
+            valid_until: *self.valid_until.get(i)?,
+            status: *self.status.get(i)?,
+        })
+    }
+
+    /// In byte order of `permit_no`, as the write pass's merge needs them.
+    pub(super) fn sorted(self) -> Result<Self> {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        if order
+            .windows(2)
+            .all(|w| self.permit_no(w[0]) < self.permit_no(w[1]))
+        {
+            return Ok(self);
+        }
+        order.sort_unstable_by(|&a, &b| self.permit_no(a).cmp(&self.permit_no(b)));
+        let mut out = Steps {
+            suspend: self.suspend,
+            cancel: self.cancel,
+            ..Steps::default()
+        };
+        for c in order.into_iter().filter_map(|i| self.get(i)) {
+            out.push(&c)?;
+        }
+        Ok(out)
+    }
+}
+
+/// The pages of a plan's permits for step 2, as the walk found them: its
+/// decisions (active, R4) and its lifecycle steps merged in `permit_no`
+/// order, `limit` to a page.
+pub(super) struct PlanKeys {
+    plan: Arc<RunPlan>,
+    decisions: usize,
+    steps: usize,
+    limit: usize,
+}
+
+impl PlanKeys {
+    pub(super) fn new(plan: Arc<RunPlan>, limit: u32) -> Self {
+        PlanKeys {
+            plan,
+            decisions: 0,
+            steps: 0,
+            limit: usize::try_from(limit).unwrap_or(usize::MAX).max(1),
+        }
+    }
+}
+
+impl Iterator for PlanKeys {
+    type Item = Vec<CandidateState>;
+
+    fn next(&mut self) -> Option<Vec<CandidateState>> {
+        let (decisions, steps) = (&self.plan.decisions, &self.plan.steps);
+        let mut page = Vec::new();
+        while page.len() < self.limit {
+            let d = decisions.get(self.decisions);
+            let s = steps.permit_no(self.steps);
+            let step_first = match (d, s) {
+                (Some(d), Some(s)) => s < &*d.permit_no,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (None, None) => break,
+            };
+            let next = if step_first {
+                self.steps += 1;
+                steps.get(self.steps - 1)
+            } else {
+                self.decisions += 1;
+                // Due, so active (R4).
+                d.map(|d| CandidateState {
+                    permit_no: d.permit_no.to_string(),
+                    valid_until: d.valid_until,
+                    status: PermitStatus::Active,
+                })
+            };
+            page.extend(next);
+        }
+        (!page.is_empty()).then_some(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_write_pass_pages_decisions_and_lifecycle_steps_merged_in_permit_no_order() {
+        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap_or_default();
+        let step = |no: &str, d, status| CandidateState {
+            permit_no: no.to_string(),
+            valid_until: day(d),
+            status,
+        };
+        let mut steps = Steps::default();
+        for s in [
+            step("P01", 1, PermitStatus::Active),
+            step("P04", 2, PermitStatus::Suspended),
+            step("P08", 3, PermitStatus::Active),
+            step("P05", 4, PermitStatus::Active),
+        ] {
+            steps.push(&s).expect("a few steps");
+        }
+        let plan = Arc::new(RunPlan {
+            decisions: vec![
+                super::super::tests::decision("P02"),
+                super::super::tests::decision("P03"),
+                super::super::tests::decision("P07"),
+            ],
+            steps: steps.sorted().expect("a few steps"),
+            ..RunPlan::default()
+        });
+        let pages: Vec<Vec<CandidateState>> = PlanKeys::new(plan.clone(), 3).collect();
+        let numbers: Vec<Vec<&str>> = pages
+            .iter()
+            .map(|p| p.iter().map(|c| c.permit_no.as_str()).collect())
+            .collect();
+        assert_eq!(
+            numbers,
+            [
+                vec!["P01", "P02", "P03"],
+                vec!["P04", "P05", "P07"],
+                vec!["P08"]
+            ]
+        );
+        // Each permit keeps the state the walk found, through the sort.
+        assert_eq!(pages[1][0], step("P04", 2, PermitStatus::Suspended));
+        assert_eq!(pages[1][1], step("P05", 4, PermitStatus::Active));
+        assert_eq!(pages[2][0], step("P08", 3, PermitStatus::Active));
+        // A decision's permit is due, so active, on its cycle's date.
+        let due = CandidateState {
+            permit_no: "P02".to_string(),
+            valid_until: super::super::tests::decision("P02").valid_until,
+            status: PermitStatus::Active,
+        };
+        assert_eq!(pages[0][1], due);
+        assert_eq!(plan.permits(), 7);
+        // A page limit of 0 (never configured: settings refuse it) still
+        // makes progress.
+        assert_eq!(PlanKeys::new(plan, 0).count(), 7);
+        assert_eq!(PlanKeys::new(Arc::new(RunPlan::default()), 3).next(), None);
+    }
+}
