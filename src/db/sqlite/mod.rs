@@ -172,6 +172,7 @@ impl SqliteDb {
     ) -> Result<SqliteRunTx> {
         let mut conn = self.pool.acquire().await?;
         sqlx::query(RUN_CACHE).execute(&mut *conn).await?;
+        sqlx::query(RUN_AUTOCHECKPOINT).execute(&mut *conn).await?;
         let checkpoints = Some(raw::Checkpointer::start(&self.path)?);
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
@@ -279,6 +280,19 @@ impl SqliteImportTx {
 /// with 64 MiB, 118–137 MB with 16 MiB; docs/benchmarks.md).
 const RUN_CACHE: &str = "PRAGMA cache_size = -16384";
 
+/// The log size, in pages, past which the run's writer checkpoints at its
+/// commit, while the run lasts (SQLite's default, which the pool keeps, is
+/// 1,000): its [`raw::Checkpointer`] copies the log beside it, and the
+/// writer only copies what the thread has not, and restarts the log. At
+/// 1,000 pages the writer checkpointed every other page of a first night
+/// and copied about half the log itself, on the run's critical path; at
+/// 4,000 (64 MiB) its commits took half the time and the log peaked at
+/// about 90 MB. Without the writer's checkpoints the thread never caught
+/// up with a busy writer, the log never restarted and grew to 2.3 GB at
+/// 10M permits (measurements in docs/benchmarks.md).
+const RUN_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 4000";
+const POOL_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 1000";
+
 /// The connection a run works on.
 enum RunConn {
     /// A run's: between its statements no transaction is open; the runs
@@ -375,10 +389,13 @@ impl SqliteRunTx {
         Ok(())
     }
 
-    /// The pooled connection's page cache again (not transactional); the
-    /// run's checkpoint thread ends.
+    /// The pooled connection's page cache and checkpoint threshold again
+    /// (not transactional); the run's checkpoint thread ends.
     async fn restore_cache(&mut self) -> Result<()> {
         self.checkpoints = None;
+        sqlx::query(POOL_AUTOCHECKPOINT)
+            .execute(self.conn.get())
+            .await?;
         sqlx::query(concat!("PRAGMA cache_size = ", pool_cache!()))
             .execute(self.conn.get())
             .await?;
@@ -451,4 +468,55 @@ async fn lock_file(lock_path: &Path) -> Result<std::fs::File> {
         .await
         .map_err(|e| Error::Runtime(anyhow::anyhow!("lock task failed: {e}")))?
         .map_err(|e| Error::io(format!("cannot lock {shown}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn settings(c: &mut SqliteConnection) -> (i64, i64) {
+        let ckpt = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(&mut *c)
+            .await
+            .expect("the checkpoint threshold");
+        let cache = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&mut *c)
+            .await
+            .expect("the page cache");
+        (ckpt, cache)
+    }
+
+    /// A run's own connection settings (its page cache, its checkpoint
+    /// threshold) last as long as the run: its pooled connection goes
+    /// back with the pool's, whether the run completes or stops.
+    #[tokio::test]
+    async fn a_run_gives_its_connection_back_with_the_pools_settings() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db = SqliteDb::open(dir.path().join("autosign.sqlite"))
+            .await
+            .expect("a new database");
+        let pool: i64 = pool_cache!().parse().expect("a number");
+        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).expect("a date");
+        for (as_of, completes) in [(day(27), true), (day(28), false)] {
+            let mut run = db
+                .begin_run(as_of, "2026-11-27T02:00:00+08:00", 0)
+                .await
+                .expect("a run");
+            assert_eq!(settings(run.conn.get()).await, (4000, -16384));
+            if completes {
+                run.complete(0, "2026-11-27T02:00:01+08:00", Duration::ZERO)
+                    .await
+                    .expect("the run completed");
+            } else {
+                run.rollback().await.expect("the run stopped");
+            }
+            let mut all = Vec::new();
+            for _ in 0..4 {
+                all.push(db.pool.acquire().await.expect("a pooled connection"));
+            }
+            for c in &mut all {
+                assert_eq!(settings(c).await, (1000, pool), "completed: {completes}");
+            }
+        }
+    }
 }

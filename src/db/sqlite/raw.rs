@@ -431,12 +431,12 @@ fn reader_with_cache(path: &Path, cache: &str) -> Result<rusqlite::Connection> {
 /// on its fsyncs before it went on to the next page (at 1M permits about
 /// 40 fsyncs, 0.4 s, of a 2.5 s first night). Nudged after each page's
 /// commit, this thread checkpoints meanwhile, PASSIVE (it never waits for
-/// or blocks the writer or a reader): the writer's own checkpoints then
-/// find the log mostly copied, or find this one at work and skip. The log
-/// still starts again from its beginning whenever a page begins after a
-/// checkpoint caught up; it peaked at 26–52 MB in a 10M first night,
-/// against 17 MB with the writer alone. Best effort: a failed checkpoint
-/// is left to the next nudge and to the writer's own.
+/// or blocks the writer or a reader). The writer still checkpoints, less
+/// often (the run raises its threshold: `RUN_AUTOCHECKPOINT`): it finds
+/// the log mostly copied, copies the rest, and the log starts again from
+/// its beginning at the next page; this thread alone never catches up
+/// with a busy writer. Best effort: a failed checkpoint is left to the
+/// next nudge and to the writer's own.
 ///
 /// Dropped, it waits for the thread to close its connection: SQLite
 /// removes the log when the last connection to the database closes, which
