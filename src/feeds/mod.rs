@@ -582,10 +582,6 @@ trait FeedRow: Sized + Send + 'static {
     async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()>;
 }
 
-fn bad_record(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-}
-
 fn key_part(out: &mut Vec<u8>, part: &str) {
     out.extend_from_slice(part.as_bytes());
     out.push(0);
@@ -603,7 +599,7 @@ impl FeedRow for crate::db::ResidenceRow {
         let mut e = sort::Encoder::default();
         e.u64(line)
             .str(&self.id_number)
-            .str(&self.visited_on.to_string())
+            .date(self.visited_on)
             .str(&self.result)
             .str(&self.address)
             .str(&self.officer_id);
@@ -614,7 +610,7 @@ impl FeedRow for crate::db::ResidenceRow {
         Ok(crate::db::ResidenceRow {
             line: d.u64()?,
             id_number: d.str()?,
-            visited_on: crate::domain::parse_date(&d.str()?).map_err(bad_record)?,
+            visited_on: d.date()?,
             result: d.str()?,
             address: d.str()?,
             officer_id: d.str()?,
@@ -667,12 +663,11 @@ impl FeedRow for crate::db::CivilStatusRow {
         key_part(out, &self.id_number);
     }
     fn encode(&self, line: u64) -> Vec<u8> {
-        let as_of = self.as_of.map(|d| d.to_string());
         let mut e = sort::Encoder::default();
         e.u64(line)
             .str(&self.id_number)
             .str(&self.marital_status)
-            .opt(as_of.as_deref());
+            .opt_date(self.as_of);
         e.into_bytes()
     }
     fn decode(bytes: &[u8]) -> std::io::Result<Self> {
@@ -681,10 +676,7 @@ impl FeedRow for crate::db::CivilStatusRow {
             line: d.u64()?,
             id_number: d.str()?,
             marital_status: d.str()?,
-            as_of: d
-                .opt()?
-                .map(|s| crate::domain::parse_date(&s).map_err(bad_record))
-                .transpose()?,
+            as_of: d.opt_date()?,
         })
     }
     async fn upsert(tx: &mut ImportTx, rows: &[Self]) -> Result<()> {
@@ -855,7 +847,7 @@ impl HeldPermit {
             .str(&p.district_code)
             .str(&p.street_code)
             .str(&p.address)
-            .str(&p.valid_until.to_string())
+            .date(p.valid_until)
             .str(p.status.code())
             .str(&p.employer_uscc)
             .str(p.si_status.code())
@@ -884,7 +876,7 @@ impl HeldPermit {
             district_code: d.str()?,
             street_code: d.str()?,
             address: d.str()?,
-            valid_until: crate::domain::parse_date(&d.str()?).map_err(|e| bad(e.to_string()))?,
+            valid_until: d.date()?,
             status: d.str()?.try_into().map_err(bad)?,
             employer_uscc: d.str()?,
             si_status: d.str()?.try_into().map_err(bad)?,
@@ -892,7 +884,7 @@ impl HeldPermit {
         };
         let given_status = d
             .opt()?
-            .map(|s| PermitStatus::parse(&s).map_err(|e| bad(e.to_string())))
+            .map(|s| PermitStatus::try_from(s).map_err(bad))
             .transpose()?;
         let warnings = (0..d.u64()?)
             .map(|_| d.str())

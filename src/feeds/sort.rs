@@ -14,6 +14,8 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::thread::JoinHandle;
 
+use chrono::{Datelike, NaiveDate};
+
 /// Bytes of records held in memory before a run is written. One more
 /// buffer of this size may be held while the previous one is written.
 pub const RUN_BYTES: usize = 48 << 20;
@@ -346,6 +348,28 @@ impl Encoder {
         self
     }
 
+    /// A date as its day number: neither written out as text nor parsed
+    /// back (at 10M civil-status rows, formatting and parsing the dates
+    /// took about 6 % of the import's samples).
+    pub fn date(&mut self, d: NaiveDate) -> &mut Self {
+        self.0
+            .extend_from_slice(&d.num_days_from_ce().to_le_bytes());
+        self
+    }
+
+    pub fn opt_date(&mut self, d: Option<NaiveDate>) -> &mut Self {
+        match d {
+            Some(d) => {
+                self.0.push(1);
+                self.date(d)
+            }
+            None => {
+                self.0.push(0);
+                self
+            }
+        }
+    }
+
     pub fn into_bytes(self) -> Vec<u8> {
         self.0
     }
@@ -393,6 +417,24 @@ impl<'a> Decoder<'a> {
     pub fn str(&mut self) -> io::Result<String> {
         self.opt()?
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "missing field"))
+    }
+
+    pub fn date(&mut self) -> io::Result<NaiveDate> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4)?);
+        NaiveDate::from_num_days_from_ce_opt(i32::from_le_bytes(b)).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "sorted record's date out of range",
+            )
+        })
+    }
+
+    pub fn opt_date(&mut self) -> io::Result<Option<NaiveDate>> {
+        match self.take(1)? {
+            [0] => Ok(None),
+            _ => self.date().map(Some),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -456,6 +498,12 @@ mod tests {
             .opt(None)
             .opt(Some(""))
             .str("上海市\u{1f}\n");
+        let day = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        e.date(day(2026, 11, 27))
+            .opt_date(None)
+            .opt_date(Some(day(1, 1, 1)))
+            .date(day(-44, 3, 15))
+            .opt_date(Some(NaiveDate::MAX));
         let bytes = e.into_bytes();
         let mut d = Decoder::new(&bytes);
         assert_eq!(d.u64().unwrap(), 42);
@@ -463,7 +511,18 @@ mod tests {
         assert_eq!(d.opt().unwrap(), None);
         assert_eq!(d.opt().unwrap(), Some(String::new()));
         assert_eq!(d.str().unwrap(), "上海市\u{1f}\n");
+        assert_eq!(d.date().unwrap(), day(2026, 11, 27));
+        assert_eq!(d.opt_date().unwrap(), None);
+        assert_eq!(d.opt_date().unwrap(), Some(day(1, 1, 1)));
+        assert_eq!(d.date().unwrap(), day(-44, 3, 15));
+        assert_eq!(d.opt_date().unwrap(), Some(NaiveDate::MAX));
         assert!(d.is_empty());
         assert!(Decoder::new(&bytes[..5]).u64().is_err());
+        assert!(
+            Decoder::new(&[1, 0, 0]).opt_date().is_err(),
+            "a date cut short"
+        );
+        let out_of_range = i32::MAX.to_le_bytes();
+        assert!(Decoder::new(&out_of_range).date().is_err());
     }
 }
