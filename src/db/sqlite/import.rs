@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::super::rows::*;
-use super::raw::{bind_row, insert_chunk, raw_code, raw_date, with_raw, ROWS_PER_INSERT};
+use super::raw::{bind_row, insert_chunk, raw_code, raw_date, with_raw, SqlDate, ROWS_PER_INSERT};
 use super::SqliteImportTx;
 use crate::error::Result;
 
@@ -85,7 +85,7 @@ impl SqliteImportTx {
                                 p.marital_status.code(),
                                 import_id,
                                 mark.line as i64,
-                                mark.prior.map(|x| x.valid_until.to_string()),
+                                mark.prior.map(|x| SqlDate::new(x.valid_until)),
                                 mark.prior.map(|x| x.status.code()),
                             ],
                         )
@@ -102,7 +102,7 @@ impl SqliteImportTx {
                             next,
                             rusqlite::params![
                                 p.permit_no,
-                                p.valid_until.to_string(),
+                                SqlDate::new(p.valid_until),
                                 p.status.code()
                             ],
                         )
@@ -129,7 +129,7 @@ impl SqliteImportTx {
                     r.email,
                     import_id,
                     r.mark.line as i64,
-                    r.mark.prior.map(|x| x.valid_until.to_string()),
+                    r.mark.prior.map(|x| SqlDate::new(x.valid_until)),
                     r.mark.prior.map(|x| x.status.code()),
                 ])?;
             }
@@ -150,7 +150,7 @@ impl SqliteImportTx {
                 next,
                 rusqlite::params![
                     r.id_number,
-                    r.visited_on.to_string(),
+                    SqlDate::new(r.visited_on),
                     r.result,
                     r.address,
                     r.officer_id,
@@ -196,7 +196,7 @@ impl SqliteImportTx {
                 rusqlite::params![
                     r.id_number,
                     r.marital_status,
-                    r.as_of.map(|d| d.to_string()),
+                    r.as_of.map(SqlDate::new),
                     r.line as i64,
                 ],
             )

@@ -14,7 +14,7 @@ use super::super::{EventPage, EventPageReader, MakeEvents, PageKeys};
 use super::raw::{
     bind_row, cycle_decisions, decision_code, holder_evidence, insert_chunk, raw_code, raw_date,
     raw_err, raw_permit, reader, snapshot_reader, thread_error, with_raw, EffectWriter, NoticeRow,
-    NoticeWriter, ROWS_PER_INSERT,
+    NoticeWriter, SqlDate, ROWS_PER_INSERT,
 };
 use super::{SqliteDb, SqliteRunTx};
 use crate::error::{Error, Result};
@@ -267,9 +267,9 @@ impl SqliteRunTx {
                                 e.id_number,
                                 e.kind.code(),
                                 e.reasons.code(),
-                                e.valid_until.to_string(),
-                                e.new_valid_until.map(|d| d.to_string()),
-                                e.residence_visited_on.map(|d| d.to_string()),
+                                SqlDate::new(e.valid_until),
+                                e.new_valid_until.map(SqlDate::new),
+                                e.residence_visited_on.map(SqlDate::new),
                                 e.residence_result.map(|r| r.code()),
                                 e.si_month.map(|m| m.to_string()),
                                 e.si_status.map(|s| s.code()),
