@@ -3,8 +3,8 @@
 //! read-only connections beside a run's transaction ([`snapshot_reader`])
 //! and the exports' ([`with_stream_reader`]), the run's checkpoint thread
 //! ([`Checkpointer`]);
-//! the row decoders; the multi-row INSERTs, and the keyed feeds' upsert
-//! built on them; the notices and the permit changes of a run's page and
+//! the row decoders and the dates' binding ([`SqlDate`]); the multi-row
+//! INSERTs, and the keyed feeds' upsert built on them; the notices and the permit changes of a run's page and
 //! of `release` ([`NoticeWriter`], [`EffectWriter`]); and what is handed
 //! a connection or a row: the holders' evidence (read on the run's handle
 //! and on a reader of its own), an export's plain stream, the due query's
