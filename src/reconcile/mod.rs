@@ -781,13 +781,7 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
         } in page
         {
             if let Some(kind) = rules::lifecycle(c.status, c.valid_until, as_of, rules) {
-                steps.push(&c)?;
-                match kind {
-                    EventKind::Suspended => steps.suspend += 1,
-                    EventKind::Cancelled => steps.cancel += 1,
-                    // R3 takes no other step.
-                    _ => {}
-                }
+                steps.take(&c, kind)?;
                 continue;
             }
             if !rules::is_due(c.status, c.valid_until, as_of, rules) {

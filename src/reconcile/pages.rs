@@ -9,7 +9,7 @@ use chrono::NaiveDate;
 
 use super::RunPlan;
 use crate::db::CandidateState;
-use crate::domain::PermitStatus;
+use crate::domain::{EventKind, PermitStatus};
 use crate::error::{Error, Result};
 
 /// The permits that take a lifecycle step, as the walk found them, their
@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 /// this keeps in about 40 MB (with a heap block a number, about 90 MB).
 #[derive(Debug, Default)]
 pub(super) struct Steps {
-    /// Of which R3 suspends this many and cancels this many: the brake's
-    /// lifecycle check.
+    /// Of which R3 suspends this many and cancels this many ([`Steps::take`]
+    /// counts them): the brake's lifecycle check.
     pub(super) suspend: u64,
     pub(super) cancel: u64,
     text: String,
@@ -29,7 +29,19 @@ pub(super) struct Steps {
 }
 
 impl Steps {
-    pub(super) fn push(&mut self, c: &CandidateState) -> Result<()> {
+    /// Keeps a permit that takes R3's step `kind` tonight, and counts it.
+    pub(super) fn take(&mut self, c: &CandidateState, kind: EventKind) -> Result<()> {
+        self.push(c)?;
+        match kind {
+            EventKind::Suspended => self.suspend += 1,
+            EventKind::Cancelled => self.cancel += 1,
+            // R3 takes no other step.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, c: &CandidateState) -> Result<()> {
         self.text.push_str(&c.permit_no);
         let end = u32::try_from(self.text.len()).map_err(|_| {
             Error::Runtime(anyhow::anyhow!(

@@ -373,7 +373,7 @@ impl SqliteRunTx {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.restore_cache().await
+        self.restore_pool_settings().await
     }
 
     /// Ends the run's work without completing it: its committed pages stay
@@ -382,7 +382,7 @@ impl SqliteRunTx {
     pub async fn rollback(mut self) -> Result<()> {
         // The rollback matters, the cache size does not: its failure is no
         // reason to skip the rollback.
-        let _ = self.restore_cache().await;
+        let _ = self.restore_pool_settings().await;
         if let RunConn::Snapshot(tx) = self.conn {
             tx.rollback().await?;
         }
@@ -391,7 +391,7 @@ impl SqliteRunTx {
 
     /// The pooled connection's page cache and checkpoint threshold again
     /// (not transactional); the run's checkpoint thread ends.
-    async fn restore_cache(&mut self) -> Result<()> {
+    async fn restore_pool_settings(&mut self) -> Result<()> {
         self.checkpoints = None;
         sqlx::query(POOL_AUTOCHECKPOINT)
             .execute(self.conn.get())
