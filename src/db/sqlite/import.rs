@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::super::rows::*;
-use super::raw::{bind_row, insert_chunk, raw_code, raw_date, with_raw, SqlDate, ROWS_PER_INSERT};
+use super::raw::{args, insert_chunk, raw_code, raw_date, with_raw, SqlDate, ROWS_PER_INSERT};
 use super::SqliteImportTx;
 use crate::error::Result;
 
@@ -67,28 +67,24 @@ impl SqliteImportTx {
                     &mut full_details,
                     (PERMIT_DETAILS_UPSERT, 15, "", PERMIT_DETAILS_ON_CONFLICT),
                     chunk,
-                    |stmt, next, (p, mark)| {
-                        bind_row(
-                            stmt,
-                            next,
-                            rusqlite::params![
-                                p.permit_no,
-                                p.id_number,
-                                p.name,
-                                p.phone,
-                                p.email,
-                                p.district_code,
-                                p.street_code,
-                                p.address,
-                                p.employer_uscc,
-                                p.si_status.code(),
-                                p.marital_status.code(),
-                                import_id,
-                                mark.line as i64,
-                                mark.prior.map(|x| SqlDate::new(x.valid_until)),
-                                mark.prior.map(|x| x.status.code()),
-                            ],
-                        )
+                    |out, (p, mark)| {
+                        out.extend(args![
+                            &p.permit_no,
+                            &p.id_number,
+                            &p.name,
+                            &p.phone,
+                            &p.email,
+                            &p.district_code,
+                            &p.street_code,
+                            &p.address,
+                            &p.employer_uscc,
+                            p.si_status.code(),
+                            p.marital_status.code(),
+                            import_id,
+                            mark.line as i64,
+                            mark.prior.map(|x| SqlDate::new(x.valid_until)),
+                            mark.prior.map(|x| x.status.code()),
+                        ]);
                     },
                 )?;
                 insert_chunk(
@@ -96,16 +92,12 @@ impl SqliteImportTx {
                     &mut full_state,
                     (PERMIT_STATE_UPSERT, 3, "", PERMIT_STATE_ON_CONFLICT),
                     chunk,
-                    |stmt, next, (p, _)| {
-                        bind_row(
-                            stmt,
-                            next,
-                            rusqlite::params![
-                                p.permit_no,
-                                SqlDate::new(p.valid_until),
-                                p.status.code()
-                            ],
-                        )
+                    |out, (p, _)| {
+                        out.extend(args![
+                            &p.permit_no,
+                            SqlDate::new(p.valid_until),
+                            p.status.code()
+                        ]);
                     },
                 )?;
             }
@@ -144,19 +136,15 @@ impl SqliteImportTx {
             " ON CONFLICT (id_number, visited_on) DO UPDATE SET result = excluded.result,
             address = excluded.address, officer_id = excluded.officer_id,
             import_id = excluded.import_id, line = excluded.line";
-        self.upsert((head, 7, on_conflict), rows, |stmt, next, r| {
-            bind_row(
-                stmt,
-                next,
-                rusqlite::params![
-                    r.id_number,
-                    SqlDate::new(r.visited_on),
-                    r.result,
-                    r.address,
-                    r.officer_id,
-                    r.line as i64,
-                ],
-            )
+        self.upsert((head, 7, on_conflict), rows, |out, r| {
+            out.extend(args![
+                &r.id_number,
+                SqlDate::new(r.visited_on),
+                &r.result,
+                &r.address,
+                &r.officer_id,
+                r.line as i64,
+            ]);
         })
         .await
     }
@@ -166,19 +154,15 @@ impl SqliteImportTx {
         let on_conflict = " ON CONFLICT (id_number, month) DO UPDATE SET status = excluded.status,
             employer_uscc = excluded.employer_uscc, employer_name = excluded.employer_name,
             import_id = excluded.import_id, line = excluded.line";
-        self.upsert((head, 7, on_conflict), rows, |stmt, next, r| {
-            bind_row(
-                stmt,
-                next,
-                rusqlite::params![
-                    r.id_number,
-                    r.month,
-                    r.status,
-                    r.employer_uscc,
-                    r.employer_name,
-                    r.line as i64,
-                ],
-            )
+        self.upsert((head, 7, on_conflict), rows, |out, r| {
+            out.extend(args![
+                &r.id_number,
+                &r.month,
+                &r.status,
+                &r.employer_uscc,
+                &r.employer_name,
+                r.line as i64,
+            ]);
         })
         .await
     }
@@ -189,17 +173,13 @@ impl SqliteImportTx {
         let on_conflict =
             " ON CONFLICT (id_number) DO UPDATE SET marital_status = excluded.marital_status,
             as_of = excluded.as_of, import_id = excluded.import_id, line = excluded.line";
-        self.upsert((head, 5, on_conflict), rows, |stmt, next, r| {
-            bind_row(
-                stmt,
-                next,
-                rusqlite::params![
-                    r.id_number,
-                    r.marital_status,
-                    r.as_of.map(SqlDate::new),
-                    r.line as i64,
-                ],
-            )
+        self.upsert((head, 5, on_conflict), rows, |out, r| {
+            out.extend(args![
+                &r.id_number,
+                &r.marital_status,
+                r.as_of.map(SqlDate::new),
+                r.line as i64,
+            ]);
         })
         .await
     }

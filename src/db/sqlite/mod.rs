@@ -10,10 +10,11 @@
 //! (the brake's count, the walk, the evidence, the page reader, each
 //! batch's writes); `ledger.rs` corrects the run ledger (release,
 //! revert); `export.rs` streams the exports; `migrate.rs` applies the
-//! migrations, each with its record in one transaction. `raw.rs` holds
+//! migrations, each with its record in one transaction. `raw/` holds
 //! the primitives they share (the raw handle, the run's readers and its
-//! checkpoint thread, the exports' reader, row decoders, multi-row
-//! INSERTs) and is the one module whose signatures name rusqlite's types.
+//! checkpoint thread, the exports' reader, row decoders; in `raw/insert.rs`
+//! the bulk writes' statements, which bind their values by reference) and
+//! is the one module whose signatures name rusqlite's types.
 
 mod export;
 mod import;

@@ -12,7 +12,7 @@ use chrono::NaiveDate;
 use super::super::rows::*;
 use super::super::{EventPage, EventPageReader, MakeEvents, PageKeys};
 use super::raw::{
-    bind_row, cycle_decisions, decision_code, holder_evidence, insert_chunk, raw_code, raw_date,
+    args, cycle_decisions, decision_code, holder_evidence, insert_chunk, raw_code, raw_date,
     raw_err, raw_permit, reader, snapshot_reader, thread_error, with_raw, EffectWriter, NoticeRow,
     NoticeWriter, SqlDate, ROWS_PER_INSERT,
 };
@@ -256,29 +256,25 @@ impl SqliteRunTx {
                     &mut full_events,
                     (EVENT_INSERT, 16, held_tail, held_end),
                     chunk,
-                    |stmt, next, e| {
-                        bind_row(
-                            stmt,
-                            next,
-                            rusqlite::params![
-                                batch.run_id,
-                                as_of,
-                                e.permit_no,
-                                e.id_number,
-                                e.kind.code(),
-                                e.reasons.code(),
-                                SqlDate::new(e.valid_until),
-                                e.new_valid_until.map(SqlDate::new),
-                                e.residence_visited_on.map(SqlDate::new),
-                                e.residence_result.map(|r| r.code()),
-                                e.si_month.map(|m| m.to_string()),
-                                e.si_status.map(|s| s.code()),
-                                e.si_employer_uscc,
-                                e.marital_status.map(|m| m.code()),
-                                at,
-                                e.prior_status.map(|s| s.code()),
-                            ],
-                        )
+                    |out, e| {
+                        out.extend(args![
+                            batch.run_id,
+                            as_of.as_str(),
+                            &e.permit_no,
+                            &e.id_number,
+                            e.kind.code(),
+                            e.reasons.code(),
+                            SqlDate::new(e.valid_until),
+                            e.new_valid_until.map(SqlDate::new),
+                            e.residence_visited_on.map(SqlDate::new),
+                            e.residence_result.map(|r| r.code()),
+                            e.si_month.map(|m| m.to_string()),
+                            e.si_status.map(|s| s.code()),
+                            &e.si_employer_uscc,
+                            e.marital_status.map(|m| m.code()),
+                            at,
+                            e.prior_status.map(|s| s.code()),
+                        ]);
                     },
                 )?;
                 // A held run writes its events only (the brake): no notice, no

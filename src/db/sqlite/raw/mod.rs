@@ -3,16 +3,18 @@
 //! read-only connections beside a run's transaction ([`snapshot_reader`])
 //! and the exports' ([`with_stream_reader`]), the run's checkpoint thread
 //! ([`Checkpointer`]);
-//! the row decoders and the dates' binding ([`SqlDate`]); the multi-row
-//! INSERTs, and the keyed feeds' upsert built on them; the notices and the permit changes of a run's page and
-//! of `release` ([`NoticeWriter`], [`EffectWriter`]); and what is handed
+//! the row decoders; the bulk writes' statements, which bind their values
+//! where they lie rather than copied ([`Prepared`], [`Arg`], [`SqlDate`]:
+//! `insert.rs`), the multi-row INSERTs ([`insert_chunk`]) and the keyed
+//! feeds' upsert built on them; the notices and the permit changes of a
+//! run's page and of `release` ([`NoticeWriter`], [`EffectWriter`]); and what is handed
 //! a connection or a row: the holders' evidence (read on the run's handle
 //! and on a reader of its own), an export's plain stream, the due query's
 //! column of cycle decisions ([`cycle_decisions!`]) beside the decoder of
 //! its letters. The table families (`import.rs`, `run.rs`, `ledger.rs`,
-//! `export.rs`) call these and prepare and step their own statements in
-//! their functions' bodies, which name rusqlite's `params!` and a few of
-//! its types, never in a signature.
+//! `export.rs`) call these (their rows' values given with [`args!`]) and
+//! prepare and step their own statements in their functions' bodies, which
+//! name rusqlite's `params!` and a few of its types, never in a signature.
 //!
 //! Why two drivers: one prepared statement stepped per row through
 //! rusqlite costs about a microsecond, where sqlx's multi-row statements
@@ -38,6 +40,9 @@ use super::super::rows::*;
 use super::{SqliteDb, SqliteImportTx};
 use crate::domain::{CycleDecision, EventKind, NoticeStatus};
 use crate::error::{Error, Result};
+
+mod insert;
+pub(super) use insert::{args, insert_chunk, Arg, Prepared, SqlDate, ROWS_PER_INSERT};
 
 /// Runs `f` on the connection's raw SQLite handle through rusqlite, inside
 /// whatever transaction sqlx has open on it, off the async runtime's
@@ -219,109 +224,33 @@ pub(super) fn decision_code(code: &str) -> rusqlite::Result<Vec<CycleDecision>> 
     Ok(out)
 }
 
-/// Rows per multi-row INSERT of the run's writer and the feed imports (at
-/// most 16 parameters a row: far below SQLite's limit of 32,766).
-pub(super) const ROWS_PER_INSERT: usize = 64;
-const _: () = assert!(ROWS_PER_INSERT * 16 <= 32_766);
-
-/// `head` followed by `rows` groups of `columns` anonymous parameters, each
-/// group ending in the literal `tail` (e.g. `, 1` for a constant column).
-fn multi_row_insert(head: &str, columns: usize, tail: &str, rows: usize) -> String {
-    let mut group = String::from("(?");
-    for _ in 1..columns {
-        group.push_str(", ?");
-    }
-    group.push_str(tail);
-    group.push(')');
-    let mut sql = String::from(head);
-    for r in 0..rows {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&group);
-    }
-    sql
-}
-
-/// A date bound as its stored text, `YYYY-MM-DD` as chrono writes it,
-/// from a buffer of its own: chrono's `Display` writes a character at a
-/// time through the formatter into a new `String`, and a first night at
-/// 10M permits binds about ten million dates on the writer's thread.
-/// Years outside 0–9999, which no feed row carries, take chrono's way.
-pub(super) struct SqlDate {
-    text: [u8; 10],
-    other: Option<String>,
-}
-
-impl SqlDate {
-    pub(super) fn new(d: NaiveDate) -> SqlDate {
-        use chrono::Datelike;
-        let (y, m, day) = (d.year(), d.month(), d.day());
-        let Ok(y @ 0..=9999) = u32::try_from(y) else {
-            return SqlDate {
-                text: [0; 10],
-                other: Some(d.to_string()),
-            };
-        };
-        let digit = |n: u32| b'0' + (n % 10) as u8;
-        SqlDate {
-            text: [
-                digit(y / 1000),
-                digit(y / 100),
-                digit(y / 10),
-                digit(y),
-                b'-',
-                digit(m / 10),
-                digit(m),
-                b'-',
-                digit(day / 10),
-                digit(day),
-            ],
-            other: None,
-        }
-    }
-}
-
-impl rusqlite::ToSql for SqlDate {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        let text = match &self.other {
-            Some(s) => s.as_bytes(),
-            None => &self.text,
-        };
-        Ok(rusqlite::types::ToSqlOutput::Borrowed(
-            rusqlite::types::ValueRef::Text(text),
-        ))
-    }
-}
-
 /// A run's permit changes (R3, R7), applied to the narrow `permit_state`
 /// table (migration 5) by a run and by `release`.
 pub(super) struct EffectWriter<'c> {
-    extend: rusqlite::Statement<'c>,
-    status: rusqlite::Statement<'c>,
+    extend: Prepared<'c>,
+    status: Prepared<'c>,
 }
 
 impl<'c> EffectWriter<'c> {
     pub(super) fn new(c: &'c rusqlite::Connection) -> rusqlite::Result<Self> {
         Ok(Self {
-            extend: c.prepare("UPDATE permit_state SET valid_until = ?2 WHERE permit_no = ?1")?,
-            status: c.prepare("UPDATE permit_state SET status = ?2 WHERE permit_no = ?1")?,
+            extend: Prepared::new(
+                c,
+                "UPDATE permit_state SET valid_until = ?2 WHERE permit_no = ?1",
+            )?,
+            status: Prepared::new(
+                c,
+                "UPDATE permit_state SET status = ?2 WHERE permit_no = ?1",
+            )?,
         })
     }
 
     pub(super) fn apply(&mut self, permit_no: &str, effect: Effect) -> rusqlite::Result<()> {
         match effect {
-            Effect::Extend(to) => {
-                self.extend
-                    .execute(rusqlite::params![permit_no, SqlDate::new(to)])?;
-            }
-            Effect::SetStatus(s) => {
-                self.status
-                    .execute(rusqlite::params![permit_no, s.code()])?;
-            }
-            Effect::None => {}
+            Effect::Extend(to) => self.extend.execute(&args![permit_no, SqlDate::new(to)]),
+            Effect::SetStatus(s) => self.status.execute(&args![permit_no, s.code()]),
+            Effect::None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -338,7 +267,7 @@ pub(super) type NoticeRow<'a> = (&'a str, NaiveDate, EventKind, &'a NewNotice);
 /// [`ROWS_PER_INSERT`] rows; PostgreSQL's counterpart is one statement.
 pub(super) struct NoticeWriter<'c> {
     c: &'c rusqlite::Connection,
-    full: Option<rusqlite::Statement<'c>>,
+    full: Option<Prepared<'c>>,
     run_id: i64,
     as_of: String,
     created_at: &'c str,
@@ -369,71 +298,23 @@ impl<'c> NoticeWriter<'c> {
             &mut self.full,
             (NOTICE_INSERT, 11, "", ""),
             rows,
-            |stmt, next, &(permit_no, valid_until, kind, n)| {
-                bind_row(
-                    stmt,
-                    next,
-                    rusqlite::params![
-                        run_id,
-                        as_of,
-                        permit_no,
-                        SqlDate::new(valid_until),
-                        kind.code(),
-                        n.channel.code(),
-                        n.recipient,
-                        n.message,
-                        n.status.code(),
-                        (n.status == NoticeStatus::Queued).then_some(at),
-                        at,
-                    ],
-                )
+            |out, &(permit_no, valid_until, kind, n)| {
+                out.extend(args![
+                    run_id,
+                    as_of,
+                    permit_no,
+                    SqlDate::new(valid_until),
+                    kind.code(),
+                    n.channel.code(),
+                    &n.recipient,
+                    &n.message,
+                    n.status.code(),
+                    (n.status == NoticeStatus::Queued).then_some(at),
+                    at,
+                ]);
             },
         )
     }
-}
-
-/// Executes the multi-row INSERT (`head`, `columns`, `tail` as for
-/// [`multi_row_insert`], then `end`, e.g. an upsert's ON CONFLICT clause)
-/// for a chunk of `rows`, each bound by `bind` (with [`bind_row`]): a full
-/// chunk's statement is prepared once and kept in `full`, a shorter last
-/// chunk's for that chunk only.
-pub(super) fn insert_chunk<'c, T>(
-    c: &'c rusqlite::Connection,
-    full: &mut Option<rusqlite::Statement<'c>>,
-    (head, columns, tail, end): (&str, usize, &str, &str),
-    rows: &[T],
-    mut bind: impl FnMut(&mut rusqlite::Statement<'c>, &mut usize, &T) -> rusqlite::Result<()>,
-) -> rusqlite::Result<()> {
-    let sql = || multi_row_insert(head, columns, tail, rows.len()) + end;
-    let mut partial = None;
-    let stmt = if rows.len() == ROWS_PER_INSERT {
-        match full {
-            Some(s) => s,
-            None => full.insert(c.prepare(&sql())?),
-        }
-    } else {
-        partial.insert(c.prepare(&sql())?)
-    };
-    let mut next = 0;
-    for row in rows {
-        bind(stmt, &mut next, row)?;
-    }
-    stmt.raw_execute()?;
-    Ok(())
-}
-
-/// Binds one row's values at parameters `*next + 1 ..` of a multi-row
-/// statement and moves `*next` past them.
-pub(super) fn bind_row(
-    stmt: &mut rusqlite::Statement<'_>,
-    next: &mut usize,
-    values: &[&dyn rusqlite::ToSql],
-) -> rusqlite::Result<()> {
-    for v in values {
-        *next += 1;
-        stmt.raw_bind_parameter(*next, v)?;
-    }
-    Ok(())
 }
 
 /// Page cache of the run's readers beside its transaction, KiB: enough to
@@ -642,13 +523,13 @@ impl SqliteImportTx {
     /// Writes a keyed feed's page (one row per key, in key order) as
     /// multi-row upserts (`head`, the row's `columns` ending with the
     /// import's id, then `on_conflict`), each row's values but the last
-    /// bound by `bind`: each row inserted, or replacing the stored row with
-    /// its key (R2).
-    pub(super) async fn upsert<T>(
+    /// given by `row` (with [`args!`]): each row inserted, or replacing the
+    /// stored row with its key (R2).
+    pub(super) async fn upsert<'r, T>(
         &mut self,
         (head, columns, on_conflict): (&str, usize, &str),
-        rows: &[T],
-        bind: impl Fn(&mut rusqlite::Statement<'_>, &mut usize, &T) -> rusqlite::Result<()>,
+        rows: &'r [T],
+        row: impl Fn(&mut Vec<Arg<'r>>, &'r T),
     ) -> Result<()> {
         let import_id = self.import_id;
         with_raw(&mut self.tx, |c| {
@@ -659,9 +540,9 @@ impl SqliteImportTx {
                     &mut full,
                     (head, columns, "", on_conflict),
                     chunk,
-                    |stmt, next, r| {
-                        bind(stmt, next, r)?;
-                        bind_row(stmt, next, rusqlite::params![import_id])
+                    |out, r| {
+                        row(out, r);
+                        out.push(Arg::Int(import_id));
                     },
                 )?;
             }
@@ -674,34 +555,6 @@ impl SqliteImportTx {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Bound, a date is the text chrono writes for it, the stored form
-    /// every query compares with: every day of five centuries, and the
-    /// years at either end of the buffer's range and beyond it.
-    #[test]
-    fn a_date_binds_as_the_text_chrono_writes_for_it() {
-        let c = rusqlite::Connection::open_in_memory().expect("in-memory SQLite");
-        let mut stmt = c.prepare("SELECT ?1").expect("a statement");
-        let day = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).expect("a date");
-        let days = std::iter::successors(Some(day(1800, 1, 1)), |d| d.succ_opt())
-            .take_while(|d| *d < day(2300, 1, 1))
-            .chain([
-                day(0, 1, 1),
-                day(9, 12, 31),
-                day(999, 6, 15),
-                day(9999, 12, 31),
-                day(10000, 1, 1),
-                day(-1, 12, 31),
-                NaiveDate::MIN,
-                NaiveDate::MAX,
-            ]);
-        for d in days {
-            let bound: String = stmt
-                .query_row([SqlDate::new(d)], |r| r.get(0))
-                .expect("the date read back");
-            assert_eq!(bound, d.to_string());
-        }
-    }
 
     #[test]
     fn each_cycle_decision_letter_reads_back_as_the_decision_it_stands_for() {
@@ -728,18 +581,6 @@ mod tests {
                 d(true, Some(true), true),
                 d(true, Some(false), true),
             ]
-        );
-    }
-
-    #[test]
-    fn a_multi_row_insert_has_one_group_of_parameters_per_row() {
-        assert_eq!(
-            multi_row_insert("INSERT INTO t (a, b, held) VALUES ", 2, ", 1", 3),
-            "INSERT INTO t (a, b, held) VALUES (?, ?, 1), (?, ?, 1), (?, ?, 1)"
-        );
-        assert_eq!(
-            multi_row_insert("INSERT INTO t (a) VALUES ", 1, "", 1),
-            "INSERT INTO t (a) VALUES (?)"
         );
     }
 }
