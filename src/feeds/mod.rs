@@ -182,15 +182,12 @@ fn read_file(
     path: PathBuf,
     opts: ImportOptions,
     tx: mpsc::Sender<Msg>,
-    recycled: std::sync::mpsc::Receiver<Box<dyn Send>>,
+    recycled: Recycled,
 ) {
     let (encoding, batch_rows, progress) = (opts.encoding, opts.batch_rows, opts.progress);
     let header_names = opts.headers.of(feed);
     let send = |batch: Vec<RawRow>| {
-        // Free what the writer has handed back ([`Recycle`]) on this thread.
-        while let Ok(done) = recycled.try_recv() {
-            drop(done);
-        }
+        free_recycled(&recycled);
         tx.blocking_send(Msg::Batch(batch)).is_ok()
     };
     let shown = path.display().to_string();
@@ -404,8 +401,24 @@ trait BatchWriter<T> {
 struct Recycle(std::sync::mpsc::Sender<Box<dyn Send>>);
 
 impl Recycle {
+    /// A `Recycle` and the receiving end, for the thread that allocates.
+    fn new() -> (Recycle, Recycled) {
+        let (give, given) = std::sync::mpsc::channel();
+        (Recycle(give), given)
+    }
+
     fn give<V: Send + 'static>(&self, value: V) {
         let _ = self.0.send(Box::new(value));
+    }
+}
+
+/// What a [`Recycle`] handed back, to be freed on the receiving thread.
+type Recycled = std::sync::mpsc::Receiver<Box<dyn Send>>;
+
+/// Frees, on this thread, whatever the writer has handed back so far.
+fn free_recycled(recycled: &Recycled) {
+    while let Ok(done) = recycled.try_recv() {
+        drop(done);
     }
 }
 
@@ -425,8 +438,7 @@ where
     let shown = path.display().to_string();
     let (sender, mut receiver) = mpsc::channel::<Msg>(4);
     let (p, o) = (path.to_path_buf(), opts.clone());
-    let (recycle, recycled) = std::sync::mpsc::channel();
-    let recycle = Recycle(recycle);
+    let (recycle, recycled) = Recycle::new();
     let parser = tokio::task::spawn_blocking(move || read_file(feed, p, o, sender, recycled));
 
     let mut tx = db
@@ -752,10 +764,13 @@ impl<T: FeedRow + Send + 'static> BatchWriter<T> for FeedWriter<T> {
         let rows = std::mem::replace(&mut self.rows, sort::ExternalSort::new(0));
         let notes = std::mem::take(&mut self.notes);
         let (send, mut pages) = mpsc::channel::<Vec<T>>(2);
-        let merge = tokio::task::spawn_blocking(move || settle_sorted(rows, notes, &send));
+        let (recycle, recycled) = Recycle::new();
+        let merge =
+            tokio::task::spawn_blocking(move || settle_sorted(rows, notes, &send, &recycled));
         let mut written = Ok(());
         while let Some(page) = pages.recv().await {
             written = T::upsert(tx, &page).await;
+            recycle.give(page);
             if written.is_err() {
                 break;
             }
@@ -773,12 +788,14 @@ impl<T: FeedRow + Send + 'static> BatchWriter<T> for FeedWriter<T> {
 
 /// Reads the sorted rows back, settles R2 (each key's later line wins; a
 /// warning at that line names the earlier one) and sends pages of
-/// [`DECIDE_ROWS`] rows, one row per key, in key order. Returns the notes
-/// with the warnings added; stops early, with them, if the writer is gone.
+/// [`DECIDE_ROWS`] rows, one row per key, in key order; frees the pages the
+/// writer hands back. Returns the notes with the warnings added; stops
+/// early, with them, if the writer is gone.
 fn settle_sorted<T: FeedRow>(
     rows: sort::ExternalSort,
     mut notes: Notes,
     send: &mpsc::Sender<Vec<T>>,
+    recycled: &Recycled,
 ) -> Result<Notes> {
     let mut sorted = rows.finish().map_err(sort_error)?;
     let mut page: Vec<T> = Vec::with_capacity(DECIDE_ROWS);
@@ -800,6 +817,7 @@ fn settle_sorted<T: FeedRow>(
             // A new key: every key on the page is complete.
             if page.len() >= DECIDE_ROWS {
                 let full = std::mem::replace(&mut page, Vec::with_capacity(DECIDE_ROWS));
+                free_recycled(recycled);
                 if send.blocking_send(full).is_err() {
                     return Ok(notes);
                 }
@@ -1106,13 +1124,15 @@ impl PermitsWriter {
         }
     }
 
-    /// Looks up, decides and writes one page of sorted rows.
+    /// Looks up, decides and writes one page of sorted rows, and hands the
+    /// rows written back to the merge thread that decoded them.
     async fn decide_page(
         &mut self,
         tx: &mut ImportTx,
         page: Vec<HeldPermit>,
         last: bool,
         tally: &mut Tally,
+        recycle: &Recycle,
     ) -> Result<()> {
         let empty = self.register_was_empty(tx).await?;
         // Into an empty register no row has a stored value to look up.
@@ -1146,6 +1166,7 @@ impl PermitsWriter {
         if !contacts.is_empty() {
             tx.update_contacts(&contacts).await?;
         }
+        recycle.give((full, contacts));
         Ok(())
     }
 }
@@ -1197,10 +1218,11 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
     async fn finish(&mut self, tx: &mut ImportTx, tally: &mut Tally) -> Result<()> {
         let rows = std::mem::replace(&mut self.rows, sort::ExternalSort::new(0));
         let (send, mut pages) = mpsc::channel::<Vec<HeldPermit>>(2);
-        let merge = tokio::task::spawn_blocking(move || held_pages(rows, &send));
+        let (recycle, recycled) = Recycle::new();
+        let merge = tokio::task::spawn_blocking(move || held_pages(rows, &send, &recycled));
         let mut written = Ok(());
         while let Some(page) = pages.recv().await {
-            written = self.decide_page(tx, page, false, tally).await;
+            written = self.decide_page(tx, page, false, tally, &recycle).await;
             if written.is_err() {
                 break;
             }
@@ -1213,20 +1235,27 @@ impl BatchWriter<(PermitRow, Option<PermitStatus>)> for PermitsWriter {
         written?;
         merged?;
         // Every row is decided: the last permit's rows are complete.
-        self.decide_page(tx, Vec::new(), true, tally).await?;
+        self.decide_page(tx, Vec::new(), true, tally, &recycle)
+            .await?;
         self.notes.replay(tally)
     }
 }
 
 /// Reads the sorted permit rows back and sends them decoded, in pages of
-/// [`DECIDE_ROWS`]; stops early if the writer is gone.
-fn held_pages(rows: sort::ExternalSort, send: &mpsc::Sender<Vec<HeldPermit>>) -> Result<()> {
+/// [`DECIDE_ROWS`], and frees what the writer hands back of them; stops
+/// early if the writer is gone.
+fn held_pages(
+    rows: sort::ExternalSort,
+    send: &mpsc::Sender<Vec<HeldPermit>>,
+    recycled: &Recycled,
+) -> Result<()> {
     let mut sorted = rows.finish().map_err(sort_error)?;
     let mut page = Vec::with_capacity(DECIDE_ROWS);
     while let Some((_, record)) = sorted.next_record().map_err(sort_error)? {
         page.push(HeldPermit::decode(record).map_err(sort_error)?);
         if page.len() == DECIDE_ROWS {
             let full = std::mem::replace(&mut page, Vec::with_capacity(DECIDE_ROWS));
+            free_recycled(recycled);
             if send.blocking_send(full).is_err() {
                 return Ok(());
             }
