@@ -130,9 +130,18 @@ const RUN_COUNTS: &str = "SELECT e.kind, e.reasons, n.channel, count(*) AS count
 // own run queued (a void event has none, though a later run may have
 // queued one for the cycle). Booleans are read as truth values, which
 // both backends take (no index is at stake in the CASE). Text keys sort
-// bytewise on both (PostgreSQL's are COLLATE "C").
+// bytewise on both (PostgreSQL's are COLLATE "C"). The export's order
+// ranks a permit's events of one date by kind (`kind_rank`), then by id.
 macro_rules! audit_select {
     ($where:literal) => {
+        audit_select!(
+            $where,
+            " ORDER BY e.as_of, e.permit_no,
+               CASE e.kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END,
+               e.event_id"
+        )
+    };
+    ($where:literal, $order:literal) => {
         concat!(
             "SELECT e.run_id, e.as_of, e.permit_no, e.id_number, e.kind AS decision, e.reasons,
                     e.valid_until, e.new_valid_until, e.residence_visited_on, e.residence_result,
@@ -151,9 +160,7 @@ macro_rules! audit_select {
               AND n.run_id = e.run_id
              WHERE ",
             $where,
-            " ORDER BY e.as_of, e.permit_no,
-               CASE e.kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END,
-               e.event_id"
+            $order
         )
     };
 }
@@ -161,6 +168,28 @@ macro_rules! audit_select {
 /// The audit rows (R9) of the runs with `$1 <= as_of <= $2`, in the
 /// export's order: each backend streams it its own way.
 pub(super) const AUDIT_SELECT_RANGE: &str = audit_select!("e.as_of BETWEEN $1 AND $2");
+
+/// The same rows in the order of `events_as_of`, whose entries end with
+/// the event's id: SQLite reads them without a sort, and its export puts
+/// each permit's rows of one date in the export's order itself
+/// ([`kind_rank`]; rarely more than one). Ordered by the kind's rank in
+/// SQL, SQLite sorted every (as_of, permit_no) group apart, one row each:
+/// at 10M permits half of the export's query (1.3 of 2.6 s).
+pub(super) const AUDIT_SELECT_RANGE_BY_ID: &str = audit_select!(
+    "e.as_of BETWEEN $1 AND $2",
+    " ORDER BY e.as_of, e.permit_no, e.event_id"
+);
+
+/// Where an event of `kind` (its code) comes among its permit's events of
+/// one date in the audit export (the CASE of [`audit_select!`]).
+pub(super) fn kind_rank(kind: &str) -> u8 {
+    match kind {
+        k if k == EventKind::Suspended.code() => 1,
+        k if k == EventKind::Cancelled.code() => 2,
+        k if k == EventKind::VisitCenter.code() => 3,
+        _ => 4,
+    }
+}
 const AUDIT_SELECT_PERMIT: &str = audit_select!("e.permit_no = $1");
 
 impl Db {
