@@ -21,10 +21,14 @@ use rusqlite::ffi;
 
 /// Rows per multi-row INSERT of the run's writer and the feed imports (at
 /// most 16 parameters a row: far below SQLite's limit of 32,766). Each
-/// execution has its own cost, and a statement journal that copies every
-/// page it changes first: at 10M permits a first night's write pass took
-/// about 9.1 s with 256 rows, 9.5–9.7 s with 64.
-pub(in crate::db::sqlite) const ROWS_PER_INSERT: usize = 256;
+/// statement keeps a journal of the pages it changes (16 KiB each), in
+/// memory up to `SQLITE_STMTJRNL_SPILL` (4 MiB, .cargo/config.toml): 64
+/// rows of a delta spread over a 10M register change at most about 70
+/// pages (about 1 MiB), and stay under it. With 256 rows (a 10M first night's
+/// write pass about 0.4 s shorter) such an upsert spilled its journal to
+/// a file and failed with "database or disk is full" (SQLITE_FULL), with
+/// 27 GB free; not explained yet.
+pub(in crate::db::sqlite) const ROWS_PER_INSERT: usize = 64;
 const _: () = assert!(ROWS_PER_INSERT * 16 <= 32_766);
 
 /// A date bound as its stored text, `YYYY-MM-DD` as chrono writes it,
