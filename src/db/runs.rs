@@ -125,23 +125,29 @@ const RUN_COUNTS: &str = "SELECT e.kind, e.reasons, n.channel, count(*) AS count
      WHERE e.as_of = (SELECT as_of FROM runs WHERE run_id = $1) AND e.run_id = $1
      GROUP BY e.kind, e.reasons, n.channel ORDER BY e.kind, e.reasons, n.channel";
 
+/// Where an event comes among its permit's events of one date in the
+/// audit export, in SQL ([`audit_select!`]) and as [`kind_rank`] reads it.
+macro_rules! kind_rank {
+    () => {
+        "CASE e.kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END"
+    };
+}
+
 // The event's state (docs/rules.md, "The audit trail") comes from its run
 // and, for a released run, from event_releases; the notice is the one its
 // own run queued (a void event has none, though a later run may have
 // queued one for the cycle). Booleans are read as truth values, which
 // both backends take (no index is at stake in the CASE). Text keys sort
 // bytewise on both (PostgreSQL's are COLLATE "C"). The export's order
-// ranks a permit's events of one date by kind (`kind_rank`), then by id.
+// ranks a permit's events of one date by kind (`kind_rank!`), then by id.
 macro_rules! audit_select {
     ($where:literal) => {
         audit_select!(
             $where,
-            " ORDER BY e.as_of, e.permit_no,
-               CASE e.kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END,
-               e.event_id"
+            concat!(" ORDER BY e.as_of, e.permit_no, ", kind_rank!(), ", e.event_id")
         )
     };
-    ($where:literal, $order:literal) => {
+    ($where:literal, $order:expr) => {
         concat!(
             "SELECT e.run_id, e.as_of, e.permit_no, e.id_number, e.kind AS decision, e.reasons,
                     e.valid_until, e.new_valid_until, e.residence_visited_on, e.residence_result,
@@ -180,8 +186,9 @@ pub(super) const AUDIT_SELECT_RANGE_BY_ID: &str = audit_select!(
     " ORDER BY e.as_of, e.permit_no, e.event_id"
 );
 
-/// Where an event of `kind` (its code) comes among its permit's events of
-/// one date in the audit export (the CASE of [`audit_select!`]).
+const AUDIT_SELECT_PERMIT: &str = audit_select!("e.permit_no = $1");
+
+/// [`kind_rank!`] for an event of `kind` (its code).
 pub(super) fn kind_rank(kind: &str) -> u8 {
     match kind {
         k if k == EventKind::Suspended.code() => 1,
@@ -190,7 +197,6 @@ pub(super) fn kind_rank(kind: &str) -> u8 {
         _ => 4,
     }
 }
-const AUDIT_SELECT_PERMIT: &str = audit_select!("e.permit_no = $1");
 
 impl Db {
     pub async fn latest_completed_run(&self) -> Result<Option<RunRecord>> {
@@ -312,5 +318,30 @@ impl Db {
             .bind(permit_no)
             .fetch_all(pool)
             .await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The export's reader ranks a date's events of one permit as the
+    /// statement does: every kind, and a code no kind has.
+    #[test]
+    fn kind_rank_agrees_with_the_statements_rank() {
+        let c = rusqlite::Connection::open_in_memory().expect("in-memory SQLite");
+        let sql = concat!("SELECT ", kind_rank!(), " FROM (SELECT ?1 AS kind) e");
+        let kinds = [
+            EventKind::AutoSigned,
+            EventKind::VisitCenter,
+            EventKind::Suspended,
+            EventKind::Cancelled,
+        ];
+        for code in kinds.iter().map(|k| k.code()).chain(["OTHER"]) {
+            let in_sql: u8 = c
+                .query_row(sql, [code], |r| r.get(0))
+                .expect("the statement's rank");
+            assert_eq!(kind_rank(code), in_sql, "{code}");
+        }
     }
 }

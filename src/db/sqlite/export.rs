@@ -27,11 +27,11 @@ struct CellPage {
 }
 
 impl CellPage {
-    /// Cells a page holds before it is handed over (4,096 rows).
-    const CELLS: usize = 18 * 4096;
-
     /// A row's cells: the audit export's columns.
-    const COLUMNS: usize = 18;
+    const COLUMNS: usize = crate::audit::AUDIT_COLUMNS.len();
+
+    /// Cells a page holds before it is handed over (4,096 rows).
+    const CELLS: usize = Self::COLUMNS * 4096;
 
     fn push(&mut self, cell: &str) {
         self.text.push_str(cell);
@@ -103,10 +103,10 @@ impl CellPage {
     /// The page's rows as [`AuditCells`].
     fn rows(&self) -> impl Iterator<Item = AuditCells<'_>> {
         self.ends
-            .chunks_exact(18)
+            .chunks_exact(Self::COLUMNS)
             .enumerate()
             .map(move |(r, ends)| {
-                let mut start = if r == 0 { 0 } else { self.ends[r * 18 - 1] };
+                let mut start = self.start(r * Self::COLUMNS);
                 std::array::from_fn(|i| {
                     let cell = &self.text[start..ends[i]];
                     start = ends[i];
@@ -173,7 +173,7 @@ impl SqliteDb {
                         // (YYYY-MM-DD): the cells are the stored text, not
                         // parsed and formatted again.
                         page.push(&r.get::<_, i64>(0)?.to_string());
-                        for i in 1..18 {
+                        for i in 1..CellPage::COLUMNS {
                             match r.get_ref(i)? {
                                 rusqlite::types::ValueRef::Null => page.push(""),
                                 v => page.push(v.as_str().map_err(|e| {
@@ -292,6 +292,11 @@ mod tests {
             .rows()
             .map(|cells| cells.iter().map(|c| c.to_string()).collect())
             .collect();
+        assert_eq!(
+            [AS_OF, PERMIT_NO, DECISION].map(|i| crate::audit::AUDIT_COLUMNS[i]),
+            ["as_of", "permit_no", "decision"],
+            "the columns the order reads"
+        );
         let expected: Vec<Vec<String>> = [0, 2, 5, 4, 3, 1, 6]
             .iter()
             .map(|&i| read[i].clone())
