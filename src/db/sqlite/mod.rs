@@ -40,6 +40,35 @@ use super::runs::{end_status, END_RUN, HOLD_RUN, RUN_FOR};
 use super::JobLock;
 use crate::error::{Error, Result};
 
+/// Begins the write transaction of a bulk writer (an import, a run's
+/// page, a release or a revert) with its statement journals in memory.
+///
+/// In a transaction, each statement that may fail half-way keeps the
+/// pages it changes in a statement journal, held in memory up to 64 KiB
+/// (SQLite's default, `SQLITE_STMTJRNL_SPILL`) and then in a temporary
+/// file. Every multi-row INSERT of these writers keeps one; at 64 KiB
+/// they all spilled, to a file rewritten for each statement: 2.0 GB of
+/// writes for a 1M-permit import and 1.4 GB for its first night
+/// (measured with strace; docs/benchmarks.md). With `temp_store = MEMORY`
+/// their journals stay in memory, each as big as the pages one statement
+/// changes: a statement writes at most `ROWS_PER_INSERT` rows, a few
+/// MiB at most. The pragma also keeps a transaction's temporary tables
+/// and sorts in memory; these writers have none. The setting must be
+/// made outside a transaction, and SQLite reads it as the transaction
+/// begins: hence before `BEGIN`, in the same call. The pool sets it
+/// back on release (`DEFAULT_TEMP_STORE`), so a migration's or a purge's
+/// statements, which are not bounded, spill to a file.
+///
+/// Why not a bigger threshold at build time: it is also the in-memory
+/// journal's chunk size, and the spill writes a chunk in one call, which
+/// the unix VFS cuts to 17 bits; any threshold above 128 KiB fails every
+/// spill with "database or disk is full" (.cargo/config.toml).
+const BULK_BEGIN: &str = "PRAGMA temp_store = MEMORY; BEGIN IMMEDIATE";
+
+/// SQLite's own temporary storage again (files), set on every connection
+/// the pool gets back.
+const DEFAULT_TEMP_STORE: &str = "PRAGMA temp_store = DEFAULT";
+
 /// Page cache of a pooled connection, KiB (negative: `PRAGMA cache_size`).
 macro_rules! pool_cache {
     () => {
@@ -91,6 +120,16 @@ impl SqliteDb {
             .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A bulk writer's transaction keeps its statement journals in
+            // memory (`BULK_BEGIN`); every connection goes back to the
+            // pool with SQLite's default, so that any other statement's
+            // journal, however big, spills to a file.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query(DEFAULT_TEMP_STORE).execute(conn).await?;
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|e| {
@@ -148,7 +187,7 @@ impl SqliteDb {
         delivery: crate::feeds::Delivery,
         imported_at: &str,
     ) -> Result<SqliteImportTx> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin_with(BULK_BEGIN).await?;
         let import_id: i64 = sqlx::query_scalar(
             "INSERT INTO imports (feed, file_name, sha256, imported_at, delivery) VALUES (?, ?, ?, ?, ?) RETURNING import_id",
         )
@@ -175,7 +214,7 @@ impl SqliteDb {
         sqlx::query(RUN_CACHE).execute(&mut *conn).await?;
         sqlx::query(RUN_AUTOCHECKPOINT).execute(&mut *conn).await?;
         let checkpoints = Some(raw::Checkpointer::start(&self.path)?);
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = conn.begin_with(BULK_BEGIN).await?;
         sqlx::query(
             "INSERT INTO runs (as_of, status, started_at, import_mark) VALUES (?1, 'running', ?2, ?3)
              ON CONFLICT (as_of) WHERE status <> 'discarded' AND status <> 'reverted'
@@ -225,7 +264,7 @@ impl SqliteDb {
         run_id: i64,
         now: &str,
     ) -> Result<Option<Transaction<'static, Sqlite>>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin_with(BULK_BEGIN).await?;
         let marked = sqlx::query(update)
             .bind(run_id)
             .bind(now)
@@ -333,7 +372,7 @@ impl SqliteRunTx {
     /// writes nothing.
     async fn begin_write(&mut self) -> Result<Transaction<'_, Sqlite>> {
         match &mut self.conn {
-            RunConn::Paged(c) => Ok(c.begin_with("BEGIN IMMEDIATE").await?),
+            RunConn::Paged(c) => Ok(c.begin_with(BULK_BEGIN).await?),
             RunConn::Snapshot(_) => Err(Error::Runtime(anyhow::anyhow!(
                 "internal: a dry run does not write"
             ))),
@@ -390,10 +429,17 @@ impl SqliteRunTx {
         Ok(())
     }
 
-    /// The pooled connection's page cache and checkpoint threshold again
-    /// (not transactional); the run's checkpoint thread ends.
+    /// The pooled connection's page cache, checkpoint threshold and
+    /// temporary storage again (not transactional; the pool also resets
+    /// the last as it gets the connection back); the run's checkpoint
+    /// thread ends. Between its pages the run's connection keeps its
+    /// pages' `temp_store = MEMORY` (`BULK_BEGIN`): the walk reads in the
+    /// primary key's order and the evidence by key, with no sort.
     async fn restore_pool_settings(&mut self) -> Result<()> {
         self.checkpoints = None;
+        sqlx::query(DEFAULT_TEMP_STORE)
+            .execute(self.conn.get())
+            .await?;
         sqlx::query(POOL_AUTOCHECKPOINT)
             .execute(self.conn.get())
             .await?;
@@ -475,7 +521,7 @@ async fn lock_file(lock_path: &Path) -> Result<std::fs::File> {
 mod tests {
     use super::*;
 
-    async fn settings(c: &mut SqliteConnection) -> (i64, i64) {
+    async fn settings(c: &mut SqliteConnection) -> (i64, i64, i64) {
         let ckpt = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
             .fetch_one(&mut *c)
             .await
@@ -484,12 +530,66 @@ mod tests {
             .fetch_one(&mut *c)
             .await
             .expect("the page cache");
-        (ckpt, cache)
+        let temp_store = sqlx::query_scalar("PRAGMA temp_store")
+            .fetch_one(&mut *c)
+            .await
+            .expect("the temporary storage");
+        (ckpt, cache, temp_store)
+    }
+
+    /// A statement in a transaction keeps the pages it changes in its
+    /// statement journal, in case it fails half-way; past SQLite's
+    /// threshold the journal goes on in a temporary file. Here an UPDATE
+    /// (a CHECK makes it able to fail half-way) changes about 8 MiB of
+    /// pages inside a transaction and must succeed: with the threshold
+    /// built at 4 MiB the spill wrote nothing and failed with "database or
+    /// disk is full" (`SQLITE_STMTJRNL_SPILL`, .cargo/config.toml).
+    #[tokio::test]
+    async fn a_statement_journal_too_big_for_memory_goes_on_in_a_file() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db = SqliteDb::open(dir.path().join("autosign.sqlite"))
+            .await
+            .expect("a new database");
+        let mut c = db.pool.acquire().await.expect("a pooled connection");
+        sqlx::query(
+            "CREATE TABLE big (k INTEGER PRIMARY KEY, v TEXT NOT NULL CHECK (length(v) > 0))",
+        )
+        .execute(&mut *c)
+        .await
+        .expect("a table");
+        sqlx::query(
+            "WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < 2000)
+             INSERT INTO big SELECT k, printf('%.4000c', 'a') FROM n",
+        )
+        .execute(&mut *c)
+        .await
+        .expect("8 MB of rows");
+        let mut tx = c
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .expect("a transaction");
+        sqlx::query("INSERT INTO big VALUES (0, 'first')")
+            .execute(&mut *tx)
+            .await
+            .expect("a first statement");
+        let changed = sqlx::query("UPDATE big SET v = v || 'b'")
+            .execute(&mut *tx)
+            .await
+            .expect("a statement whose journal spills")
+            .rows_affected();
+        tx.commit().await.expect("the commit");
+        assert_eq!(changed, 2001);
+        let longer: i64 = sqlx::query_scalar("SELECT count(*) FROM big WHERE length(v) = 4001")
+            .fetch_one(&mut *c)
+            .await
+            .expect("a count");
+        assert_eq!(longer, 2000);
     }
 
     /// A run's own connection settings (its page cache, its checkpoint
-    /// threshold) last as long as the run: its pooled connection goes
-    /// back with the pool's, whether the run completes or stops.
+    /// threshold, its statement journals in memory) last as long as the
+    /// run: its pooled connection goes back with the pool's, whether the
+    /// run completes or stops.
     #[tokio::test]
     async fn a_run_gives_its_connection_back_with_the_pools_settings() {
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -503,7 +603,7 @@ mod tests {
                 .begin_run(as_of, "2026-11-27T02:00:00+08:00", 0)
                 .await
                 .expect("a run");
-            assert_eq!(settings(run.conn.get()).await, (4000, -16384));
+            assert_eq!(settings(run.conn.get()).await, (4000, -16384, 2));
             if completes {
                 run.complete(0, "2026-11-27T02:00:01+08:00", Duration::ZERO)
                     .await
@@ -516,7 +616,52 @@ mod tests {
                 all.push(db.pool.acquire().await.expect("a pooled connection"));
             }
             for c in &mut all {
-                assert_eq!(settings(c).await, (1000, pool), "completed: {completes}");
+                assert_eq!(settings(c).await, (1000, pool, 0), "completed: {completes}");
+            }
+        }
+    }
+
+    /// An import keeps its statement journals in memory for its
+    /// transaction only: its connection goes back to the pool with
+    /// SQLite's default, whether the import commits, rolls back or is
+    /// dropped half-way (an error's path).
+    #[tokio::test]
+    async fn an_import_gives_its_connection_back_with_the_default_temporary_storage() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db = SqliteDb::open(dir.path().join("autosign.sqlite"))
+            .await
+            .expect("a new database");
+        let pool: i64 = pool_cache!().parse().expect("a number");
+        for end in ["commit", "rollback", "drop"] {
+            let mut import = db
+                .begin_import(
+                    "permits",
+                    "permits.csv",
+                    end,
+                    crate::feeds::Delivery::Snapshot,
+                    "2026-11-27T01:00:00+08:00",
+                )
+                .await
+                .expect("an import");
+            assert_eq!(settings(&mut import.tx).await, (1000, pool, 2), "{end}");
+            match end {
+                "commit" => import
+                    .commit(ImportCounts {
+                        rows_read: 0,
+                        rows_imported: 0,
+                        rows_rejected: 0,
+                    })
+                    .await
+                    .expect("committed"),
+                "rollback" => import.rollback().await.expect("rolled back"),
+                _ => drop(import),
+            }
+            let mut all = Vec::new();
+            for _ in 0..4 {
+                all.push(db.pool.acquire().await.expect("a pooled connection"));
+            }
+            for c in &mut all {
+                assert_eq!(settings(c).await, (1000, pool, 0), "{end}");
             }
         }
     }

@@ -22,12 +22,9 @@ use rusqlite::ffi;
 /// Rows per multi-row INSERT of the run's writer and the feed imports (at
 /// most 16 parameters a row: far below SQLite's limit of 32,766). Each
 /// statement keeps a journal of the pages it changes (16 KiB each), in
-/// memory up to `SQLITE_STMTJRNL_SPILL` (4 MiB, .cargo/config.toml): 64
-/// rows of a delta spread over a 10M register change at most about 70
-/// pages (about 1 MiB), and stay under it. With 256 rows (a 10M first night's
-/// write pass about 0.4 s shorter) such an upsert spilled its journal to
-/// a file and failed with "database or disk is full" (SQLITE_FULL), with
-/// 27 GB free; not explained yet.
+/// memory for the bulk writers (`BULK_BEGIN`, src/db/sqlite/mod.rs): this
+/// bounds it. 64 rows of a delta spread over a 10M register change at
+/// most about 70 pages (about 1 MiB).
 pub(in crate::db::sqlite) const ROWS_PER_INSERT: usize = 64;
 const _: () = assert!(ROWS_PER_INSERT * 16 <= 32_766);
 
