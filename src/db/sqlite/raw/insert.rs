@@ -20,12 +20,14 @@ use chrono::NaiveDate;
 use rusqlite::ffi;
 
 /// Rows per multi-row INSERT of the run's writer and the feed imports (at
-/// most 16 parameters a row: far below SQLite's limit of 32,766). Each
+/// most 16 parameters a row: far below SQLite's limit of 32,766). Fewer
+/// statements for the same rows: a 10M first night's write pass about
+/// 0.4 s shorter at 256 rows than at 64 (docs/benchmarks.md). Each
 /// statement keeps a journal of the pages it changes (16 KiB each), in
-/// memory for the bulk writers (`BULK_BEGIN`, src/db/sqlite/mod.rs): this
-/// bounds it. 64 rows of a delta spread over a 10M register change at
-/// most about 70 pages (about 1 MiB).
-pub(in crate::db::sqlite) const ROWS_PER_INSERT: usize = 64;
+/// memory for the bulk writers (`BULK_BEGIN`, src/db/sqlite/mod.rs), and
+/// this bounds it: 256 rows of a delta spread over a 10M register change
+/// at most about 300 pages (under 5 MiB).
+pub(in crate::db::sqlite) const ROWS_PER_INSERT: usize = 256;
 const _: () = assert!(ROWS_PER_INSERT * 16 <= 32_766);
 
 /// A date bound as its stored text, `YYYY-MM-DD` as chrono writes it,
