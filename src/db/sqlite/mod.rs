@@ -521,6 +521,29 @@ async fn lock_file(lock_path: &Path) -> Result<std::fs::File> {
 mod tests {
     use super::*;
 
+    /// A new database in a directory of its own, removed when dropped.
+    async fn new_db() -> (tempfile::TempDir, SqliteDb) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db = SqliteDb::open(dir.path().join("autosign.sqlite"))
+            .await
+            .expect("a new database");
+        (dir, db)
+    }
+
+    /// The settings of every pooled connection, all held at once so that
+    /// each is a different one.
+    async fn pooled_settings(db: &SqliteDb) -> Vec<(i64, i64, i64)> {
+        let mut all = Vec::new();
+        for _ in 0..4 {
+            all.push(db.pool.acquire().await.expect("a pooled connection"));
+        }
+        let mut out = Vec::new();
+        for c in &mut all {
+            out.push(settings(c).await);
+        }
+        out
+    }
+
     async fn settings(c: &mut SqliteConnection) -> (i64, i64, i64) {
         let ckpt = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
             .fetch_one(&mut *c)
@@ -546,10 +569,7 @@ mod tests {
     /// disk is full" (`SQLITE_STMTJRNL_SPILL`, .cargo/config.toml).
     #[tokio::test]
     async fn a_statement_journal_too_big_for_memory_goes_on_in_a_file() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let db = SqliteDb::open(dir.path().join("autosign.sqlite"))
-            .await
-            .expect("a new database");
+        let (_dir, db) = new_db().await;
         let mut c = db.pool.acquire().await.expect("a pooled connection");
         sqlx::query(
             "CREATE TABLE big (k INTEGER PRIMARY KEY, v TEXT NOT NULL CHECK (length(v) > 0))",
@@ -592,10 +612,7 @@ mod tests {
     /// run completes or stops.
     #[tokio::test]
     async fn a_run_gives_its_connection_back_with_the_pools_settings() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let db = SqliteDb::open(dir.path().join("autosign.sqlite"))
-            .await
-            .expect("a new database");
+        let (_dir, db) = new_db().await;
         let pool: i64 = pool_cache!().parse().expect("a number");
         let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).expect("a date");
         for (as_of, completes) in [(day(27), true), (day(28), false)] {
@@ -611,12 +628,8 @@ mod tests {
             } else {
                 run.rollback().await.expect("the run stopped");
             }
-            let mut all = Vec::new();
-            for _ in 0..4 {
-                all.push(db.pool.acquire().await.expect("a pooled connection"));
-            }
-            for c in &mut all {
-                assert_eq!(settings(c).await, (1000, pool, 0), "completed: {completes}");
+            for s in pooled_settings(&db).await {
+                assert_eq!(s, (1000, pool, 0), "completed: {completes}");
             }
         }
     }
@@ -627,10 +640,7 @@ mod tests {
     /// dropped half-way (an error's path).
     #[tokio::test]
     async fn an_import_gives_its_connection_back_with_the_default_temporary_storage() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let db = SqliteDb::open(dir.path().join("autosign.sqlite"))
-            .await
-            .expect("a new database");
+        let (_dir, db) = new_db().await;
         let pool: i64 = pool_cache!().parse().expect("a number");
         for end in ["commit", "rollback", "drop"] {
             let mut import = db
@@ -656,12 +666,8 @@ mod tests {
                 "rollback" => import.rollback().await.expect("rolled back"),
                 _ => drop(import),
             }
-            let mut all = Vec::new();
-            for _ in 0..4 {
-                all.push(db.pool.acquire().await.expect("a pooled connection"));
-            }
-            for c in &mut all {
-                assert_eq!(settings(c).await, (1000, pool, 0), "{end}");
+            for s in pooled_settings(&db).await {
+                assert_eq!(s, (1000, pool, 0), "{end}");
             }
         }
     }
