@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 
-use chrono::NaiveDate;
 use sqlx::{Connection, PgConnection, Row};
 
 use super::super::register::permit_columns;
 use super::super::rows::*;
+use super::copy::{copy_in, CopyText};
 use super::PgDb;
 use crate::error::Result;
 
@@ -48,80 +48,6 @@ impl PgDb {
             upserted: HashMap::new(),
             direct: HashMap::new(),
         })
-    }
-}
-
-/// COPY's text format: one line per row, tab-separated, `\N` for NULL,
-/// backslash escapes for the characters that would break the framing.
-struct CopyText {
-    buf: Vec<u8>,
-    fresh_row: bool,
-}
-
-impl CopyText {
-    fn with_capacity(n: usize) -> Self {
-        CopyText {
-            buf: Vec::with_capacity(n),
-            fresh_row: true,
-        }
-    }
-
-    fn sep(&mut self) {
-        if !self.fresh_row {
-            self.buf.push(b'\t');
-        }
-        self.fresh_row = false;
-    }
-
-    fn text(&mut self, s: &str) -> &mut Self {
-        self.sep();
-        for &b in s.as_bytes() {
-            match b {
-                b'\\' => self.buf.extend_from_slice(b"\\\\"),
-                b'\t' => self.buf.extend_from_slice(b"\\t"),
-                b'\n' => self.buf.extend_from_slice(b"\\n"),
-                b'\r' => self.buf.extend_from_slice(b"\\r"),
-                _ => self.buf.push(b),
-            }
-        }
-        self
-    }
-
-    fn opt_text(&mut self, s: Option<&str>) -> &mut Self {
-        match s {
-            Some(s) => self.text(s),
-            None => {
-                self.sep();
-                self.buf.extend_from_slice(b"\\N");
-                self
-            }
-        }
-    }
-
-    fn date(&mut self, d: NaiveDate) -> &mut Self {
-        self.sep();
-        use std::io::Write;
-        let _ = write!(self.buf, "{d}");
-        self
-    }
-
-    fn opt_date(&mut self, d: Option<NaiveDate>) -> &mut Self {
-        match d {
-            Some(d) => self.date(d),
-            None => self.opt_text(None),
-        }
-    }
-
-    fn int(&mut self, v: i64) -> &mut Self {
-        self.sep();
-        use std::io::Write;
-        let _ = write!(self.buf, "{v}");
-        self
-    }
-
-    fn end_row(&mut self) {
-        self.buf.push(b'\n');
-        self.fresh_row = true;
     }
 }
 
@@ -401,13 +327,7 @@ impl PgImportTx {
     }
 
     async fn copy(&mut self, statement: &'static str, data: CopyText) -> Result<()> {
-        let mut copy = self.conn.copy_in_raw(statement).await?;
-        if let Err(e) = copy.send(data.buf).await {
-            let _ = copy.abort("autosign: sending the batch failed").await;
-            return Err(e.into());
-        }
-        copy.finish().await?;
-        Ok(())
+        copy_in(&mut self.conn, statement, data.into_bytes()).await
     }
 
     /// Writes one page (one row per key, in key order: the import's
@@ -599,25 +519,5 @@ impl PgImportTx {
         sqlx::query("ROLLBACK").execute(&mut self.conn).await?;
         let _ = self.conn.close().await;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_text_escapes_framing_characters_and_writes_nulls() {
-        let mut c = CopyText::with_capacity(64);
-        c.text("a\tb\\c\nd\re")
-            .opt_text(None)
-            .date(NaiveDate::from_ymd_opt(2026, 2, 3).expect("date"))
-            .text("上海")
-            .end_row();
-        c.text("x").end_row();
-        assert_eq!(
-            String::from_utf8(c.buf).expect("utf8"),
-            "a\\tb\\\\c\\nd\\re\t\\N\t2026-02-03\t上海\nx\n"
-        );
     }
 }

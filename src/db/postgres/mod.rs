@@ -15,9 +15,10 @@
 //!   and chunk of holders (`id_number = ANY($1)`, bounded by the chunk's
 //!   first and last key); a task on a pooled connection of its own reads
 //!   the pages of permits with one keyset query each, a page ahead, while
-//!   the run writes each page's events, notices and permit changes with
-//!   one `UNNEST` statement each, in a transaction of its own, two pages
-//!   at once on two connections: pages commit one by one, in page order.
+//!   the run writes each page's events and notices with a binary `COPY`
+//!   each and its permit changes with one `UNNEST` statement, in a
+//!   transaction of its own, two pages at once on two connections: pages
+//!   commit one by one, in page order.
 //!   A run that dies keeps its committed pages; the plan skips decided
 //!   cycles and unique keys forbid doubles, so the next run for that
 //!   `as_of` does the rest (reconcile's module doc);
@@ -37,8 +38,10 @@
 //! `import.rs` loads the register and the feeds (COPY, staging tables);
 //! `run.rs` is the night (its runs row and fencing, the walk, the due
 //! read, the evidence, the page reader, each page's writes); `ledger.rs` corrects
-//! the run ledger (release, revert); `export.rs` streams the exports.
+//! the run ledger (release, revert); `export.rs` streams the exports;
+//! `copy.rs` writes COPY's two formats and sends them.
 
+mod copy;
 mod export;
 mod import;
 mod ledger;

@@ -12,8 +12,9 @@ use tokio::task::JoinHandle;
 use super::super::rows::*;
 use super::super::runs::{end_status, run_columns, END_RUN, HOLD_RUN};
 use super::super::{stored, EventPage, EventPageReader, MakeEvents, PageKeys};
-use super::{apply_effects, queue_notices, PgDb};
-use crate::domain::CycleDecision;
+use super::copy::{copy_in, CopyBinary};
+use super::{apply_effects, PgDb};
+use crate::domain::{CycleDecision, NoticeStatus};
 use crate::error::{Error, Result};
 
 impl PgDb {
@@ -519,9 +520,9 @@ impl PgRunTx {
 
 /// One page's events, notices and permit changes in one transaction on
 /// `conn` (R7, R8): one statement each, whatever the page size. `ids`: the
-/// ids the page's first event and first notice follow, or `None` for
-/// max + 1 as the rows go in. `after`: the page before, which commits
-/// first.
+/// ids the page's first event and first notice follow; a held run's page
+/// has none (its events take max + 1 as they go in). `after`: the page
+/// before, which commits first.
 async fn write_page(
     conn: &mut PgConnection,
     (run, owner): (&RunRecord, &str),
@@ -529,6 +530,110 @@ async fn write_page(
     ids: Option<(i64, i64)>,
     after: Option<oneshot::Receiver<()>>,
 ) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    match (batch.held, ids) {
+        (false, Some((events_after, notices_after))) => {
+            copy_in(&mut tx, COPY_EVENTS, event_rows(batch, events_after)).await?;
+            copy_in(&mut tx, COPY_NOTICES, notice_rows(batch, notices_after)).await?;
+            // R7/R3 effects: a new valid_until or a new status per permit.
+            let effects = batch.events.iter();
+            apply_effects(&mut tx, effects.map(|e| (e.permit_no.as_str(), e.effect))).await?;
+        }
+        (true, _) => insert_held_events(&mut tx, batch).await?,
+        (false, None) => {
+            return Err(Error::Runtime(anyhow::anyhow!(
+                "internal: a page of a run that is not held came without its ids"
+            )))
+        }
+    }
+    if let Some(d) = crate::faults::delay(crate::faults::Delay::PgPage) {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(after) = after {
+        // The sender is dropped unsent if the page before failed.
+        after.await.map_err(|_| {
+            Error::Runtime(anyhow::anyhow!(
+                "a page of the run was not written, so neither is the next"
+            ))
+        })?;
+    }
+    // The fence goes last, so that the run's pages in flight wait for one
+    // another only to commit: from here to the commit the runs row is
+    // locked (see `fence`). Taken over before, this page rolls back.
+    fence(&mut tx, run, owner, &batch.decided_at).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A page's events, binary (see the `copy` module): their columns, and
+/// [`event_rows`] writes their values in this order.
+const COPY_EVENTS: &str = "COPY events (event_id, run_id, as_of, permit_no, id_number, kind,
+       reasons, valid_until, new_valid_until, residence_visited_on, residence_result, si_month,
+       si_status, si_employer_uscc, marital_status, decided_at, prior_status)
+     FROM STDIN (FORMAT binary)";
+
+/// The rows of [`COPY_EVENTS`], their ids following `after` in page order.
+fn event_rows(batch: &RunBatch, after: i64) -> Vec<u8> {
+    let mut rows = CopyBinary::with_capacity(batch.events.len() * 240);
+    let as_of = batch.as_of;
+    for (event_id, e) in (after + 1..).zip(&batch.events) {
+        let si_month = e.si_month.map(|m| m.to_string());
+        rows.row(17)
+            .bigint(event_id)
+            .bigint(batch.run_id)
+            .date(as_of)
+            .text(&e.permit_no)
+            .text(&e.id_number)
+            .text(e.kind.code())
+            .text(e.reasons.code())
+            .date(e.valid_until)
+            .opt_date(e.new_valid_until)
+            .opt_date(e.residence_visited_on)
+            .opt_text(e.residence_result.map(|r| r.code()))
+            .opt_text(si_month.as_deref())
+            .opt_text(e.si_status.map(|s| s.code()))
+            .opt_text(e.si_employer_uscc.as_deref())
+            .opt_text(e.marital_status.map(|m| m.code()))
+            .text(&batch.decided_at)
+            .opt_text(e.prior_status.map(|s| s.code()));
+    }
+    rows.finish()
+}
+
+/// A page's notices, one per event (R8), binary: their columns, and
+/// [`notice_rows`] writes their values in this order. A queued notice is
+/// due at once (`next_attempt_at` is its `created_at`), as in
+/// [`queue_notices`].
+const COPY_NOTICES: &str = "COPY notifications (notification_id, run_id, as_of, permit_no,
+       cycle_valid_until, kind, channel, recipient, message, status, next_attempt_at, created_at)
+     FROM STDIN (FORMAT binary)";
+
+/// The rows of [`COPY_NOTICES`], their ids following `after` in page order.
+fn notice_rows(batch: &RunBatch, after: i64) -> Vec<u8> {
+    let mut rows = CopyBinary::with_capacity(batch.events.len() * 400);
+    let at = batch.decided_at.as_str();
+    for (notification_id, e) in (after + 1..).zip(&batch.events) {
+        let n = &e.notice;
+        rows.row(12)
+            .bigint(notification_id)
+            .bigint(batch.run_id)
+            .date(batch.as_of)
+            .text(&e.permit_no)
+            .date(e.valid_until)
+            .text(e.kind.code())
+            .text(n.channel.code())
+            .text(&n.recipient)
+            .text(&n.message)
+            .text(n.status.code())
+            .opt_text((n.status == NoticeStatus::Queued).then_some(at))
+            .text(at);
+    }
+    rows.finish()
+}
+
+/// A held run's page: its events only, ids max + 1 in page order; resumed
+/// after a crash, the run skips those a committed page already holds.
+async fn insert_held_events(tx: &mut PgConnection, batch: &RunBatch) -> Result<()> {
     let ev = &batch.events;
     let permit_nos: Vec<&str> = ev.iter().map(|e| e.permit_no.as_str()).collect();
     let id_numbers: Vec<&str> = ev.iter().map(|e| e.id_number.as_str()).collect();
@@ -555,16 +660,11 @@ async fn write_page(
         .iter()
         .map(|e| e.prior_status.map(|s| s.code()))
         .collect();
-    let at = batch.decided_at.as_str();
-    let mut tx = conn.begin().await?;
-    // Without `ids`, max + 1 in page order (the job lock makes this run the
-    // only writer). A held run (the brake) writes its events only; resumed
-    // after a crash, it skips those a committed page already holds.
-    sqlx::query(if batch.held {
+    sqlx::query(
         "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
            new_valid_until, residence_visited_on, residence_result, si_month, si_status,
            si_employer_uscc, marital_status, decided_at, prior_status, held)
-         SELECT coalesce($17, (SELECT coalesce(max(event_id), 0) FROM events)) + u.ord, $1, $2, u.permit_no,
+         SELECT (SELECT coalesce(max(event_id), 0) FROM events) + u.ord, $1, $2, u.permit_no,
            u.id_number, u.kind, u.reasons, u.valid_until, u.new_valid_until, u.visited_on,
            u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3, u.prior, true
          FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::date[], $9::date[],
@@ -573,24 +673,11 @@ async fn write_page(
               WITH ORDINALITY AS u (permit_no, id_number, kind, reasons, valid_until, new_valid_until,
                      visited_on, residence_result, si_month, si_status, si_employer, marital, prior,
                      ord)
-         ON CONFLICT DO NOTHING"
-    } else {
-        "INSERT INTO events (event_id, run_id, as_of, permit_no, id_number, kind, reasons, valid_until,
-           new_valid_until, residence_visited_on, residence_result, si_month, si_status,
-           si_employer_uscc, marital_status, decided_at, prior_status)
-         SELECT coalesce($17, (SELECT coalesce(max(event_id), 0) FROM events)) + u.ord, $1, $2, u.permit_no,
-           u.id_number, u.kind, u.reasons, u.valid_until, u.new_valid_until, u.visited_on,
-           u.residence_result, u.si_month, u.si_status, u.si_employer, u.marital, $3, u.prior
-         FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::date[], $9::date[],
-                     $10::date[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-                     $16::text[])
-              WITH ORDINALITY AS u (permit_no, id_number, kind, reasons, valid_until, new_valid_until,
-                     visited_on, residence_result, si_month, si_status, si_employer, marital, prior,
-                     ord)"
-    })
+         ON CONFLICT DO NOTHING",
+    )
     .bind(batch.run_id)
     .bind(batch.as_of)
-    .bind(at)
+    .bind(batch.decided_at.as_str())
     .bind(&permit_nos)
     .bind(&id_numbers)
     .bind(&kinds)
@@ -604,37 +691,8 @@ async fn write_page(
     .bind(&si_employer)
     .bind(&marital)
     .bind(&prior)
-    .bind(ids.map(|(event, _)| event))
-    .execute(&mut *tx)
+    .execute(tx)
     .await?;
-    if !batch.held {
-        queue_notices(
-            &mut tx,
-            (batch.run_id, batch.as_of, at),
-            ids.map(|(_, notice)| notice),
-            ev.iter()
-                .map(|e| (e.permit_no.as_str(), e.valid_until, e.kind, &e.notice)),
-        )
-        .await?;
-        // R7/R3 effects: a new valid_until or a new status per permit.
-        apply_effects(&mut tx, ev.iter().map(|e| (e.permit_no.as_str(), e.effect))).await?;
-    }
-    if let Some(d) = crate::faults::delay(crate::faults::Delay::PgPage) {
-        tokio::time::sleep(d).await;
-    }
-    if let Some(after) = after {
-        // The sender is dropped unsent if the page before failed.
-        after.await.map_err(|_| {
-            Error::Runtime(anyhow::anyhow!(
-                "a page of the run was not written, so neither is the next"
-            ))
-        })?;
-    }
-    // The fence goes last, so that the run's pages in flight wait for one
-    // another only to commit: from here to the commit the runs row is
-    // locked (see `fence`). Taken over before, this page rolls back.
-    fence(&mut tx, run, owner, at).await?;
-    tx.commit().await?;
     Ok(())
 }
 
