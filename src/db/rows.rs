@@ -364,13 +364,20 @@ pub struct EvidenceBounds {
 
 /// Receives the feed rows a run may use for its due holders (within
 /// [`EvidenceBounds`]; civil status unfiltered: C4's `as_of` filter applies
-/// to the holder's latest row, after R2). The feed tables hold one row per
-/// key, R2 settled when written; a sink still lets a later row with a
-/// key it has seen replace the earlier one.
+/// to the holder's latest row, after R2), their stored codes read back as
+/// domain values by the backend (a code that is none is an error there).
+/// The feed tables hold one row per key, R2 settled when written; a sink
+/// still lets a later row with a key it has seen replace the earlier one.
 pub trait EvidenceSink: Send {
-    fn residence(&mut self, id_number: &str, visited_on: NaiveDate, result: &str);
-    fn payment(&mut self, id_number: &str, month: &str, status: &str, employer_uscc: &str);
-    fn civil(&mut self, id_number: &str, marital_status: &str, as_of: Option<NaiveDate>);
+    fn residence(&mut self, id_number: &str, visited_on: NaiveDate, result: ResidenceResult);
+    fn payment(
+        &mut self,
+        id_number: &str,
+        month: Month,
+        status: PaymentStatus,
+        employer_uscc: &str,
+    );
+    fn civil(&mut self, id_number: &str, marital_status: MaritalStatus, as_of: Option<NaiveDate>);
     /// An empty sink for the same holders, for rows read on another
     /// thread that all come after the ones this sink gets.
     fn part(&self) -> Self

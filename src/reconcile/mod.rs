@@ -602,8 +602,6 @@ struct DueEvidence {
     slots: Vec<Slot>,
     /// One per `visited_on`, for the due holders that have any.
     visits: HashMap<u64, Vec<Visit>>,
-    /// The first stored value that did not parse.
-    invalid: Option<Error>,
 }
 
 /// A citizen ID number as a number: the 17 digits times 11 plus the check
@@ -630,14 +628,6 @@ fn id_key(id: &str) -> u64 {
 }
 
 impl DueEvidence {
-    fn invalid(&mut self, what: &str, value: &str, e: impl std::fmt::Display) {
-        if self.invalid.is_none() {
-            self.invalid = Some(Error::Runtime(anyhow::anyhow!(
-                "stored {what} {value:?} is invalid: {e}"
-            )));
-        }
-    }
-
     /// Evidence to be gathered for these holders ([`id_key`]s).
     fn for_holders(ids: impl Iterator<Item = u64>) -> Self {
         let mut index = HashMap::new();
@@ -653,7 +643,6 @@ impl DueEvidence {
             slots: (0..index.len()).map(|_| Slot::default()).collect(),
             index,
             visits: HashMap::new(),
-            invalid: None,
         }
     }
 
@@ -678,8 +667,7 @@ impl EvidenceSink for DueEvidence {
 
     /// Takes in `later`, a part read from rows that came after all of this
     /// one's (R2: of two rows with the same key, the later wins; R5: the
-    /// latest month counts). Its first unparsable value counts only if
-    /// this one had none.
+    /// latest month counts).
     fn merge_later(&mut self, later: DueEvidence) {
         for (mine, theirs) in self.slots.iter_mut().zip(later.slots) {
             if let Some(p) = theirs.payment {
@@ -700,16 +688,9 @@ impl EvidenceSink for DueEvidence {
                 }
             }
         }
-        if self.invalid.is_none() {
-            self.invalid = later.invalid;
-        }
     }
 
-    fn residence(&mut self, id_number: &str, visited_on: NaiveDate, result: &str) {
-        let result = match ResidenceResult::parse(result) {
-            Ok(r) => r,
-            Err(e) => return self.invalid("residence result", result, e),
-        };
+    fn residence(&mut self, id_number: &str, visited_on: NaiveDate, result: ResidenceResult) {
         let key = id_key(id_number);
         if self.index.contains_key(&key) {
             let visits = self.visits.entry(key).or_default();
@@ -720,20 +701,18 @@ impl EvidenceSink for DueEvidence {
         }
     }
 
-    fn payment(&mut self, id_number: &str, month: &str, status: &str, employer_uscc: &str) {
-        let m = match Month::parse(month) {
-            Ok(m) => m,
-            Err(e) => return self.invalid("month", month, e),
-        };
-        let status = match PaymentStatus::parse(status) {
-            Ok(s) => s,
-            Err(e) => return self.invalid("payment status", status, e),
-        };
+    fn payment(
+        &mut self,
+        id_number: &str,
+        month: Month,
+        status: PaymentStatus,
+        employer_uscc: &str,
+    ) {
         if let Some(slot) = self.slot_mut(id_key(id_number)) {
             // The same month again is a later row for the key: it wins.
-            if slot.payment.as_ref().is_none_or(|p| m >= p.month) {
+            if slot.payment.as_ref().is_none_or(|p| month >= p.month) {
                 slot.payment = Some(PlannedPayment {
-                    month: m,
+                    month,
                     status,
                     employer_uscc: employer_uscc.into(),
                 });
@@ -741,13 +720,9 @@ impl EvidenceSink for DueEvidence {
         }
     }
 
-    fn civil(&mut self, id_number: &str, marital_status: &str, as_of: Option<NaiveDate>) {
-        let m = match MaritalStatus::parse(marital_status) {
-            Ok(m) => m,
-            Err(e) => return self.invalid("marital status", marital_status, e),
-        };
+    fn civil(&mut self, id_number: &str, marital_status: MaritalStatus, as_of: Option<NaiveDate>) {
         if let Some(slot) = self.slot_mut(id_key(id_number)) {
-            slot.civil = Some((m, as_of));
+            slot.civil = Some((marital_status, as_of));
         }
     }
 }
@@ -817,9 +792,6 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
     tx.feed_evidence(&ids, &bounds, &mut evidence).await?;
     drop(ids);
     tracing::debug!("their evidence read");
-    if let Some(e) = evidence.invalid.take() {
-        return Err(e);
-    }
     let mut plan = RunPlan {
         steps,
         ..RunPlan::default()
@@ -1054,11 +1026,17 @@ mod tests {
             // Not a due holder: ignored.
             ("110105194912310053", "2026-11", "paid", "E1"),
         ];
+        let typed = |m: &str, st: &str| {
+            let month = Month::parse(m).expect("a month");
+            (month, PaymentStatus::parse(st).expect("a payment status"))
+        };
         for (id, m, st, e) in rows_first {
+            let (m, st) = typed(m, st);
             first.payment(id, m, st, e);
             one_pass.payment(id, m, st, e);
         }
         for (id, m, st, e) in rows_later {
+            let (m, st) = typed(m, st);
             later.payment(id, m, st, e);
             one_pass.payment(id, m, st, e);
         }
@@ -1074,7 +1052,6 @@ mod tests {
         assert_eq!(paid(&first, B).map(|p| p.0), Some("2026-11".to_string()));
         assert_eq!(paid(&first, C).map(|p| p.2), Some(USCC.to_string()));
         assert_eq!(paid(&first, "110105194912310045"), None);
-        assert!(first.invalid.is_none());
     }
 
     #[test]
@@ -1085,11 +1062,11 @@ mod tests {
         let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
         let mut first = DueEvidence::for_holders([id_key(A)].into_iter());
         let mut later = first.part();
-        first.residence(A, day(1), "consistent");
-        first.civil(A, "married", None);
-        later.residence(A, day(1), "not_found");
-        later.residence(A, day(2), "consistent");
-        later.civil(A, "divorced", Some(day(3)));
+        first.residence(A, day(1), ResidenceResult::Consistent);
+        first.civil(A, MaritalStatus::Married, None);
+        later.residence(A, day(1), ResidenceResult::NotFound);
+        later.residence(A, day(2), ResidenceResult::Consistent);
+        later.civil(A, MaritalStatus::Divorced, Some(day(3)));
         first.merge_later(later);
         let visits = &first.visits[&id_key(A)];
         let mut got: Vec<(NaiveDate, String)> = visits
@@ -1105,19 +1082,6 @@ mod tests {
             ]
         );
         let civil = first.slot(id_key(A)).and_then(|s| s.civil);
-        assert_eq!(
-            civil,
-            Some((MaritalStatus::parse("divorced").unwrap(), Some(day(3))))
-        );
-    }
-
-    #[test]
-    fn an_unparsable_value_in_the_later_part_is_not_lost() {
-        let ids = ["11010519491231002X"].map(id_key);
-        let mut first = DueEvidence::for_holders(ids.into_iter());
-        let mut later = first.part();
-        later.payment("11010519491231002X", "2026-13", "paid", "");
-        first.merge_later(later);
-        assert!(first.invalid.is_some());
+        assert_eq!(civil, Some((MaritalStatus::Divorced, Some(day(3)))));
     }
 }

@@ -850,3 +850,30 @@ dbtest!(
         );
     }
 );
+
+dbtest!(
+    a_damaged_stored_feed_value_stops_the_run_before_it_writes_and_mended_it_runs,
+    |env| {
+        // Stored codes are read back as domain values by the database
+        // layer: one that is none of its enumeration's codes is named, with
+        // its value, and the run stops in its plan, before any page. Once
+        // the value is mended, the same night runs as it would have.
+        import_day(&env, "day1");
+        env.query("UPDATE social_insurance SET status = status || '?'");
+        let o = env.cmd(&["run", "--as-of", "2026-11-01"]);
+        assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+        assert!(
+            o.stderr
+                .contains("stored payment status \"paid?\" is not a code of it"),
+            "{}",
+            o.stderr
+        );
+        assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+        assert_eq!(env.query("SELECT count(*) FROM events"), ["0"]);
+        assert_eq!(env.query("SELECT count(*) FROM notifications"), ["0"]);
+        env.query("UPDATE social_insurance SET status = substr(status, 1, length(status) - 1)");
+        let out = env.ok(&["run", "--as-of", "2026-11-01"]);
+        assert!(out.contains("PENDING                1"), "{out}");
+        assert!(out.contains("AUTO_SIGNED            1"), "{out}");
+    }
+);

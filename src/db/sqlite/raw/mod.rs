@@ -473,20 +473,20 @@ pub(super) fn holder_evidence(
     for &id in ids {
         let mut rows = visits.query(rusqlite::params![id, vf, vt])?;
         while let Some(r) = rows.next()? {
-            sink.residence(id, raw_date(r, 0)?, r.get_ref(1)?.as_str()?);
+            sink.residence(id, raw_date(r, 0)?, raw_code(r, 1)?);
         }
         let mut rows = payments.query(rusqlite::params![id, mf, mt])?;
         while let Some(r) = rows.next()? {
             sink.payment(
                 id,
-                r.get_ref(0)?.as_str()?,
-                r.get_ref(1)?.as_str()?,
+                raw_code(r, 0)?,
+                raw_code(r, 1)?,
                 r.get_ref(2)?.as_str()?,
             );
         }
         let mut rows = civil.query([id])?;
         while let Some(r) = rows.next()? {
-            sink.civil(id, r.get_ref(0)?.as_str()?, raw_opt_date(r, 1)?);
+            sink.civil(id, raw_code(r, 0)?, raw_opt_date(r, 1)?);
         }
     }
     Ok(())
