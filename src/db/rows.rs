@@ -365,9 +365,10 @@ pub struct EvidenceBounds {
 /// Receives the feed rows a run may use for its due holders (within
 /// [`EvidenceBounds`]; civil status unfiltered: C4's `as_of` filter applies
 /// to the holder's latest row, after R2), their stored codes read back as
-/// domain values by the backend (a code that is none is an error there).
-/// The feed tables hold one row per key, R2 settled when written; a sink
-/// still lets a later row with a key it has seen replace the earlier one.
+/// domain values by the backend, which reports a stored text that is no
+/// code as an error. The feed tables hold one row per key, R2 settled when
+/// written; a sink still lets a later row with a key it has seen replace
+/// the earlier one.
 pub trait EvidenceSink: Send {
     fn residence(&mut self, id_number: &str, visited_on: NaiveDate, result: ResidenceResult);
     fn payment(

@@ -603,7 +603,7 @@ fn event_rows(batch: &RunBatch, after: i64) -> Vec<u8> {
 /// A page's notices, one per event (R8), binary: their columns, and
 /// [`notice_rows`] writes their values in this order. A queued notice is
 /// due at once (`next_attempt_at` is its `created_at`), as in
-/// [`queue_notices`].
+/// [`super::queue_notices`].
 const COPY_NOTICES: &str = "COPY notifications (notification_id, run_id, as_of, permit_no,
        cycle_valid_until, kind, channel, recipient, message, status, next_attempt_at, created_at)
      FROM STDIN (FORMAT binary)";
