@@ -137,7 +137,9 @@ impl CopyBinary {
     }
 
     fn field(&mut self, value: &[u8]) -> &mut Self {
-        // A value is at most a message or an address: far below 2 GiB.
+        // A value is at most a message or an address, far below 2 GiB; a
+        // length that did not fit would break the framing, which the
+        // server refuses, rather than pass as another value.
         let len = i32::try_from(value.len()).unwrap_or(i32::MAX);
         self.buf.extend_from_slice(&len.to_be_bytes());
         self.buf.extend_from_slice(value);
@@ -166,8 +168,10 @@ impl CopyBinary {
         }
     }
 
-    /// A `date`. Every `NaiveDate` is within PostgreSQL's range of dates,
-    /// and its day count from 2000 fits an `int4`.
+    /// A `date`. Any `NaiveDate`'s day count from 2000 fits an `int4`; the
+    /// run's dates have four-digit years (a year past an imported date at
+    /// most), well within PostgreSQL's range, and the server refuses one
+    /// outside it.
     pub(super) fn date(&mut self, d: NaiveDate) -> &mut Self {
         let days = d.num_days_from_ce() - DAYS_FROM_CE_TO_2000;
         self.field(&days.to_be_bytes())
