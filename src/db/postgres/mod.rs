@@ -120,6 +120,14 @@ async fn queue_notices<'a>(
 
 /// The permit changes (R3, R7) of a run's page or of `release`: a new
 /// `valid_until` or a new status per permit, in one statement.
+///
+/// The statement is bounded by the list's first and last key as well as
+/// joined to it, so whatever plan the server picks it reads only the
+/// list's slice of the key. Joined alone, a page of 10,000 changes was
+/// planned as a merge join walking `permit_state`'s key from its first
+/// entry up to the page's last, so each page cost more than the one
+/// before (measured at 1,000,000 permits: the last page of a first night
+/// 210–350 ms, bounded 28–40 ms).
 async fn apply_effects<'a>(
     tx: &mut PgConnection,
     effects: impl Iterator<Item = (&'a str, Effect)>,
@@ -140,18 +148,20 @@ async fn apply_effects<'a>(
             Effect::None => {}
         }
     }
-    if nos.is_empty() {
+    let (Some(first), Some(last)) = (nos.iter().min(), nos.iter().max()) else {
         return Ok(());
-    }
+    };
     sqlx::query(
         "UPDATE permit_state p SET valid_until = coalesce(u.valid_until, p.valid_until),
            status = coalesce(u.status, p.status)
          FROM UNNEST($1::text[], $2::date[], $3::text[]) AS u (permit_no, valid_until, status)
-         WHERE p.permit_no = u.permit_no",
+         WHERE p.permit_no = u.permit_no AND p.permit_no BETWEEN $4 AND $5",
     )
     .bind(&nos)
     .bind(&valid_until)
     .bind(&status)
+    .bind(*first)
+    .bind(*last)
     .execute(tx)
     .await?;
     Ok(())
