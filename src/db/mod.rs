@@ -432,24 +432,26 @@ impl RunTx {
     }
 
     /// The night's one walk of the register: the permits within `bounds`
-    /// (R3, R4), `limit` at a time in `permit_no` order after `after`.
+    /// (R3, R4), into `sink` in pages of `limit` in `permit_no` order.
     /// Those that may be due — active, `valid_until` from `due_from` on —
     /// come with their holder, their baseline (R5) and the AUTO_SIGNED and
     /// VISIT_CENTER events written for their cycle and what became of them
     /// (held, released, reverted), for `rules::cycle_decided` (C8) to
     /// judge; the others with their state alone, their details not read.
-    /// What the rest of the night reads, it reads by key.
-    pub async fn candidates(
+    /// What the rest of the night reads, it reads by key. SQLite walks on
+    /// the run's connection; PostgreSQL walks the two halves of the key at
+    /// once, the later one on a second connection into a
+    /// [`WalkSink::part`].
+    pub async fn walk<S: WalkSink>(
         &mut self,
         bounds: CandidateBounds,
         due_from: NaiveDate,
-        after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Walked>> {
-        let after = after.unwrap_or("");
+        sink: &mut S,
+    ) -> Result<()> {
         match self {
-            RunTx::Sqlite(t) => t.candidates(bounds, due_from, after, limit).await,
-            RunTx::Postgres(t) => t.candidates(bounds, due_from, after, limit).await,
+            RunTx::Sqlite(t) => t.walk(bounds, due_from, limit, sink).await,
+            RunTx::Postgres(t) => t.walk(bounds, due_from, limit, sink).await,
         }
     }
 

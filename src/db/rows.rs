@@ -391,6 +391,23 @@ pub trait EvidenceSink: Send {
         Self: Sized;
 }
 
+/// Receives the night's walk of the register ([`crate::db::RunTx::walk`])
+/// a page at a time, each page's permits in `permit_no` order and after
+/// the page before's.
+pub trait WalkSink: Send {
+    fn page(&mut self, page: Vec<Walked>) -> crate::error::Result<()>;
+    /// An empty sink for pages read on another connection, all of whose
+    /// permits come after this sink's.
+    fn part(&self) -> Self
+    where
+        Self: Sized;
+    /// Takes in a [`WalkSink::part`]'s permits as coming after all of this
+    /// sink's.
+    fn merge_later(&mut self, later: Self) -> crate::error::Result<()>
+    where
+        Self: Sized;
+}
+
 /// An event (decision or lifecycle change) with the evidence it rests on.
 #[derive(Debug, Clone)]
 pub struct NewEvent {

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::clock::Clock;
 use crate::db::{
     Candidate, Db, EvidenceBounds, EvidenceSink, LifecycleCounts, NewEvent, PermitRow, RunBatch,
-    RunCount, RunRecord, RunTx, Walked,
+    RunCount, RunRecord, RunTx, WalkSink, Walked,
 };
 use crate::domain::{
     Channel, EventKind, MaritalStatus, Month, PaymentStatus, Reason, Reasons, ResidenceResult,
@@ -727,36 +727,25 @@ impl EvidenceSink for DueEvidence {
     }
 }
 
-/// Step 1: walks the register once for the permits within the night's
-/// bounds and sorts them by the rules: a lifecycle step (R3), kept for
-/// the write pass, or due (R4), read with its holder and its cycle's
-/// decisions and kept if its cycle is open (C8: `rules::cycle_decided`).
-/// Then it reads the due holders' evidence (R5) by key in each feed
-/// table, and decides each in memory (R6). Writes nothing. Memory: the
-/// due permits and their holders' evidence (a few hundred bytes a due
-/// permit: ~190 MB at 676,000) and the lifecycle steps, not the register
-/// or the feeds.
-async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
-    let rules = &ctx.settings.rules;
-    let as_of = ctx.as_of;
-    let bounds = evidence_bounds(rules, as_of);
-    let candidates = rules::candidate_bounds(as_of, rules);
-    let mut steps = Steps::default();
-    let mut due: Vec<DueEntry> = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = tx
-            .candidates(candidates, as_of, after.as_deref(), PAGE)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.state.permit_no.clone());
+/// The night's walk as the plan keeps it: the permits that take a
+/// lifecycle step (R3), and those due (R4) whose cycle is open (C8).
+struct Walk<'a> {
+    as_of: NaiveDate,
+    rules: &'a crate::settings::Rules,
+    steps: Steps,
+    due: Vec<DueEntry>,
+}
+
+impl WalkSink for Walk<'_> {
+    fn page(&mut self, page: Vec<Walked>) -> Result<()> {
+        let (as_of, rules) = (self.as_of, self.rules);
         for Walked {
             state: c,
             due: details,
         } in page
         {
             if let Some(kind) = rules::lifecycle(c.status, c.valid_until, as_of, rules) {
-                steps.take(&c, kind)?;
+                self.steps.take(&c, kind)?;
                 continue;
             }
             if !rules::is_due(c.status, c.valid_until, as_of, rules) {
@@ -773,7 +762,7 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
             if rules::cycle_decided(&p.decisions) {
                 continue;
             }
-            due.push(DueEntry {
+            self.due.push(DueEntry {
                 si_status: p.si_status,
                 marital_status: p.marital_status,
                 permit_no: c.permit_no.into(),
@@ -783,7 +772,47 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
                 employer_uscc: p.employer_uscc.into(),
             });
         }
+        Ok(())
     }
+
+    fn part(&self) -> Self {
+        Walk {
+            as_of: self.as_of,
+            rules: self.rules,
+            steps: Steps::default(),
+            due: Vec::new(),
+        }
+    }
+
+    fn merge_later(&mut self, later: Self) -> Result<()> {
+        self.steps.append(later.steps)?;
+        self.due.extend(later.due);
+        Ok(())
+    }
+}
+
+/// Step 1: walks the register once for the permits within the night's
+/// bounds and sorts them by the rules: a lifecycle step (R3), kept for
+/// the write pass, or due (R4), read with its holder and its cycle's
+/// decisions and kept if its cycle is open (C8: `rules::cycle_decided`).
+/// Then it reads the due holders' evidence (R5) by key in each feed
+/// table, and decides each in memory (R6). Writes nothing. Memory: the
+/// due permits and their holders' evidence (a few hundred bytes a due
+/// permit: ~190 MB at 676,000) and the lifecycle steps, not the register
+/// or the feeds.
+async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
+    let rules = &ctx.settings.rules;
+    let as_of = ctx.as_of;
+    let bounds = evidence_bounds(rules, as_of);
+    let candidates = rules::candidate_bounds(as_of, rules);
+    let mut walk = Walk {
+        as_of,
+        rules,
+        steps: Steps::default(),
+        due: Vec::new(),
+    };
+    tx.walk(candidates, as_of, PAGE, &mut walk).await?;
+    let Walk { mut steps, due, .. } = walk;
     steps.shrink_to_fit();
     tracing::debug!(steps = steps.len(), "lifecycle steps found");
     tracing::debug!(due = due.len(), "due permits read");

@@ -59,6 +59,26 @@ impl Steps {
         self.ends.len()
     }
 
+    /// Takes in `later`'s permits after this one's, with their counts.
+    pub(super) fn append(&mut self, later: Steps) -> Result<()> {
+        let offset = self.text.len();
+        self.text.push_str(&later.text);
+        let too_many = || {
+            Error::Runtime(anyhow::anyhow!(
+                "more lifecycle steps in one night than a run can hold ({} permits)",
+                self.ends.len() + later.ends.len()
+            ))
+        };
+        let offset = u32::try_from(offset).map_err(|_| too_many())?;
+        u32::try_from(self.text.len()).map_err(|_| too_many())?;
+        self.ends.extend(later.ends.iter().map(|end| end + offset));
+        self.valid_until.extend(later.valid_until);
+        self.status.extend(later.status);
+        self.suspend += later.suspend;
+        self.cancel += later.cancel;
+        Ok(())
+    }
+
     /// Gives back what the buffers grew beyond their contents (up to
     /// half of them, kept to the end of the run).
     pub(super) fn shrink_to_fit(&mut self) {
@@ -220,5 +240,52 @@ mod tests {
         // makes progress.
         assert_eq!(PlanKeys::new(plan, 0).count(), 7);
         assert_eq!(PlanKeys::new(Arc::new(RunPlan::default()), 3).next(), None);
+    }
+
+    #[test]
+    fn a_later_part_of_the_walk_appends_its_steps_and_counts_after_the_first() {
+        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap_or_default();
+        let step = |no: &str, d, status| CandidateState {
+            permit_no: no.to_string(),
+            valid_until: day(d),
+            status,
+        };
+        let mut first = Steps::default();
+        first
+            .take(&step("P01", 1, PermitStatus::Active), EventKind::Suspended)
+            .expect("a step");
+        first
+            .take(
+                &step("P0003", 2, PermitStatus::Suspended),
+                EventKind::Cancelled,
+            )
+            .expect("a step");
+        let mut later = Steps::default();
+        later
+            .take(&step("P1", 3, PermitStatus::Active), EventKind::Suspended)
+            .expect("a step");
+        later
+            .take(&step("P22", 4, PermitStatus::Active), EventKind::Suspended)
+            .expect("a step");
+        first.append(later).expect("four steps");
+        // Numbers of other lengths than the first part's keep their ends.
+        let all: Vec<CandidateState> = (0..first.len()).filter_map(|i| first.get(i)).collect();
+        assert_eq!(
+            all,
+            [
+                step("P01", 1, PermitStatus::Active),
+                step("P0003", 2, PermitStatus::Suspended),
+                step("P1", 3, PermitStatus::Active),
+                step("P22", 4, PermitStatus::Active),
+            ]
+        );
+        assert_eq!((first.suspend, first.cancel), (3, 1));
+        // An empty part adds nothing, and appending to an empty one keeps it.
+        first.append(Steps::default()).expect("nothing");
+        assert_eq!(first.len(), 4);
+        let mut empty = Steps::default();
+        empty.append(first).expect("four steps");
+        assert_eq!(empty.permit_no(3), Some("P22"));
+        assert_eq!((empty.suspend, empty.cancel), (3, 1));
     }
 }

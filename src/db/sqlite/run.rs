@@ -125,8 +125,28 @@ impl SqliteDb {
 }
 
 impl SqliteRunTx {
-    /// [`crate::db::RunTx::candidates`], on the run's connection.
-    pub async fn candidates(
+    /// [`crate::db::RunTx::walk`], on the run's connection, a page at a
+    /// time.
+    pub async fn walk<S: WalkSink>(
+        &mut self,
+        bounds: CandidateBounds,
+        due_from: NaiveDate,
+        limit: u32,
+        sink: &mut S,
+    ) -> Result<()> {
+        let mut after = String::new();
+        loop {
+            let page = self.candidates(bounds, due_from, &after, limit).await?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after.clone_from(&last.state.permit_no);
+            sink.page(page)?;
+        }
+    }
+
+    /// A page of the walk: `limit` permits after `after`.
+    async fn candidates(
         &mut self,
         bounds: CandidateBounds,
         due_from: NaiveDate,
