@@ -306,7 +306,7 @@ pub struct CandidateState {
     pub status: PermitStatus,
 }
 
-/// A permit the night's walk read ([`crate::db::RunTx::candidates`]): its
+/// A permit the night's walk read ([`crate::db::RunTx::walk`]): its
 /// state, and, when it may be due (active, `valid_until` from the due
 /// date on), what the plan needs to decide it.
 #[derive(Debug, Clone)]

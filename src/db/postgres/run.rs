@@ -806,7 +806,7 @@ async fn candidates(
 
 /// Whole permits, `$1`–`$3` their numbers, `valid_until` and status as
 /// the walk found them, in the list's order: each one's details a look-up
-/// by key (`OFFSET 0`: see [`PgRunTx::candidates`]).
+/// by key (`OFFSET 0`: see [`candidates`]).
 const PERMITS_BY_KEY: &str =
     "SELECT k.permit_no, d.id_number, d.name, d.phone, d.email, d.district_code, d.street_code,
             d.address, k.valid_until, k.status, d.employer_uscc, d.si_status, d.marital_status
