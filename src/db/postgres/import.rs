@@ -411,9 +411,14 @@ impl PgImportTx {
     }
 
     /// C5: a row for a cancelled permit updates its contact fields only.
-    /// Rare (cancelled permits only), so arrays rather than a staging table.
+    /// Rare (cancelled permits only), so arrays rather than a staging table;
+    /// bounded by the list's first and last key, as the run's permit
+    /// changes are (`apply_effects`), so that no plan walks the whole key.
     pub async fn update_contacts(&mut self, rows: &[ContactUpdate]) -> Result<()> {
         let nos: Vec<&str> = rows.iter().map(|r| r.permit_no.as_str()).collect();
+        let (Some(first), Some(last)) = (nos.iter().min(), nos.iter().max()) else {
+            return Ok(());
+        };
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         let phones: Vec<Option<&str>> = rows.iter().map(|r| r.phone.as_deref()).collect();
         let emails: Vec<Option<&str>> = rows.iter().map(|r| r.email.as_deref()).collect();
@@ -423,7 +428,7 @@ impl PgImportTx {
                import_line = u.line
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $6::bigint[])
                   AS u (permit_no, name, phone, email, line)
-             WHERE p.permit_no = u.permit_no",
+             WHERE p.permit_no = u.permit_no AND p.permit_no BETWEEN $7 AND $8",
         )
         .bind(&nos)
         .bind(&names)
@@ -431,6 +436,8 @@ impl PgImportTx {
         .bind(&emails)
         .bind(self.import_id)
         .bind(&lines)
+        .bind(*first)
+        .bind(*last)
         .execute(&mut self.conn)
         .await?;
         Ok(())
