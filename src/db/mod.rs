@@ -74,6 +74,25 @@ pub(crate) use spelled;
 /// A stored code of one of the domain's types (an enumeration's code,
 /// [`crate::domain::Reasons`]), read back where a statement's row is
 /// mapped by hand; the error names the value.
+/// The walk's paging ([`RunTx::walk`]), the same on both backends: each
+/// page `page_after` reads after the last key of the one before (the
+/// first after `from`), into `sink`, until a page comes back empty.
+async fn walk_pages(
+    from: &str,
+    sink: &mut (dyn WalkSink + Send),
+    mut page_after: impl AsyncFnMut(&str) -> Result<Vec<Walked>>,
+) -> Result<()> {
+    let mut after = from.to_string();
+    loop {
+        let page = page_after(&after).await?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after.clone_from(&last.state.permit_no);
+        sink.page(page)?;
+    }
+}
+
 fn stored<T: TryFrom<String, Error = String>>(code: String) -> Result<T> {
     T::try_from(code).map_err(|e| Error::Runtime(anyhow::anyhow!(e)))
 }

@@ -736,6 +736,17 @@ struct Walk<'a> {
     due: Vec<DueEntry>,
 }
 
+impl<'a> Walk<'a> {
+    fn new(as_of: NaiveDate, rules: &'a crate::settings::Rules) -> Self {
+        Walk {
+            as_of,
+            rules,
+            steps: Steps::default(),
+            due: Vec::new(),
+        }
+    }
+}
+
 impl WalkSink for Walk<'_> {
     fn page(&mut self, page: Vec<Walked>) -> Result<()> {
         let (as_of, rules) = (self.as_of, self.rules);
@@ -776,12 +787,7 @@ impl WalkSink for Walk<'_> {
     }
 
     fn part(&self) -> Self {
-        Walk {
-            as_of: self.as_of,
-            rules: self.rules,
-            steps: Steps::default(),
-            due: Vec::new(),
-        }
+        Walk::new(self.as_of, self.rules)
     }
 
     fn merge_later(&mut self, later: Self) -> Result<()> {
@@ -805,12 +811,7 @@ async fn plan(ctx: &Ctx<'_>, tx: &mut RunTx) -> Result<RunPlan> {
     let as_of = ctx.as_of;
     let bounds = evidence_bounds(rules, as_of);
     let candidates = rules::candidate_bounds(as_of, rules);
-    let mut walk = Walk {
-        as_of,
-        rules,
-        steps: Steps::default(),
-        due: Vec::new(),
-    };
+    let mut walk = Walk::new(as_of, rules);
     tx.walk(candidates, as_of, PAGE, &mut walk).await?;
     let Walk { mut steps, due, .. } = walk;
     steps.shrink_to_fit();

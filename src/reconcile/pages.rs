@@ -43,12 +43,7 @@ impl Steps {
 
     fn push(&mut self, c: &CandidateState) -> Result<()> {
         self.text.push_str(&c.permit_no);
-        let end = u32::try_from(self.text.len()).map_err(|_| {
-            Error::Runtime(anyhow::anyhow!(
-                "more lifecycle steps in one night than a run can hold ({} permits)",
-                self.ends.len()
-            ))
-        })?;
+        let end = u32::try_from(self.text.len()).map_err(|_| too_many(self.ends.len()))?;
         self.ends.push(end);
         self.valid_until.push(c.valid_until);
         self.status.push(c.status);
@@ -61,16 +56,10 @@ impl Steps {
 
     /// Takes in `later`'s permits after this one's, with their counts.
     pub(super) fn append(&mut self, later: Steps) -> Result<()> {
-        let offset = self.text.len();
+        let permits = self.ends.len() + later.ends.len();
+        let offset = u32::try_from(self.text.len()).map_err(|_| too_many(permits))?;
+        u32::try_from(self.text.len() + later.text.len()).map_err(|_| too_many(permits))?;
         self.text.push_str(&later.text);
-        let too_many = || {
-            Error::Runtime(anyhow::anyhow!(
-                "more lifecycle steps in one night than a run can hold ({} permits)",
-                self.ends.len() + later.ends.len()
-            ))
-        };
-        let offset = u32::try_from(offset).map_err(|_| too_many())?;
-        u32::try_from(self.text.len()).map_err(|_| too_many())?;
         self.ends.extend(later.ends.iter().map(|end| end + offset));
         self.valid_until.extend(later.valid_until);
         self.status.extend(later.status);
@@ -125,6 +114,13 @@ impl Steps {
         }
         Ok(out)
     }
+}
+
+/// [`Steps`] past what its `u32` ends can address (4 GiB of numbers).
+fn too_many(permits: usize) -> Error {
+    Error::Runtime(anyhow::anyhow!(
+        "more lifecycle steps in one night than a run can hold ({permits} permits)"
+    ))
 }
 
 /// The pages of a plan's permits for step 2, as the walk found them: its
@@ -185,14 +181,17 @@ impl Iterator for PlanKeys {
 mod tests {
     use super::*;
 
+    /// A permit as the walk found it, valid until a day of November 2026.
+    fn step(no: &str, day: u32, status: PermitStatus) -> CandidateState {
+        CandidateState {
+            permit_no: no.to_string(),
+            valid_until: NaiveDate::from_ymd_opt(2026, 11, day).unwrap_or_default(),
+            status,
+        }
+    }
+
     #[test]
     fn the_write_pass_pages_decisions_and_lifecycle_steps_merged_in_permit_no_order() {
-        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap_or_default();
-        let step = |no: &str, d, status| CandidateState {
-            permit_no: no.to_string(),
-            valid_until: day(d),
-            status,
-        };
         let mut steps = Steps::default();
         for s in [
             step("P01", 1, PermitStatus::Active),
@@ -244,12 +243,6 @@ mod tests {
 
     #[test]
     fn a_later_part_of_the_walk_appends_its_steps_and_counts_after_the_first() {
-        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap_or_default();
-        let step = |no: &str, d, status| CandidateState {
-            permit_no: no.to_string(),
-            valid_until: day(d),
-            status,
-        };
         let mut first = Steps::default();
         first
             .take(&step("P01", 1, PermitStatus::Active), EventKind::Suspended)

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::super::rows::*;
 use super::super::runs::{end_status, run_columns, END_RUN, HOLD_RUN};
-use super::super::{stored, EventPage, EventPageReader, MakeEvents, PageKeys};
+use super::super::{stored, walk_pages, EventPage, EventPageReader, MakeEvents, PageKeys};
 use super::copy::{copy_in, CopyBinary};
 use super::{apply_effects, PgDb};
 use crate::domain::{CycleDecision, NoticeStatus};
@@ -704,15 +704,10 @@ async fn walk_range(
     limit: u32,
     sink: &mut (dyn WalkSink + Send),
 ) -> Result<()> {
-    let mut after = from.to_string();
-    loop {
-        let page = candidates(conn, bounds, due_from, (&after, last), limit).await?;
-        let Some(final_key) = page.last() else {
-            return Ok(());
-        };
-        after.clone_from(&final_key.state.permit_no);
-        sink.page(page)?;
-    }
+    walk_pages(from, sink, async |after: &str| {
+        candidates(conn, bounds, due_from, (after, last), limit).await
+    })
+    .await
 }
 
 /// A page of the walk ([`PgRunTx::walk`]): up to `limit` permits after

@@ -10,7 +10,7 @@ use std::path::Path;
 use chrono::NaiveDate;
 
 use super::super::rows::*;
-use super::super::{EventPage, EventPageReader, MakeEvents, PageKeys};
+use super::super::{walk_pages, EventPage, EventPageReader, MakeEvents, PageKeys};
 use super::raw::{
     args, cycle_decisions, decision_code, holder_evidence, insert_chunk, raw_code, raw_date,
     raw_err, raw_permit, reader, snapshot_reader, thread_error, with_raw, EffectWriter, NoticeRow,
@@ -134,15 +134,10 @@ impl SqliteRunTx {
         limit: u32,
         sink: &mut S,
     ) -> Result<()> {
-        let mut after = String::new();
-        loop {
-            let page = self.candidates(bounds, due_from, &after, limit).await?;
-            let Some(last) = page.last() else {
-                return Ok(());
-            };
-            after.clone_from(&last.state.permit_no);
-            sink.page(page)?;
-        }
+        walk_pages("", sink, async |after: &str| {
+            self.candidates(bounds, due_from, after, limit).await
+        })
+        .await
     }
 
     /// A page of the walk: `limit` permits after `after`.
