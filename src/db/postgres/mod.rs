@@ -37,7 +37,8 @@
 //! The files: this one opens the pool and takes the job lock;
 //! `import.rs` loads the register and the feeds (COPY, staging tables);
 //! `run.rs` is the night (its runs row and fencing, the walk, the due
-//! read, the evidence, the page reader, each page's writes); `ledger.rs` corrects
+//! read, the evidence, the page reader, the pages in flight); `page.rs`
+//! writes one page (COPY and `UNNEST`); `ledger.rs` corrects
 //! the run ledger (release, revert); `export.rs` streams the exports;
 //! `copy.rs` writes COPY's two formats and sends them.
 
@@ -45,6 +46,7 @@ mod copy;
 mod export;
 mod import;
 mod ledger;
+mod page;
 mod run;
 
 use std::str::FromStr;
