@@ -141,13 +141,13 @@ macro_rules! kind_rank {
 // bytewise on both (PostgreSQL's are COLLATE "C"). The export's order
 // ranks a permit's events of one date by kind (`kind_rank!`), then by id.
 macro_rules! audit_select {
-    ($where:literal) => {
+    ($where:expr) => {
         audit_select!(
             $where,
             concat!(" ORDER BY e.as_of, e.permit_no, ", kind_rank!(), ", e.event_id")
         )
     };
-    ($where:literal, $order:expr) => {
+    ($where:expr, $order:expr) => {
         concat!(
             "SELECT e.run_id, e.as_of, e.permit_no, e.id_number, e.kind AS decision, e.reasons,
                     e.valid_until, e.new_valid_until, e.residence_visited_on, e.residence_result,
@@ -186,7 +186,23 @@ pub(super) const AUDIT_SELECT_RANGE_BY_ID: &str = audit_select!(
     " ORDER BY e.as_of, e.permit_no, e.event_id"
 );
 
-const AUDIT_SELECT_PERMIT: &str = audit_select!("e.permit_no = $1");
+// One permit's audit rows (`$1`; R10's `status`, `explain`), found by one
+// arm per partial cycle index (`events_cycle` over applied events,
+// `events_held_cycle` over held ones), each read by permit number. Without
+// the `held` term neither index applies, and the look-up read every event
+// (at 10M permits after a first night: 0.20-0.57 s for one permit on
+// SQLite, against 0.01 s this way).
+macro_rules! audit_select_permit {
+    ($t:literal, $f:literal) => {
+        audit_select!(concat!(
+            "e.event_id IN (SELECT event_id FROM events WHERE permit_no = $1 AND held = ",
+            $f,
+            " UNION ALL SELECT event_id FROM events WHERE permit_no = $1 AND held = ",
+            $t,
+            ")"
+        ))
+    };
+}
 
 /// [`kind_rank!`] for an event of `kind` (its code).
 pub(super) fn kind_rank(kind: &str) -> u8 {
@@ -314,7 +330,8 @@ impl Db {
 
     /// One permit's audit rows, in the export's order.
     pub async fn events_for(&self, permit_no: &str) -> Result<Vec<AuditRow>> {
-        Ok(on_pool!(self, |pool| sqlx::query_as(AUDIT_SELECT_PERMIT)
+        let sql = self.spelling(spelled!(audit_select_permit));
+        Ok(on_pool!(self, |pool| sqlx::query_as(sql)
             .bind(permit_no)
             .fetch_all(pool)
             .await?))
