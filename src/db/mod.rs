@@ -71,9 +71,6 @@ macro_rules! spelled {
 }
 pub(crate) use spelled;
 
-/// A stored code of one of the domain's types (an enumeration's code,
-/// [`crate::domain::Reasons`]), read back where a statement's row is
-/// mapped by hand; the error names the value.
 /// The walk's paging ([`RunTx::walk`]), the same on both backends: each
 /// page `page_after` reads after the last key of the one before (the
 /// first after `from`), into `sink`, until a page comes back empty.
@@ -93,6 +90,9 @@ async fn walk_pages(
     }
 }
 
+/// A stored code of one of the domain's types (an enumeration's code,
+/// [`crate::domain::Reasons`]), read back where a statement's row is
+/// mapped by hand; the error names the value.
 fn stored<T: TryFrom<String, Error = String>>(code: String) -> Result<T> {
     T::try_from(code).map_err(|e| Error::Runtime(anyhow::anyhow!(e)))
 }

@@ -416,7 +416,7 @@ impl PgImportTx {
     /// changes are (`apply_effects`), so that no plan walks the whole key.
     pub async fn update_contacts(&mut self, rows: &[ContactUpdate]) -> Result<()> {
         let nos: Vec<&str> = rows.iter().map(|r| r.permit_no.as_str()).collect();
-        let (Some(first), Some(last)) = (nos.iter().min(), nos.iter().max()) else {
+        let Some((first, last)) = super::key_span(&nos) else {
             return Ok(());
         };
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
@@ -436,8 +436,8 @@ impl PgImportTx {
         .bind(&emails)
         .bind(self.import_id)
         .bind(&lines)
-        .bind(*first)
-        .bind(*last)
+        .bind(first)
+        .bind(last)
         .execute(&mut self.conn)
         .await?;
         Ok(())

@@ -120,6 +120,13 @@ async fn queue_notices<'a>(
     Ok(())
 }
 
+/// The first and last of a list of keys (`None` for an empty list): what
+/// an `UPDATE … FROM UNNEST` over the list is bounded by (why:
+/// [`apply_effects`]).
+fn key_span<'a>(keys: &[&'a str]) -> Option<(&'a str, &'a str)> {
+    Some((*keys.iter().min()?, *keys.iter().max()?))
+}
+
 /// The permit changes (R3, R7) of a run's page or of `release`: a new
 /// `valid_until` or a new status per permit, in one statement.
 ///
@@ -150,7 +157,7 @@ async fn apply_effects<'a>(
             Effect::None => {}
         }
     }
-    let (Some(first), Some(last)) = (nos.iter().min(), nos.iter().max()) else {
+    let Some((first, last)) = key_span(&nos) else {
         return Ok(());
     };
     sqlx::query(
@@ -162,8 +169,8 @@ async fn apply_effects<'a>(
     .bind(&nos)
     .bind(&valid_until)
     .bind(&status)
-    .bind(*first)
-    .bind(*last)
+    .bind(first)
+    .bind(last)
     .execute(tx)
     .await?;
     Ok(())

@@ -355,21 +355,18 @@ impl PgRunTx {
         };
         let mut later = sink.part();
         let mut conn = self.reader().await?;
-        let part = async {
-            let walked = walk_range(
-                &mut conn,
-                bounds,
-                due_from,
-                (&middle, &last),
-                limit,
-                &mut later,
-            )
-            .await;
-            let _ = conn.close().await;
-            walked
-        };
+        let part = walk_range(
+            &mut conn,
+            bounds,
+            due_from,
+            (&middle, &last),
+            limit,
+            &mut later,
+        );
         let here = walk_range(&mut self.conn, bounds, due_from, ("", &middle), limit, sink);
-        tokio::try_join!(here, part)?;
+        let walked = tokio::try_join!(here, part);
+        let _ = conn.close().await;
+        walked?;
         sink.merge_later(later)
     }
 
