@@ -354,19 +354,15 @@ impl PgRunTx {
             return walk_range(&mut self.conn, bounds, due_from, ("", &last), limit, sink).await;
         };
         let mut later = sink.part();
-        let mut conn = self.reader().await?;
-        let part = walk_range(
-            &mut conn,
-            bounds,
-            due_from,
-            (&middle, &last),
-            limit,
-            &mut later,
-        );
-        let here = walk_range(&mut self.conn, bounds, due_from, ("", &middle), limit, sink);
-        let walked = tokio::try_join!(here, part);
-        let _ = conn.close().await;
-        walked?;
+        self.beside(
+            true,
+            async |conn| walk_range(conn, bounds, due_from, ("", &middle), limit, sink).await,
+            async |conn| {
+                let to = (middle.as_str(), last.as_str());
+                walk_range(conn, bounds, due_from, to, limit, &mut later).await
+            },
+        )
+        .await?;
         sink.merge_later(later)
     }
 
@@ -390,24 +386,42 @@ impl PgRunTx {
         ids.dedup();
         let (first, second) = ids.split_at(ids.len() / 2);
         let mut later = sink.part();
-        let mut conn = match second.is_empty() {
-            true => None,
-            false => Some(self.reader().await?),
-        };
-        let part = async {
-            let Some(conn) = conn.as_mut() else {
-                return Ok(());
-            };
-            holder_evidence(conn, second, b, &mut later).await
-        };
-        let here = holder_evidence(&mut self.conn, first, b, sink);
-        let read = tokio::try_join!(here, part);
-        if let Some(conn) = conn {
-            let _ = conn.close().await;
-        }
-        read?;
+        self.beside(
+            !second.is_empty(),
+            async |conn| holder_evidence(conn, first, b, sink).await,
+            async |conn| holder_evidence(conn, second, b, &mut later).await,
+        )
+        .await?;
         sink.merge_later(later);
         Ok(())
+    }
+
+    /// Runs `here` on the run's own connection and, at once, `later` on a
+    /// reader of its own ([`Self::reader`]), which is closed once both are
+    /// done, whichever failed: the walk's and the evidence's two halves,
+    /// each a server process, so that both of a small server's cores work.
+    /// Without `later_needed` (an empty later half) no reader is opened.
+    async fn beside(
+        &mut self,
+        later_needed: bool,
+        here: impl AsyncFnOnce(&mut PgConnection) -> Result<()>,
+        later: impl AsyncFnOnce(&mut PgConnection) -> Result<()>,
+    ) -> Result<()> {
+        let mut reader = match later_needed {
+            true => Some(self.reader().await?),
+            false => None,
+        };
+        let part = async {
+            match reader.as_mut() {
+                Some(conn) => later(conn).await,
+                None => Ok(()),
+            }
+        };
+        let done = tokio::try_join!(here(&mut self.conn), part);
+        if let Some(conn) = reader {
+            let _ = conn.close().await;
+        }
+        done.map(|_| ())
     }
 
     /// Writes a page's events, notices and permit changes, committed
