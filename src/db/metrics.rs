@@ -8,7 +8,7 @@
 use chrono::NaiveDate;
 use sqlx::Row;
 
-use super::{on_pool, Db};
+use super::{notice_of_event, on_pool, Db};
 use crate::domain::{Channel, EventKind, NoticeStatus, Reasons, RunStatus};
 use crate::error::Result;
 
@@ -89,8 +89,12 @@ const RUNS: &str = "SELECT status, count(*) FROM runs GROUP BY status ORDER BY s
 const EVENTS: &str = "SELECT kind, reasons, count(*) AS count FROM events WHERE as_of = $1 \
      AND run_id IN (SELECT run_id FROM runs WHERE as_of = $1 AND status = 'completed') \
      GROUP BY kind, reasons ORDER BY kind, reasons";
-const NOTICES: &str = "SELECT status, channel, count(*) FROM notifications \
-     WHERE as_of = $1 GROUP BY status, channel ORDER BY status, channel";
+// The night's notices, found through its events.
+const NOTICES: &str = concat!(
+    "SELECT n.status, n.channel, count(*) FROM events e JOIN notifications n ON ",
+    notice_of_event!(),
+    " WHERE e.as_of = $1 GROUP BY n.status, n.channel ORDER BY n.status, n.channel"
+);
 // The status index (status, next_attempt_at) bounds this to the backlog.
 // Timestamps are RFC 3339 text at one fixed offset (crate::clock), so the
 // smallest string is the oldest instant; the oldest comes in the same pass

@@ -71,6 +71,19 @@ macro_rules! spelled {
 }
 pub(crate) use spelled;
 
+/// The join from an event `e` to the notice `n` its own run queued for it
+/// (R8): the same permit, cycle and kind, in the same run. A notice takes
+/// its run's as_of, so a night's notices are found through its events
+/// (`events_as_of`, migration 14): the notices have no index by date of
+/// their own, which cost every decision an entry.
+macro_rules! notice_of_event {
+    () => {
+        "n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind \
+         AND n.run_id = e.run_id"
+    };
+}
+pub(crate) use notice_of_event;
+
 /// The walk's paging ([`RunTx::walk`]), the same on both backends: each
 /// page `page_after` reads after the last key of the one before (the
 /// first after `from`), into `sink`, until a page comes back empty.

@@ -21,7 +21,7 @@
 use chrono::NaiveDate;
 
 use super::rows::NotificationRow;
-use super::{on_pool, Db};
+use super::{notice_of_event, on_pool, Db};
 use crate::domain::{Channel, EventKind, NoticeStatus};
 use crate::error::Result;
 
@@ -158,23 +158,45 @@ SELECT channel, count(*) AS count FROM notifications
 const COUNTS: &str = "
 SELECT status, count(*) AS count FROM notifications GROUP BY status ORDER BY status";
 
+/// The notification export's columns and order, after `FROM` and `WHERE`:
+/// by date and permit (`$date`, `$permit`: the columns that are those
+/// of the table read by its index), then by cycle and the kind's rank.
 macro_rules! notification_select {
-    ($where:literal) => {
+    ($from:expr, $date:literal, $permit:literal) => {
         concat!(
-            "SELECT notification_id, run_id, as_of, permit_no, cycle_valid_until, kind, channel, recipient,
-                    status, attempts, next_attempt_at, last_error, provider_ref, created_at, sent_at, message
-             FROM notifications WHERE ",
-            $where,
-            " ORDER BY as_of, permit_no, cycle_valid_until,
-               CASE kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END"
+            "SELECT n.notification_id, n.run_id, n.as_of, n.permit_no, n.cycle_valid_until, n.kind,
+                    n.channel, n.recipient, n.status, n.attempts, n.next_attempt_at, n.last_error,
+                    n.provider_ref, n.created_at, n.sent_at, n.message
+             FROM ",
+            $from,
+            " ORDER BY ",
+            $date,
+            ", ",
+            $permit,
+            ", n.cycle_valid_until,
+               CASE n.kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END"
         )
     };
 }
 
 /// The notification export's rows of the runs with `$1 <= as_of <= $2`,
-/// in its order: each backend streams it its own way.
-pub(super) const NOTIFICATION_SELECT_RANGE: &str = notification_select!("as_of BETWEEN $1 AND $2");
-const NOTIFICATION_SELECT_PERMIT: &str = notification_select!("permit_no = $1");
+/// in its order: each backend streams it its own way. Found through the
+/// night's events (a notice's as_of and permit are its event's), in the
+/// events' order by date and permit.
+pub(super) const NOTIFICATION_SELECT_RANGE: &str = notification_select!(
+    concat!(
+        "events e JOIN notifications n ON ",
+        notice_of_event!(),
+        " WHERE e.as_of BETWEEN $1 AND $2"
+    ),
+    "e.as_of",
+    "e.permit_no"
+);
+const NOTIFICATION_SELECT_PERMIT: &str = notification_select!(
+    "notifications n WHERE n.permit_no = $1",
+    "n.as_of",
+    "n.permit_no"
+);
 
 impl Db {
     /// Claims up to `limit` due notices of `channel` for one attempt each:

@@ -13,7 +13,7 @@
 use chrono::NaiveDate;
 use sqlx::Row;
 
-use super::{stored, Db};
+use super::{notice_of_event, stored, Db};
 use crate::domain::{Reasons, RunStatus};
 use crate::error::Result;
 
@@ -296,23 +296,40 @@ const PENDING_PG: &str = "SELECT CAST(p.valid_until - $1::date AS BIGINT) AS d, 
      GROUP BY d ORDER BY d";
 
 /// Notices per night, channel and status (the notification export's rows
-/// of the range, counted).
-const NOTICES: &str = "SELECT as_of, channel, status, count(*) FROM notifications \
-     WHERE as_of BETWEEN $1 AND $2 \
-     GROUP BY as_of, channel, status ORDER BY as_of, channel, status";
+/// of the range, counted), found through the nights' events.
+const NOTICES: &str = concat!(
+    "SELECT e.as_of, n.channel, n.status, count(*) FROM events e JOIN notifications n ON ",
+    notice_of_event!(),
+    " WHERE e.as_of BETWEEN $1 AND $2 \
+     GROUP BY e.as_of, n.channel, n.status ORDER BY e.as_of, n.channel, n.status"
+);
 
+/// The range's sent notices, after the seconds each took (`$secs`).
+macro_rules! sent_notices {
+    ($secs:literal) => {
+        concat!(
+            "(SELECT ",
+            $secs,
+            " AS secs FROM events e JOIN notifications n ON ",
+            notice_of_event!(),
+            " WHERE e.as_of BETWEEN $1 AND $2 AND n.status = 'sent' AND n.sent_at IS NOT NULL) d"
+        )
+    };
+}
 // Seconds from created_at to sent_at of the range's sent notices (both are
 // RFC 3339 with an offset; julianday reads the offset).
 macro_rules! delays_sqlite {
     () => {
-        "(SELECT CAST(round((julianday(sent_at) - julianday(created_at)) * 86400.0) AS INTEGER) AS secs \
-          FROM notifications WHERE as_of BETWEEN $1 AND $2 AND status = 'sent' AND sent_at IS NOT NULL) d"
+        sent_notices!(
+            "CAST(round((julianday(n.sent_at) - julianday(n.created_at)) * 86400.0) AS INTEGER)"
+        )
     };
 }
 macro_rules! delays_pg {
     () => {
-        "(SELECT CAST(round(extract(epoch FROM (sent_at::timestamptz - created_at::timestamptz))) AS BIGINT) AS secs \
-          FROM notifications WHERE as_of BETWEEN $1 AND $2 AND status = 'sent' AND sent_at IS NOT NULL) d"
+        sent_notices!(
+            "CAST(round(extract(epoch FROM (n.sent_at::timestamptz - n.created_at::timestamptz))) AS BIGINT)"
+        )
     };
 }
 /// The bucket of DELAY_BUCKETS a delay falls in (a negative one — clocks

@@ -21,7 +21,7 @@
 use chrono::NaiveDate;
 use sqlx::Row;
 
-use super::{on_pool, Db};
+use super::{notice_of_event, on_pool, Db};
 use crate::domain::{Channel, NoticeStatus, RunStatus};
 use crate::error::Result;
 
@@ -106,6 +106,23 @@ const REQUEUEABLE: &str = "(n.status = 'dead' OR n.status = 'failed') AND r.stat
 
 const FROM: &str = " FROM notifications n JOIN runs r ON r.run_id = n.run_id WHERE ";
 
+/// [`FROM`] for a selection by date: the notices found through their
+/// nights' events (`e`), as a notice takes its run's as_of; the notices
+/// have no index by date of their own (migration 14).
+const FROM_BY_DATE: &str = concat!(
+    " FROM events e JOIN notifications n ON ",
+    notice_of_event!(),
+    " JOIN runs r ON r.run_id = n.run_id WHERE "
+);
+
+/// The notices and their runs for `sel`, up to its condition.
+fn from(sel: &NoticeSelection) -> &'static str {
+    match sel.from.is_some() || sel.to.is_some() {
+        true => FROM_BY_DATE,
+        false => FROM,
+    }
+}
+
 /// A value bound to a placeholder of an assembled statement.
 #[derive(Debug, Clone)]
 enum Arg {
@@ -114,8 +131,9 @@ enum Arg {
     Text(String),
 }
 
-/// The selection as a condition on `n`, its placeholders numbered from
-/// `$first`, and their values in order.
+/// The selection as a condition on `n` (and, by date, on its event `e`:
+/// [`from`]), its placeholders numbered from `$first`, and their values
+/// in order.
 fn condition(sel: &NoticeSelection, first: usize) -> (String, Vec<Arg>) {
     let mut parts: Vec<String> = Vec::new();
     let mut args = Vec::new();
@@ -129,11 +147,11 @@ fn condition(sel: &NoticeSelection, first: usize) -> (String, Vec<Arg>) {
     }
     if let Some(d) = sel.from {
         let p = next(Arg::Date(d), &mut args);
-        parts.push(format!("n.as_of >= {p}"));
+        parts.push(format!("e.as_of >= {p}"));
     }
     if let Some(d) = sel.to {
         let p = next(Arg::Date(d), &mut args);
-        parts.push(format!("n.as_of <= {p}"));
+        parts.push(format!("e.as_of <= {p}"));
     }
     if let Some(c) = sel.channel {
         let p = next(Arg::Text(c.code().to_string()), &mut args);
@@ -179,30 +197,30 @@ fn assembled(sql: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(sql)
 }
 
-fn group_sql(where_: &str) -> String {
+fn group_sql(from: &str, where_: &str) -> String {
     format!(
         "SELECT n.channel, n.status, r.status, \
                 CAST(CASE WHEN n.message = '' OR n.recipient = '' THEN 1 ELSE 0 END AS BIGINT), \
-                count(*){FROM}{where_} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+                count(*){from}{where_} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
     )
 }
 
-fn notices_sql(where_: &str) -> String {
+fn notices_sql(from: &str, where_: &str) -> String {
     format!(
         "SELECT n.notification_id, n.permit_no, n.channel, n.status, r.status, \
                 CAST(CASE WHEN n.message = '' OR n.recipient = '' THEN 1 ELSE 0 END AS BIGINT) \
-         {FROM}{where_} ORDER BY n.notification_id"
+         {from}{where_} ORDER BY n.notification_id"
     )
 }
 
 /// The trail's rows for one requeue: `$1` requeue id, `$2` now, `$3` OS
 /// user, `$4` reason, the selection from `$5`.
-fn trail_sql(where_: &str, lock: &str) -> String {
+fn trail_sql(from: &str, where_: &str, lock: &str) -> String {
     format!(
         "INSERT INTO notice_requeues (requeue_id, notification_id, requeued_at, os_user, reason, \
                 previous_status, previous_attempts, previous_error) \
          SELECT $1, n.notification_id, $2, $3, $4, n.status, n.attempts, n.last_error\
-         {FROM}{REQUEUEABLE} AND {where_}{lock}"
+         {from}{REQUEUEABLE} AND {where_}{lock}"
     )
 }
 
@@ -309,7 +327,7 @@ impl Db {
     /// whether their text was purged.
     pub async fn select_notices(&self, sel: &NoticeSelection) -> Result<Vec<SelectedNotices>> {
         let (where_, args) = condition(sel, 1);
-        let sql = group_sql(&where_);
+        let sql = group_sql(from(sel), &where_);
         on_pool!(self, |pool| {
             let q = bind_all(sqlx::query(assembled(sql)), &args);
             groups(&q.fetch_all(pool).await?)
@@ -319,7 +337,7 @@ impl Db {
     /// The selected notices one by one, by id (for a selection by id).
     pub async fn selected_notices(&self, sel: &NoticeSelection) -> Result<Vec<SelectedNotice>> {
         let (where_, args) = condition(sel, 1);
-        let sql = notices_sql(&where_);
+        let sql = notices_sql(from(sel), &where_);
         on_pool!(self, |pool| {
             let q = bind_all(sqlx::query(assembled(sql)), &args);
             notices(&q.fetch_all(pool).await?)
@@ -340,7 +358,7 @@ impl Db {
             Db::Sqlite(db) => {
                 let mut tx = db.pool().begin_with("BEGIN IMMEDIATE").await?;
                 let id: i64 = sqlx::query_scalar(NEXT_ID).fetch_one(&mut *tx).await?;
-                let trail = sqlx::query(assembled(trail_sql(&where_, "")))
+                let trail = sqlx::query(assembled(trail_sql(from(sel), &where_, "")))
                     .bind(id)
                     .bind(by.now)
                     .bind(by.os_user)
@@ -358,11 +376,12 @@ impl Db {
             Db::Postgres(db) => {
                 let mut tx = db.pool().begin().await?;
                 let id: i64 = sqlx::query_scalar(NEXT_ID).fetch_one(&mut *tx).await?;
-                let trail = sqlx::query(assembled(trail_sql(&where_, " FOR UPDATE OF n")))
-                    .bind(id)
-                    .bind(by.now)
-                    .bind(by.os_user)
-                    .bind(by.reason);
+                let trail =
+                    sqlx::query(assembled(trail_sql(from(sel), &where_, " FOR UPDATE OF n")))
+                        .bind(id)
+                        .bind(by.now)
+                        .bind(by.os_user)
+                        .bind(by.reason);
                 bind_all(trail, &args).execute(&mut *tx).await?;
                 sqlx::query(REQUEUE)
                     .bind(id)
@@ -405,9 +424,13 @@ mod tests {
             notice_ids: vec![7, 9],
         };
         let (w, args) = condition(&sel, 5);
+        // By date, through the notices' events.
+        assert_eq!(from(&sel), FROM_BY_DATE);
+        assert!(FROM_BY_DATE.contains(" FROM events e JOIN notifications n ON "));
+        assert_eq!(from(&NoticeSelection::default()), FROM);
         assert_eq!(
             w,
-            "n.run_id = $5 AND n.as_of >= $6 AND n.as_of <= $7 AND n.channel = $8 \
+            "n.run_id = $5 AND e.as_of >= $6 AND e.as_of <= $7 AND n.channel = $8 \
              AND n.notification_id IN ($9, $10)"
         );
         assert_eq!(args.len(), 6);

@@ -11,7 +11,7 @@
 use chrono::NaiveDate;
 
 use super::rows::*;
-use super::{on_pool, spelled, Db};
+use super::{notice_of_event, on_pool, spelled, Db};
 use crate::domain::{EventKind, PermitStatus, RunStatus};
 use crate::error::{Error, Result};
 
@@ -103,27 +103,34 @@ struct RevertRow {
 
 // `autosign revert`'s statements on the run's ledger row and its notices,
 // the same on both backends (each runs them in its own revert
-// transaction). The run's notices share its as_of: the as_of index finds
-// them.
+// transaction). The run's notices are found through its events, which
+// the as_of index finds.
 /// Marks completed run `$1` reverted at `$2`; no row if it is not completed.
 pub(super) const REVERT_MARK: &str =
     "UPDATE runs SET status = 'reverted', reverted_at = $2 WHERE run_id = $1 AND status = 'completed'";
 /// How many notices of run `$2` (of date `$1`) were sent.
-pub(super) const SENT_NOTICES: &str =
-    "SELECT count(*) FROM notifications WHERE as_of = $1 AND run_id = $2 AND status = 'sent'";
+pub(super) const SENT_NOTICES: &str = concat!(
+    "SELECT count(*) FROM events e JOIN notifications n ON ",
+    notice_of_event!(),
+    " WHERE e.as_of = $1 AND e.run_id = $2 AND n.status = 'sent'"
+);
 /// Withdraws the notices of run `$2` (of date `$1`).
-pub(super) const WITHDRAW_NOTICES: &str =
+pub(super) const WITHDRAW_NOTICES: &str = concat!(
     "UPDATE notifications SET status = 'withdrawn', live = NULL, next_attempt_at = NULL
-     WHERE as_of = $1 AND run_id = $2";
+     WHERE notification_id IN (SELECT n.notification_id FROM events e JOIN notifications n ON ",
+    notice_of_event!(),
+    " WHERE e.as_of = $1 AND e.run_id = $2)"
+);
 
 /// A run's events and their notices, counted by kind, reasons and channel
 /// (NULL for events without a notice).
-const RUN_COUNTS: &str = "SELECT e.kind, e.reasons, n.channel, count(*) AS count
-     FROM events e LEFT JOIN notifications n
-       ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
-      AND n.run_id = e.run_id
-     WHERE e.as_of = (SELECT as_of FROM runs WHERE run_id = $1) AND e.run_id = $1
-     GROUP BY e.kind, e.reasons, n.channel ORDER BY e.kind, e.reasons, n.channel";
+const RUN_COUNTS: &str = concat!(
+    "SELECT e.kind, e.reasons, n.channel, count(*) AS count
+     FROM events e LEFT JOIN notifications n ON ",
+    notice_of_event!(),
+    " WHERE e.as_of = (SELECT as_of FROM runs WHERE run_id = $1) AND e.run_id = $1
+     GROUP BY e.kind, e.reasons, n.channel ORDER BY e.kind, e.reasons, n.channel"
+);
 
 /// Where an event comes among its permit's events of one date in the
 /// audit export, in SQL ([`audit_select!`]) and as [`kind_rank`] reads it.
@@ -161,9 +168,9 @@ macro_rules! audit_select {
                          ELSE 'held' END AS state
              FROM events e JOIN runs r ON r.run_id = e.run_id
              LEFT JOIN event_releases x ON x.event_id = e.event_id
-             LEFT JOIN notifications n
-               ON n.permit_no = e.permit_no AND n.cycle_valid_until = e.valid_until AND n.kind = e.kind
-              AND n.run_id = e.run_id
+             LEFT JOIN notifications n ON ",
+            notice_of_event!(),
+            "
              WHERE ",
             $where,
             $order
@@ -175,8 +182,9 @@ macro_rules! audit_select {
 /// export's order: each backend streams it its own way.
 pub(super) const AUDIT_SELECT_RANGE: &str = audit_select!("e.as_of BETWEEN $1 AND $2");
 
-/// The same rows in the order of `events_as_of`, whose entries end with
-/// the event's id: SQLite reads them without a sort, and its export puts
+/// The same rows in the order of SQLite's `events_as_of` (a B-tree on
+/// (as_of, permit_no), whose entries end with the event's id; on
+/// PostgreSQL a BRIN index): SQLite reads them without a sort, and its export puts
 /// each permit's rows of one date in the export's order itself
 /// ([`kind_rank`]; rarely more than one). Ordered by the kind's rank in
 /// SQL, SQLite sorted every (as_of, permit_no) group apart, one row each:

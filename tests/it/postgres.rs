@@ -123,6 +123,16 @@ fn both_backends_have_the_same_secondary_indexes() {
     );
     assert_eq!(on_pg, vec![Some(on_sqlite[0].clone())]);
     assert!(on_sqlite[0].contains("events_held_run"), "{on_sqlite:?}");
+    // A night's notices are found through its events (migration 14).
+    assert!(
+        !on_sqlite[0].contains("notifications_as_of"),
+        "{on_sqlite:?}"
+    );
+    // The one index built differently (docs/architecture.md, "Storage"):
+    // the events by night, a B-tree on SQLite and a BRIN index here.
+    let method = "SELECT a.amname::text FROM pg_class c JOIN pg_am a ON a.oid = c.relam
+                  WHERE c.relname = 'events_as_of'";
+    assert_eq!(pg.pg_query(method), vec![Some("brin".to_string())]);
 }
 
 #[test]
