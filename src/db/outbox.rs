@@ -159,8 +159,9 @@ const COUNTS: &str = "
 SELECT status, count(*) AS count FROM notifications GROUP BY status ORDER BY status";
 
 /// The notification export's columns and order, after `FROM` and `WHERE`:
-/// by date and permit (`$date`, `$permit`: the columns that are those
-/// of the table read by its index), then by cycle and the kind's rank.
+/// by date and permit, then by cycle and the kind's rank. `$date` and
+/// `$permit` name those columns in the table the rows are found through,
+/// so that a backend can read them in its index's order.
 macro_rules! notification_select {
     ($from:expr, $date:literal, $permit:literal) => {
         concat!(
