@@ -21,6 +21,7 @@
 use chrono::NaiveDate;
 
 use super::rows::NotificationRow;
+use super::runs::kind_rank_sql;
 use super::{notice_of_event, on_pool, Db};
 use crate::domain::{Channel, EventKind, NoticeStatus};
 use crate::error::Result;
@@ -174,8 +175,8 @@ macro_rules! notification_select {
             $date,
             ", ",
             $permit,
-            ", n.cycle_valid_until,
-               CASE n.kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END"
+            ", n.cycle_valid_until, ",
+            kind_rank_sql!("n")
         )
     };
 }

@@ -133,12 +133,24 @@ const RUN_COUNTS: &str = concat!(
 );
 
 /// Where an event comes among its permit's events of one date in the
-/// audit export, in SQL ([`audit_select!`]) and as [`kind_rank`] reads it.
+/// audit export, in SQL ([`audit_select!`]) and as [`kind_rank`] reads it;
+/// the notification export ranks a permit's notices of one cycle alike
+/// (`kind_rank!("n")`). Without an alias, the events' (`e`).
 macro_rules! kind_rank {
     () => {
-        "CASE e.kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 ELSE 4 END"
+        kind_rank!("e")
+    };
+    ($table:literal) => {
+        concat!(
+            "CASE ",
+            $table,
+            ".kind WHEN 'SUSPENDED' THEN 1 WHEN 'CANCELLED' THEN 2 WHEN 'VISIT_CENTER' THEN 3 \
+             ELSE 4 END"
+        )
     };
 }
+// Exported under its own name: the function below reads the same rank.
+pub(super) use kind_rank as kind_rank_sql;
 
 // The event's state (docs/rules.md, "The audit trail") comes from its run
 // and, for a released run, from event_releases; the notice is the one its
