@@ -225,7 +225,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statuses_are_classified_as_the_issue_says() {
+    fn statuses_are_classified_as_docs_delivery_md_tabulates() {
         for (status, class) in [
             (200, StatusClass::Sent),
             (202, StatusClass::Sent),
