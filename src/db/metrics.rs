@@ -8,6 +8,7 @@
 use chrono::NaiveDate;
 use sqlx::Row;
 
+use super::outbox::fresh_any;
 use super::{notice_of_event, on_pool, Db};
 use crate::domain::{Channel, EventKind, NoticeStatus, Reasons, RunStatus};
 use crate::error::Result;
@@ -95,12 +96,23 @@ const NOTICES: &str = concat!(
     notice_of_event!(),
     " WHERE e.as_of = $1 GROUP BY n.status, n.channel ORDER BY n.status, n.channel"
 );
-// The status index (status, next_attempt_at) bounds this to the backlog.
+// The status index (status, next_attempt_at) bounds this to the backlog:
+// the scheduled and dead notices, which on PostgreSQL are the ones it
+// holds (its predicate is spelled out so that the server sees that), and
+// the fresh ones above each channel's mark (src/db/outbox.rs, `claim!`).
 // Timestamps are RFC 3339 text at one fixed offset (crate::clock), so the
 // smallest string is the oldest instant; the oldest comes in the same pass
 // as the count.
-const BACKLOG: &str = "SELECT status, channel, count(*), min(created_at) FROM notifications \
-     WHERE status IN ('queued', 'failed', 'dead') GROUP BY status, channel ORDER BY status, channel";
+const BACKLOG: &str = concat!(
+    "SELECT status, channel, count(*), min(created_at) FROM (
+       SELECT status, channel, created_at FROM notifications
+        WHERE status IN ('queued', 'failed', 'dead')
+          AND (status = 'dead' OR next_attempt_at IS NOT NULL)
+       UNION ALL
+       SELECT n.status, n.channel, n.created_at FROM notifications n WHERE ",
+    fresh_any!(),
+    ") AS b GROUP BY status, channel ORDER BY status, channel"
+);
 // PostgreSQL's sum(bigint) is numeric: cast back.
 // max(imported_at): RFC 3339 text at one fixed offset, as for BACKLOG.
 const IMPORTS: &str = "SELECT feed, count(*), CAST(coalesce(sum(rows_read), 0) AS BIGINT), \

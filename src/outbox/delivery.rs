@@ -180,6 +180,16 @@ pub async fn deliver(
             "notices whose last attempt was interrupted are now dead"
         );
     }
+    // A channel this step does not deliver: its notices wait, found by
+    // their time like a retry's rather than by a mark that would not move.
+    for (channel, configured) in [
+        (Channel::Sms, channels.sms.is_some()),
+        (Channel::Email, channels.email.is_some()),
+    ] {
+        if !configured {
+            db.schedule_fresh_notices(channel).await?;
+        }
+    }
     let step = Step {
         db,
         settings,

@@ -1257,3 +1257,81 @@ dbtest!(
         assert!(notices(&env).iter().all(|n| n["status"] == "sent"));
     }
 );
+
+dbtest!(
+    fresh_notices_are_claimed_by_id_from_a_mark_that_never_passes_one,
+    |mut env| {
+        // A night's notices are written fresh, with no next_attempt_at, and
+        // the worker finds them by id above their channel's mark
+        // (src/db/outbox.rs, `claim!`). E-mail is not configured at first:
+        // its notices wait, scheduled at the time they were due from, so
+        // that its mark does not stay below them.
+        fast_delivery(&mut env);
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        env.set("AUTOSIGN_DELIVERY__BATCH_SIZE", "2");
+        permits(
+            &env,
+            &[
+                ("SH1", "13900000001", ""),
+                ("SH2", "", "wang@example.com"),
+                ("SH3", "13900000003", ""),
+                ("SH4", "", "li@example.com"),
+                ("SH5", "13900000005", ""),
+                ("SH6", "13900000006", ""),
+            ],
+        );
+        let fresh = "SELECT count(*) FROM notifications
+                      WHERE status = 'queued' AND next_attempt_at IS NULL";
+        let passed = "SELECT count(*) FROM notifications n
+                        JOIN delivery_marks m ON m.channel = n.channel
+                       WHERE n.notification_id <= m.fresh_after
+                         AND n.status = 'queued' AND n.next_attempt_at IS NULL";
+        assert_eq!(env.query(fresh), ["6"]);
+        assert_eq!(env.query(passed), ["0"]);
+        for n in notices(&env) {
+            assert_eq!(n["next_attempt_at"], n["created_at"], "due when queued");
+        }
+
+        // Three claims of two (the last finds none); one send fails.
+        gw.with(|s| s.fail_500 = 1);
+        let s = deliver_ok(&env, t0());
+        assert_eq!(counts(&s, "sms"), [3, 1, 0, 0, 0], "{s}");
+        assert_eq!(counts(&s, "email"), [0, 0, 0, 0, 2], "{s}");
+        assert!(s.contains("email: not configured"), "{s}");
+        assert_eq!(gw.requests().len(), 4);
+        assert_eq!(env.query(passed), ["0"]);
+        assert_eq!(env.query(fresh), ["0"]);
+        let waiting = "SELECT count(*) FROM notifications WHERE channel = 'email'
+                         AND status = 'queued' AND attempts = 0 AND next_attempt_at = created_at";
+        assert_eq!(env.query(waiting), ["2"], "the e-mails wait, due as before");
+        let marks = "SELECT channel || ' ' || CASE
+                       WHEN fresh_after = (SELECT max(notification_id) FROM notifications)
+                         THEN 'at the last notice' ELSE 'elsewhere' END
+                     FROM delivery_marks ORDER BY channel";
+        assert_eq!(
+            env.query(marks),
+            ["email at the last notice", "sms at the last notice"]
+        );
+        let n = notices(&env);
+        assert!(
+            n.iter()
+                .any(|x| x["status"] == "failed" && x["next_attempt_at"] > x["created_at"]),
+            "the failed one is scheduled: {n:?}"
+        );
+
+        // The retry is found by its time, not by the mark; so are the
+        // e-mails, once their channel is configured.
+        let port = free_port();
+        let Some(smtp) = Smtp::start(&env, port, &[]) else {
+            return;
+        };
+        Smtp::configure(port, &mut env);
+        let s = deliver_ok(&env, t0() + Days::hours(1));
+        assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
+        assert_eq!(counts(&s, "email"), [2, 0, 0, 0, 0], "{s}");
+        assert!(notices(&env).iter().all(|x| x["status"] == "sent"));
+        assert_eq!(gw.requests().len(), 5);
+        assert_eq!(smtp.messages().len(), 2);
+    }
+);

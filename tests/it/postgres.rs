@@ -95,7 +95,7 @@ fn migrations_are_applied_by_themselves_once() {
     assert_eq!(
         tables,
         vec![Some(
-            "civil_status,event_releases,event_reverts,events,imports,notice_requeues,notifications,permit_details,permit_state,permits,residence,runs,social_insurance"
+            "civil_status,delivery_marks,event_releases,event_reverts,events,imports,notice_requeues,notifications,permit_details,permit_state,permits,residence,runs,social_insurance"
                 .to_string()
         )]
     );
@@ -133,6 +133,18 @@ fn both_backends_have_the_same_secondary_indexes() {
     let method = "SELECT a.amname::text FROM pg_class c JOIN pg_am a ON a.oid = c.relam
                   WHERE c.relname = 'events_as_of'";
     assert_eq!(pg.pg_query(method), vec![Some("brin".to_string())]);
+    // And the one built partial here (migration 15): the delivery worker's
+    // index leaves a night's fresh notices out; SQLite's keeps every notice.
+    let predicate = "SELECT pg_get_expr(i.indpred, i.indrelid) FROM pg_index i
+                     JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'notifications_due'";
+    let predicate = pg.pg_query(predicate);
+    assert!(
+        matches!(&predicate[..], [Some(p)] if p.contains("next_attempt_at IS NOT NULL")),
+        "{predicate:?}"
+    );
+    let sql = "SELECT sql FROM sqlite_master WHERE name = 'notifications_due'";
+    let on_sqlite = sqlite.query(sql);
+    assert!(!on_sqlite[0].contains("WHERE"), "{on_sqlite:?}");
 }
 
 #[test]
@@ -372,7 +384,7 @@ fn an_initial_load_keeps_the_later_line_of_a_key_repeated_across_batches_r2() {
              WHERE contype = 'p' AND connamespace = 'public'::regnamespace AND conname NOT LIKE '\\_sqlx%'"
         ),
         vec![Some(
-            "civil_status_pkey,event_releases_pkey,event_reverts_pkey,events_pkey,imports_pkey,notice_requeues_pkey,notifications_pkey,permit_details_pkey,permit_state_pkey,residence_pkey,runs_pkey,social_insurance_pkey"
+            "civil_status_pkey,delivery_marks_pkey,event_releases_pkey,event_reverts_pkey,events_pkey,imports_pkey,notice_requeues_pkey,notifications_pkey,permit_details_pkey,permit_state_pkey,residence_pkey,runs_pkey,social_insurance_pkey"
                 .to_string()
         )],
         "every key is back after the initial loads"

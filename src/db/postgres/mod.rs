@@ -62,27 +62,26 @@ use chrono::NaiveDate;
 
 use super::rows::{Effect, NewNotice};
 use super::JobLock;
-use crate::domain::{EventKind, NoticeStatus};
+use crate::domain::EventKind;
 use crate::error::{Error, Result};
 
-/// Queues notices (`$4…$11`, one array per column) for run `$1` of date
-/// `$2`, created at `$3`, with ids `$12` (else max) + 1 in array order.
+/// Queues notices (`$4…$10`, one array per column) for run `$1` of date
+/// `$2`, created at `$3`, with ids `$11` (else max) + 1 in array order.
 const QUEUE_NOTICES: &str =
     "INSERT INTO notifications (notification_id, run_id, as_of, permit_no, cycle_valid_until, kind,
-       channel, recipient, message, status, next_attempt_at, created_at)
-     SELECT coalesce($12, (SELECT coalesce(max(notification_id), 0) FROM notifications)) + u.ord,
+       channel, recipient, message, status, created_at)
+     SELECT coalesce($11, (SELECT coalesce(max(notification_id), 0) FROM notifications)) + u.ord,
        $1, $2,
-       u.permit_no, u.valid_until, u.kind, u.channel, u.recipient, u.message, u.status,
-       u.next_attempt_at, $3
+       u.permit_no, u.valid_until, u.kind, u.channel, u.recipient, u.message, u.status, $3
      FROM UNNEST($4::text[], $5::date[], $6::text[], $7::text[], $8::text[], $9::text[],
-                 $10::text[], $11::text[])
+                 $10::text[])
           WITH ORDINALITY AS u (permit_no, valid_until, kind, channel, recipient, message, status,
-                 next_attempt_at, ord)";
+                 ord)";
 
 /// Queues the notices of a run's page or of `release` alike: for each,
 /// the permit, the cycle's `valid_until` and the event's kind. A queued
-/// notice is due at once (`created_at`). Their ids follow `after`, or the
-/// largest stored.
+/// notice is due at once: fresh, with no `next_attempt_at` (migration
+/// 15). Their ids follow `after`, or the largest stored.
 async fn queue_notices<'a>(
     tx: &mut PgConnection,
     (run_id, as_of, created_at): (i64, NaiveDate, &str),
@@ -91,7 +90,7 @@ async fn queue_notices<'a>(
 ) -> Result<()> {
     let (mut nos, mut valid_until, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
     let (mut channels, mut recipients, mut messages) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut statuses, mut next_attempt) = (Vec::new(), Vec::new());
+    let mut statuses = Vec::new();
     for (permit_no, vu, kind, n) in notices {
         nos.push(permit_no);
         valid_until.push(vu);
@@ -100,7 +99,6 @@ async fn queue_notices<'a>(
         recipients.push(n.recipient.as_str());
         messages.push(n.message.as_str());
         statuses.push(n.status.code());
-        next_attempt.push((n.status == NoticeStatus::Queued).then_some(created_at));
     }
     sqlx::query(QUEUE_NOTICES)
         .bind(run_id)
@@ -113,7 +111,6 @@ async fn queue_notices<'a>(
         .bind(&recipients)
         .bind(&messages)
         .bind(&statuses)
-        .bind(&next_attempt)
         .bind(after)
         .execute(tx)
         .await?;

@@ -10,7 +10,6 @@ use super::super::rows::*;
 use super::apply_effects;
 use super::copy::{copy_in, CopyBinary};
 use super::run::fence;
-use crate::domain::NoticeStatus;
 use crate::error::{Error, Result};
 
 /// One page's events, notices and permit changes in one transaction on
@@ -97,10 +96,10 @@ fn event_rows(batch: &RunBatch, after: i64) -> Vec<u8> {
 
 /// A page's notices, one per event (R8), binary: their columns, and
 /// [`notice_rows`] writes their values in this order. A queued notice is
-/// due at once (`next_attempt_at` is its `created_at`), as in
+/// due at once: fresh, with no `next_attempt_at` (migration 15), as in
 /// [`super::queue_notices`].
 const COPY_NOTICES: &str = "COPY notifications (notification_id, run_id, as_of, permit_no,
-       cycle_valid_until, kind, channel, recipient, message, status, next_attempt_at, created_at)
+       cycle_valid_until, kind, channel, recipient, message, status, created_at)
      FROM STDIN (FORMAT binary)";
 
 /// The rows of [`COPY_NOTICES`], their ids following `after` in page order.
@@ -109,7 +108,7 @@ fn notice_rows(batch: &RunBatch, after: i64) -> Vec<u8> {
     let at = batch.decided_at.as_str();
     for (notification_id, e) in (after + 1..).zip(&batch.events) {
         let n = &e.notice;
-        rows.row(12)
+        rows.row(11)
             .bigint(notification_id)
             .bigint(batch.run_id)
             .date(batch.as_of)
@@ -120,7 +119,6 @@ fn notice_rows(batch: &RunBatch, after: i64) -> Vec<u8> {
             .text(&n.recipient)
             .text(&n.message)
             .text(n.status.code())
-            .opt_text((n.status == NoticeStatus::Queued).then_some(at))
             .text(at);
     }
     rows.finish()

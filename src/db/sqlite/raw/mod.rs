@@ -38,7 +38,7 @@ use sqlx::sqlite::SqliteConnection;
 
 use super::super::rows::*;
 use super::{SqliteDb, SqliteImportTx};
-use crate::domain::{CycleDecision, EventKind, NoticeStatus};
+use crate::domain::{CycleDecision, EventKind};
 use crate::error::{Error, Result};
 
 mod insert;
@@ -256,7 +256,7 @@ impl<'c> EffectWriter<'c> {
 
 const NOTICE_INSERT: &str =
     "INSERT INTO notifications (run_id, as_of, permit_no, cycle_valid_until,
-    kind, channel, recipient, message, status, next_attempt_at, created_at) VALUES ";
+    kind, channel, recipient, message, status, created_at) VALUES ";
 
 /// One notice to queue: its permit, the cycle it closes (`valid_until`),
 /// the decision's kind and what the notice says to whom.
@@ -290,13 +290,14 @@ impl<'c> NoticeWriter<'c> {
     }
 
     /// Queues `rows`, at most [`ROWS_PER_INSERT`] of them, in one
-    /// statement: due now, or undeliverable when there is no channel (C12).
+    /// statement: due now (fresh, with no `next_attempt_at`: migration 15),
+    /// or undeliverable when there is no channel (C12).
     pub(super) fn insert(&mut self, rows: &[NoticeRow<'_>]) -> rusqlite::Result<()> {
         let (run_id, as_of, at) = (self.run_id, self.as_of.as_str(), self.created_at);
         insert_chunk(
             self.c,
             &mut self.full,
-            (NOTICE_INSERT, 11, "", ""),
+            (NOTICE_INSERT, 10, "", ""),
             rows,
             |out, &(permit_no, valid_until, kind, n)| {
                 out.extend(args![
@@ -309,7 +310,6 @@ impl<'c> NoticeWriter<'c> {
                     &n.recipient,
                     &n.message,
                     n.status.code(),
-                    (n.status == NoticeStatus::Queued).then_some(at),
                     at,
                 ]);
             },
