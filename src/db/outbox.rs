@@ -24,7 +24,7 @@ use super::rows::NotificationRow;
 use super::runs::kind_rank_sql;
 use super::{notice_of_event, on_pool, Db};
 use crate::domain::{Channel, EventKind, NoticeStatus};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A notice claimed for one delivery attempt.
 #[derive(Clone, sqlx::FromRow)]
@@ -344,6 +344,21 @@ const NOTIFICATION_SELECT_PERMIT: &str = notification_select!(
     "n.permit_no"
 );
 
+/// `ADVANCE_MARK` updates the channel's one row of `delivery_marks`. With
+/// none (removed by hand), the channel's fresh notices could not be found:
+/// an error, rather than a channel that quietly sends nothing new.
+fn mark_moved(channel: Channel, updated: u64) -> Result<()> {
+    if updated == 1 {
+        return Ok(());
+    }
+    Err(Error::Runtime(anyhow::anyhow!(
+        "delivery_marks has no row for channel {0} (migration 15 made one per channel), so its \
+         new notices cannot be found; restore it with: INSERT INTO delivery_marks (channel, \
+         fresh_after) VALUES ('{0}', 0)",
+        channel.code()
+    )))
+}
+
 impl Db {
     /// Claims up to `limit` due notices of `channel` for one attempt each:
     /// `status` queued or failed, due at `now` (fresh, or scheduled at or
@@ -363,10 +378,11 @@ impl Db {
         let rows: Vec<ClaimedNotice> = match self {
             Db::Sqlite(db) => {
                 let mut tx = db.pool().begin_with("BEGIN IMMEDIATE").await?;
-                sqlx::query(ADVANCE_MARK)
+                let moved = sqlx::query(ADVANCE_MARK)
                     .bind(channel.code())
                     .execute(&mut *tx)
                     .await?;
+                mark_moved(channel, moved.rows_affected())?;
                 let rows = sqlx::query_as(claim!(""))
                     .bind(channel.code())
                     .bind(now)
@@ -381,10 +397,11 @@ impl Db {
             // Two statements, each its own short transaction: the mark's
             // row lock is not held while the notices are claimed.
             Db::Postgres(db) => {
-                sqlx::query(ADVANCE_MARK)
+                let moved = sqlx::query(ADVANCE_MARK)
                     .bind(channel.code())
                     .execute(db.pool())
                     .await?;
+                mark_moved(channel, moved.rows_affected())?;
                 sqlx::query_as(claim!("FOR UPDATE SKIP LOCKED"))
                     .bind(channel.code())
                     .bind(now)
@@ -455,10 +472,11 @@ impl Db {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                sqlx::query(ADVANCE_MARK)
+                let moved = sqlx::query(ADVANCE_MARK)
                     .bind(channel.code())
                     .execute(&mut *tx)
                     .await?;
+                mark_moved(channel, moved.rows_affected())?;
                 tx.commit().await?;
                 n
             }};

@@ -1335,3 +1335,27 @@ dbtest!(
         assert_eq!(smtp.messages().len(), 2);
     }
 );
+
+dbtest!(
+    a_channel_without_its_delivery_mark_is_an_error_not_a_silent_channel,
+    |mut env| {
+        fast_delivery(&mut env);
+        let gw = Gateway::start();
+        gw.configure(&mut env);
+        permits(&env, &[("SH1", "13900000001", "")]);
+        env.query("DELETE FROM delivery_marks WHERE channel = 'sms'");
+        let o = deliver(&env, t0());
+        assert_eq!(o.code, 1, "{o:?}");
+        assert!(
+            o.stderr
+                .contains("delivery_marks has no row for channel sms"),
+            "{}",
+            o.stderr
+        );
+        assert!(gw.requests().is_empty());
+        // The restore the message gives: a mark of 0 finds every fresh notice.
+        env.query("INSERT INTO delivery_marks (channel, fresh_after) VALUES ('sms', 0)");
+        let s = deliver_ok(&env, t0());
+        assert_eq!(counts(&s, "sms"), [1, 0, 0, 0, 0], "{s}");
+    }
+);
