@@ -128,13 +128,13 @@ fn both_backends_have_the_same_secondary_indexes() {
         !on_sqlite[0].contains("notifications_as_of"),
         "{on_sqlite:?}"
     );
-    // The one index built differently (docs/architecture.md, "Storage"):
+    // The indexes built differently (docs/architecture.md, "Storage"):
     // the events by night, a B-tree on SQLite and a BRIN index here.
     let method = "SELECT a.amname::text FROM pg_class c JOIN pg_am a ON a.oid = c.relam
                   WHERE c.relname = 'events_as_of'";
     assert_eq!(pg.pg_query(method), vec![Some("brin".to_string())]);
-    // And the one built partial here (migration 15): the delivery worker's
-    // index leaves a night's fresh notices out; SQLite's keeps every notice.
+    // And the delivery worker's, partial here (migration 15): it leaves a
+    // night's fresh notices out; SQLite's keeps every notice.
     let predicate = "SELECT pg_get_expr(i.indpred, i.indrelid) FROM pg_index i
                      JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'notifications_due'";
     let predicate = pg.pg_query(predicate);
