@@ -168,19 +168,30 @@ const ADVANCE_MARK: &str = concat!(
      WHERE channel = $1"
 );
 
-// The fresh notices of channel `$1` made scheduled, at the time they were
-// due from: for a channel that no worker of a step delivers, whose mark
-// would otherwise stay below them while every later notice of the other
-// channels piles up above it for the counts (`DUE`, the metrics' backlog)
-// to read through. Followed by `ADVANCE_MARK`.
+// The first `$2` fresh notices of channel `$1` made scheduled, at the time
+// they were due from: for a channel that no worker of a step delivers,
+// whose mark would otherwise stay below them while every later notice of
+// the other channels piles up above it for the counts (`DUE`, the
+// metrics' backlog) to read through. Followed by `ADVANCE_MARK`. The
+// outer condition repeats what makes a notice fresh, so that on
+// PostgreSQL a notice another process claimed meanwhile (its row
+// rechecked once that claim commits) keeps its lease.
 const SCHEDULE_FRESH: &str = concat!(
-    "UPDATE notifications SET next_attempt_at = created_at WHERE ",
+    "UPDATE notifications SET next_attempt_at = created_at
+      WHERE status = 'queued' AND next_attempt_at IS NULL AND notification_id IN (
+            SELECT n.notification_id FROM notifications n WHERE ",
     fresh!(
-        "notifications",
+        "n",
         "(SELECT fresh_after FROM delivery_marks WHERE channel = $1)",
         "$1"
-    )
+    ),
+    " ORDER BY n.notification_id LIMIT $2)"
 );
+
+/// Fresh notices [`Db::schedule_fresh_notices`] schedules a transaction:
+/// a first night's whole channel (hundreds of thousands at 10M permits)
+/// in one would hold SQLite's only writer for seconds.
+const SCHEDULE_CHUNK: i64 = 10_000;
 
 // The claim: one statement, the oldest due of both kinds (above) in the
 // order of their due times, then ids. Binds: channel, now, max_attempts,
@@ -459,9 +470,21 @@ impl Db {
     }
 
     /// Makes the fresh notices of `channel` scheduled, due when they were
-    /// created as before, and moves its mark past them (`SCHEDULE_FRESH`):
-    /// for a channel a delivery step does not deliver. Returns how many.
+    /// created as before, and moves its mark past them (`SCHEDULE_FRESH`),
+    /// [`SCHEDULE_CHUNK`] at a time: for a channel a delivery step does not
+    /// deliver. Returns how many.
     pub async fn schedule_fresh_notices(&self, channel: Channel) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = self.schedule_fresh_chunk(channel).await?;
+            total += n;
+            if n < SCHEDULE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn schedule_fresh_chunk(&self, channel: Channel) -> Result<u64> {
         // One transaction, whose mark then sees its own updates; on SQLite
         // a write transaction from the start, as the claim's.
         macro_rules! both {
@@ -469,6 +492,7 @@ impl Db {
                 let mut tx = $tx;
                 let n = sqlx::query(SCHEDULE_FRESH)
                     .bind(channel.code())
+                    .bind(SCHEDULE_CHUNK)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
