@@ -188,9 +188,9 @@ const SCHEDULE_FRESH: &str = concat!(
     " ORDER BY n.notification_id LIMIT $2)"
 );
 
-/// Fresh notices [`Db::schedule_fresh_notices`] schedules a transaction:
-/// a first night's whole channel (hundreds of thousands at 10M permits)
-/// in one would hold SQLite's only writer for seconds.
+/// How many fresh notices [`Db::schedule_fresh_notices`] schedules in one
+/// transaction: a first night's whole channel in one (2.1 million SMS
+/// notices at 10M permits) would hold SQLite's only writer for many seconds.
 const SCHEDULE_CHUNK: i64 = 10_000;
 
 // The claim: one statement, the oldest due of both kinds (above) in the
