@@ -152,27 +152,52 @@ macro_rules! fresh_any {
 }
 pub(super) use fresh_any;
 
-// Moves the mark of channel `$1` up to just below its first fresh notice,
-// or to the largest id when it has none: a look-up by id from the mark,
-// which the claims before have left at or near that notice. Run before
-// each claim, in its transaction on SQLite; on PostgreSQL in a statement
-// of its own, whose snapshot can only see fewer notices claimed and fewer
-// written than there are, so the mark it sets is never too high.
-const ADVANCE_MARK: &str = concat!(
-    "UPDATE delivery_marks SET fresh_after = coalesce(
+// The mark of channel `$1` and where it may move: up to just below the
+// channel's first fresh notice, or to the largest id when it has none (a
+// look-up by id from the mark, which the claims before have left at or
+// near that notice). No row when the mark's row is gone. Read before each
+// claim, in its transaction on SQLite; on PostgreSQL in statements of
+// their own, whose snapshot can only see fewer notices claimed and fewer
+// written than there are, so the mark set from it is never too high (and
+// setting it below where another worker has just moved it is safe).
+const MARK_TARGET: &str = concat!(
+    "SELECT fresh_after, coalesce(
          (SELECT n.notification_id - 1 FROM notifications n WHERE ",
     fresh!("n", "delivery_marks.fresh_after", "delivery_marks.channel"),
     " ORDER BY n.notification_id LIMIT 1),
          (SELECT max(notification_id) FROM notifications),
          fresh_after)
-     WHERE channel = $1"
+     FROM delivery_marks WHERE channel = $1"
 );
+
+/// Binds: channel, the mark's new place.
+const SET_MARK: &str = "UPDATE delivery_marks SET fresh_after = $2 WHERE channel = $1";
+
+/// Moves channel `$channel`'s mark on executor `$ex` ([`MARK_TARGET`]),
+/// writing only when it moves: an idle worker's claims leave the database
+/// as it was.
+macro_rules! advance_mark {
+    ($ex:expr, $channel:expr) => {{
+        let found: Option<(i64, i64)> = sqlx::query_as(MARK_TARGET)
+            .bind($channel.code())
+            .fetch_optional($ex)
+            .await?;
+        let (at, to) = found.ok_or_else(|| no_mark($channel))?;
+        if to != at {
+            sqlx::query(SET_MARK)
+                .bind($channel.code())
+                .bind(to)
+                .execute($ex)
+                .await?;
+        }
+    }};
+}
 
 // The first `$2` fresh notices of channel `$1` made scheduled, at the time
 // they were due from: for a channel that no worker of a step delivers,
 // whose mark would otherwise stay below them while every later notice of
 // the other channels piles up above it for the counts (`DUE`, the
-// metrics' backlog) to read through. Followed by `ADVANCE_MARK`. The
+// metrics' backlog) to read through. Followed by `advance_mark!`. The
 // outer condition repeats what makes a notice fresh, so that on
 // PostgreSQL a notice another process claimed meanwhile (its row
 // rechecked once that claim commits) keeps its lease.
@@ -355,19 +380,16 @@ const NOTIFICATION_SELECT_PERMIT: &str = notification_select!(
     "n.permit_no"
 );
 
-/// `ADVANCE_MARK` updates the channel's one row of `delivery_marks`. With
-/// none (removed by hand), the channel's fresh notices could not be found:
-/// an error, rather than a channel that quietly sends nothing new.
-fn mark_moved(channel: Channel, updated: u64) -> Result<()> {
-    if updated == 1 {
-        return Ok(());
-    }
-    Err(Error::Runtime(anyhow::anyhow!(
+/// A channel without its row in `delivery_marks` (removed by hand): its
+/// fresh notices could not be found, so an error, rather than a channel
+/// that quietly sends nothing new.
+fn no_mark(channel: Channel) -> Error {
+    Error::Runtime(anyhow::anyhow!(
         "delivery_marks has no row for channel {0} (migration 15 made one per channel), so its \
          new notices cannot be found; restore it with: INSERT INTO delivery_marks (channel, \
          fresh_after) VALUES ('{0}', 0)",
         channel.code()
-    )))
+    ))
 }
 
 impl Db {
@@ -389,11 +411,7 @@ impl Db {
         let rows: Vec<ClaimedNotice> = match self {
             Db::Sqlite(db) => {
                 let mut tx = db.pool().begin_with("BEGIN IMMEDIATE").await?;
-                let moved = sqlx::query(ADVANCE_MARK)
-                    .bind(channel.code())
-                    .execute(&mut *tx)
-                    .await?;
-                mark_moved(channel, moved.rows_affected())?;
+                advance_mark!(&mut *tx, channel);
                 let rows = sqlx::query_as(claim!(""))
                     .bind(channel.code())
                     .bind(now)
@@ -405,14 +423,10 @@ impl Db {
                 tx.commit().await?;
                 rows
             }
-            // Two statements, each its own short transaction: the mark's
-            // row lock is not held while the notices are claimed.
+            // Each statement its own short transaction: the mark's row lock
+            // is not held while the notices are claimed.
             Db::Postgres(db) => {
-                let moved = sqlx::query(ADVANCE_MARK)
-                    .bind(channel.code())
-                    .execute(db.pool())
-                    .await?;
-                mark_moved(channel, moved.rows_affected())?;
+                advance_mark!(db.pool(), channel);
                 sqlx::query_as(claim!("FOR UPDATE SKIP LOCKED"))
                     .bind(channel.code())
                     .bind(now)
@@ -470,7 +484,7 @@ impl Db {
     }
 
     /// Makes the fresh notices of `channel` scheduled, due when they were
-    /// created as before, and moves its mark past them (`SCHEDULE_FRESH`),
+    /// created as before, and moves its mark past them (`SCHEDULE_FRESH`, `advance_mark!`),
     /// [`SCHEDULE_CHUNK`] at a time: for a channel a delivery step does not
     /// deliver. Returns how many.
     pub async fn schedule_fresh_notices(&self, channel: Channel) -> Result<u64> {
@@ -496,11 +510,7 @@ impl Db {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                let moved = sqlx::query(ADVANCE_MARK)
-                    .bind(channel.code())
-                    .execute(&mut *tx)
-                    .await?;
-                mark_moved(channel, moved.rows_affected())?;
+                advance_mark!(&mut *tx, channel);
                 tx.commit().await?;
                 n
             }};
