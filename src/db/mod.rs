@@ -84,25 +84,6 @@ macro_rules! notice_of_event {
 }
 pub(crate) use notice_of_event;
 
-/// The walk's paging ([`RunTx::walk`]), the same on both backends: each
-/// page `page_after` reads after the last key of the one before (the
-/// first after `from`), into `sink`, until a page comes back empty.
-async fn walk_pages(
-    from: &str,
-    sink: &mut (dyn WalkSink + Send),
-    mut page_after: impl AsyncFnMut(&str) -> Result<Vec<Walked>>,
-) -> Result<()> {
-    let mut after = from.to_string();
-    loop {
-        let page = page_after(&after).await?;
-        let Some(last) = page.last() else {
-            return Ok(());
-        };
-        after.clone_from(&last.state.permit_no);
-        sink.page(page)?;
-    }
-}
-
 /// A stored code of one of the domain's types (an enumeration's code,
 /// [`crate::domain::Reasons`]), read back where a statement's row is
 /// mapped by hand; the error names the value.
@@ -470,10 +451,12 @@ impl RunTx {
     /// VISIT_CENTER events written for their cycle and what became of them
     /// (held, released, reverted), for `rules::cycle_decided` (C8) to
     /// judge; the others with their state alone, their details not read.
-    /// What the rest of the night reads, it reads by key. SQLite walks on
-    /// the run's connection; PostgreSQL walks the two halves of the key at
-    /// once, the later one on a second connection into a
-    /// [`WalkSink::part`].
+    /// What the rest of the night reads, it reads by key. Each backend
+    /// walks on two connections at once, the second into a
+    /// [`WalkSink::part`]: SQLite from both ends of the key until they
+    /// meet, the upper end's permits downwards
+    /// ([`WalkSink::merge_descending`]); PostgreSQL the two halves of the
+    /// key, split at a sampled median.
     pub async fn walk<S: WalkSink>(
         &mut self,
         bounds: CandidateBounds,

@@ -406,6 +406,12 @@ pub trait WalkSink: Send {
     fn merge_later(&mut self, later: Self) -> crate::error::Result<()>
     where
         Self: Sized;
+    /// Takes in a [`WalkSink::part`] that was given its permits in
+    /// descending key order (a walk from the upper end of the key), as
+    /// coming after all of this sink's, in ascending order.
+    fn merge_descending(&mut self, later: Self) -> crate::error::Result<()>
+    where
+        Self: Sized;
 }
 
 /// An event (decision or lifecycle change) with the evidence it rests on.

@@ -795,6 +795,13 @@ impl WalkSink for Walk<'_> {
         self.due.extend(later.due);
         Ok(())
     }
+
+    fn merge_descending(&mut self, later: Self) -> Result<()> {
+        self.steps.append_descending(later.steps)?;
+        // In key order, as the plan keeps its decisions without sorting.
+        self.due.extend(later.due.into_iter().rev());
+        Ok(())
+    }
 }
 
 /// Step 1: walks the register once for the permits within the night's

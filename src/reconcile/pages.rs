@@ -68,6 +68,27 @@ impl Steps {
         Ok(())
     }
 
+    /// Takes in `later`'s permits, kept in descending order of
+    /// `permit_no` (the walk's upper end), after this one's and in
+    /// ascending order, with their counts.
+    pub(super) fn append_descending(&mut self, later: Steps) -> Result<()> {
+        let permits = self.ends.len() + later.ends.len();
+        u32::try_from(self.text.len() + later.text.len()).map_err(|_| too_many(permits))?;
+        self.text.reserve(later.text.len());
+        self.ends.reserve(later.ends.len());
+        self.valid_until.reserve(later.valid_until.len());
+        self.status.reserve(later.status.len());
+        for i in (0..later.len()).rev() {
+            let c = later.get(i).ok_or_else(|| {
+                Error::Runtime(anyhow::anyhow!("internal: lifecycle step {i} is missing"))
+            })?;
+            self.push(&c)?;
+        }
+        self.suspend += later.suspend;
+        self.cancel += later.cancel;
+        Ok(())
+    }
+
     /// Gives back what the buffers grew beyond their contents (up to
     /// half of them, kept to the end of the run).
     pub(super) fn shrink_to_fit(&mut self) {
@@ -280,5 +301,38 @@ mod tests {
         empty.append(first).expect("four steps");
         assert_eq!(empty.permit_no(3), Some("P22"));
         assert_eq!((empty.suspend, empty.cancel), (3, 1));
+    }
+
+    #[test]
+    fn a_part_walked_downwards_is_appended_in_ascending_order() {
+        let mut first = Steps::default();
+        first
+            .take(&step("P01", 1, PermitStatus::Active), EventKind::Suspended)
+            .expect("a step");
+        let mut later = Steps::default();
+        for (no, day, kind) in [
+            ("P9", 9, EventKind::Cancelled),
+            ("P22", 4, EventKind::Suspended),
+            ("P1", 3, EventKind::Cancelled),
+        ] {
+            later
+                .take(&step(no, day, PermitStatus::Active), kind)
+                .expect("a step");
+        }
+        first.append_descending(later).expect("four steps");
+        let all: Vec<CandidateState> = (0..first.len()).filter_map(|i| first.get(i)).collect();
+        assert_eq!(
+            all,
+            [
+                step("P01", 1, PermitStatus::Active),
+                step("P1", 3, PermitStatus::Active),
+                step("P22", 4, PermitStatus::Active),
+                step("P9", 9, PermitStatus::Active),
+            ]
+        );
+        assert_eq!((first.suspend, first.cancel), (2, 2));
+        let mut empty = Steps::default();
+        empty.append_descending(Steps::default()).expect("nothing");
+        assert_eq!((empty.len(), empty.suspend, empty.cancel), (0, 0, 0));
     }
 }

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::super::rows::*;
 use super::super::runs::{end_status, run_columns, END_RUN, HOLD_RUN};
-use super::super::{stored, walk_pages, EventPage, EventPageReader, MakeEvents, PageKeys};
+use super::super::{stored, EventPage, EventPageReader, MakeEvents, PageKeys};
 use super::page::write_page;
 use super::PgDb;
 use crate::domain::CycleDecision;
@@ -635,6 +635,25 @@ async fn candidates(
     }
     drop(due);
     Ok(page)
+}
+
+/// The paging of each half of the walk ([`PgRunTx::walk`]): each
+/// page `page_after` reads after the last key of the one before (the
+/// first after `from`), into `sink`, until a page comes back empty.
+async fn walk_pages(
+    from: &str,
+    sink: &mut (dyn WalkSink + Send),
+    mut page_after: impl AsyncFnMut(&str) -> Result<Vec<Walked>>,
+) -> Result<()> {
+    let mut after = from.to_string();
+    loop {
+        let page = page_after(&after).await?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after.clone_from(&last.state.permit_no);
+        sink.page(page)?;
+    }
 }
 
 /// Whole permits, `$1`–`$3` their numbers, `valid_until` and status as

@@ -522,7 +522,7 @@ mod tests {
     use super::*;
 
     /// A new database in a directory of its own, removed when dropped.
-    async fn new_db() -> (tempfile::TempDir, SqliteDb) {
+    pub(super) async fn new_db() -> (tempfile::TempDir, SqliteDb) {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let db = SqliteDb::open(dir.path().join("autosign.sqlite"))
             .await

@@ -10,7 +10,7 @@ use std::path::Path;
 use chrono::NaiveDate;
 
 use super::super::rows::*;
-use super::super::{walk_pages, EventPage, EventPageReader, MakeEvents, PageKeys};
+use super::super::{EventPage, EventPageReader, MakeEvents, PageKeys};
 use super::raw::{
     args, cycle_decisions, decision_code, holder_evidence, insert_chunk, raw_code, raw_date,
     raw_err, raw_permit, reader, snapshot_reader, thread_error, with_raw, EffectWriter, NoticeRow,
@@ -23,32 +23,47 @@ const EVENT_INSERT: &str = "INSERT INTO events (run_id, as_of, permit_no, id_num
     valid_until, new_valid_until, residence_visited_on, residence_result, si_month, si_status,
     si_employer_uscc, marital_status, decided_at, prior_status, held) VALUES ";
 
-/// The night's walk (R3, R4; [`CandidateBounds`]): permit_state in key
-/// order, and for each permit that may be due (active, `valid_until` from
-/// `?5` on) its details and its cycle's decisions
-/// ([`cycle_decisions!`]). The details' key is NULL for the others, and
-/// SQLite skips the look-up of a NULL key, so the walk reads no details it
-/// does not need: as a plain join, with the details of every permit
-/// looked up and the condition tested after, it took as long as reading
-/// every permit's (at 10M permits, through Python's sqlite3, SQLite 3.40, on
-/// the benchmark's database: 1.4 s against 0.8–1.0 s for the walk alone).
-/// `valid_until` is tested first: most of a register ends after the
-/// window, and one comparison turns those rows away (the suspended bound
-/// is never after the active one); written as two arms on the status,
-/// the walk took 0.82 s against 0.60 s, measured the same way.
-const CANDIDATES: &str = concat!(
-    "SELECT p.permit_no, p.valid_until, p.status, d.id_number, d.employer_uscc, d.si_status,
-        d.marital_status, CASE WHEN d.permit_no IS NOT NULL THEN ",
-    cycle_decisions!(),
-    " END
+/// The night's walk (R3, R4; [`CandidateBounds`]) from either end of the
+/// key: permit_state in key order, and for each permit that may be due
+/// (active, `valid_until` from `?5` on) its details and its cycle's
+/// decisions ([`cycle_decisions!`]), between `?1` (exclusive, where this
+/// end's walk has come to) and `?6` (exclusive, where the other end's
+/// has). The details' key is NULL for the others, and SQLite skips the
+/// look-up of a NULL key, so the walk reads no details it does not need:
+/// as a plain join, with the details of every permit looked up and the
+/// condition tested after, it took as long as reading every permit's (at
+/// 10M permits, through Python's sqlite3, SQLite 3.40, on the benchmark's
+/// database: 1.4 s against 0.8–1.0 s for the walk alone). `valid_until`
+/// is tested first: most of a register ends after the window, and one
+/// comparison turns those rows away (the suspended bound is never after
+/// the active one); written as two arms on the status, the walk took
+/// 0.82 s against 0.60 s, measured the same way.
+macro_rules! candidates {
+    ($range:literal, $order:literal) => {
+        concat!(
+            "SELECT p.permit_no, p.valid_until, p.status, d.id_number, d.employer_uscc,
+                d.si_status, d.marital_status, CASE WHEN d.permit_no IS NOT NULL THEN ",
+            cycle_decisions!(),
+            " END
  FROM permit_state p
  LEFT JOIN permit_details d
    ON d.permit_no = CASE WHEN p.status = 'active' AND p.valid_until >= ?5 THEN p.permit_no END
- WHERE p.permit_no > ?1
+ WHERE ",
+            $range,
+            "
    AND p.valid_until <= ?2
    AND (p.status = 'active' OR (p.status = 'suspended' AND p.valid_until < ?4))
- ORDER BY p.permit_no LIMIT ?3"
-);
+ ORDER BY p.permit_no ",
+            $order,
+            " LIMIT ?3"
+        )
+    };
+}
+
+/// [`candidates!`] upwards, from the lowest key.
+const CANDIDATES_UP: &str = candidates!("p.permit_no > ?1 AND p.permit_no < ?6", "ASC");
+/// [`candidates!`] downwards, from the highest key.
+const CANDIDATES_DOWN: &str = candidates!("p.permit_no < ?1 AND p.permit_no > ?6", "DESC");
 
 /// Whole permits by key, `?1` a JSON array of permit numbers: the list
 /// stays outer (CROSS JOIN), so each permit is one look-up in each table,
@@ -125,8 +140,17 @@ impl SqliteDb {
 }
 
 impl SqliteRunTx {
-    /// [`crate::db::RunTx::walk`], on the run's connection, a page at a
-    /// time.
+    /// [`crate::db::RunTx::walk`] from both ends of the key at once: the
+    /// lower end on the run's connection into `sink`, the upper end on a
+    /// read-only connection of its own, on a thread beside it, into a
+    /// [`WalkSink::part`] that `sink` takes in downwards
+    /// ([`WalkSink::merge_descending`]). One end reading and sorting the
+    /// register is the walk's limit, and with it alone a small machine's
+    /// second core had only the brake's count to do. The ends meet
+    /// wherever their work puts them ([`Meeting`]), so no median key is
+    /// needed: permit numbers are opaque text, and SQLite samples no
+    /// table. Both ends see the same register: nothing writes it before
+    /// the plan is checked, and the job lock keeps imports out.
     pub async fn walk<S: WalkSink>(
         &mut self,
         bounds: CandidateBounds,
@@ -134,51 +158,47 @@ impl SqliteRunTx {
         limit: u32,
         sink: &mut S,
     ) -> Result<()> {
-        walk_pages("", sink, async |after: &str| {
-            self.candidates(bounds, due_from, after, limit).await
-        })
-        .await
-    }
-
-    /// A page of the walk: `limit` permits after `after`.
-    async fn candidates(
-        &mut self,
-        bounds: CandidateBounds,
-        due_from: NaiveDate,
-        after: &str,
-        limit: u32,
-    ) -> Result<Vec<Walked>> {
-        let to = bounds.active_to.to_string();
-        let before = bounds.suspended_before.map(|d| d.to_string());
-        let due_from = due_from.to_string();
+        let params = WalkParams {
+            active_to: bounds.active_to.to_string(),
+            suspended_before: bounds.suspended_before.map(|d| d.to_string()),
+            due_from: due_from.to_string(),
+            limit: limit.max(1),
+        };
+        let path = self.path.as_path();
+        let mut later = sink.part();
+        let mut walked = Ok(());
         with_raw(self.conn.get(), |c| {
-            let mut stmt = c.prepare(CANDIDATES)?;
-            let mut rows = stmt.query(rusqlite::params![after, to, limit, before, due_from])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let state = CandidateState {
-                    permit_no: r.get(0)?,
-                    valid_until: raw_date(r, 1)?,
-                    status: raw_code(r, 2)?,
+            let highest: Option<String> =
+                c.query_row("SELECT max(permit_no) FROM permit_state", [], |r| r.get(0))?;
+            let Some(highest) = highest else {
+                return Ok(());
+            };
+            // Above the highest key (a string sorts after its prefixes)
+            // and below any other, there being none.
+            let meeting = std::sync::Mutex::new(Meeting {
+                low: String::new(),
+                high: format!("{highest} "),
+                met: false,
+            });
+            let (params, meeting, later) = (&params, &meeting, &mut later);
+            std::thread::scope(|scope| {
+                let upper = scope.spawn(move || -> Result<()> {
+                    snapshot_reader(path)
+                        .and_then(|c| walk_end(&c, End::High, params, meeting, later))
+                        .inspect_err(|_| stop(meeting))
+                });
+                let lower =
+                    walk_end(c, End::Low, params, meeting, sink).inspect_err(|_| stop(meeting));
+                walked = match thread_error(upper.join(), "the walk's upper end") {
+                    Some(e) => Err(e),
+                    None => lower,
                 };
-                let due = match r.get_ref(3)?.as_str_or_null()? {
-                    None => None,
-                    Some(id_number) => Some(DueDetails {
-                        id_number: id_number.to_string(),
-                        employer_uscc: r.get(4)?,
-                        si_status: raw_code(r, 5)?,
-                        marital_status: raw_code(r, 6)?,
-                        decisions: match r.get_ref(7)?.as_str_or_null()? {
-                            Some(code) => decision_code(code)?,
-                            None => Vec::new(),
-                        },
-                    }),
-                };
-                out.push(Walked { state, due });
-            }
-            Ok(out)
+            });
+            Ok(())
         })
-        .await
+        .await?;
+        walked?;
+        sink.merge_descending(later)
     }
 
     /// [`crate::db::RunTx::event_pages`]: a blocking thread reads the pages
@@ -314,5 +334,270 @@ impl SqliteRunTx {
             c.nudge();
         }
         Ok(())
+    }
+}
+
+/// Where the walk's two ends have come to: each end has taken every
+/// permit up to its own key (the lower end up to `low`, the upper end down
+/// to `high`), and neither takes a key the other has. Each reads its next
+/// page between the two keys as they stand, then, holding the lock, takes
+/// only what the other end has not taken meanwhile.
+struct Meeting {
+    /// The last key the lower end took ("" before its first: no permit
+    /// number is empty).
+    low: String,
+    /// The last key the upper end took (before its first, a key above the
+    /// highest permit's).
+    high: String,
+    /// The ends have met (or one failed): neither reads further.
+    met: bool,
+}
+
+/// One end of the walk: which way it goes.
+#[derive(Clone, Copy)]
+enum End {
+    Low,
+    High,
+}
+
+/// The bounds of one night's walk, as the statements bind them.
+struct WalkParams {
+    active_to: String,
+    suspended_before: Option<String>,
+    due_from: String,
+    limit: u32,
+}
+
+/// Walks the register from one end ([`End`]) page by page into `sink`,
+/// until the two ends meet. Each page is read between this end's key and
+/// the other's as they stand, and cut where the other end's key stands
+/// when the page is taken (it only moves towards this end). A page that
+/// was cut, or that came back shorter than `limit` (it read all that lay
+/// between the two keys), is this end's last: the ends have met.
+fn walk_end(
+    c: &rusqlite::Connection,
+    end: End,
+    w: &WalkParams,
+    meeting: &std::sync::Mutex<Meeting>,
+    sink: &mut (dyn WalkSink + Send),
+) -> Result<()> {
+    let poisoned = || Error::Runtime(anyhow::anyhow!("internal: the walk's other end panicked"));
+    let sql = match end {
+        End::Low => CANDIDATES_UP,
+        End::High => CANDIDATES_DOWN,
+    };
+    let mut stmt = c.prepare(sql).map_err(raw_err)?;
+    loop {
+        let (from, to) = {
+            let m = meeting.lock().map_err(|_| poisoned())?;
+            if m.met {
+                return Ok(());
+            }
+            match end {
+                End::Low => (m.low.clone(), m.high.clone()),
+                End::High => (m.high.clone(), m.low.clone()),
+            }
+        };
+        let mut page = candidates_page(&mut stmt, w, &from, &to).map_err(raw_err)?;
+        let read = page.len();
+        let mut m = meeting.lock().map_err(|_| poisoned())?;
+        let keep = match end {
+            End::Low => page.partition_point(|p| p.state.permit_no < m.high),
+            End::High => page.partition_point(|p| p.state.permit_no > m.low),
+        };
+        page.truncate(keep);
+        let done = keep < read || read < w.limit as usize;
+        if let Some(last) = page.last() {
+            match end {
+                End::Low => m.low.clone_from(&last.state.permit_no),
+                End::High => m.high.clone_from(&last.state.permit_no),
+            }
+        }
+        m.met |= done;
+        drop(m);
+        sink.page(page)?;
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// Stops both ends of the walk: one failed, and the run fails with its
+/// error.
+fn stop(meeting: &std::sync::Mutex<Meeting>) {
+    if let Ok(mut m) = meeting.lock() {
+        m.met = true;
+    }
+}
+
+/// A page of the walk: up to `limit` permits from `from` towards `to`
+/// (both exclusive), in the statement's order.
+fn candidates_page(
+    stmt: &mut rusqlite::Statement,
+    w: &WalkParams,
+    from: &str,
+    to: &str,
+) -> rusqlite::Result<Vec<Walked>> {
+    let mut rows = stmt.query(rusqlite::params![
+        from,
+        w.active_to,
+        w.limit,
+        w.suspended_before,
+        w.due_from,
+        to
+    ])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let state = CandidateState {
+            permit_no: r.get(0)?,
+            valid_until: raw_date(r, 1)?,
+            status: raw_code(r, 2)?,
+        };
+        let due = match r.get_ref(3)?.as_str_or_null()? {
+            None => None,
+            Some(id_number) => Some(DueDetails {
+                id_number: id_number.to_string(),
+                employer_uscc: r.get(4)?,
+                si_status: raw_code(r, 5)?,
+                marital_status: raw_code(r, 6)?,
+                decisions: match r.get_ref(7)?.as_str_or_null()? {
+                    Some(code) => decision_code(code)?,
+                    None => Vec::new(),
+                },
+            }),
+        };
+        out.push(Walked { state, due });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::new_db;
+    use super::*;
+
+    /// The permit numbers a walk gave, in the order its sink took them.
+    struct Keys(Vec<String>);
+
+    impl WalkSink for Keys {
+        fn page(&mut self, page: Vec<Walked>) -> Result<()> {
+            self.0.extend(page.into_iter().map(|w| w.state.permit_no));
+            Ok(())
+        }
+        fn part(&self) -> Self {
+            Keys(Vec::new())
+        }
+        fn merge_later(&mut self, later: Self) -> Result<()> {
+            self.0.extend(later.0);
+            Ok(())
+        }
+        fn merge_descending(&mut self, later: Self) -> Result<()> {
+            self.0.extend(later.0.into_iter().rev());
+            Ok(())
+        }
+    }
+
+    fn day(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap_or_default()
+    }
+
+    /// The walk from both ends gives every permit within the bounds once,
+    /// in key order, whatever the page size and wherever the ends meet
+    /// (each size walked several times: the ends race), and nothing
+    /// outside them. Permit numbers are opaque text: of several lengths
+    /// and scripts, in no order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_walk_from_both_ends_gives_every_candidate_once_in_key_order() {
+        let (_dir, db) = new_db().await;
+        let bounds = CandidateBounds {
+            active_to: day(2026, 12, 31),
+            suspended_before: Some(day(2026, 10, 1)),
+        };
+        // Due from after the window: no permit's details are looked up.
+        let due_from = day(2027, 1, 1);
+        let mut expected = Vec::new();
+        let mut rows = Vec::new();
+        for i in 0..240u32 {
+            let prefix = ["SH", "粤B", "a", "SH0", "Z"][(i % 5) as usize];
+            let no = format!("{prefix}{}", (i * 7919) % 10007);
+            // A candidate (active, or suspended past its grace) or not
+            // (valid after the window, within its grace, cancelled).
+            let (valid_until, status, candidate) = match i % 6 {
+                0 | 1 => ("2026-12-01", "active", true),
+                2 => ("2026-09-01", "suspended", true),
+                3 => ("2027-06-01", "active", false),
+                4 => ("2026-11-01", "suspended", false),
+                _ => ("2026-09-01", "cancelled", false),
+            };
+            if candidate {
+                expected.push(no.clone());
+            }
+            rows.push((no, valid_until, status));
+        }
+        expected.sort();
+        let mut c = db.pool.acquire().await.expect("a connection");
+        for (no, valid_until, status) in &rows {
+            sqlx::query(
+                "INSERT INTO permit_state (permit_no, valid_until, status) VALUES (?, ?, ?)",
+            )
+            .bind(no)
+            .bind(valid_until)
+            .bind(status)
+            .execute(&mut *c)
+            .await
+            .expect("a permit");
+        }
+        drop(c);
+        let mut run = db
+            .begin_run(day(2026, 11, 27), "2026-11-27T02:00:00+08:00", 0)
+            .await
+            .expect("a run");
+        for limit in [1, 2, 3, 5, 8, 33, 10_000] {
+            for round in 0..4 {
+                let mut keys = Keys(Vec::new());
+                run.walk(bounds, due_from, limit, &mut keys)
+                    .await
+                    .expect("the walk");
+                assert_eq!(keys.0, expected, "pages of {limit}, round {round}");
+            }
+        }
+        run.rollback().await.expect("the run stopped");
+    }
+
+    /// An empty register is walked in no page; one permit, in one.
+    #[tokio::test]
+    async fn an_empty_register_and_a_register_of_one_are_walked_whole() {
+        let (_dir, db) = new_db().await;
+        let bounds = CandidateBounds {
+            active_to: day(2026, 12, 31),
+            suspended_before: None,
+        };
+        let as_of = day(2026, 11, 27);
+        let mut run = db
+            .begin_run(as_of, "2026-11-27T02:00:00+08:00", 0)
+            .await
+            .expect("a run");
+        let mut keys = Keys(Vec::new());
+        run.walk(bounds, day(2027, 1, 1), 10, &mut keys)
+            .await
+            .expect("the walk");
+        assert!(keys.0.is_empty());
+        run.rollback().await.expect("the run stopped");
+        sqlx::query("INSERT INTO permit_state VALUES ('SH1', '2026-12-01', 'active')")
+            .execute(&db.pool)
+            .await
+            .expect("a permit");
+        let mut run = db
+            .begin_run(as_of, "2026-11-27T02:00:00+08:00", 0)
+            .await
+            .expect("a run");
+        for limit in [1, 10] {
+            let mut keys = Keys(Vec::new());
+            run.walk(bounds, day(2027, 1, 1), limit, &mut keys)
+                .await
+                .expect("the walk");
+            assert_eq!(keys.0, ["SH1"], "pages of {limit}");
+        }
+        run.rollback().await.expect("the run stopped");
     }
 }
