@@ -74,10 +74,11 @@ impl Steps {
     pub(super) fn append_descending(&mut self, later: Steps) -> Result<()> {
         let permits = self.ends.len() + later.ends.len();
         u32::try_from(self.text.len() + later.text.len()).map_err(|_| too_many(permits))?;
-        self.text.reserve(later.text.len());
-        self.ends.reserve(later.ends.len());
-        self.valid_until.reserve(later.valid_until.len());
-        self.status.reserve(later.status.len());
+        // Exactly: at city scale a doubled buffer would be tens of MB.
+        self.text.reserve_exact(later.text.len());
+        self.ends.reserve_exact(later.ends.len());
+        self.valid_until.reserve_exact(later.valid_until.len());
+        self.status.reserve_exact(later.status.len());
         for i in (0..later.len()).rev() {
             let c = later.get(i).ok_or_else(|| {
                 Error::Runtime(anyhow::anyhow!("internal: lifecycle step {i} is missing"))
