@@ -1,8 +1,9 @@
 //! The run on SQLite: the brake's register count, the walk of the
 //! register, the evidence look-up, the page reader and each page's
-//! writes. The walk and the writes go through the run's connection, each
-//! page's writes in a write transaction of their own; the count, the page
-//! reader and half the evidence read on read-only connections of their
+//! writes. The writes go through the run's connection, each page's in a
+//! write transaction of its own, and so do the lower end of the walk and
+//! half the evidence; the count, the page reader, the walk's upper end and
+//! the other half of the evidence read on read-only connections of their
 //! own, on threads beside it (the backend's module doc).
 
 use std::path::Path;
