@@ -54,3 +54,25 @@ impl Db {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A [`PermitRow`] is read by position: a statement that selected the
+    /// same columns in another order would swap its values unnoticed.
+    #[test]
+    fn the_permit_columns_are_selected_in_the_order_a_permit_row_is_read() {
+        assert_eq!(permit_columns!(), PermitRow::COLUMNS.join(", "));
+        PermitRow::assert_selected_in_order(permit_select!("WHERE permit_no = $1"));
+    }
+
+    #[test]
+    fn a_statement_that_selects_the_columns_in_another_order_is_caught() {
+        let swapped = "SELECT permit_no, id_number, phone, name, email, district_code, \
+            street_code, address, valid_until, status, employer_uscc, si_status, marital_status \
+            FROM permits";
+        let caught = std::panic::catch_unwind(|| PermitRow::assert_selected_in_order(swapped));
+        assert!(caught.is_err());
+    }
+}

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use super::super::register::permit_columns;
 use super::super::rows::*;
 use super::super::runs::{REVERT_MARK, SENT_NOTICES, WITHDRAW_NOTICES};
 use super::raw::{raw_permit, with_raw, EffectWriter, NoticeRow, NoticeWriter, ROWS_PER_INSERT};
@@ -16,8 +17,9 @@ impl SqliteDb {
         let mut conn = self.pool.acquire().await?;
         with_raw(&mut conn, |c| {
             let mut stmt = c.prepare(concat!(
-                "SELECT permit_no, id_number, name, phone, email, district_code, street_code, address, ",
-                "valid_until, status, employer_uscc, si_status, marital_status FROM permits WHERE permit_no = ?1"
+                "SELECT ",
+                permit_columns!(),
+                " FROM permits WHERE permit_no = ?1"
             ))?;
             let mut out = HashMap::with_capacity(permit_nos.len());
             for no in permit_nos {

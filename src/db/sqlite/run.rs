@@ -477,6 +477,11 @@ mod tests {
     use super::super::tests::new_db;
     use super::*;
 
+    #[test]
+    fn the_page_reader_selects_a_permit_s_columns_in_the_order_they_are_read() {
+        PermitRow::assert_selected_in_order(PERMITS_BY_KEY);
+    }
+
     /// The permit numbers a walk gave, in the order its sink took them.
     struct Keys(Vec<String>);
 
