@@ -383,6 +383,7 @@ fn walk_end(
     sink: &mut (dyn WalkSink + Send),
 ) -> Result<()> {
     let poisoned = || Error::Runtime(anyhow::anyhow!("internal: the walk's other end panicked"));
+    let _stop = StopOnPanic(meeting);
     let sql = match end {
         End::Low => CANDIDATES_UP,
         End::High => CANDIDATES_DOWN,
@@ -428,6 +429,22 @@ fn walk_end(
 fn stop(meeting: &std::sync::Mutex<Meeting>) {
     if let Ok(mut m) = meeting.lock() {
         m.met = true;
+    }
+}
+
+/// Stops both ends of the walk when dropped by a panicking thread: an end
+/// that panics stops the other, as one that fails does, instead of
+/// leaving it to walk the rest of the register for a run that will fail.
+struct StopOnPanic<'a>(&'a std::sync::Mutex<Meeting>);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A panic while the lock was held poisoned it; the ends are
+            // stopped all the same.
+            let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            m.met = true;
+        }
     }
 }
 
@@ -567,6 +584,74 @@ mod tests {
                 assert_eq!(keys.0, expected, "pages of {limit}, round {round}");
             }
         }
+        run.rollback().await.expect("the run stopped");
+    }
+
+    /// Keys, as [`Keys`], from a sink whose parts panic on their first
+    /// page: the walk's upper end fails that way.
+    struct PartPanics {
+        keys: Vec<String>,
+        is_part: bool,
+    }
+
+    impl WalkSink for PartPanics {
+        fn page(&mut self, page: Vec<Walked>) -> Result<()> {
+            assert!(!self.is_part, "a sink that panics");
+            self.keys
+                .extend(page.into_iter().map(|w| w.state.permit_no));
+            Ok(())
+        }
+        fn part(&self) -> Self {
+            PartPanics {
+                keys: Vec::new(),
+                is_part: true,
+            }
+        }
+        fn merge_later(&mut self, later: Self) -> Result<()> {
+            self.keys.extend(later.keys);
+            Ok(())
+        }
+        fn merge_descending(&mut self, later: Self) -> Result<()> {
+            self.keys.extend(later.keys.into_iter().rev());
+            Ok(())
+        }
+    }
+
+    /// An end that panics stops the other, as one that fails does: the
+    /// walk fails, and the lower end, walking pages of one permit, stops
+    /// long before the top of a register of 40,000 (it walked all but the
+    /// upper end's one before).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_end_that_panics_stops_the_other() {
+        let (_dir, db) = new_db().await;
+        sqlx::query(
+            "INSERT INTO permit_state (permit_no, valid_until, status)
+             WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
+             SELECT printf('SH%06d', i), '2026-12-01', 'active' FROM n",
+        )
+        .execute(&db.pool)
+        .await
+        .expect("the permits");
+        let bounds = CandidateBounds {
+            active_to: day(2026, 12, 31),
+            suspended_before: None,
+        };
+        let mut run = db
+            .begin_run(day(2026, 11, 27), "2026-11-27T02:00:00+08:00", 0)
+            .await
+            .expect("a run");
+        let mut sink = PartPanics {
+            keys: Vec::new(),
+            is_part: false,
+        };
+        let walked = run.walk(bounds, day(2027, 1, 1), 1, &mut sink).await;
+        let err = walked.expect_err("the walk fails").to_string();
+        assert!(err.contains("upper end panicked"), "{err}");
+        assert!(
+            sink.keys.len() < 20_000,
+            "the lower end walked on to {} permits",
+            sink.keys.len()
+        );
         run.rollback().await.expect("the run stopped");
     }
 
