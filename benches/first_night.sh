@@ -74,8 +74,10 @@ echo "PostgreSQL $(psql -Atc 'SHOW server_version' "$admin"):" \
 # The machine's busy CPU time in centiseconds (user, nice, system, irq, softirq).
 busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 
-# timed BACKEND COMMAND…: one run, its line, and its wall time added to $sum_<backend>.
-sum_sqlite=0; sum_pg=0
+# timed BACKEND COMMAND…: one run, its line, and its wall time added to
+# $sum_<backend> and kept in $last_<backend>.
+sum_sqlite=0; sum_pg=0; last_sqlite=0; last_pg=0
+ratios=()
 timed() {
   local backend=$1; shift
   local t0 t1 c0 c1 user sys secs
@@ -87,8 +89,8 @@ timed() {
   secs=$(echo "$t1 - $t0" | bc)
   printf "  %-10s %6.2f s  (client user %5.2f s, system %5.2f s; machine busy %5.2f s)\n" \
     "$backend" "$secs" "$user" "$sys" "$(echo "($c1 - $c0) / 100" | bc -l)"
-  if [ "$backend" = sqlite ]; then sum_sqlite=$(echo "$sum_sqlite + $secs" | bc)
-  else sum_pg=$(echo "$sum_pg + $secs" | bc); fi
+  if [ "$backend" = sqlite ]; then sum_sqlite=$(echo "$sum_sqlite + $secs" | bc); last_sqlite=$secs
+  else sum_pg=$(echo "$sum_pg + $secs" | bc); last_pg=$secs; fi
 }
 
 for round in $(seq "$ROUNDS"); do
@@ -101,6 +103,12 @@ for round in $(seq "$ROUNDS"); do
   psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
     -c "CREATE DATABASE $db TEMPLATE $tmpl" -c "CHECKPOINT"
   AUTOSIGN_DATA_DIR="$WORK" AUTOSIGN_DATABASE_URL="$PG" timed postgresql "$BIN"
+  ratios+=("$(echo "$last_pg / $last_sqlite" | bc -l)")
 done
 printf "%d rounds: SQLite %.2f s, PostgreSQL %.2f s, %.2fx\n" "$ROUNDS" "$sum_sqlite" "$sum_pg" \
   "$(echo "$sum_pg / $sum_sqlite" | bc -l)"
+# A round's ratio moves with the machine by more than most changes measured
+# here: its spread says how far the sums above can be trusted.
+printf "%s\n" "${ratios[@]}" | sort -g | awk '{r[NR] = $1}
+  END {m = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+       printf "a round'"'"'s ratio: least %.2fx, median %.2fx, greatest %.2fx\n", r[1], m, r[NR]}'
