@@ -142,10 +142,10 @@ impl PermitRow {
     }
 }
 
-/// A permit read by position ([`PermitRow::COLUMNS`]), not by name: a
-/// first night reads a quarter of the register through it, and a column
-/// name looked up per value was a tenth of the PostgreSQL client's time
-/// (docs/benchmarks-postgres.md).
+/// A permit read by position ([`PermitRow::COLUMNS`]), as SQLite's raw
+/// reader reads it, not by name: a column's name looked up for every value
+/// was a tenth of the PostgreSQL client's time when its run's page reader
+/// read permits this way (docs/benchmarks-postgres.md).
 impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for PermitRow
 where
     usize: sqlx::ColumnIndex<R>,

@@ -655,25 +655,105 @@ async fn walk_pages(
     }
 }
 
-/// Whole permits, `$1`–`$3` their numbers, `valid_until` and status as
-/// the walk found them, in the list's order: each one's details a look-up
-/// by key (`OFFSET 0`: see [`candidates`]).
-const PERMITS_BY_KEY: &str =
-    "SELECT k.permit_no, d.id_number, d.name, d.phone, d.email, d.district_code, d.street_code,
-            d.address, k.valid_until, k.status, d.employer_uscc, d.si_status, d.marital_status
-     FROM UNNEST($1::text[], $2::date[], $3::text[]) WITH ORDINALITY
-          AS k (permit_no, valid_until, status, i)
+/// The details of a page's permits, `$1` their numbers, as one row of
+/// arrays: each permit's details a look-up by key (`OFFSET 0`: see
+/// [`candidates`]), `i` its place in the list. A page's 10,000 permits as
+/// as many rows cost the server a message per row and the client a row to
+/// decode per permit (at 1,000,000 permits, a quarter of the client's CPU
+/// over a first night; docs/benchmarks-postgres.md).
+const DETAILS_BY_KEY: &str = "SELECT array_agg(k.i) AS i, array_agg(d.id_number) AS id_number,
+            array_agg(d.name) AS name, array_agg(d.phone) AS phone, array_agg(d.email) AS email,
+            array_agg(d.district_code) AS district_code, array_agg(d.street_code) AS street_code,
+            array_agg(d.address) AS address, array_agg(d.employer_uscc) AS employer_uscc,
+            array_agg(d.si_status) AS si_status, array_agg(d.marital_status) AS marital_status
+     FROM UNNEST($1::text[]) WITH ORDINALITY AS k (permit_no, i)
      CROSS JOIN LATERAL (SELECT id_number, name, phone, email, district_code, street_code,
                                 address, employer_uscc, si_status, marital_status
-                         FROM permit_details WHERE permit_no = k.permit_no OFFSET 0) d
-     ORDER BY k.i";
+                         FROM permit_details WHERE permit_no = k.permit_no OFFSET 0) d";
+
+/// [`DETAILS_BY_KEY`]'s row: one array per column, in the same order,
+/// whatever order that is (`i` says).
+#[derive(sqlx::FromRow)]
+struct DetailsPage {
+    i: Vec<i64>,
+    id_number: Vec<String>,
+    name: Vec<String>,
+    phone: Vec<Option<String>>,
+    email: Vec<Option<String>>,
+    district_code: Vec<String>,
+    street_code: Vec<String>,
+    address: Vec<String>,
+    employer_uscc: Vec<String>,
+    si_status: Vec<String>,
+    marital_status: Vec<String>,
+}
+
+impl DetailsPage {
+    /// The page's permits in the keys' order: each key's number,
+    /// `valid_until` and status as the walk found them, with its details.
+    /// A key without details (no permit in `permit_details`) is an error.
+    fn permits(mut self, keys: &[CandidateState]) -> Result<Vec<Candidate>> {
+        let n = self.i.len();
+        let lengths = [
+            self.id_number.len(),
+            self.name.len(),
+            self.phone.len(),
+            self.email.len(),
+            self.district_code.len(),
+            self.street_code.len(),
+            self.address.len(),
+            self.employer_uscc.len(),
+            self.si_status.len(),
+            self.marital_status.len(),
+        ];
+        if lengths.iter().any(|&len| len != n) {
+            return Err(Error::Runtime(anyhow::anyhow!(
+                "internal: a page's details came back in arrays of different lengths"
+            )));
+        }
+        let mut slots: Vec<Option<PermitRow>> = (0..keys.len()).map(|_| None).collect();
+        for j in 0..n {
+            // WITH ORDINALITY counts from 1.
+            let place = usize::try_from(self.i[j] - 1).ok();
+            let Some((key, slot)) = place.and_then(|p| Some((keys.get(p)?, slots.get_mut(p)?)))
+            else {
+                return Err(Error::Runtime(anyhow::anyhow!(
+                    "internal: a page's details name no place in it"
+                )));
+            };
+            *slot = Some(PermitRow {
+                permit_no: key.permit_no.clone(),
+                id_number: std::mem::take(&mut self.id_number[j]),
+                name: std::mem::take(&mut self.name[j]),
+                phone: self.phone[j].take(),
+                email: self.email[j].take(),
+                district_code: std::mem::take(&mut self.district_code[j]),
+                street_code: std::mem::take(&mut self.street_code[j]),
+                address: std::mem::take(&mut self.address[j]),
+                valid_until: key.valid_until,
+                status: key.status,
+                employer_uscc: std::mem::take(&mut self.employer_uscc[j]),
+                si_status: stored(std::mem::take(&mut self.si_status[j]))?,
+                marital_status: stored(std::mem::take(&mut self.marital_status[j]))?,
+            });
+        }
+        slots
+            .into_iter()
+            .zip(keys)
+            .map(|(slot, key)| match slot {
+                Some(permit) => Ok(Candidate { permit }),
+                None => Err(Error::Runtime(anyhow::anyhow!(
+                    "internal: permit {} has no details in the register",
+                    key.permit_no
+                ))),
+            })
+            .collect()
+    }
+}
 
 /// The body of [`PgRunTx::event_pages`]'s task: each page of `keys`, read
-/// by [`PERMITS_BY_KEY`] and made into its events. The same pages as
-/// SQLite's, so the same ids. Rows are decoded as they arrive, as
-/// everywhere in the run's reads, rather than first held as a whole
-/// result: a page of 10,000 permits is a few megabytes of rows that would
-/// only be copied once more.
+/// by [`DETAILS_BY_KEY`] and made into its events. The same pages as
+/// SQLite's, so the same ids.
 async fn read_event_pages(
     conn: &mut PgConnection,
     keys: PageKeys,
@@ -681,21 +761,18 @@ async fn read_event_pages(
     send: &tokio::sync::mpsc::Sender<EventPage>,
 ) -> Result<()> {
     for page_keys in keys {
-        let nos: Vec<&str> = page_keys.iter().map(|k| k.permit_no.as_str()).collect();
-        let valid_until: Vec<NaiveDate> = page_keys.iter().map(|k| k.valid_until).collect();
-        let status: Vec<&str> = page_keys.iter().map(|k| k.status.code()).collect();
-        let mut page = Vec::with_capacity(page_keys.len());
-        let mut rows = sqlx::query(PERMITS_BY_KEY)
-            .bind(&nos)
-            .bind(&valid_until)
-            .bind(&status)
-            .fetch(&mut *conn);
-        while let Some(r) = rows.try_next().await? {
-            page.push(Candidate {
-                permit: PermitRow::from_row(&r)?,
-            });
-        }
-        drop(rows);
+        // Over no rows, array_agg gives NULL rather than empty arrays.
+        let page = match page_keys.is_empty() {
+            true => Vec::new(),
+            false => {
+                let nos: Vec<&str> = page_keys.iter().map(|k| k.permit_no.as_str()).collect();
+                let details: DetailsPage = sqlx::query_as(DETAILS_BY_KEY)
+                    .bind(&nos)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                details.permits(&page_keys)?
+            }
+        };
         let events = make(page)?;
         if send.send(Ok((page_keys.len(), events))).await.is_err() {
             // The run stopped (an error on the writer's side).
@@ -776,9 +853,76 @@ async fn holder_evidence(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{PermitStatus, SiStatus};
 
+    fn key(no: &str) -> CandidateState {
+        CandidateState {
+            permit_no: no.to_string(),
+            valid_until: NaiveDate::from_ymd_opt(2026, 12, 1).unwrap_or_default(),
+            status: PermitStatus::Active,
+        }
+    }
+
+    /// A page's details for the keys at these places (from 1), each
+    /// named after its place.
+    fn details(places: &[i64]) -> DetailsPage {
+        let text = |what: &str| places.iter().map(|p| format!("{what}{p}")).collect();
+        DetailsPage {
+            i: places.to_vec(),
+            id_number: text("id"),
+            name: text("name"),
+            phone: places.iter().map(|p| Some(format!("phone{p}"))).collect(),
+            email: places.iter().map(|_| None).collect(),
+            district_code: text("d"),
+            street_code: text("s"),
+            address: text("a"),
+            employer_uscc: text("u"),
+            si_status: places.iter().map(|_| "paying".to_string()).collect(),
+            marital_status: places.iter().map(|_| "married".to_string()).collect(),
+        }
+    }
+
+    /// Whatever order the server's rows came in, each permit's details go
+    /// with its own key, in the keys' order.
     #[test]
-    fn the_page_reader_selects_a_permit_s_columns_in_the_order_they_are_read() {
-        PermitRow::assert_selected_in_order(PERMITS_BY_KEY);
+    fn a_page_s_details_are_put_in_the_keys_order() {
+        let keys = [key("SH3"), key("SH1"), key("SH2")];
+        let page = details(&[2, 3, 1]).permits(&keys).expect("the page");
+        let got: Vec<(&str, &str, &str, Option<&str>)> = page
+            .iter()
+            .map(|c| {
+                let p = &c.permit;
+                (
+                    p.permit_no.as_str(),
+                    p.id_number.as_str(),
+                    p.address.as_str(),
+                    p.phone.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("SH3", "id1", "a1", Some("phone1")),
+                ("SH1", "id2", "a2", Some("phone2")),
+                ("SH2", "id3", "a3", Some("phone3")),
+            ]
+        );
+        assert_eq!(page[0].permit.si_status, SiStatus::Paying);
+        assert_eq!(page[2].permit.email, None);
+    }
+
+    /// A key the server found no details for, a place outside the page,
+    /// or arrays of different lengths are errors, not a shorter page.
+    #[test]
+    fn a_page_with_details_missing_or_misplaced_is_refused() {
+        let keys = [key("SH1"), key("SH2")];
+        let missing = details(&[1]).permits(&keys).err().map(|e| e.to_string());
+        assert!(missing.is_some_and(|e| e.contains("SH2")));
+        assert!(details(&[1, 3]).permits(&keys).is_err());
+        assert!(details(&[0, 1]).permits(&keys).is_err());
+        let mut uneven = details(&[1, 2]);
+        uneven.address.pop();
+        assert!(uneven.permits(&keys).is_err());
     }
 }
