@@ -714,7 +714,9 @@ impl DetailsPage {
         let mut slots: Vec<Option<PermitRow>> = (0..keys.len()).map(|_| None).collect();
         for j in 0..n {
             // WITH ORDINALITY counts from 1.
-            let place = usize::try_from(self.i[j] - 1).ok();
+            let place = usize::try_from(self.i[j])
+                .ok()
+                .and_then(|i| i.checked_sub(1));
             let Some((key, slot)) = place.and_then(|p| Some((keys.get(p)?, slots.get_mut(p)?)))
             else {
                 return Err(Error::Runtime(anyhow::anyhow!(
@@ -921,6 +923,7 @@ mod tests {
         assert!(missing.is_some_and(|e| e.contains("SH2")));
         assert!(details(&[1, 3]).permits(&keys).is_err());
         assert!(details(&[0, 1]).permits(&keys).is_err());
+        assert!(details(&[i64::MIN, 1]).permits(&keys).is_err());
         let mut uneven = details(&[1, 2]);
         uneven.address.pop();
         assert!(uneven.permits(&keys).is_err());
