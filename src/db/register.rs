@@ -59,8 +59,9 @@ impl Db {
 mod tests {
     use super::*;
 
-    /// A [`PermitRow`] is read by position: a statement that selected the
-    /// same columns in another order would swap its values unnoticed.
+    /// SQLite's raw reader reads a [`PermitRow`] by position: a statement
+    /// that selected the same columns in another order would swap its
+    /// values unnoticed.
     #[test]
     fn the_permit_columns_are_selected_in_the_order_a_permit_row_is_read() {
         assert_eq!(permit_columns!(), PermitRow::COLUMNS.join(", "));

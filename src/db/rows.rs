@@ -4,8 +4,7 @@
 //! are read back from their stored codes exactly (`TryFrom<String>`, each
 //! a column type of its own: `stored_code_columns!`); a row type read by a
 //! shared statement maps once for both backends
-//! (`sqlx::FromRow`, by column name; [`PermitRow`] by position, in the
-//! order of [`PermitRow::COLUMNS`]). An event's reasons travel as
+//! (`sqlx::FromRow`, by column name). An event's reasons travel as
 //! [`Reasons`], read back from their stored text exactly (the same way),
 //! and so do an audit row's decision and state, a notice's kind, channel
 //! and status, and a run's status; an audit row's evidence values stay
@@ -85,7 +84,7 @@ pub struct ImportRecord {
 }
 
 /// A permit as stored (and as written by an import).
-#[derive(Clone)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct PermitRow {
     pub permit_no: String,
     pub id_number: String,
@@ -103,9 +102,9 @@ pub struct PermitRow {
 }
 
 impl PermitRow {
-    /// The columns its `FromRow` reads, by position, in this order: what
-    /// every statement that reads a whole permit selects
-    /// (`permit_columns!()`).
+    /// The columns every statement that reads a whole permit selects
+    /// (`permit_columns!()`), in this order: SQLite's raw reader
+    /// (`raw_permit`) reads them by position.
     pub const COLUMNS: [&str; 13] = [
         "permit_no",
         "id_number",
@@ -139,36 +138,6 @@ impl PermitRow {
             .map(|c| c.rsplit_once('.').map_or(c, |(_, name)| name))
             .collect();
         assert_eq!(columns, Self::COLUMNS, "in {sql}");
-    }
-}
-
-/// A permit read by position ([`PermitRow::COLUMNS`]), as SQLite's raw
-/// reader reads it, not by name: a column's name looked up for every value
-/// was a tenth of the PostgreSQL client's time when its run's page reader
-/// read permits this way (docs/benchmarks-postgres.md).
-impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for PermitRow
-where
-    usize: sqlx::ColumnIndex<R>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    NaiveDate: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    fn from_row(r: &'r R) -> Result<Self, sqlx::Error> {
-        Ok(PermitRow {
-            permit_no: r.try_get(0)?,
-            id_number: r.try_get(1)?,
-            name: r.try_get(2)?,
-            phone: r.try_get(3)?,
-            email: r.try_get(4)?,
-            district_code: r.try_get(5)?,
-            street_code: r.try_get(6)?,
-            address: r.try_get(7)?,
-            valid_until: r.try_get(8)?,
-            status: r.try_get(9)?,
-            employer_uscc: r.try_get(10)?,
-            si_status: r.try_get(11)?,
-            marital_status: r.try_get(12)?,
-        })
     }
 }
 
