@@ -45,6 +45,18 @@ macro_rules! stored_code_columns {
                 Ok(<$ty>::try_from(<String as sqlx::Decode<'r, DB>>::decode(value)?)?)
             }
         }
+
+        // An array of them is read as one of text: PostgreSQL's run reads
+        // a page as one row of arrays.
+        impl sqlx::postgres::PgHasArrayType for $ty {
+            fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+                <String as sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+
+            fn array_compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <String as sqlx::postgres::PgHasArrayType>::array_compatible(ty)
+            }
+        }
     )+};
 }
 

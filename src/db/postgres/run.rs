@@ -5,17 +5,18 @@
 use std::collections::VecDeque;
 
 use chrono::NaiveDate;
-use futures_util::TryStreamExt;
-use sqlx::{Connection, FromRow, PgConnection, PgPool, Row};
+use sqlx::{Connection, FromRow, PgConnection, PgPool};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::super::rows::*;
 use super::super::runs::{end_status, run_columns, END_RUN, HOLD_RUN};
-use super::super::{stored, EventPage, EventPageReader, MakeEvents, PageKeys};
+use super::super::{EventPage, EventPageReader, MakeEvents, PageKeys};
 use super::page::write_page;
 use super::PgDb;
-use crate::domain::CycleDecision;
+use crate::domain::{
+    CycleDecision, MaritalStatus, Month, PaymentStatus, PermitStatus, ResidenceResult, SiStatus,
+};
 use crate::error::{Error, Result};
 
 impl PgDb {
@@ -549,6 +550,113 @@ async fn walk_range(
     .await
 }
 
+/// [`candidates`]' statement: a page of the walk as one row of arrays,
+/// or no row when the page is empty (over no rows `array_agg` gives
+/// NULLs).
+const WALK_PAGE: &str = "SELECT array_agg(p.permit_no) AS permit_no,
+            array_agg(p.valid_until) AS valid_until, array_agg(p.status) AS status,
+            array_agg(d.id_number) AS id_number, array_agg(d.employer_uscc) AS employer_uscc,
+            array_agg(d.si_status) AS si_status, array_agg(d.marital_status) AS marital_status
+     FROM (SELECT permit_no, valid_until, status FROM permit_state
+           WHERE permit_no > $1 AND permit_no <= $6
+             AND valid_until <= $2
+             AND (status = 'active' OR (status = 'suspended' AND valid_until < $4))
+           ORDER BY permit_no LIMIT $3) p
+     LEFT JOIN LATERAL (SELECT id_number, employer_uscc, si_status, marital_status
+                        FROM permit_details
+                        WHERE permit_no = p.permit_no
+                          AND p.status = 'active' AND p.valid_until >= $5
+                        OFFSET 0) d ON TRUE
+     HAVING count(*) > 0";
+
+/// [`WALK_PAGE`]'s row: one array per column, each permit at the same
+/// place in every one; a permit's details are NULL where they were not
+/// read. A page as one row rather than a row per permit: at 1,000,000
+/// permits a first night's walk is about 250,000 of them, each a message
+/// for the server to send and a row for the client to decode
+/// (docs/benchmarks-postgres.md).
+#[derive(sqlx::FromRow)]
+struct WalkPage {
+    permit_no: Vec<String>,
+    valid_until: Vec<NaiveDate>,
+    status: Vec<PermitStatus>,
+    id_number: Vec<Option<String>>,
+    employer_uscc: Vec<Option<String>>,
+    si_status: Vec<Option<SiStatus>>,
+    marital_status: Vec<Option<MaritalStatus>>,
+}
+
+impl WalkPage {
+    /// The page's permits, in key order.
+    fn walked(mut self) -> Result<Vec<Walked>> {
+        let n = self.permit_no.len();
+        same_lengths(
+            n,
+            &[
+                self.valid_until.len(),
+                self.status.len(),
+                self.id_number.len(),
+                self.employer_uscc.len(),
+                self.si_status.len(),
+                self.marital_status.len(),
+            ],
+            "the walk",
+        )?;
+        let mut page = Vec::with_capacity(n);
+        for j in 0..n {
+            let state = CandidateState {
+                permit_no: std::mem::take(&mut self.permit_no[j]),
+                valid_until: self.valid_until[j],
+                status: self.status[j],
+            };
+            let details = (
+                self.id_number[j].take(),
+                self.employer_uscc[j].take(),
+                self.si_status[j],
+                self.marital_status[j],
+            );
+            let due = match details {
+                (None, None, None, None) => None,
+                (Some(id_number), Some(employer_uscc), Some(si_status), Some(marital_status)) => {
+                    Some(DueDetails {
+                        id_number,
+                        employer_uscc,
+                        si_status,
+                        marital_status,
+                        decisions: Vec::new(),
+                    })
+                }
+                _ => {
+                    return Err(Error::Runtime(anyhow::anyhow!(
+                        "internal: the walk read permit {}'s details in part",
+                        state.permit_no
+                    )))
+                }
+            };
+            page.push(Walked { state, due });
+        }
+        // PostgreSQL aggregates a subquery's rows in the order it made
+        // them, which SQL does not promise: the walk pages on from a
+        // page's last key, so the order is checked here, and made if it
+        // is not.
+        if !page.is_sorted_by(|a, b| a.state.permit_no < b.state.permit_no) {
+            page.sort_unstable_by(|a, b| a.state.permit_no.cmp(&b.state.permit_no));
+        }
+        Ok(page)
+    }
+}
+
+/// A page's arrays, `n` long, and `lengths` the others': one permit or
+/// one row at each place in all of them, or the page is refused.
+fn same_lengths(n: usize, lengths: &[usize], what: &str) -> Result<()> {
+    match lengths.iter().all(|&len| len == n) {
+        true => Ok(()),
+        false => Err(Error::Runtime(anyhow::anyhow!(
+            "internal: {what} came back in arrays of different lengths"
+        ))),
+    }
+}
+
 /// A page of the walk ([`PgRunTx::walk`]): up to `limit` permits after
 /// `after`, up to `last`. The primary key's index walked in order, as
 /// SQLite walks its table, and the details of each permit that may be due
@@ -557,8 +665,10 @@ async fn walk_range(
 /// PostgreSQL from flattening the look-up into a join, which it planned
 /// as a merge join walking `permit_details`' key from its first entry for
 /// every page (measured at 1M permits, all the pages of the due read:
-/// 0.45 s against 0.24–0.30 s). Then the due ones' cycles' decisions, for
-/// the page at once, each a look-up by key ([`CYCLE_DECISIONS`]).
+/// 0.45 s against 0.24–0.30 s). The page comes back as one row of arrays
+/// ([`WalkPage`]), or none when it is empty. Then the due ones' cycles'
+/// decisions, for the page at once, each a look-up by key
+/// ([`CYCLE_DECISIONS`]).
 async fn candidates(
     conn: &mut PgConnection,
     bounds: CandidateBounds,
@@ -566,48 +676,19 @@ async fn candidates(
     (after, last): (&str, &str),
     limit: u32,
 ) -> Result<Vec<Walked>> {
-    let mut rows = sqlx::query(
-        "SELECT p.permit_no, p.valid_until, p.status,
-                d.id_number, d.employer_uscc, d.si_status, d.marital_status
-         FROM (SELECT permit_no, valid_until, status FROM permit_state
-               WHERE permit_no > $1 AND permit_no <= $6
-                 AND valid_until <= $2
-                 AND (status = 'active' OR (status = 'suspended' AND valid_until < $4))
-               ORDER BY permit_no LIMIT $3) p
-         LEFT JOIN LATERAL (SELECT id_number, employer_uscc, si_status, marital_status
-                            FROM permit_details
-                            WHERE permit_no = p.permit_no
-                              AND p.status = 'active' AND p.valid_until >= $5
-                            OFFSET 0) d ON TRUE
-         ORDER BY p.permit_no",
-    )
-    .bind(after)
-    .bind(bounds.active_to)
-    .bind(i64::from(limit))
-    .bind(bounds.suspended_before)
-    .bind(due_from)
-    .bind(last)
-    .fetch(&mut *conn);
-    let mut page = Vec::new();
-    while let Some(r) = rows.try_next().await? {
-        let state = CandidateState {
-            permit_no: r.try_get(0)?,
-            valid_until: r.try_get(1)?,
-            status: stored(r.try_get(2)?)?,
-        };
-        let due = match r.try_get::<Option<String>, _>(3)? {
-            None => None,
-            Some(id_number) => Some(DueDetails {
-                id_number,
-                employer_uscc: r.try_get(4)?,
-                si_status: stored(r.try_get(5)?)?,
-                marital_status: stored(r.try_get(6)?)?,
-                decisions: Vec::new(),
-            }),
-        };
-        page.push(Walked { state, due });
-    }
-    drop(rows);
+    let found: Option<WalkPage> = sqlx::query_as(WALK_PAGE)
+        .bind(after)
+        .bind(bounds.active_to)
+        .bind(i64::from(limit))
+        .bind(bounds.suspended_before)
+        .bind(due_from)
+        .bind(last)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let mut page = match found {
+        Some(page) => page.walked()?,
+        None => return Ok(Vec::new()),
+    };
     // The cycles of the permits that may be due, in the page's order.
     let cycles = || page.iter().filter(|w| w.due.is_some()).map(|w| &w.state);
     let nos: Vec<&str> = cycles().map(|s| s.permit_no.as_str()).collect();
@@ -684,8 +765,8 @@ struct DetailsPage {
     street_code: Vec<String>,
     address: Vec<String>,
     employer_uscc: Vec<String>,
-    si_status: Vec<String>,
-    marital_status: Vec<String>,
+    si_status: Vec<SiStatus>,
+    marital_status: Vec<MaritalStatus>,
 }
 
 impl DetailsPage {
@@ -694,23 +775,22 @@ impl DetailsPage {
     /// A key without details (no permit in `permit_details`) is an error.
     fn permits(mut self, keys: &[CandidateState]) -> Result<Vec<Candidate>> {
         let n = self.i.len();
-        let lengths = [
-            self.id_number.len(),
-            self.name.len(),
-            self.phone.len(),
-            self.email.len(),
-            self.district_code.len(),
-            self.street_code.len(),
-            self.address.len(),
-            self.employer_uscc.len(),
-            self.si_status.len(),
-            self.marital_status.len(),
-        ];
-        if lengths.iter().any(|&len| len != n) {
-            return Err(Error::Runtime(anyhow::anyhow!(
-                "internal: a page's details came back in arrays of different lengths"
-            )));
-        }
+        same_lengths(
+            n,
+            &[
+                self.id_number.len(),
+                self.name.len(),
+                self.phone.len(),
+                self.email.len(),
+                self.district_code.len(),
+                self.street_code.len(),
+                self.address.len(),
+                self.employer_uscc.len(),
+                self.si_status.len(),
+                self.marital_status.len(),
+            ],
+            "a page's details",
+        )?;
         let mut slots: Vec<Option<PermitRow>> = (0..keys.len()).map(|_| None).collect();
         for j in 0..n {
             // WITH ORDINALITY counts from 1.
@@ -735,8 +815,8 @@ impl DetailsPage {
                 valid_until: key.valid_until,
                 status: key.status,
                 employer_uscc: std::mem::take(&mut self.employer_uscc[j]),
-                si_status: stored(std::mem::take(&mut self.si_status[j]))?,
-                marital_status: stored(std::mem::take(&mut self.marital_status[j]))?,
+                si_status: self.si_status[j],
+                marital_status: self.marital_status[j],
             });
         }
         slots
@@ -785,7 +865,10 @@ async fn read_event_pages(
 }
 
 /// One query per feed for each chunk of `ids` (in key order), by key
-/// (PostgreSQL keeps one row per key: R2 was applied at import).
+/// (PostgreSQL keeps one row per key: R2 was applied at import), each
+/// answered as one row of arrays ([`Visits`], [`Payments`], [`Civil`]),
+/// or none: a chunk's rows as many messages cost what they do for the
+/// walk ([`WalkPage`]). The sink takes a holder's rows in any order.
 ///
 /// Each chunk's query is bounded by its first and last key as well as
 /// listing them: whatever plan the server picks for a chunk (index
@@ -803,59 +886,110 @@ async fn holder_evidence(
 ) -> Result<()> {
     for ids in ids.chunks(10_000) {
         let (first, last) = (ids[0], ids[ids.len() - 1]);
-        let mut rows = sqlx::query(
-            "SELECT id_number, visited_on, result FROM residence
+        let visits: Option<Visits> = sqlx::query_as(
+            "SELECT array_agg(id_number) AS id_number, array_agg(visited_on) AS visited_on,
+                    array_agg(result) AS result
+             FROM residence
              WHERE id_number BETWEEN $4 AND $5 AND id_number = ANY($1)
-               AND visited_on BETWEEN $2 AND $3",
+               AND visited_on BETWEEN $2 AND $3
+             HAVING count(*) > 0",
         )
         .bind(ids)
         .bind(b.visited_from)
         .bind(b.visited_to)
         .bind(first)
         .bind(last)
-        .fetch(&mut *conn);
-        while let Some(r) = rows.try_next().await? {
-            let id: &str = r.try_get(0)?;
-            sink.residence(id, r.try_get(1)?, r.try_get(2)?);
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(v) = visits {
+            let n = v.id_number.len();
+            same_lengths(n, &[v.visited_on.len(), v.result.len()], "residence")?;
+            for j in 0..n {
+                sink.residence(&v.id_number[j], v.visited_on[j], v.result[j]);
+            }
         }
-        drop(rows);
-        let mut rows = sqlx::query(
-            "SELECT id_number, month, status, employer_uscc FROM social_insurance
+        let payments: Option<Payments> = sqlx::query_as(
+            "SELECT array_agg(id_number) AS id_number, array_agg(month) AS month,
+                    array_agg(status) AS status, array_agg(employer_uscc) AS employer_uscc
+             FROM social_insurance
              WHERE id_number BETWEEN $4 AND $5 AND id_number = ANY($1)
-               AND month BETWEEN $2 AND $3",
+               AND month BETWEEN $2 AND $3
+             HAVING count(*) > 0",
         )
         .bind(ids)
         .bind(&b.month_from)
         .bind(&b.month_to)
         .bind(first)
         .bind(last)
-        .fetch(&mut *conn);
-        while let Some(r) = rows.try_next().await? {
-            let id: &str = r.try_get(0)?;
-            sink.payment(id, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(p) = payments {
+            let n = p.id_number.len();
+            same_lengths(
+                n,
+                &[p.month.len(), p.status.len(), p.employer_uscc.len()],
+                "social insurance",
+            )?;
+            for j in 0..n {
+                sink.payment(
+                    &p.id_number[j],
+                    p.month[j],
+                    p.status[j],
+                    &p.employer_uscc[j],
+                );
+            }
         }
-        drop(rows);
-        let mut rows = sqlx::query(
-            "SELECT id_number, marital_status, as_of FROM civil_status
-             WHERE id_number BETWEEN $2 AND $3 AND id_number = ANY($1)",
+        let civil: Option<Civil> = sqlx::query_as(
+            "SELECT array_agg(id_number) AS id_number, array_agg(marital_status) AS marital_status,
+                    array_agg(as_of) AS as_of
+             FROM civil_status
+             WHERE id_number BETWEEN $2 AND $3 AND id_number = ANY($1)
+             HAVING count(*) > 0",
         )
         .bind(ids)
         .bind(first)
         .bind(last)
-        .fetch(&mut *conn);
-        while let Some(r) = rows.try_next().await? {
-            let id: &str = r.try_get(0)?;
-            sink.civil(id, r.try_get(1)?, r.try_get(2)?);
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(c) = civil {
+            let n = c.id_number.len();
+            same_lengths(n, &[c.marital_status.len(), c.as_of.len()], "civil status")?;
+            for j in 0..n {
+                sink.civil(&c.id_number[j], c.marital_status[j], c.as_of[j]);
+            }
         }
-        drop(rows);
     }
     Ok(())
+}
+
+/// A chunk's residence visits ([`holder_evidence`]), one per place.
+#[derive(sqlx::FromRow)]
+struct Visits {
+    id_number: Vec<String>,
+    visited_on: Vec<NaiveDate>,
+    result: Vec<ResidenceResult>,
+}
+
+/// A chunk's social-insurance months ([`holder_evidence`]).
+#[derive(sqlx::FromRow)]
+struct Payments {
+    id_number: Vec<String>,
+    month: Vec<Month>,
+    status: Vec<PaymentStatus>,
+    employer_uscc: Vec<String>,
+}
+
+/// A chunk's civil status ([`holder_evidence`]).
+#[derive(sqlx::FromRow)]
+struct Civil {
+    id_number: Vec<String>,
+    marital_status: Vec<MaritalStatus>,
+    as_of: Vec<Option<NaiveDate>>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PermitStatus, SiStatus};
 
     fn key(no: &str) -> CandidateState {
         CandidateState {
@@ -879,8 +1013,8 @@ mod tests {
             street_code: text("s"),
             address: text("a"),
             employer_uscc: text("u"),
-            si_status: places.iter().map(|_| "paying".to_string()).collect(),
-            marital_status: places.iter().map(|_| "married".to_string()).collect(),
+            si_status: places.iter().map(|_| SiStatus::Paying).collect(),
+            marital_status: places.iter().map(|_| MaritalStatus::Married).collect(),
         }
     }
 
@@ -927,5 +1061,71 @@ mod tests {
         let mut uneven = details(&[1, 2]);
         uneven.address.pop();
         assert!(uneven.permits(&keys).is_err());
+    }
+
+    /// A page of the walk with these permits, in this order; the odd ones
+    /// with their details read, as a permit that may be due.
+    fn walk_page(nos: &[u32]) -> WalkPage {
+        let due = |n: &u32| n % 2 == 1;
+        let detail = |n: &u32, what: &str| due(n).then(|| format!("{what}{n}"));
+        WalkPage {
+            permit_no: nos.iter().map(|n| format!("SH{n:02}")).collect(),
+            valid_until: nos
+                .iter()
+                .map(|n| NaiveDate::from_ymd_opt(2026, 12, *n).unwrap_or_default())
+                .collect(),
+            status: nos.iter().map(|_| PermitStatus::Active).collect(),
+            id_number: nos.iter().map(|n| detail(n, "id")).collect(),
+            employer_uscc: nos.iter().map(|n| detail(n, "u")).collect(),
+            si_status: nos
+                .iter()
+                .map(|n| due(n).then_some(SiStatus::Paying))
+                .collect(),
+            marital_status: nos
+                .iter()
+                .map(|n| due(n).then_some(MaritalStatus::Single))
+                .collect(),
+        }
+    }
+
+    /// The walk pages on from a page's last key: a page whose arrays come
+    /// in another order is put in key order, each permit with its own
+    /// details.
+    #[test]
+    fn a_walk_page_is_put_in_key_order_with_each_permit_s_details() {
+        let page = walk_page(&[3, 10, 1, 2]).walked().expect("the page");
+        let got: Vec<(&str, u32, Option<&str>)> = page
+            .iter()
+            .map(|w| {
+                use chrono::Datelike;
+                let id = w.due.as_ref().map(|d| d.id_number.as_str());
+                (w.state.permit_no.as_str(), w.state.valid_until.day(), id)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("SH01", 1, Some("id1")),
+                ("SH02", 2, None),
+                ("SH03", 3, Some("id3")),
+                ("SH10", 10, None),
+            ]
+        );
+        let due = page[2].due.as_ref().expect("details");
+        assert_eq!(due.employer_uscc, "u3");
+        assert_eq!(due.marital_status, MaritalStatus::Single);
+    }
+
+    /// Details read in part, or arrays of different lengths, are errors.
+    #[test]
+    fn a_walk_page_with_details_in_part_or_uneven_arrays_is_refused() {
+        let mut part = walk_page(&[1, 2]);
+        part.si_status[0] = None;
+        let e = part.walked().err().map(|e| e.to_string());
+        assert!(e.as_ref().is_some_and(|e| e.contains("SH01")), "{e:?}");
+        let mut uneven = walk_page(&[1, 2]);
+        uneven.status.pop();
+        assert!(uneven.walked().is_err());
+        assert!(walk_page(&[]).walked().is_ok_and(|p| p.is_empty()));
     }
 }

@@ -13,8 +13,10 @@
 //! migrations, each with its record in one transaction. `raw/` holds
 //! the primitives they share (the raw handle, the run's readers and its
 //! checkpoint thread, the exports' reader, row decoders; in `raw/insert.rs`
-//! the bulk writes' statements, which bind their values by reference) and
-//! is the one module whose signatures name rusqlite's types.
+//! the bulk writes' statements, which bind their values by reference).
+//! The table families use rusqlite's statements and rows inside their
+//! functions (the walk's two ends, in `run.rs`, take a connection and a
+//! statement); no rusqlite type leaves this backend.
 
 mod export;
 mod import;
