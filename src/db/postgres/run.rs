@@ -573,7 +573,9 @@ const WALK_PAGE: &str = "SELECT array_agg(p.permit_no) AS permit_no,
 /// place in every one; a permit's details are NULL where they were not
 /// read. A page as one row rather than a row per permit: at 1,000,000
 /// permits a first night's walk is about 250,000 of them, each a message
-/// for the server to send and a row for the client to decode
+/// for the server to send and a row for the client to decode. With the
+/// evidence read the same way, a quarter of the client's CPU over a first
+/// night, though not of its time, which is the server's writes
 /// (docs/benchmarks-postgres.md).
 #[derive(sqlx::FromRow)]
 struct WalkPage {
