@@ -964,7 +964,8 @@ async fn holder_evidence(
     Ok(())
 }
 
-/// A chunk's residence visits ([`holder_evidence`]), one per place.
+/// A chunk's residence visits ([`holder_evidence`]): each visit at the
+/// same place in the three arrays.
 #[derive(sqlx::FromRow)]
 struct Visits {
     id_number: Vec<String>,
