@@ -424,12 +424,12 @@ fn walk_end(
     }
 }
 
-/// Stops both ends of the walk: one failed, and the run fails with its
-/// error.
+/// Stops both ends of the walk: one failed or panicked, and the run fails
+/// with its error. A panic while the lock was held poisoned it; the ends
+/// are stopped all the same.
 fn stop(meeting: &std::sync::Mutex<Meeting>) {
-    if let Ok(mut m) = meeting.lock() {
-        m.met = true;
-    }
+    let mut m = meeting.lock().unwrap_or_else(|p| p.into_inner());
+    m.met = true;
 }
 
 /// Stops both ends of the walk when dropped by a panicking thread: an end
@@ -440,10 +440,7 @@ struct StopOnPanic<'a>(&'a std::sync::Mutex<Meeting>);
 impl Drop for StopOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // A panic while the lock was held poisoned it; the ends are
-            // stopped all the same.
-            let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            m.met = true;
+            stop(self.0);
         }
     }
 }
